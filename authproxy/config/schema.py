@@ -1,0 +1,90 @@
+"""The validated configuration: frozen dataclasses with defaults.
+
+Built once at start-up by `config.loader.load_config` from the environment (and an optional TOML
+file); nothing reads the environment after that.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from authproxy.crypto import Secret
+
+AuthMode = Literal["none", "session", "hybrid"]
+AUTH_MODES: tuple[str, ...] = ("none", "session", "hybrid")
+SESSION_MODES: frozenset[str] = frozenset({"session", "hybrid"})
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_TRUSTED_PROXIES: tuple[str, ...] = (
+    "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    """One protected upstream: where it is, how to talk to it, which public hosts map to it."""
+
+    name: str
+    upstream_url: str
+    type: str
+    hosts: tuple[str, ...] = ()          # public host names (lower case, no port); () = any host
+    path_prefix: str = "/"               # public path prefix the UI is served under
+    service_token: Secret | None = None  # shared credential for AUTH_MODE=none / background work
+    options: dict[str, Any] = field(default_factory=dict)  # adapter-specific, validated by the adapter
+    timeout: float = 30.0                # seconds for a whole upstream exchange (streams excluded)
+    connect_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    idle_timeout: float = 15 * 60
+    max_age: float = 24 * 3600
+    secrets: tuple[Secret, ...] = ()     # newest first; empty -> generated into the data dir
+    cookie_name: str = ""                # "" -> "__Host-authproxy" (or "authproxy" with a domain)
+    cookie_domain: str = ""              # e.g. ".example.com" to share one sign-in across hosts
+    cache_ttl: float = 2.0               # hot in-process cache of verified sessions; 0 = off
+    redis_url: Secret | None = None      # None -> embedded SQLite store in the data dir
+    redis_prefix: str = "authproxy:"
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleConfig:
+    max_failures: int = 5
+    window: float = 15 * 60
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8443
+    prefix: str = "/_authproxy"          # reserved path prefix for authproxy's own endpoints
+    data_dir: Path = Path("./data")
+    https_enabled: bool = False
+    https_cert_file: Path | None = None
+    https_key_file: Path | None = None
+    trust_proxy: bool = False
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    allowed_redirect_domains: tuple[str, ...] = ()
+    access_log: bool = True
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    audit_log_file: Path | None = None   # None -> the "authproxy.audit" logger on stderr
+    max_header_size: int = 8190
+    workers: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    auth_mode: AuthMode
+    server: ServerConfig
+    session: SessionConfig
+    throttle: ThrottleConfig
+    sites: tuple[SiteConfig, ...]
+
+    @property
+    def session_mode(self) -> bool:
+        return self.auth_mode in SESSION_MODES

@@ -1,0 +1,62 @@
+"""The session store interface: stores see opaque keys, bytes and TTLs only.
+
+The session manager owns tickets, crypto and cookies; a store only keeps sealed blobs, counters
+(throttling), small sets (the per-user index) and a broadcast channel (cache invalidation across
+replicas). One contract test suite (tests/contract) runs against every implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+InvalidationCallback = Callable[[str], None]
+
+
+@runtime_checkable
+class SessionStore(Protocol):
+    """Async key/value store with TTLs. Every method raises `StoreError` when the backend is down."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Connect / open files / start background tasks (subscriptions, sweeping)."""
+
+    async def close(self) -> None:
+        """Release everything; safe to call twice."""
+
+    async def ping(self) -> None:
+        """Raise StoreError unless the backend answers now (readiness)."""
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        """Store `value` for `ttl` seconds (> 0), replacing any previous value and TTL."""
+
+    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
+        """Atomically create `key` if it does not exist (a lock); True when this call created it."""
+
+    async def expire(self, key: str, ttl: float) -> bool:
+        """Reset the TTL of an existing key (sliding idle timeout); False when the key is gone."""
+
+    async def delete(self, *keys: str) -> int:
+        """Delete keys; returns how many existed."""
+
+    async def incr(self, key: str, window: float) -> int:
+        """Add one to a counter and return it; the counter expires `window` s after its first incr."""
+
+    async def ttl(self, key: str) -> float | None:
+        """Seconds left for `key`, or None when it does not exist."""
+
+    async def index_add(self, index: str, member: str, ttl: float) -> None:
+        """Add `member` to the set `index`; the set lives at least `ttl` s after its last add."""
+
+    async def index_remove(self, index: str, member: str) -> None: ...
+
+    async def index_members(self, index: str) -> set[str]: ...
+
+    async def publish(self, channel: str, message: str) -> None:
+        """Broadcast to every subscriber of `channel` in every process using this store."""
+
+    def subscribe(self, channel: str, callback: InvalidationCallback) -> None:
+        """Call `callback(message)` for each message published on `channel` (after start())."""

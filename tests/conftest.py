@@ -1,0 +1,7 @@
+"""Shared fixtures live in tests/support/*; each module is a pytest plugin listed here."""
+
+pytest_plugins = [
+    "tests.support.procs",
+    "tests.support.redis_server",
+    "tests.support.technitium",
+]
