@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.support.procs",
     "tests.support.redis_server",
     "tests.support.technitium",
+    "tests.support.gateway",
 ]

@@ -12,62 +12,16 @@ redirects, no auto-decompression); a login that returns cookies reads them from 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from authproxy.config.schema import SiteConfig
+from authproxy.sessions.model import Credential, Identity
 from authproxy.errors import ConfigError
-
-
-@dataclass(slots=True)
-class Credential:
-    """What the upstream handed out for one actor; lives only inside the sealed session."""
-
-    secret: str = field(repr=False)
-    kind: str = "token"                      # adapter-defined: token, cookie, basic, ...
-    actor: Literal["user", "service"] = "user"
-    extra: dict[str, Any] = field(default_factory=dict)  # adapter data (api version, cookie name...)
-    obtained_at: float = field(default_factory=time.time)
-    touched_at: float = field(default_factory=time.time)  # last time the upstream saw it used
-    upstream_ttl: float | None = None        # upstream sliding expiry in seconds; None = none known
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"secret": self.secret, "kind": self.kind, "actor": self.actor, "extra": self.extra,
-                "obtained_at": self.obtained_at, "touched_at": self.touched_at,
-                "upstream_ttl": self.upstream_ttl}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Credential:
-        return cls(secret=str(data["secret"]), kind=str(data.get("kind", "token")),
-                   actor=data.get("actor", "user"), extra=dict(data.get("extra") or {}),
-                   obtained_at=float(data.get("obtained_at", 0)), touched_at=float(data.get("touched_at", 0)),
-                   upstream_ttl=None if data.get("upstream_ttl") is None else float(data["upstream_ttl"]))
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who the upstream says this person is, and what it lets them do (shown, never trusted blindly)."""
-
-    username: str
-    display_name: str = ""
-    email: str = ""
-    groups: tuple[str, ...] = ()
-    permissions: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"username": self.username, "display_name": self.display_name, "email": self.email,
-                "groups": list(self.groups), "permissions": self.permissions}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Identity:
-        return cls(username=str(data["username"]), display_name=str(data.get("display_name", "")),
-                   email=str(data.get("email", "")), groups=tuple(data.get("groups") or ()),
-                   permissions=dict(data.get("permissions") or {}))
 
 
 LoginStatus = Literal["ok", "totp_required", "invalid", "blocked"]

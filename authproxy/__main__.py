@@ -1,0 +1,135 @@
+"""Command line: `authproxy run`, `authproxy check-config`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing
+import os
+import sys
+from pathlib import Path
+
+from authproxy.config.loader import ensure_session_secrets, load_config
+from authproxy.config.schema import Config
+from authproxy.errors import ConfigError
+from authproxy.log import AccessLogger, log, setup_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="authproxy", description="Authentication gateway for self-hosted admin UIs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_ in (("run", "check the configuration, then serve"),
+                        ("check-config", "print every configuration problem and exit")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--config", type=Path, help="TOML file with [server], [session] and [[sites]]")
+        if name == "run":
+            p.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    env = dict(os.environ)
+    if getattr(args, "workers", None):
+        env["WORKERS"] = str(args.workers)
+    return load_config(env, args.config)
+
+
+def check_config(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        print(f"authproxy: {len(exc.problems)} configuration problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    store = "redis" if config.session.redis_url else f"sqlite ({config.server.data_dir / 'sessions.sqlite3'})"
+    print(f"configuration OK: AUTH_MODE={config.auth_mode}, store={store}, "
+          f"sites={', '.join(f'{s.name}={s.type}@{s.upstream_url}' for s in config.sites)}")
+    return 0
+
+
+def _serve(config: Config, ssl_paths: tuple[Path, Path] | None, reuse_port: bool) -> None:
+    from aiohttp import web
+
+    from authproxy.app import create_app
+    from authproxy.tls import server_context
+
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # optional: the `fast` extra
+        pass
+    ssl_ctx = server_context(*ssl_paths) if ssl_paths else None
+    web.run_app(
+        create_app(config), host=config.server.host, port=config.server.port, ssl_context=ssl_ctx,
+        access_log_class=AccessLogger, access_log=logging.getLogger("authproxy.access") if config.server.access_log
+        else None, reuse_port=reuse_port, print=None,
+        handler_args={"max_field_size": config.server.max_header_size,
+                      "max_line_size": config.server.max_header_size},
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        print(f"authproxy: refusing to start, {len(exc.problems)} configuration problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    setup_logging(level=config.server.log_level, fmt=config.server.log_format,
+                  audit_file=config.server.audit_log_file)
+    config, created = ensure_session_secrets(config)
+    if created:
+        log.warning("generated a session signing secret into the data directory; set SESSION_SECRET "
+                    "(the same on every replica) to manage it yourself",
+                    extra={"fields": {"path": str(config.server.data_dir / "session_secret")}})
+    ssl_paths: tuple[Path, Path] | None = None
+    if config.server.https_enabled:
+        if config.server.https_cert_file and config.server.https_key_file:
+            ssl_paths = (config.server.https_cert_file, config.server.https_key_file)
+        else:
+            from authproxy.tls import self_signed
+
+            cert, key, new = self_signed(config.server.data_dir, config.server.host)
+            ssl_paths = (cert, key)
+            log.warning("serving HTTPS with a SELF-SIGNED certificate (quick start only); browsers will warn. "
+                        "Set HTTPS_CERT_FILE and HTTPS_KEY_FILE for real use",
+                        extra={"fields": {"cert": str(cert), "created": new}})
+    elif config.session_mode:
+        log.info("TLS is terminated by a trusted proxy: sign-in requires X-Forwarded-Proto: https from "
+                 "TRUSTED_PROXIES")
+    scheme = "https" if ssl_paths else "http"
+    log.info(f"listening on {scheme}://{config.server.host}:{config.server.port}{config.server.prefix}/login",
+             extra={"fields": {"workers": config.server.workers}})
+    workers = config.server.workers
+    if workers == 1:
+        _serve(config, ssl_paths, reuse_port=False)
+        return 0
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_serve, args=(config, ssl_paths, True), daemon=True) for _ in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in procs:
+            p.terminate()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        return check_config(args)
+    return run(args)
+
+
+if __name__ == "__main__":
+    asyncio.set_event_loop_policy(None)
+    sys.exit(main())

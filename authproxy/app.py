@@ -1,0 +1,79 @@
+"""create_app(config) -> web.Application: reads like the list of what authproxy is made of."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from authproxy import keys
+from authproxy.config.schema import Config
+from authproxy.crypto import Keyring
+from authproxy.login.passthrough import PassthroughLogin
+from authproxy.login.regulation import Regulator
+from authproxy.proxy import http as proxy_http
+from authproxy.routing import Router
+from authproxy.sessions.manager import SessionManager
+from authproxy.sessions.registry import create_store
+from authproxy.sessions.store import SessionStore
+from authproxy.web import api, health, portal
+from authproxy.web.middleware import TrustedForwarded, errors
+from authproxy.web.redirects import RedirectPolicy
+
+
+def upstream_client(config: Config) -> aiohttp.ClientSession:
+    """One shared client: no cookie jar (users' cookies never mix), no decompression, pooled."""
+    connector = aiohttp.TCPConnector(limit=256, limit_per_host=128, keepalive_timeout=30, enable_cleanup_closed=True)
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
+                                 skip_auto_headers=("User-Agent", "Accept-Encoding"), trust_env=False)
+
+
+def redirect_policy(config: Config) -> RedirectPolicy:
+    domains = list(config.server.allowed_redirect_domains)
+    if config.session.cookie_domain:
+        domains.append(config.session.cookie_domain)
+    for site in config.sites:
+        domains.extend(site.hosts)
+    return RedirectPolicy(domains)
+
+
+def create_app(config: Config, *, store: SessionStore | None = None) -> web.Application:
+    """Compose the gateway. `store` may be injected (tests); by default it follows REDIS_URL."""
+    if not config.session.secrets:
+        raise ValueError("create_app needs signing secrets; call config.loader.ensure_session_secrets first")
+    middlewares = []
+    if config.server.trust_proxy:
+        middlewares.append(TrustedForwarded(config.server.trusted_proxies).middleware)
+    middlewares += [errors, api.store_errors]
+    app = web.Application(middlewares=middlewares, client_max_size=1 << 20)
+    app[keys.CONFIG] = config
+    app[keys.STORE] = store if store is not None else create_store(config)
+    app[keys.SESSIONS] = SessionManager(store=app[keys.STORE], keyring=Keyring(config.session.secrets),
+                                        config=config.session)
+    app[keys.REGULATOR] = Regulator(app[keys.STORE], config.throttle)
+    app[keys.LOGIN] = PassthroughLogin(app[keys.SESSIONS], app[keys.REGULATOR])
+    app[keys.REDIRECTS] = redirect_policy(config)
+    app.cleanup_ctx.append(_lifecycle)
+
+    prefix = config.server.prefix
+    health.setup(app, prefix)
+    api.setup(app, prefix)
+    portal.setup(app, prefix)
+    app.router.add_route("*", "/{tail:.*}", proxy_http.forward)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    app[keys.HTTP] = upstream_client(config)
+    app[keys.ROUTER] = Router.build(config.sites, app[keys.HTTP])
+    await app[keys.STORE].start()
+    app[keys.SESSIONS].start()
+    logging.getLogger("authproxy").info(
+        "authproxy ready", extra={"fields": {"mode": config.auth_mode, "store": app[keys.STORE].name,
+                                             "sites": [s.name for s in config.sites]}})
+    yield
+    await app[keys.HTTP].close()
+    await app[keys.STORE].close()

@@ -1,0 +1,371 @@
+"""Build the one `Config` from the environment and an optional TOML file.
+
+Every value is read here, once. Problems are collected, not raised one by one, so
+`authproxy check-config` can print all of them; `validate.check` adds the cross-field rules.
+Legacy names from existing `.env` files keep working (AUTH_SESSION_ENABLED, USE_SESSION_AUTH, ...).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from authproxy.config.schema import (
+    AUTH_MODES, DEFAULT_TRUSTED_PROXIES, Config, IPNetwork, ServerConfig, SessionConfig, SiteConfig,
+    ThrottleConfig,
+)
+from authproxy.crypto import Secret
+from authproxy.errors import ConfigError
+
+TRUE = {"1", "true", "yes", "on"}
+FALSE = {"0", "false", "no", "off", ""}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+FILE_KEYS: dict[str, set[str]] = {
+    "": {"auth_mode", "server", "session", "throttle", "sites"},
+    "server": {"host", "port", "prefix", "data_dir", "https_enabled", "https_cert_file", "https_key_file",
+               "trust_proxy", "trusted_proxies", "allowed_redirect_domains", "access_log", "log_level",
+               "log_format", "audit_log_file", "max_header_size", "workers"},
+    "session": {"idle_timeout", "max_age", "secret", "secret_file", "cookie_name", "cookie_domain",
+                "cache_ttl", "redis_url", "redis_prefix"},
+    "throttle": {"max_failures", "window"},
+    "site": {"name", "upstream_url", "type", "hosts", "path_prefix", "service_token", "service_token_file",
+             "options", "timeout", "connect_timeout"},
+}
+
+
+class _Reader:
+    """Typed accessors that record a problem instead of raising, naming the variable."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def raw(self, *names: str) -> tuple[str, str] | None:
+        for name in names:
+            value = self.env.get(name)
+            if value is not None and value.strip() != "":
+                return name, value.strip()
+        return None
+
+    def boolean(self, name: str, default: bool) -> bool:
+        found = self.raw(name)
+        if found is None:
+            return default
+        low = found[1].lower()
+        if low in TRUE:
+            return True
+        if low in FALSE:
+            return False
+        self.problems.append(f"{name}: must be true or false, but it is set to {found[1]!r}")
+        return default
+
+    def integer(self, name: str, default: int, *, minimum: int = 0, maximum: int = 2**31) -> int:
+        found = self.raw(name)
+        if found is None:
+            return default
+        try:
+            value = int(found[1])
+        except ValueError:
+            self.problems.append(f"{name}: must be a whole number, but it is set to {found[1]!r}")
+            return default
+        if not minimum <= value <= maximum:
+            self.problems.append(f"{name}: must be between {minimum} and {maximum}, but it is {value}")
+            return default
+        return value
+
+    def duration(self, name: str, default: float) -> float:
+        found = self.raw(name)
+        if found is None:
+            return default
+        parsed = parse_duration(found[1])
+        if parsed is None:
+            self.problems.append(
+                f"{name}: must be a duration in seconds or with a unit (900, 15m, 24h), "
+                f"but it is set to {found[1]!r}")
+            return default
+        return parsed
+
+    def secret(self, name: str) -> Secret | None:
+        """`NAME` or `NAME_FILE` (the file's first line), as Docker/systemd secrets expect."""
+        direct = self.raw(name)
+        file_ = self.raw(name + "_FILE")
+        if direct and file_:
+            self.problems.append(f"{name}: set either {name} or {name}_FILE, not both")
+        if file_:
+            try:
+                text = Path(file_[1]).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                self.problems.append(f"{name}_FILE: cannot read {file_[1]!r} ({exc.strerror}); "
+                                     "point it at a readable file")
+                return None
+            if not text:
+                self.problems.append(f"{name}_FILE: {file_[1]!r} is empty")
+                return None
+            return Secret(text)
+        if direct:
+            return Secret(direct[1])
+        return None
+
+
+def parse_duration(text: str | int | float) -> float | None:
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text) if text >= 0 else None
+    match = _DURATION.match(str(text))
+    if not match:
+        return None
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_networks(text: str, name: str, problems: list[str]) -> tuple[IPNetwork, ...]:
+    nets: list[IPNetwork] = []
+    for part in re.split(r"[,\s]+", text.strip()):
+        if not part:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            problems.append(f"{name}: {part!r} is not an IP address or CIDR network (e.g. 10.0.0.0/8)")
+    return tuple(nets)
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(p for p in re.split(r"[,\s]+", text.strip()) if p)
+
+
+def _auth_mode(r: _Reader, file_mode: str | None) -> str:
+    found = r.raw("AUTH_MODE")
+    if found:
+        mode = found[1].lower()
+        if mode not in AUTH_MODES:
+            r.problems.append(f"AUTH_MODE: must be one of {', '.join(AUTH_MODES)}, but it is set to {found[1]!r}"
+                              + ("; local accounts and one-time codes are not available in this version"
+                                 if mode in {"local", "otp"} else ""))
+            return "session"
+        return mode
+    if r.boolean("USE_HYBRID_AUTH", False):
+        return "hybrid"
+    if r.boolean("AUTH_SESSION_ENABLED", False) or r.boolean("USE_SESSION_AUTH", False):
+        return "session"
+    if file_mode:
+        if file_mode not in AUTH_MODES:
+            r.problems.append(f"auth_mode (config file): must be one of {', '.join(AUTH_MODES)}, "
+                              f"but it is {file_mode!r}")
+            return "session"
+        return file_mode
+    return "session"
+
+
+def _check_keys(table: Any, section: str, problems: list[str], where: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        problems.append(f"{where}: must be a table")
+        return {}
+    allowed = FILE_KEYS[section]
+    for key in table:
+        if key not in allowed:
+            problems.append(f"{where}: unknown option {key!r}; known options: {', '.join(sorted(allowed))}")
+    return table
+
+
+def _file_secret(table: dict[str, Any], key: str, where: str, problems: list[str]) -> Secret | None:
+    if key in table and f"{key}_file" in table:
+        problems.append(f"{where}: set either {key} or {key}_file, not both")
+    if f"{key}_file" in table:
+        try:
+            return Secret(Path(str(table[f"{key}_file"])).read_text(encoding="utf-8").strip())
+        except OSError as exc:
+            problems.append(f"{where}.{key}_file: cannot read it ({exc.strerror})")
+            return None
+    if key in table:
+        return Secret(str(table[key]))
+    return None
+
+
+def _site_from_table(t: dict[str, Any], index: int, problems: list[str]) -> SiteConfig | None:
+    where = f"sites[{index}]"
+    _check_keys(t, "site", problems, where)
+    missing = [k for k in ("name", "upstream_url", "type") if not t.get(k)]
+    if missing:
+        problems.append(f"{where}: missing {', '.join(missing)}")
+        return None
+    hosts = t.get("hosts", ())
+    if isinstance(hosts, str):
+        hosts = _split(hosts)
+    options = t.get("options", {})
+    if not isinstance(options, dict):
+        problems.append(f"{where}.options: must be a table")
+        options = {}
+    timeout = parse_duration(t.get("timeout", 30))
+    connect_timeout = parse_duration(t.get("connect_timeout", 5))
+    if timeout is None or connect_timeout is None:
+        problems.append(f"{where}: timeout/connect_timeout must be durations (e.g. 30, 5s)")
+    return SiteConfig(
+        name=str(t["name"]), upstream_url=str(t["upstream_url"]).rstrip("/"), type=str(t["type"]).lower(),
+        hosts=tuple(h.lower() for h in hosts), path_prefix=str(t.get("path_prefix", "/")),
+        service_token=_file_secret(t, "service_token", where, problems), options=dict(options),
+        timeout=timeout or 30.0, connect_timeout=connect_timeout or 5.0)
+
+
+def _env_site(r: _Reader) -> SiteConfig | None:
+    url = r.raw("UPSTREAM_URL", "TECHNITIUM_URL", "TECHNITIUM_BASE_URL")
+    if url is None:
+        return None
+    type_ = r.raw("UPSTREAM_TYPE")
+    site_type = type_[1].lower() if type_ else ("technitium" if url[0].startswith("TECHNITIUM") else "")
+    if not site_type:
+        r.problems.append("UPSTREAM_TYPE: not set; say which product UPSTREAM_URL is (e.g. technitium)")
+        site_type = "technitium"
+    options: dict[str, Any] = {}
+    api = r.raw("TECHNITIUM_API_VERSION", "UPSTREAM_API_VERSION")
+    if api:
+        options["api_version"] = api[1]
+    token_mode = r.raw("TECHNITIUM_TOKEN_MODE", "UPSTREAM_TOKEN_MODE")
+    if token_mode:
+        options["token_mode"] = token_mode[1].lower()
+    service = (r.secret("UPSTREAM_SERVICE_TOKEN") or r.secret("TECHNITIUM_BACKGROUND_TOKEN")
+               or r.secret("TECHNITIUM_TOKEN"))
+    hosts = r.raw("UPSTREAM_HOSTS", "SITE_HOSTS")
+    return SiteConfig(
+        name=(r.raw("SITE_NAME") or ("", site_type))[1], upstream_url=url[1].rstrip("/"), type=site_type,
+        hosts=tuple(h.lower() for h in _split(hosts[1])) if hosts else (),
+        service_token=service, options=options,
+        timeout=r.duration("UPSTREAM_TIMEOUT", 30.0), connect_timeout=r.duration("UPSTREAM_CONNECT_TIMEOUT", 5.0))
+
+
+def load_config(env: Mapping[str, str] | None = None, config_file: Path | None = None) -> Config:
+    """Read and validate everything; raises ConfigError listing every problem."""
+    from authproxy.config import validate
+
+    env = os.environ if env is None else env
+    r = _Reader(env)
+    file_data: dict[str, Any] = {}
+    file_path = config_file or (Path(env["AUTHPROXY_CONFIG"]) if env.get("AUTHPROXY_CONFIG") else None)
+    if file_path is not None:
+        try:
+            file_data = tomllib.loads(file_path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            r.problems.append(f"--config / AUTHPROXY_CONFIG: cannot read {str(file_path)!r} ({exc.strerror})")
+        except tomllib.TOMLDecodeError as exc:
+            r.problems.append(f"--config / AUTHPROXY_CONFIG: {str(file_path)!r} is not valid TOML ({exc})")
+    _check_keys(file_data, "", r.problems, "config file")
+    fs = _check_keys(file_data.get("server", {}), "server", r.problems, "[server]")
+    fss = _check_keys(file_data.get("session", {}), "session", r.problems, "[session]")
+    ft = _check_keys(file_data.get("throttle", {}), "throttle", r.problems, "[throttle]")
+
+    def fdur(table: dict[str, Any], key: str, default: float, where: str) -> float:
+        if key not in table:
+            return default
+        parsed = parse_duration(table[key])
+        if parsed is None:
+            r.problems.append(f"{where}.{key}: must be a duration (900, 15m, 24h), but it is {table[key]!r}")
+            return default
+        return parsed
+
+    trusted_text = r.raw("TRUSTED_PROXIES")
+    trusted = (parse_networks(trusted_text[1], "TRUSTED_PROXIES", r.problems) if trusted_text else
+               parse_networks(",".join(fs.get("trusted_proxies", DEFAULT_TRUSTED_PROXIES)),
+                              "[server].trusted_proxies", r.problems))
+    redirect_domains = r.raw("ALLOWED_REDIRECT_DOMAINS", "WHITELIST_DOMAINS")
+    cert = r.raw("HTTPS_CERT_FILE")
+    key = r.raw("HTTPS_KEY_FILE")
+    audit_file = r.raw("AUDIT_LOG_FILE")
+    data_dir = r.raw("AUTHPROXY_DATA_DIR", "DATA_DIR")
+    server = ServerConfig(
+        host=(r.raw("HOST") or ("", str(fs.get("host", "127.0.0.1"))))[1],
+        port=r.integer("PORT", int(fs.get("port", 8443)), minimum=0, maximum=65535),
+        prefix=(r.raw("AUTHPROXY_PREFIX") or ("", str(fs.get("prefix", "/_authproxy"))))[1].rstrip("/"),
+        data_dir=Path(data_dir[1] if data_dir else str(fs.get("data_dir", "./data"))),
+        https_enabled=r.boolean("HTTPS_ENABLED", bool(fs.get("https_enabled", False))),
+        https_cert_file=Path(cert[1]) if cert else (Path(fs["https_cert_file"]) if "https_cert_file" in fs
+                                                      else None),
+        https_key_file=Path(key[1]) if key else (Path(fs["https_key_file"]) if "https_key_file" in fs else None),
+        trust_proxy=r.boolean("TRUST_PROXY", bool(fs.get("trust_proxy", False))),
+        trusted_proxies=trusted,
+        allowed_redirect_domains=(_split(redirect_domains[1]) if redirect_domains
+                                  else tuple(fs.get("allowed_redirect_domains", ()))),
+        access_log=r.boolean("ACCESS_LOG", bool(fs.get("access_log", True))),
+        log_level=(r.raw("LOG_LEVEL") or ("", str(fs.get("log_level", "INFO"))))[1].upper(),
+        log_format=(r.raw("LOG_FORMAT") or ("", str(fs.get("log_format", "json"))))[1].lower(),  # type: ignore[arg-type]
+        audit_log_file=Path(audit_file[1]) if audit_file else (Path(fs["audit_log_file"])
+                                                               if "audit_log_file" in fs else None),
+        max_header_size=r.integer("MAX_HEADER_SIZE", int(fs.get("max_header_size", 8190)), minimum=1024,
+                                  maximum=65536),
+        workers=r.integer("WORKERS", int(fs.get("workers", 1)), minimum=1, maximum=64),
+    )
+
+    secret_list: list[Secret] = []
+    env_secret = r.secret("SESSION_SECRET")
+    if env_secret is not None:
+        secret_list = [Secret(s) for s in _split(env_secret.reveal())]
+    else:
+        file_secret = _file_secret(fss, "secret", "[session]", r.problems)
+        if file_secret is not None:
+            secret_list = [Secret(s) for s in _split(file_secret.reveal())]
+    redis_url = r.secret("REDIS_URL") or _file_secret(fss, "redis_url", "[session]", r.problems)
+    session = SessionConfig(
+        idle_timeout=r.duration("SESSION_IDLE_TIMEOUT", fdur(fss, "idle_timeout", 15 * 60, "[session]")),
+        max_age=r.duration("SESSION_MAX_AGE", fdur(fss, "max_age", 24 * 3600, "[session]")),
+        secrets=tuple(secret_list),
+        cookie_name=(r.raw("COOKIE_NAME", "SESSION_COOKIE_NAME") or ("", str(fss.get("cookie_name", ""))))[1],
+        cookie_domain=(r.raw("COOKIE_DOMAIN") or ("", str(fss.get("cookie_domain", ""))))[1].lower(),
+        cache_ttl=r.duration("SESSION_CACHE_TTL", fdur(fss, "cache_ttl", 2.0, "[session]")),
+        redis_url=redis_url,
+        redis_prefix=(r.raw("REDIS_PREFIX") or ("", str(fss.get("redis_prefix", "authproxy:"))))[1],
+    )
+    throttle = ThrottleConfig(
+        max_failures=r.integer("LOGIN_MAX_FAILURES", int(ft.get("max_failures", 5)), minimum=1, maximum=10_000),
+        window=r.duration("LOGIN_FAILURE_WINDOW", fdur(ft, "window", 15 * 60, "[throttle]")),
+    )
+
+    sites: list[SiteConfig] = []
+    raw_sites = file_data.get("sites", [])
+    if not isinstance(raw_sites, list):
+        r.problems.append("sites (config file): must be an array of tables ([[sites]])")
+        raw_sites = []
+    for i, table in enumerate(raw_sites):
+        site = _site_from_table(table if isinstance(table, dict) else {}, i, r.problems)
+        if site is not None:
+            sites.append(site)
+    env_site = _env_site(r)
+    if env_site is not None:
+        if sites:
+            r.problems.append("UPSTREAM_URL: set either UPSTREAM_URL (one site) or [[sites]] in the config "
+                              "file, not both")
+        else:
+            sites.append(env_site)
+
+    config = Config(auth_mode=_auth_mode(r, file_data.get("auth_mode")),  # type: ignore[arg-type]
+                    server=server, session=session, throttle=throttle, sites=tuple(sites))
+    problems = r.problems + validate.check(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def ensure_session_secrets(config: Config) -> tuple[Config, bool]:
+    """Give the config a signing secret: the operator's, or one generated once into the data dir.
+
+    Returns the config and whether a new secret was written (so the caller can say so once).
+    """
+    if config.session.secrets:
+        return config, False
+    import secrets as _secrets
+
+    path = config.server.data_dir / "session_secret"
+    created = False
+    if not path.exists():
+        config.server.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(_secrets.token_urlsafe(48) + "\n")
+        created = True
+    keys = tuple(Secret(s) for s in _split(path.read_text(encoding="utf-8")))
+    return replace(config, session=replace(config.session, secrets=keys)), created

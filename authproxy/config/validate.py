@@ -1,0 +1,100 @@
+"""Cross-field rules; every problem names the variable and the fix (Authelia-style)."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+from authproxy.config.schema import Config
+
+_COOKIE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+_HOST = re.compile(r"^\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
+
+
+def check(config: Config) -> list[str]:
+    p: list[str] = []
+    s, sess = config.server, config.session
+    from authproxy.upstreams.base import ADAPTERS, load_builtin_adapters
+
+    load_builtin_adapters()
+
+    if config.session_mode and not (s.https_enabled or s.trust_proxy):
+        p.append(f"AUTH_MODE={config.auth_mode}: session cookies need HTTPS; set HTTPS_ENABLED=true (authproxy "
+                 "serves TLS, a self-signed certificate is created if HTTPS_CERT_FILE is unset) or "
+                 "TRUST_PROXY=true behind a TLS-terminating proxy")
+    if (s.https_cert_file is None) != (s.https_key_file is None):
+        p.append("HTTPS_CERT_FILE / HTTPS_KEY_FILE: set both or neither")
+    for name, path in (("HTTPS_CERT_FILE", s.https_cert_file), ("HTTPS_KEY_FILE", s.https_key_file)):
+        if path is not None and not path.is_file():
+            p.append(f"{name}: {str(path)!r} does not exist or is not a file")
+    if (s.https_cert_file or s.https_key_file) and not s.https_enabled:
+        p.append("HTTPS_CERT_FILE: given but HTTPS_ENABLED is not true; set HTTPS_ENABLED=true to serve TLS")
+    if s.trust_proxy and not s.trusted_proxies:
+        p.append("TRUSTED_PROXIES: TRUST_PROXY=true needs at least one trusted proxy network")
+    if not s.prefix.startswith("/") or s.prefix == "" or "?" in s.prefix or "#" in s.prefix:
+        p.append(f"AUTHPROXY_PREFIX: must be an absolute path like /_authproxy, but it is {s.prefix!r}")
+    if s.log_format not in ("json", "text"):
+        p.append(f"LOG_FORMAT: must be json or text, but it is {s.log_format!r}")
+    if s.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        p.append(f"LOG_LEVEL: must be DEBUG, INFO, WARNING or ERROR, but it is {s.log_level!r}")
+
+    if sess.idle_timeout <= 0:
+        p.append("SESSION_IDLE_TIMEOUT: must be greater than 0 (e.g. 15m)")
+    if sess.max_age <= 0:
+        p.append("SESSION_MAX_AGE: must be greater than 0 (e.g. 24h)")
+    if 0 < sess.max_age < sess.idle_timeout:
+        p.append("SESSION_IDLE_TIMEOUT: must not be longer than SESSION_MAX_AGE")
+    for i, secret in enumerate(sess.secrets):
+        if len(secret.reveal()) < 32:
+            p.append(f"SESSION_SECRET: key {i + 1} is shorter than 32 characters; generate one with "
+                     "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`")
+    if sess.cookie_name and not _COOKIE_NAME.match(sess.cookie_name):
+        p.append(f"COOKIE_NAME: {sess.cookie_name!r} is not a valid cookie name")
+    if sess.cookie_name.startswith("__Host-") and sess.cookie_domain:
+        p.append("COOKIE_NAME: a __Host- cookie cannot carry COOKIE_DOMAIN; pick another name")
+    if sess.cookie_domain and not _HOST.match(sess.cookie_domain):
+        p.append(f"COOKIE_DOMAIN: {sess.cookie_domain!r} is not a domain like .example.com")
+    if sess.redis_url is not None:
+        scheme = urlsplit(sess.redis_url.reveal()).scheme
+        if scheme not in REDIS_SCHEMES:
+            p.append(f"REDIS_URL: scheme must be one of {', '.join(REDIS_SCHEMES)}, but it is {scheme!r}")
+    if sess.cache_ttl < 0:
+        p.append("SESSION_CACHE_TTL: must be 0 (off) or more")
+    if config.throttle.window <= 0:
+        p.append("LOGIN_FAILURE_WINDOW: must be greater than 0")
+
+    if not config.sites:
+        p.append("UPSTREAM_URL: no upstream configured; set UPSTREAM_URL and UPSTREAM_TYPE (one site) or "
+                 "[[sites]] in a --config file")
+    names: set[str] = set()
+    routes: set[tuple[str, str]] = set()
+    for site in config.sites:
+        where = f"site {site.name!r}"
+        if site.name in names:
+            p.append(f"{where}: the name is used twice; give every site its own name")
+        names.add(site.name)
+        parts = urlsplit(site.upstream_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            p.append(f"UPSTREAM_URL ({where}): must be an http:// or https:// URL, but it is "
+                     f"{site.upstream_url!r}")
+        if parts.username or parts.password:
+            p.append(f"UPSTREAM_URL ({where}): must not contain credentials; use the service token setting")
+        if site.type not in ADAPTERS:
+            p.append(f"UPSTREAM_TYPE ({where}): unknown type {site.type!r}; known types: "
+                     f"{', '.join(sorted(ADAPTERS))}")
+        else:
+            checker = getattr(ADAPTERS[site.type], "check_options", None)
+            if checker is not None:
+                p.extend(f"{where}: {msg}" for msg in checker(site.options))
+        if not site.path_prefix.startswith("/"):
+            p.append(f"{where}: path_prefix must start with /, but it is {site.path_prefix!r}")
+        for host in site.hosts or ("*",):
+            key = (host, site.path_prefix)
+            if key in routes:
+                p.append(f"{where}: host {host!r} with path {site.path_prefix!r} is already routed to another site")
+            routes.add(key)
+        if config.auth_mode in ("none", "hybrid") and site.service_token is None:
+            p.append(f"UPSTREAM_SERVICE_TOKEN ({where}): AUTH_MODE={config.auth_mode} needs a service credential "
+                     "(UPSTREAM_SERVICE_TOKEN, TECHNITIUM_TOKEN or service_token in the site)")
+    return p

@@ -1,0 +1,78 @@
+"""Sign-in with the upstream's own credentials: validate, throttle, ask the upstream, open a session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from authproxy.errors import AuthError
+from authproxy.log import audit
+from authproxy.login.regulation import Regulator
+from authproxy.routing import Site
+from authproxy.sessions.manager import LoadedSession, SessionManager
+
+MAX_USERNAME = 256
+MAX_PASSWORD = 1024
+# Technitium's UI tries admin/admin by itself when it has no token; the upstream does not count it.
+UNCOUNTED_DEFAULTS = {("admin", "admin")}
+
+
+@dataclass(frozen=True, slots=True)
+class LoginInput:
+    username: str
+    password: str
+    totp: str | None
+
+    @classmethod
+    def parse(cls, data: object) -> LoginInput:
+        if not isinstance(data, dict):
+            raise AuthError("Send username and password.", code="bad_request", status=400)
+        username, password, totp = data.get("username", data.get("user")), data.get("password", data.get("pass")), \
+            data.get("totp")
+        if not isinstance(username, str) or not isinstance(password, str) or not username.strip() or not password:
+            raise AuthError("Send username and password.", code="bad_request", status=400)
+        if len(username) > MAX_USERNAME or len(password) > MAX_PASSWORD:
+            raise AuthError("Username or password is too long.", code="bad_request", status=400)
+        if any(ord(c) < 32 or ord(c) == 127 for c in username):
+            raise AuthError("The username contains control characters.", code="bad_request", status=400)
+        if totp is not None and not isinstance(totp, (str, int)):
+            raise AuthError("The code must be digits.", code="bad_request", status=400)
+        totp_text = str(totp).strip() if totp not in (None, "") else None
+        if totp_text is not None and (not totp_text.isdigit() or len(totp_text) > 10):
+            raise AuthError("The code must be digits.", code="bad_request", status=400)
+        return cls(username=username.strip(), password=password, totp=totp_text)
+
+
+class PassthroughLogin:
+    def __init__(self, sessions: SessionManager, regulator: Regulator) -> None:
+        self.sessions = sessions
+        self.regulator = regulator
+
+    async def sign_in(self, site: Site, form: LoginInput, client_ip: str) -> tuple[LoadedSession, str]:
+        """A new session and its cookie value, or AuthError saying why not (already audited)."""
+        counted = (form.username.lower(), form.password) not in UNCOUNTED_DEFAULTS
+        wait = await self.regulator.retry_after(site.name, form.username, client_ip)
+        if wait is not None:
+            audit("login", outcome="throttled", user=form.username, site=site.name, client_ip=client_ip)
+            raise AuthError("Too many failed sign-ins. Try again later.", code="too_many_attempts", status=429,
+                            retry_after=wait)
+        result = await site.adapter.login(form.username, form.password, form.totp, client_ip)
+        if result.status == "totp_required":
+            audit("login", outcome="totp_required", user=form.username, site=site.name, client_ip=client_ip)
+            raise AuthError(result.message or "Enter your one-time code.", code="totp_required", status=401)
+        if result.status == "blocked":
+            audit("login", outcome="upstream_blocked", user=form.username, site=site.name, client_ip=client_ip)
+            raise AuthError(result.message, code="upstream_blocked", status=429, retry_after=result.retry_after)
+        if result.status != "ok" or result.credential is None or result.identity is None:
+            if counted:
+                await self.regulator.failed(site.name, form.username, client_ip)
+            audit("login", outcome="failure", user=form.username, site=site.name, client_ip=client_ip,
+                  totp=form.totp is not None)
+            raise AuthError(result.message or "Invalid username or password.", code="invalid_credentials",
+                            status=401)
+        await self.regulator.succeeded(site.name, form.username, client_ip)
+        loaded, cookie = await self.sessions.create(user=result.identity.username, site=site.name,
+                                                    identity=result.identity, credential=result.credential,
+                                                    client_ip=client_ip)
+        audit("login", outcome="success", user=result.identity.username, site=site.name, client_ip=client_ip,
+              session=loaded.public_id)
+        return loaded, cookie

@@ -1,0 +1,194 @@
+"""Streaming HTTP reverse proxy: authenticate, strip, inject, forward, stream back.
+
+Bodies are streamed both ways (no buffering), except a bounded peek at small JSON answers the
+adapter must read to spot "token expired" envelopes, and small urlencoded request bodies the
+adapter must clean of client-supplied credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from authproxy import keys
+from authproxy.errors import UpstreamError
+from authproxy.log import audit, log
+from authproxy.proxy.headers import IDENTITY_HEADERS, cookie_without, strip_hop_by_hop, strip_names
+from authproxy.routing import Site
+from authproxy.sessions.manager import LoadedSession
+from authproxy.sessions.model import Credential
+from authproxy.upstreams.base import UpstreamRequest
+from authproxy.web.api import login_location
+from authproxy.web.common import client_ip, cookie_value, error_response, wants_html
+
+CHUNK = 64 * 1024
+MAX_FORM_BODY = 1 << 20
+MAX_PEEK = 1 << 20
+
+
+def _service_credential(site: Site) -> Credential | None:
+    token = site.config.service_token
+    if token is None:
+        return None
+    make = getattr(site.adapter, "service_credential", None)
+    if make is not None:
+        cred: Credential = make(token.reveal())
+        return cred
+    return Credential(secret=token.reveal(), actor="service")
+
+
+def unauthenticated(request: web.Request, *, expired: bool = False) -> web.StreamResponse:
+    """Browsers go to the login page with a return URL; API clients get a JSON 401."""
+    if wants_html(request) and request.method in ("GET", "HEAD"):
+        location = login_location(request, request.rel_url.raw_path_qs)
+        if expired:
+            location += "&expired=1"
+        raise web.HTTPFound(location=location, headers={"Cache-Control": "no-store"})
+    if expired:
+        return error_response(request, 401, "session_expired", "Your session has ended; sign in again.")
+    return error_response(request, 401, "unauthenticated", "Sign in first.")
+
+
+async def credential_for(request: web.Request, site: Site) -> tuple[LoadedSession | None, Credential | None]:
+    config = request.app[keys.CONFIG]
+    if not config.session_mode:
+        return None, _service_credential(site)
+    loaded = await request.app[keys.SESSIONS].load(cookie_value(request))
+    if loaded is None:
+        return None, None
+    return loaded, loaded.session.credentials.get(site.name)
+
+
+def build_upstream_request(request: web.Request, site: Site) -> UpstreamRequest:
+    headers = CIMultiDict(request.headers)
+    strip_hop_by_hop(headers)
+    strip_names(headers, IDENTITY_HEADERS)
+    headers.popall("Host", None)
+    cookie_name = request.app[keys.SESSIONS].cookie_name
+    cookies = [cookie_without(v, (cookie_name,)) for v in headers.getall("Cookie", ())]
+    headers.popall("Cookie", None)
+    if any(cookies):
+        headers["Cookie"] = "; ".join(c for c in cookies if c)
+    raw_path = site.upstream_path(request.rel_url.raw_path)
+    return UpstreamRequest(method=request.method, raw_path=raw_path, raw_query=request.rel_url.raw_query_string,
+                           headers=headers)
+
+
+async def forward(request: web.Request) -> web.StreamResponse:
+    router = request.app[keys.ROUTER]
+    site = router.match(request.host, request.rel_url.path)
+    if site is None:
+        return error_response(request, 404, "unknown_site", "No site is configured for this address.",
+                              title="Not found")
+    loaded, credential = await credential_for(request, site)
+    if credential is None:
+        return unauthenticated(request)
+
+    ureq = build_upstream_request(request, site)
+    body: object = None
+    if request.body_exists:
+        if (request.content_type == "application/x-www-form-urlencoded"
+                and (request.content_length or 0) <= MAX_FORM_BODY):
+            raw = await request.content.read(MAX_FORM_BODY + 1)
+            if len(raw) > MAX_FORM_BODY:
+                return error_response(request, 413, "body_too_large", "The form is too large.")
+            ureq.form = parse_qsl(raw.decode("latin-1"), keep_blank_values=True)
+        else:
+            body = request.content
+    site.adapter.prepare_request(ureq, credential)
+    if ureq.form is not None:
+        body = urlencode(ureq.form, encoding="latin-1").encode("latin-1")
+        ureq.headers.popall("Content-Length", None)
+    proto = "https" if request.secure else "http"
+    ureq.headers["X-Forwarded-For"] = client_ip(request)
+    ureq.headers["X-Forwarded-Proto"] = proto
+    ureq.headers["X-Forwarded-Host"] = request.host
+    ureq.headers["X-Real-IP"] = client_ip(request)
+
+    url = site.config.upstream_url + ureq.raw_path + (f"?{ureq.raw_query}" if ureq.raw_query else "")
+    http = request.app[keys.HTTP]
+    timeout = aiohttp.ClientTimeout(total=None, connect=site.config.connect_timeout,
+                                    sock_read=site.config.timeout)
+    try:
+        upstream = await http.request(ureq.method, aiohttp.client.URL(url, encoded=True), headers=ureq.headers,
+                                      data=body, allow_redirects=False, timeout=timeout, auto_decompress=False)
+    except (aiohttp.ClientError, TimeoutError, UpstreamError) as exc:
+        log.warning("upstream unreachable", extra={"fields": {"site": site.name, "error": type(exc).__name__}})
+        return error_response(request, 502, "upstream_unavailable",
+                              f"{site.name} is not answering right now; try again in a moment.",
+                              title="Upstream unavailable")
+    try:
+        return await _relay(request, site, ureq, upstream, loaded, credential)
+    finally:
+        upstream.release()
+
+
+async def _relay(request: web.Request, site: Site, ureq: UpstreamRequest, upstream: aiohttp.ClientResponse,
+                 loaded: LoadedSession | None, credential: Credential) -> web.StreamResponse:
+    adapter = site.adapter
+    peeked: bytes | None = None
+    if adapter.wants_body(ureq, upstream.status, upstream.headers):
+        peeked = await upstream.content.read(MAX_PEEK + 1)
+        if len(peeked) <= MAX_PEEK and adapter.is_expired(upstream.status, upstream.headers, peeked):
+            return await _credential_died(request, site, loaded)
+    headers = CIMultiDict(upstream.headers)
+    strip_hop_by_hop(headers)
+    headers.popall("Content-Length", None) if peeked is not None else None
+    adapter.filter_response_headers(headers)
+    _rewrite_location(headers, site, request)
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    if peeked is not None and "Content-Length" not in headers and len(peeked) <= MAX_PEEK \
+            and upstream.content.at_eof():
+        response.content_length = len(peeked)
+    await response.prepare(request)
+    if peeked:
+        await response.write(peeked)
+    if request.method != "HEAD":
+        async for chunk in upstream.content.iter_chunked(CHUNK):
+            await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def _credential_died(request: web.Request, site: Site, loaded: LoadedSession | None) -> web.StreamResponse:
+    """The upstream says the token is dead: end it here too, then ask the person to sign in again."""
+    if loaded is not None:
+        manager = request.app[keys.SESSIONS]
+        loaded.session.credentials.pop(site.name, None)
+        audit("expiry", outcome="upstream_invalid", user=loaded.session.user, site=site.name,
+              client_ip=client_ip(request), session=loaded.public_id)
+        if loaded.session.credentials:
+            await manager.save(loaded)
+        else:
+            await manager.destroy(loaded)
+        return unauthenticated(request, expired=True)
+    log.error("the service credential was refused by the upstream", extra={"fields": {"site": site.name}})
+    return error_response(request, 502, "service_credential_invalid",
+                          f"{site.name} refused authproxy's service credential.", title="Upstream refused")
+
+
+def _rewrite_location(headers: CIMultiDict[str], site: Site, request: web.Request) -> None:
+    """Absolute redirects to the upstream's own address become the public address."""
+    location = headers.get("Location")
+    if not location:
+        return
+    base = urlsplit(site.config.upstream_url)
+    target = urlsplit(location)
+    public_prefix = site.config.path_prefix.rstrip("/")
+    if target.scheme and target.netloc and target.netloc.lower() == base.netloc.lower():
+        proto = "https" if request.secure else "http"
+        path = target.path[len(base.path.rstrip("/")):] if base.path not in ("", "/") else target.path
+        new = f"{proto}://{request.host}{public_prefix}{path}"
+        if target.query:
+            new += f"?{target.query}"
+        if target.fragment:
+            new += f"#{target.fragment}"
+        headers["Location"] = new
+    elif location.startswith("/") and not location.startswith("//") and public_prefix:
+        headers["Location"] = public_prefix + location
+
+

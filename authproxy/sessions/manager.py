@@ -1,0 +1,191 @@
+"""The one owner of tickets, sealing, cookies, expiry and the hot cache.
+
+Idle timeout is the store TTL (sliding, refreshed at most every `touch_interval`), the absolute
+lifetime is checked on every load. A short in-process cache of verified sessions keeps the store
+round trip off most requests; logout and revocation are broadcast through the store so every
+replica drops its cached copy at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.cookies import Morsel
+
+from authproxy.config.schema import SessionConfig
+from authproxy.crypto import Keyring, b64e, seal, unseal
+from authproxy.log import log
+from authproxy.sessions.model import Credential, Identity, Session
+from authproxy.sessions.store import SessionStore
+from authproxy.sessions.ticket import Ticket, decode_ticket, new_ticket
+
+CHANNEL = "sessions"
+MAX_CACHE_ENTRIES = 50_000
+
+
+@dataclass(slots=True)
+class LoadedSession:
+    """A session together with the ticket that unlocks it (needed to save it again)."""
+
+    session: Session
+    ticket: Ticket
+    store_key: str
+    fetched_at: float = 0.0
+    touched_at: float = 0.0
+    dirty: set[str] = field(default_factory=set)
+
+    @property
+    def public_id(self) -> str:
+        """A short, non-secret handle for logs and admin listings (hash of the store key)."""
+        return hashlib.sha256(self.store_key.encode()).hexdigest()[:12]
+
+
+class SessionManager:
+    def __init__(self, *, store: SessionStore, keyring: Keyring, config: SessionConfig,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.keyring = keyring
+        self.config = config
+        self.clock = clock
+        self.cookie_name = config.cookie_name or ("authproxy" if config.cookie_domain else "__Host-authproxy")
+        self.touch_interval = max(1.0, min(60.0, config.idle_timeout / 10))
+        self._cache: dict[str, LoadedSession] = {}
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Subscribe to invalidations (call after store.start())."""
+        self.store.subscribe(CHANNEL, self._on_invalidate)
+
+    def _on_invalidate(self, message: str) -> None:
+        self._cache.pop(message, None)
+
+    # ---- create / load / save / destroy ----------------------------------------------------------
+
+    async def create(self, *, user: str, site: str, identity: Identity, credential: Credential | None,
+                     client_ip: str, auth_method: str = "passthrough") -> tuple[LoadedSession, str]:
+        """A brand-new session and its cookie value (always a new id: no fixation)."""
+        now = self.clock()
+        session = Session(user=user, site=site, identity=identity,
+                          credentials={site: credential} if credential is not None else {},
+                          created_at=now, expires_at=now + self.config.max_age, client_ip=client_ip,
+                          auth_method=auth_method)
+        ticket = new_ticket()
+        loaded = LoadedSession(session=session, ticket=ticket, store_key=ticket.store_key,
+                               fetched_at=now, touched_at=now)
+        await self._write(loaded)
+        await self.store.index_add(self._user_index(user), loaded.store_key, self.config.max_age)
+        return loaded, ticket.encode(self.keyring)
+
+    async def load(self, cookie_value: str | None) -> LoadedSession | None:
+        """The live session for a cookie value, or None (absent, forged, expired, revoked)."""
+        ticket = decode_ticket(cookie_value, self.keyring)
+        if ticket is None:
+            return None
+        store_key = ticket.store_key
+        now = self.clock()
+        cached = self._cache.get(store_key)
+        if cached is not None and now - cached.fetched_at < self.config.cache_ttl and cached.ticket == ticket:
+            if now >= cached.session.expires_at:
+                await self.destroy(cached)
+                return None
+            await self._maybe_touch(cached, now)
+            return cached
+        blob = await self.store.get(store_key)
+        if blob is None:
+            self._cache.pop(store_key, None)
+            return None
+        plain = unseal(ticket.key, blob, store_key.encode())
+        if plain is None:
+            return None
+        try:
+            session = Session.from_dict(json.loads(plain))
+        except (ValueError, KeyError, TypeError):
+            log.warning("dropping a session that does not decode", extra={"fields": {"reason": "decode"}})
+            await self.store.delete(store_key)
+            return None
+        loaded = LoadedSession(session=session, ticket=ticket, store_key=store_key, fetched_at=now,
+                               touched_at=cached.touched_at if cached else 0.0)
+        if now >= session.expires_at:
+            await self.destroy(loaded)
+            return None
+        await self._maybe_touch(loaded, now)
+        if self.config.cache_ttl > 0:
+            if len(self._cache) >= MAX_CACHE_ENTRIES:
+                self._cache.clear()
+            self._cache[store_key] = loaded
+        return loaded
+
+    async def save(self, loaded: LoadedSession) -> None:
+        """Persist a changed session (credentials refreshed, a site added) and tell other replicas."""
+        await self._write(loaded)
+        await self.store.publish(CHANNEL, loaded.store_key)
+
+    async def destroy(self, loaded: LoadedSession) -> None:
+        self._cache.pop(loaded.store_key, None)
+        await self.store.delete(loaded.store_key)
+        await self.store.index_remove(self._user_index(loaded.session.user), loaded.store_key)
+        await self.store.publish(CHANNEL, loaded.store_key)
+
+    async def destroy_user(self, user: str) -> int:
+        """Sign a user out everywhere (admin revocation); O(sessions of that user)."""
+        index = self._user_index(user)
+        members = await self.store.index_members(index)
+        if members:
+            await self.store.delete(*members)
+            for key in members:
+                self._cache.pop(key, None)
+                await self.store.publish(CHANNEL, key)
+        await self.store.delete(index)
+        return len(members)
+
+    async def idle_expires_at(self, loaded: LoadedSession) -> float:
+        left = await self.store.ttl(loaded.store_key)
+        now = self.clock()
+        return min(loaded.session.expires_at, now + (left if left is not None else 0.0))
+
+    async def touch(self, loaded: LoadedSession) -> None:
+        """Slide the idle timeout now (heartbeat)."""
+        loaded.touched_at = 0.0
+        await self._maybe_touch(loaded, self.clock())
+
+    # ---- internals -------------------------------------------------------------------------------
+
+    async def _write(self, loaded: LoadedSession) -> None:
+        plain = json.dumps(loaded.session.to_dict(), separators=(",", ":")).encode()
+        blob = seal(loaded.ticket.key, plain, loaded.store_key.encode())
+        await self.store.set(loaded.store_key, blob, self._ttl(loaded, self.clock()))
+        loaded.touched_at = self.clock()
+
+    def _ttl(self, loaded: LoadedSession, now: float) -> float:
+        return max(0.001, min(self.config.idle_timeout, loaded.session.expires_at - now))
+
+    async def _maybe_touch(self, loaded: LoadedSession, now: float) -> None:
+        if now - loaded.touched_at < self.touch_interval:
+            return
+        loaded.touched_at = now
+        await self.store.expire(loaded.store_key, self._ttl(loaded, now))
+
+    @staticmethod
+    def _user_index(user: str) -> str:
+        return "u:" + b64e(hashlib.sha256(b"authproxy-user\x00" + user.encode()).digest())
+
+    # ---- cookies ---------------------------------------------------------------------------------
+
+    def cookie_attributes(self) -> dict[str, str | int | bool]:
+        attrs: dict[str, str | int | bool] = {"path": "/", "secure": True, "httponly": True, "samesite": "Lax",
+                                              "max_age": int(self.config.max_age)}
+        if self.config.cookie_domain:
+            attrs["domain"] = self.config.cookie_domain
+        return attrs
+
+    def cookie_header(self, value: str, *, clear: bool = False) -> str:
+        """A Set-Cookie header value (used where aiohttp's response.set_cookie is not at hand)."""
+        m: Morsel[str] = Morsel()
+        m.set(self.cookie_name, "" if clear else value, "" if clear else value)
+        for k, v in self.cookie_attributes().items():
+            m[k.replace("_", "-")] = 0 if clear and k == "max_age" else v
+        return m.OutputString()

@@ -1,0 +1,271 @@
+"""The JSON API under the reserved prefix: login, logout, session, heartbeat, me.
+
+The login page posts to the same endpoint (JSON from its script, or a plain form without script).
+Errors are `{"error": <stable code>, "message": <human text>}`; never a trace, never a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from authproxy import keys
+from authproxy.errors import AuthError, StoreError, UpstreamError
+from authproxy.log import audit, log
+from authproxy.login.passthrough import LoginInput
+from authproxy.routing import Site
+from authproxy.sessions.manager import LoadedSession
+from authproxy.web.common import (
+    SECURITY_HEADERS, client_ip, current_session, error_response, json_error,
+)
+
+MAX_LOGIN_BODY = 16 * 1024
+UPSTREAM_LOGOUT_TIMEOUT = 5.0
+
+
+def resolve_site(request: web.Request, explicit: str | None = None, rd: str | None = None) -> Site | None:
+    """Which site a portal request is about: named, else the return URL's path, else the host."""
+    router = request.app[keys.ROUTER]
+    if explicit:
+        return router.by_name.get(explicit)
+    if rd and rd.startswith("/") and not rd.startswith("//"):
+        site = router.match(request.host, rd.split("?", 1)[0])
+        if site is not None:
+            return site
+    site = router.match(request.host, "/")
+    if site is None and len(router.sites) == 1:
+        site = router.sites[0]
+    return site
+
+
+def safe_redirect(request: web.Request, rd: str | None) -> str:
+    prefix = request.app[keys.CONFIG].server.prefix
+    if rd:
+        checked = request.app[keys.REDIRECTS].validate(rd)
+        if checked:
+            return checked
+    return "/" if prefix != "/" else "/"
+
+
+def set_session_cookie(request: web.Request, response: web.StreamResponse, value: str) -> None:
+    attrs = request.app[keys.SESSIONS].cookie_attributes()
+    response.set_cookie(request.app[keys.SESSIONS].cookie_name, value, **attrs)  # type: ignore[arg-type]
+
+
+def clear_session_cookie(request: web.Request, response: web.StreamResponse) -> None:
+    attrs = request.app[keys.SESSIONS].cookie_attributes()
+    response.del_cookie(request.app[keys.SESSIONS].cookie_name, path="/",
+                        domain=attrs.get("domain") or None,  # type: ignore[arg-type]
+                        secure=True, httponly=True, samesite="Lax")
+
+
+def session_json(request: web.Request, loaded: LoadedSession, idle_expires_at: float) -> dict[str, Any]:
+    s = loaded.session
+    return {"authenticated": True, "user": s.user, "displayName": s.identity.display_name, "site": s.site,
+            "sites": sorted(s.credentials), "permissions": s.identity.permissions,
+            "idleExpiresAt": round(idle_expires_at, 3), "expiresAt": round(s.expires_at, 3)}
+
+
+async def _read_login(request: web.Request) -> tuple[dict[str, Any], bool]:
+    """The login fields and whether they came from a plain HTML form."""
+    if request.content_length is not None and request.content_length > MAX_LOGIN_BODY:
+        raise AuthError("The request is too large.", code="bad_request", status=413)
+    ctype = request.content_type
+    raw = await request.content.read(MAX_LOGIN_BODY + 1)
+    if len(raw) > MAX_LOGIN_BODY:
+        raise AuthError("The request is too large.", code="bad_request", status=413)
+    if ctype == "application/json":
+        try:
+            data = json.loads(raw or b"null")
+        except ValueError:
+            raise AuthError("The body is not valid JSON.", code="bad_json", status=400) from None
+        if not isinstance(data, dict):
+            raise AuthError("Send a JSON object with username and password.", code="bad_request", status=400)
+        return data, False
+    if ctype == "application/x-www-form-urlencoded":
+        from urllib.parse import parse_qsl
+
+        try:
+            pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            raise AuthError("The form is not valid UTF-8.", code="bad_request", status=400) from None
+        return dict(pairs), True
+    raise AuthError("Send JSON (application/json) or a form.", code="unsupported_media_type", status=415)
+
+
+def _same_origin(request: web.Request) -> bool:
+    """A cross-site form post must not sign anyone in (login CSRF); JSON needs CORS, so it cannot."""
+    origin = request.headers.get("Origin")
+    if origin is None or origin == "null":
+        return origin is None
+    return origin.split("://", 1)[-1].lower() == request.host.lower()
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    config = request.app[keys.CONFIG]
+    form_post = False
+    rd: str | None = None
+    try:
+        if not config.session_mode:
+            raise AuthError("Sign-in is not enabled (AUTH_MODE=none).", code="login_disabled", status=404)
+        if not request.secure:
+            raise AuthError("Sign-in needs HTTPS; open this page over https://.", code="https_required", status=400)
+        data, form_post = await _read_login(request)
+        if form_post and not _same_origin(request):
+            raise AuthError("Cross-site sign-in refused.", code="cross_site", status=403)
+        rd = data.get("rd") if isinstance(data.get("rd"), str) else None
+        site = resolve_site(request, data.get("site") if isinstance(data.get("site"), str) else None, rd)
+        if site is None:
+            raise AuthError("No site is configured for this address.", code="unknown_site", status=404)
+        fields = LoginInput.parse(data)
+        previous = await current_session(request)
+        loaded, cookie = await request.app[keys.LOGIN].sign_in(site, fields, client_ip(request))
+        if previous is not None:
+            # Keep the person's other sites in the new session (new id: no fixation), drop the old one.
+            for name, cred in previous.session.credentials.items():
+                loaded.session.credentials.setdefault(name, cred)
+            await request.app[keys.SESSIONS].save(loaded)
+            await request.app[keys.SESSIONS].destroy(previous)
+    except AuthError as exc:
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        if form_post:
+            from authproxy.web.portal import render_login
+
+            return render_login(request, status=exc.status, error=str(exc), rd=rd,
+                                totp=exc.code == "totp_required", headers=headers)
+        return json_error(exc.status, exc.code, str(exc), headers=headers)
+    except UpstreamError as exc:
+        log.warning("login: upstream unavailable", extra={"fields": {"error": str(exc)}})
+        if form_post:
+            from authproxy.web.portal import render_login
+
+            return render_login(request, status=502, error="The upstream service is not answering.", rd=rd)
+        return json_error(502, "upstream_unavailable", "The upstream service is not answering; try again soon.")
+    target = safe_redirect(request, rd)
+    if form_post:
+        response: web.StreamResponse = web.HTTPSeeOther(location=target, headers=SECURITY_HEADERS)
+    else:
+        idle = await request.app[keys.SESSIONS].idle_expires_at(loaded)
+        response = web.json_response({**session_json(request, loaded, idle), "redirect": target},
+                                     headers=SECURITY_HEADERS)
+    set_session_cookie(request, response, cookie)
+    return response
+
+
+async def end_session(request: web.Request, loaded: LoadedSession, *, reason: str) -> None:
+    """Destroy the session here and, best effort, each upstream session it holds."""
+    await request.app[keys.SESSIONS].destroy(loaded)
+    router = request.app[keys.ROUTER]
+    for name, cred in loaded.session.credentials.items():
+        site = router.by_name.get(name)
+        if site is None or cred.actor != "user":
+            continue
+        try:
+            await asyncio.wait_for(site.adapter.logout(cred), UPSTREAM_LOGOUT_TIMEOUT)
+        except (UpstreamError, TimeoutError) as exc:
+            log.warning("upstream logout failed", extra={"fields": {"site": name, "error": type(exc).__name__}})
+    audit("logout", outcome=reason, user=loaded.session.user, site=loaded.session.site,
+          client_ip=client_ip(request), session=loaded.public_id)
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    if request.headers.get("Origin") not in (None,) and not _same_origin(request):
+        return json_error(403, "cross_site", "Cross-site sign-out refused.")
+    loaded = await current_session(request)
+    if loaded is not None:
+        await end_session(request, loaded, reason="success")
+    if request.content_type == "application/x-www-form-urlencoded":
+        prefix = request.app[keys.CONFIG].server.prefix
+        response: web.StreamResponse = web.HTTPSeeOther(location=f"{prefix}/login?logged_out=1",
+                                                        headers=SECURITY_HEADERS)
+    else:
+        response = web.json_response({"authenticated": False, "loggedOut": loaded is not None},
+                                     headers=SECURITY_HEADERS)
+    clear_session_cookie(request, response)
+    return response
+
+
+async def session_info(request: web.Request) -> web.StreamResponse:
+    loaded = await current_session(request)
+    if loaded is None:
+        return web.json_response({"authenticated": False}, headers=SECURITY_HEADERS)
+    idle = await request.app[keys.SESSIONS].idle_expires_at(loaded)
+    return web.json_response(session_json(request, loaded, idle), headers=SECURITY_HEADERS)
+
+
+async def heartbeat(request: web.Request) -> web.StreamResponse:
+    loaded = await current_session(request)
+    if loaded is None:
+        return json_error(401, "session_expired", "Your session has ended; sign in again.")
+    manager = request.app[keys.SESSIONS]
+    await manager.touch(loaded)
+    router = request.app[keys.ROUTER]
+    changed = False
+    for name, cred in list(loaded.session.credentials.items()):
+        site = router.by_name.get(name)
+        if site is None or cred.upstream_ttl is None:
+            continue
+        if manager.clock() - cred.touched_at < cred.upstream_ttl / 3:
+            continue
+        try:
+            alive = await site.adapter.keepalive(cred)
+        except UpstreamError:
+            continue  # transient: the next heartbeat tries again
+        if not alive:
+            del loaded.session.credentials[name]
+            audit("expiry", outcome="upstream_invalid", user=loaded.session.user, site=name,
+                  client_ip=client_ip(request), session=loaded.public_id)
+        changed = True
+    if changed:
+        if not loaded.session.credentials:
+            await manager.destroy(loaded)
+            return json_error(401, "session_expired", "Your upstream session has ended; sign in again.")
+        await manager.save(loaded)
+    idle = await manager.idle_expires_at(loaded)
+    return web.json_response(session_json(request, loaded, idle), headers=SECURITY_HEADERS)
+
+
+async def me(request: web.Request) -> web.StreamResponse:
+    config = request.app[keys.CONFIG]
+    loaded = await current_session(request)
+    body: dict[str, Any] = {
+        "authMode": config.auth_mode,
+        "sessionAuthEnabled": config.session_mode,
+        "httpsDetected": request.secure,
+        "trustProxy": config.server.trust_proxy,
+        "authenticated": loaded is not None,
+        "user": loaded.session.user if loaded else None,
+        "sites": [{"name": s.name, "type": s.config.type} for s in request.app[keys.ROUTER].sites],
+        "loginUrl": f"{config.server.prefix}/login",
+    }
+    return web.json_response(body, headers=SECURITY_HEADERS)
+
+
+def login_location(request: web.Request, rd: str) -> str:
+    prefix = request.app[keys.CONFIG].server.prefix
+    return f"{prefix}/login?rd={quote(rd, safe='')}"
+
+
+@web.middleware
+async def store_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Store down -> a clear 503 (fail closed), never a 500 with a trace."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except StoreError as exc:
+        log.error("session store unavailable", extra={"fields": {"error": str(exc)}})
+        return error_response(request, 503, "store_unavailable",
+                              "The session store is not reachable; try again in a moment.",
+                              title="Temporarily unavailable", headers={"Retry-After": "5"})
+
+
+def setup(app: web.Application, prefix: str) -> None:
+    app.router.add_post(f"{prefix}/api/auth/login", login)
+    app.router.add_post(f"{prefix}/api/auth/logout", logout)
+    app.router.add_get(f"{prefix}/api/auth/session", session_info)
+    app.router.add_post(f"{prefix}/api/auth/heartbeat", heartbeat)
+    app.router.add_get(f"{prefix}/api/auth/me", me)

@@ -1,0 +1,76 @@
+"""Small helpers every handler shares: who is asking, which session, and how to say no."""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+from aiohttp import web
+
+from authproxy import keys
+from authproxy.sessions.manager import LoadedSession
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+
+
+
+def wants_html(request: web.Request) -> bool:
+    """A browser navigation (not XHR/fetch/API client): those get pages and redirects, not JSON."""
+    if request.headers.get("X-Requested-With", "").lower() == "xmlhttprequest":
+        return False
+    if request.headers.get("Sec-Fetch-Mode", "").lower() in {"cors", "no-cors", "same-origin", "websocket"}:
+        return False
+    return "text/html" in request.headers.get("Accept", "")
+
+
+def client_ip(request: web.Request) -> str:
+    return request.remote or ""
+
+
+def cookie_value(request: web.Request) -> str | None:
+    name = request.app[keys.SESSIONS].cookie_name
+    try:
+        return request.cookies.get(name)
+    except Exception:  # noqa: BLE001 - a malformed Cookie header means "no session", never a 500
+        return None
+
+
+async def current_session(request: web.Request) -> LoadedSession | None:
+    return await request.app[keys.SESSIONS].load(cookie_value(request))
+
+
+def json_error(status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
+               **extra: Any) -> web.Response:
+    body = {"error": code, "message": message}
+    body.update(extra)
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json",
+                        headers={**SECURITY_HEADERS, **(headers or {})})
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>{title}</title><link rel="stylesheet" href="{prefix}/static/portal.css"></head>
+<body><main class="card" role="main"><h1>{title}</h1><p>{message}</p>{extra}</main></body></html>"""
+
+
+def html_error(request: web.Request, status: int, title: str, message: str, *, extra_html: str = "",
+               headers: dict[str, str] | None = None) -> web.Response:
+    prefix = request.app[keys.CONFIG].server.prefix
+    body = PAGE.format(title=html.escape(title), message=html.escape(message), prefix=html.escape(prefix),
+                       extra=extra_html)
+    return web.Response(status=status, text=body, content_type="text/html",
+                        headers={**SECURITY_HEADERS, **(headers or {})})
+
+
+def error_response(request: web.Request, status: int, code: str, message: str, *, title: str | None = None,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    """JSON for API clients, a small page for browsers; never a stack trace or a secret."""
+    if wants_html(request):
+        return html_error(request, status, title or message, message, headers=headers)
+    return json_error(status, code, message, headers=headers)

@@ -1,0 +1,79 @@
+"""Request-wide rules: who the client is (trusted proxies only), and no 500 with a trace."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp_remotes import XForwardedFiltered
+
+from authproxy.config.schema import IPNetwork
+from authproxy.log import log
+from authproxy.web.common import error_response
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_WS_SCHEMES = {"ws": "http", "wss": "https"}
+
+
+class TrustedForwarded:
+    """X-Forwarded-Proto/For/Host through aiohttp-remotes, but only when the TCP peer is a trusted proxy.
+
+    aiohttp-remotes' filtered mode walks X-Forwarded-For but never looks at the peer itself, so a
+    direct client could claim `https`; this checks the peer first and ignores the headers otherwise.
+    """
+
+    def __init__(self, trusted: tuple[IPNetwork, ...]) -> None:
+        self.trusted = trusted
+        self.filtered = XForwardedFiltered(set(trusted))
+
+    def peer_trusted(self, request: web.Request) -> bool:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if not peer:
+            return False
+        try:
+            ip = ipaddress.ip_address(peer[0])
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not self.peer_trusted(request):
+            return await handler(request)
+        proto = request.headers.get("X-Forwarded-Proto", "")
+        if proto.lower() in _WS_SCHEMES:  # Traefik says ws/wss for WebSocket upgrades
+            request = request.clone(headers=_replace(request, "X-Forwarded-Proto", _WS_SCHEMES[proto.lower()]))
+        if "X-Forwarded-For" not in request.headers:
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            overrides: dict[str, str] = {}
+            if proto:
+                overrides["scheme"] = request.headers["X-Forwarded-Proto"].split(",")[-1].strip()
+            if request.headers.get("X-Forwarded-Host"):
+                overrides["host"] = request.headers["X-Forwarded-Host"].split(",")[-1].strip()
+            if overrides:
+                request = request.clone(remote=peer[0] if peer else None, **overrides)
+            return await handler(request)
+        return await self.filtered.middleware(request, handler)
+
+
+def _replace(request: web.Request, name: str, value: str):  # type: ignore[no-untyped-def]
+    from multidict import CIMultiDict
+
+    headers = CIMultiDict(request.headers)
+    headers[name] = value
+    return headers
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Last line: anything unexpected becomes a plain 500 page; the log gets the type, not the details."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        log.error("unhandled error", extra={"fields": {"path": request.rel_url.path, "error": type(exc).__name__}},
+                  exc_info=exc)
+        return error_response(request, 500, "internal_error", "Something went wrong inside authproxy.",
+                              title="Internal error")

@@ -1,0 +1,87 @@
+"""The sign-in page: plain HTML that works without script, enhanced by a small same-origin script.
+
+No inline script or style, so the page can carry a strict Content-Security-Policy.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from aiohttp import web
+
+from authproxy import keys
+from authproxy.web.common import SECURITY_HEADERS
+
+STATIC = Path(__file__).parent / "static"
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+
+LOGIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>Sign in{site_title}</title><link rel="stylesheet" href="{prefix}/static/portal.css">
+<script src="{prefix}/static/login.js" defer></script></head>
+<body><main class="card" role="main">
+<h1>Sign in{site_title}</h1>
+<p class="hint">Use your {site_kind} account.</p>
+<div id="error" class="error" role="alert" aria-live="assertive"{error_hidden}>{error}</div>
+<div id="notice" class="notice" role="status"{notice_hidden}>{notice}</div>
+<form id="login" method="post" action="{prefix}/api/auth/login" novalidate>
+  <input type="hidden" name="rd" value="{rd}">
+  <input type="hidden" name="site" value="{site}">
+  <div class="field" id="credentials"{cred_hidden}>
+    <label for="username">Username</label>
+    <input id="username" name="username" autocomplete="username" autocapitalize="none" spellcheck="false"
+      required value="{username}">
+    <label for="password">Password</label>
+    <input id="password" name="password" type="password" autocomplete="current-password" required>
+  </div>
+  <div class="field" id="totp-field"{totp_hidden}>
+    <label for="totp">One-time code</label>
+    <input id="totp" name="totp" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9]*" maxlength="10">
+  </div>
+  <button type="submit" id="submit">Sign in</button>
+</form>
+</main></body></html>"""
+
+
+def render_login(request: web.Request, *, status: int = 200, error: str = "", rd: str | None = None,
+                 totp: bool = False, notice: str = "", headers: dict[str, str] | None = None) -> web.Response:
+    from authproxy.web.api import resolve_site
+
+    prefix = request.app[keys.CONFIG].server.prefix
+    rd = rd if rd is not None else request.query.get("rd", "")
+    site = resolve_site(request, request.query.get("site"), rd)
+    site_kind = site.config.type.capitalize() if site else "upstream"
+    body = LOGIN_PAGE.format(
+        prefix=html.escape(prefix), rd=html.escape(rd or ""), site=html.escape(site.name if site else ""),
+        site_title=html.escape(f" to {site.name}") if site else "", site_kind=html.escape(site_kind),
+        error=html.escape(error), error_hidden="" if error else " hidden",
+        notice=html.escape(notice), notice_hidden="" if notice else " hidden",
+        username="", cred_hidden="", totp_hidden="" if totp else " hidden",
+    )
+    return web.Response(status=status, text=body, content_type="text/html",
+                        headers={**SECURITY_HEADERS, "Content-Security-Policy": CSP, **(headers or {})})
+
+
+async def login_page(request: web.Request) -> web.StreamResponse:
+    notice = "You have signed out." if request.query.get("logged_out") else ""
+    if request.query.get("expired"):
+        notice = "Your session has ended. Sign in again."
+    return render_login(request, notice=notice)
+
+
+async def logout_page(request: web.Request) -> web.StreamResponse:
+    prefix = html.escape(request.app[keys.CONFIG].server.prefix)
+    body = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Sign out</title>'
+            f'<link rel="stylesheet" href="{prefix}/static/portal.css"></head><body><main class="card">'
+            f'<h1>Sign out</h1><form method="post" action="{prefix}/api/auth/logout">'
+            f'<button type="submit">Sign out</button></form></main></body></html>')
+    return web.Response(text=body, content_type="text/html",
+                        headers={**SECURITY_HEADERS, "Content-Security-Policy": CSP})
+
+
+def setup(app: web.Application, prefix: str) -> None:
+    app.router.add_get(f"{prefix}/login", login_page)
+    app.router.add_get(f"{prefix}/logout", logout_page)
+    app.router.add_static(f"{prefix}/static", STATIC, append_version=False)

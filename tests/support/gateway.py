@@ -1,0 +1,132 @@
+"""Run the real authproxy application on a free loopback port, in-process, for integration tests.
+
+`make_gateway(env, store=...)` builds the Config exactly as `authproxy run` does (load_config on an
+env mapping) and serves `create_app(config)` with aiohttp's AppRunner. `GatewayClient` keeps the
+session cookie by hand (the cookie is Secure and tests speak plain HTTP on loopback, so they send
+`X-Forwarded-Proto: https` from a trusted peer, as a TLS-terminating proxy would).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from authproxy.app import create_app
+from authproxy.config.loader import ensure_session_secrets, load_config
+from authproxy.config.schema import Config
+from authproxy.sessions.store import SessionStore
+
+SECRET = "test-secret-" + "x" * 40
+
+
+@dataclass
+class Gateway:
+    app: web.Application
+    runner: web.AppRunner
+    config: Config
+    url: str
+    port: int
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+@dataclass
+class GatewayClient:
+    """An HTTP client that behaves like a browser behind a TLS proxy: keeps the session cookie."""
+
+    base: str
+    http: aiohttp.ClientSession
+    cookie_name: str = "__Host-authproxy"
+    cookie: str | None = None
+    headers: dict[str, str] = field(default_factory=lambda: {"X-Forwarded-Proto": "https"})
+
+    def _headers(self, extra: Mapping[str, str] | None) -> dict[str, str]:
+        h = dict(self.headers)
+        if self.cookie:
+            h["Cookie"] = f"{self.cookie_name}={self.cookie}"
+        if extra:
+            h.update(extra)
+        return h
+
+    def remember(self, resp: aiohttp.ClientResponse) -> None:
+        for value in resp.headers.getall("Set-Cookie", ()):
+            m = re.match(rf"\s*{re.escape(self.cookie_name)}=([^;]*)", value)
+            if m:
+                self.cookie = m.group(1) or None
+
+    async def request(self, method: str, path: str, *, headers: Mapping[str, str] | None = None,
+                      **kw: Any) -> aiohttp.ClientResponse:
+        kw.setdefault("allow_redirects", False)
+        resp = await self.http.request(method, self.base + path, headers=self._headers(headers), **kw)
+        self.remember(resp)
+        return resp
+
+    async def login(self, username: str, password: str, totp: str | None = None,
+                    **extra: Any) -> aiohttp.ClientResponse:
+        body: dict[str, Any] = {"username": username, "password": password, **extra}
+        if totp is not None:
+            body["totp"] = totp
+        resp = await self.request("POST", "/_authproxy/api/auth/login", json=body)
+        await resp.read()
+        return resp
+
+
+def gateway_env(upstream_url: str, **overrides: str) -> dict[str, str]:
+    env = {"UPSTREAM_URL": upstream_url, "UPSTREAM_TYPE": "technitium", "TRUST_PROXY": "true",
+           "SESSION_SECRET": SECRET, "ACCESS_LOG": "false"}
+    env.update(overrides)
+    return env
+
+
+MakeGateway = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def make_gateway(tmp_path: Path) -> AsyncIterator[MakeGateway]:
+    started: list[Gateway] = []
+
+    async def make(env: Mapping[str, str], *, store: SessionStore | None = None, port: int = 0,
+                   config_file: Path | None = None) -> Gateway:
+        env = dict(env)
+        env.setdefault("AUTHPROXY_DATA_DIR", str(tmp_path / "data"))
+        config, _ = ensure_session_secrets(load_config(env, config_file))
+        app = create_app(config, store=store)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        await site.start()
+        bound = runner.addresses[0][1]
+        gw = Gateway(app=app, runner=runner, config=config, url=f"http://127.0.0.1:{bound}", port=bound)
+        started.append(gw)
+        return gw
+
+    yield make
+    for gw in started:
+        await gw.stop()
+
+
+@pytest.fixture
+async def http_client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        yield session
+
+
+@pytest.fixture
+def client_for(http_client: aiohttp.ClientSession) -> Callable[[Gateway], GatewayClient]:
+    def make(gw: Gateway) -> GatewayClient:
+        return GatewayClient(base=gw.url, http=http_client, cookie_name=_cookie_name(gw))
+    return make
+
+
+def _cookie_name(gw: Gateway) -> str:
+    from authproxy import keys
+
+    return gw.app[keys.SESSIONS].cookie_name
