@@ -84,9 +84,19 @@ async def forward(request: web.Request) -> web.StreamResponse:
     if site is None:
         return error_response(request, 404, "unknown_site", "No site is configured for this address.",
                               title="Not found")
+    intercept = getattr(site.adapter, "intercept", None)
+    if intercept is not None:
+        # Some UIs' own login/session calls are answered by authproxy (placeholders, see upstreams/).
+        answered: web.StreamResponse | None = await intercept(request, site)
+        if answered is not None:
+            return answered
     loaded, credential = await credential_for(request, site)
     if credential is None:
         return unauthenticated(request)
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        from authproxy.proxy import websocket
+
+        return await websocket.bridge(request, site, loaded, credential)
 
     ureq = build_upstream_request(request, site)
     body: object = None
@@ -135,6 +145,10 @@ async def _relay(request: web.Request, site: Site, ureq: UpstreamRequest, upstre
         peeked = await upstream.content.read(MAX_PEEK + 1)
         if len(peeked) <= MAX_PEEK and adapter.is_expired(upstream.status, upstream.headers, peeked):
             return await _credential_died(request, site, loaded)
+        rewrite = getattr(adapter, "rewrite_body", None)
+        if rewrite is not None and len(peeked) <= MAX_PEEK and loaded is not None:
+            # Token fields in JSON answers become this session's placeholder (upstreams/ decides which).
+            peeked = rewrite(ureq, peeked, loaded)
     headers = CIMultiDict(upstream.headers)
     strip_hop_by_hop(headers)
     headers.popall("Content-Length", None) if peeked is not None else None

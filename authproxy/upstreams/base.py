@@ -6,6 +6,12 @@ the product, and how the product says "this credential has expired".
 
     ADAPTERS["technitium"] -> TechnitiumAdapter(site, http)
 
+Optional hooks an adapter may define (looked up with getattr by the proxy):
+    async intercept(request, site) -> web.StreamResponse | None   answer a UI's own login/session call
+    rewrite_body(ureq, body, loaded) -> bytes                      placeholders for token fields in JSON
+    service_credential(secret) -> Credential                       the site's service token as a credential
+    check_options(options) -> list[str]  (staticmethod)            config problems, each naming the fix
+
 Adapters do I/O only through the shared `aiohttp.ClientSession` they are given (DummyCookieJar, no
 redirects, no auto-decompression); a login that returns cookies reads them from the response.
 """
