@@ -7,6 +7,7 @@ replicas). One contract test suite (tests/contract) runs against every implement
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
@@ -53,7 +54,7 @@ class SessionStore(Protocol):
 
     async def index_remove(self, index: str, member: str) -> None: ...
 
-    async def index_members(self, index: str) -> set[str]: ...
+    async def index_members(self, index: str) -> builtins.set[str]: ...
 
     async def publish(self, channel: str, message: str) -> None:
         """Broadcast to every subscriber of `channel` in every process using this store."""

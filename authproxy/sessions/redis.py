@@ -1,0 +1,355 @@
+"""Redis session store (redis-py asyncio + hiredis), for several replicas sharing sessions.
+
+URL forms: `redis://[[user]:password@]host[:port][/db]`, `rediss://...` (TLS), `unix://[:password@]/path?db=N`
+and Sentinel `redis+sentinel://[[user]:password@]host:port[,host2:port2]/service_name[/db]` (the password is
+the master's; add `?sentinel_password=...` when the sentinels require one too).
+
+Why it looks like this:
+- Keys, index sets and channels all get `prefix`, so one Redis can serve several deployments. Keys and
+  index names share Redis's one keyspace: never use one name for both.
+- Short socket timeouts, one quick retry (it heals connections left stale by a Redis restart) and an
+  overall deadline per call, so a dead or hung Redis fails fast with `StoreError` (→ 503) instead of
+  hanging requests; the next call after Redis returns simply works.
+- `incr` and `index_add` are small Lua scripts: atomic and one round trip, so a counter can never be left
+  without its expiry (which would lock someone out forever) and an index keeps the longer TTL.
+- Pub/sub: one background listener PSUBSCRIBEs to `prefix*` and dispatches locally, so `subscribe()` can
+  stay synchronous. It reconnects with backoff after errors; messages published while it was
+  disconnected are lost (Redis pub/sub has no history).
+- Error messages never contain the password from the URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialBackoff
+
+from authproxy.errors import ConfigError, StoreError
+from authproxy.sessions.store import InvalidationCallback
+
+log = logging.getLogger("authproxy.store")
+
+T = TypeVar("T")
+
+# KEYS[1] counter; ARGV[1] window in ms. Sets the expiry on the first incr (or if it is somehow missing).
+INCR_SCRIPT = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 or redis.call('PTTL', KEYS[1]) == -1 then
+    redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return n
+"""
+
+# KEYS[1] set; ARGV[1] member, ARGV[2] ttl in ms. Keeps whichever expiry is later.
+INDEX_ADD_SCRIPT = """
+redis.call('SADD', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+"""
+
+_STORE_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + ch if ch in "\\*?[]" else ch for ch in text)
+
+
+class RedisStore:
+    """`SessionStore` on Redis; `timeout` bounds every call (connect and each operation)."""
+
+    name = "redis"
+
+    def __init__(self, url: str, *, prefix: str = "authproxy:", timeout: float = 2.0,
+                 health_check_interval: int = 30) -> None:
+        self.prefix = prefix
+        self.timeout = timeout
+        self._url = url
+        self._health_check_interval = health_check_interval
+        self._secrets: list[str] = []
+        self._sentinel_spec: _SentinelSpec | None = None
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme == "redis+sentinel":
+            self._sentinel_spec = _SentinelSpec.parse(url)
+            self._secrets += [s for s in (self._sentinel_spec.password,
+                                          self._sentinel_spec.sentinel_password) if s]
+        elif scheme in ("redis", "rediss", "unix"):
+            if parts.password:
+                self._secrets.append(unquote(parts.password))
+        else:
+            raise ConfigError([(f"session: REDIS_URL must start with redis://, rediss://, unix:// or "
+                                f"redis+sentinel:// but it's configured as '{_redact_url(url)}'")])
+        self._secrets += [quote(s, safe="") for s in self._secrets]
+        self._secrets.sort(key=len, reverse=True)
+        self.safe_url = _redact_url(url)
+        self._client: aioredis.Redis | None = None
+        self._sentinel: Sentinel | None = None
+        self._incr: Any = None
+        self._index_add: Any = None
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribers: dict[str, list[InvalidationCallback]] = {}
+        self._first_attempt = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<RedisStore {self.safe_url!r} prefix={self.prefix!r}>"
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and subscribe. Redis being down is logged, not raised: ping() reports readiness."""
+        if self._client is not None:
+            return
+        self._client = self._make_client()
+        self._incr = self._client.register_script(INCR_SCRIPT)
+        self._index_add = self._client.register_script(INDEX_ADD_SCRIPT)
+        self._first_attempt = asyncio.Event()
+        self._listener = asyncio.create_task(self._listen_forever(), name="authproxy-redis-pubsub")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.timeout * 2 + 1):
+                await self._first_attempt.wait()
+
+    async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+        client, self._client = self._client, None
+        sentinel, self._sentinel = self._sentinel, None
+        with contextlib.suppress(*_STORE_ERRORS):
+            if client is not None:
+                await client.aclose()
+            if sentinel is not None:
+                for sentinel_client in sentinel.sentinels:
+                    await sentinel_client.aclose()
+
+    async def ping(self) -> None:
+        await self._do("ping", lambda c: c.ping())
+
+    # -- key/value -------------------------------------------------------------------------------
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self._do("get", lambda c: c.get(self.prefix + key))
+        return value if isinstance(value, bytes) or value is None else value.encode()
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        await self._do("set", lambda c: c.set(self.prefix + key, value, px=_ms(ttl)))
+
+    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
+        created = await self._do("set_if_absent",
+                                 lambda c: c.set(self.prefix + key, value, px=_ms(ttl), nx=True))
+        return bool(created)
+
+    async def expire(self, key: str, ttl: float) -> bool:
+        return bool(await self._do("expire", lambda c: c.pexpire(self.prefix + key, _ms(ttl))))
+
+    async def delete(self, *keys: str) -> int:
+        if not keys:
+            return 0
+        return int(await self._do("delete", lambda c: c.delete(*(self.prefix + k for k in keys))))
+
+    async def incr(self, key: str, window: float) -> int:
+        return int(await self._do("incr", lambda c: self._incr(keys=[self.prefix + key], args=[_ms(window)])))
+
+    async def ttl(self, key: str) -> float | None:
+        ms = int(await self._do("ttl", lambda c: c.pttl(self.prefix + key)))
+        if ms == -2:
+            return None
+        return math.inf if ms == -1 else ms / 1000
+
+    # -- index sets ------------------------------------------------------------------------------
+
+    async def index_add(self, index: str, member: str, ttl: float) -> None:
+        await self._do("index_add",
+                       lambda c: self._index_add(keys=[self.prefix + index], args=[member, _ms(ttl)]))
+
+    async def index_remove(self, index: str, member: str) -> None:
+        await self._do("index_remove", lambda c: c.srem(self.prefix + index, member))
+
+    async def index_members(self, index: str) -> builtins.set[str]:
+        members = await self._do("index_members", lambda c: c.smembers(self.prefix + index))
+        return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
+
+    # -- pub/sub ---------------------------------------------------------------------------------
+
+    async def publish(self, channel: str, message: str) -> None:
+        await self._do("publish", lambda c: c.publish(self.prefix + channel, message))
+
+    def subscribe(self, channel: str, callback: InvalidationCallback) -> None:
+        self._subscribers.setdefault(channel, []).append(callback)
+
+    async def _listen_forever(self) -> None:
+        """PSUBSCRIBE `prefix*` and dispatch; on any error log, back off, reconnect. Never dies."""
+        pattern = _glob_escape(self.prefix) + "*"
+        backoff = 0.1
+        failing = False
+        while True:
+            assert self._client is not None
+            pubsub = self._client.pubsub()
+            try:
+                await pubsub.psubscribe(pattern)
+                async with asyncio.timeout(self.timeout + 0.5):
+                    while True:  # wait for the confirmation: only then are publishes seen
+                        msg = await pubsub.get_message(timeout=self.timeout)
+                        if msg is not None and msg.get("type") == "psubscribe":
+                            break
+                if failing:
+                    log.info("redis store %s: pub/sub listener reconnected", self.safe_url)
+                failing, backoff = False, 0.1
+                self._first_attempt.set()
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is not None and msg.get("type") == "pmessage":
+                        self._on_message(msg["channel"], msg["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the listener must survive anything
+                if not failing:
+                    log.warning("redis store %s: pub/sub listener failed, reconnecting: %s",
+                                self.safe_url, self._scrub(f"{type(exc).__name__}: {exc}"))
+                failing = True
+                self._first_attempt.set()
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def _on_message(self, raw_channel: bytes | str, raw_data: bytes | str) -> None:
+        channel = raw_channel.decode() if isinstance(raw_channel, bytes) else raw_channel
+        message = raw_data.decode() if isinstance(raw_data, bytes) else str(raw_data)
+        if not channel.startswith(self.prefix):
+            return
+        channel = channel[len(self.prefix):]
+        for callback in list(self._subscribers.get(channel, ())):
+            try:
+                callback(message)
+            except Exception:
+                log.exception("store subscriber for channel %r failed", channel)
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _make_client(self) -> aioredis.Redis:
+        common: dict[str, Any] = {
+            "socket_timeout": self.timeout,
+            "socket_connect_timeout": self.timeout,
+            # One fast retry: heals a pooled connection that died with a restarted Redis.
+            "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
+            "health_check_interval": self._health_check_interval,
+        }
+        spec = self._sentinel_spec
+        if spec is None:
+            return aioredis.Redis.from_url(self._url, **common)
+        sentinel_kwargs = {k: v for k, v in common.items() if k != "health_check_interval"}
+        if spec.sentinel_password:
+            sentinel_kwargs["password"] = spec.sentinel_password
+        self._sentinel = Sentinel(spec.sentinels, sentinel_kwargs=sentinel_kwargs,  # type: ignore[no-untyped-call]
+                                  **common)
+        master: aioredis.Redis = self._sentinel.master_for(
+            spec.service_name, db=spec.db, username=spec.username, password=spec.password)
+        return master
+
+    async def _do(self, op: str, call: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+        """Run one command under the overall deadline; every failure becomes a password-free StoreError."""
+        client = self._client
+        if client is None:
+            raise StoreError(f"redis store {self.safe_url} is not started (or already closed)")
+        try:
+            async with asyncio.timeout(self.timeout + 0.5):
+                return await call(client)
+        except _STORE_ERRORS as exc:
+            detail = self._scrub(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            raise StoreError(f"redis store {self.safe_url}: {op} failed: {detail}") from None
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+class _SentinelSpec:
+    """`redis+sentinel://[[user]:password@]h1:p1[,h2:p2]/service_name[/db][?sentinel_password=...]`."""
+
+    def __init__(self, sentinels: list[tuple[str, int]], service_name: str, db: int,
+                 username: str | None, password: str | None, sentinel_password: str | None) -> None:
+        self.sentinels = sentinels
+        self.service_name = service_name
+        self.db = db
+        self.username = username
+        self.password = password
+        self.sentinel_password = sentinel_password
+
+    @classmethod
+    def parse(cls, url: str) -> _SentinelSpec:
+        def problem(why: str) -> ConfigError:
+            return ConfigError([(f"session: REDIS_URL {why}; expected redis+sentinel://[:password@]"
+                                 f"host:port[,host2:port2]/service_name[/db] but it's configured as "
+                                 f"'{_redact_url(url)}'")])
+
+        parts = urlsplit(url)
+        userinfo, _, hostlist = parts.netloc.rpartition("@")
+        username: str | None = None
+        password: str | None = None
+        if userinfo:
+            user, has_pw, pw = userinfo.partition(":")
+            username = unquote(user) or None
+            password = unquote(pw) if has_pw else None
+        sentinels: list[tuple[str, int]] = []
+        for item in filter(None, hostlist.split(",")):
+            if item.startswith("["):  # [ipv6]:port
+                host, _, rest = item[1:].partition("]")
+                port_text = rest.lstrip(":")
+            else:
+                host, _, port_text = item.partition(":")
+            try:
+                port = int(port_text) if port_text else 26379
+            except ValueError:
+                raise problem(f"has a bad sentinel port in '{item}'") from None
+            if not host:
+                raise problem("names an empty sentinel host")
+            sentinels.append((host, port))
+        if not sentinels:
+            raise problem("names no sentinel host")
+        path = [unquote(p) for p in parts.path.split("/") if p]
+        if not path or len(path) > 2:
+            raise problem("must name the service (and optionally the db) in its path")
+        try:
+            db = int(path[1]) if len(path) == 2 else 0
+        except ValueError:
+            raise problem("has a db that is not a number") from None
+        query = parse_qs(parts.query)
+        unknown = set(query) - {"sentinel_password"}
+        if unknown:
+            raise problem(f"has unknown query options {sorted(unknown)}")
+        sentinel_password = query.get("sentinel_password", [None])[-1]
+        return cls(sentinels, path[0], db, username, password, sentinel_password)
+
+
+def _redact_url(url: str) -> str:
+    """The URL with any password (userinfo or query) replaced by ***."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
+    query = "&".join(f"{k}=***" if "password" in k.lower() else f"{k}={v}"
+                     for k, v in (pair.partition("=")[::2] for pair in parts.query.split("&") if pair))
+    # Not geturl(): it would turn unix:///path into unix:/path.
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
