@@ -18,7 +18,7 @@ from authproxy.routing import Router
 from authproxy.sessions.manager import SessionManager
 from authproxy.sessions.registry import create_store
 from authproxy.sessions.store import SessionStore
-from authproxy.web import api, health, portal
+from authproxy.web import api, forward_auth, health, portal
 from authproxy.web.middleware import TrustedForwarded, errors
 from authproxy.web.redirects import RedirectPolicy
 
@@ -60,6 +60,7 @@ def create_app(config: Config, *, store: SessionStore | None = None) -> web.Appl
     prefix = config.server.prefix
     health.setup(app, prefix)
     api.setup(app, prefix)
+    forward_auth.setup(app, prefix)
     portal.setup(app, prefix)
     app.router.add_route("*", "/{tail:.*}", proxy_http.forward)
     return app

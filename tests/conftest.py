@@ -5,4 +5,6 @@ pytest_plugins = [
     "tests.support.redis_server",
     "tests.support.technitium",
     "tests.support.gateway",
+    "tests.support.apps",
+    "tests.support.fakes_misc",
 ]

@@ -38,7 +38,7 @@ FILE_KEYS: dict[str, set[str]] = {
                 "cache_ttl", "redis_url", "redis_prefix"},
     "throttle": {"max_failures", "window"},
     "site": {"name", "upstream_url", "type", "hosts", "path_prefix", "service_token", "service_token_file",
-             "options", "timeout", "connect_timeout"},
+             "options", "timeout", "connect_timeout", "allowed_users", "allowed_groups"},
 }
 
 
@@ -211,7 +211,13 @@ def _site_from_table(t: dict[str, Any], index: int, problems: list[str]) -> Site
         name=str(t["name"]), upstream_url=str(t["upstream_url"]).rstrip("/"), type=str(t["type"]).lower(),
         hosts=tuple(h.lower() for h in hosts), path_prefix=str(t.get("path_prefix", "/")),
         service_token=_file_secret(t, "service_token", where, problems), options=dict(options),
+        allowed_users=tuple(u.lower() for u in _list(t.get("allowed_users", ()))),
+        allowed_groups=tuple(_list(t.get("allowed_groups", ()))),
         timeout=timeout or 30.0, connect_timeout=connect_timeout or 5.0)
+
+
+def _list(value: Any) -> tuple[str, ...]:
+    return _split(value) if isinstance(value, str) else tuple(str(v) for v in value)
 
 
 def _env_site(r: _Reader) -> SiteConfig | None:
@@ -237,6 +243,8 @@ def _env_site(r: _Reader) -> SiteConfig | None:
         name=(r.raw("SITE_NAME") or ("", site_type))[1], upstream_url=url[1].rstrip("/"), type=site_type,
         hosts=tuple(h.lower() for h in _split(hosts[1])) if hosts else (),
         service_token=service, options=options,
+        allowed_users=tuple(u.lower() for u in _split((r.raw("ALLOWED_USERS") or ("", ""))[1])),
+        allowed_groups=_split((r.raw("ALLOWED_GROUPS") or ("", ""))[1]),
         timeout=r.duration("UPSTREAM_TIMEOUT", 30.0), connect_timeout=r.duration("UPSTREAM_CONNECT_TIMEOUT", 5.0))
 
 

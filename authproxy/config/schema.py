@@ -35,6 +35,8 @@ class SiteConfig:
     path_prefix: str = "/"               # public path prefix the UI is served under
     service_token: Secret | None = None  # shared credential for AUTH_MODE=none / background work
     options: dict[str, Any] = field(default_factory=dict)  # adapter-specific, validated by the adapter
+    allowed_users: tuple[str, ...] = ()  # () = anyone the upstream accepts; else only these (lower case)
+    allowed_groups: tuple[str, ...] = () # () = no group rule; else one of these groups is required
     timeout: float = 30.0                # seconds for a whole upstream exchange (streams excluded)
     connect_timeout: float = 5.0
 
