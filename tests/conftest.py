@@ -2,6 +2,8 @@
 
 pytest_plugins = [
     "tests.support.procs",
+    "tests.support.proxies",
+    "tests.fakes.echo",
     "tests.support.redis_server",
     "tests.support.technitium",
     "tests.support.gateway",

@@ -9,6 +9,7 @@ replica drops its cached copy at once.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import time
 from collections.abc import Callable
@@ -17,13 +18,24 @@ from http.cookies import Morsel
 
 from authproxy.config.schema import SessionConfig
 from authproxy.crypto import Keyring, b64e, seal, unseal
-from authproxy.log import log
+from authproxy.log import audit, log
 from authproxy.sessions.model import Credential, Identity, Session
 from authproxy.sessions.store import SessionStore
 from authproxy.sessions.ticket import Ticket, decode_ticket, new_ticket
 
 CHANNEL = "sessions"
 MAX_CACHE_ENTRIES = 50_000
+# The end marker outlives the session blob by this much, so an absolute-lifetime end is still noticed.
+MARKER_GRACE = 300.0
+
+
+def public_id(store_key: str) -> str:
+    """A short, non-secret handle for logs and admin listings (hash of the store key)."""
+    return hashlib.sha256(store_key.encode()).hexdigest()[:12]
+
+
+def marker_key(store_key: str) -> str:
+    return "m:" + store_key.removeprefix("s:")
 
 
 @dataclass(slots=True)
@@ -40,7 +52,7 @@ class LoadedSession:
     @property
     def public_id(self) -> str:
         """A short, non-secret handle for logs and admin listings (hash of the store key)."""
-        return hashlib.sha256(self.store_key.encode()).hexdigest()[:12]
+        return public_id(self.store_key)
 
 
 class SessionManager:
@@ -51,7 +63,9 @@ class SessionManager:
         self.config = config
         self.clock = clock
         self.cookie_name = config.cookie_name or ("authproxy" if config.cookie_domain else "__Host-authproxy")
-        self.touch_interval = max(1.0, min(60.0, config.idle_timeout / 10))
+        # Well below the idle timeout: a cached session is trusted only until its next touch is due,
+        # and that touch is what notices a store entry that lapsed (or was deleted) meanwhile.
+        self.touch_interval = min(60.0, config.idle_timeout / 10)
         self._cache: dict[str, LoadedSession] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -77,26 +91,36 @@ class SessionManager:
         loaded = LoadedSession(session=session, ticket=ticket, store_key=ticket.store_key,
                                fetched_at=now, touched_at=now)
         await self._write(loaded)
+        await self._write_marker(loaded, now)
         await self.store.index_add(self._user_index(user), loaded.store_key, self.config.max_age)
         return loaded, ticket.encode(self.keyring)
 
-    async def load(self, cookie_value: str | None) -> LoadedSession | None:
-        """The live session for a cookie value, or None (absent, forged, expired, revoked)."""
+    async def load(self, cookie_value: str | None, *, client_ip: str = "") -> LoadedSession | None:
+        """The live session for a cookie value, or None (absent, forged, expired, revoked).
+
+        `client_ip` only goes into the audit line written when this request is the one that finds the
+        session expired.
+        """
         ticket = decode_ticket(cookie_value, self.keyring)
         if ticket is None:
             return None
         store_key = ticket.store_key
         now = self.clock()
         cached = self._cache.get(store_key)
-        if cached is not None and now - cached.fetched_at < self.config.cache_ttl and cached.ticket == ticket:
+        if (cached is not None and now - cached.fetched_at < self.config.cache_ttl
+                and hmac.compare_digest(cached.ticket.key, ticket.key)):
             if now >= cached.session.expires_at:
-                await self.destroy(cached)
+                await self._expired(cached, client_ip)
                 return None
-            await self._maybe_touch(cached, now)
+            if not await self._maybe_touch(cached, now):
+                self._cache.pop(store_key, None)
+                await self._lapsed(ticket, now, client_ip)
+                return None
             return cached
         blob = await self.store.get(store_key)
         if blob is None:
             self._cache.pop(store_key, None)
+            await self._lapsed(ticket, now, client_ip)
             return None
         plain = unseal(ticket.key, blob, store_key.encode())
         if plain is None:
@@ -110,9 +134,11 @@ class SessionManager:
         loaded = LoadedSession(session=session, ticket=ticket, store_key=store_key, fetched_at=now,
                                touched_at=cached.touched_at if cached else 0.0)
         if now >= session.expires_at:
-            await self.destroy(loaded)
+            await self._expired(loaded, client_ip)
             return None
-        await self._maybe_touch(loaded, now)
+        if not await self._maybe_touch(loaded, now):
+            await self._lapsed(ticket, now, client_ip)
+            return None
         if self.config.cache_ttl > 0:
             if len(self._cache) >= MAX_CACHE_ENTRIES:
                 self._cache.clear()
@@ -126,7 +152,7 @@ class SessionManager:
 
     async def destroy(self, loaded: LoadedSession) -> None:
         self._cache.pop(loaded.store_key, None)
-        await self.store.delete(loaded.store_key)
+        await self.store.delete(loaded.store_key, marker_key(loaded.store_key))
         await self.store.index_remove(self._user_index(loaded.session.user), loaded.store_key)
         await self.store.publish(CHANNEL, loaded.store_key)
 
@@ -135,7 +161,7 @@ class SessionManager:
         index = self._user_index(user)
         members = await self.store.index_members(index)
         if members:
-            await self.store.delete(*members)
+            await self.store.delete(*members, *(marker_key(m) for m in members))
             for key in members:
                 self._cache.pop(key, None)
                 await self.store.publish(CHANNEL, key)
@@ -163,11 +189,49 @@ class SessionManager:
     def _ttl(self, loaded: LoadedSession, now: float) -> float:
         return max(0.001, min(self.config.idle_timeout, loaded.session.expires_at - now))
 
-    async def _maybe_touch(self, loaded: LoadedSession, now: float) -> None:
+    async def _maybe_touch(self, loaded: LoadedSession, now: float) -> bool:
+        """Slide the idle TTL when due; False when the store no longer has the session."""
         if now - loaded.touched_at < self.touch_interval:
-            return
+            return True
         loaded.touched_at = now
-        await self.store.expire(loaded.store_key, self._ttl(loaded, now))
+        return await self.store.expire(loaded.store_key, self._ttl(loaded, now))
+
+    # ---- expiry audit ----------------------------------------------------------------------------
+    #
+    # The idle timeout is the store's TTL, so an idle session simply vanishes and the next request
+    # only sees a valid ticket with nothing behind it. To audit that expiry with the person's name, a
+    # small marker (user, site, absolute end; sealed with the ticket's key, no credential) lives until
+    # the absolute end. The first request that finds the session gone consumes the marker and writes
+    # the audit line; logout and revocation delete the marker, so they are never reported as expiry.
+
+    async def _write_marker(self, loaded: LoadedSession, now: float) -> None:
+        s = loaded.session
+        key = marker_key(loaded.store_key)
+        plain = json.dumps({"user": s.user, "site": s.site, "expires_at": s.expires_at}).encode()
+        ttl = max(0.001, s.expires_at - now) + MARKER_GRACE
+        await self.store.set(key, seal(loaded.ticket.key, plain, key.encode()), ttl)
+
+    async def _expired(self, loaded: LoadedSession, client_ip: str) -> None:
+        """The absolute lifetime is over: end it and say so."""
+        await self.destroy(loaded)
+        audit("expiry", outcome="max_age", user=loaded.session.user, site=loaded.session.site,
+              client_ip=client_ip, session=loaded.public_id)
+
+    async def _lapsed(self, ticket: Ticket, now: float, client_ip: str) -> None:
+        """A validly signed ticket whose session is gone: audit the expiry once, if it was one."""
+        key = marker_key(ticket.store_key)
+        blob = await self.store.get(key)
+        if blob is None or not await self.store.delete(key):
+            return  # already reported, logged out, revoked, or never ours
+        plain = unseal(ticket.key, blob, key.encode())
+        try:
+            info = json.loads(plain) if plain is not None else None
+            user, site, expires_at = str(info["user"]), str(info["site"]), float(info["expires_at"])
+        except (ValueError, KeyError, TypeError):
+            return
+        await self.store.index_remove(self._user_index(user), ticket.store_key)
+        audit("expiry", outcome="max_age" if now >= expires_at else "idle_timeout", user=user, site=site,
+              client_ip=client_ip, session=public_id(ticket.store_key))
 
     @staticmethod
     def _user_index(user: str) -> str:

