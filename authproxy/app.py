@@ -14,6 +14,7 @@ from authproxy.crypto import Keyring
 from authproxy.login.passthrough import PassthroughLogin
 from authproxy.login.regulation import Regulator
 from authproxy.proxy import http as proxy_http
+from authproxy.proxy import websocket as proxy_websocket
 from authproxy.routing import Router
 from authproxy.sessions.manager import SessionManager
 from authproxy.sessions.registry import create_store
@@ -62,6 +63,7 @@ def create_app(config: Config, *, store: SessionStore | None = None) -> web.Appl
     api.setup(app, prefix)
     forward_auth.setup(app, prefix)
     portal.setup(app, prefix)
+    proxy_websocket.setup(app)
     app.router.add_route("*", "/{tail:.*}", proxy_http.forward)
     return app
 

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from authproxy.config.schema import Config
     from authproxy.login.passthrough import PassthroughLogin
     from authproxy.login.regulation import Regulator
+    from authproxy.proxy.websocket import BridgeRegistry
     from authproxy.routing import Router
     from authproxy.sessions.manager import SessionManager
     from authproxy.sessions.store import SessionStore
@@ -24,3 +25,4 @@ HTTP: web.AppKey[aiohttp.ClientSession] = web.AppKey("http")
 REGULATOR: web.AppKey[Regulator] = web.AppKey("regulator")
 LOGIN: web.AppKey[PassthroughLogin] = web.AppKey("login")
 REDIRECTS: web.AppKey[RedirectPolicy] = web.AppKey("redirects")
+WEBSOCKETS: web.AppKey[BridgeRegistry] = web.AppKey("websockets")

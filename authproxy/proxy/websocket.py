@@ -1,0 +1,386 @@
+"""WebSocket bridge: the client's socket on one side, the upstream's on the other, frames relayed as-is.
+
+`proxy.http.forward` has already found the site and the credential; `bridge` then
+
+1. refuses what is not a WebSocket handshake (400) or comes from another origin (403: the upstream's
+   own Origin check is about to be satisfied by us, so cross-site socket hijacking is stopped here);
+2. builds the upstream handshake like an HTTP request (hop-by-hop, identity headers and the authproxy
+   cookie stripped, the adapter injects the credential), keeps the offered subprotocols, and sets
+   `Origin` to the upstream's own origin;
+3. connects upstream *before* upgrading the client, so a refusal is still an HTTP answer
+   (502, or "signed out" when the adapter says a 401/403 means the credential died);
+4. upgrades the client with the subprotocol the upstream chose and relays in three supervised tasks:
+
+       client ──► pump ──► upstream       text/binary/ping/pong forwarded as they come (no decoding)
+       client ◄── pump ◄── upstream       a CLOSE on one side closes the other with the same code
+       watch: session still in the store? wakes on invalidation messages, every RECHECK_INTERVAL s,
+              and at the idle/absolute expiry; ends the bridge with 4001 "session ended"
+
+   The first task to finish decides the close codes; every task is cancelled and awaited before
+   `bridge` returns.
+
+`BridgeRegistry` (app[keys.WEBSOCKETS]) indexes open bridges by the session's store key. It listens on
+the session manager's invalidation channel, which every replica publishes on destroy and save, so a
+sign-out anywhere closes the sockets here within one store round trip. It also owns the upstream
+WebSocket client: upgraded connections are held for hours, so they must not count against the
+shared HTTP client's connection pool limits (that would stall ordinary proxying).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from authproxy import keys
+from authproxy.errors import StoreError
+from authproxy.log import log
+from authproxy.proxy.http import _credential_died, build_upstream_request
+from authproxy.routing import Site
+from authproxy.sessions.manager import CHANNEL, LoadedSession
+from authproxy.sessions.model import Credential
+from authproxy.web.common import client_ip, error_response
+
+MAX_MSG_SIZE = 16 * 1024 * 1024
+CLOSE_TIMEOUT = 5.0          # how long a close handshake may wait for the peer's CLOSE
+RECHECK_INTERVAL = 5.0       # the session is looked up at least this often
+SESSION_ENDED = (4001, "session ended")
+SHUTDOWN = (1001, "server shutting down")
+
+# Set by aiohttp's client itself (or meaningless upstream); Origin is replaced, protocols passed apart.
+_HANDSHAKE_HEADERS = ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
+                      "Sec-WebSocket-Accept", "Sec-WebSocket-Protocol", "Origin", "Content-Length",
+                      "Content-Type")
+_TEXT, _BINARY, _PING, _PONG, _CLOSE, _ERROR = (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.PING,
+                                                WSMsgType.PONG, WSMsgType.CLOSE, WSMsgType.ERROR)
+
+Side = Literal["client", "upstream", "watch"]
+
+
+@dataclass(eq=False, slots=True)
+class Bridge:
+    """One open client<->upstream pair, as the registry sees it."""
+
+    store_key: str | None          # None in AUTH_MODE=none (service credential, no session)
+    site: str
+    expires_at: float | None       # the session's absolute end
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    stop: tuple[int, str] | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def end(self, code: int, reason: str) -> None:
+        """Ask the bridge to close both sides (client gets `code`); returns at once."""
+        if self.stop is None:
+            self.stop = (code, reason)
+        self.wake.set()
+
+
+class BridgeRegistry:
+    """Open bridges by session store key, the invalidation listener, and the upstream WS client."""
+
+    def __init__(self, *, recheck_interval: float = RECHECK_INTERVAL) -> None:
+        self.recheck_interval = recheck_interval
+        self._by_key: dict[str | None, set[Bridge]] = {}
+        self._client: aiohttp.ClientSession | None = None
+
+    def __len__(self) -> int:
+        return sum(len(group) for group in self._by_key.values())
+
+    def __iter__(self) -> Iterator[Bridge]:
+        return iter([b for group in self._by_key.values() for b in group])
+
+    def for_session(self, store_key: str) -> set[Bridge]:
+        return set(self._by_key.get(store_key, ()))
+
+    def add(self, bridge: Bridge) -> None:
+        self._by_key.setdefault(bridge.store_key, set()).add(bridge)
+
+    def remove(self, bridge: Bridge) -> None:
+        group = self._by_key.get(bridge.store_key)
+        if group is not None:
+            group.discard(bridge)
+            if not group:
+                del self._by_key[bridge.store_key]
+
+    def invalidated(self, store_key: str) -> None:
+        """Store callback: this session was destroyed or saved somewhere; its bridges re-check it."""
+        for bridge in self._by_key.get(store_key, ()):
+            bridge.wake.set()
+
+    async def close_all(self, code: int = SHUTDOWN[0], reason: str = SHUTDOWN[1],
+                        timeout: float = CLOSE_TIMEOUT + 1.0) -> None:
+        bridges = list(self)
+        for bridge in bridges:
+            bridge.end(code, reason)
+        try:
+            async with asyncio.timeout(timeout):
+                for bridge in bridges:
+                    await bridge.done.wait()
+        except TimeoutError:
+            log.warning("websocket bridges still open at shutdown", extra={"fields": {"count": len(self)}})
+
+    @property
+    def client(self) -> aiohttp.ClientSession:
+        if self._client is None or self._client.closed:
+            # Same rules as the shared HTTP client (no jar, no decompression, no env proxies), own pool.
+            connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
+            self._client = aiohttp.ClientSession(
+                connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept-Encoding"), trust_env=False,
+                timeout=aiohttp.ClientTimeout(total=None))
+        return self._client
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+
+# ---- the handshake ---------------------------------------------------------------------------------
+
+
+def _origin_allowed(request: web.Request) -> bool:
+    """No Origin (non-browser client) or the public origin itself; anything else is cross-site."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https"):
+        return False
+    default = ":443" if parts.scheme == "https" else ":80"
+    return parts.netloc.lower().removesuffix(default) == request.host.lower().removesuffix(default)
+
+
+def upstream_origin(upstream_url: str) -> str:
+    parts = urlsplit(upstream_url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    return f"{scheme}://{parts.netloc}"
+
+
+def build_handshake(request: web.Request, site: Site,
+                    credential: Credential | None) -> tuple[str, CIMultiDict[str], list[str]]:
+    """(upstream URL, headers, offered subprotocols) for the upstream handshake."""
+    ureq = build_upstream_request(request, site)
+    protocols = [p.strip() for value in ureq.headers.getall("Sec-WebSocket-Protocol", ())
+                 for p in value.split(",") if p.strip()]
+    for name in _HANDSHAKE_HEADERS:
+        ureq.headers.popall(name, None)
+    site.adapter.prepare_request(ureq, credential)
+    ip = client_ip(request)
+    ureq.headers["Origin"] = upstream_origin(site.config.upstream_url)
+    ureq.headers["X-Forwarded-For"] = ip
+    ureq.headers["X-Forwarded-Proto"] = "https" if request.secure else "http"
+    ureq.headers["X-Forwarded-Host"] = request.host
+    ureq.headers["X-Real-IP"] = ip
+    url = site.config.upstream_url + ureq.raw_path + (f"?{ureq.raw_query}" if ureq.raw_query else "")
+    return url, ureq.headers, protocols
+
+
+async def bridge(request: web.Request, site: Site, loaded: LoadedSession | None,
+                 credential: Credential | None) -> web.StreamResponse:
+    """Answer an authenticated `Upgrade: websocket` request by bridging it to the site's upstream."""
+    if not web.WebSocketResponse().can_prepare(request).ok:
+        return error_response(request, 400, "bad_websocket_handshake", "This is not a valid WebSocket request.")
+    if not _origin_allowed(request):
+        return error_response(request, 403, "cross_site", "Cross-site WebSocket connections are refused.")
+    registry = request.app[keys.WEBSOCKETS]
+    url, headers, protocols = build_handshake(request, site, credential)
+    try:
+        async with asyncio.timeout(site.config.connect_timeout):
+            upstream = await registry.client.ws_connect(
+                URL(url, encoded=True), protocols=protocols, headers=headers, autoclose=False, autoping=False,
+                heartbeat=None, max_msg_size=MAX_MSG_SIZE, compress=0, decode_text=False,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT))
+    except aiohttp.WSServerHandshakeError as exc:
+        return await _refused(request, site, loaded, exc)
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        log.warning("upstream websocket unreachable",
+                    extra={"fields": {"site": site.name, "error": type(exc).__name__}})
+        return error_response(request, 502, "upstream_unavailable",
+                              f"{site.name} is not answering right now; try again in a moment.",
+                              title="Upstream unavailable")
+
+    entry = Bridge(store_key=loaded.store_key if loaded else None, site=site.name,
+                   expires_at=loaded.session.expires_at if loaded else None)
+    client: _ClientWS = web.WebSocketResponse(
+        protocols=(upstream.protocol,) if upstream.protocol else (), autoclose=False, autoping=False,
+        max_msg_size=MAX_MSG_SIZE, timeout=CLOSE_TIMEOUT, decode_text=False)
+    registry.add(entry)
+    try:
+        try:
+            await client.prepare(request)
+        except BaseException:
+            await upstream.close(code=1001, message=b"client went away")
+            raise
+        await _relay(request, client, upstream, entry)
+    finally:
+        registry.remove(entry)
+        entry.done.set()
+    return client
+
+
+async def _refused(request: web.Request, site: Site, loaded: LoadedSession | None,
+                   exc: aiohttp.WSServerHandshakeError) -> web.StreamResponse:
+    status = exc.status
+    headers = CIMultiDictProxy(CIMultiDict(exc.headers or {}))
+    if status in (401, 403) and site.adapter.is_expired(status, headers, None):
+        return await _credential_died(request, site, loaded)
+    log.warning("upstream refused the websocket", extra={"fields": {"site": site.name, "status": status}})
+    return error_response(request, 502, "upstream_refused",
+                          f"{site.name} refused the WebSocket connection (HTTP {status}).",
+                          title="Upstream refused")
+
+
+# ---- the relay -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _End:
+    side: Side
+    kind: Literal["close", "lost", "error", "stop"]
+    code: int | None = None
+    reason: str = ""
+
+
+_ClientWS: TypeAlias = "web.WebSocketResponse[Literal[False]]"
+_UpstreamWS: TypeAlias = "aiohttp.ClientWebSocketResponse[Literal[False]]"
+
+
+async def _pump(src: _ClientWS | _UpstreamWS, dst: _ClientWS | _UpstreamWS, side: Side) -> _End:
+    """Forward frames from `src` to `dst` until `src` closes; says why it stopped."""
+    send, ping, pong = dst.send_frame, dst.ping, dst.pong
+    try:
+        while True:
+            msg = await src.receive()
+            kind = msg.type
+            if kind is _TEXT or kind is _BINARY:
+                await send(msg.data, kind)
+            elif kind is _PING:
+                await ping(msg.data)
+            elif kind is _PONG:
+                await pong(msg.data)
+            elif kind is _CLOSE:
+                return _End(side, "close", msg.data, msg.extra or "")
+            elif kind is _ERROR:
+                return _End(side, "error", reason=type(msg.data).__name__)
+            else:  # CLOSING / CLOSED: the connection went away (or we are closing it)
+                return _End(side, "lost")
+    except (ConnectionError, aiohttp.ClientError, RuntimeError):
+        # Writing failed: the *other* side is gone.
+        return _End("upstream" if side == "client" else "client", "lost")
+    except Exception as exc:  # noqa: BLE001 - a relay failure ends this bridge, never the server
+        log.warning("websocket relay failed", extra={"fields": {"from": side, "error": type(exc).__name__}})
+        return _End(side, "error", reason=type(exc).__name__)
+
+
+async def _watch(request: web.Request, entry: Bridge, registry: BridgeRegistry) -> _End:
+    """Ends when the session is gone (any replica), expired (idle or absolute), or the app stops."""
+    store = request.app[keys.STORE]
+    clock = request.app[keys.SESSIONS].clock
+    delay: float | None = None if entry.store_key is None else 0.0
+    while True:
+        if entry.stop is None and delay != 0.0:
+            try:
+                async with asyncio.timeout(delay):
+                    await entry.wake.wait()
+            except TimeoutError:
+                pass
+        entry.wake.clear()
+        if entry.stop is not None:
+            return _End("watch", "stop", *entry.stop)
+        if entry.store_key is None:
+            delay = None
+            continue
+        delay = registry.recheck_interval
+        try:
+            left = await store.ttl(entry.store_key)
+        except StoreError:
+            log.warning("cannot re-check a websocket's session; keeping it open for now",
+                        extra={"fields": {"site": entry.site}})
+            continue
+        now = clock()
+        if left is None or (entry.expires_at is not None and now >= entry.expires_at):
+            return _End("watch", "stop", *SESSION_ENDED)
+        delay = min(delay, left + 0.05)
+        if entry.expires_at is not None:
+            delay = min(delay, entry.expires_at - now + 0.05)
+        delay = max(delay, 0.05)
+
+
+def _sendable(code: int | None, fallback: int) -> int:
+    """A code that may appear in a CLOSE frame (1005/1006/1015 and 0 are only ever reported)."""
+    if code is not None and (1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999):
+        return code
+    return fallback
+
+
+def _reason(text: str) -> bytes:
+    return text.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
+
+
+def _plan(end: _End) -> tuple[int, str, int, str]:
+    """(client code, reason, upstream code, reason) for how the bridge ended."""
+    if end.side == "watch":
+        return end.code or 1001, end.reason, 1001, end.reason  # session ended / shutting down
+    if end.kind == "close":
+        code = _sendable(end.code, 1000)
+        return code, end.reason, code, end.reason
+    if end.side == "client":
+        return 1001, "", 1001, "client went away"
+    if end.kind == "error":
+        return 1011, "upstream error", 1001, ""
+    return 1011, "upstream connection lost", 1001, ""
+
+
+async def _relay(request: web.Request, client: _ClientWS, upstream: _UpstreamWS, entry: Bridge) -> None:
+    registry = request.app[keys.WEBSOCKETS]
+    tasks = (
+        asyncio.create_task(_pump(client, upstream, "client"), name="authproxy-ws-client"),
+        asyncio.create_task(_pump(upstream, client, "upstream"), name="authproxy-ws-upstream"),
+        asyncio.create_task(_watch(request, entry, registry), name="authproxy-ws-watch"),
+    )
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        first = next(t for t in tasks if t in done)
+        end = first.result()
+        tasks[2].cancel()
+        c_code, c_reason, u_code, u_reason = _plan(end)
+        # A pump still waiting on a socket is woken by that socket's close() and returns.
+        await asyncio.gather(client.close(code=c_code, message=_reason(c_reason)),
+                             upstream.close(code=u_code, message=_reason(u_reason)), return_exceptions=True)
+        log.debug("websocket bridge closed", extra={"fields": {
+            "site": entry.site, "by": end.side, "how": end.kind, "client_code": c_code, "upstream_code": u_code}})
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if not upstream.closed:  # cancelled mid-way (server shutting down hard)
+            await upstream.close(code=1001)
+
+
+# ---- wiring ----------------------------------------------------------------------------------------
+
+
+def setup(app: web.Application) -> None:
+    """The registry, its invalidation listener, and closing every bridge when the app stops."""
+    app[keys.WEBSOCKETS] = BridgeRegistry()
+
+    async def listen(app: web.Application) -> None:
+        app[keys.STORE].subscribe(CHANNEL, app[keys.WEBSOCKETS].invalidated)
+
+    async def close_all(app: web.Application) -> None:
+        await app[keys.WEBSOCKETS].close_all()
+
+    async def release(app: web.Application) -> None:
+        await app[keys.WEBSOCKETS].aclose()
+
+    app.on_startup.append(listen)
+    app.on_shutdown.append(close_all)
+    app.on_cleanup.append(release)

@@ -1,0 +1,394 @@
+"""The WebSocket bridge, end to end over real sockets: test client -> real gateway -> upstream.
+
+The upstream is a FakeTechnitium (so sign-in and its tokens are real) with a WebSocket endpoint at
+`/ws` added in front of its routes: it accepts only a live Technitium token (Bearer or `token=`),
+records each handshake, echoes text and binary frames, answers pings, pings on request ("ping-me"),
+closes with a chosen code ("close:<code>") and records the close code it receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict
+
+from authproxy import keys
+from authproxy.proxy.websocket import BridgeRegistry
+from tests.fakes.technitium import FakeTechnitium
+from tests.support.gateway import Gateway, GatewayClient, MakeGateway, gateway_env
+
+ALICE = ("alice", "alice-pass")
+WAIT = 2.0
+
+
+@dataclass
+class Handshake:
+    headers: CIMultiDict[str]
+    raw_query: str
+
+
+@dataclass
+class SocketUpstream:
+    """FakeTechnitium v15 plus a token-checking WebSocket endpoint at /ws."""
+
+    fake: FakeTechnitium
+    handshakes: list[Handshake] = field(default_factory=list)
+    closes: list[tuple[int, str]] = field(default_factory=list)   # CLOSE frames received from the gateway
+    pongs: list[bytes] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.fake.app.middlewares.append(self._middleware)
+
+    @property
+    def url(self) -> str:
+        return self.fake.url
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.fake.port}"
+
+    def live_tokens(self) -> set[str]:
+        return set(self.fake.sessions)
+
+    @web.middleware
+    async def _middleware(self, request: web.Request,
+                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        if request.path != "/ws":
+            return await handler(request)
+        self.handshakes.append(Handshake(CIMultiDict(request.headers), request.rel_url.raw_query_string))
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:] if auth.startswith("Bearer ") else request.query.get("token", "")
+        if token not in self.fake.sessions:
+            return web.json_response({"status": "invalid-token"}, status=401)
+        ws = web.WebSocketResponse(protocols=("v2.echo",), autoping=False)
+        await ws.prepare(request)
+        while True:
+            msg = await ws.receive()
+            if msg.type is WSMsgType.TEXT:
+                if msg.data.startswith("close:"):
+                    await ws.close(code=int(msg.data[6:]), message=b"upstream says bye")
+                    break
+                if msg.data == "ping-me":
+                    await ws.ping(b"from-upstream")
+                    continue
+                await ws.send_str(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                await ws.send_bytes(msg.data)
+            elif msg.type is WSMsgType.PING:
+                await ws.pong(msg.data)
+            elif msg.type is WSMsgType.PONG:
+                self.pongs.append(msg.data)
+                await ws.send_str("got-pong:" + msg.data.decode())
+            elif msg.type is WSMsgType.CLOSE:
+                self.closes.append((msg.data, msg.extra or ""))
+                break
+            else:
+                break
+        return ws
+
+
+@pytest_asyncio.fixture
+async def upstream() -> AsyncIterator[SocketUpstream]:
+    fake = FakeTechnitium(api_version=15)
+    fake.add_user(*ALICE, display_name="Alice Example")
+    up = SocketUpstream(fake)
+    await fake.start()
+    try:
+        yield up
+    finally:
+        await fake.close()
+
+
+async def until(predicate: Callable[[], object], timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+def ws_headers(client: GatewayClient, **extra: str) -> dict[str, str]:
+    headers = {"X-Forwarded-Proto": "https"}
+    if client.cookie:
+        headers["Cookie"] = f"{client.cookie_name}={client.cookie}"
+    headers.update(extra)
+    return headers
+
+
+async def open_ws(gw: Gateway, client: GatewayClient, path: str = "/ws", *,
+                  headers: dict[str, str] | None = None, protocols: tuple[str, ...] = (),
+                  origin: str | None = None, compress: int = 0) -> aiohttp.ClientWebSocketResponse:
+    return await client.http.ws_connect(gw.url + path, headers=headers or ws_headers(client), autoping=False,
+                                        protocols=protocols, origin=origin, compress=compress)
+
+
+async def signed_in(make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+                    upstream: SocketUpstream, **env: str) -> tuple[Gateway, GatewayClient]:
+    gw = await make_gateway(gateway_env(upstream.url, **env))
+    client = client_for(gw)
+    resp = await client.login(*ALICE)
+    assert resp.status == 200, await resp.text()
+    assert client.cookie
+    return gw, client
+
+
+async def assert_no_bridges(gw: Gateway) -> None:
+    """The registry is empty and none of the bridge's tasks survive."""
+    registry: BridgeRegistry = gw.app[keys.WEBSOCKETS]
+    await until(lambda: len(registry) == 0)
+    await asyncio.sleep(0)
+    leftovers = [t for t in asyncio.all_tasks() if t.get_name().startswith("authproxy-ws-") and not t.done()]
+    assert leftovers == []
+
+
+async def expect_close(ws: aiohttp.ClientWebSocketResponse, code: int, timeout: float = WAIT) -> str:
+    """Skip data frames until the CLOSE arrives; returns its reason."""
+    deadline = time.monotonic() + timeout
+    while True:
+        msg = await ws.receive(timeout=max(0.01, deadline - time.monotonic()))
+        if msg.type is WSMsgType.CLOSE:
+            assert msg.data == code, (msg.data, msg.extra)
+            return str(msg.extra or "")
+        assert msg.type in (WSMsgType.TEXT, WSMsgType.BINARY), msg
+
+
+# ---- relay --------------------------------------------------------------------------------------------
+
+
+async def test_frames_round_trip_and_the_handshake_carries_only_the_real_credential(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        upstream: SocketUpstream) -> None:
+    gw, client = await signed_in(make_gateway, client_for, upstream)
+    [token] = upstream.live_tokens()
+    forged = ws_headers(client, Authorization="Bearer forged-token", **{"X-Forwarded-User": "mallory"})
+    forged["Cookie"] += "; ui_theme=dark"
+    ws = await open_ws(gw, client, "/ws?x=1", headers=forged, protocols=("v1.echo", "v2.echo"),
+                       origin=f"https://127.0.0.1:{gw.port}", compress=15)
+    assert ws.protocol == "v2.echo"
+
+    await ws.send_str("héllo")
+    assert (await ws.receive(timeout=WAIT)).data == "héllo"
+    blob = bytes(range(256)) * 4096  # 1 MiB
+    await ws.send_bytes(blob)
+    assert (await ws.receive(timeout=WAIT)).data == blob
+
+    await ws.ping(b"from-client")            # client ping -> upstream -> its pong comes back
+    msg = await ws.receive(timeout=WAIT)
+    assert (msg.type, msg.data) == (WSMsgType.PONG, b"from-client")
+    await ws.send_str("ping-me")             # upstream ping -> client; the client's pong reaches it
+    msg = await ws.receive(timeout=WAIT)
+    assert (msg.type, msg.data) == (WSMsgType.PING, b"from-upstream")
+    await ws.pong(msg.data)
+    assert (await ws.receive(timeout=WAIT)).data == "got-pong:from-upstream"
+
+    [hs] = upstream.handshakes
+    assert hs.headers.getall("Authorization") == [f"Bearer {token}"]
+    assert hs.headers["Cookie"] == "ui_theme=dark"                      # the ticket cookie never leaves
+    assert client.cookie and client.cookie not in str(list(hs.headers.items()))
+    assert hs.headers["Origin"] == upstream.origin
+    assert "X-Forwarded-User" not in hs.headers
+    assert hs.headers["X-Forwarded-Proto"] == "https"
+    assert hs.headers["X-Forwarded-Host"] == f"127.0.0.1:{gw.port}"
+    assert hs.headers["X-Real-IP"] == hs.headers["X-Forwarded-For"] == "127.0.0.1"
+    assert [p.strip() for p in hs.headers["Sec-WebSocket-Protocol"].split(",")] == ["v1.echo", "v2.echo"]
+    assert hs.raw_query == "x=1"
+    assert "Sec-WebSocket-Extensions" not in hs.headers   # the client's deflate offer is for the gateway only
+
+    await ws.close()
+    await assert_no_bridges(gw)
+
+
+async def test_close_codes_cross_the_bridge_both_ways(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        upstream: SocketUpstream) -> None:
+    gw, client = await signed_in(make_gateway, client_for, upstream)
+
+    ws = await open_ws(gw, client)
+    await ws.close(code=4000, message=b"client done")
+    assert ws.close_code == 4000                     # the gateway answered with the same code
+    await until(lambda: upstream.closes)
+    assert upstream.closes == [(4000, "client done")]
+    await assert_no_bridges(gw)
+
+    ws = await open_ws(gw, client)
+    await ws.send_str("close:4002")
+    assert await expect_close(ws, 4002) == "upstream says bye"
+    await assert_no_bridges(gw)
+
+
+async def test_service_credential_in_auth_mode_none_goes_in_the_query(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient], upstream: SocketUpstream,
+        http_client: aiohttp.ClientSession) -> None:
+    async with http_client.post(upstream.url + "/api/user/login", data={"user": ALICE[0], "pass": ALICE[1]}) as r:
+        service_token = (await r.json())["token"]
+    gw = await make_gateway(gateway_env(upstream.url, AUTH_MODE="none", UPSTREAM_SERVICE_TOKEN=service_token))
+    client = client_for(gw)
+    ws = await open_ws(gw, client, "/ws?token=forged&a=b")
+    await ws.send_str("hi")
+    assert (await ws.receive(timeout=WAIT)).data == "hi"
+    [hs] = upstream.handshakes
+    assert hs.raw_query == f"a=b&token={service_token}"
+    assert "Authorization" not in hs.headers
+    await ws.close(code=1000)
+    await assert_no_bridges(gw)
+
+
+async def test_a_client_that_vanishes_without_a_close_frame_releases_everything(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        upstream: SocketUpstream) -> None:
+    gw, client = await signed_in(make_gateway, client_for, upstream)
+    async with aiohttp.ClientSession() as own:
+        ws = await own.ws_connect(gw.url + "/ws", headers=ws_headers(client))
+        await ws.send_str("x")
+        assert (await ws.receive(timeout=WAIT)).data == "x"
+    # `own` closed its connections under the socket: no CLOSE frame was ever sent.
+    await until(lambda: upstream.closes)
+    assert upstream.closes == [(1001, "client went away")]
+    await assert_no_bridges(gw)
+
+
+# ---- refusals before the upgrade ----------------------------------------------------------------------
+
+
+async def test_unauthenticated_or_cross_site_upgrades_never_reach_the_upstream(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        upstream: SocketUpstream) -> None:
+    gw = await make_gateway(gateway_env(upstream.url))
+    anonymous = client_for(gw)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+        await open_ws(gw, anonymous)
+    assert err.value.status == 401
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "X-Forwarded-Proto": "https"}
+    async with anonymous.http.get(gw.url + "/ws", headers=upgrade) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["error"] == "unauthenticated"
+
+    client = client_for(gw)
+    assert (await client.login(*ALICE)).status == 200
+    with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+        await open_ws(gw, client, origin="https://evil.example")
+    assert err.value.status == 403
+    assert upstream.handshakes == []
+
+
+async def test_upstream_refusing_or_down_answers_502_before_upgrading(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        upstream: SocketUpstream, http_client: aiohttp.ClientSession) -> None:
+    gw, client = await signed_in(make_gateway, client_for, upstream)
+    upgrade = ws_headers(client, Upgrade="websocket", Connection="Upgrade", **{
+        "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+
+    async with http_client.get(gw.url + "/no-socket-here", headers=upgrade) as resp:   # upstream 404
+        assert resp.status == 502
+        assert (await resp.json())["error"] == "upstream_refused"
+    await upstream.fake.close()
+    async with http_client.get(gw.url + "/ws", headers=upgrade) as resp:               # connection refused
+        assert resp.status == 502
+        assert (await resp.json())["error"] == "upstream_unavailable"
+    await assert_no_bridges(gw)
+
+
+async def test_upstream_401_the_adapter_calls_expiry_signs_the_person_out(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        upstream: SocketUpstream) -> None:
+    gw, client = await signed_in(make_gateway, client_for, upstream)
+    adapter = gw.app[keys.ROUTER].sites[0].adapter
+    with pytest.raises(aiohttp.WSServerHandshakeError) as err:      # Technitium's 401 is no verdict: 502
+        upstream.fake.sessions.clear()
+        await open_ws(gw, client)
+    assert err.value.status == 502
+
+    adapter.is_expired = lambda status, headers, body: status == 401  # type: ignore[method-assign]
+    with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+        await open_ws(gw, client)
+    assert err.value.status == 401
+    assert await gw.app[keys.SESSIONS].load(client.cookie) is None
+    await assert_no_bridges(gw)
+
+
+# ---- the session ends, the socket closes ---------------------------------------------------------------
+
+
+async def test_logout_closes_the_open_socket_within_two_seconds(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        upstream: SocketUpstream) -> None:
+    gw, client = await signed_in(make_gateway, client_for, upstream)
+    ws = await open_ws(gw, client)
+    await ws.send_str("still here")
+    assert (await ws.receive(timeout=WAIT)).data == "still here"
+
+    resp = await client.request("POST", "/_authproxy/api/auth/logout")
+    assert resp.status == 200
+    assert await expect_close(ws, 4001) == "session ended"
+    await until(lambda: upstream.closes)
+    assert upstream.closes[0][0] == 1001
+    await assert_no_bridges(gw)
+
+
+async def test_a_save_elsewhere_does_not_close_a_live_session(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        upstream: SocketUpstream) -> None:
+    gw, client = await signed_in(make_gateway, client_for, upstream)
+    ws = await open_ws(gw, client)
+    manager = gw.app[keys.SESSIONS]
+    loaded = await manager.load(client.cookie)
+    assert loaded is not None
+    await manager.save(loaded)          # publishes the store key: the bridge re-checks and stays
+    await asyncio.sleep(0.3)
+    await ws.send_str("alive")
+    assert (await ws.receive(timeout=WAIT)).data == "alive"
+    assert len(gw.app[keys.WEBSOCKETS]) == 1
+    await ws.close()
+    await assert_no_bridges(gw)
+
+
+async def test_sign_out_on_another_replica_closes_the_socket(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        upstream: SocketUpstream, redis_url: str) -> None:
+    gw1, client1 = await signed_in(make_gateway, client_for, upstream, REDIS_URL=redis_url)
+    gw2 = await make_gateway(gateway_env(upstream.url, REDIS_URL=redis_url))
+    ws = await open_ws(gw1, client1)
+    await ws.send_str("on replica 1")
+    assert (await ws.receive(timeout=WAIT)).data == "on replica 1"
+
+    client2 = client_for(gw2)
+    client2.cookie = client1.cookie
+    resp = await client2.request("POST", "/_authproxy/api/auth/logout")
+    assert resp.status == 200 and (await resp.json())["loggedOut"] is True
+    started = time.monotonic()
+    assert await expect_close(ws, 4001) == "session ended"
+    assert time.monotonic() - started < WAIT          # pub/sub, not the 5 s re-check
+    await assert_no_bridges(gw1)
+
+
+async def test_idle_expiry_closes_the_socket(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        upstream: SocketUpstream) -> None:
+    gw, client = await signed_in(make_gateway, client_for, upstream, SESSION_IDLE_TIMEOUT="1")
+    ws = await open_ws(gw, client)
+    started = time.monotonic()
+    assert await expect_close(ws, 4001, timeout=4.0) == "session ended"
+    assert time.monotonic() - started < 3.0           # at the expiry, not at the next 5 s re-check
+    await assert_no_bridges(gw)
+
+
+async def test_shutdown_closes_every_bridge(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        upstream: SocketUpstream) -> None:
+    gw, client = await signed_in(make_gateway, client_for, upstream)
+    sockets = [await open_ws(gw, client) for _ in range(3)]
+    assert len(gw.app[keys.WEBSOCKETS]) == 3
+    started = time.monotonic()
+    await asyncio.wait_for(gw.stop(), 5.0)
+    assert time.monotonic() - started < WAIT
+    for ws in sockets:
+        assert await expect_close(ws, 1001) == "server shutting down"
+    await assert_no_bridges(gw)
