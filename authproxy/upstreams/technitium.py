@@ -9,19 +9,86 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import unquote
 
 import aiohttp
+from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from authproxy import keys
 from authproxy.config.schema import SiteConfig
-from authproxy.errors import UpstreamProtocolError, UpstreamUnavailable
+from authproxy.errors import AuthError, UpstreamError, UpstreamProtocolError, UpstreamUnavailable
 from authproxy.proxy.headers import query_with, query_without
+from authproxy.proxy.substitute import rewrite_tokens, session_placeholder
 from authproxy.sessions.model import Credential, Identity
 from authproxy.upstreams.base import LoginResult, UpstreamRequest, register
 
+if TYPE_CHECKING:
+    from authproxy.routing import Site
+    from authproxy.sessions.manager import LoadedSession
+
 DEFAULT_SESSION_TIMEOUT = 1800.0
 MAX_ENVELOPE = 1 << 20
+
+# The web UI's own calls that authproxy answers (paths as Technitium routes them: case-insensitive).
+UI_LOGIN_PATHS = frozenset({"/api/user/login", "/api/login"})
+UI_LOGOUT_PATHS = frozenset({"/api/user/logout", "/api/logout"})
+UI_SESSION_PATH = "/api/user/session/get"
+UI_ENTRY_PATHS = frozenset({"/", "/index.html"})
+INVALID_TOKEN_MESSAGE = "Invalid token or session expired."
+# SSO-style handoff: Technitium's UI reads a non-HttpOnly `token` cookie on load (the upstream sets it
+# for 120 s after an SSO sign-in). authproxy sets it once per credential, holding the placeholder.
+HANDOFF_COOKIE = "token"
+HANDOFF_MAX_AGE = 120
+HANDOFF_FLAG = "ui_placeholder_sent"   # in Credential.extra: the UI already got its placeholder
+NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
+def _api_path(raw_path: str) -> str:
+    """The path as Technitium's router matches it: decoded, case-insensitive, no trailing slash."""
+    path = unquote(raw_path).lower()
+    return path[:-1] if len(path) > 1 and path.endswith("/") else path
+
+
+def _envelope(status: str, message: str | None = None, **fields: Any) -> web.Response:
+    """A Technitium-style answer: always HTTP 200, the outcome in `status`."""
+    body: dict[str, Any] = dict(fields)
+    body["status"] = status
+    if message is not None:
+        body["errorMessage"] = message
+    return web.Response(body=json.dumps(body, separators=(",", ":")).encode(), status=200,
+                        content_type="application/json", charset="utf-8", headers=NO_STORE)
+
+
+def _navigation(request: web.Request) -> bool:
+    mode = request.headers.get("Sec-Fetch-Mode")
+    if mode is not None:
+        return mode.lower() == "navigate"
+    return "text/html" in request.headers.get("Accept", "")
+
+
+def _cross_site(request: web.Request) -> bool:
+    """A request another site made the browser send (login CSRF / forced logout)."""
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        return origin == "null" or origin.split("://", 1)[-1].lower() != request.host.lower()
+    return request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site"
+
+
+async def _query_or_form(request: web.Request) -> dict[str, str]:
+    """Technitium's QueryOrForm: the query wins, then a urlencoded/multipart form; repeats join with ','."""
+    values: dict[str, list[str]] = {}
+    if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        form = await request.post()  # bounded by the app's client_max_size
+        for name, value in form.items():
+            if isinstance(value, str):
+                values.setdefault(name, []).append(value)
+    query: dict[str, list[str]] = {}
+    for name, value in request.query.items():
+        query.setdefault(name, []).append(value)
+    values.update(query)
+    return {name: ",".join(items) for name, items in values.items()}
 
 
 def _major(version: Any) -> int | None:
@@ -164,6 +231,10 @@ class TechnitiumAdapter:
     # ---- forwarding ------------------------------------------------------------------------------
 
     def prepare_request(self, req: UpstreamRequest, credential: Credential | None) -> None:
+        if _api_path(req.raw_path).startswith("/api/"):
+            # Technitium compresses JSON (DnsWebService: UseResponseCompression, br/gzip) and the proxy
+            # must read API answers (expiry envelope, token placeholders): ask for them uncompressed.
+            req.headers.popall("Accept-Encoding", None)
         req.headers.popall("Authorization", None)
         req.raw_query = query_without(req.raw_query, ("token",))
         if req.form is not None:
@@ -181,8 +252,8 @@ class TechnitiumAdapter:
         return {"X-Authproxy-Token": credential.secret}
 
     def wants_body(self, req: UpstreamRequest, status: int, headers: CIMultiDictProxy[str]) -> bool:
-        if status != 200 or not req.raw_path.startswith("/api/"):
-            return False
+        if status != 200 or not _api_path(req.raw_path).startswith("/api/"):
+            return False  # Technitium routes case-insensitively: /API/user/session/get is an API call too
         ctype = headers.get("Content-Type", "")
         length = headers.get("Content-Length")
         return "json" in ctype and (length is None or (length.isdigit() and int(length) <= MAX_ENVELOPE))
@@ -202,3 +273,158 @@ class TechnitiumAdapter:
         headers.popall("Set-Cookie", None)
         for v in kept:
             headers.add("Set-Cookie", v)
+
+    # ---- the web UI's own calls: placeholders instead of tokens (see proxy/substitute.py) --------
+    #
+    # Technitium's UI keeps a token in localStorage and sends it back as Bearer/`?token=`. It gets this
+    # session's placeholder instead; the proxy strips whatever the client sends and injects the real
+    # token from the sealed session, so the placeholder is never looked up. Downloads: the UI asks
+    # createSingleUseToken and opens `api/...?token=<single-use>`; the single-use token is replaced by a
+    # derived placeholder and the download request simply gets the session's real token injected (the
+    # upstream's unused single-use token lapses at its next config save), so no server-side map is kept.
+
+    def placeholder(self, loaded: LoadedSession) -> str:
+        """What this session's browser holds instead of its Technitium token."""
+        return session_placeholder(loaded.ticket.key, self.site.name)
+
+    def rewrite_body(self, ureq: UpstreamRequest, body: bytes, loaded: LoadedSession) -> bytes:
+        """JSON answers as the browser may see them: the session's token (anywhere) becomes its
+        placeholder; other tokens in `token`/`response.token` (createToken, createSingleUseToken,
+        admin sessions/createToken) become derived placeholders."""
+        credential = loaded.session.credentials.get(self.site.name)
+        return rewrite_tokens(body, key=loaded.ticket.key, site=self.site.name,
+                              real=credential.secret if credential is not None else None)
+
+    async def intercept(self, request: web.Request, site: Site) -> web.StreamResponse | None:
+        """Answer the UI's login/logout/session calls; hand a freshly signed-in UI its placeholder."""
+        path = _api_path(site.upstream_path(request.rel_url.raw_path))
+        if path in UI_LOGIN_PATHS:
+            return await self._ui_login(request, site)
+        if path in UI_LOGOUT_PATHS:
+            return await self._ui_logout(request)
+        if path == UI_SESSION_PATH:
+            return await self._ui_session(request, site)
+        if path in UI_ENTRY_PATHS and request.method == "GET" and _navigation(request):
+            return await self._ui_handoff(request, site)
+        return None
+
+    async def _load(self, request: web.Request) -> LoadedSession | None:
+        from authproxy.web.common import current_session  # web/ owns the cookie rules
+
+        return await current_session(request)
+
+    async def _ui_login(self, request: web.Request, site: Site) -> web.StreamResponse:
+        """The UI's login form and its admin/admin auto-try, run through authproxy's own sign-in
+        (throttling, audit, new session id) and answered in Technitium's envelope."""
+        from authproxy.login.passthrough import LoginInput
+        from authproxy.web.api import set_session_cookie
+
+        if not request.app[keys.CONFIG].session_mode:
+            return await self._ui_service_session(request, site)
+        if not request.secure:
+            return _envelope("error", "Sign-in needs HTTPS; open this page over https://.")
+        if _cross_site(request):
+            return _envelope("error", "Cross-site sign-in refused.")
+        params = await _query_or_form(request)
+        try:
+            form = LoginInput.parse({"user": params.get("user"), "pass": params.get("pass"),
+                                     "totp": params.get("totp")})
+        except AuthError as exc:
+            return _envelope("error", str(exc))
+        manager = request.app[keys.SESSIONS]
+        previous = await self._load(request)
+        try:
+            loaded, cookie = await request.app[keys.LOGIN].sign_in(site, form, request.remote or "")
+        except AuthError as exc:
+            if exc.code == "totp_required":
+                return _envelope("2fa-required", str(exc))
+            return _envelope("error", str(exc))
+        except UpstreamError:
+            return _envelope("error", f"{site.name} is not answering right now; try again in a moment.")
+        credential = loaded.session.credentials[site.name]
+        credential.extra[HANDOFF_FLAG] = True  # this answer carries the placeholder
+        if previous is not None:
+            # As the portal does: keep the person's other sites in the new session, drop the old id.
+            for name, cred in previous.session.credentials.items():
+                loaded.session.credentials.setdefault(name, cred)
+        await manager.save(loaded)
+        if previous is not None:
+            await manager.destroy(previous)
+        response = await self._session_answer(credential, key=loaded.ticket.key, site=site,
+                                              identity=loaded.session.identity, client_ip=request.remote)
+        set_session_cookie(request, response, cookie)
+        return response
+
+    async def _ui_logout(self, request: web.Request) -> web.StreamResponse:
+        """The UI's logout ends the authproxy session (and, through it, the upstream sessions)."""
+        from authproxy.web.api import clear_session_cookie, end_session
+
+        if not request.app[keys.CONFIG].session_mode:
+            return _envelope("ok")
+        loaded = await self._load(request)
+        if loaded is None:
+            return _envelope("invalid-token", INVALID_TOKEN_MESSAGE)
+        if _cross_site(request):
+            return _envelope("error", "Cross-site sign-out refused.")
+        await end_session(request, loaded, reason="success")
+        response = _envelope("ok")
+        clear_session_cookie(request, response)
+        return response
+
+    async def _ui_session(self, request: web.Request, site: Site) -> web.StreamResponse | None:
+        """session/get: forwarded (and rewritten) with a session; otherwise the UI's login form."""
+        if not request.app[keys.CONFIG].session_mode:
+            return await self._ui_service_session(request, site)
+        loaded = await self._load(request)
+        if loaded is None or site.name not in loaded.session.credentials:
+            return _envelope("invalid-token", INVALID_TOKEN_MESSAGE)
+        return None
+
+    async def _ui_handoff(self, request: web.Request, site: Site) -> web.StreamResponse | None:
+        """After a portal sign-in the UI has no token and would try admin/admin: once per credential,
+        the page load gets a short-lived `token=<placeholder>` cookie, as Technitium's SSO does."""
+        try:
+            has_handoff = HANDOFF_COOKIE in request.cookies
+        except Exception:  # noqa: BLE001 - a malformed Cookie header: no handoff, never a 500
+            return None
+        if not request.app[keys.CONFIG].session_mode or has_handoff:
+            return None
+        loaded = await self._load(request)
+        credential = loaded.session.credentials.get(site.name) if loaded is not None else None
+        if loaded is None or credential is None or credential.extra.get(HANDOFF_FLAG):
+            return None
+        credential.extra[HANDOFF_FLAG] = True  # once: a browser refusing the cookie cannot loop
+        await request.app[keys.SESSIONS].save(loaded)
+        response = web.Response(status=302, headers={**NO_STORE, "Location": str(request.rel_url)})
+        response.set_cookie(HANDOFF_COOKIE, self.placeholder(loaded), max_age=HANDOFF_MAX_AGE,
+                            path=site.config.path_prefix, secure=request.secure, httponly=False,
+                            samesite="Lax")
+        return response
+
+    async def _ui_service_session(self, request: web.Request, site: Site) -> web.StreamResponse:
+        """AUTH_MODE=none: everyone acts as the service credential; the UI gets a placeholder for it."""
+        token = site.config.service_token
+        if token is None:
+            return _envelope("invalid-token", INVALID_TOKEN_MESSAGE)
+        key = request.app[keys.SESSIONS].keyring.derive(f"technitium-service-placeholder\x00{site.name}")
+        return await self._session_answer(Credential(secret=token.reveal(), actor="service"), key=key,
+                                          site=site, identity=None, client_ip=request.remote)
+
+    async def _session_answer(self, credential: Credential, *, key: bytes, site: Site,
+                              identity: Identity | None, client_ip: str | None) -> web.Response:
+        """session/get as the UI expects it after a login (info, permissions), token -> placeholder."""
+        try:
+            env: dict[str, Any] | None = await self._call("/api/user/session/get", credential=credential,
+                                                          client_ip=client_ip)
+        except (UpstreamUnavailable, UpstreamProtocolError):
+            env = None
+        if env is None or env.get("status") != "ok":
+            if identity is None:
+                return _envelope("invalid-token", INVALID_TOKEN_MESSAGE)
+            env = {"displayName": identity.display_name, "username": identity.username,
+                   "info": {"permissions": identity.permissions}, "status": "ok"}
+        env["token"] = session_placeholder(key, site.name)
+        body = rewrite_tokens(json.dumps(env, separators=(",", ":")).encode(), key=key, site=site.name,
+                              real=credential.secret)
+        return web.Response(body=body, status=200, content_type="application/json", charset="utf-8",
+                            headers=NO_STORE)

@@ -24,14 +24,20 @@ does (`DnsServerCore/DnsWebService.cs` `WebServiceApiMiddleware`/`TryValidateSes
   whenever the server "saves its config" (a login, a logout, an expired session being dropped).
 
 Fake-only additions, absent upstream: `/api/echo` (says what arrived), `peer_ip` (pretend the TCP peer
-has another address), and the inspection helpers. Time comes from `clock` (plus `advance()`), so
-expiry, TOTP and the block window are all testable without sleeping.
+has another address), `issued_tokens` (every token ever minted, single-use ones included, so tests can
+prove none reached a browser), and the inspection helpers. Opt-in knobs, off by default: `ui_dir` serves
+a small Technitium-like web UI (tests/fakes/technitium_ui: index.html + js/ as the real `www/` would,
+`{{API_VERSION}}` in index.html filled in) instead of the one-line index page; `compress=True` gzips JSON
+answers for clients that accept gzip, as the upstream's `UseResponseCompression` does (it prefers br).
+Time comes from `clock` (plus `advance()`), so expiry, TOTP and the block window are all testable
+without sleeping.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import gzip
 import io
 import ipaddress
 import json
@@ -43,6 +49,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import HTTP as _HTTP_POLICY
+from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import parse_qsl
 
@@ -102,6 +109,8 @@ _DOWNLOAD_PATHS = frozenset({
 })
 _NO_CACHE = {"Cache-Control": "no-cache, no-store, must-revalidate", "Pragma": "no-cache", "Expires": "0"}
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+_STATIC_TYPES = {".html": "text/html", ".js": "application/javascript", ".css": "text/css",
+                 ".png": "image/png", ".svg": "image/svg+xml", ".ico": "image/x-icon"}
 _INDEX_HTML = (b"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Technitium DNS Server</title>"
                b"</head><body><div id=\"pageLogin\">fake-technitium web console</div>"
                b"<script src=\"js/auth.js\"></script></body></html>\n")
@@ -224,7 +233,8 @@ class FakeTechnitium:
 
     def __init__(self, *, api_version: int = 15, clock: Callable[[], float] | None = None,
                  login_failure_sleep: float = 0.0, totp_valid_window: int = 10,
-                 server_domain: str = "fake-technitium", host: str = "127.0.0.1") -> None:
+                 server_domain: str = "fake-technitium", host: str = "127.0.0.1",
+                 ui_dir: Path | str | None = None, compress: bool = False) -> None:
         if api_version not in (14, 15):
             raise ValueError("api_version must be 14 or 15")
         self.api_version = api_version
@@ -237,6 +247,9 @@ class FakeTechnitium:
         self.users: dict[str, FakeUser] = {}
         self.sessions: dict[str, FakeSession] = {}
         self.requests: list[RecordedRequest] = []
+        self.issued_tokens: list[str] = []               # fake-only: every token minted, in order
+        self.ui_dir = Path(ui_dir).resolve() if ui_dir is not None else None
+        self.compress = compress
         self.zones: dict[str, dict[str, Any]] = {}
         self.failed_attempts: dict[str, int] = {}        # network -> count
         self.blocked_networks: dict[str, float] = {}     # network -> unblock time
@@ -389,13 +402,47 @@ class FakeTechnitium:
         ctx = _Ctx(request=request, query=query, form=form, client_ip=client_ip)
         path = request.path
         if not path.lower().startswith("/api/"):
+            if self.ui_dir is not None:
+                return self._static(request, path)
             if request.method in ("GET", "HEAD") and path in ("/", "/index.html"):
                 return web.Response(body=_INDEX_HTML, content_type="text/html", charset="utf-8")
             return web.Response(status=404, headers=_NO_CACHE)
         try:
-            return await self._api(ctx, path)
+            response = await self._api(ctx, path)
         except _ApiError as exc:
-            return self._json({"server": self.server_domain, "status": exc.status, "errorMessage": str(exc)})
+            response = self._json({"server": self.server_domain, "status": exc.status, "errorMessage": str(exc)})
+        return self._maybe_compress(request, response)
+
+    def _static(self, request: web.Request, path: str) -> web.StreamResponse:
+        """UseDefaultFiles + UseStaticFiles over `ui_dir` (the upstream's `www/`)."""
+        assert self.ui_dir is not None
+        if request.method not in ("GET", "HEAD"):
+            return web.Response(status=404, headers=_NO_CACHE)
+        rel = "index.html" if path in ("/", "") else path.lstrip("/")
+        target = (self.ui_dir / rel).resolve()
+        if not target.is_relative_to(self.ui_dir) or not target.is_file():
+            return web.Response(status=404, headers=_NO_CACHE)
+        body = target.read_bytes()
+        if target.name == "index.html":
+            body = body.replace(b"{{API_VERSION}}", str(self.api_version).encode())
+        ctype = _STATIC_TYPES.get(target.suffix, "application/octet-stream")
+        return web.Response(body=body, content_type=ctype, headers={"Cache-Control": "no-cache",
+                                                                    "X-Content-Type-Options": "nosniff"})
+
+    def _maybe_compress(self, request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+        """ResponseCompression: JSON gzipped for a client that says it accepts gzip (opt-in knob)."""
+        if not self.compress or not isinstance(response, web.Response) or response.body is None:
+            return response
+        accepts = request.headers.get("Accept-Encoding", "").lower()
+        if "gzip" not in accepts or response.content_type != "application/json":
+            return response
+        assert isinstance(response.body, bytes)
+        compressed = web.Response(body=gzip.compress(response.body), status=response.status,
+                                  headers=response.headers)
+        compressed.headers["Content-Encoding"] = "gzip"
+        compressed.headers["Vary"] = "Accept-Encoding"
+        compressed.headers.popall("Content-Length", None)
+        return compressed
 
     async def _api(self, ctx: _Ctx, path: str) -> web.StreamResponse:
         """WebServiceApiMiddleware: who must have a token, and which answers get a `response` object."""
@@ -580,6 +627,7 @@ class FakeTechnitium:
                               token_name=token_name, created=now, last_seen=now, last_seen_address=address,
                               last_seen_user_agent=user_agent)
         self.sessions[session.token] = session
+        self.issued_tokens.append(session.token)
         user.previous_logon, user.previous_address = user.recent_logon, user.recent_address
         user.recent_logon, user.recent_address = now, address
         return session

@@ -1,0 +1,106 @@
+"""Placeholders: what a browser holds instead of an upstream token (pure: no aiohttp, no I/O).
+
+Some upstream UIs must see *a* token (Technitium keeps one in localStorage and sends it back on every
+call). The browser gets a placeholder instead; the real credential always comes from the sealed session
+that the HttpOnly cookie unlocks, so the placeholder never has to be looked up or trusted.
+
+    placeholder = hex(HMAC-SHA256(ticket key, "authproxy-placeholder-v1" | site | kind | value))
+
+* **Shape**: 64 lower-case hex characters, exactly like a Technitium token, so the UI accepts it.
+* **Deterministic per (session, site)**: every answer in one session shows the same value, so a UI that
+  compares or re-stores it stays consistent; a new session (new ticket key) gives a new value.
+* **Worthless on its own**: the ticket key exists only in the person's cookie (never in the store), so the
+  value cannot be recomputed from a store dump, says nothing about the real token, and a request that
+  carries it without the cookie gets no credential at all.
+* **Derived placeholders** stand in for *other* tokens an answer may carry (a single-use token, a freshly
+  created API token): HMAC over the real value as well, so each one is distinct and stable.
+
+`rewrite_tokens` is the one body rewrite: every occurrence of the session's real token becomes the
+session placeholder, then the token fields a JSON answer may carry (`token`, `response.token`) become
+derived placeholders when they still hold something else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+CONTEXT = b"authproxy-placeholder-v1\x00"
+TOKEN_FIELDS: tuple[tuple[str, ...], ...] = (("token",), ("response", "token"))
+_TOKEN_KEY = b'"token"'
+
+
+def _mac(key: bytes, *parts: str) -> str:
+    message = CONTEXT + b"\x00".join(p.encode("utf-8", "surrogatepass") for p in parts)
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def session_placeholder(key: bytes, site: str) -> str:
+    """The placeholder for the session's own token at `site` (key: the session's ticket key)."""
+    return _mac(key, "session", site)
+
+
+def derived_placeholder(key: bytes, site: str, real: str) -> str:
+    """A placeholder for another token the upstream handed out in this session (single-use, API token)."""
+    return _mac(key, "derived", site, real)
+
+
+def same(candidate: str | None, expected: str) -> bool:
+    """Constant-time comparison of a presented value with a placeholder."""
+    if not candidate:
+        return False
+    return hmac.compare_digest(candidate.encode("utf-8", "surrogatepass"), expected.encode())
+
+
+def replace_all(body: bytes, secret: str, replacement: str) -> bytes:
+    """`body` with every occurrence of `secret` replaced (a no-op for empty or absent secrets)."""
+    if not secret:
+        return body
+    raw = secret.encode()
+    return body.replace(raw, replacement.encode()) if raw in body else body
+
+
+def _get(obj: Any, path: Sequence[str]) -> Any:
+    for name in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(name)
+    return obj
+
+
+def _set(obj: Any, path: Sequence[str], value: str) -> None:
+    for name in path[:-1]:
+        obj = obj[name]
+    obj[path[-1]] = value
+
+
+def rewrite_tokens(body: bytes, *, key: bytes, site: str, real: str | None,
+                   fields: Iterable[tuple[str, ...]] = TOKEN_FIELDS) -> bytes:
+    """The answer as the browser may see it: no real token left, placeholders in their place.
+
+    `real` is the session's own token at `site` (None when the session holds none). Bodies that are not
+    JSON objects are only scanned for `real`; JSON is re-serialised only when a field had to change.
+    """
+    own = session_placeholder(key, site)
+    body = replace_all(body, real or "", own)
+    if _TOKEN_KEY not in body:
+        return body
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return body
+    if not isinstance(doc, dict):
+        return body
+    changed = False
+    for path in fields:
+        value = _get(doc, path)
+        if not isinstance(value, str) or not value or value == own:
+            continue
+        _set(doc, path, derived_placeholder(key, site, value))
+        changed = True
+    if not changed:
+        return body
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

@@ -1,0 +1,343 @@
+"""Technitium's own web UI through authproxy, in a real browser, with placeholders instead of tokens.
+
+Debian Chromium driven by Python Playwright (never `playwright install`). The upstream is the faithful
+fake serving a Technitium-like UI (tests/fakes/technitium_ui), which keeps its token the way the real
+UI does (handoff cookie, localStorage, Bearer on every call, single-use tokens for downloads). The
+gateway runs with TRUST_PROXY and the browser sends `X-Forwarded-Proto: https`, so the Secure cookies
+are kept on http://127.0.0.1 as they would be behind a TLS proxy.
+
+Every flow ends by proving that nothing the page could read -- document.cookie, localStorage, any
+response body or header of any page, popups included -- holds a real upstream token (every token the
+fake ever minted) or the authproxy session cookie (outside the Set-Cookie that sets it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import re
+import zipfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from playwright.async_api import Browser, BrowserContext, Download, Page, Response, async_playwright
+
+from authproxy import keys
+from authproxy.proxy.substitute import session_placeholder
+from authproxy.sessions.ticket import decode_ticket
+from tests.fakes.technitium import FakeTechnitium
+from tests.support.gateway import Gateway, MakeGateway, gateway_env
+from tests.support.technitium import ALICE, TOTP_SECRET, TOTP_USER
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+UI_DIR = Path(__file__).resolve().parents[1] / "fakes" / "technitium_ui"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+ZONES = ["example.com", "home.arpa"]
+WAIT_MS = 10_000
+HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+async def ui_fake() -> AsyncIterator[FakeTechnitium]:
+    fake = FakeTechnitium(api_version=15, ui_dir=UI_DIR)
+    fake.add_user(*ALICE, display_name="Alice Example")
+    fake.add_user(*TOTP_USER, display_name="TOTP User", totp_secret=TOTP_SECRET)
+    fake.totp_secret = TOTP_SECRET
+    await fake.start()
+    try:
+        setup_token = fake.create_session(ALICE[0], type="ApiToken", token_name="test-setup")
+        async with aiohttp.ClientSession() as http:
+            for zone in ZONES:
+                async with http.post(f"{fake.url}/api/zones/create", data={"zone": zone},
+                                     headers={"Authorization": f"Bearer {setup_token}"}) as resp:
+                    assert (await resp.json())["status"] == "ok"
+        fake.revoke(setup_token)
+        yield fake
+    finally:
+        await fake.close()
+
+
+@pytest.fixture
+async def ui_gw(make_gateway: MakeGateway, ui_fake: FakeTechnitium) -> Gateway:
+    return await make_gateway(gateway_env(ui_fake.url))
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium` "
+                    "(never `playwright install`; see TESTING.md)")
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@pytest.fixture
+async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
+    ctx = await browser.new_context(extra_http_headers={"X-Forwarded-Proto": "https"}, accept_downloads=True)
+    try:
+        yield ctx
+    finally:
+        await ctx.close()
+
+
+# ---------------------------------------------------------------- what the page saw
+
+
+class Watch:
+    """Every response any page of the context received: URL, status, headers and body (read at once)."""
+
+    def __init__(self, context: BrowserContext, cookie_name: str) -> None:
+        self.cookie_name = cookie_name
+        self.seen: list[tuple[str, int, list[dict[str, str]], bytes]] = []
+        self.cookie_values: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        context.on("response", self._on_response)
+
+    def _on_response(self, response: Response) -> None:
+        self._tasks.append(asyncio.ensure_future(self._grab(response)))
+
+    async def _grab(self, response: Response) -> None:
+        try:
+            headers = [{"name": h["name"], "value": h["value"]} for h in await response.headers_array()]
+        except Exception:  # noqa: BLE001 - a download popup closes at once; keep what the event carried
+            headers = [{"name": k, "value": v} for k, v in response.headers.items()]
+        try:
+            body = await response.body()
+        except Exception:  # noqa: BLE001 - redirects and downloads have no body to read
+            body = b""
+        for h in headers:
+            if h["name"].lower() == "set-cookie" and h["value"].startswith(f"{self.cookie_name}="):
+                value = h["value"].split(";", 1)[0].split("=", 1)[1].strip('"')
+                if value:  # not the clearing `=""`
+                    self.cookie_values.add(value)
+        self.seen.append((response.url, response.status, headers, body))
+
+    async def settle(self) -> None:
+        while self._tasks:
+            tasks, self._tasks = self._tasks, []
+            await asyncio.gather(*tasks)
+
+    def statuses(self, path: str) -> list[int]:
+        return [status for url, status, _, _ in self.seen if url.split("?", 1)[0].endswith(path)]
+
+
+async def page_storage(page: Page) -> tuple[str, list[str]]:
+    cookie, values = await page.evaluate(
+        "() => [document.cookie, Object.keys(localStorage).map(k => localStorage.getItem(k))]")
+    return str(cookie), [str(v) for v in values]
+
+
+async def assert_nothing_leaked(watch: Watch, context: BrowserContext, fake: FakeTechnitium) -> None:
+    await watch.settle()
+    tokens = set(fake.issued_tokens)
+    assert tokens, "the fake minted no token: nothing was tested"
+    cookies = {c["value"] for c in await context.cookies() if c["name"] == watch.cookie_name}
+    session_cookies = watch.cookie_values | cookies
+    assert session_cookies, "no authproxy session cookie was ever set"
+    secrets = tokens | session_cookies
+
+    for page in context.pages:
+        if page.is_closed() or not page.url.startswith("http"):
+            continue
+        cookie, values = await page_storage(page)
+        for secret in secrets:
+            assert secret not in cookie, f"document.cookie on {page.url} holds a secret"
+            assert all(secret not in v for v in values), f"localStorage on {page.url} holds a secret"
+
+    assert watch.seen
+    for url, _status, headers, body in watch.seen:
+        for secret in tokens:
+            assert secret.encode() not in body, f"a real upstream token in the body of {url}"
+        for secret in session_cookies:
+            assert secret.encode() not in body, f"the session cookie in the body of {url}"
+        for h in headers:
+            sets_session = (h["name"].lower() == "set-cookie"
+                            and h["value"].startswith(f"{watch.cookie_name}="))
+            for secret in tokens if sets_session else secrets:
+                assert secret not in h["value"], f"a secret in header {h['name']} of {url}"
+
+
+def expected_placeholder(gw: Gateway, cookie_value: str) -> str:
+    ticket = decode_ticket(cookie_value, gw.app[keys.SESSIONS].keyring)
+    assert ticket is not None
+    return session_placeholder(ticket.key, gw.config.sites[0].name)
+
+
+async def session_cookie(context: BrowserContext, gw: Gateway) -> str | None:
+    name = gw.app[keys.SESSIONS].cookie_name
+    values = [c["value"] for c in await context.cookies() if c["name"] == name]
+    return values[0] if values else None
+
+
+def real_tokens_of(fake: FakeTechnitium, username: str) -> set[str]:
+    return {t for t, s in fake.sessions.items() if s.username == username and s.type == "Standard"}
+
+
+async def portal_sign_in(page: Page, gw: Gateway, username: str, password: str, *,
+                         screenshot: str | None = None) -> None:
+    """Open the UI's address, get sent to the portal, sign in there, land in the UI with zones shown."""
+    await page.goto(gw.url + "/")
+    assert "/_authproxy/login" in page.url, page.url
+    await page.wait_for_selector("#username")
+    if screenshot:
+        await page.screenshot(path=str(ARTIFACTS / screenshot), full_page=True)
+    await page.fill("#username", username)
+    await page.fill("#password", password)
+    await page.click("#submit")
+    await page.wait_for_selector("body[data-zones=loaded]", timeout=WAIT_MS)
+
+
+async def zone_names(page: Page) -> list[str]:
+    return await page.locator("#tableZonesBody tr td:first-child").all_inner_texts()
+
+
+# ---------------------------------------------------------------- flows
+
+
+async def test_portal_sign_in_lands_in_the_ui_already_signed_in(
+        ui_gw: Gateway, ui_fake: FakeTechnitium, context: BrowserContext) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    watch = Watch(context, ui_gw.app[keys.SESSIONS].cookie_name)
+    page = await context.new_page()
+
+    await portal_sign_in(page, ui_gw, *ALICE, screenshot="technitium-portal-login.png")
+
+    assert page.url == ui_gw.url + "/"
+    assert await page.text_content("#mnuUserDisplayName") == "Alice Example"
+    assert await zone_names(page) == ZONES
+    await page.screenshot(path=str(ARTIFACTS / "technitium-ui-signed-in.png"), full_page=True)
+
+    # The UI holds this session's placeholder: 64 hex like a real token, but not a real one.
+    cookie = await session_cookie(context, ui_gw)
+    assert cookie is not None
+    stored = await page.evaluate("() => localStorage.getItem('token')")
+    assert stored == expected_placeholder(ui_gw, cookie)
+    assert HEX64.fullmatch(stored) and stored not in ui_fake.issued_tokens
+    # It got it from the one-time handoff cookie (and deleted that), not from an admin/admin try.
+    assert ui_watch_handoff(watch) == [302, 200]
+    assert "token=" not in (await page_storage(page))[0]
+    assert not [r for r in ui_fake.requests_to("/api/user/login") if r.form and r.form.get("user") == "admin"]
+    # What reached the upstream was alice's real token, injected by the gateway.
+    (real,) = real_tokens_of(ui_fake, "alice")
+    zones_call = ui_fake.requests_to("/api/zones/list")[-1]
+    assert zones_call.headers["Authorization"] == f"Bearer {real}"
+
+    # A reload keeps working from localStorage (the handoff is not repeated).
+    await page.reload()
+    await page.wait_for_selector("body[data-zones=loaded]", timeout=WAIT_MS)
+    assert ui_watch_handoff(watch) == [302, 200, 200]
+
+    await assert_nothing_leaked(watch, context, ui_fake)
+
+
+def ui_watch_handoff(watch: Watch) -> list[int]:
+    """Statuses of the signed-in UI page loads (`/`): 302 = the handoff that set `token=<placeholder>`."""
+    out = []
+    for url, status, headers, _ in watch.seen:
+        if not re.fullmatch(r"http://127\.0\.0\.1:\d+/", url):
+            continue
+        location = next((h["value"] for h in headers if h["name"].lower() == "location"), "")
+        if "/_authproxy/login" in location:
+            continue  # not signed in yet: sent to the portal
+        handoff = any(h["name"].lower() == "set-cookie" and h["value"].startswith("token=") for h in headers)
+        assert handoff == (status == 302)
+        out.append(status)
+    return out
+
+
+async def test_the_uis_own_login_form_with_totp(
+        ui_gw: Gateway, ui_fake: FakeTechnitium, context: BrowserContext) -> None:
+    watch = Watch(context, ui_gw.app[keys.SESSIONS].cookie_name)
+    page = await context.new_page()
+    await portal_sign_in(page, ui_gw, *ALICE)
+    first_placeholder = await page.evaluate("() => localStorage.getItem('token')")
+    (alice_token,) = real_tokens_of(ui_fake, "alice")
+
+    # The UI's logout ends the authproxy session (and alice's upstream session) and shows its login form.
+    await page.click("#btnLogout")
+    await page.wait_for_selector("body[data-state=login]", timeout=WAIT_MS)
+    assert await session_cookie(context, ui_gw) is None
+    assert alice_token not in ui_fake.sessions
+
+    # Sign in through the UI's own form: password, then the one-time code.
+    await page.fill("#txtUser", TOTP_USER[0])
+    await page.fill("#txtPass", TOTP_USER[1])
+    await page.click("#btnLogin")
+    await page.wait_for_selector("#div2FAOTP:not(.hidden)", timeout=WAIT_MS)
+    assert await session_cookie(context, ui_gw) is None
+    await page.fill("#txt2FATOTP", ui_fake.totp_now())
+    await page.click("#btnLogin")
+    await page.wait_for_selector("body[data-zones=loaded]", timeout=WAIT_MS)
+
+    assert await page.text_content("#mnuUserDisplayName") == "TOTP User"
+    assert await zone_names(page) == ZONES
+    cookie = await session_cookie(context, ui_gw)
+    assert cookie is not None
+    placeholder = await page.evaluate("() => localStorage.getItem('token')")
+    assert placeholder == expected_placeholder(ui_gw, cookie) != first_placeholder
+    (real,) = real_tokens_of(ui_fake, "totpuser")
+    assert ui_fake.requests_to("/api/zones/list")[-1].headers["Authorization"] == f"Bearer {real}"
+    # The login answered in Technitium's envelope: first 2fa-required, then ok.
+    assert watch.statuses("/api/user/login") == [200, 200]
+
+    # A reload picks the placeholder up from localStorage: no handoff needed, still signed in.
+    await page.reload()
+    await page.wait_for_selector("body[data-zones=loaded]", timeout=WAIT_MS)
+    assert await page.text_content("#mnuUserDisplayName") == "TOTP User"
+
+    await assert_nothing_leaked(watch, context, ui_fake)
+
+
+async def test_a_download_through_a_single_use_token(
+        ui_gw: Gateway, ui_fake: FakeTechnitium, context: BrowserContext) -> None:
+    watch = Watch(context, ui_gw.app[keys.SESSIONS].cookie_name)
+    downloads: list[Download] = []
+
+    def on_download(download: Download) -> None:
+        downloads.append(download)
+
+    context.on("page", lambda p: p.on("download", on_download))
+    page = await context.new_page()
+    await portal_sign_in(page, ui_gw, *ALICE)
+    (real,) = real_tokens_of(ui_fake, "alice")
+    minted_before = len(ui_fake.issued_tokens)
+
+    await page.click("#btnBackupSettings")
+    for _ in range(WAIT_MS // 50):
+        if downloads:
+            break
+        await asyncio.sleep(0.05)
+    assert downloads, "the backup download never started"
+    path = await downloads[0].path()
+    with zipfile.ZipFile(io.BytesIO(Path(path).read_bytes())) as zf:
+        assert "dns.config" in zf.namelist()
+    assert downloads[0].suggested_filename.endswith("_backup.zip")
+
+    # The upstream minted a single-use token, but the browser only ever saw a placeholder for it ...
+    single_use = ui_fake.issued_tokens[minted_before:]
+    assert len(single_use) == 1
+    await watch.settle()
+    (answer,) = [json.loads(body) for url, _, _, body in watch.seen if url.endswith("/createSingleUseToken")]
+    shown = answer["response"]["token"]
+    assert HEX64.fullmatch(shown) and shown != single_use[0]
+    assert shown != await page.evaluate("() => localStorage.getItem('token')")
+    # ... and the download went upstream with the session's own token, the browser's `token` stripped.
+    backup = ui_fake.requests_to("/api/settings/backup")[-1]
+    assert backup.headers["Authorization"] == f"Bearer {real}"
+    assert "token" not in backup.query
+    await assert_nothing_leaked(watch, context, ui_fake)
