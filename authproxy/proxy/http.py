@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from authproxy import keys
 from authproxy.errors import UpstreamError
@@ -57,7 +58,7 @@ async def credential_for(request: web.Request, site: Site) -> tuple[LoadedSessio
     config = request.app[keys.CONFIG]
     if not config.session_mode:
         return None, _service_credential(site)
-    loaded = await request.app[keys.SESSIONS].load(cookie_value(request))
+    loaded = await request.app[keys.SESSIONS].load(cookie_value(request), client_ip=client_ip(request))
     if loaded is None:
         return None, None
     return loaded, loaded.session.credentials.get(site.name)
@@ -79,6 +80,11 @@ def build_upstream_request(request: web.Request, site: Site) -> UpstreamRequest:
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
+    prefix = request.app[keys.CONFIG].server.prefix
+    path = request.rel_url.path
+    if path == prefix or path.startswith(prefix + "/"):
+        # The reserved prefix is authproxy's own: an unknown path or method there is not the upstream's.
+        return error_response(request, 404, "not_found", "No such authproxy endpoint.", title="Not found")
     router = request.app[keys.ROUTER]
     site = router.match(request.host, request.rel_url.path)
     if site is None:
@@ -106,7 +112,9 @@ async def forward(request: web.Request) -> web.StreamResponse:
             raw = await request.content.read(MAX_FORM_BODY + 1)
             if len(raw) > MAX_FORM_BODY:
                 return error_response(request, 413, "body_too_large", "The form is too large.")
-            ureq.form = parse_qsl(raw.decode("latin-1"), keep_blank_values=True)
+            # latin-1 both for the body and its %XX escapes: one byte = one char, so the form goes back
+            # out byte for byte whatever the charset (UTF-8 escapes would not re-encode as latin-1).
+            ureq.form = parse_qsl(raw.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
         else:
             body = request.content
     site.adapter.prepare_request(ureq, credential)
@@ -124,7 +132,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
     timeout = aiohttp.ClientTimeout(total=None, connect=site.config.connect_timeout,
                                     sock_read=site.config.timeout)
     try:
-        upstream = await http.request(ureq.method, aiohttp.client.URL(url, encoded=True), headers=ureq.headers,
+        upstream = await http.request(ureq.method, URL(url, encoded=True), headers=ureq.headers,
                                       data=body, allow_redirects=False, timeout=timeout, auto_decompress=False)
     except (aiohttp.ClientError, TimeoutError, UpstreamError) as exc:
         log.warning("upstream unreachable", extra={"fields": {"site": site.name, "error": type(exc).__name__}})
@@ -154,17 +162,29 @@ async def _relay(request: web.Request, site: Site, ureq: UpstreamRequest, upstre
     headers.popall("Content-Length", None) if peeked is not None else None
     adapter.filter_response_headers(headers)
     _rewrite_location(headers, site, request)
+    _rewrite_set_cookie_paths(headers, site)
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     if peeked is not None and "Content-Length" not in headers and len(peeked) <= MAX_PEEK \
             and upstream.content.at_eof():
         response.content_length = len(peeked)
     await response.prepare(request)
-    if peeked:
-        await response.write(peeked)
-    if request.method != "HEAD":
-        async for chunk in upstream.content.iter_chunked(CHUNK):
-            await response.write(chunk)
-    await response.write_eof()
+    try:
+        if peeked:
+            await response.write(peeked)
+        if request.method != "HEAD":
+            async for chunk in upstream.content.iter_chunked(CHUNK):
+                await response.write(chunk)
+        await response.write_eof()
+    except ConnectionResetError:
+        # The client went away mid-body (a cancelled download): nobody to answer, nothing went wrong here.
+        log.debug("client closed the connection mid-answer", extra={"fields": {"site": site.name}})
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        # The upstream broke off mid-body. The status line is already sent, so the only honest signal
+        # left is to drop the client's connection: a clean end would pass the truncated body off as whole.
+        log.warning("upstream broke off its answer", extra={"fields": {"site": site.name,
+                                                                       "error": type(exc).__name__}})
+        if request.transport is not None:
+            request.transport.close()
     return response
 
 
@@ -185,24 +205,82 @@ async def _credential_died(request: web.Request, site: Site, loaded: LoadedSessi
                           f"{site.name} refused authproxy's service credential.", title="Upstream refused")
 
 
+def _public_path(upstream_path: str, site: Site) -> str | None:
+    """Where an upstream path is served publicly: the upstream URL's own path off, the site prefix on.
+
+    None when the path lies outside the upstream URL's path (nothing public maps to it).
+    """
+    base = urlsplit(site.config.upstream_url).path.rstrip("/")
+    path = upstream_path or "/"
+    if base:
+        if path != base and not path.startswith(base + "/"):
+            return None
+        path = path[len(base):] or "/"
+    return site.config.path_prefix.rstrip("/") + path
+
+
 def _rewrite_location(headers: CIMultiDict[str], site: Site, request: web.Request) -> None:
-    """Absolute redirects to the upstream's own address become the public address."""
+    """Redirects to the upstream's own address or paths become the public address and paths.
+
+    An absolute URL naming the upstream's host:port, or an absolute path, is mapped through
+    `_public_path` (e.g. upstream `/login.html` under prefix `/agh/` -> `/agh/login.html`); relative
+    references and other hosts are left alone (the browser resolves the former against the public URL).
+    """
     location = headers.get("Location")
     if not location:
         return
     base = urlsplit(site.config.upstream_url)
     target = urlsplit(location)
-    public_prefix = site.config.path_prefix.rstrip("/")
-    if target.scheme and target.netloc and target.netloc.lower() == base.netloc.lower():
+    if target.scheme and target.netloc:
+        if target.scheme.lower() not in ("http", "https") or target.netloc.lower() != base.netloc.lower():
+            return
+        path = _public_path(target.path, site)
+        if path is None:
+            return
         proto = "https" if request.secure else "http"
-        path = target.path[len(base.path.rstrip("/")):] if base.path not in ("", "/") else target.path
-        new = f"{proto}://{request.host}{public_prefix}{path}"
-        if target.query:
-            new += f"?{target.query}"
-        if target.fragment:
-            new += f"#{target.fragment}"
-        headers["Location"] = new
-    elif location.startswith("/") and not location.startswith("//") and public_prefix:
-        headers["Location"] = public_prefix + location
+        new = f"{proto}://{request.host}{path}"
+    elif location.startswith("/") and not location.startswith("//") and not location.startswith("/\\"):
+        path = _public_path(target.path, site)
+        if path is None or path == target.path:
+            return
+        new = path
+    else:
+        return
+    if target.query:
+        new += f"?{target.query}"
+    if target.fragment:
+        new += f"#{target.fragment}"
+    headers["Location"] = new
+
+
+def _rewrite_set_cookie_paths(headers: CIMultiDict[str], site: Site) -> None:
+    """Upstream cookies that reach the browser get public paths, and lose a Domain naming the upstream.
+
+    (`Set-Cookie`s carrying the upstream session were already dropped by the adapter.)
+    """
+    values = headers.getall("Set-Cookie", ())
+    if not values:
+        return
+    upstream_host = (urlsplit(site.config.upstream_url).hostname or "").lower()
+    out = []
+    for value in values:
+        parts = value.split(";")
+        kept = [parts[0]]
+        for attr in parts[1:]:
+            name, _, val = attr.strip().partition("=")
+            low = name.strip().lower()
+            if low == "path" and val.strip().startswith("/"):
+                public = _public_path(val.strip(), site)
+                if public is not None:
+                    public = public.rstrip("/") or "/"
+                    attr = f" {name.strip()}={public}"
+            elif low == "domain" and val.strip().lstrip(".").lower() == upstream_host:
+                continue
+            kept.append(attr)
+        out.append(";".join(kept))
+    if out != values:
+        headers.popall("Set-Cookie", None)
+        for value in out:
+            headers.add("Set-Cookie", value)
 
 

@@ -105,7 +105,14 @@ def register(name: str) -> Callable[[type[Any]], type[Any]]:
 
 def load_builtin_adapters() -> None:
     """Import the bundled adapters so they register themselves."""
-    from authproxy.upstreams import technitium  # noqa: F401
+    from authproxy.upstreams import (  # noqa: F401
+        adguard,
+        generic,
+        pihole,
+        qbittorrent,
+        technitium,
+        transmission,
+    )
 
 
 def adapter_factory(type_name: str) -> AdapterFactory:

@@ -1,0 +1,250 @@
+"""qBittorrent WebUI API v2: `POST /api/v2/auth/login` (form) -> `Ok.` + cookie `SID`.
+
+UPSTREAMS.md §5 and Appendix A (4.5.2, observed here):
+* login answers 200 `Ok.` + `SID` (5.2+: 200 with no body, cookie `QBT_SID_<port>`), 200 `Fails.`
+  (5.2+: 401) for wrong credentials, 403 while the client address is banned;
+* **5 failed logins ban the address for an hour**, and qBittorrent sees authproxy's address: so
+  authproxy never spends the last attempt (`max_failures`, default 5, `ban_duration`, default 3600 s);
+* the cookie is injected; the browser's own `SID`/`QBT_SID_*` and `Authorization` are removed, and
+  the upstream's `Set-Cookie` for them never reaches the browser;
+* the Host check wants the upstream's own host:port (the proxy sends it) and the CSRF check compares
+  Origin/Referer with Host or X-Forwarded-Host: authproxy applies that same rule against the public
+  host itself (to POSTs: 4.5.2's actions are POST-only, so links from other sites keep working), then
+  removes Origin/Referer/Sec-Fetch-Site, so the outcome does not depend on the upstream request's host;
+* expiry: 403 `Forbidden` on the API, or the login page served in place of the UI at `/`; sliding
+  timeout 3600 s, kept alive with `GET /api/v2/app/version`;
+* the UI's own login call is answered `Ok.` while the person is signed in (its login page then reloads
+  into the UI), and its logout call ends the authproxy session (and so the upstream one).
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from authproxy.config.schema import SiteConfig
+from authproxy.errors import UpstreamProtocolError, UpstreamUnavailable
+from authproxy.log import log
+from authproxy.sessions.model import Credential, Identity
+from authproxy.upstreams import cookies, uihooks
+from authproxy.upstreams.base import LoginResult, UpstreamRequest, register
+from authproxy.upstreams.generic import canonical_path, read_limited
+
+if TYPE_CHECKING:
+    from authproxy.routing import Site
+
+COOKIE = "SID"
+COOKIE_PREFIXES = ("QBT_SID_",)              # qBittorrent 5.2+: QBT_SID_<port>
+SESSION_TIMEOUT = 3600.0                     # WebUI\SessionTimeout default, sliding
+LOGIN = "/api/v2/auth/login"
+LOGOUT = "/api/v2/auth/logout"
+PROBE = "/api/v2/app/version"
+LOGIN_PAGE_MARK = b'id="loginform"'
+MAX_ANSWER = 1 << 16
+UI_PAGES = ("/", "/index.html")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+OPTIONS = {"max_failures": "integer 0-100 (0 = the upstream never bans)",
+           "ban_duration": "seconds (qBittorrent's WebUI\\BanDuration)"}
+
+
+class FailureBudget:
+    """Consecutive failed upstream logins since the last success, as qBittorrent counts them.
+
+    qBittorrent bans after `max_failures` and only a success clears the count, so authproxy stops
+    asking at `max_failures - 1` for `ban_duration`; a ban it meets anyway is waited out the same way.
+    Per process: replicas each keep their own count.
+    """
+
+    def __init__(self, max_failures: int, ban_duration: float, clock: Any = time.monotonic) -> None:
+        self.max_failures = max_failures
+        self.ban_duration = ban_duration
+        self.clock = clock
+        self.failures = 0
+        self.blocked_until = 0.0
+
+    def wait(self) -> int | None:
+        left = self.blocked_until - self.clock()
+        return max(1, int(left + 0.999)) if left > 0 else None
+
+    def failed(self) -> None:
+        if self.max_failures <= 0:
+            return
+        self.failures += 1
+        if self.failures >= self.max_failures - 1:
+            self.blocked_until = self.clock() + self.ban_duration
+
+    def banned(self) -> None:
+        self.failures = 0  # the ban clears qBittorrent's count when it ends
+        self.blocked_until = self.clock() + self.ban_duration
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.blocked_until = 0.0
+
+
+def _plain(body: bytes, encoding: str) -> bytes | None:
+    """The body without its gzip/deflate layer (bounded); None when it cannot be read."""
+    encoding = encoding.lower().strip()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        return None
+    try:
+        inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header
+        return inflater.decompress(body, 4 * MAX_ANSWER)
+    except zlib.error:
+        return None
+
+
+@register("qbittorrent")
+class QBittorrentAdapter:
+    name: ClassVar[str] = "qbittorrent"
+
+    def __init__(self, site: SiteConfig, http: aiohttp.ClientSession) -> None:
+        self.site = site
+        self.http = http
+        self.base = site.upstream_url.rstrip("/")
+        self.timeout = aiohttp.ClientTimeout(total=site.timeout, connect=site.connect_timeout)
+        self.budget = FailureBudget(int(site.options.get("max_failures", 5)),
+                                    float(site.options.get("ban_duration", 3600)))
+
+    @staticmethod
+    def check_options(options: dict[str, Any]) -> list[str]:
+        problems = [f"unknown qbittorrent option {k!r}; known: {', '.join(OPTIONS)}" for k in options
+                    if k not in OPTIONS]
+        maxf = options.get("max_failures", 5)
+        if not isinstance(maxf, int) or isinstance(maxf, bool) or not 0 <= maxf <= 100:
+            problems.append(f"options.max_failures: must be qBittorrent's WebUI\\MaxAuthenticationFailCount "
+                            f"(an integer 0-100, default 5), but it is {maxf!r}")
+        ban = options.get("ban_duration", 3600)
+        if not isinstance(ban, (int, float)) or isinstance(ban, bool) or ban < 0:
+            problems.append(f"options.ban_duration: must be qBittorrent's WebUI\\BanDuration in seconds "
+                            f"(default 3600), but it is {ban!r}")
+        return problems
+
+    # ---- upstream calls --------------------------------------------------------------------------
+
+    async def _call(self, path: str, *, credential: Credential | None = None, data: dict[str, str] | None = None,
+                    client_ip: str = "") -> tuple[int, bytes, aiohttp.ClientResponse]:
+        headers = {"Accept-Encoding": "identity"}
+        if credential is not None:
+            headers["Cookie"] = f"{credential.extra.get('cookie', COOKIE)}={credential.secret}"
+        if client_ip:
+            headers["X-Forwarded-For"] = client_ip  # used when its reverse-proxy support trusts authproxy
+        try:
+            async with self.http.post(self.base + path, data=data, headers=headers, timeout=self.timeout,
+                                      allow_redirects=False) as resp:
+                if resp.status >= 500:
+                    raise UpstreamUnavailable(f"qbittorrent answered HTTP {resp.status}")
+                return resp.status, await read_limited(resp, MAX_ANSWER), resp
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamUnavailable(f"qbittorrent at {self.base} is unreachable ({type(exc).__name__})") from None
+
+    async def login(self, username: str, password: str, totp: str | None, client_ip: str) -> LoginResult:
+        wait = self.budget.wait()
+        if wait is not None:
+            return LoginResult("blocked", retry_after=wait, message="Too many failed sign-ins to qBittorrent; "
+                               "authproxy pauses before qBittorrent would ban it. Try again later.")
+        status, body, resp = await self._call(LOGIN, data={"username": username, "password": password},
+                                              client_ip=client_ip)
+        if status == 403:
+            self.budget.banned()
+            log.warning("qbittorrent has banned authproxy's address", extra={"fields": {"site": self.site.name}})
+            return LoginResult("blocked", retry_after=self.budget.wait(),
+                               message="qBittorrent refuses sign-ins from this address for now; try again later.")
+        morsel = resp.cookies.get(COOKIE)
+        name = COOKIE
+        if morsel is None:
+            found = [(k, m) for k, m in resp.cookies.items() if k.startswith(COOKIE_PREFIXES)]
+            if found:
+                name, morsel = found[0]
+        # 4.5.2: 200 "Fails."; 5.2+: 401.
+        if status != 200 or body.strip() == b"Fails." or morsel is None or not morsel.value:
+            self.budget.failed()
+            return LoginResult("invalid", message="Invalid username or password.")
+        self.budget.succeeded()
+        credential = Credential(secret=morsel.value, kind="cookie", extra={"cookie": name, "user": username},
+                                upstream_ttl=SESSION_TIMEOUT)
+        return LoginResult("ok", credential=credential, identity=Identity(username=username))
+
+    async def logout(self, credential: Credential) -> None:
+        await self._call(LOGOUT, credential=credential)
+
+    async def keepalive(self, credential: Credential) -> bool:
+        status, _, _ = await self._call(PROBE, credential=credential)
+        if status == 403:
+            return False
+        if status != 200:
+            raise UpstreamProtocolError(f"qbittorrent answered {status} to {PROBE}")
+        credential.touched_at = time.time()
+        return True
+
+    async def identity(self, credential: Credential) -> Identity | None:
+        alive = await self.keepalive(credential)
+        return Identity(username=str(credential.extra.get("user", ""))) if alive else None
+
+    # ---- the UI's own calls ----------------------------------------------------------------------
+
+    async def intercept(self, request: web.Request, site: Site) -> web.StreamResponse | None:
+        if request.method not in SAFE_METHODS and uihooks.cross_site(request):
+            # qBittorrent's own CSRF rule, applied here because Origin/Referer do not go upstream. Its
+            # actions are POST-only (4.5.2 answers GET with 405), so links from other sites still work.
+            return web.json_response({"error": "cross_site", "message": "Cross-site request refused."},
+                                     status=401, headers={"Cache-Control": "no-store"})
+        if request.method != "POST":
+            return None
+        path = canonical_path(uihooks.upstream_path(request, site))
+        if path == LOGIN:
+            _, credential = await uihooks.current(request, site)
+            if credential is None:
+                return None
+            if not await self._alive(credential):
+                # The login page showed because the SID died: drop it, so the reload that follows
+                # lands on authproxy's sign-in page instead of this page again.
+                await uihooks.drop_credential(request, site)
+            return web.Response(text="Ok.", headers={"Cache-Control": "no-store"})
+        if path == LOGOUT:
+            return await uihooks.sign_out(request, site, status=200, body="")
+        return None
+
+    async def _alive(self, credential: Credential) -> bool:
+        try:
+            return await self.keepalive(credential)
+        except (UpstreamUnavailable, UpstreamProtocolError):
+            return True
+
+    # ---- forwarding ------------------------------------------------------------------------------
+
+    def prepare_request(self, req: UpstreamRequest, credential: Credential | None) -> None:
+        cookies.strip_request_cookies(req.headers, (COOKIE,), COOKIE_PREFIXES)
+        for name in ("Authorization", "Origin", "Referer", "Sec-Fetch-Site"):
+            req.headers.popall(name, None)
+        if req.method in ("GET", "HEAD") and req.raw_path in UI_PAGES:
+            req.headers["Accept-Encoding"] = "identity"  # read to spot the login page in its place
+        if credential is not None:
+            cookies.add_request_cookie(req.headers, str(credential.extra.get("cookie", COOKIE)), credential.secret)
+
+    def forward_auth_headers(self, credential: Credential) -> dict[str, str]:
+        return {"Cookie": f"{credential.extra.get('cookie', COOKIE)}={credential.secret}"}
+
+    def wants_body(self, req: UpstreamRequest, status: int, headers: CIMultiDictProxy[str]) -> bool:
+        if status == 403:
+            return req.raw_path.startswith("/api/")
+        return (status == 200 and req.method == "GET" and req.raw_path in UI_PAGES
+                and headers.get("Content-Type", "").startswith("text/html"))
+
+    def is_expired(self, status: int, headers: CIMultiDictProxy[str], body: bytes | None) -> bool:
+        if status == 403:
+            return (body or b"").strip() == b"Forbidden"  # other 403s carry a reason ("Cannot ...")
+        if status == 200 and body:
+            plain = _plain(body, headers.get("Content-Encoding", ""))
+            return plain is not None and LOGIN_PAGE_MARK in plain
+        return False
+
+    def filter_response_headers(self, headers: CIMultiDict[str]) -> None:
+        cookies.drop_set_cookies(headers, (COOKIE,), COOKIE_PREFIXES)
