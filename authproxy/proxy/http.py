@@ -150,11 +150,11 @@ async def _relay(request: web.Request, site: Site, ureq: UpstreamRequest, upstre
     adapter = site.adapter
     peeked: bytes | None = None
     if adapter.wants_body(ureq, upstream.status, upstream.headers):
-        peeked = await upstream.content.read(MAX_PEEK + 1)
+        peeked = await _read_up_to(upstream, MAX_PEEK + 1)
         if len(peeked) <= MAX_PEEK and adapter.is_expired(upstream.status, upstream.headers, peeked):
             return await _credential_died(request, site, loaded)
         rewrite = getattr(adapter, "rewrite_body", None)
-        if rewrite is not None and len(peeked) <= MAX_PEEK and loaded is not None:
+        if rewrite is not None and len(peeked) <= MAX_PEEK:
             # Token fields in JSON answers become this session's placeholder (upstreams/ decides which).
             peeked = rewrite(ureq, peeked, loaded)
     headers = CIMultiDict(upstream.headers)
@@ -186,6 +186,19 @@ async def _relay(request: web.Request, site: Site, ureq: UpstreamRequest, upstre
         if request.transport is not None:
             request.transport.close()
     return response
+
+
+async def _read_up_to(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body when it is at most `limit` bytes (a single read may return one chunk only)."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await upstream.content.read(limit - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
 
 
 async def _credential_died(request: web.Request, site: Site, loaded: LoadedSession | None) -> web.StreamResponse:

@@ -7,6 +7,7 @@ v15+ takes `Authorization: Bearer`; v14 and older only a `token` query/form para
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -287,13 +288,23 @@ class TechnitiumAdapter:
         """What this session's browser holds instead of its Technitium token."""
         return session_placeholder(loaded.ticket.key, self.site.name)
 
-    def rewrite_body(self, ureq: UpstreamRequest, body: bytes, loaded: LoadedSession) -> bytes:
+    def rewrite_body(self, ureq: UpstreamRequest, body: bytes, loaded: LoadedSession | None) -> bytes:
         """JSON answers as the browser may see them: the session's token (anywhere) becomes its
         placeholder; other tokens in `token`/`response.token` (createToken, createSingleUseToken,
-        admin sessions/createToken) become derived placeholders."""
+        admin sessions/createToken) become derived placeholders. Without a session (AUTH_MODE=none)
+        the service token is what must not show."""
+        if loaded is None:
+            token = self.site.service_token
+            return rewrite_tokens(body, key=self._service_key(), site=self.site.name,
+                                  real=token.reveal() if token is not None else None)
         credential = loaded.session.credentials.get(self.site.name)
         return rewrite_tokens(body, key=loaded.ticket.key, site=self.site.name,
                               real=credential.secret if credential is not None else None)
+
+    def _service_key(self) -> bytes:
+        """Placeholder key for the service token: one-way from it, so the placeholder reveals nothing."""
+        token = self.site.service_token.reveal() if self.site.service_token is not None else ""
+        return hashlib.sha256(f"authproxy-service-placeholder\x00{self.site.name}\x00{token}".encode()).digest()
 
     async def intercept(self, request: web.Request, site: Site) -> web.StreamResponse | None:
         """Answer the UI's login/logout/session calls; hand a freshly signed-in UI its placeholder."""
@@ -406,8 +417,7 @@ class TechnitiumAdapter:
         token = site.config.service_token
         if token is None:
             return _envelope("invalid-token", INVALID_TOKEN_MESSAGE)
-        key = request.app[keys.SESSIONS].keyring.derive(f"technitium-service-placeholder\x00{site.name}")
-        return await self._session_answer(Credential(secret=token.reveal(), actor="service"), key=key,
+        return await self._session_answer(Credential(secret=token.reveal(), actor="service"), key=self._service_key(),
                                           site=site, identity=None, client_ip=request.remote)
 
     async def _session_answer(self, credential: Credential, *, key: bytes, site: Site,

@@ -352,5 +352,8 @@ async def test_auth_mode_none_gives_the_ui_a_placeholder_for_the_service_token(
     got = await answers.json(client, "POST", "/api/user/session/get", bearer=login["token"])
     assert got["token"] == login["token"] and got["username"] == "alice"
     assert (await answers.json(client, "POST", "/api/zones/list", bearer=login["token"]))["status"] == "ok"
+    # A forwarded answer that echoes the injected service token must show only its placeholder.
+    echoed = await answers.json(client, "GET", "/api/echo", bearer=login["token"])
+    assert echoed["status"] == "ok" and service not in json.dumps(echoed)
     assert await answers.json(client, "POST", "/api/user/logout") == {"status": "ok"}
     assert service in technitium.sessions
