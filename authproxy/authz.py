@@ -1,7 +1,16 @@
 """One access decision, pure (no I/O): allow, ask to sign in, or deny.
 
 The upstream stays the source of truth for what a person may do inside it; this only decides who
-may reach it at all (optional per-site user and group lists).
+may reach it at all (optional per-site user and group lists: ALLOWED_USERS / ALLOWED_GROUPS, or
+`allowed_users` / `allowed_groups` in a `[[sites]]` table).
+
+One session can hold credentials for several sites, each signed in with that site's own account
+(alice on dns.example.com, bob on nas.example.com). The allow lists of a site are checked against the
+account that holds *that site's* credential (`site_identity`), never against whoever signed in last.
+
+    decide(None, site)                       -> "login"
+    decide(session without site's cred)      -> "login"   (sign in to this site, keep the others)
+    decide(session, site with allow lists)   -> "allow" | "deny"   ("deny" is final: no login loop)
 """
 
 from __future__ import annotations
@@ -9,18 +18,50 @@ from __future__ import annotations
 from typing import Literal
 
 from authproxy.config.schema import SiteConfig
-from authproxy.sessions.model import Session
+from authproxy.sessions.model import Identity, Session
 
 Decision = Literal["allow", "login", "deny"]
+
+# Credential.extra key under which a credential carried over from an earlier sign-in keeps the identity
+# of the account that obtained it (set when sessions are merged at login).
+OWNER = "owner"
+
+
+def owner_record(identity: Identity) -> dict[str, object]:
+    """What `Credential.extra[OWNER]` holds: enough to re-check allow lists and fill Remote-* headers."""
+    return {"username": identity.username, "display_name": identity.display_name, "email": identity.email,
+            "groups": list(identity.groups)}
+
+
+def site_identity(session: Session, site_name: str) -> Identity | None:
+    """The account behind the session's credential for `site_name` (None when there is no credential)."""
+    cred = session.credentials.get(site_name)
+    if cred is None:
+        return None
+    owner = cred.extra.get(OWNER)
+    if isinstance(owner, dict) and isinstance(owner.get("username"), str) and owner["username"]:
+        groups = owner.get("groups")
+        return Identity(username=owner["username"], display_name=str(owner.get("display_name") or ""),
+                        email=str(owner.get("email") or ""),
+                        groups=tuple(str(g) for g in groups) if isinstance(groups, list) else ())
+    if session.identity.username:
+        return session.identity
+    return Identity(username=session.user, display_name=session.identity.display_name,
+                    email=session.identity.email, groups=session.identity.groups)
 
 
 def decide(session: Session | None, site: SiteConfig, *, session_mode: bool) -> Decision:
     if not session_mode:
         return "allow" if site.service_token is not None else "deny"
-    if session is None or site.name not in session.credentials:
+    if session is None:
         return "login"
-    if site.allowed_users and session.user.lower() not in site.allowed_users:
+    identity = site_identity(session, site.name)
+    if identity is None:
+        return "login"
+    if site.allowed_users and identity.username.lower() not in {u.lower() for u in site.allowed_users}:
         return "deny"
-    if site.allowed_groups and not set(site.allowed_groups) & set(session.identity.groups):
-        return "deny"
+    if site.allowed_groups:
+        wanted = {g.lower() for g in site.allowed_groups}
+        if not wanted & {g.lower() for g in identity.groups}:
+            return "deny"
     return "allow"

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from authproxy import keys
+from authproxy import authz, keys
 from authproxy.errors import AuthError, StoreError, UpstreamError
 from authproxy.log import audit, log
 from authproxy.login.passthrough import LoginInput
@@ -22,6 +22,7 @@ from authproxy.sessions.manager import LoadedSession
 from authproxy.web.common import (
     SECURITY_HEADERS, client_ip, current_session, error_response, json_error,
 )
+from authproxy.web.redirects import RedirectPolicy
 
 MAX_LOGIN_BODY = 16 * 1024
 UPSTREAM_LOGOUT_TIMEOUT = 5.0
@@ -43,12 +44,32 @@ def resolve_site(request: web.Request, explicit: str | None = None, rd: str | No
 
 
 def safe_redirect(request: web.Request, rd: str | None) -> str:
-    prefix = request.app[keys.CONFIG].server.prefix
+    """Where to send the person after sign-in: `rd` if it is safe, else "/".
+
+    Safe: a relative path, an absolute URL on a configured domain (COOKIE_DOMAIN, ALLOWED_REDIRECT_DOMAINS,
+    the sites' hosts; see app.redirect_policy), or an absolute URL on the very origin this request came to
+    (forward auth always sends the full original URL, also when no host names are configured).
+    """
     if rd:
-        checked = request.app[keys.REDIRECTS].validate(rd)
+        checked = request.app[keys.REDIRECTS].validate(rd) or _same_origin_redirect(request, rd)
         if checked:
             return checked
-    return "/" if prefix != "/" else "/"
+    return "/"
+
+
+def _same_origin_redirect(request: web.Request, rd: str) -> str | None:
+    if not request.secure or not rd.lower().startswith("https://"):
+        return None
+    try:
+        policy = RedirectPolicy([request.host])
+    except ValueError:
+        return None  # not a host[:port] we could compare
+    return policy.validate(rd)
+
+
+def see_other(location: str) -> web.Response:
+    """A 303 that can carry Set-Cookie: aiohttp deprecates *returning* HTTPException objects."""
+    return web.Response(status=303, headers={**SECURITY_HEADERS, "Location": location})
 
 
 def set_session_cookie(request: web.Request, response: web.StreamResponse, value: str) -> None:
@@ -90,7 +111,9 @@ async def _read_login(request: web.Request) -> tuple[dict[str, Any], bool]:
         from urllib.parse import parse_qsl
 
         try:
-            pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+            # errors="strict": a mangled name must not reach the upstream as U+FFFD (and count a failure).
+            pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False,
+                              errors="strict")
         except UnicodeDecodeError:
             raise AuthError("The form is not valid UTF-8.", code="bad_request", status=400) from None
         return dict(pairs), True
@@ -109,6 +132,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     config = request.app[keys.CONFIG]
     form_post = False
     rd: str | None = None
+    username = ""  # shown again on the form's second (TOTP) step; never the password
     try:
         if not config.session_mode:
             raise AuthError("Sign-in is not enabled (AUTH_MODE=none).", code="login_disabled", status=404)
@@ -118,6 +142,8 @@ async def login(request: web.Request) -> web.StreamResponse:
         if form_post and not _same_origin(request):
             raise AuthError("Cross-site sign-in refused.", code="cross_site", status=403)
         rd = data.get("rd") if isinstance(data.get("rd"), str) else None
+        given = data.get("username")
+        username = given if isinstance(given, str) else ""
         site = resolve_site(request, data.get("site") if isinstance(data.get("site"), str) else None, rd)
         if site is None:
             raise AuthError("No site is configured for this address.", code="unknown_site", status=404)
@@ -127,6 +153,8 @@ async def login(request: web.Request) -> web.StreamResponse:
         if previous is not None:
             # Keep the person's other sites in the new session (new id: no fixation), drop the old one.
             for name, cred in previous.session.credentials.items():
+                # Remember whose account each carried-over credential is (per-site allow lists, Remote-User).
+                cred.extra.setdefault(authz.OWNER, authz.owner_record(previous.session.identity))
                 loaded.session.credentials.setdefault(name, cred)
             await request.app[keys.SESSIONS].save(loaded)
             await request.app[keys.SESSIONS].destroy(previous)
@@ -136,7 +164,7 @@ async def login(request: web.Request) -> web.StreamResponse:
             from authproxy.web.portal import render_login
 
             return render_login(request, status=exc.status, error=str(exc), rd=rd,
-                                totp=exc.code == "totp_required", headers=headers)
+                                totp=exc.code == "totp_required", headers=headers, username=username)
         return json_error(exc.status, exc.code, str(exc), headers=headers)
     except UpstreamError as exc:
         log.warning("login: upstream unavailable", extra={"fields": {"error": str(exc)}})
@@ -147,7 +175,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         return json_error(502, "upstream_unavailable", "The upstream service is not answering; try again soon.")
     target = safe_redirect(request, rd)
     if form_post:
-        response: web.StreamResponse = web.HTTPSeeOther(location=target, headers=SECURITY_HEADERS)
+        response: web.StreamResponse = see_other(target)
     else:
         idle = await request.app[keys.SESSIONS].idle_expires_at(loaded)
         response = web.json_response({**session_json(request, loaded, idle), "redirect": target},
@@ -180,8 +208,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
         await end_session(request, loaded, reason="success")
     if request.content_type == "application/x-www-form-urlencoded":
         prefix = request.app[keys.CONFIG].server.prefix
-        response: web.StreamResponse = web.HTTPSeeOther(location=f"{prefix}/login?logged_out=1",
-                                                        headers=SECURITY_HEADERS)
+        response: web.StreamResponse = see_other(f"{prefix}/login?logged_out=1")
     else:
         response = web.json_response({"authenticated": False, "loggedOut": loaded is not None},
                                      headers=SECURITY_HEADERS)

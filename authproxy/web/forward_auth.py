@@ -7,37 +7,77 @@ no in the way that proxy understands (PROXIES.md):
     not signed in      Caddy/Traefik: 302 (GET/HEAD) or 303 to the login page for browsers,
                        401 JSON for API clients; nginx: 401 + Location (nginx turns a 3xx into 500)
     signed in, denied  403 (never a redirect: no loops)
+    bad forwarded info 400; not from a trusted proxy 403; no site for the host 403
 
-The original method/proto/host/URI are read only from a trusted proxy and validated strictly.
+Endpoints: `{prefix}/verify/caddy`, `/verify/traefik`, `/verify/nginx`, and `/verify` (auto-detect).
+
+Where the original request is read from, and why only there:
+
+* Caddy and Traefik always (re)compute `X-Forwarded-Method/-Proto/-Host/-Uri` for the auth request, so
+  those are the only source for them; a client's `X-Original-URL` (which both pass on) is ignored.
+* nginx's subrequest inherits *every* client header, so only what the location sets can be believed.
+  The shipped config sets `X-Original-Method`/`X-Original-URL` and the `X-Forwarded-*` ones; other
+  nginx recipes set one family or the other. When both families are present they must name the same
+  request, otherwise a client added one of them (refused with 400).
+* Caddy appends the client's query string to the verify URI; the verify request's own query is never
+  read.
+
+Everything here is refused unless TRUST_PROXY is on and the TCP peer is in TRUSTED_PROXIES. The
+parsing helpers are pure (headers in, `Target` out), so they are unit-tested without sockets.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from authproxy import authz, keys
-from authproxy.proxy.headers import has_crlf
-from authproxy.web.common import SECURITY_HEADERS, cookie_value
+from authproxy.config.schema import IPNetwork
+from authproxy.log import log
+from authproxy.sessions.model import Credential
+from authproxy.web.common import (
+    SECURITY_HEADERS,
+    current_session,
+    error_response,
+    json_error,
+    wants_html,
+)
+
+__all__ = ["KINDS", "BadTarget", "ProxyKind", "Target", "detect", "peer_trusted", "read_target", "setup"]
 
 ProxyKind = Literal["caddy", "traefik", "nginx"]
 KINDS: tuple[ProxyKind, ...] = ("caddy", "traefik", "nginx")
 
-_METHOD = re.compile(r"^[A-Z]{1,16}$")
-_HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253})(:[0-9]{1,5})?$")
+# RFC 9110 method tokens as proxies send them (GET, PROPFIND, M-SEARCH, VERSION-CONTROL, ...).
+_METHOD = re.compile(r"[A-Z][A-Z0-9_-]{0,23}")
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_PORT = re.compile(r"[0-9]{1,5}")
+_ABSOLUTE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)", re.DOTALL)
+_PRINTABLE_ASCII = "".join(chr(c) for c in range(0x21, 0x7F))
+_URI_FORBIDDEN = re.compile(r"[\x00-\x20\x7f\\#\s]")  # controls, (any) whitespace, backslash, fragment
+_HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+_SLASHES = re.compile(r"/{2,}")
 MAX_URI = 8192
+MAX_HOST = 260
+WS_SCHEMES = {"ws": "http", "wss": "https"}
 IDENTITY = ("Remote-User", "Remote-Groups", "Remote-Name", "Remote-Email")
+
+
+class BadTarget(ValueError):
+    """The forwarded description of the original request is missing, ambiguous or malformed."""
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """The request the proxy is asking about."""
+    """The request the proxy is asking about (validated; `host` lower case, `uri` raw and ASCII)."""
 
     method: str
     proto: str
@@ -45,148 +85,275 @@ class Target:
     uri: str
 
     @property
+    def origin(self) -> str:
+        return f"{self.proto}://{self.host}"
+
+    @property
     def url(self) -> str:
-        return f"{self.proto}://{self.host}{self.uri}"
+        return f"{self.origin}{self.uri}"
 
     @property
     def path(self) -> str:
+        """The raw (still percent-encoded) path, without the query."""
         return self.uri.split("?", 1)[0]
 
+    @property
+    def route_path(self) -> str:
+        """The path as proxies route on it: percent-decoded, `//` merged, dot segments resolved."""
+        path = self.path
+        if "%" not in path and "//" not in path and "/." not in path:
+            return path  # the common case: nothing to decode or resolve
+        return normalise_path(unquote(path, errors="replace"))
 
-class BadTarget(Exception):
-    pass
+    def names_same_request(self, other: Target, *, compare_method: bool) -> bool:
+        same = (self.proto, self.host, self.uri) == (other.proto, other.host, other.uri)
+        return same and (not compare_method or self.method == other.method)
 
 
-def _peer_trusted(request: web.Request) -> bool:
-    peer = request.transport.get_extra_info("peername") if request.transport else None
+# ---- pure helpers ------------------------------------------------------------------------------------
+
+
+def peer_trusted(peer: str | None, trusted: Iterable[IPNetwork]) -> bool:
+    """Whether the TCP peer address is inside one of the trusted proxy networks."""
     if not peer:
         return False
     try:
-        ip = ipaddress.ip_address(peer[0])
+        ip = ipaddress.ip_address(peer.split("%", 1)[0])
     except ValueError:
         return False
-    return any(ip in net for net in request.app[keys.CONFIG].server.trusted_proxies)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in trusted)
 
 
-def _one(request: web.Request, name: str) -> str | None:
-    values = request.headers.getall(name, ())
+def normalise_path(path: str) -> str:
+    """RFC 3986 remove_dot_segments plus merged slashes, as nginx/Caddy/Traefik match locations."""
+    out: list[str] = []
+    for segment in _SLASHES.sub("/", path).split("/")[1:]:
+        if segment == "..":
+            if out:
+                out.pop()
+        elif segment != ".":
+            out.append(segment)
+    trailing = path.endswith(("/", "/.", "/..")) and bool(out) and out[-1] != ""
+    return "/" + "/".join(out) + ("/" if trailing else "")
+
+
+def _one(headers: MultiMapping[str], name: str) -> str | None:
+    """The single value of a header; a repeated header is refused (proxies set these exactly once)."""
+    values = headers.getall(name, [])
     if len(values) > 1:
         raise BadTarget(f"{name} appears more than once")
-    return values[0].strip() if values else None
+    if not values:
+        return None
+    value = values[0].strip()
+    return value or None
 
 
-def detect(request: web.Request) -> ProxyKind:
-    if "X-Original-URL" in request.headers or "X-Original-Method" in request.headers:
+def _method(value: str, source: str) -> str:
+    if not _METHOD.fullmatch(value):
+        raise BadTarget(f"{source} is not an HTTP method")
+    return value
+
+
+def _proto(value: str, source: str) -> str:
+    proto = value.lower()
+    proto = WS_SCHEMES.get(proto, proto)  # Traefik says ws/wss for WebSocket upgrades
+    if proto not in ("http", "https"):
+        raise BadTarget(f"{source} must be http or https (or ws/wss)")
+    return proto
+
+
+def _host(value: str, source: str) -> str:
+    """`host[:port]`: a DNS name, an IPv4 address or a bracketed IPv6 address; lower case."""
+    host = value.lower()
+    if len(host) > MAX_HOST:
+        raise BadTarget(f"{source} is too long")
+    port: str | None = None
+    if host.startswith("["):
+        end = host.find("]")
+        if end == -1:
+            raise BadTarget(f"{source} is not a valid host[:port]")
+        name, rest = host[: end + 1], host[end + 1 :]
+        try:
+            ipaddress.IPv6Address(name[1:-1])
+        except ValueError:
+            raise BadTarget(f"{source} is not a valid IPv6 address") from None
+        if rest:
+            if not rest.startswith(":"):
+                raise BadTarget(f"{source} is not a valid host[:port]")
+            port = rest[1:]
+    else:
+        name, sep, port_text = host.partition(":")
+        port = port_text if sep else None
+        if len(name) > 253 or not _HOSTNAME.fullmatch(name):
+            raise BadTarget(f"{source} is not a valid host name")
+    if port is not None and (not _PORT.fullmatch(port) or not 0 < int(port) < 65536):
+        raise BadTarget(f"{source} has an invalid port")
+    return host
+
+
+def _uri(value: str, source: str) -> str:
+    """An origin-form request target (`/path?query`), raw; non-ASCII is percent-encoded like browsers do."""
+    if len(value) > MAX_URI:
+        raise BadTarget(f"{source} is too long")
+    if not value.startswith("/") or value.startswith("//"):
+        raise BadTarget(f"{source} must be an absolute path (/...), not {value[:2]!r}...")
+    if _URI_FORBIDDEN.search(value):
+        raise BadTarget(f"{source} contains whitespace, control characters, a backslash or a fragment")
+    return value if value.isascii() else quote(value, safe=_PRINTABLE_ASCII)
+
+
+def _from_forwarded(headers: MultiMapping[str]) -> tuple[Target, bool] | None:
+    """Target from X-Forwarded-Method/-Proto/-Host/-Uri (None without X-Forwarded-Uri)."""
+    uri = _one(headers, "X-Forwarded-Uri")
+    if uri is None:
+        return None
+    proto = _one(headers, "X-Forwarded-Proto")
+    host = _one(headers, "X-Forwarded-Host")
+    if proto is None or host is None:
+        raise BadTarget("X-Forwarded-Uri came without X-Forwarded-Proto and X-Forwarded-Host")
+    method = _one(headers, "X-Forwarded-Method")
+    return Target(method=_method(method, "X-Forwarded-Method") if method else "GET",
+                  proto=_proto(proto, "X-Forwarded-Proto"), host=_host(host, "X-Forwarded-Host"),
+                  uri=_uri(uri, "X-Forwarded-Uri")), method is not None
+
+
+def _from_original(headers: MultiMapping[str]) -> tuple[Target, bool] | None:
+    """Target from X-Original-URL (absolute) and X-Original-Method (None without X-Original-URL)."""
+    url = _one(headers, "X-Original-URL")
+    if url is None:
+        return None
+    match = _ABSOLUTE.fullmatch(url)
+    if match is None:
+        raise BadTarget("X-Original-URL must be an absolute URL (scheme://host/path)")
+    scheme, authority, rest = match.groups()
+    if rest and rest[0] == "?":
+        rest = "/" + rest
+    method = _one(headers, "X-Original-Method")
+    return Target(method=_method(method, "X-Original-Method") if method else "GET",
+                  proto=_proto(scheme, "X-Original-URL's scheme"), host=_host(authority, "X-Original-URL's host"),
+                  uri=_uri(rest or "/", "X-Original-URL's path")), method is not None
+
+
+def detect(headers: MultiMapping[str]) -> ProxyKind:
+    """Which proxy is asking, for `/verify`: nginx sends X-Original-*, Caddy says so in Via.
+
+    Only a hint (a client can send either; Caddy keeps a client's Via instead of adding `1.1 Caddy`):
+    Caddy and Traefik get the same answers, and read_target refuses X-Original-* that disagree with
+    X-Forwarded-*, so a wrong guess can only change the shape of a "no" for the client who forged it.
+    """
+    if "X-Original-URL" in headers or "X-Original-Method" in headers:
         return "nginx"
-    if request.headers.get("Via", "").lower().find("caddy") >= 0:
+    if any("caddy" in v.lower() for v in headers.getall("Via", [])):
         return "caddy"
     return "traefik"
 
 
-def read_target(request: web.Request, kind: ProxyKind) -> Target:
-    """The original request, from X-Original-* (nginx) or X-Forwarded-* (all three)."""
-    method = proto = host = uri = None
-    if kind == "nginx":
-        method = _one(request, "X-Original-Method")
-        original = _one(request, "X-Original-URL")
-        if original:
-            parts = urlsplit(original)
-            proto, host = parts.scheme, parts.netloc
-            uri = original[len(f"{parts.scheme}://{parts.netloc}"):] or "/"
-    method = method or _one(request, "X-Forwarded-Method") or "GET"
-    proto = (proto or _one(request, "X-Forwarded-Proto") or "").lower()
-    host = host or _one(request, "X-Forwarded-Host") or request.headers.get("Host", "")
-    uri = uri or _one(request, "X-Forwarded-Uri") or "/"
-    proto = {"ws": "http", "wss": "https"}.get(proto, proto)
-    if "," in proto:
-        proto = proto.split(",")[0].strip()
-    if proto not in ("http", "https"):
-        raise BadTarget("X-Forwarded-Proto must be http or https")
-    if not _METHOD.match(method):
-        raise BadTarget("the forwarded method is not a valid HTTP method")
-    if not _HOST.match(host):
-        raise BadTarget("the forwarded host is not a valid host[:port]")
-    if (not uri.startswith("/") or uri.startswith("//") or len(uri) > MAX_URI or has_crlf(uri)
-            or any(c in uri for c in " \t\\")):
-        raise BadTarget("the forwarded URI must be an absolute path without whitespace or control characters")
-    return Target(method=method, proto=proto, host=host.lower(), uri=uri)
+def read_target(headers: MultiMapping[str], kind: ProxyKind) -> Target:
+    """The original request the proxy asks about; raises BadTarget when it is missing or suspicious."""
+    forwarded = _from_forwarded(headers)
+    if kind != "nginx":
+        if forwarded is None:
+            raise BadTarget(f"{kind} sends X-Forwarded-Uri/-Host/-Proto; they are missing")
+        return forwarded[0]
+    original = _from_original(headers)
+    if (original is not None and forwarded is not None
+            and not original[0].names_same_request(forwarded[0], compare_method=original[1] and forwarded[1])):
+        raise BadTarget("X-Original-* and X-Forwarded-* describe different requests")
+    chosen = original or forwarded
+    if chosen is None:
+        raise BadTarget("nginx must send X-Original-URL (or X-Forwarded-Proto/-Host/-Uri); see nginx/authproxy.conf")
+    return chosen[0]
 
 
-def _login_url(request: web.Request, target: Target) -> str:
-    prefix = request.app[keys.CONFIG].server.prefix
-    return f"{target.proto}://{target.host}{prefix}/login?rd={quote(target.url, safe='')}"
+def login_url(prefix: str, target: Target) -> str:
+    """The portal's login page on the original host, with the whole original URL as `rd`."""
+    return f"{target.origin}{prefix}/login?rd={quote(target.url, safe='')}"
 
 
-def _is_browser(request: web.Request) -> bool:
-    if request.headers.get("X-Requested-With", "").lower() == "xmlhttprequest":
-        return False
-    return "text/html" in request.headers.get("Accept", "")
+def _header_safe(value: str) -> bool:
+    return bool(value) and not _HEADER_UNSAFE.search(value)
 
 
-def _json(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, text=json.dumps({"error": code, "message": message}),
-                        content_type="application/json", headers={**SECURITY_HEADERS, **(headers or {})})
+# ---- the handler -------------------------------------------------------------------------------------
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str, **fields: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message, extra={"fields": fields})
 
 
 def _ask_to_sign_in(request: web.Request, kind: ProxyKind, target: Target) -> web.Response:
-    location = _login_url(request, target)
+    location = login_url(request.app[keys.CONFIG].server.prefix, target)
+    browser = wants_html(request)
     if kind == "nginx":
-        # nginx turns any 3xx from the auth service into a 500; its config redirects on 401 + Location.
-        headers = {"Location": location} if _is_browser(request) else {}
-        return _json(401, "unauthenticated", "Sign in first.", headers)
-    if _is_browser(request):
+        # nginx answers 500 to any 3xx from the auth service; its config redirects on 401 + Location.
+        return json_error(401, "unauthenticated", "Sign in first.",
+                          headers={"Location": location} if browser else None, login=location)
+    if browser:
         status = 302 if target.method in ("GET", "HEAD") else 303
         return web.Response(status=status, headers={**SECURITY_HEADERS, "Location": location})
-    return _json(401, "unauthenticated", "Sign in first.")
-
-
-def _safe(value: str) -> str | None:
-    return None if has_crlf(value) else value
+    return json_error(401, "unauthenticated", "Sign in first.", login=location)
 
 
 async def verify(request: web.Request) -> web.StreamResponse:
+    config = request.app[keys.CONFIG]
     kind_name = request.match_info.get("proxy")
     if kind_name is not None and kind_name not in KINDS:
-        return _json(404, "unknown_proxy", f"Use one of /verify/{', /verify/'.join(KINDS)}.")
-    kind: ProxyKind = kind_name if kind_name is not None else detect(request)  # type: ignore[assignment]
-    if not _peer_trusted(request):
-        return _json(403, "untrusted_proxy", "Forward-auth requests must come from TRUSTED_PROXIES.")
+        return json_error(404, "unknown_proxy", f"Use one of /verify/{', /verify/'.join(KINDS)} or /verify.")
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if not config.server.trust_proxy or not peer_trusted(peer[0] if peer else None, config.server.trusted_proxies):
+        _warn_once("untrusted", "forward auth refused: TRUST_PROXY is off or the proxy is not in TRUSTED_PROXIES",
+                   peer=str(peer[0]) if peer else "")
+        return json_error(403, "untrusted_proxy",
+                          "Forward auth answers only proxies in TRUSTED_PROXIES (with TRUST_PROXY=true).")
+    named = [k for k in KINDS if k == kind_name]
+    kind: ProxyKind = named[0] if named else detect(request.headers)
     try:
-        target = read_target(request, kind)
+        target = read_target(request.headers, kind)
     except BadTarget as exc:
-        return _json(400, "bad_forwarded_request", str(exc))
-    config = request.app[keys.CONFIG]
-    site = request.app[keys.ROUTER].match(target.host, target.path)
+        return json_error(400, "bad_forwarded_request", str(exc))
+    site = request.app[keys.ROUTER].match(target.host, target.route_path)
     if site is None:
-        return _json(403, "unknown_site", "No site is configured for this host.")
-    loaded = await request.app[keys.SESSIONS].load(cookie_value(request)) if config.session_mode else None
+        return error_response(request, 403, "unknown_site", "No site is configured for this address.",
+                              title="Not configured")
+    loaded = await current_session(request) if config.session_mode else None
     decision = authz.decide(loaded.session if loaded else None, site.config, session_mode=config.session_mode)
     if decision == "login":
         return _ask_to_sign_in(request, kind, target)
     if decision == "deny":
-        return _json(403, "forbidden", "You are signed in but not allowed here.")
+        return error_response(request, 403, "forbidden", "You are signed in, but this account may not use "
+                              f"{site.name}.", title="Not allowed")
+
+    headers: dict[str, str] = {"Cache-Control": "no-store"}
+    credential: Credential | None
     if loaded is not None:
         credential = loaded.session.credentials[site.name]
-        identity = loaded.session.identity
-        values = {"Remote-User": loaded.session.user, "Remote-Groups": ",".join(identity.groups),
-                  "Remote-Name": identity.display_name, "Remote-Email": identity.email}
+        identity = authz.site_identity(loaded.session, site.name)
+        if identity is not None:
+            for name, value in zip(IDENTITY, (identity.username, ",".join(identity.groups),
+                                              identity.display_name, identity.email), strict=True):
+                if _header_safe(value):
+                    headers[name] = value
     else:
         from authproxy.proxy.http import _service_credential
 
-        credential = _service_credential(site)  # type: ignore[assignment]
-        values = {}
-    headers: dict[str, str] = {"Cache-Control": "no-store"}
+        credential = _service_credential(site)
     if credential is not None:
-        headers.update(site.adapter.forward_auth_headers(credential))
-    for name in IDENTITY:
-        value = values.get(name)
-        if value and _safe(value):
-            headers[name] = value
-    return web.Response(status=200, headers={k: v for k, v in headers.items() if _safe(v) is not None})
+        injected = site.adapter.forward_auth_headers(credential)
+        if kind == "traefik" and "X-Authproxy-Token" in injected:
+            _warn_once("traefik-token", "Traefik cannot move X-Authproxy-Token into the query: this upstream "
+                       "needs the Caddy or nginx recipe (e.g. Technitium v14), or a version that takes a "
+                       "Bearer header", site=site.name)
+        headers.update({k: v for k, v in injected.items() if _header_safe(v)})
+    return web.Response(status=200, headers=headers)
 
 
 def setup(app: web.Application, prefix: str) -> None:
-    app.router.add_route("GET", f"{prefix}/verify", verify)
-    app.router.add_route("HEAD", f"{prefix}/verify", verify)
-    app.router.add_route("GET", f"{prefix}/verify/{{proxy}}", verify)
-    app.router.add_route("HEAD", f"{prefix}/verify/{{proxy}}", verify)
+    # Any method: Traefik's preserveRequestMethod sends the original one; the decision ignores it.
+    app.router.add_route("*", f"{prefix}/verify", verify)
+    app.router.add_route("*", f"{prefix}/verify/{{proxy}}", verify)

@@ -15,7 +15,13 @@ Fixtures (each stops everything it started at teardown, by PID, also when the te
   nginx_proxy(...), traefik_proxy(...)                            same signature
   forward_auth_proxy(kind, authproxy_url, upstream_url, *, recipe="default")
 Recipes: "default" (generic app) for all; "technitium-v14" for Caddy and nginx.
+``tls=True`` serves HTTPS (``proxy.url`` is ``https://127.0.0.1:<port>``, a throw-away certificate: connect
+with ``ssl=False``), as a real deployment does, so the proxies themselves say ``X-Forwarded-Proto: https``
+(Caddy: its internal CA via ``local_certs``; nginx: ``listen ... ssl`` + a self-signed certificate;
+Traefik: ``tls: {}`` on the entryPoint, its default certificate).
 A missing binary FAILS the test with the package to install; it is never skipped.
+Module-scoped starts: ``pool = ProxyPool(tmp_path_factory.mktemp("p")); await pool.start(...)``, then
+``pool.stop_all()``.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from tests.support.procs import ManagedProcess, free_port, wait_for_port
 __all__ = [
     "PROJECT_ROOT",
     "RECIPES",
+    "ProxyPool",
     "RunningProxy",
     "StartProxy",
     "caddy_proxy",
@@ -137,15 +144,16 @@ async def wait_ready(proxy: RunningProxy) -> None:
 
 
 def launch_caddy(
-    workdir: Path, authproxy_url: str, upstream_url: str, *, recipe: str = "default"
+    workdir: Path, authproxy_url: str, upstream_url: str, *, recipe: str = "default", tls: bool = False
 ) -> RunningProxy:
     """Caddy from caddy/Caddyfile (or a site importing caddy/technitium-v14.caddy), values via {$ENV}."""
     binary = find_binary("caddy")
     port = free_port()
     state = workdir / "state"
     state.mkdir(parents=True, exist_ok=True)
+    https = "\tlocal_certs\n\tskip_install_trust\n\tauto_https disable_redirects\n" if tls else "\tauto_https off\n"
     global_options = (
-        "{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n\tdefault_bind 127.0.0.1\n"
+        f"{{\n\tadmin off\n{https}\tpersist_config off\n\tdefault_bind 127.0.0.1\n"
         f"\tgrace_period 1s\n\tstorage file_system {state}\n}}\n"
     )
     if recipe == "default":
@@ -158,7 +166,7 @@ def launch_caddy(
         "HOME": str(state),
         "XDG_CONFIG_HOME": str(state / "config"),
         "XDG_DATA_HOME": str(state / "data"),
-        "AUTHPROXY_SITE": f"http://:{port}",
+        "AUTHPROXY_SITE": f"https://127.0.0.1:{port}" if tls else f"http://:{port}",
         "AUTHPROXY_ADDR": _hostport(authproxy_url),
         "AUTHPROXY_APP": _hostport(upstream_url),
     }
@@ -169,17 +177,21 @@ def launch_caddy(
         cwd=workdir,
         log_path=workdir / "caddy.log",
     ).start()
-    return RunningProxy("caddy", recipe, f"http://127.0.0.1:{port}", port, proc, workdir)
+    return RunningProxy("caddy", recipe, f"{_scheme(tls)}://127.0.0.1:{port}", port, proc, workdir)
+
+
+def _scheme(tls: bool) -> str:
+    return "https" if tls else "http"
 
 
 def launch_nginx(
-    workdir: Path, authproxy_url: str, upstream_url: str, *, recipe: str = "default"
+    workdir: Path, authproxy_url: str, upstream_url: str, *, recipe: str = "default", tls: bool = False
 ) -> RunningProxy:
     """nginx with nginx/authproxy.conf in conf.d/ and the snippets in snippets/, as on Debian."""
     binary = find_binary("nginx")
     port = free_port()
     values = {
-        "LISTEN": f"127.0.0.1:{port}",
+        "LISTEN": f"127.0.0.1:{port}" + (" ssl" if tls else ""),
         "SERVER_NAME": "127.0.0.1",
         "AUTHPROXY": _hostport(authproxy_url),
         "UPSTREAM": _hostport(upstream_url),
@@ -216,6 +228,7 @@ def launch_nginx(
         "events { worker_connections 256; }\n"
         "http {\n"
         f"    access_log {workdir / 'access.log'};\n"
+        f"{_nginx_certificate(workdir) if tls else ''}"
         f"    client_body_temp_path {temp_root / 'client_body'};\n"
         f"    proxy_temp_path {temp_root / 'proxy'};\n"
         f"    fastcgi_temp_path {temp_root / 'fastcgi'};\n"
@@ -231,23 +244,34 @@ def launch_nginx(
         cwd=workdir,
         log_path=workdir / "nginx.log",
     ).start()
-    return RunningProxy("nginx", recipe, f"http://127.0.0.1:{port}", port, proc, workdir, [temp_root])
+    return RunningProxy("nginx", recipe, f"{_scheme(tls)}://127.0.0.1:{port}", port, proc, workdir, [temp_root])
+
+
+def _nginx_certificate(workdir: Path) -> str:
+    from authproxy.tls import self_signed
+
+    cert, key, _ = self_signed(workdir / "tls", "127.0.0.1")
+    return f"    ssl_certificate {cert};\n    ssl_certificate_key {key};\n"
 
 
 def launch_traefik(
-    workdir: Path, authproxy_url: str, upstream_url: str, *, recipe: str = "default"
+    workdir: Path, authproxy_url: str, upstream_url: str, *, recipe: str = "default", tls: bool = False
 ) -> RunningProxy:
     """Traefik from deploy/traefik/traefik.yml (placeholders filled) + dynamic.yml as shipped (env values)."""
     binary = find_binary("traefik")
     port = free_port()
     static = workdir / "traefik.yml"
-    static.write_text(
-        _render(
-            TRAEFIK_DIR / "traefik.yml",
-            {"LISTEN": f"127.0.0.1:{port}", "DYNAMIC_FILE": str(TRAEFIK_DIR / "dynamic.yml")},
-        ),
-        encoding="utf-8",
+    text = _render(
+        TRAEFIK_DIR / "traefik.yml",
+        {"LISTEN": f"127.0.0.1:{port}", "DYNAMIC_FILE": str(TRAEFIK_DIR / "dynamic.yml")},
     )
+    if tls:
+        # TLS for every router on the entryPoint, with Traefik's default certificate.
+        anchor = "\n    http:\n"
+        if text.count(anchor) != 1:
+            raise AssertionError("deploy/traefik/traefik.yml: expected one `http:` block under the entryPoint")
+        text = text.replace(anchor, anchor + "      tls: {}\n")
+    static.write_text(text, encoding="utf-8")
     env = {
         "HOME": str(workdir),
         "AUTHPROXY_HOST": "127.0.0.1",
@@ -261,7 +285,7 @@ def launch_traefik(
         cwd=workdir,
         log_path=workdir / "traefik.log",
     ).start()
-    return RunningProxy("traefik", recipe, f"http://127.0.0.1:{port}", port, proc, workdir)
+    return RunningProxy("traefik", recipe, f"{_scheme(tls)}://127.0.0.1:{port}", port, proc, workdir)
 
 
 async def _wait_traefik_routes(proxy: RunningProxy) -> None:
@@ -276,7 +300,7 @@ async def _wait_traefik_routes(proxy: RunningProxy) -> None:
             if not proxy.process.running:
                 raise RuntimeError(f"traefik exited with {proxy.process.returncode}\n{proxy.log_tail()}")
             try:
-                async with session.get(f"{proxy.url}/_authproxy/login", allow_redirects=False) as resp:
+                async with session.get(f"{proxy.url}/_authproxy/login", allow_redirects=False, ssl=False) as resp:
                     body = await resp.read()
                     if not (resp.status == 404 and body == _TRAEFIK_NOT_FOUND):
                         return
@@ -291,7 +315,7 @@ _LAUNCHERS = {"caddy": launch_caddy, "nginx": launch_nginx, "traefik": launch_tr
 
 
 def launch_proxy(
-    kind: str, workdir: Path, authproxy_url: str, upstream_url: str, *, recipe: str = "default"
+    kind: str, workdir: Path, authproxy_url: str, upstream_url: str, *, recipe: str = "default", tls: bool = False
 ) -> RunningProxy:
     """Write the configs and spawn the binary (not yet ready: ``await wait_ready(proxy)``)."""
     if kind not in _LAUNCHERS:
@@ -299,21 +323,21 @@ def launch_proxy(
     if recipe not in RECIPES[kind]:
         raise ValueError(f"{kind} has no recipe {recipe!r}; known: {', '.join(RECIPES[kind])}")
     workdir.mkdir(parents=True, exist_ok=True)
-    return _LAUNCHERS[kind](workdir, authproxy_url, upstream_url, recipe=recipe)
+    return _LAUNCHERS[kind](workdir, authproxy_url, upstream_url, recipe=recipe, tls=tls)
 
 
-class _ProxyPool:
-    """Everything one test started, so teardown stops it even when start-up itself failed."""
+class ProxyPool:
+    """Everything one test (or module) started, so teardown stops it even when start-up itself failed."""
 
     def __init__(self, base: Path) -> None:
         self.base = base
         self.started: list[RunningProxy] = []
 
     async def start(
-        self, kind: str, authproxy_url: str, upstream_url: str, *, recipe: str = "default"
+        self, kind: str, authproxy_url: str, upstream_url: str, *, recipe: str = "default", tls: bool = False
     ) -> RunningProxy:
         workdir = self.base / f"{kind}-{len(self.started)}"
-        proxy = launch_proxy(kind, workdir, authproxy_url, upstream_url, recipe=recipe)
+        proxy = launch_proxy(kind, workdir, authproxy_url, upstream_url, recipe=recipe, tls=tls)
         self.started.append(proxy)
         await wait_ready(proxy)
         return proxy
@@ -323,9 +347,12 @@ class _ProxyPool:
             proxy.stop()
 
 
+_ProxyPool = ProxyPool
+
+
 @pytest.fixture
 def forward_auth_proxy(tmp_path: Path) -> Iterator[StartProxy]:
-    """``await forward_auth_proxy(kind, authproxy_url, upstream_url, *, recipe="default")`` -> RunningProxy."""
+    """``await forward_auth_proxy(kind, authproxy_url, upstream_url, *, recipe="default", tls=False)``."""
     pool = _ProxyPool(tmp_path / "proxies")
     yield pool.start
     pool.stop_all()
@@ -335,8 +362,10 @@ def _single(kind: str) -> Callable[[Path], Iterator[StartProxy]]:
     def fixture(tmp_path: Path) -> Iterator[StartProxy]:
         pool = _ProxyPool(tmp_path / "proxies")
 
-        async def start(authproxy_url: str, upstream_url: str, *, recipe: str = "default") -> RunningProxy:
-            return await pool.start(kind, authproxy_url, upstream_url, recipe=recipe)
+        async def start(
+            authproxy_url: str, upstream_url: str, *, recipe: str = "default", tls: bool = False
+        ) -> RunningProxy:
+            return await pool.start(kind, authproxy_url, upstream_url, recipe=recipe, tls=tls)
 
         yield start
         pool.stop_all()
