@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from authproxy.sessions.manager import LoadedSession
 
 DEFAULT_SESSION_TIMEOUT = 1800.0
+# AuthManager: "Max limit of 5 attempts exceeded. Access blocked for 300 seconds."
+_BLOCKED = re.compile(r"Max limit of \d+ attempts exceeded\. Access blocked for (\d{1,6}) seconds")
 MAX_ENVELOPE = 1 << 20
 
 # The web UI's own calls that authproxy answers (paths as Technitium routes them: case-insensitive).
@@ -183,9 +186,11 @@ class TechnitiumAdapter:
             return LoginResult("totp_required", message="Enter the code from your authenticator app.")
         if status != "ok":
             message = str(env.get("errorMessage") or "")
-            if "block" in message.lower():
+            # Match the ban sentence itself: the failure message repeats the username, which may say "block".
+            banned = _BLOCKED.match(message)
+            if banned:
                 return LoginResult("blocked", message="Too many failed sign-ins from this network; try again later.",
-                                   retry_after=300)
+                                   retry_after=int(banned.group(1)))
             if totp:
                 return LoginResult("invalid", message="Invalid username, password or code.")
             return LoginResult("invalid", message="Invalid username or password.")
@@ -242,15 +247,26 @@ class TechnitiumAdapter:
             req.form = [(k, v) for k, v in req.form if k.lower() != "token"]
         if credential is None:
             return
-        if credential.extra.get("mode") == "bearer":
+        mode = credential.extra.get("mode")
+        if mode in ("bearer", "both"):
             req.headers["Authorization"] = f"Bearer {credential.secret}"
-        else:
+        if mode != "bearer":
             req.raw_query = query_with(req.raw_query, "token", credential.secret)
 
     def forward_auth_headers(self, credential: Credential) -> dict[str, str]:
-        if credential.extra.get("mode") == "bearer":
-            return {"Authorization": f"Bearer {credential.secret}"}
-        return {"X-Authproxy-Token": credential.secret}
+        mode = credential.extra.get("mode")
+        headers: dict[str, str] = {}
+        if mode in ("bearer", "both"):
+            headers["Authorization"] = f"Bearer {credential.secret}"
+        if mode != "bearer":
+            headers["X-Authproxy-Token"] = credential.secret
+        return headers
+
+    def service_credential(self, secret: str) -> Credential:
+        """The configured service token (AUTH_MODE=none/hybrid). No login tells the version, so an
+        unset mode sends both forms: v15+ reads the Bearer header (it wins), v14 the `token` parameter."""
+        mode = self.configured_mode if self.configured_mode != "auto" else "both"
+        return Credential(secret=secret, kind="token", actor="service", extra={"mode": mode})
 
     def wants_body(self, req: UpstreamRequest, status: int, headers: CIMultiDictProxy[str]) -> bool:
         if status != 200 or not _api_path(req.raw_path).startswith("/api/"):

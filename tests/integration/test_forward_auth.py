@@ -401,3 +401,24 @@ async def test_auth_mode_none_answers_with_the_service_credential(
     assert reply.status == 200
     assert "svc-token-1234" in (reply.headers.get("Authorization", "") + reply.headers.get("X-Authproxy-Token", ""))
     assert "Remote-User" not in reply.headers
+
+
+async def test_auth_mode_none_service_token_follows_the_configured_api_version(
+    make_gateway: MakeGateway, dns: FakeTechnitium, http_client: aiohttp.ClientSession
+) -> None:
+    """v15 -> Bearer only (Traefik can copy it); v14 -> the token header the recipes move into the query;
+    unknown -> both, so either server version reads it."""
+    expected = {"15": ({"Authorization": "Bearer svc-token-1234"}, "X-Authproxy-Token"),
+                "14": ({"X-Authproxy-Token": "svc-token-1234"}, "Authorization")}
+    for version, (present, absent) in expected.items():
+        gw = await make_gateway(gateway_env(dns.url, AUTH_MODE="none", UPSTREAM_SERVICE_TOKEN="svc-token-1234",
+                                            TECHNITIUM_API_VERSION=version))
+        reply = await Asker(gw, http_client, "x").verify("traefik", "https://dns.example.com/x", extra=BROWSER)
+        assert reply.status == 200
+        for name, value in present.items():
+            assert reply.headers.get(name) == value, (version, name)
+        assert absent not in reply.headers, version
+    gw = await make_gateway(gateway_env(dns.url, AUTH_MODE="none", UPSTREAM_SERVICE_TOKEN="svc-token-1234"))
+    reply = await Asker(gw, http_client, "x").verify("caddy", "https://dns.example.com/x", extra=BROWSER)
+    assert reply.headers.get("Authorization") == "Bearer svc-token-1234"
+    assert reply.headers.get("X-Authproxy-Token") == "svc-token-1234"
