@@ -66,8 +66,10 @@ def _serve(config: Config, ssl_paths: tuple[Path, Path] | None, reuse_port: bool
         create_app(config), host=config.server.host, port=config.server.port, ssl_context=ssl_ctx,
         access_log_class=AccessLogger, access_log=logging.getLogger("authproxy.access") if config.server.access_log
         else None, reuse_port=reuse_port, print=None,
-        handler_args={"max_field_size": config.server.max_header_size,
-                      "max_line_size": config.server.max_header_size},
+        # Passed through AppRunner to each RequestHandler. (Not `handler_args=`: run_app forwards that name
+        # as a RequestHandler kwarg, which raises TypeError, and aiohttp then silently drops access_log,
+        # keepalive_timeout and these limits, logging a warning on every new connection.)
+        max_field_size=config.server.max_header_size, max_line_size=config.server.max_header_size,
     )
 
 

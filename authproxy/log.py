@@ -33,6 +33,10 @@ _REDACT = [
 
 
 def redact(text: str) -> str:
+    # Each pattern needs one of these substrings to match at all; most lines (every access-log line
+    # without a query) have none, and three regex scans per line were a third of the line's cost.
+    if "=" not in text and "v1." not in text and "bearer" not in text.lower():
+        return text
     for pattern, repl in _REDACT:
         text = pattern.sub(repl, text)
     return text

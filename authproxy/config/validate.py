@@ -12,6 +12,15 @@ _HOST = re.compile(r"^\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
 
 
+def _without_userinfo(url: str) -> str:
+    """The URL as it may be printed: a password in it is a secret like any other."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, tail = rest.partition("/")
+    if sep and "@" in authority:
+        return f"{scheme}://***@{authority.rsplit('@', 1)[1]}{slash}{tail}"
+    return url
+
+
 def check(config: Config) -> list[str]:
     p: list[str] = []
     s, sess = config.server, config.session
@@ -77,7 +86,7 @@ def check(config: Config) -> list[str]:
         parts = urlsplit(site.upstream_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             p.append(f"UPSTREAM_URL ({where}): must be an http:// or https:// URL, but it is "
-                     f"{site.upstream_url!r}")
+                     f"{_without_userinfo(site.upstream_url)!r}")
         if parts.username or parts.password:
             p.append(f"UPSTREAM_URL ({where}): must not contain credentials; use the service token setting")
         if site.type not in ADAPTERS:

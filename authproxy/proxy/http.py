@@ -149,7 +149,8 @@ async def _relay(request: web.Request, site: Site, ureq: UpstreamRequest, upstre
                  loaded: LoadedSession | None, credential: Credential) -> web.StreamResponse:
     adapter = site.adapter
     peeked: bytes | None = None
-    if adapter.wants_body(ureq, upstream.status, upstream.headers):
+    # A HEAD answer has no body to peek at, and peeking would replace its Content-Length with 0.
+    if request.method != "HEAD" and adapter.wants_body(ureq, upstream.status, upstream.headers):
         peeked = await _read_up_to(upstream, MAX_PEEK + 1)
         if len(peeked) <= MAX_PEEK and adapter.is_expired(upstream.status, upstream.headers, peeked):
             return await _credential_died(request, site, loaded)

@@ -8,6 +8,7 @@ replica drops its cached copy at once.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -67,6 +68,17 @@ class SessionManager:
         # and that touch is what notices a store entry that lapsed (or was deleted) meanwhile.
         self.touch_interval = min(60.0, config.idle_timeout / 10)
         self._cache: dict[str, LoadedSession] = {}
+        # Cookie values that decoded to a valid ticket -> (ticket, store key). Decoding (three base64
+        # parts, an HMAC per signing key, a SHA-256) is a pure function of the value and this process's
+        # keyring, so it runs once per cookie instead of on every request. Only valid values get in.
+        self._tickets: dict[str, tuple[Ticket, str]] = {}
+        # Store key -> when this process last slid its idle TTL, kept apart from the cache so the
+        # slide stays "at most every touch_interval" with the cache off too (not one EXPIRE per load).
+        self._touched: dict[str, float] = {}
+        # Store key -> the one store read under way for it (with the cache on). When a cached entry
+        # goes stale under load, every concurrent request for that session would otherwise read the
+        # store at once (50 connections: 50 GETs and a 50-connection Redis pool every cache_ttl).
+        self._inflight: dict[str, tuple[Ticket, asyncio.Future[LoadedSession | None]]] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -76,6 +88,8 @@ class SessionManager:
 
     def _on_invalidate(self, message: str) -> None:
         self._cache.pop(message, None)
+        self._touched.pop(message, None)
+        self._inflight.pop(message, None)  # requests from now on read the store afresh
 
     # ---- create / load / save / destroy ----------------------------------------------------------
 
@@ -101,10 +115,19 @@ class SessionManager:
         `client_ip` only goes into the audit line written when this request is the one that finds the
         session expired.
         """
-        ticket = decode_ticket(cookie_value, self.keyring)
-        if ticket is None:
+        if not cookie_value:
             return None
-        store_key = ticket.store_key
+        memo = self._tickets.get(cookie_value)
+        if memo is None:
+            ticket = decode_ticket(cookie_value, self.keyring)
+            if ticket is None:
+                return None
+            store_key = ticket.store_key
+            if len(self._tickets) >= MAX_CACHE_ENTRIES:
+                self._tickets.clear()
+            self._tickets[cookie_value] = (ticket, store_key)
+        else:
+            ticket, store_key = memo
         now = self.clock()
         cached = self._cache.get(store_key)
         if (cached is not None and now - cached.fetched_at < self.config.cache_ttl
@@ -117,6 +140,26 @@ class SessionManager:
                 await self._lapsed(ticket, now, client_ip)
                 return None
             return cached
+        if self.config.cache_ttl <= 0:
+            return await self._fetch(ticket, store_key, cached, now, client_ip)
+        flight = self._inflight.get(store_key)
+        if flight is None or not hmac.compare_digest(flight[0].key, ticket.key):
+            task = asyncio.ensure_future(self._fetch(ticket, store_key, cached, now, client_ip))
+            self._inflight[store_key] = flight = (ticket, task)
+            task.add_done_callback(lambda done, key=store_key: self._landed(key, done))
+        # Shielded: a request that goes away must not cancel the read the others are waiting for.
+        return await asyncio.shield(flight[1])
+
+    def _landed(self, store_key: str, done: asyncio.Future[LoadedSession | None]) -> None:
+        flight = self._inflight.get(store_key)
+        if flight is not None and flight[1] is done:
+            del self._inflight[store_key]
+        if not done.cancelled():
+            done.exception()  # retrieved here, so an error nobody awaited any more is not reported as lost
+
+    async def _fetch(self, ticket: Ticket, store_key: str, cached: LoadedSession | None, now: float,
+                     client_ip: str) -> LoadedSession | None:
+        """The store read behind `load` (a cache miss): unseal, decode, check expiry, slide, cache."""
         blob = await self.store.get(store_key)
         if blob is None:
             self._cache.pop(store_key, None)
@@ -132,7 +175,7 @@ class SessionManager:
             await self.store.delete(store_key)
             return None
         loaded = LoadedSession(session=session, ticket=ticket, store_key=store_key, fetched_at=now,
-                               touched_at=cached.touched_at if cached else 0.0)
+                               touched_at=self._touched.get(store_key, cached.touched_at if cached else 0.0))
         if now >= session.expires_at:
             await self._expired(loaded, client_ip)
             return None
@@ -152,6 +195,8 @@ class SessionManager:
 
     async def destroy(self, loaded: LoadedSession) -> None:
         self._cache.pop(loaded.store_key, None)
+        self._touched.pop(loaded.store_key, None)
+        self._inflight.pop(loaded.store_key, None)
         await self.store.delete(loaded.store_key, marker_key(loaded.store_key))
         await self.store.index_remove(self._user_index(loaded.session.user), loaded.store_key)
         await self.store.publish(CHANNEL, loaded.store_key)
@@ -185,6 +230,7 @@ class SessionManager:
         blob = seal(loaded.ticket.key, plain, loaded.store_key.encode())
         await self.store.set(loaded.store_key, blob, self._ttl(loaded, self.clock()))
         loaded.touched_at = self.clock()
+        self._remember_touch(loaded.store_key, loaded.touched_at)
 
     def _ttl(self, loaded: LoadedSession, now: float) -> float:
         return max(0.001, min(self.config.idle_timeout, loaded.session.expires_at - now))
@@ -194,7 +240,13 @@ class SessionManager:
         if now - loaded.touched_at < self.touch_interval:
             return True
         loaded.touched_at = now
+        self._remember_touch(loaded.store_key, now)
         return await self.store.expire(loaded.store_key, self._ttl(loaded, now))
+
+    def _remember_touch(self, store_key: str, when: float) -> None:
+        if len(self._touched) >= MAX_CACHE_ENTRIES and store_key not in self._touched:
+            self._touched.clear()
+        self._touched[store_key] = when
 
     # ---- expiry audit ----------------------------------------------------------------------------
     #
@@ -224,8 +276,10 @@ class SessionManager:
         if blob is None or not await self.store.delete(key):
             return  # already reported, logged out, revoked, or never ours
         plain = unseal(ticket.key, blob, key.encode())
+        if plain is None:
+            return
         try:
-            info = json.loads(plain) if plain is not None else None
+            info = json.loads(plain)
             user, site, expires_at = str(info["user"]), str(info["site"]), float(info["expires_at"])
         except (ValueError, KeyError, TypeError):
             return

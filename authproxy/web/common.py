@@ -42,7 +42,7 @@ def cookie_value(request: web.Request) -> str | None:
 
 
 async def current_session(request: web.Request) -> LoadedSession | None:
-    return await request.app[keys.SESSIONS].load(cookie_value(request))
+    return await request.app[keys.SESSIONS].load(cookie_value(request), client_ip=client_ip(request))
 
 
 def json_error(status: int, code: str, message: str, *, headers: dict[str, str] | None = None,

@@ -26,16 +26,26 @@ class TrustedForwarded:
     def __init__(self, trusted: tuple[IPNetwork, ...]) -> None:
         self.trusted = trusted
         self.filtered = XForwardedFiltered(set(trusted))
+        # Peer address -> trusted? Parsing the address and testing every network costs more than the
+        # rest of this middleware, and a gateway sees few distinct peers (its proxies); bounded anyway.
+        self._verdicts: dict[str, bool] = {}
 
     def peer_trusted(self, request: web.Request) -> bool:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         if not peer:
             return False
-        try:
-            ip = ipaddress.ip_address(peer[0])
-        except ValueError:
-            return False
-        return any(ip in net for net in self.trusted)
+        address = peer[0]
+        verdict = self._verdicts.get(address)
+        if verdict is None:
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                return False
+            verdict = any(ip in net for net in self.trusted)
+            if len(self._verdicts) >= 4096:
+                self._verdicts.clear()
+            self._verdicts[address] = verdict
+        return verdict
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -46,13 +56,11 @@ class TrustedForwarded:
             request = request.clone(headers=_replace(request, "X-Forwarded-Proto", _WS_SCHEMES[proto.lower()]))
         if "X-Forwarded-For" not in request.headers:
             peer = request.transport.get_extra_info("peername") if request.transport else None
-            overrides: dict[str, str] = {}
-            if proto:
-                overrides["scheme"] = request.headers["X-Forwarded-Proto"].split(",")[-1].strip()
-            if request.headers.get("X-Forwarded-Host"):
-                overrides["host"] = request.headers["X-Forwarded-Host"].split(",")[-1].strip()
-            if overrides:
-                request = request.clone(remote=peer[0] if peer else None, **overrides)
+            scheme = request.headers["X-Forwarded-Proto"].split(",")[-1].strip() if proto else None
+            host = request.headers.get("X-Forwarded-Host", "").split(",")[-1].strip() or None
+            if scheme or host:
+                request = request.clone(remote=str(peer[0]) if peer else request.remote or "",
+                                        scheme=scheme or request.scheme, host=host or request.host)
             return await handler(request)
         return await self.filtered.middleware(request, handler)
 

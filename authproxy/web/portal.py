@@ -46,7 +46,8 @@ LOGIN_PAGE = """<!doctype html>
 
 
 def render_login(request: web.Request, *, status: int = 200, error: str = "", rd: str | None = None,
-                 totp: bool = False, notice: str = "", headers: dict[str, str] | None = None) -> web.Response:
+                 totp: bool = False, notice: str = "", headers: dict[str, str] | None = None,
+                 username: str = "") -> web.Response:
     from authproxy.web.api import resolve_site
 
     prefix = request.app[keys.CONFIG].server.prefix
@@ -58,7 +59,7 @@ def render_login(request: web.Request, *, status: int = 200, error: str = "", rd
         site_title=html.escape(f" to {site.name}") if site else "", site_kind=html.escape(site_kind),
         error=html.escape(error), error_hidden="" if error else " hidden",
         notice=html.escape(notice), notice_hidden="" if notice else " hidden",
-        username="", cred_hidden="", totp_hidden="" if totp else " hidden",
+        username=html.escape(username[:256]), cred_hidden="", totp_hidden="" if totp else " hidden",
     )
     return web.Response(status=status, text=body, content_type="text/html",
                         headers={**SECURITY_HEADERS, "Content-Security-Policy": CSP, **(headers or {})})

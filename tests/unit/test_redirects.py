@@ -82,6 +82,7 @@ def test_allowed_absolute_targets_are_kept(target: str) -> None:
     [
         ("HTTPS://FOO.BAR/Path?Q=A", "https://foo.bar/Path?Q=A"),  # scheme and host lower-cased only
         ("https://foo.bar:443/x", "https://foo.bar:443/x"),  # the default port, spelt out
+        ("https://foo.bar/caf\u00e9?q=\u00fc#\u00e4", "https://foo.bar/caf%C3%A9?q=%C3%BC#%C3%A4"),
     ],
 )
 def test_absolute_targets_are_normalised(target: str, expected: str) -> None:
@@ -197,6 +198,12 @@ def test_unsafe_relative_targets_are_rejected(target: str) -> None:
 @pytest.mark.parametrize("current_host", ["evil.com@foo.bar", "foo.bar/x", "foo.bar:http", "", "foo bar"])
 def test_a_bad_current_host_never_produces_a_url(current_host: str) -> None:
     assert RedirectPolicy(ALLOWED).validate("/x", current_host=current_host) is None
+
+
+def test_relative_non_ascii_is_percent_encoded() -> None:
+    assert (
+        RedirectPolicy(ALLOWED).validate("/caf\u00e9", current_host="foo.bar") == "https://foo.bar/caf%C3%A9"
+    )
 
 
 def test_no_rules_means_relative_only() -> None:

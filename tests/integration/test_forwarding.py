@@ -1,0 +1,167 @@
+"""What reaches the upstream: the person's own token where the version wants it, nothing the client forged.
+
+The fake's `/api/echo` answers with exactly what arrived (headers, query, form), so every assertion is about
+the bytes the upstream really saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.fakes.technitium import FakeTechnitium
+from tests.integration.conftest import LOGIN, MakeTlsGateway
+from tests.support.gateway import Gateway, GatewayClient, MakeGateway, gateway_env
+
+FORGED = {
+    "Authorization": "Bearer " + "f" * 64,
+    "Remote-User": "admin",
+    "Remote-Groups": "admins",
+    "X-Forwarded-User": "admin",
+    "X-Authproxy-Token": "e" * 64,
+    "X-Authproxy-User": "admin",
+    "X-Real-IP": "6.6.6.6",
+    "X-Client-IP": "6.6.6.6",
+    "Forwarded": "for=6.6.6.6;proto=https",
+    "X-Original-URL": "/api/admin/users/delete",
+    "X-Forwarded-Prefix": "/evil",
+}
+
+
+async def echo(client: GatewayClient, method: str = "GET", path: str = "/api/echo", **kw: Any) -> dict[str, Any]:
+    resp = await client.request(method, path, **kw)
+    body = await resp.json()
+    assert resp.status == 200 and body["status"] == "ok", body
+    return body["response"]  # type: ignore[no-any-return]
+
+
+def only_token(technitium: FakeTechnitium) -> str:
+    [token] = technitium.sessions
+    return token
+
+
+async def test_client_authorization_and_token_parameters_never_reach_the_upstream(
+        client: GatewayClient, technitium: FakeTechnitium) -> None:
+    await client.login("alice", "alice-pass")
+    token = only_token(technitium)
+    got = await echo(client, path="/api/echo?token=" + "a" * 64 + "&TOKEN=x&%74oken=y&keep=1",
+                     headers={"Authorization": "Bearer " + "f" * 64})
+    seen = technitium.requests_to("/api/echo")[-1]
+    assert seen.headers.getall("Authorization") == [f"Bearer {token}"]
+    assert seen.raw_query == "keep=1"
+    assert got["session"]["username"] == "alice"
+    # The same in a form body (Technitium reads `token` from the form too).
+    got = await echo(client, "POST", data={"token": "b" * 64, "Token": "c", "zone": "example.com"})
+    assert got["form"] == {"zone": "example.com"}
+    assert technitium.requests_to("/api/echo")[-1].headers.getall("Authorization") == [f"Bearer {token}"]
+
+
+async def test_form_bodies_keep_their_exact_characters(client: GatewayClient) -> None:
+    await client.login("alice", "alice-pass")
+    fields = {"displayName": "Łukasz ✓ 名前", "comment": "a+b=c&d", "latin": "café", "empty": ""}
+    got = await echo(client, "POST", data=fields)
+    assert got["form"] == fields
+
+
+async def test_identity_and_forwarding_forgeries_from_behind_a_trusted_proxy(
+        client: GatewayClient, technitium: FakeTechnitium) -> None:
+    await client.login("alice", "alice-pass")
+    # The client forged X-Forwarded-For: 6.6.6.6; the trusted proxy appended the real address.
+    got = await echo(client, headers={**FORGED, "X-Forwarded-For": "6.6.6.6, 203.0.113.9"})
+    h = got["headers"]
+    for name in ("remote-user", "remote-groups", "x-forwarded-user", "x-authproxy-token", "x-authproxy-user",
+                 "x-client-ip", "forwarded", "x-original-url", "x-forwarded-prefix"):
+        assert name not in h, name
+    assert h["x-real-ip"] == "203.0.113.9" and h["x-forwarded-for"] == "203.0.113.9"
+    assert h["x-forwarded-proto"] == "https"
+    seen = technitium.requests_to("/api/echo")[-1]
+    assert seen.headers.getall("Authorization") == [f"Bearer {only_token(technitium)}"]
+    assert got["clientIp"] == "203.0.113.9"  # what Technitium will log and ban by
+    assert "cookie" not in h  # the authproxy cookie is for authproxy only
+
+
+async def test_other_cookies_pass_but_the_authproxy_cookie_does_not(client: GatewayClient) -> None:
+    await client.login("alice", "alice-pass")
+    got = await echo(client, headers={"Cookie": f"theme=dark; {client.cookie_name}={client.cookie}; lang=en"})
+    assert got["headers"]["cookie"] == "theme=dark; lang=en"
+
+
+@pytest.fixture
+async def insecure_http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(),
+                                     connector=aiohttp.TCPConnector(ssl=False)) as session:
+        yield session
+
+
+async def test_forgeries_against_authproxy_serving_tls_itself(
+        make_tls_gateway: MakeTlsGateway, technitium: FakeTechnitium,
+        insecure_http: aiohttp.ClientSession) -> None:
+    gw = await make_tls_gateway({"UPSTREAM_URL": technitium.url, "UPSTREAM_TYPE": "technitium",
+                                 "ACCESS_LOG": "false"})
+    c = GatewayClient(base=gw.url, http=insecure_http, headers={})
+    assert (await c.login("alice", "alice-pass")).status == 200
+    got = await echo(c, headers={**FORGED, "X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "http",
+                                 "X-Forwarded-Host": "evil.example"})
+    h = got["headers"]
+    assert h["x-real-ip"] == "127.0.0.1" and h["x-forwarded-for"] == "127.0.0.1"
+    assert h["x-forwarded-proto"] == "https" and h["x-forwarded-host"] == f"127.0.0.1:{gw.port}"
+    assert "remote-user" not in h and "forwarded" not in h
+    me = await (await c.request("GET", "/_authproxy/api/auth/me")).json()
+    assert me["httpsDetected"] is True and me["trustProxy"] is False
+
+
+# ---- token placement per Technitium version --------------------------------------------------------------
+
+async def _placement(make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+                     fake: FakeTechnitium, **env: str) -> tuple[str | None, str]:
+    """(Authorization header, raw query) as the upstream saw them on a proxied call."""
+    c = client_for(await make_gateway(gateway_env(fake.url, **env)))
+    assert (await c.login("alice", "alice-pass")).status == 200
+    await c.request("GET", "/api/zones/list?x=1")
+    seen = fake.requests_to("/api/zones/list")[-1]
+    return seen.headers.get("Authorization"), seen.raw_query
+
+
+async def test_v15_is_detected_and_gets_a_bearer_header(make_gateway: MakeGateway, technitium: FakeTechnitium,
+                                                        client_for: Callable[[Gateway], GatewayClient]) -> None:
+    auth, query = await _placement(make_gateway, client_for, technitium)
+    token = next(iter(technitium.sessions))
+    assert auth == f"Bearer {token}" and query == "x=1"
+
+
+async def test_v14_is_detected_and_gets_a_token_parameter(
+        make_gateway: MakeGateway, technitium_v14: FakeTechnitium,
+        client_for: Callable[[Gateway], GatewayClient]) -> None:
+    auth, query = await _placement(make_gateway, client_for, technitium_v14)
+    token = next(iter(technitium_v14.sessions))
+    assert auth is None and query == f"x=1&token={token}"
+    [zones] = technitium_v14.requests_to("/api/zones/list")
+    assert zones.client_ip == "127.0.0.1"
+
+
+async def test_api_version_setting_forces_query_mode(make_gateway: MakeGateway, technitium: FakeTechnitium,
+                                                     client_for: Callable[[Gateway], GatewayClient]) -> None:
+    auth, query = await _placement(make_gateway, client_for, technitium, TECHNITIUM_API_VERSION="14")
+    assert auth is None and query.startswith("x=1&token=")
+
+
+async def test_token_mode_setting_forces_query_mode(make_gateway: MakeGateway, technitium: FakeTechnitium,
+                                                    client_for: Callable[[Gateway], GatewayClient]) -> None:
+    auth, query = await _placement(make_gateway, client_for, technitium, TECHNITIUM_TOKEN_MODE="query")
+    assert auth is None and query.startswith("x=1&token=")
+
+
+async def test_token_mode_setting_forces_bearer_mode(make_gateway: MakeGateway, technitium_v14: FakeTechnitium,
+                                                     client_for: Callable[[Gateway], GatewayClient]) -> None:
+    auth, query = await _placement(make_gateway, client_for, technitium_v14, TECHNITIUM_TOKEN_MODE="bearer",
+                                   TECHNITIUM_API_VERSION="14")
+    assert auth is not None and auth.startswith("Bearer ") and query == "x=1"
+
+
+async def test_login_over_plain_http_is_refused(client: GatewayClient) -> None:
+    resp = await client.request("POST", LOGIN, json={"username": "alice", "password": "alice-pass"},
+                                headers={"X-Forwarded-Proto": "http"})
+    assert resp.status == 400 and (await resp.json())["error"] == "https_required"

@@ -1,0 +1,256 @@
+"""How sessions end (idle, absolute, upstream invalid-token, logout), stay alive (heartbeat) and survive
+a restart of authproxy (SQLite file store, real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import time
+from collections.abc import Callable
+
+from yarl import URL
+
+from authproxy import keys
+from tests.fakes.technitium import FakeClock, FakeTechnitium
+from tests.integration.conftest import BROWSER, HEARTBEAT, LOGOUT, SESSION, Audit
+from tests.support.gateway import Gateway, GatewayClient, MakeGateway, gateway_env
+
+
+async def authenticated(client: GatewayClient) -> bool:
+    resp = await client.request("GET", SESSION)
+    return bool((await resp.json())["authenticated"])
+
+
+async def api_status(client: GatewayClient) -> tuple[int, str | None]:
+    resp = await client.request("GET", "/api/zones/list")
+    body = await resp.json()
+    return resp.status, body.get("error") if resp.status != 200 else body.get("status")
+
+
+# ---- idle and absolute expiry (real time, small values) --------------------------------------------------
+
+async def test_idle_timeout_ends_a_quiet_session_and_activity_slides_it(
+        make_gateway: MakeGateway, technitium: FakeTechnitium, client_for: Callable[[Gateway], GatewayClient],
+        audit: Audit) -> None:
+    gw = await make_gateway(gateway_env(technitium.url, SESSION_IDLE_TIMEOUT="1s", SESSION_MAX_AGE="1h"))
+    busy, quiet = client_for(gw), client_for(gw)
+    assert (await busy.login("alice", "alice-pass")).status == 200
+    assert (await quiet.login("alice", "alice-pass")).status == 200
+    assert await api_status(quiet) == (200, "ok")  # now in the hot cache too
+    for _ in range(6):  # 1.8 s of activity, well past the 1 s idle timeout
+        await asyncio.sleep(0.3)
+        assert await api_status(busy) == (200, "ok")
+    assert await api_status(quiet) == (401, "unauthenticated")
+    assert not await authenticated(quiet)
+    await asyncio.sleep(1.2)
+    assert await api_status(busy) == (401, "unauthenticated")
+    expiry = audit.lines("expiry")
+    assert {(x["user"], x["site"], x["outcome"]) for x in expiry} == {("alice", "technitium", "idle_timeout")}
+    assert len(expiry) == 2  # one line per session, not one per stale request
+
+
+async def test_absolute_lifetime_ends_even_a_busy_session(
+        make_gateway: MakeGateway, technitium: FakeTechnitium, client_for: Callable[[Gateway], GatewayClient],
+        audit: Audit) -> None:
+    gw = await make_gateway(gateway_env(technitium.url, SESSION_IDLE_TIMEOUT="1s", SESSION_MAX_AGE="1.5s"))
+    c = client_for(gw)
+    resp = await c.login("alice", "alice-pass")
+    body = await resp.json()
+    assert body["expiresAt"] - time.time() < 1.6
+    deadline = time.monotonic() + 1.1
+    while time.monotonic() < deadline:
+        assert await api_status(c) == (200, "ok")
+        assert (await c.request("POST", HEARTBEAT)).status == 200
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(0.6)
+    assert await api_status(c) == (401, "unauthenticated")
+    assert (await c.request("POST", HEARTBEAT)).status == 401
+    [line] = audit.lines("expiry")
+    assert (line["user"], line["outcome"]) == ("alice", "max_age")
+
+
+# ---- the upstream says the token is dead -----------------------------------------------------------------
+
+async def test_upstream_invalid_token_ends_the_session_for_api_clients(
+        client: GatewayClient, technitium: FakeTechnitium, audit: Audit) -> None:
+    await client.login("alice", "alice-pass")
+    [token] = technitium.sessions
+    technitium.revoke(token)
+    resp = await client.request("GET", "/api/zones/list")
+    assert resp.status == 401
+    assert (await resp.json())["error"] == "session_expired"
+    assert not await authenticated(client)
+    [line] = audit.lines("expiry")
+    assert (line["user"], line["site"], line["outcome"]) == ("alice", "technitium", "upstream_invalid")
+
+
+async def test_upstream_invalid_token_sends_the_browser_to_the_login_page(
+        client: GatewayClient, technitium: FakeTechnitium) -> None:
+    await client.login("alice", "alice-pass")
+    technitium.expire_all()  # the upstream's own sliding expiry
+    resp = await client.request("GET", "/api/dashboard/stats/get?type=LastHour", headers=BROWSER)
+    assert resp.status == 302
+    location = URL(resp.headers["Location"])
+    assert location.path == "/_authproxy/login"
+    assert location.query["rd"] == "/api/dashboard/stats/get?type=LastHour" and location.query["expired"] == "1"
+    page = await client.request("GET", str(location), headers=BROWSER)
+    assert "Your session has ended" in await page.text()
+    # The session is gone, so the next navigation goes to the login page too (no loop through upstream).
+    calls = len(technitium.requests)
+    again = await client.request("GET", "/", headers=BROWSER)
+    assert again.status == 302 and len(technitium.requests) == calls
+
+
+# ---- logout --------------------------------------------------------------------------------------------
+
+async def test_logout_ends_the_upstream_session_and_clears_the_cookie(
+        client: GatewayClient, technitium: FakeTechnitium, audit: Audit) -> None:
+    await client.login("alice", "alice-pass")
+    [token] = technitium.sessions
+    old = client.cookie
+    resp = await client.request("POST", LOGOUT)
+    assert resp.status == 200 and await resp.json() == {"authenticated": False, "loggedOut": True}
+    set_cookie = resp.headers["Set-Cookie"]
+    assert set_cookie.startswith(('__Host-authproxy=""', "__Host-authproxy=;"))
+    assert "Max-Age=0" in set_cookie and "Secure" in set_cookie and "Path=/" in set_cookie
+    client.cookie = None  # what a browser does with Max-Age=0
+    assert token not in technitium.sessions  # dead at the upstream, not just forgotten here
+    [call] = technitium.requests_to("/api/user/logout")
+    assert call.headers["Authorization"] == f"Bearer {token}"
+    # Replaying the old cookie gets nothing.
+    client.cookie = old
+    assert await api_status(client) == (401, "unauthenticated")
+    [line] = audit.lines("logout")
+    assert (line["user"], line["outcome"]) == ("alice", "success")
+
+
+async def test_form_logout_redirects_to_the_login_page(client: GatewayClient) -> None:
+    await client.login("alice", "alice-pass")
+    resp = await client.request("POST", LOGOUT, data={}, headers=BROWSER)
+    assert resp.status == 303 and resp.headers["Location"] == "/_authproxy/login?logged_out=1"
+    assert "Max-Age=0" in resp.headers["Set-Cookie"]
+    page = await client.request("GET", resp.headers["Location"], headers=BROWSER)
+    assert "You have signed out." in await page.text()
+
+
+async def test_logout_still_works_when_the_upstream_is_down(
+        client: GatewayClient, technitium: FakeTechnitium) -> None:
+    await client.login("alice", "alice-pass")
+    await technitium.close()
+    started = time.monotonic()
+    resp = await client.request("POST", LOGOUT)
+    assert resp.status == 200 and time.monotonic() - started < 5
+    assert not await authenticated(client)
+
+
+async def test_cross_site_logout_is_refused(client: GatewayClient) -> None:
+    await client.login("alice", "alice-pass")
+    resp = await client.request("POST", LOGOUT, headers={"Origin": "https://evil.example"})
+    assert resp.status == 403
+    assert await authenticated(client)
+
+
+# ---- heartbeat -----------------------------------------------------------------------------------------
+
+async def test_heartbeat_keeps_the_session_alive(make_gateway: MakeGateway, technitium: FakeTechnitium,
+                                                 client_for: Callable[[Gateway], GatewayClient]) -> None:
+    gw = await make_gateway(gateway_env(technitium.url, SESSION_IDLE_TIMEOUT="1s"))
+    c = client_for(gw)
+    anon = await c.request("POST", HEARTBEAT)
+    assert anon.status == 401 and (await anon.json())["error"] == "session_expired"
+    await c.login("alice", "alice-pass")
+    for _ in range(5):
+        await asyncio.sleep(0.35)
+        resp = await c.request("POST", HEARTBEAT)
+        assert resp.status == 200
+        body = await resp.json()
+        assert body["authenticated"] is True and body["idleExpiresAt"] > time.time() + 0.5
+    assert await authenticated(c)
+
+
+async def test_heartbeat_touches_the_upstream_token_before_it_would_expire(
+        client: GatewayClient, gw: Gateway, technitium: FakeTechnitium) -> None:
+    await client.login("alice", "alice-pass")
+    clock = FakeClock()
+    gw.app[keys.SESSIONS].clock = clock  # authproxy's view of time, moved together with the fake's
+    # Not due yet: no upstream call.
+    before = len(technitium.requests_to("/api/user/session/get"))
+    assert (await client.request("POST", HEARTBEAT)).status == 200
+    assert len(technitium.requests_to("/api/user/session/get")) == before
+    # 20 of the upstream's 30 minutes later, with the person idle in an open tab: keepalive is due.
+    for step in (1200, 1200):
+        clock.advance(step)
+        technitium.advance(step)
+        resp = await client.request("POST", HEARTBEAT)
+        assert resp.status == 200, await resp.text()
+    assert len(technitium.requests_to("/api/user/session/get")) == before + 2
+    # 40 minutes after login, the upstream token is still alive because the heartbeat touched it.
+    assert await api_status(client) == (200, "ok")
+
+
+async def test_heartbeat_notices_a_dead_upstream_token(client: GatewayClient, gw: Gateway,
+                                                      technitium: FakeTechnitium) -> None:
+    await client.login("alice", "alice-pass")
+    clock = FakeClock()
+    gw.app[keys.SESSIONS].clock = clock
+    clock.advance(1000)
+    technitium.expire_all()
+    resp = await client.request("POST", HEARTBEAT)
+    assert resp.status == 401 and (await resp.json())["error"] == "session_expired"
+    assert not await authenticated(client)
+
+
+# ---- restarts ------------------------------------------------------------------------------------------
+
+async def test_sessions_survive_a_restart_with_the_sqlite_store(
+        make_gateway: MakeGateway, technitium: FakeTechnitium, client_for: Callable[[Gateway], GatewayClient],
+        tmp_path: object) -> None:
+    env = gateway_env(technitium.url)
+    del env["SESSION_SECRET"]  # the generated secret in the data directory must survive too
+    first = await make_gateway(env)
+    c = client_for(first)
+    assert (await c.login("alice", "alice-pass")).status == 200
+    data_dir = first.config.server.data_dir
+    secret_file = data_dir / "session_secret"
+    assert stat.S_IMODE(os.stat(secret_file).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(data_dir / "sessions.sqlite3").st_mode) == 0o600
+    await first.stop()
+
+    second = await make_gateway(env)
+    c2 = client_for(second)
+    c2.cookie = c.cookie
+    assert await authenticated(c2)
+    assert await api_status(c2) == (200, "ok")
+    assert (await c2.request("POST", LOGOUT)).status == 200
+
+
+async def test_sessions_survive_a_restart_with_redis(
+        make_gateway: MakeGateway, technitium: FakeTechnitium, client_for: Callable[[Gateway], GatewayClient],
+        redis_url: str) -> None:
+    env = gateway_env(technitium.url, REDIS_URL=redis_url)
+    first = await make_gateway(env)
+    c = client_for(first)
+    assert (await c.login("alice", "alice-pass")).status == 200
+    await first.stop()
+    second = await make_gateway(env)
+    c2 = client_for(second)
+    c2.cookie = c.cookie
+    assert await authenticated(c2)
+    assert await api_status(c2) == (200, "ok")
+
+
+async def test_logout_on_one_replica_ends_the_session_on_the_other(
+        make_gateway: MakeGateway, technitium: FakeTechnitium, client_for: Callable[[Gateway], GatewayClient],
+        redis_url: str) -> None:
+    env = gateway_env(technitium.url, REDIS_URL=redis_url)
+    one, two = client_for(await make_gateway(env)), client_for(await make_gateway(env))
+    await one.login("alice", "alice-pass")
+    two.cookie = one.cookie
+    assert await api_status(two) == (200, "ok")  # cached on replica two now
+    assert (await one.request("POST", LOGOUT)).status == 200
+    for _ in range(40):  # pub/sub delivery, well within the 2 s the cached copy would otherwise live
+        if await api_status(two) == (401, "unauthenticated"):
+            break
+        await asyncio.sleep(0.025)
+    assert await api_status(two) == (401, "unauthenticated")
