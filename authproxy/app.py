@@ -11,12 +11,14 @@ from aiohttp import web
 from authproxy import keys
 from authproxy.config.schema import Config
 from authproxy.crypto import Keyring
+from authproxy.login.keepalive import UpstreamKeepalive
 from authproxy.login.passthrough import PassthroughLogin
 from authproxy.login.regulation import Regulator
 from authproxy.proxy import http as proxy_http
 from authproxy.proxy import websocket as proxy_websocket
 from authproxy.routing import Router
-from authproxy.sessions.manager import SessionManager
+from authproxy.upstreams.base import UpstreamAdapter
+from authproxy.sessions.manager import CHANNEL, SessionManager
 from authproxy.sessions.registry import create_store
 from authproxy.sessions.store import SessionStore
 from authproxy.web import api, forward_auth, health, portal
@@ -54,7 +56,8 @@ def create_app(config: Config, *, store: SessionStore | None = None) -> web.Appl
     app[keys.SESSIONS] = SessionManager(store=app[keys.STORE], keyring=Keyring(config.session.secrets),
                                         config=config.session)
     app[keys.REGULATOR] = Regulator(app[keys.STORE], config.throttle)
-    app[keys.LOGIN] = PassthroughLogin(app[keys.SESSIONS], app[keys.REGULATOR])
+    app[keys.KEEPALIVE] = UpstreamKeepalive(app[keys.SESSIONS], lambda name: _adapter(app, name))
+    app[keys.LOGIN] = PassthroughLogin(app[keys.SESSIONS], app[keys.REGULATOR], app[keys.KEEPALIVE])
     app[keys.REDIRECTS] = redirect_policy(config)
     app.cleanup_ctx.append(_lifecycle)
 
@@ -74,9 +77,16 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     app[keys.ROUTER] = Router.build(config.sites, app[keys.HTTP])
     await app[keys.STORE].start()
     app[keys.SESSIONS].start()
+    app[keys.STORE].subscribe(CHANNEL, app[keys.KEEPALIVE].invalidated)
     logging.getLogger("authproxy").info(
         "authproxy ready", extra={"fields": {"mode": config.auth_mode, "store": app[keys.STORE].name,
                                              "sites": [s.name for s in config.sites]}})
     yield
+    await app[keys.KEEPALIVE].close()
     await app[keys.HTTP].close()
     await app[keys.STORE].close()
+
+
+def _adapter(app: web.Application, site: str) -> UpstreamAdapter | None:
+    found = app[keys.ROUTER].by_name.get(site)
+    return found.adapter if found is not None else None

@@ -9,6 +9,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from authproxy.config.schema import Config
+    from authproxy.login.keepalive import UpstreamKeepalive
     from authproxy.login.passthrough import PassthroughLogin
     from authproxy.login.regulation import Regulator
     from authproxy.proxy.websocket import BridgeRegistry
@@ -26,3 +27,4 @@ REGULATOR: web.AppKey[Regulator] = web.AppKey("regulator")
 LOGIN: web.AppKey[PassthroughLogin] = web.AppKey("login")
 REDIRECTS: web.AppKey[RedirectPolicy] = web.AppKey("redirects")
 WEBSOCKETS: web.AppKey[BridgeRegistry] = web.AppKey("websockets")
+KEEPALIVE: web.AppKey[UpstreamKeepalive] = web.AppKey("keepalive")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from authproxy.errors import AuthError
 from authproxy.log import audit
+from authproxy.login.keepalive import UpstreamKeepalive
 from authproxy.login.regulation import Regulator
 from authproxy.routing import Site
 from authproxy.sessions.manager import LoadedSession, SessionManager
@@ -43,9 +44,11 @@ class LoginInput:
 
 
 class PassthroughLogin:
-    def __init__(self, sessions: SessionManager, regulator: Regulator) -> None:
+    def __init__(self, sessions: SessionManager, regulator: Regulator,
+                 keepalive: UpstreamKeepalive | None = None) -> None:
         self.sessions = sessions
         self.regulator = regulator
+        self.keepalive = keepalive
 
     async def sign_in(self, site: Site, form: LoginInput, client_ip: str) -> tuple[LoadedSession, str]:
         """A new session and its cookie value, or AuthError saying why not (already audited)."""
@@ -73,6 +76,8 @@ class PassthroughLogin:
         loaded, cookie = await self.sessions.create(user=result.identity.username, site=site.name,
                                                     identity=result.identity, credential=result.credential,
                                                     client_ip=client_ip)
+        if self.keepalive is not None:
+            self.keepalive.note_use(loaded, site.name)
         audit("login", outcome="success", user=result.identity.username, site=site.name, client_ip=client_ip,
               session=loaded.public_id)
         return loaded, cookie

@@ -139,6 +139,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
         return error_response(request, 502, "upstream_unavailable",
                               f"{site.name} is not answering right now; try again in a moment.",
                               title="Upstream unavailable")
+    if loaded is not None:
+        request.app[keys.KEEPALIVE].note_use(loaded, site.name)  # the upstream just saw the token
     try:
         return await _relay(request, site, ureq, upstream, loaded, credential)
     finally:

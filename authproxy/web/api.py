@@ -242,7 +242,9 @@ async def heartbeat(request: web.Request) -> web.StreamResponse:
             alive = await site.adapter.keepalive(cred)
         except UpstreamError:
             continue  # transient: the next heartbeat tries again
-        if not alive:
+        if alive:
+            request.app[keys.KEEPALIVE].note_use(loaded, name)  # the upstream saw it just now
+        else:
             del loaded.session.credentials[name]
             audit("expiry", outcome="upstream_invalid", user=loaded.session.user, site=name,
                   client_ip=client_ip(request), session=loaded.public_id)

@@ -1,0 +1,130 @@
+"""Keep each upstream session alive for as long as its authproxy session is.
+
+Upstreams with a sliding timeout (Technitium: 1800 s by default, configurable per user down to a
+few minutes; Pi-hole: 1800 s) forget a token that goes unused. Forwarded requests use it, but a
+person who leaves the UI open without clicking would find the upstream session gone while the
+authproxy session (idle timeout) still stands. For every credential whose upstream timeout is not
+comfortably longer than the idle timeout, this schedules the adapter's cheapest authenticated call
+at half the upstream timeout after the last use, and stops once the authproxy session has ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from authproxy.errors import StoreError, UpstreamError
+from authproxy.log import audit, log
+from authproxy.sessions.manager import LoadedSession, SessionManager
+from authproxy.upstreams.base import UpstreamAdapter
+
+Key = tuple[str, str]  # (store key, site name)
+Timer = Callable[[float, Callable[[], None]], asyncio.TimerHandle]
+
+
+def _loop_timer(delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
+    return asyncio.get_running_loop().call_later(delay, callback)
+
+
+class UpstreamKeepalive:
+    def __init__(self, sessions: SessionManager, adapter_for: Callable[[str], UpstreamAdapter | None], *,
+                 timer: Timer = _loop_timer) -> None:
+        self.sessions = sessions
+        self.adapter_for = adapter_for
+        self.timer = timer  # tests drive time by hand
+        self._last_use: dict[Key, float] = {}
+        self._held: dict[Key, LoadedSession] = {}
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def needed(self, ttl: float | None) -> bool:
+        """Only when the upstream could time out before authproxy's own idle timeout does."""
+        return ttl is not None and 0 < ttl <= self.sessions.config.idle_timeout + self.sessions.touch_interval
+
+    def note_use(self, loaded: LoadedSession, site: str) -> None:
+        """The credential for `site` was just used (login, forwarded request, heartbeat)."""
+        credential = loaded.session.credentials.get(site)
+        if credential is None or not self.needed(credential.upstream_ttl):
+            return
+        key = (loaded.store_key, site)
+        self._last_use[key] = self.sessions.clock()
+        self._held[key] = loaded
+        if key not in self._timers:
+            self._schedule(key, credential.upstream_ttl / 2)  # type: ignore[operator]
+
+    def _schedule(self, key: Key, delay: float) -> None:
+        self._timers[key] = self.timer(max(0.05, delay), lambda: self._fire(key))
+
+    def invalidated(self, store_key: str) -> None:
+        """A session was saved or destroyed somewhere: re-check its credentials now."""
+        for key in [k for k in self._timers if k[0] == store_key]:
+            self._timers.pop(key).cancel()
+            self._fire(key)
+
+    def _fire(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        task = asyncio.get_running_loop().create_task(self._touch(key), name="authproxy-keepalive")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _forget(self, key: Key) -> None:
+        self._last_use.pop(key, None)
+        self._held.pop(key, None)
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+    async def _touch(self, key: Key) -> None:
+        loaded = self._held.get(key)
+        store_key, site = key
+        credential = loaded.session.credentials.get(site) if loaded else None
+        adapter = self.adapter_for(site)
+        if loaded is None or credential is None or adapter is None or credential.upstream_ttl is None:
+            self._forget(key)
+            return
+        ttl = credential.upstream_ttl
+        try:
+            if await self.sessions.store.ttl(store_key) is None:
+                self._forget(key)  # the authproxy session ended: let the upstream one lapse too
+                return
+        except StoreError:
+            self._schedule(key, min(30.0, ttl / 4))
+            return
+        now = self.sessions.clock()
+        idle = now - self._last_use.get(key, 0.0)
+        if idle < ttl / 2:
+            self._schedule(key, ttl / 2 - idle)
+            return
+        try:
+            alive = await adapter.keepalive(credential)
+        except UpstreamError as exc:
+            log.warning("upstream keepalive failed; retrying", extra={"fields": {"site": site,
+                                                                                 "error": type(exc).__name__}})
+            self._schedule(key, min(30.0, ttl / 4))
+            return
+        if not alive:
+            self._forget(key)
+            loaded.session.credentials.pop(site, None)
+            audit("expiry", outcome="upstream_invalid", user=loaded.session.user, site=site,
+                  session=loaded.public_id)
+            with contextlib.suppress(StoreError):
+                if loaded.session.credentials:
+                    await self.sessions.save(loaded)
+                else:
+                    await self.sessions.destroy(loaded)
+            return
+        self._last_use[key] = now
+        self._schedule(key, ttl / 2)
+
+    async def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._last_use.clear()
+        self._held.clear()
