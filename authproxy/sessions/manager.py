@@ -9,6 +9,7 @@ replica drops its cached copy at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -146,7 +147,7 @@ class SessionManager:
         if flight is None or not hmac.compare_digest(flight[0].key, ticket.key):
             task = asyncio.ensure_future(self._fetch(ticket, store_key, cached, now, client_ip))
             self._inflight[store_key] = flight = (ticket, task)
-            task.add_done_callback(lambda done, key=store_key: self._landed(key, done))
+            task.add_done_callback(functools.partial(self._landed, store_key))
         # Shielded: a request that goes away must not cancel the read the others are waiting for.
         return await asyncio.shield(flight[1])
 

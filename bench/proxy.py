@@ -1,0 +1,319 @@
+"""Issue #4: authproxy as a reverse proxy vs nginx `proxy_pass`, in one run, in front of the same upstream.
+
+Set-up (every server its own process, loopback only): a static upstream nginx (`return 200 "ok"` for small
+answers, a 100 MiB file for big ones; worker_processes 1, access log off); in front of it, nginx
+`proxy_pass` (worker_processes 1, upstream keepalive, proxy_max_temp_file_size 0 so nothing is spooled to
+disk) and authproxy (`python -m authproxy run --workers 1` and `--workers 2`, SO_REUSEPORT; access log off,
+hot cache on, real redis-server). Every request carries the cookie of a session signed in through
+authproxy's login API against FakeTechnitium (nginx ignores it), and X-Forwarded-Proto: https.
+
+    small   wrk GET / (50 connections): req/s, p50, p99 through nginx, authproxy x1, authproxy x2, and for
+            reference a minimal aiohttp pass-through proxy (bench/_servers.py proxy: no session, no
+            header policy; the floor any aiohttp proxy starts from, 1 process)
+    100 MiB curl downloads, one after another (1 warm-up + N, N = 3, --quick 1): MB/s (10^6 bytes/s,
+            total bytes / total time) through nginx, authproxy x1, authproxy x2, the minimal aiohttp
+            proxy and straight from the upstream; authproxy's peak RSS = VmHWM of every worker from /proc/<pid>/status
+    WebSocket  round trips of a 64-byte text message (send, wait for the echo) on --ws-connections
+            connections (default 4), --ws-messages in total (default 20000), from an aiohttp client in
+            this process: straight to an aiohttp echo upstream vs through authproxy (x1) to it
+
+Targets: small >= 0.15x nginx (1 worker) and >= 0.22x (2 workers); 100 MiB >= 0.5x nginx MB/s (1 worker)
+with peak RSS < 100 MB for every worker; WebSocket messages/s through authproxy >= 0.5x direct.
+
+    python bench/proxy.py [--duration 5] [--connections 50] [--runs 1] [--downloads 3] [--quick]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import (
+    Authproxy,
+    Bench,
+    BenchError,
+    Load,
+    Target,
+    cpu_seconds,
+    descendants,
+    finish_args,
+    fmt_int,
+    fmt_ms,
+    main_wrapper,
+    parser,
+    print_machine,
+    print_targets,
+    probe,
+    python_server,
+    sign_in,
+    table,
+    wrk,
+)
+from tests.support.procs import free_port
+
+BIG = 100 * 1024 * 1024
+REF = "aiohttp minimal proxy (ref)"
+
+
+def upstream_conf(port: int, root: Path) -> str:
+    return (f"server {{\n    listen 127.0.0.1:{port};\n    default_type text/plain;\n    root {root};\n"
+            f"    location = /big.bin {{ }}\n"
+            f"    location / {{ return 200 \"ok\\n\"; }}\n}}\n")
+
+
+def front_conf(port: int, upstream_port: int) -> str:
+    return (f"upstream bench_up {{\n    server 127.0.0.1:{upstream_port};\n    keepalive 64;\n}}\n"
+            f"server {{\n    listen 127.0.0.1:{port};\n"
+            f"    location / {{\n        proxy_pass http://bench_up;\n        proxy_http_version 1.1;\n"
+            f"        proxy_set_header Connection \"\";\n        proxy_max_temp_file_size 0;\n    }}\n}}\n")
+
+
+def make_big_file(path: Path) -> None:
+    block = os.urandom(1 << 20)
+    with open(path, "wb") as fh:
+        fh.writelines(block for _ in range(BIG // len(block)))
+    path.chmod(0o644)
+
+
+def cpu_us(load: Load) -> float:
+    """The front's CPU time per request, in microseconds."""
+    return load.cpu["front"] / 100 / load.rps * 1e6 if load.rps else float("nan")
+
+
+# ---- downloads --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Download:
+    mb_s: float
+    seconds: list[float]
+
+
+def download(url: str, headers: list[str], count: int) -> Download:
+    """1 warm-up + `count` sequential curl downloads to /dev/null; MB/s over the measured ones."""
+    argv = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}"]
+    for h in headers:
+        argv += ["-H", h]
+    times = []
+    for i in range(count + 1):
+        out = subprocess.run([*argv, url], check=False, capture_output=True, text=True, timeout=300)
+        try:
+            code, size, total = out.stdout.split()
+        except ValueError:
+            raise BenchError(f"curl {url}: {out.stdout} {out.stderr}") from None
+        if code != "200" or int(size) != BIG:
+            raise BenchError(f"curl {url}: HTTP {code}, {size} bytes (wanted 200 and {BIG})")
+        if i:
+            times.append(float(total))
+    return Download(mb_s=count * BIG / sum(times) / 1e6, seconds=times)
+
+
+# ---- WebSocket --------------------------------------------------------------------------------------
+
+
+@dataclass
+class WsResult:
+    msgs_s: float = float("nan")
+    p50_ms: float = float("nan")
+    p99_ms: float = float("nan")
+    cpu: dict[str, float] | None = None
+    error: str = ""
+
+
+async def _ws_rounds(url: str, headers: dict[str, str], total: int, conns: int) -> tuple[float, list[float]]:
+    import aiohttp
+
+    message = "m" * 64
+    per_conn = max(1, total // conns)
+    lat: list[float] = []
+
+    async def one(ws: aiohttp.ClientWebSocketResponse, n: int) -> None:
+        for _ in range(n):
+            t = time.perf_counter()
+            await ws.send_str(message)
+            msg = await ws.receive()
+            if msg.type != aiohttp.WSMsgType.TEXT or msg.data != message:
+                raise BenchError(f"WebSocket {url}: expected the echo, got {msg.type!r} {str(msg.data)[:100]}")
+            lat.append(time.perf_counter() - t)
+
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        sockets = [await http.ws_connect(url, headers=headers, autoping=True, max_msg_size=0) for _ in range(conns)]
+        try:
+            await asyncio.gather(*(one(ws, max(1, per_conn // 10)) for ws in sockets))  # warm-up
+            lat.clear()
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one(ws, per_conn) for ws in sockets))
+            elapsed = time.perf_counter() - t0
+        finally:
+            for ws in sockets:
+                await ws.close()
+    return per_conn * conns / elapsed, lat
+
+
+def ws_bench(url: str, headers: dict[str, str], total: int, conns: int,
+             meters: dict[str, list[int]]) -> WsResult:
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        pass
+    before = {k: cpu_seconds(v) for k, v in meters.items()}
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.monotonic()
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            rate, lat = runner.run(_ws_rounds(url, headers, total, conns))
+    except BenchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported, not fatal: the bridge may not exist yet
+        return WsResult(error=f"{type(exc).__name__}: {exc}")
+    wall = time.monotonic() - t0
+    me2 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = {k: 100 * (cpu_seconds(v) - before[k]) / wall for k, v in meters.items()}
+    cpu["client"] = 100 * ((me2.ru_utime + me2.ru_stime) - (me.ru_utime + me.ru_stime)) / wall
+    lat.sort()
+    return WsResult(msgs_s=rate, p50_ms=statistics.median(lat) * 1000,
+                    p99_ms=lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, cpu=cpu)
+
+
+# ---- the run ----------------------------------------------------------------------------------------
+
+
+def run() -> None:
+    p = parser(__doc__ or "")
+    p.add_argument("--downloads", type=int, default=3, help="measured 100 MiB downloads per path (default 3)")
+    p.add_argument("--ws-messages", type=int, default=20_000, help="WebSocket round trips in total")
+    p.add_argument("--ws-connections", type=int, default=4, help="WebSocket connections (default 4)")
+    args = finish_args(p.parse_args())
+    if args.quick:
+        args.downloads, args.ws_messages = 1, 4000
+    print("bench/proxy.py — issue #4: reverse proxy, 100 MiB bodies, WebSocket")
+    print_machine({
+        "load": f"wrk -t{args.threads} -c{args.connections}, {args.duration:g} s x {args.runs} run(s) (median), "
+                f"{args.warmup:g} s warm-up per case; {args.downloads} x 100 MiB per path; "
+                f"{args.ws_messages} WebSocket round trips on {args.ws_connections} connection(s)",
+    })
+    small: dict[str, Load] = {}
+    big: dict[str, Download] = {}
+    rss: dict[str, tuple[list[float], list[float]]] = {}
+    ws: dict[str, WsResult] = {}
+    with Bench(args, "proxy") as bench:
+        redis = bench.redis()
+        signed = sign_in(redis, bench.tmp / "data")
+        www = bench.tmp / "www"
+        www.mkdir(mode=0o755)
+        make_big_file(www / "big.bin")
+        up_port, front_port = free_port(), free_port()
+        upstream_proc = bench.nginx("upstream", upstream_conf(up_port, www))
+        front_proc = bench.nginx("front-nginx", front_conf(front_port, up_port))
+        upstream_url = f"http://127.0.0.1:{up_port}"
+        ap1: Authproxy = bench.authproxy(upstream_url=upstream_url, redis_url=redis.url, workers=1,
+                                         name="authproxy-w1")
+        ap2: Authproxy = bench.authproxy(upstream_url=upstream_url, redis_url=redis.url, workers=2,
+                                         name="authproxy-w2")
+        ref_port, ref_proc = python_server(bench, "proxy", "--upstream", upstream_url, name="aiohttp-proxy")
+        headers = [signed.header, "X-Forwarded-Proto: https", "Accept: */*"]
+        fronts = {"nginx": (f"http://127.0.0.1:{front_port}", front_proc),
+                  "authproxy x1": (ap1.url, ap1.proc), "authproxy x2": (ap2.url, ap2.proc),
+                  REF: (f"http://127.0.0.1:{ref_port}", ref_proc)}
+
+        for name, (base, proc) in fronts.items():
+            _, body = probe(base + "/", headers, what=name)
+            if body.strip() != b"ok":
+                raise BenchError(f"{name}: the answer did not come from the upstream: {body[:200]!r}")
+        for name, (base, proc) in fronts.items():
+            print(f"-- small responses through {name}", flush=True)
+            small[name] = wrk(args, base + "/", headers, meters={
+                "front": functools.partial(descendants, proc.pid),
+                "upstream": functools.partial(descendants, upstream_proc.pid)})
+
+        for name, ap in (("authproxy x1", ap1), ("authproxy x2", ap2)):
+            rss[name] = (ap.peak_rss_mb(), [])
+        for name, base in (("upstream direct", upstream_url), *((n, b) for n, (b, _) in fronts.items())):
+            print(f"-- 100 MiB downloads through {name}", flush=True)
+            big[name] = download(base + "/big.bin", headers, args.downloads)
+        for name, ap in (("authproxy x1", ap1), ("authproxy x2", ap2)):
+            rss[name] = (rss[name][0], ap.peak_rss_mb())
+        bench.stop(ap2.proc)
+
+        echo_port, echo_proc = python_server(bench, "echo", name="ws-echo")
+        ap_ws = bench.authproxy(upstream_url=f"http://127.0.0.1:{echo_port}", redis_url=redis.url, workers=1,
+                                name="authproxy-ws")
+        ws_headers = dict(h.split(": ", 1) for h in headers)
+        print("-- WebSocket round trips, direct", flush=True)
+        ws["direct"] = ws_bench(f"ws://127.0.0.1:{echo_port}/ws", {}, args.ws_messages, args.ws_connections,
+                                {"echo": descendants(echo_proc.pid)})
+        print("-- WebSocket round trips through authproxy", flush=True)
+        ws["authproxy"] = ws_bench(f"ws://127.0.0.1:{ap_ws.port}/ws", ws_headers, args.ws_messages,
+                                   args.ws_connections, {"echo": descendants(echo_proc.pid),
+                                                         "authproxy": descendants(ap_ws.proc.pid)})
+        if ws["authproxy"].error:
+            ws["authproxy"].error += f"\n{ap_ws.proc.log_tail(1500)}"
+
+    # ---- report ----------------------------------------------------------------------------------------
+    print()
+    ng = small["nginx"]
+    rows = [[name, fmt_int(r.rps), fmt_ms(r.p50_ms), fmt_ms(r.p99_ms),
+             f"{r.rps / ng.rps:.2f}x" if name != "nginx" else "",
+             f"{r.cpu['front']:.0f} / {r.cpu['upstream']:.0f} / {r.cpu['wrk']:.0f}",
+             r.errors.replace("Socket errors: ", "")] for name, r in small.items()]
+    table(["small responses via", "req/s", "p50 ms", "p99 ms", "vs nginx", "CPU% front/upstream/wrk",
+           "socket errors"], rows,
+          title=f"Small responses (wrk -c{args.connections}, median of {args.runs} x {args.duration:g} s)")
+    ref = small[REF]
+    print(f"authproxy x1 / minimal aiohttp proxy: {small['authproxy x1'].rps / ref.rps:.2f}x req/s; server CPU per "
+          f"request: authproxy x1 {cpu_us(small['authproxy x1']):.0f} us, minimal proxy {cpu_us(ref):.0f} us, "
+          f"nginx {cpu_us(ng):.0f} us\n")
+
+    rows = []
+    for name, d in big.items():
+        peak = rss.get(name)
+        rows.append([name, f"{d.mb_s:,.0f}", f"{d.mb_s / big['nginx'].mb_s:.2f}x" if name != "nginx" else "",
+                     " ".join(f"{s:.3f}" for s in d.seconds),
+                     ", ".join(f"{x:.0f}" for x in peak[0]) if peak else "",
+                     ", ".join(f"{x:.0f}" for x in peak[1]) if peak else ""])
+    table(["100 MiB download via", "MB/s", "vs nginx", "seconds each", "peak RSS MB before (per worker)",
+           "peak RSS MB after"], rows, title=f"100 MiB bodies (curl, 1 warm-up + {args.downloads} sequential)")
+
+    rows = []
+    for name, r in ws.items():
+        if r.error:
+            rows.append([name, "not run", "", "", "", r.error.splitlines()[0][:100]])
+            continue
+        cpu = " / ".join(f"{k} {v:.0f}" for k, v in (r.cpu or {}).items())
+        ratio = f"{r.msgs_s / ws['direct'].msgs_s:.2f}x" if name != "direct" and not ws["direct"].error else ""
+        rows.append([name, fmt_int(r.msgs_s), fmt_ms(r.p50_ms), fmt_ms(r.p99_ms), ratio, cpu])
+    table(["WebSocket echo", "msgs/s", "p50 ms", "p99 ms", "vs direct", "CPU%"], rows,
+          title=f"WebSocket ({args.ws_messages} round trips of 64 B on {args.ws_connections} connection(s))")
+    for name, r in ws.items():
+        if r.error:
+            print(f"WebSocket {name} could not run: {r.error}\n")
+
+    peak_all = max([x for _, after in rss.values() for x in after] or [float("nan")])
+    wsr = ws["authproxy"].msgs_s / ws["direct"].msgs_s if not (ws["authproxy"].error or ws["direct"].error) \
+        else float("nan")
+    print_targets([
+        Target("small: authproxy x1 / nginx", small["authproxy x1"].rps / ng.rps, ">=", 0.15),
+        Target("small: authproxy x2 / nginx", small["authproxy x2"].rps / ng.rps, ">=", 0.22),
+        Target("100 MiB: authproxy x1 / nginx MB/s", big["authproxy x1"].mb_s / big["nginx"].mb_s, ">=", 0.5),
+        Target("100 MiB: authproxy x2 / nginx MB/s", big["authproxy x2"].mb_s / big["nginx"].mb_s, ">=", 0.5),
+        Target("authproxy peak RSS (max over workers)", peak_all, "<", 100, " MB"),
+        Target("WebSocket: authproxy / direct msgs/s", wsr, ">=", 0.5),
+    ])
+
+
+if __name__ == "__main__":
+    main_wrapper(run)

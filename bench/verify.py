@@ -1,0 +1,172 @@
+"""Issue #2: the session check (`GET /_authproxy/verify/nginx`) under load, against baselines in the same run.
+
+What it measures (wrk --latency on 127.0.0.1, 50 connections, every server a separate process with the same
+loop choice as `authproxy run`: uvloop when installed). Every request carries the headers nginx's shipped
+`location = /_authproxy/internal/verify` sends (X-Original-URL/-Method, X-Forwarded-Method/-Proto/-Host/-Uri/
+-For, X-Real-IP) and the cookie of a signed-in session; authproxy runs with TRUST_PROXY=true (loopback is
+trusted by default), a real redis-server (--save '' --appendonly no) and the access log off unless said.
+The session was created through authproxy's own login API against the faithful FakeTechnitium.
+
+    (a)  bare aiohttp handler answering 200
+    (a') (a) with aiohttp's DEFAULT access logger (reference; PERFORMANCE.md saw 0.41x)
+    (b)  minimal aiohttp handler: one redis-py asyncio GET + one AES-GCM decryption of a ~300-byte blob
+    (c)  authproxy, hot in-process cache off (SESSION_CACHE_TTL=0: every check goes to Redis)
+    (d)  authproxy, cache on (default SESSION_CACHE_TTL)
+    (e)  (d) with ACCESS_LOG=true (authproxy's own cheap access logger, JSON lines to stderr -> a file)
+
+Targets: (c) >= 0.9x (b); (d) >= 0.6x (a); (e) >= 0.5x (d) (logging must not halve throughput).
+Also printed: Redis commands per request for (b), (c), (d), and the size of the real session blob.
+
+    python bench/verify.py [--duration 5] [--connections 50] [--runs 1] [--threads 1] [--quick]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import (
+    ORIGINAL_HOST,
+    Bench,
+    BenchError,
+    Load,
+    Target,
+    descendants,
+    finish_args,
+    fmt_int,
+    fmt_ms,
+    main_wrapper,
+    parser,
+    print_machine,
+    print_targets,
+    probe,
+    python_server,
+    redis_commands,
+    sign_in,
+    table,
+    wrk,
+)
+from tests.support.procs import ManagedProcess
+
+VERIFY_PATH = "/_authproxy/verify/nginx"
+
+
+def cpu_us(load: Load) -> float:
+    """Server CPU time per request, in microseconds."""
+    return load.cpu["server"] / 100 / load.rps * 1e6 if load.rps else float("nan")
+
+
+def nginx_subrequest_headers(cookie_header: str) -> list[str]:
+    """What nginx/authproxy.conf's internal verify location sends (plus the client's cookie)."""
+    return [
+        cookie_header,
+        "X-Original-Method: GET",
+        f"X-Original-URL: https://{ORIGINAL_HOST}/dashboard?x=1",
+        "X-Forwarded-Method: GET",
+        "X-Forwarded-Proto: https",
+        f"X-Forwarded-Host: {ORIGINAL_HOST}",
+        "X-Forwarded-Uri: /dashboard?x=1",
+        "X-Forwarded-For: 127.0.0.1",
+        "X-Real-IP: 127.0.0.1",
+    ]
+
+
+def run() -> None:
+    args = finish_args(parser(__doc__ or "").parse_args())
+    print("bench/verify.py — issue #2: the session check path")
+    print_machine({"load": f"wrk -t{args.threads} -c{args.connections}, {args.duration:g} s x {args.runs} run(s) "
+                           f"(median), {args.warmup:g} s warm-up per case"})
+    results: dict[str, Load] = {}
+    per_req: dict[str, float] = {}
+    with Bench(args, "verify") as bench:
+        redis = bench.redis()
+        signed = sign_in(redis, bench.tmp / "data")
+        headers = nginx_subrequest_headers(signed.header)
+        print(f"session: signed in as alice through POST /_authproxy/api/auth/login (FakeTechnitium v15); "
+              f"sealed blob in Redis: {signed.blob_bytes} bytes (baseline (b) blob: 328 bytes)\n")
+
+        def measure(key: str, label: str, url: str, server: ManagedProcess, *, count_redis: bool = False) -> None:
+            print(f"-- {label}", flush=True)
+            before = redis_commands(redis.url) if count_redis else 0
+            load = wrk(args, url, headers, meters={"server": lambda: descendants(server.pid),
+                                                   "redis": lambda: [redis.pid] if redis.pid else []})
+            if count_redis:
+                per_req[key] = (redis_commands(redis.url) - before) / (load.requests + load.warmup_requests)
+            results[key] = load
+
+        # (a) and (a') bare aiohttp
+        port, proc = python_server(bench, "bare", name="bare")
+        probe(f"http://127.0.0.1:{port}/", headers, what="bare aiohttp")
+        measure("a", "(a) bare aiohttp handler", f"http://127.0.0.1:{port}/", proc)
+        bench.stop(proc)
+        port, proc = python_server(bench, "bare", "--access-log", "default", name="bare-log")
+        probe(f"http://127.0.0.1:{port}/", headers, what="bare aiohttp + default access log")
+        measure("a_log", "(a') bare aiohttp + aiohttp's default access logger", f"http://127.0.0.1:{port}/", proc)
+        if proc.log_path.stat().st_size < 10_000:
+            raise BenchError("(a'): aiohttp's access logger wrote nothing")
+        bench.stop(proc)
+
+        # (b) redis-py GET + AES-GCM
+        port, proc = python_server(bench, "redis", "--redis-url", redis.url, name="redis-decrypt")
+        probe(f"http://127.0.0.1:{port}/", headers, what="redis GET + decrypt baseline")
+        measure("b", "(b) aiohttp + redis-py GET + AES-GCM open", f"http://127.0.0.1:{port}/", proc,
+                count_redis=True)
+        bench.stop(proc)
+
+        # (c), (d), (e) authproxy
+        upstream = "http://127.0.0.1:9"  # never contacted by /verify
+        for key, label, cache_ttl, access_log in (
+            ("c", "(c) authproxy verify, cache off (SESSION_CACHE_TTL=0)", 0.0, False),
+            ("d", "(d) authproxy verify, cache on (default)", None, False),
+            ("e", "(e) authproxy verify, cache on, ACCESS_LOG=true", None, True),
+        ):
+            ap = bench.authproxy(upstream_url=upstream, redis_url=redis.url, cache_ttl=cache_ttl,
+                                 access_log=access_log, name=f"authproxy-{key}")
+            got, _ = probe(ap.url + VERIFY_PATH, headers, what=label)
+            if got.get("Remote-User") != "alice":
+                raise BenchError(f"{label}: 200 without Remote-User: alice ({got})")
+            measure(key, label, ap.url + VERIFY_PATH, ap.proc, count_redis=key in ("c", "d"))
+            if access_log and ap.log().count('"authproxy.access"') < 1000:
+                raise BenchError(f"{label}: the access log did not log (no lines in {ap.proc.log_path})\n{ap.proc.log_tail(2000)}")
+            bench.stop(ap.proc)
+
+    labels = {
+        "a": "(a) bare aiohttp handler",
+        "a_log": "(a') bare aiohttp + default access logger",
+        "b": "(b) aiohttp + redis-py GET + AES-GCM",
+        "c": "(c) authproxy verify, cache off",
+        "d": "(d) authproxy verify, cache on",
+        "e": "(e) authproxy verify, cache on + access log",
+    }
+    base = {"a": None, "a_log": "a", "b": "a", "c": "b", "d": "a", "e": "d"}
+    rows = []
+    for key, label in labels.items():
+        r = results[key]
+        ref = base[key]
+        ratio = f"{r.rps / results[ref].rps:.2f}x ({ref})" if ref else ""
+        cpu_ratio = f"{cpu_us(results[ref]) / cpu_us(r):.2f}x" if ref else ""
+        rows.append([label, fmt_int(r.rps), fmt_ms(r.p50_ms), fmt_ms(r.p99_ms), ratio,
+                     f"{r.cpu['server']:.0f} / {r.cpu['redis']:.0f} / {r.cpu['wrk']:.0f}",
+                     f"{cpu_us(r):.0f}", cpu_ratio,
+                     f"{per_req[key]:.2f}" if key in per_req else "", r.errors.replace("Socket errors: ", "")])
+    print()
+    table(["case", "req/s", "p50 ms", "p99 ms", "ratio", "CPU% srv/redis/wrk", "srv us/req", "ratio(CPU)",
+           "redis cmd/req", "socket errors"], rows,
+          title=f"Results (wrk -c{args.connections}, median of {args.runs} x {args.duration:g} s)")
+    print("CPU% = share of one core over the measured runs; srv us/req = server CPU time per request, and "
+          "ratio(CPU) = the baseline's us/req over this case's: less sensitive to other load on the machine "
+          "than req/s.\n")
+    print_targets([
+        Target("(c) cache off / (b) redis-py GET+decrypt", results["c"].rps / results["b"].rps, ">=", 0.9),
+        Target("(d) cache on / (a) bare aiohttp", results["d"].rps / results["a"].rps, ">=", 0.6),
+        Target("(e) access log on / (d) off", results["e"].rps / results["d"].rps, ">=", 0.5),
+    ])
+    print(f"reference: aiohttp's default access logger costs the bare handler "
+          f"{results['a_log'].rps / results['a'].rps:.2f}x (PERFORMANCE.md: 0.41x); authproxy's logger costs "
+          f"{results['e'].rps / results['d'].rps:.2f}x")
+
+
+if __name__ == "__main__":
+    main_wrapper(run)
