@@ -22,7 +22,7 @@ from authproxy.sessions.manager import CHANNEL, SessionManager
 from authproxy.sessions.registry import create_store
 from authproxy.sessions.store import SessionStore
 from authproxy.web import api, forward_auth, health, portal
-from authproxy.web.middleware import TrustedForwarded, errors
+from authproxy.web.middleware import TrustedForwarded, TrustedPeers, errors
 from authproxy.web.redirects import RedirectPolicy
 
 
@@ -47,11 +47,13 @@ def create_app(config: Config, *, store: SessionStore | None = None) -> web.Appl
     if not config.session.secrets:
         raise ValueError("create_app needs signing secrets; call config.loader.ensure_session_secrets first")
     middlewares = []
+    peers = TrustedPeers(config.server.trusted_proxies)
     if config.server.trust_proxy:
-        middlewares.append(TrustedForwarded(config.server.trusted_proxies).middleware)
-    middlewares += [errors, api.store_errors]
+        middlewares.append(TrustedForwarded(peers, skip_prefix=config.server.prefix + "/verify").middleware)
+    middlewares.append(errors)
     app = web.Application(middlewares=middlewares, client_max_size=1 << 20)
     app[keys.CONFIG] = config
+    app[keys.TRUSTED_PEERS] = peers
     app[keys.STORE] = store if store is not None else create_store(config)
     app[keys.SESSIONS] = SessionManager(store=app[keys.STORE], keyring=Keyring(config.session.secrets),
                                         config=config.session)

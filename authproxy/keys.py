@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from authproxy.routing import Router
     from authproxy.sessions.manager import SessionManager
     from authproxy.sessions.store import SessionStore
+    from authproxy.web.middleware import TrustedPeers
     from authproxy.web.redirects import RedirectPolicy
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
@@ -28,3 +29,4 @@ LOGIN: web.AppKey[PassthroughLogin] = web.AppKey("login")
 REDIRECTS: web.AppKey[RedirectPolicy] = web.AppKey("redirects")
 WEBSOCKETS: web.AppKey[BridgeRegistry] = web.AppKey("websockets")
 KEEPALIVE: web.AppKey[UpstreamKeepalive] = web.AppKey("keepalive")
+TRUSTED_PEERS: web.AppKey[TrustedPeers] = web.AppKey("trusted_peers")

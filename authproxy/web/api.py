@@ -279,19 +279,6 @@ def login_location(request: web.Request, rd: str) -> str:
     return f"{prefix}/login?rd={quote(rd, safe='')}"
 
 
-@web.middleware
-async def store_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Store down -> a clear 503 (fail closed), never a 500 with a trace."""
-    try:
-        response: web.StreamResponse = await handler(request)
-        return response
-    except StoreError as exc:
-        log.error("session store unavailable", extra={"fields": {"error": str(exc)}})
-        return error_response(request, 503, "store_unavailable",
-                              "The session store is not reachable; try again in a moment.",
-                              title="Temporarily unavailable", headers={"Retry-After": "5"})
-
-
 def setup(app: web.Application, prefix: str) -> None:
     app.router.add_post(f"{prefix}/api/auth/login", login)
     app.router.add_post(f"{prefix}/api/auth/logout", logout)

@@ -28,6 +28,7 @@ parsing helpers are pure (headers in, `Target` out), so they are unit-tested wit
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -41,6 +42,7 @@ from multidict import MultiMapping
 from authproxy import authz, keys
 from authproxy.config.schema import IPNetwork
 from authproxy.log import log
+from authproxy.web.middleware import peer_in
 from authproxy.sessions.model import Credential
 from authproxy.web.common import (
     SECURITY_HEADERS,
@@ -113,17 +115,9 @@ class Target:
 # ---- pure helpers ------------------------------------------------------------------------------------
 
 
-def peer_trusted(peer: str | None, trusted: Iterable[IPNetwork]) -> bool:
+def peer_trusted(peer: str | None, trusted: tuple[IPNetwork, ...]) -> bool:
     """Whether the TCP peer address is inside one of the trusted proxy networks."""
-    if not peer:
-        return False
-    try:
-        ip = ipaddress.ip_address(peer.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in trusted)
+    return peer_in(peer, trusted)
 
 
 def normalise_path(path: str) -> str:
@@ -137,17 +131,6 @@ def normalise_path(path: str) -> str:
             out.append(segment)
     trailing = path.endswith(("/", "/.", "/..")) and bool(out) and out[-1] != ""
     return "/" + "/".join(out) + ("/" if trailing else "")
-
-
-def _one(headers: MultiMapping[str], name: str) -> str | None:
-    """The single value of a header; a repeated header is refused (proxies set these exactly once)."""
-    values = headers.getall(name, [])
-    if len(values) > 1:
-        raise BadTarget(f"{name} appears more than once")
-    if not values:
-        return None
-    value = values[0].strip()
-    return value or None
 
 
 def _method(value: str, source: str) -> str:
@@ -204,24 +187,20 @@ def _uri(value: str, source: str) -> str:
     return value if value.isascii() else quote(value, safe=_PRINTABLE_ASCII)
 
 
-def _from_forwarded(headers: MultiMapping[str]) -> tuple[Target, bool] | None:
+def _from_forwarded(uri: str | None, proto: str | None, host: str | None,
+                    method: str | None) -> tuple[Target, bool] | None:
     """Target from X-Forwarded-Method/-Proto/-Host/-Uri (None without X-Forwarded-Uri)."""
-    uri = _one(headers, "X-Forwarded-Uri")
     if uri is None:
         return None
-    proto = _one(headers, "X-Forwarded-Proto")
-    host = _one(headers, "X-Forwarded-Host")
     if proto is None or host is None:
         raise BadTarget("X-Forwarded-Uri came without X-Forwarded-Proto and X-Forwarded-Host")
-    method = _one(headers, "X-Forwarded-Method")
     return Target(method=_method(method, "X-Forwarded-Method") if method else "GET",
                   proto=_proto(proto, "X-Forwarded-Proto"), host=_host(host, "X-Forwarded-Host"),
                   uri=_uri(uri, "X-Forwarded-Uri")), method is not None
 
 
-def _from_original(headers: MultiMapping[str]) -> tuple[Target, bool] | None:
+def _from_original(url: str | None, method: str | None) -> tuple[Target, bool] | None:
     """Target from X-Original-URL (absolute) and X-Original-Method (None without X-Original-URL)."""
-    url = _one(headers, "X-Original-URL")
     if url is None:
         return None
     match = _ABSOLUTE.fullmatch(url)
@@ -230,7 +209,6 @@ def _from_original(headers: MultiMapping[str]) -> tuple[Target, bool] | None:
     scheme, authority, rest = match.groups()
     if rest and rest[0] == "?":
         rest = "/" + rest
-    method = _one(headers, "X-Original-Method")
     return Target(method=_method(method, "X-Original-Method") if method else "GET",
                   proto=_proto(scheme, "X-Original-URL's scheme"), host=_host(authority, "X-Original-URL's host"),
                   uri=_uri(rest or "/", "X-Original-URL's path")), method is not None
@@ -250,14 +228,34 @@ def detect(headers: MultiMapping[str]) -> ProxyKind:
     return "traefik"
 
 
+TARGET_HEADERS = ("X-Forwarded-Uri", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Method",
+                  "X-Original-URL", "X-Original-Method")
+
+
 def read_target(headers: MultiMapping[str], kind: ProxyKind) -> Target:
-    """The original request the proxy asks about; raises BadTarget when it is missing or suspicious."""
-    forwarded = _from_forwarded(headers)
+    """The original request the proxy asks about; raises BadTarget when it is missing or suspicious.
+
+    Each header must appear at most once (proxies set them exactly once); the parse itself is a pure
+    function of the values, memoised because a proxy asks about the same URLs over and over.
+    """
+    values: list[str | None] = []
+    for name in TARGET_HEADERS:
+        found = headers.getall(name, ())
+        if len(found) > 1:
+            raise BadTarget(f"{name} appears more than once")
+        values.append((found[0].strip() or None) if found else None)
+    return _parse_target(kind, *values)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_target(kind: ProxyKind, fwd_uri: str | None, fwd_proto: str | None, fwd_host: str | None,
+                  fwd_method: str | None, orig_url: str | None, orig_method: str | None) -> Target:
+    forwarded = _from_forwarded(fwd_uri, fwd_proto, fwd_host, fwd_method)
     if kind != "nginx":
         if forwarded is None:
             raise BadTarget(f"{kind} sends X-Forwarded-Uri/-Host/-Proto; they are missing")
         return forwarded[0]
-    original = _from_original(headers)
+    original = _from_original(orig_url, orig_method)
     if (original is not None and forwarded is not None
             and not original[0].names_same_request(forwarded[0], compare_method=original[1] and forwarded[1])):
         raise BadTarget("X-Original-* and X-Forwarded-* describe different requests")
@@ -305,10 +303,9 @@ async def verify(request: web.Request) -> web.StreamResponse:
     kind_name = request.match_info.get("proxy")
     if kind_name is not None and kind_name not in KINDS:
         return json_error(404, "unknown_proxy", f"Use one of /verify/{', /verify/'.join(KINDS)} or /verify.")
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    if not config.server.trust_proxy or not peer_trusted(peer[0] if peer else None, config.server.trusted_proxies):
+    if not config.server.trust_proxy or not request.app[keys.TRUSTED_PEERS](request):
         _warn_once("untrusted", "forward auth refused: TRUST_PROXY is off or the proxy is not in TRUSTED_PROXIES",
-                   peer=str(peer[0]) if peer else "")
+                   peer=request.remote or "")
         return json_error(403, "untrusted_proxy",
                           "Forward auth answers only proxies in TRUSTED_PROXIES (with TRUST_PROXY=true).")
     named = [k for k in KINDS if k == kind_name]

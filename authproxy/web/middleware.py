@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp_remotes import XForwardedFiltered
 
 from authproxy.config.schema import IPNetwork
+from authproxy.errors import StoreError
 from authproxy.log import log
 from authproxy.web.common import error_response
 
@@ -16,40 +17,57 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _WS_SCHEMES = {"ws": "http", "wss": "https"}
 
 
-class TrustedForwarded:
-    """X-Forwarded-Proto/For/Host through aiohttp-remotes, but only when the TCP peer is a trusted proxy.
-
-    aiohttp-remotes' filtered mode walks X-Forwarded-For but never looks at the peer itself, so a
-    direct client could claim `https`; this checks the peer first and ignores the headers otherwise.
-    """
+class TrustedPeers:
+    """Is this TCP peer one of TRUSTED_PROXIES? Remembered per address: parsing the address and testing
+    every network costs more than the rest of a session check, and a gateway sees few distinct peers."""
 
     def __init__(self, trusted: tuple[IPNetwork, ...]) -> None:
         self.trusted = trusted
-        self.filtered = XForwardedFiltered(set(trusted))
-        # Peer address -> trusted? Parsing the address and testing every network costs more than the
-        # rest of this middleware, and a gateway sees few distinct peers (its proxies); bounded anyway.
         self._verdicts: dict[str, bool] = {}
 
-    def peer_trusted(self, request: web.Request) -> bool:
+    def __call__(self, request: web.Request) -> bool:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         if not peer:
             return False
-        address = peer[0]
+        address = str(peer[0])
         verdict = self._verdicts.get(address)
         if verdict is None:
-            try:
-                ip = ipaddress.ip_address(address)
-            except ValueError:
-                return False
-            verdict = any(ip in net for net in self.trusted)
+            verdict = peer_in(address, self.trusted)
             if len(self._verdicts) >= 4096:
                 self._verdicts.clear()
             self._verdicts[address] = verdict
         return verdict
 
+
+def peer_in(peer: str | None, trusted: tuple[IPNetwork, ...]) -> bool:
+    """Whether an address (IPv4, IPv6, IPv4-mapped, with a zone) lies in one of the networks."""
+    if not peer:
+        return False
+    try:
+        ip = ipaddress.ip_address(peer.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in trusted)
+
+
+class TrustedForwarded:
+    """X-Forwarded-Proto/For/Host through aiohttp-remotes, but only when the TCP peer is a trusted proxy.
+
+    aiohttp-remotes' filtered mode walks X-Forwarded-For but never looks at the peer itself, so a
+    direct client could claim `https`; this checks the peer first and ignores the headers otherwise.
+    The forward-auth endpoints read the proxies' headers themselves, so they skip the request copy.
+    """
+
+    def __init__(self, peers: TrustedPeers, *, skip_prefix: str) -> None:
+        self.peers = peers
+        self.filtered = XForwardedFiltered(set(peers.trusted))
+        self.skip_prefix = skip_prefix
+
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not self.peer_trusted(request):
+        if not self.peers(request) or request.path.startswith(self.skip_prefix):
             return await handler(request)
         proto = request.headers.get("X-Forwarded-Proto", "")
         if proto.lower() in _WS_SCHEMES:  # Traefik says ws/wss for WebSocket upgrades
@@ -75,11 +93,17 @@ def _replace(request: web.Request, name: str, value: str):  # type: ignore[no-un
 
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Last line: anything unexpected becomes a plain 500 page; the log gets the type, not the details."""
+    """Store down -> a clear 503 (fail closed); anything unexpected -> a plain 500 page. Never a trace:
+    the log gets the type, not the details."""
     try:
         return await handler(request)
     except web.HTTPException:
         raise
+    except StoreError as exc:
+        log.error("session store unavailable", extra={"fields": {"error": str(exc)}})
+        return error_response(request, 503, "store_unavailable",
+                              "The session store is not reachable; try again in a moment.",
+                              title="Temporarily unavailable", headers={"Retry-After": "5"})
     except Exception as exc:  # noqa: BLE001
         log.error("unhandled error", extra={"fields": {"path": request.rel_url.path, "error": type(exc).__name__}},
                   exc_info=exc)

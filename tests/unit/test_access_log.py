@@ -1,0 +1,63 @@
+"""The access log: valid JSON lines, nothing from the query, and batched writes."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+
+from authproxy.log import AccessFormatter, BufferedStreamHandler
+
+
+def record(path: str, *, status: int = 200, remote: str = "203.0.113.7") -> logging.LogRecord:
+    rec = logging.LogRecord("authproxy.access", logging.INFO, __file__, 1, "%s %s %d",
+                            ("GET", path, status), None)
+    rec.fields = {"remote": remote, "method": "GET", "path": path, "status": status, "ms": 1.234}
+    return rec
+
+
+def test_lines_are_json_with_the_request_facts() -> None:
+    line = json.loads(AccessFormatter().format(record("/api/zones/list", status=404)))
+    assert line["logger"] == "authproxy.access" and line["level"] == "info"
+    assert (line["method"], line["path"], line["status"], line["ms"], line["remote"]) == \
+        ("GET", "/api/zones/list", 404, 1.23, "203.0.113.7")
+    assert line["time"].endswith("Z") and len(line["time"]) == 24
+
+
+def test_odd_paths_stay_valid_json_and_token_shaped_parts_are_masked() -> None:
+    for path in ['/a"b\\c', "/ünïcode/\u2028", "/x\x01y", "/api/x/token=abcdef0123456789"]:
+        line = json.loads(AccessFormatter().format(record(path)))
+        assert line["path"] == path or "[redacted]" in line["path"]
+    assert "abcdef0123456789" not in AccessFormatter().format(record("/api/x/token=abcdef0123456789"))
+
+
+async def test_writes_are_batched_inside_the_event_loop() -> None:
+    stream = io.StringIO()
+    handler = BufferedStreamHandler(stream, interval=0.05)
+    handler.setFormatter(AccessFormatter())
+    for i in range(100):
+        handler.handle(record(f"/p{i}"))
+    assert stream.getvalue() == ""                     # nothing written per request
+    await asyncio.sleep(0.15)
+    lines = stream.getvalue().splitlines()
+    assert [json.loads(x)["path"] for x in lines] == [f"/p{i}" for i in range(100)]
+
+
+async def test_a_full_buffer_is_written_at_once_and_close_flushes() -> None:
+    stream = io.StringIO()
+    handler = BufferedStreamHandler(stream, interval=60, limit=1000)
+    handler.setFormatter(AccessFormatter())
+    for i in range(20):
+        handler.handle(record(f"/p{i}"))
+    assert 0 < len(stream.getvalue().splitlines()) < 20    # the limit forced a write
+    handler.close()
+    assert len(stream.getvalue().splitlines()) == 20
+
+
+def test_outside_an_event_loop_every_line_is_written_at_once() -> None:
+    stream = io.StringIO()
+    handler = BufferedStreamHandler(stream)
+    handler.setFormatter(AccessFormatter())
+    handler.handle(record("/now"))
+    assert json.loads(stream.getvalue())["path"] == "/now"
