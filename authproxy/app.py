@@ -17,10 +17,10 @@ from authproxy.login.regulation import Regulator
 from authproxy.proxy import http as proxy_http
 from authproxy.proxy import websocket as proxy_websocket
 from authproxy.routing import Router
-from authproxy.upstreams.base import UpstreamAdapter
 from authproxy.sessions.manager import CHANNEL, SessionManager
 from authproxy.sessions.registry import create_store
 from authproxy.sessions.store import SessionStore
+from authproxy.upstreams.base import UpstreamAdapter
 from authproxy.web import api, forward_auth, health, portal
 from authproxy.web.middleware import TrustedForwarded, TrustedPeers, errors
 from authproxy.web.redirects import RedirectPolicy

@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from authproxy.config.schema import (
-    AUTH_MODES, DEFAULT_TRUSTED_PROXIES, Config, IPNetwork, ServerConfig, SessionConfig, SiteConfig,
+    AUTH_MODES,
+    DEFAULT_TRUSTED_PROXIES,
+    Config,
+    IPNetwork,
+    ServerConfig,
+    SessionConfig,
+    SiteConfig,
     ThrottleConfig,
 )
 from authproxy.crypto import Secret
@@ -116,7 +122,7 @@ class _Reader:
         return None
 
 
-def parse_duration(text: str | int | float) -> float | None:
+def parse_duration(text: str | float) -> float | None:
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         return float(text) if text >= 0 else None
     match = _DURATION.match(str(text))

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+
 @dataclass(slots=True)
 class Credential:
     """What the upstream handed out for one actor; lives only inside the sealed session."""

@@ -26,9 +26,8 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from authproxy.config.schema import SiteConfig
-from authproxy.sessions.model import Credential, Identity
 from authproxy.errors import ConfigError
-
+from authproxy.sessions.model import Credential, Identity
 
 LoginStatus = Literal["ok", "totp_required", "invalid", "blocked"]
 

@@ -95,6 +95,11 @@ async def _query_or_form(request: web.Request) -> dict[str, str]:
     return {name: ",".join(items) for name, items in values.items()}
 
 
+def _table(value: Any) -> dict[str, Any]:
+    """A JSON object from an answer, or {} when the field is missing or not an object."""
+    return value if isinstance(value, dict) else {}
+
+
 def _major(version: Any) -> int | None:
     try:
         return int(str(version).split(".")[0])
@@ -197,7 +202,7 @@ class TechnitiumAdapter:
         token = env.get("token")
         if not isinstance(token, str) or not token:
             raise UpstreamProtocolError("technitium login answered ok without a token")
-        info = env.get("info") if isinstance(env.get("info"), dict) else {}
+        info = _table(env.get("info"))
         mode = self._mode_for(info.get("version"))
         credential = Credential(secret=token, kind="token",
                                 extra={"mode": mode, "version": str(info.get("version", ""))},
@@ -213,8 +218,8 @@ class TechnitiumAdapter:
 
     @staticmethod
     def _identity(env: dict[str, Any], fallback_user: str) -> Identity:
-        info = env.get("info") if isinstance(env.get("info"), dict) else {}
-        perms = info.get("permissions") if isinstance(info.get("permissions"), dict) else {}
+        info = _table(env.get("info"))
+        perms = _table(info.get("permissions"))
         return Identity(username=str(env.get("username") or fallback_user),
                         display_name=str(env.get("displayName") or ""), permissions=perms)
 

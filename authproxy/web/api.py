@@ -14,13 +14,16 @@ from urllib.parse import quote
 from aiohttp import web
 
 from authproxy import authz, keys
-from authproxy.errors import AuthError, StoreError, UpstreamError
+from authproxy.errors import AuthError, UpstreamError
 from authproxy.log import audit, log
 from authproxy.login.passthrough import LoginInput
 from authproxy.routing import Site
 from authproxy.sessions.manager import LoadedSession
 from authproxy.web.common import (
-    SECURITY_HEADERS, client_ip, current_session, error_response, json_error,
+    SECURITY_HEADERS,
+    client_ip,
+    current_session,
+    json_error,
 )
 from authproxy.web.redirects import RedirectPolicy
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote, unquote
@@ -42,7 +41,6 @@ from multidict import MultiMapping
 from authproxy import authz, keys
 from authproxy.config.schema import IPNetwork
 from authproxy.log import log
-from authproxy.web.middleware import peer_in
 from authproxy.sessions.model import Credential
 from authproxy.web.common import (
     SECURITY_HEADERS,
@@ -51,6 +49,7 @@ from authproxy.web.common import (
     json_error,
     wants_html,
 )
+from authproxy.web.middleware import peer_in
 
 __all__ = ["KINDS", "BadTarget", "ProxyKind", "Target", "detect", "peer_trusted", "read_target", "setup"]
 
