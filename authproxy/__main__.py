@@ -28,20 +28,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace) -> Config:
+def _load(args: argparse.Namespace, headline: str) -> Config | None:
+    """The validated config, or None after printing every problem under `headline`."""
     env = dict(os.environ)
     if getattr(args, "workers", None):
         env["WORKERS"] = str(args.workers)
-    return load_config(env, args.config)
+    try:
+        return load_config(env, args.config)
+    except ConfigError as exc:
+        print(f"authproxy: {headline}{len(exc.problems)} configuration problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return None
 
 
 def check_config(args: argparse.Namespace) -> int:
-    try:
-        config = _load(args)
-    except ConfigError as exc:
-        print(f"authproxy: {len(exc.problems)} configuration problem(s):", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  - {problem}", file=sys.stderr)
+    config = _load(args, "")
+    if config is None:
         return 2
     store = "redis" if config.session.redis_url else f"sqlite ({config.server.data_dir / 'sessions.sqlite3'})"
     print(f"configuration OK: AUTH_MODE={config.auth_mode}, store={store}, "
@@ -74,12 +77,8 @@ def _serve(config: Config, ssl_paths: tuple[Path, Path] | None, reuse_port: bool
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = _load(args)
-    except ConfigError as exc:
-        print(f"authproxy: refusing to start, {len(exc.problems)} configuration problem(s):", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  - {problem}", file=sys.stderr)
+    config = _load(args, "refusing to start, ")
+    if config is None:
         return 2
     setup_logging(level=config.server.log_level, fmt=config.server.log_format,
                   audit_file=config.server.audit_log_file)

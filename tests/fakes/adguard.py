@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -36,6 +35,8 @@ from typing import Any, Self
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+
+from tests.fakes.clock import OffsetClock as FakeClock
 
 __all__ = ["AdGuardSession", "FakeAdGuard", "FakeClock", "RecordedRequest"]
 
@@ -53,27 +54,6 @@ _PUBLIC_PATHS = {
     "/control/install/configure",
     "/install.html",
 }
-
-
-class FakeClock:
-    """Wall-clock time plus an offset the test controls: ``advance(15 * 60)`` ends a login block.
-
-    ``frozen=True`` (or ``freeze()``) stops the wall-clock part, for checks that count per second.
-    """
-
-    def __init__(self, *, frozen: bool = False) -> None:
-        self.offset = 0.0
-        self.frozen_at: float | None = time.time() if frozen else None
-
-    def __call__(self) -> float:
-        base = self.frozen_at if self.frozen_at is not None else time.time()
-        return base + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
-
-    def freeze(self) -> None:
-        self.frozen_at = time.time()
 
 
 @dataclass(frozen=True)

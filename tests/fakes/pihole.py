@@ -45,7 +45,6 @@ import base64
 import html
 import json
 import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Self
@@ -55,33 +54,14 @@ import pyotp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from tests.fakes.clock import OffsetClock as FakeClock
+
 __all__ = ["FakeClock", "FakePihole", "PiholeSession", "RecordedRequest"]
 
 DEFAULT_TIMEOUT = 1800
 SET_COOKIE = "sid={sid}; SameSite=Lax; Path=/; Max-Age={max_age}; HttpOnly"
 DELETE_COOKIE = "sid=deleted; SameSite=Lax; Path=/; Max-Age=-1; Expires=Thu, 01 Jan 1970 00:00:00 GMT;"
 JSON_TYPE = "application/json; charset=utf-8"
-
-
-class FakeClock:
-    """Wall-clock time plus an offset the test controls: ``advance(1801)`` expires a Pi-hole session.
-
-    ``frozen=True`` (or ``freeze()``) stops the wall-clock part, for checks that count per second.
-    """
-
-    def __init__(self, *, frozen: bool = False) -> None:
-        self.offset = 0.0
-        self.frozen_at: float | None = time.time() if frozen else None
-
-    def __call__(self) -> float:
-        base = self.frozen_at if self.frozen_at is not None else time.time()
-        return base + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
-
-    def freeze(self) -> None:
-        self.frozen_at = time.time()
 
 
 @dataclass(frozen=True)
