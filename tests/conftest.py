@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.support.gateway",
     "tests.support.apps",
     "tests.support.fakes_misc",
+    "tests.support.browser",
 ]
