@@ -275,12 +275,14 @@ def _header_safe(value: str) -> bool:
 
 # ---- the handler -------------------------------------------------------------------------------------
 
-_warned: set[str] = set()
+WARNED: web.AppKey[set[str]] = web.AppKey("forward_auth_warned")
 
 
-def _warn_once(key: str, message: str, **fields: str) -> None:
-    if key not in _warned:
-        _warned.add(key)
+def _warn_once(request: web.Request, key: str, message: str, **fields: str) -> None:
+    """Misconfigurations repeat on every request: say each once per application."""
+    warned = request.app[WARNED]
+    if key not in warned:
+        warned.add(key)
         log.warning(message, extra={"fields": fields})
 
 
@@ -303,7 +305,7 @@ async def verify(request: web.Request) -> web.StreamResponse:
     if kind_name is not None and kind_name not in KINDS:
         return json_error(404, "unknown_proxy", f"Use one of /verify/{', /verify/'.join(KINDS)} or /verify.")
     if not config.server.trust_proxy or not request.app[keys.TRUSTED_PEERS](request):
-        _warn_once("untrusted", "forward auth refused: TRUST_PROXY is off or the proxy is not in TRUSTED_PROXIES",
+        _warn_once(request, "untrusted", "forward auth refused: TRUST_PROXY is off or the proxy is not in TRUSTED_PROXIES",
                    peer=request.remote or "")
         return json_error(403, "untrusted_proxy",
                           "Forward auth answers only proxies in TRUSTED_PROXIES (with TRUST_PROXY=true).")
@@ -342,7 +344,7 @@ async def verify(request: web.Request) -> web.StreamResponse:
     if credential is not None:
         injected = site.adapter.forward_auth_headers(credential)
         if kind == "traefik" and "X-Authproxy-Token" in injected:
-            _warn_once("traefik-token", "Traefik cannot move X-Authproxy-Token into the query: this upstream "
+            _warn_once(request, "traefik-token", "Traefik cannot move X-Authproxy-Token into the query: this upstream "
                        "needs the Caddy or nginx recipe (e.g. Technitium v14), or a version that takes a "
                        "Bearer header", site=site.name)
         headers.update({k: v for k, v in injected.items() if _header_safe(v)})
@@ -350,6 +352,7 @@ async def verify(request: web.Request) -> web.StreamResponse:
 
 
 def setup(app: web.Application, prefix: str) -> None:
+    app[WARNED] = set()
     # Any method: Traefik's preserveRequestMethod sends the original one; the decision ignores it.
     app.router.add_route("*", f"{prefix}/verify", verify)
     app.router.add_route("*", f"{prefix}/verify/{{proxy}}", verify)
