@@ -1,15 +1,22 @@
-"""Redis session store (redis-py asyncio + hiredis), for several replicas sharing sessions.
+"""Redis session store (redis-py asyncio + a small client for the hot reads), for replicas sharing sessions.
 
 URL forms: `redis://[[user]:password@]host[:port][/db]`, `rediss://...` (TLS), `unix://[:password@]/path?db=N`
 and Sentinel `redis+sentinel://[[user]:password@]host:port[,host2:port2]/service_name[/db]` (the password is
 the master's; add `?sentinel_password=...` when the sentinels require one too).
 
 Why it looks like this:
+- Two clients. The hot reads of the session check — `get`, `expire` (PEXPIRE) and `ttl` (PTTL) — go
+  through `resp.RespClient` (one pipelined connection, hiredis parsing, no per-call timer), because
+  redis-py's asyncio client is what bounds the session check on a cache miss: see bench/verify.py and
+  the README. Everything else (writes, locks, scripts, index sets, pub/sub, ping) stays on redis-py.
+  Sentinel URLs (`redis+sentinel://`) use redis-py for everything, hot reads included: master discovery
+  and failover are redis-py's job.
 - Keys, index sets and channels all get `prefix`, so one Redis can serve several deployments. Keys and
   index names share Redis's one keyspace: never use one name for both.
 - Short socket timeouts, one quick retry (it heals connections left stale by a Redis restart) and an
   overall deadline per call, so a dead or hung Redis fails fast with `StoreError` (→ 503) instead of
-  hanging requests; the next call after Redis returns simply works.
+  hanging requests; the next call after Redis returns simply works. (The hot-read client gets the same
+  from one connection-wide watchdog, a retry of its idempotent commands and a short reconnect backoff.)
 - `incr` and `index_add` are small Lua scripts: atomic and one round trip, so a counter can never be left
   without its expiry (which would lock someone out forever) and an index keeps the longer TTL.
 - Pub/sub: one background listener PSUBSCRIBEs to `prefix*` and dispatches locally, so `subscribe()` can
@@ -36,6 +43,8 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 
 from authproxy.errors import ConfigError, StoreError
+from authproxy.sessions.resp import Endpoint, RespClient
+from authproxy.sessions.resp import redact_url as _redact_url
 from authproxy.sessions.store import InvalidationCallback
 
 log = logging.getLogger("authproxy.store")
@@ -84,6 +93,7 @@ class RedisStore:
         self._health_check_interval = health_check_interval
         self._secrets: list[str] = []
         self._sentinel_spec: _SentinelSpec | None = None
+        self._endpoint: Endpoint | None = None
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme == "redis+sentinel":
@@ -93,6 +103,7 @@ class RedisStore:
         elif scheme in ("redis", "rediss", "unix"):
             if parts.password:
                 self._secrets.append(unquote(parts.password))
+            self._endpoint = Endpoint.from_url(url)
         else:
             raise ConfigError([(f"session: REDIS_URL must start with redis://, rediss://, unix:// or "
                                 f"redis+sentinel:// but it's configured as '{_redact_url(url)}'")])
@@ -100,6 +111,7 @@ class RedisStore:
         self._secrets.sort(key=len, reverse=True)
         self.safe_url = _redact_url(url)
         self._client: aioredis.Redis | None = None
+        self._fast: RespClient | None = None  # hot reads; None with Sentinel and when not started
         self._sentinel: Sentinel | None = None
         self._incr: Any = None
         self._index_add: Any = None
@@ -121,6 +133,10 @@ class RedisStore:
         self._index_add = self._client.register_script(INDEX_ADD_SCRIPT)
         self._first_attempt = asyncio.Event()
         self._listener = asyncio.create_task(self._listen_forever(), name="authproxy-redis-pubsub")
+        if self._endpoint is not None:
+            self._fast = RespClient(self._endpoint, label=f"redis store {self.safe_url}", timeout=self.timeout)
+            with contextlib.suppress(StoreError):  # logged by the client; it retries on the next call
+                await self._fast.connect()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.timeout * 2 + 1):
                 await self._first_attempt.wait()
@@ -131,6 +147,9 @@ class RedisStore:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
+        fast, self._fast = self._fast, None
+        if fast is not None:
+            await fast.close()
         client, self._client = self._client, None
         sentinel, self._sentinel = self._sentinel, None
         with contextlib.suppress(*_STORE_ERRORS):
@@ -146,6 +165,9 @@ class RedisStore:
     # -- key/value -------------------------------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
+        fast = self._fast
+        if fast is not None:
+            return await fast.get((self.prefix + key).encode())
         value = await self._do("get", lambda c: c.get(self.prefix + key))
         return value if isinstance(value, bytes) or value is None else value.encode()
 
@@ -158,6 +180,9 @@ class RedisStore:
         return bool(created)
 
     async def expire(self, key: str, ttl: float) -> bool:
+        fast = self._fast
+        if fast is not None:
+            return bool(await fast.pexpire((self.prefix + key).encode(), _ms(ttl)))
         return bool(await self._do("expire", lambda c: c.pexpire(self.prefix + key, _ms(ttl))))
 
     async def delete(self, *keys: str) -> int:
@@ -169,7 +194,11 @@ class RedisStore:
         return int(await self._do("incr", lambda c: self._incr(keys=[self.prefix + key], args=[_ms(window)])))
 
     async def ttl(self, key: str) -> float | None:
-        ms = int(await self._do("ttl", lambda c: c.pttl(self.prefix + key)))
+        fast = self._fast
+        if fast is not None:
+            ms = int(await fast.pttl((self.prefix + key).encode()))
+        else:
+            ms = int(await self._do("ttl", lambda c: c.pttl(self.prefix + key)))
         if ms == -2:
             return None
         return math.inf if ms == -1 else ms / 1000
@@ -340,16 +369,3 @@ class _SentinelSpec:
             raise problem(f"has unknown query options {sorted(unknown)}")
         sentinel_password = query.get("sentinel_password", [None])[-1]
         return cls(sentinels, path[0], db, username, password, sentinel_password)
-
-
-def _redact_url(url: str) -> str:
-    """The URL with any password (userinfo or query) replaced by ***."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    userinfo, at, hosts = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
-    query = "&".join(f"{k}=***" if "password" in k.lower() else f"{k}={v}"
-                     for k, v in (pair.partition("=")[::2] for pair in parts.query.split("&") if pair))
-    # Not geturl(): it would turn unix:///path into unix:/path.
-    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
