@@ -68,6 +68,7 @@ def create_app(config: Config, *, store: SessionStore | None = None) -> web.Appl
     api.setup(app, prefix)
     forward_auth.setup(app, prefix)
     portal.setup(app, prefix)
+    proxy_http.setup(app)
     proxy_websocket.setup(app)
     app.router.add_route("*", "/{tail:.*}", proxy_http.forward)
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, MutableMapping
 from urllib.parse import quote, unquote_plus
 
-from multidict import CIMultiDict
+from multidict import CIMultiDict, MultiMapping
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
@@ -20,6 +20,54 @@ IDENTITY_HEADERS = frozenset({
     "x-forwarded-port", "x-forwarded-prefix", "x-forwarded-uri", "x-forwarded-method", "x-original-url",
     "x-original-uri", "x-original-method", "forwarded", "x-real-remote-addr", "x-client-ip",
 })
+
+
+# Never forwarded upstream as the client sent them: hop-by-hop, identity/forwarding facts, Host.
+_NOT_UPSTREAM = HOP_BY_HOP | IDENTITY_HEADERS | {"host"}
+
+
+def connection_named(values: Iterable[str]) -> frozenset[str]:
+    """The (lower-cased) header names a `Connection` header lists: hop-by-hop for this message only."""
+    named = {token.strip().lower() for value in values for token in value.split(",")}
+    named.discard("")
+    return frozenset(named)
+
+
+def upstream_request_headers(src: MultiMapping[str], *, drop_cookie: str) -> CIMultiDict[str]:
+    """The client's headers as the upstream may see them, built in one pass (a proxy does this on
+    every request): hop-by-hop (and what `Connection` names), identity and forwarding headers and Host
+    dropped; the `drop_cookie` cookie removed from every Cookie header, the rest merged into one
+    Cookie header at the end (empty → none)."""
+    named = connection_named(src.getall("Connection", ())) if "Connection" in src else frozenset()
+    out: CIMultiDict[str] = CIMultiDict()
+    cookies: list[str] | None = None
+    for name, value in src.items():
+        low = name.lower()
+        if low in _NOT_UPSTREAM or low in named:
+            continue
+        if low == "cookie":
+            kept = cookie_without(value, (drop_cookie,))
+            if kept:
+                if cookies is None:
+                    cookies = []
+                cookies.append(kept)
+            continue
+        out.add(name, value)
+    if cookies:
+        out.add("Cookie", "; ".join(cookies))
+    return out
+
+
+def downstream_response_headers(src: MultiMapping[str], out: CIMultiDict[str], *,
+                                drop_length: bool = False) -> None:
+    """Copy the upstream's answer headers into `out` without hop-by-hop ones (nor what its `Connection`
+    names), and without Content-Length when the body sent on is not the upstream's as-is."""
+    named = connection_named(src.getall("Connection", ())) if "Connection" in src else frozenset()
+    for name, value in src.items():
+        low = name.lower()
+        if low in HOP_BY_HOP or low in named or (drop_length and low == "content-length"):
+            continue
+        out.add(name, value)
 
 
 def strip_hop_by_hop(headers: CIMultiDict[str]) -> None:
@@ -51,9 +99,9 @@ def query_pairs(raw_query: str) -> list[tuple[str, str]]:
 
 def query_without(raw_query: str, names: Iterable[str]) -> str:
     """The query with every parameter in `names` (decoded, case-insensitive) removed, rest untouched."""
-    drop = {n.lower() for n in names}
-    if not raw_query:
+    if not raw_query:  # most requests: nothing to take out, and this runs on every one
         return raw_query
+    drop = {n.lower() for n in names}
     kept = [item for name, item in query_pairs(raw_query) if unquote_plus(name).lower() not in drop]
     return "&".join(kept)
 

