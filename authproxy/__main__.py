@@ -7,7 +7,9 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from authproxy.config.loader import ensure_session_secrets, load_config
@@ -109,19 +111,38 @@ def run(args: argparse.Namespace) -> int:
     if workers == 1:
         _serve(config, ssl_paths, reuse_port=False)
         return 0
+    return _supervise(workers, lambda: _serve(config, ssl_paths, reuse_port=True))
+
+
+def _supervise(workers: int, serve: Callable[[], None]) -> int:
+    """Run `workers` processes sharing the port; SIGTERM/SIGINT to this one stops them all (systemd,
+    docker stop), and one that dies takes the others down so the service manager sees the failure."""
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_serve, args=(config, ssl_paths, True), daemon=True) for _ in range(workers)]
+    procs = [ctx.Process(target=serve, name=f"authproxy-worker-{i}") for i in range(workers)]
     for p in procs:
         p.start()
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    code = 0
     try:
-        for p in procs:
-            p.join()
+        while all(p.is_alive() for p in procs):
+            procs[0].join(0.5)
+        code = next((p.exitcode or 1 for p in procs if not p.is_alive()), 0)
+        log.error("a worker exited; stopping the others", extra={"fields": {"exitcode": code}})
     except KeyboardInterrupt:
-        pass
+        code = 0
     finally:
         for p in procs:
-            p.terminate()
-    return 0
+            if p.is_alive():
+                p.terminate()  # SIGTERM: aiohttp's run_app shuts down gracefully
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

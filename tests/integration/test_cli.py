@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.fakes.technitium import FakeTechnitium
 from tests.integration.conftest import LOGIN, SESSION
@@ -131,3 +133,39 @@ async def test_run_serves_https_with_generated_certificate_and_secret(
             assert (await resp.json())["authenticated"] is True
         assert (data / "session_secret").read_text().strip() == secret
         assert "generated a session signing secret" not in proc2.log_tail(100_000)  # said once, on creation
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
+    return [int(x) for x in out.split()]
+
+
+async def test_workers_share_the_port_and_stop_with_the_master(
+        tmp_path: Path, technitium: FakeTechnitium,
+        process_factory: Callable[..., ManagedProcess]) -> None:
+    """`run --workers 2`: two processes serve one port; SIGTERM to the master alone (systemd, docker
+    stop) stops both, so no worker is left holding the port."""
+    port = free_port()
+    env = base_env(UPSTREAM_URL=technitium.url, UPSTREAM_TYPE="technitium", TRUST_PROXY="true",
+                   AUTHPROXY_DATA_DIR=str(tmp_path / "data"), PORT=str(port), HOST="127.0.0.1",
+                   SESSION_SECRET="s" * 40)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        proc = process_factory([sys.executable, "-m", "authproxy", "run", "--workers", "2"], env=env,
+                               inherit_env=False, cwd=ROOT, name="authproxy-workers")
+        await _wait_healthy(http, f"http://127.0.0.1:{port}/_authproxy/healthz", proc)
+        workers = _children(proc.pid)
+        assert len(workers) == 2, proc.log_tail()
+        os.kill(proc.pid, signal.SIGTERM)                 # the master only, not its process group
+        deadline = time.monotonic() + 15
+        while any(Path(f"/proc/{w}").exists() and "zombie" not in _state(w) for w in workers) or proc.running:
+            assert time.monotonic() < deadline, proc.log_tail()
+            await asyncio.sleep(0.1)
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await http.get(f"http://127.0.0.1:{port}/_authproxy/healthz")
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0].lower()
+    except (OSError, IndexError):
+        return "zombie"
