@@ -29,6 +29,7 @@ shared HTTP client's connection pool limits (that would stall ordinary proxying)
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
@@ -71,6 +72,10 @@ class Bridge:
     store_key: str | None          # None in AUTH_MODE=none (service credential, no session)
     site: str
     expires_at: float | None       # the session's absolute end
+    loaded: LoadedSession | None = None
+    slide_every: float = 60.0      # a busy socket slides the session's idle timeout this often at most
+    slid_at: float = 0.0           # monotonic time of the last slide request
+    slide: bool = False            # the client sent frames: the watch should slide the idle timeout
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     stop: tuple[int, str] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -208,7 +213,8 @@ async def bridge(request: web.Request, site: Site, loaded: LoadedSession | None,
                               title="Upstream unavailable")
 
     entry = Bridge(store_key=loaded.store_key if loaded else None, site=site.name,
-                   expires_at=loaded.session.expires_at if loaded else None)
+                   expires_at=loaded.session.expires_at if loaded else None, loaded=loaded,
+                   slide_every=request.app[keys.SESSIONS].touch_interval, slid_at=time.monotonic())
     # compress=False: no permessage-deflate towards the browser either (the upstream leg has none), so
     # frames are not inflated and deflated again on the way through (measured with a deflate-offering
     # client and 64-byte messages: 31 -> 25 us of bridge CPU per message, +17% messages/s).
@@ -256,12 +262,23 @@ _ClientWS: TypeAlias = "web.WebSocketResponse[Literal[False]]"
 _UpstreamWS: TypeAlias = "aiohttp.ClientWebSocketResponse[Literal[False]]"
 
 
-async def _pump(src: _ClientWS | _UpstreamWS, dst: _ClientWS | _UpstreamWS, side: Side) -> _End:
-    """Forward frames from `src` to `dst` until `src` closes; says why it stopped."""
+async def _pump(src: _ClientWS | _UpstreamWS, dst: _ClientWS | _UpstreamWS, side: Side,
+                activity: Bridge | None = None) -> _End:
+    """Forward frames from `src` to `dst` until `src` closes; says why it stopped.
+
+    With `activity` (the client side of a session's bridge), frames count as the person being there:
+    at most every `slide_every` seconds the watch is asked to slide the session's idle timeout, so a
+    UI that talks only over its socket is not signed out while in use.
+    """
     send, ping, pong = dst.send_frame, dst.ping, dst.pong
+    monotonic = time.monotonic
     try:
         while True:
             msg = await src.receive()
+            if activity is not None and monotonic() - activity.slid_at >= activity.slide_every:
+                activity.slid_at = monotonic()
+                activity.slide = True
+                activity.wake.set()
             kind = msg.type
             if kind is _TEXT or kind is _BINARY:
                 await send(msg.data, kind)
@@ -303,6 +320,9 @@ async def _watch(request: web.Request, entry: Bridge, registry: BridgeRegistry) 
             continue
         delay = registry.recheck_interval
         try:
+            if entry.slide and entry.loaded is not None:
+                entry.slide = False
+                await request.app[keys.SESSIONS].touch(entry.loaded)
             left = await store.ttl(entry.store_key)
         except StoreError:
             log.warning("cannot re-check a websocket's session; keeping it open for now",
@@ -345,7 +365,8 @@ def _plan(end: _End) -> tuple[int, str, int, str]:
 async def _relay(request: web.Request, client: _ClientWS, upstream: _UpstreamWS, entry: Bridge) -> None:
     registry = request.app[keys.WEBSOCKETS]
     tasks = (
-        asyncio.create_task(_pump(client, upstream, "client"), name="authproxy-ws-client"),
+        asyncio.create_task(_pump(client, upstream, "client", entry if entry.loaded else None),
+                            name="authproxy-ws-client"),
         asyncio.create_task(_pump(upstream, client, "upstream"), name="authproxy-ws-upstream"),
         asyncio.create_task(_watch(request, entry, registry), name="authproxy-ws-watch"),
     )

@@ -381,6 +381,23 @@ async def test_idle_expiry_closes_the_socket(
     await assert_no_bridges(gw)
 
 
+async def test_a_socket_in_use_keeps_its_session_alive(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        upstream: SocketUpstream) -> None:
+    """A UI that talks only over its WebSocket is in use: its frames slide the idle timeout."""
+    gw, client = await signed_in(make_gateway, client_for, upstream, SESSION_IDLE_TIMEOUT="1")
+    ws = await open_ws(gw, client)
+    for i in range(10):                                # 3 s of traffic, three idle timeouts long
+        await ws.send_str(f"still here {i}")
+        assert (await ws.receive(timeout=WAIT)).data == f"still here {i}"
+        await asyncio.sleep(0.3)
+    resp = await client.request("GET", "/_authproxy/api/auth/session")
+    assert (await resp.json())["authenticated"] is True
+    # Then silence: the idle timeout ends the session and the socket with it.
+    assert await expect_close(ws, 4001, timeout=4.0) == "session ended"
+    await assert_no_bridges(gw)
+
+
 async def test_shutdown_closes_every_bridge(
         make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
         upstream: SocketUpstream) -> None:
