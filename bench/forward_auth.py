@@ -118,7 +118,7 @@ def run() -> None:
                 f"{args.warmup:g} s warm-up per case",
         "chain": f"proxy -> auth (floor nginx | authproxy x{args.workers} worker(s), access log "
                  f"{'on' if args.access_log else 'off'}) -> upstream nginx; proxies from the shipped configs"
-                 + (f", nginx upstream keepalive {args.nginx_keepalive} (shipped: 16)"
+                 + (f", nginx upstream keepalive {args.nginx_keepalive} (shipped: 64)"
                     if args.nginx_keepalive is not None else ""),
     })
     results: dict[tuple[str, str], Load] = {}
