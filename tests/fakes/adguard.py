@@ -31,12 +31,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from tests.fakes.clock import OffsetClock as FakeClock
+from tests.fakes.server import LoopbackServer
 
 __all__ = ["AdGuardSession", "FakeAdGuard", "FakeClock", "RecordedRequest"]
 
@@ -114,7 +115,7 @@ def _parse_cookies(headers: Mapping[str, str]) -> dict[str, str]:
     return jar
 
 
-class FakeAdGuard:
+class FakeAdGuard(LoopbackServer):
     """AdGuard Home web auth on a free 127.0.0.1 port; ``await start()``, ``await close()``."""
 
     def __init__(
@@ -160,34 +161,6 @@ class FakeAdGuard:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> Self:
-        """Listen on 127.0.0.1, port chosen by the kernel."""
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self._port = int(self._runner.addresses[0][1])
-        return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """Base URL without trailing slash, e.g. ``http://127.0.0.1:PORT``."""
-        return f"http://127.0.0.1:{self._port}"
 
     # ------------------------------------------------------------------ helpers for tests
 
