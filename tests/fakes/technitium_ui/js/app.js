@@ -87,6 +87,7 @@
     sessionData = null;
     hide("pageMain");
     show("pageLogin");
+    document.body.removeAttribute("data-zones"); // the zones shown belonged to the signed-out user
     document.body.setAttribute("data-state", "login");
   }
 
