@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from authproxy.login.keepalive import UpstreamKeepalive
     from authproxy.login.passthrough import PassthroughLogin
     from authproxy.login.regulation import Regulator
-    from authproxy.proxy.websocket import BridgeRegistry
+    from authproxy.proxy.bridges import BridgeRegistry
     from authproxy.routing import Router
     from authproxy.sessions.manager import SessionManager
     from authproxy.sessions.store import SessionStore

@@ -19,19 +19,14 @@
    The first task to finish decides the close codes; every task is cancelled and awaited before
    `bridge` returns.
 
-`BridgeRegistry` (app[keys.WEBSOCKETS]) indexes open bridges by the session's store key. It listens on
-the session manager's invalidation channel, which every replica publishes on destroy and save, so a
-sign-out anywhere closes the sockets here within one store round trip. It also owns the upstream
-WebSocket client: upgraded connections are held for hours, so they must not count against the
-shared HTTP client's connection pool limits (that would stall ordinary proxying).
+`BridgeRegistry` (proxy/bridges.py, app[keys.WEBSOCKETS]) knows every open bridge by session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, TypeAlias
 from urllib.parse import urlsplit
 
@@ -43,6 +38,7 @@ from yarl import URL
 from authproxy import keys
 from authproxy.errors import StoreError
 from authproxy.log import log
+from authproxy.proxy.bridges import CLOSE_TIMEOUT, SESSION_ENDED, Bridge, BridgeRegistry
 from authproxy.proxy.http import _credential_died, build_upstream_request
 from authproxy.routing import Site
 from authproxy.sessions.manager import CHANNEL, LoadedSession
@@ -50,10 +46,6 @@ from authproxy.sessions.model import Credential
 from authproxy.web.common import client_ip, error_response
 
 MAX_MSG_SIZE = 16 * 1024 * 1024
-CLOSE_TIMEOUT = 5.0          # how long a close handshake may wait for the peer's CLOSE
-RECHECK_INTERVAL = 5.0       # the session is looked up at least this often
-SESSION_ENDED = (4001, "session ended")
-SHUTDOWN = (1001, "server shutting down")
 
 # Set by aiohttp's client itself (or meaningless upstream); Origin is replaced, protocols passed apart.
 _HANDSHAKE_HEADERS = ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
@@ -63,89 +55,6 @@ _TEXT, _BINARY, _PING, _PONG, _CLOSE, _ERROR = (WSMsgType.TEXT, WSMsgType.BINARY
                                                 WSMsgType.PONG, WSMsgType.CLOSE, WSMsgType.ERROR)
 
 Side = Literal["client", "upstream", "watch"]
-
-
-@dataclass(eq=False, slots=True)
-class Bridge:
-    """One open client<->upstream pair, as the registry sees it."""
-
-    store_key: str | None          # None in AUTH_MODE=none (service credential, no session)
-    site: str
-    expires_at: float | None       # the session's absolute end
-    loaded: LoadedSession | None = None
-    slide_every: float = 60.0      # a busy socket slides the session's idle timeout this often at most
-    slid_at: float = 0.0           # monotonic time of the last slide request
-    slide: bool = False            # the client sent frames: the watch should slide the idle timeout
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    stop: tuple[int, str] | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def end(self, code: int, reason: str) -> None:
-        """Ask the bridge to close both sides (client gets `code`); returns at once."""
-        if self.stop is None:
-            self.stop = (code, reason)
-        self.wake.set()
-
-
-class BridgeRegistry:
-    """Open bridges by session store key, the invalidation listener, and the upstream WS client."""
-
-    def __init__(self, *, recheck_interval: float = RECHECK_INTERVAL) -> None:
-        self.recheck_interval = recheck_interval
-        self._by_key: dict[str | None, set[Bridge]] = {}
-        self._client: aiohttp.ClientSession | None = None
-
-    def __len__(self) -> int:
-        return sum(len(group) for group in self._by_key.values())
-
-    def __iter__(self) -> Iterator[Bridge]:
-        return iter([b for group in self._by_key.values() for b in group])
-
-    def for_session(self, store_key: str) -> set[Bridge]:
-        return set(self._by_key.get(store_key, ()))
-
-    def add(self, bridge: Bridge) -> None:
-        self._by_key.setdefault(bridge.store_key, set()).add(bridge)
-
-    def remove(self, bridge: Bridge) -> None:
-        group = self._by_key.get(bridge.store_key)
-        if group is not None:
-            group.discard(bridge)
-            if not group:
-                del self._by_key[bridge.store_key]
-
-    def invalidated(self, store_key: str) -> None:
-        """Store callback: this session was destroyed or saved somewhere; its bridges re-check it."""
-        for bridge in self._by_key.get(store_key, ()):
-            bridge.wake.set()
-
-    async def close_all(self, code: int = SHUTDOWN[0], reason: str = SHUTDOWN[1],
-                        timeout: float = CLOSE_TIMEOUT + 1.0) -> None:
-        bridges = list(self)
-        for bridge in bridges:
-            bridge.end(code, reason)
-        try:
-            async with asyncio.timeout(timeout):
-                for bridge in bridges:
-                    await bridge.done.wait()
-        except TimeoutError:
-            log.warning("websocket bridges still open at shutdown", extra={"fields": {"count": len(self)}})
-
-    @property
-    def client(self) -> aiohttp.ClientSession:
-        if self._client is None or self._client.closed:
-            # Same rules as the shared HTTP client (no jar, no decompression, no env proxies), own pool.
-            connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
-            self._client = aiohttp.ClientSession(
-                connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept-Encoding"), trust_env=False,
-                timeout=aiohttp.ClientTimeout(total=None))
-        return self._client
-
-    async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
 
 
 # ---- the handshake ---------------------------------------------------------------------------------
