@@ -8,7 +8,7 @@ Why fixtures: each test gets a fresh fake (own sessions, own rate limiters, own 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -17,20 +17,28 @@ from tests.fakes.pihole import FakePihole
 
 __all__ = ["adguard", "make_adguard", "make_pihole", "pihole"]
 
+F = TypeVar("F", FakePihole, FakeAdGuard)
 
-@pytest.fixture
-async def make_pihole() -> AsyncIterator[Callable[..., Awaitable[FakePihole]]]:
-    """``await make_pihole(totp_secret=..., max_sessions=2, ...)`` -> a started FakePihole."""
-    started: list[FakePihole] = []
 
-    async def make(**kwargs: Any) -> FakePihole:
-        fake = FakePihole(**kwargs)
+async def _factory(cls: type[F]) -> AsyncIterator[Callable[..., Awaitable[F]]]:
+    """`await make(**options)` -> a started fake; every one made is closed at teardown."""
+    started: list[F] = []
+
+    async def make(**kwargs: Any) -> F:
+        fake = cls(**kwargs)
         started.append(fake)
         return await fake.start()
 
     yield make
     for fake in reversed(started):
         await fake.close()
+
+
+@pytest.fixture
+async def make_pihole() -> AsyncIterator[Callable[..., Awaitable[FakePihole]]]:
+    """``await make_pihole(totp_secret=..., max_sessions=2, ...)`` -> a started FakePihole."""
+    async for make in _factory(FakePihole):
+        yield make
 
 
 @pytest.fixture
@@ -42,16 +50,8 @@ async def pihole(make_pihole: Callable[..., Awaitable[FakePihole]]) -> FakePihol
 @pytest.fixture
 async def make_adguard() -> AsyncIterator[Callable[..., Awaitable[FakeAdGuard]]]:
     """``await make_adguard(users={...}, session_ttl=..., ...)`` -> a started FakeAdGuard."""
-    started: list[FakeAdGuard] = []
-
-    async def make(**kwargs: Any) -> FakeAdGuard:
-        fake = FakeAdGuard(**kwargs)
-        started.append(fake)
-        return await fake.start()
-
-    yield make
-    for fake in reversed(started):
-        await fake.close()
+    async for make in _factory(FakeAdGuard):
+        yield make
 
 
 @pytest.fixture
