@@ -62,6 +62,15 @@ def check(config: Config) -> list[str]:
         p.append(f"COOKIE_NAME: {sess.cookie_name!r} is not a valid cookie name")
     if sess.cookie_name.startswith("__Host-") and sess.cookie_domain:
         p.append("COOKIE_NAME: a __Host- cookie cannot carry COOKIE_DOMAIN; pick another name")
+    # The return-URL rules are parsed by the portal's RedirectPolicy at start-up; parse them here too,
+    # so a typo is a configuration problem and not a crash of `authproxy run`.
+    from authproxy.web.redirects import DomainRule
+
+    for domain in s.allowed_redirect_domains:
+        try:
+            DomainRule.parse(domain)
+        except ValueError as exc:
+            p.append(f"ALLOWED_REDIRECT_DOMAINS: {exc}; use host, .parent.domain, *.domain, host:port or host:*")
     if sess.cookie_domain and not _HOST.match(sess.cookie_domain):
         p.append(f"COOKIE_DOMAIN: {sess.cookie_domain!r} is not a domain like .example.com")
     if sess.redis_url is not None:

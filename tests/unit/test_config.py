@@ -258,3 +258,10 @@ def test_config_is_frozen() -> None:
     config: Config = load_config(OK)
     with pytest.raises(AttributeError):
         config.server.port = 1  # type: ignore[misc]
+
+
+def test_bad_return_url_domains_are_configuration_problems() -> None:
+    """A typo in ALLOWED_REDIRECT_DOMAINS is reported by check-config, not a crash at start-up."""
+    found = problems({**OK, "ALLOWED_REDIRECT_DOMAINS": "good.example.com,http://bad.example.com,*."})
+    assert len([p for p in found if p.startswith("ALLOWED_REDIRECT_DOMAINS:")]) == 2
+    assert load_config({**OK, "ALLOWED_REDIRECT_DOMAINS": ".example.com,*.wild.example.com,h:*"})
