@@ -17,7 +17,9 @@ import logging
 import re
 import sys
 import time
+import traceback
 from pathlib import Path
+from types import TracebackType
 from typing import Any, TextIO
 
 from aiohttp import web
@@ -44,6 +46,18 @@ def redact(text: str) -> str:
     return text
 
 
+def where(tb: TracebackType | None) -> str:
+    """Where an exception was raised (innermost frame: file:line in function), never its message.
+
+    Exception messages can quote anything that was in play (a header value, a token in a URL), so
+    unexpected errors are logged by type and place only; expected failures log their own safe text.
+    """
+    if tb is None:
+        return ""
+    frame = traceback.extract_tb(tb)[-1]
+    return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
@@ -58,7 +72,7 @@ class JsonFormatter(logging.Formatter):
             data.update(fields)
         if record.exc_info and record.exc_info[0] is not None:
             data["exception"] = record.exc_info[0].__name__
-            data["error"] = redact(str(record.exc_info[1]))
+            data["where"] = where(record.exc_info[2])
         return json.dumps(data, default=str)
 
 
@@ -69,7 +83,7 @@ class TextFormatter(logging.Formatter):
         if isinstance(fields, dict) and fields:
             base += " " + " ".join(f"{k}={v}" for k, v in fields.items())
         if record.exc_info and record.exc_info[0] is not None:
-            base += f" [{record.exc_info[0].__name__}: {redact(str(record.exc_info[1]))}]"
+            base += f" [{record.exc_info[0].__name__} at {where(record.exc_info[2])}]"
         return base
 
 

@@ -61,3 +61,20 @@ def test_outside_an_event_loop_every_line_is_written_at_once() -> None:
     handler.setFormatter(AccessFormatter())
     handler.handle(record("/now"))
     assert json.loads(stream.getvalue())["path"] == "/now"
+
+
+def test_unexpected_errors_are_logged_by_type_and_place_never_by_message() -> None:
+    """An exception's text may quote a token; the formatters keep only its type and where it was raised."""
+    from authproxy.log import JsonFormatter, TextFormatter
+
+    secret = "9f" * 32
+    try:
+        raise KeyError(f"no session for {secret}")
+    except KeyError:
+        import sys
+
+        rec = logging.LogRecord("authproxy", logging.ERROR, __file__, 1, "unhandled error", (), sys.exc_info())
+    line = json.loads(JsonFormatter().format(rec))
+    assert line["exception"] == "KeyError" and line["where"].startswith("test_access_log.py:")
+    assert secret not in json.dumps(line)
+    assert secret not in TextFormatter().format(rec) and "KeyError at test_access_log.py:" in TextFormatter().format(rec)
