@@ -40,7 +40,7 @@ FILE_KEYS: dict[str, set[str]] = {
     "server": {"host", "port", "prefix", "data_dir", "https_enabled", "https_cert_file", "https_key_file",
                "trust_proxy", "trusted_proxies", "allowed_redirect_domains", "access_log", "log_level",
                "log_format", "audit_log_file", "max_header_size", "workers"},
-    "session": {"idle_timeout", "max_age", "secret", "secret_file", "cookie_name", "cookie_domain",
+    "session": {"idle_timeout", "max_age", "secret", "secret_file", "cookie_name", "cookie_domain", "redis_url_file",
                 "cache_ttl", "redis_url", "redis_prefix"},
     "throttle": {"max_failures", "window"},
     "site": {"name", "upstream_url", "type", "hosts", "path_prefix", "service_token", "service_token_file",

@@ -265,3 +265,18 @@ def test_bad_return_url_domains_are_configuration_problems() -> None:
     found = problems({**OK, "ALLOWED_REDIRECT_DOMAINS": "good.example.com,http://bad.example.com,*."})
     assert len([p for p in found if p.startswith("ALLOWED_REDIRECT_DOMAINS:")]) == 2
     assert load_config({**OK, "ALLOWED_REDIRECT_DOMAINS": ".example.com,*.wild.example.com,h:*"})
+
+
+def test_the_readme_toml_example_loads(tmp_path: Path) -> None:
+    """The several-sites example in the README is a working configuration, secrets from files included."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    example = readme.split("### TOML (several sites)", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "redis_url").write_text("redis://127.0.0.1:6379/0\n")
+    (tmp_path / "secret").write_text("s" * 48 + "\n")
+    example = example.replace("/run/secrets/redis_url", str(tmp_path / "redis_url"))
+    example = example.replace("/run/secrets/authproxy_secret", str(tmp_path / "secret"))
+    (tmp_path / "authproxy.toml").write_text(example)
+    config = load_config({}, tmp_path / "authproxy.toml")
+    assert [s.name for s in config.sites] == ["dns", "torrents"]
+    assert config.session.redis_url is not None and config.session.redis_url.reveal().startswith("redis://")
+    assert config.sites[1].path_prefix == "/qbt/" and config.sites[1].allowed_users == ("admin",)
