@@ -2,18 +2,17 @@
 
 `BridgeRegistry` (app[keys.WEBSOCKETS]) indexes open bridges by the session's store key. It listens on
 the session manager's invalidation channel, which every replica publishes on destroy and save, so a
-sign-out anywhere closes the sockets here within one store round trip. It also owns the upstream
-WebSocket client: upgraded connections are held for hours, so they must not count against the
-shared HTTP client's connection pool limits (that would stall ordinary proxying).
+sign-out anywhere closes the sockets here within one store round trip. Upstream WebSocket
+connections are opened apart from the HTTP client's pool (proxy/ws_upstream.py): they are held for
+hours and must not count against its limits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-
-import aiohttp
 
 from authproxy.log import log
 from authproxy.sessions.manager import LoadedSession
@@ -52,7 +51,7 @@ class BridgeRegistry:
     def __init__(self, *, recheck_interval: float = RECHECK_INTERVAL) -> None:
         self.recheck_interval = recheck_interval
         self._by_key: dict[str | None, set[Bridge]] = {}
-        self._client: aiohttp.ClientSession | None = None
+        self._ssl: ssl.SSLContext | None = None
 
     def __len__(self) -> int:
         return sum(len(group) for group in self._by_key.values())
@@ -91,17 +90,11 @@ class BridgeRegistry:
             log.warning("websocket bridges still open at shutdown", extra={"fields": {"count": len(self)}})
 
     @property
-    def client(self) -> aiohttp.ClientSession:
-        if self._client is None or self._client.closed:
-            # Same rules as the shared HTTP client (no jar, no decompression, no env proxies), own pool.
-            connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
-            self._client = aiohttp.ClientSession(
-                connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept-Encoding"), trust_env=False,
-                timeout=aiohttp.ClientTimeout(total=None))
-        return self._client
+    def ssl_context(self) -> ssl.SSLContext:
+        """For wss upstreams: the default verifying context, made once (it costs milliseconds)."""
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context()
+        return self._ssl
 
     async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
+        self._ssl = None

@@ -102,7 +102,7 @@ class UpstreamPool:
         port = url.port
         assert host is not None and port is not None
         key = (host, port)
-        head = _serialize(method, target, url.host_port_subcomponent or host, headers)
+        head = serialize_head(method, target, url.host_port_subcomponent or host, headers)
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         retry = method in IDEMPOTENT
@@ -284,7 +284,7 @@ class UpstreamPool:
             entry.waiters.clear()
 
 
-def _serialize(method: str, target: str, host: str, headers: CIMultiDict[str]) -> bytes:
+def serialize_head(method: str, target: str, host: str, headers: CIMultiDict[str]) -> bytes:
     """Request line and headers as `ClientSession` would send them for a body-less request."""
     lines = [f"{method} {target} HTTP/1.1\r\n"]
     if "Host" not in headers:

@@ -9,6 +9,8 @@ closes with a chosen code ("close:<code>") and records the close code it receive
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,6 +30,10 @@ ALICE = ("alice", "alice-pass")
 WAIT = 2.0
 
 
+# On both loops: `authproxy run` serves on uvloop, and the relay takes sockets over at transport level.
+pytestmark = pytest.mark.both_loops
+
+
 @dataclass
 class Handshake:
     headers: CIMultiDict[str]
@@ -42,6 +48,7 @@ class SocketUpstream:
     handshakes: list[Handshake] = field(default_factory=list)
     closes: list[tuple[int, str]] = field(default_factory=list)   # CLOSE frames received from the gateway
     pongs: list[bytes] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)   # /ws-slow: send the rest of the frame
 
     def __post_init__(self) -> None:
         self.fake.app.middlewares.append(self._middleware)
@@ -60,15 +67,20 @@ class SocketUpstream:
     @web.middleware
     async def _middleware(self, request: web.Request,
                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        if request.path != "/ws":
+        if request.path not in ("/ws", "/ws-slow"):
             return await handler(request)
         self.handshakes.append(Handshake(CIMultiDict(request.headers), request.rel_url.raw_query_string))
         auth = request.headers.get("Authorization", "")
         token = auth[7:] if auth.startswith("Bearer ") else request.query.get("token", "")
         if token not in self.fake.sessions:
             return web.json_response({"status": "invalid-token"}, status=401)
-        ws = web.WebSocketResponse(protocols=("v2.echo",), autoping=False)
+        ws = web.WebSocketResponse(protocols=("v2.echo",), autoping=False, autoclose=False)
         await ws.prepare(request)
+        if request.path == "/ws-slow":   # half of a 4000-byte binary frame now, the rest on `release`
+            assert request.transport is not None
+            request.transport.write(bytes([0x82, 126]) + (4000).to_bytes(2, "big") + b"s" * 2000)
+            await self.release.wait()
+            request.transport.write(b"s" * 2000)
         while True:
             msg = await ws.receive()
             if msg.type is WSMsgType.TEXT:
@@ -88,6 +100,8 @@ class SocketUpstream:
                 await ws.send_str("got-pong:" + msg.data.decode())
             elif msg.type is WSMsgType.CLOSE:
                 self.closes.append((msg.data, msg.extra or ""))
+                # Answer with the same code (not aiohttp's automatic 1000): the client must see ours.
+                await ws.close(code=msg.data if msg.data not in (1005, 1006) else 1000, message=b"echoed")
                 break
             else:
                 break
@@ -212,7 +226,7 @@ async def test_close_codes_cross_the_bridge_both_ways(
 
     ws = await open_ws(gw, client)
     await ws.close(code=4000, message=b"client done")
-    assert ws.close_code == 4000                     # the gateway answered with the same code
+    assert ws.close_code == 4000                     # the upstream's answer came back through
     await until(lambda: upstream.closes)
     assert upstream.closes == [(4000, "client done")]
     await assert_no_bridges(gw)
@@ -409,4 +423,111 @@ async def test_shutdown_closes_every_bridge(
     assert time.monotonic() - started < WAIT
     for ws in sockets:
         assert await expect_close(ws, 1001) == "server shutting down"
+    await assert_no_bridges(gw)
+
+
+async def test_many_sockets_at_once_lose_nothing(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        upstream: SocketUpstream) -> None:
+    gw, client = await signed_in(make_gateway, client_for, upstream)
+    sockets = [await open_ws(gw, client) for _ in range(64)]
+
+    async def talk(n: int, ws: aiohttp.ClientWebSocketResponse) -> None:
+        for i in range(200):
+            text = f"{n}:{i}:" + "x" * (i % 7 * 300)
+            await ws.send_str(text)
+            msg = await ws.receive(timeout=WAIT)
+            assert (msg.type, msg.data) == (WSMsgType.TEXT, text)
+
+    await asyncio.wait_for(asyncio.gather(*(talk(n, ws) for n, ws in enumerate(sockets))), 30)
+    for ws in sockets:
+        await ws.close()
+    await assert_no_bridges(gw)
+
+
+# ---- what only a raw socket can send -------------------------------------------------------------------
+
+
+async def raw_ws(gw: Gateway, client: GatewayClient, first_frames: bytes = b"") -> tuple[
+        asyncio.StreamReader, asyncio.StreamWriter]:
+    """A hand-made handshake (with `first_frames` in the same write), checked up to the 101."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    head = (f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in ws_headers(client).items()) + "\r\n")
+    writer.write(head.encode() + first_frames)
+    answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+    assert answer.startswith(b"HTTP/1.1 101"), answer
+    assert b"Sec-WebSocket-Extensions" not in answer
+    return reader, writer
+
+
+def masked(opcode: int, payload: bytes, *, claim: int | None = None) -> bytes:
+    length = len(payload) if claim is None else claim
+    size = bytes([0x80 | length]) if length < 126 else bytes([0x80 | 127]) + length.to_bytes(8, "big")
+    mask = os.urandom(4)
+    return bytes([0x80 | opcode]) + size + mask + bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One unmasked frame from the gateway: (opcode, payload)."""
+    b0, b1 = await asyncio.wait_for(reader.readexactly(2), WAIT)
+    assert not b1 & 0x80, "frames to a client are never masked"
+    length = b1 & 0x7F
+    if length == 126:
+        length = int.from_bytes(await reader.readexactly(2), "big")
+    elif length == 127:
+        length = int.from_bytes(await reader.readexactly(8), "big")
+    return b0 & 0x0F, await reader.readexactly(length)
+
+
+async def test_frames_sent_along_with_the_handshake_are_relayed(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        upstream: SocketUpstream) -> None:
+    gw, client = await signed_in(make_gateway, client_for, upstream)
+    reader, writer = await raw_ws(gw, client, masked(0x1, b"early") + masked(0x2, b"bird"))
+    assert await read_frame(reader) == (0x1, b"early")
+    assert await read_frame(reader) == (0x2, b"bird")
+    writer.write(masked(0x8, (1000).to_bytes(2, "big")))
+    assert await read_frame(reader) == (0x8, (1000).to_bytes(2, "big") + b"echoed")   # upstream's answer
+    assert await asyncio.wait_for(reader.read(), WAIT) == b""                         # then the TCP close
+    await assert_no_bridges(gw)
+
+
+@pytest.mark.parametrize(("frame", "code", "reason"), [
+    (bytes([0x81, 0x02]) + b"hi", 1002, b"unmasked frame"),        # a client must mask
+    (masked(0x2, b"", claim=1 << 40), 1009, b"message too big"),    # announced, never sent
+    (masked(0x3, b"?"), 1002, b"unknown opcode"),
+])
+async def test_a_client_breaking_the_protocol_is_dropped_and_the_upstream_told(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        upstream: SocketUpstream, frame: bytes, code: int, reason: bytes) -> None:
+    gw, client = await signed_in(make_gateway, client_for, upstream)
+    reader, writer = await raw_ws(gw, client, masked(0x1, b"fine"))
+    assert await read_frame(reader) == (0x1, b"fine")
+    writer.write(frame)
+    assert await read_frame(reader) == (0x8, code.to_bytes(2, "big") + reason)
+    assert await asyncio.wait_for(reader.read(), WAIT) == b""
+    await until(lambda: upstream.closes)
+    assert upstream.closes == [(1001, "client went away")]        # never the broken frame
+    writer.close()
+    await assert_no_bridges(gw)
+
+
+async def test_a_session_ending_mid_frame_closes_after_that_frame(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        upstream: SocketUpstream) -> None:
+    gw, client = await signed_in(make_gateway, client_for, upstream)
+    ws = await open_ws(gw, client, "/ws-slow")
+    await asyncio.sleep(0.2)                     # half of the upstream's frame has gone through
+    resp = await client.request("POST", "/_authproxy/api/auth/logout")
+    assert resp.status == 200
+    await asyncio.sleep(0.3)                     # the CLOSE waits: it cannot go inside a frame
+    upstream.release.set()
+    msg = await ws.receive(timeout=WAIT)
+    assert (msg.type, msg.data) == (WSMsgType.BINARY, b"s" * 4000)
+    assert await expect_close(ws, 4001) == "session ended"
+    await until(lambda: upstream.closes)
+    assert upstream.closes == [(1001, "session ended")]
     await assert_no_bridges(gw)
