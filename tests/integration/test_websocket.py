@@ -87,6 +87,10 @@ class SocketUpstream:
                 if msg.data.startswith("close:"):
                     await ws.close(code=int(msg.data[6:]), message=b"upstream says bye")
                     break
+                if msg.data == "vanish":      # the upstream's connection dies without a CLOSE
+                    assert request.transport is not None
+                    request.transport.abort()
+                    break
                 if msg.data == "ping-me":
                     await ws.ping(b"from-upstream")
                     continue
@@ -234,6 +238,16 @@ async def test_close_codes_cross_the_bridge_both_ways(
     ws = await open_ws(gw, client)
     await ws.send_str("close:4002")
     assert await expect_close(ws, 4002) == "upstream says bye"
+    await assert_no_bridges(gw)
+
+
+async def test_an_upstream_that_vanishes_gets_the_client_a_1011(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        upstream: SocketUpstream) -> None:
+    gw, client = await signed_in(make_gateway, client_for, upstream)
+    ws = await open_ws(gw, client)
+    await ws.send_str("vanish")
+    assert await expect_close(ws, 1011) == "upstream connection lost"
     await assert_no_bridges(gw)
 
 
