@@ -14,23 +14,28 @@ authproxy's login API against FakeTechnitium (nginx ignores it), and X-Forwarded
             total bytes / total time) through nginx, authproxy x1, authproxy x2, the minimal aiohttp
             proxy and straight from the upstream; authproxy's peak RSS = VmHWM of every worker from /proc/<pid>/status
     WebSocket  round trips of a 64-byte text message (send, wait for the echo), --ws-messages in total
-            (default 20000), from an aiohttp client in this process: straight to an aiohttp echo upstream
-            vs through authproxy (x1) to it; twice: on --ws-connections connections (default 4: strict
-            round trips, latency-bound) and on --ws-busy-connections (default 32: enough messages in
-            flight to keep every process busy). Direct and through-authproxy runs alternate, --runs
-            times each; the median run is reported. Note what bounds the ratio: every message costs the
-            echo one read and one write, and the bridge two of each (one per side), on the same 2 cores
-            as the client, so about 0.5x is the ceiling once the CPU is the limit
+            (default 20000), from a lean load generator in this process (bench/_wsload.py: raw
+            protocol, pre-masked frame, every echo compared byte for byte; an aiohttp client would
+            cost as much CPU as the echo server): straight to an aiohttp echo upstream, through
+            nginx as a plain WebSocket proxy (reference: what relaying costs a C proxy), and through
+            authproxy (x1, signed-in session). Twice: on --ws-connections (default 4: strict round
+            trips, bound by latency: each relay adds two hops and wake-ups) and on
+            --ws-busy-connections (default 32: enough in flight to keep the CPUs busy). The three
+            paths alternate, --ws-runs times each (default 3); the median run is reported. What bounds
+            the ratio: every message costs the echo one read and one write and a relay two of each, on
+            the same 2 cores as the load generator, so about 0.5x is where any relay lands here
 
 Targets: small >= 0.15x nginx (1 worker) and >= 0.22x (2 workers); 100 MiB >= 0.5x nginx MB/s (1 worker)
 with peak RSS < 100 MB for every worker; WebSocket messages/s through authproxy >= 0.5x direct (shown for
-both connection counts).
+both connection counts, with authproxy / nginx beside it).
 
-    python bench/proxy.py [--duration 5] [--connections 50] [--runs 1] [--downloads 3] [--quick]
+    python bench/proxy.py [--duration 5] [--connections 50] [--runs 1] [--downloads 3] [--ws-runs 3]
+                          [--part all|http|ws] [--quick]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import functools
 import os
@@ -66,7 +71,9 @@ from bench._common import (
     table,
     wrk,
 )
+from bench._wsload import round_trips
 from tests.support.procs import free_port
+from tests.support.redis_server import RedisServer
 
 BIG = 100 * 1024 * 1024
 REF = "aiohttp minimal proxy (ref)"
@@ -83,6 +90,14 @@ def front_conf(port: int, upstream_port: int) -> str:
             f"server {{\n    listen 127.0.0.1:{port};\n"
             f"    location / {{\n        proxy_pass http://bench_up;\n        proxy_http_version 1.1;\n"
             f"        proxy_set_header Connection \"\";\n        proxy_max_temp_file_size 0;\n    }}\n}}\n")
+
+
+def ws_relay_conf(port: int, echo_port: int) -> str:
+    """nginx as a plain WebSocket reverse proxy: the reference for what relaying costs."""
+    return (f"server {{\n    listen 127.0.0.1:{port};\n"
+            f"    location / {{\n        proxy_pass http://127.0.0.1:{echo_port};\n        proxy_http_version 1.1;\n"
+            f"        proxy_set_header Upgrade $http_upgrade;\n        proxy_set_header Connection \"upgrade\";\n"
+            f"        proxy_read_timeout 1h;\n    }}\n}}\n")
 
 
 def make_big_file(path: Path) -> None:
@@ -137,36 +152,6 @@ class WsResult:
     error: str = ""
 
 
-async def _ws_rounds(url: str, headers: dict[str, str], total: int, conns: int) -> tuple[float, list[float]]:
-    import aiohttp
-
-    message = "m" * 64
-    per_conn = max(1, total // conns)
-    lat: list[float] = []
-
-    async def one(ws: aiohttp.ClientWebSocketResponse, n: int) -> None:
-        for _ in range(n):
-            t = time.perf_counter()
-            await ws.send_str(message)
-            msg = await ws.receive()
-            if msg.type != aiohttp.WSMsgType.TEXT or msg.data != message:
-                raise BenchError(f"WebSocket {url}: expected the echo, got {msg.type!r} {str(msg.data)[:100]}")
-            lat.append(time.perf_counter() - t)
-
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
-        sockets = [await http.ws_connect(url, headers=headers, autoping=True, max_msg_size=0) for _ in range(conns)]
-        try:
-            await asyncio.gather(*(one(ws, max(1, per_conn // 10)) for ws in sockets))  # warm-up
-            lat.clear()
-            t0 = time.perf_counter()
-            await asyncio.gather(*(one(ws, per_conn) for ws in sockets))
-            elapsed = time.perf_counter() - t0
-        finally:
-            for ws in sockets:
-                await ws.close()
-    return per_conn * conns / elapsed, lat
-
-
 def ws_bench(url: str, headers: dict[str, str], total: int, conns: int,
              meters: dict[str, list[int]]) -> WsResult:
     loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
@@ -181,10 +166,10 @@ def ws_bench(url: str, headers: dict[str, str], total: int, conns: int,
     t0 = time.monotonic()
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            rate, lat = runner.run(_ws_rounds(url, headers, total, conns))
+            rate, lat = runner.run(round_trips(url, headers, total, conns))
     except BenchError:
         raise
-    except Exception as exc:  # noqa: BLE001 - reported, not fatal: the bridge may not exist yet
+    except Exception as exc:  # noqa: BLE001 - reported, not fatal
         return WsResult(error=f"{type(exc).__name__}: {exc}")
     wall = time.monotonic() - t0
     me2 = resource.getrusage(resource.RUSAGE_SELF)
@@ -212,80 +197,110 @@ def run() -> None:
                    help="WebSocket connections for strict round trips (default 4)")
     p.add_argument("--ws-busy-connections", type=int, default=32,
                    help="WebSocket connections for the busy run (default 32; 0 skips it)")
+    p.add_argument("--ws-runs", type=int, default=3, help="runs per WebSocket path (median reported)")
+    p.add_argument("--part", choices=["all", "http", "ws"], default="all",
+                   help="http: small responses and 100 MiB only; ws: WebSocket only (default all)")
     args = finish_args(p.parse_args())
     if args.quick:
-        args.downloads, args.ws_messages = 1, 4000
+        args.downloads, args.ws_messages, args.ws_runs = 1, 4000, 1
     ws_conns = list(dict.fromkeys(c for c in (args.ws_connections, args.ws_busy_connections) if c > 0))
     print("bench/proxy.py — issue #4: reverse proxy, 100 MiB bodies, WebSocket")
     print_machine({
         "load": f"wrk -t{args.threads} -c{args.connections}, {args.duration:g} s x {args.runs} run(s) (median), "
                 f"{args.warmup:g} s warm-up per case; {args.downloads} x 100 MiB per path; "
                 f"{args.ws_messages} WebSocket round trips on {args.ws_connections} and on "
-                f"{args.ws_busy_connections} connection(s)",
+                f"{args.ws_busy_connections} connection(s), median of {args.ws_runs} run(s)",
     })
-    small: dict[str, Load] = {}
-    big: dict[str, Download] = {}
-    rss: dict[str, tuple[list[float], list[float]]] = {}
-    ws: dict[tuple[str, int], WsResult] = {}
+    http = args.part in ("all", "http")
     with Bench(args, "proxy") as bench:
         redis = bench.redis()
         signed = sign_in(redis, bench.tmp / "data")
-        www = bench.tmp / "www"
-        www.mkdir(mode=0o755)
-        make_big_file(www / "big.bin")
-        up_port, front_port = free_port(), free_port()
-        upstream_proc = bench.nginx("upstream", upstream_conf(up_port, www))
-        front_proc = bench.nginx("front-nginx", front_conf(front_port, up_port))
-        upstream_url = f"http://127.0.0.1:{up_port}"
-        ap1: Authproxy = bench.authproxy(upstream_url=upstream_url, redis_url=redis.url, workers=1,
-                                         name="authproxy-w1")
-        ap2: Authproxy = bench.authproxy(upstream_url=upstream_url, redis_url=redis.url, workers=2,
-                                         name="authproxy-w2")
-        ref_port, ref_proc = python_server(bench, "proxy", "--upstream", upstream_url, name="aiohttp-proxy")
         headers = [signed.header, "X-Forwarded-Proto: https", "Accept: */*"]
-        fronts = {"nginx": (f"http://127.0.0.1:{front_port}", front_proc),
-                  "authproxy x1": (ap1.url, ap1.proc), "authproxy x2": (ap2.url, ap2.proc),
-                  REF: (f"http://127.0.0.1:{ref_port}", ref_proc)}
+        small, big, rss = http_part(args, bench, redis, headers) if http else ({}, {}, {})
+        ws = ws_part(args, bench, redis, headers, ws_conns) if args.part in ("all", "ws") else {}
 
-        for name, (base, proc) in fronts.items():
-            _, body = probe(base + "/", headers, what=name)
-            if body.strip() != b"ok":
-                raise BenchError(f"{name}: the answer did not come from the upstream: {body[:200]!r}")
-        for name, (base, proc) in fronts.items():
-            print(f"-- small responses through {name}", flush=True)
-            small[name] = wrk(args, base + "/", headers, meters={
-                "front": functools.partial(descendants, proc.pid),
-                "upstream": functools.partial(descendants, upstream_proc.pid)})
+    targets: list[Target] = []
+    if http:
+        targets += report_http(args, small, big, rss)
+    if ws:
+        targets += report_ws(args, ws, ws_conns)
+    print_targets(targets)
 
-        for name, ap in (("authproxy x1", ap1), ("authproxy x2", ap2)):
-            rss[name] = (ap.peak_rss_mb(), [])
-        for name, base in (("upstream direct", upstream_url), *((n, b) for n, (b, _) in fronts.items())):
-            print(f"-- 100 MiB downloads through {name}", flush=True)
-            big[name] = download(base + "/big.bin", headers, args.downloads)
-        for name, ap in (("authproxy x1", ap1), ("authproxy x2", ap2)):
-            rss[name] = (rss[name][0], ap.peak_rss_mb())
-        bench.stop(ap2.proc)
 
-        echo_port, echo_proc = python_server(bench, "echo", name="ws-echo")
-        ap_ws = bench.authproxy(upstream_url=f"http://127.0.0.1:{echo_port}", redis_url=redis.url, workers=1,
-                                name="authproxy-ws")
-        ws_headers = dict(h.split(": ", 1) for h in headers)
-        ws_paths = {"direct": (f"ws://127.0.0.1:{echo_port}/ws", {}, {"echo": descendants(echo_proc.pid)}),
-                    "authproxy": (f"ws://127.0.0.1:{ap_ws.port}/ws", ws_headers,
-                                  {"echo": descendants(echo_proc.pid), "authproxy": descendants(ap_ws.proc.pid)})}
-        for conns in ws_conns:
-            runs: dict[str, list[WsResult]] = {name: [] for name in ws_paths}
-            for i in range(args.runs):
-                for name, (url, hdrs, meters) in ws_paths.items():
-                    print(f"-- WebSocket round trips on {conns} connection(s), {name}, run {i + 1}", flush=True)
-                    runs[name].append(ws_bench(url, hdrs, args.ws_messages, conns, meters))
-            for name, results in runs.items():
-                ws[name, conns] = _median_ws(results)
-        for (name, _), r in ws.items():
-            if name == "authproxy" and r.error:
-                r.error += f"\n{ap_ws.proc.log_tail(1500)}"
+def http_part(args: argparse.Namespace, bench: Bench, redis: RedisServer, headers: list[str]) -> tuple[
+        dict[str, Load], dict[str, Download], dict[str, tuple[list[float], list[float]]]]:
+    small: dict[str, Load] = {}
+    big: dict[str, Download] = {}
+    rss: dict[str, tuple[list[float], list[float]]] = {}
+    www = bench.tmp / "www"
+    www.mkdir(mode=0o755)
+    make_big_file(www / "big.bin")
+    up_port, front_port = free_port(), free_port()
+    upstream_proc = bench.nginx("upstream", upstream_conf(up_port, www))
+    front_proc = bench.nginx("front-nginx", front_conf(front_port, up_port))
+    upstream_url = f"http://127.0.0.1:{up_port}"
+    ap1: Authproxy = bench.authproxy(upstream_url=upstream_url, redis_url=redis.url, workers=1,
+                                     name="authproxy-w1")
+    ap2: Authproxy = bench.authproxy(upstream_url=upstream_url, redis_url=redis.url, workers=2,
+                                     name="authproxy-w2")
+    ref_port, ref_proc = python_server(bench, "proxy", "--upstream", upstream_url, name="aiohttp-proxy")
+    fronts = {"nginx": (f"http://127.0.0.1:{front_port}", front_proc),
+              "authproxy x1": (ap1.url, ap1.proc), "authproxy x2": (ap2.url, ap2.proc),
+              REF: (f"http://127.0.0.1:{ref_port}", ref_proc)}
 
-    # ---- report ----------------------------------------------------------------------------------------
+    for name, (base, proc) in fronts.items():
+        _, body = probe(base + "/", headers, what=name)
+        if body.strip() != b"ok":
+            raise BenchError(f"{name}: the answer did not come from the upstream: {body[:200]!r}")
+    for name, (base, proc) in fronts.items():
+        print(f"-- small responses through {name}", flush=True)
+        small[name] = wrk(args, base + "/", headers, meters={
+            "front": functools.partial(descendants, proc.pid),
+            "upstream": functools.partial(descendants, upstream_proc.pid)})
+
+    for name, ap in (("authproxy x1", ap1), ("authproxy x2", ap2)):
+        rss[name] = (ap.peak_rss_mb(), [])
+    for name, base in (("upstream direct", upstream_url), *((n, b) for n, (b, _) in fronts.items())):
+        print(f"-- 100 MiB downloads through {name}", flush=True)
+        big[name] = download(base + "/big.bin", headers, args.downloads)
+    for name, ap in (("authproxy x1", ap1), ("authproxy x2", ap2)):
+        rss[name] = (rss[name][0], ap.peak_rss_mb())
+    for proc in (ap1.proc, ap2.proc, ref_proc, front_proc, upstream_proc):
+        bench.stop(proc)
+    return small, big, rss
+
+
+def ws_part(args: argparse.Namespace, bench: Bench, redis: RedisServer, headers: list[str],
+            ws_conns: list[int]) -> dict[tuple[str, int], WsResult]:
+    ws: dict[tuple[str, int], WsResult] = {}
+    echo_port, echo_proc = python_server(bench, "echo", name="ws-echo")
+    relay_port = free_port()
+    relay_proc = bench.nginx("ws-nginx", ws_relay_conf(relay_port, echo_port))
+    ap_ws = bench.authproxy(upstream_url=f"http://127.0.0.1:{echo_port}", redis_url=redis.url, workers=1,
+                            name="authproxy-ws")
+    ws_headers = dict(h.split(": ", 1) for h in headers)
+    echo = descendants(echo_proc.pid)
+    ws_paths = {"direct": (f"ws://127.0.0.1:{echo_port}/ws", {}, {"echo": echo}),
+                "nginx (ref)": (f"ws://127.0.0.1:{relay_port}/ws", {},
+                                {"echo": echo, "nginx": descendants(relay_proc.pid)}),
+                "authproxy": (f"ws://127.0.0.1:{ap_ws.port}/ws", ws_headers,
+                              {"echo": echo, "authproxy": descendants(ap_ws.proc.pid)})}
+    for conns in ws_conns:
+        runs: dict[str, list[WsResult]] = {name: [] for name in ws_paths}
+        for i in range(args.ws_runs):
+            for name, (url, hdrs, meters) in ws_paths.items():
+                print(f"-- WebSocket round trips on {conns} connection(s), {name}, run {i + 1}", flush=True)
+                runs[name].append(ws_bench(url, hdrs, args.ws_messages, conns, meters))
+        for name, results in runs.items():
+            ws[name, conns] = _median_ws(results)
+    for (name, _), r in ws.items():
+        if name == "authproxy" and r.error:
+            r.error += f"\n{ap_ws.proc.log_tail(1500)}"
+    return ws
+
+
+def report_http(args: argparse.Namespace, small: dict[str, Load], big: dict[str, Download],
+                rss: dict[str, tuple[list[float], list[float]]]) -> list[Target]:
     print()
     ng = small["nginx"]
     rows = [[name, fmt_int(r.rps), fmt_ms(r.p50_ms), fmt_ms(r.p99_ms),
@@ -309,37 +324,42 @@ def run() -> None:
                      ", ".join(f"{x:.0f}" for x in peak[1]) if peak else ""])
     table(["100 MiB download via", "MB/s", "vs nginx", "seconds each", "peak RSS MB before (per worker)",
            "peak RSS MB after"], rows, title=f"100 MiB bodies (curl, 1 warm-up + {args.downloads} sequential)")
-
-    rows = []
-    for (name, conns), r in ws.items():
-        if r.error:
-            rows.append([name, str(conns), "not run", "", "", "", r.error.splitlines()[0][:100]])
-            continue
-        cpu = " / ".join(f"{k} {v:.0f}" for k, v in (r.cpu or {}).items())
-        direct = ws["direct", conns]
-        ratio = f"{r.msgs_s / direct.msgs_s:.2f}x" if name != "direct" and not direct.error else ""
-        rows.append([name, str(conns), fmt_int(r.msgs_s), fmt_ms(r.p50_ms), fmt_ms(r.p99_ms), ratio, cpu])
-    table(["WebSocket echo", "connections", "msgs/s", "p50 ms", "p99 ms", "vs direct", "CPU%"], rows,
-          title=f"WebSocket ({args.ws_messages} round trips of 64 B; median of {args.runs} run(s))")
-    for (name, conns), r in ws.items():
-        if r.error:
-            print(f"WebSocket {name} on {conns} connection(s) could not run: {r.error}\n")
-
     peak_all = max([x for _, after in rss.values() for x in after] or [float("nan")])
-
-    def ws_ratio(conns: int) -> float:
-        through, direct = ws["authproxy", conns], ws["direct", conns]
-        return through.msgs_s / direct.msgs_s if not (through.error or direct.error) else float("nan")
-
-    print_targets([
+    return [
         Target("small: authproxy x1 / nginx", small["authproxy x1"].rps / ng.rps, ">=", 0.15),
         Target("small: authproxy x2 / nginx", small["authproxy x2"].rps / ng.rps, ">=", 0.22),
         Target("100 MiB: authproxy x1 / nginx MB/s", big["authproxy x1"].mb_s / big["nginx"].mb_s, ">=", 0.5),
         Target("100 MiB: authproxy x2 / nginx MB/s", big["authproxy x2"].mb_s / big["nginx"].mb_s, ">=", 0.5),
         Target("authproxy peak RSS (max over workers)", peak_all, "<", 100, " MB"),
-        *(Target(f"WebSocket ({conns} conns): authproxy / direct msgs/s", ws_ratio(conns), ">=", 0.5)
-          for conns in ws_conns),
-    ])
+    ]
+
+
+def report_ws(args: argparse.Namespace, ws: dict[tuple[str, int], WsResult], ws_conns: list[int]) -> list[Target]:
+    print()
+    rows = []
+    for (name, conns), r in ws.items():
+        if r.error:
+            rows.append([name, str(conns), "not run", "", "", "", "", r.error.splitlines()[0][:100]])
+            continue
+        cpu = " / ".join(f"{k} {v:.0f}" for k, v in (r.cpu or {}).items())
+        direct, relay = ws["direct", conns], ws["nginx (ref)", conns]
+        ratio = f"{r.msgs_s / direct.msgs_s:.2f}x" if name != "direct" and not direct.error else ""
+        vs_nginx = f"{r.msgs_s / relay.msgs_s:.2f}x" if name == "authproxy" and not relay.error else ""
+        rows.append([name, str(conns), fmt_int(r.msgs_s), fmt_ms(r.p50_ms), fmt_ms(r.p99_ms), ratio, vs_nginx,
+                     cpu])
+    table(["WebSocket echo", "connections", "msgs/s", "p50 ms", "p99 ms", "vs direct", "vs nginx", "CPU%"], rows,
+          title=f"WebSocket ({args.ws_messages} round trips of 64 B; median of {args.ws_runs} run(s))")
+    for (name, conns), r in ws.items():
+        if r.error:
+            print(f"WebSocket {name} on {conns} connection(s) could not run: {r.error}\n")
+
+    def ratio(conns: int, base: str) -> float:
+        through, other = ws["authproxy", conns], ws[base, conns]
+        return through.msgs_s / other.msgs_s if not (through.error or other.error) else float("nan")
+
+    targets = [Target(f"WebSocket ({conns} conns): authproxy / direct msgs/s", ratio(conns, "direct"), ">=", 0.5)
+               for conns in ws_conns]
+    return targets
 
 
 if __name__ == "__main__":
