@@ -49,6 +49,7 @@ class SocketUpstream:
     closes: list[tuple[int, str]] = field(default_factory=list)   # CLOSE frames received from the gateway
     pongs: list[bytes] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)   # /ws-slow: send the rest of the frame
+    flooded: int = 0                                                 # /ws-flood: MiB frames sent so far
 
     def __post_init__(self) -> None:
         self.fake.app.middlewares.append(self._middleware)
@@ -67,7 +68,7 @@ class SocketUpstream:
     @web.middleware
     async def _middleware(self, request: web.Request,
                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        if request.path not in ("/ws", "/ws-slow"):
+        if request.path not in ("/ws", "/ws-slow", "/ws-flood"):
             return await handler(request)
         self.handshakes.append(Handshake(CIMultiDict(request.headers), request.rel_url.raw_query_string))
         auth = request.headers.get("Authorization", "")
@@ -76,6 +77,10 @@ class SocketUpstream:
             return web.json_response({"status": "invalid-token"}, status=401)
         ws = web.WebSocketResponse(protocols=("v2.echo",), autoping=False, autoclose=False)
         await ws.prepare(request)
+        if request.path == "/ws-flood":  # 64 MiB as fast as the connection takes them
+            for _ in range(64):
+                await ws.send_bytes(b"f" * (1 << 20))
+                self.flooded += 1
         if request.path == "/ws-slow":   # half of a 4000-byte binary frame now, the rest on `release`
             assert request.transport is not None
             request.transport.write(bytes([0x82, 126]) + (4000).to_bytes(2, "big") + b"s" * 2000)
@@ -544,4 +549,25 @@ async def test_a_session_ending_mid_frame_closes_after_that_frame(
     assert await expect_close(ws, 4001) == "session ended"
     await until(lambda: upstream.closes)
     assert upstream.closes == [(1001, "session ended")]
+    await assert_no_bridges(gw)
+
+
+async def test_a_client_that_reads_slowly_holds_the_upstream_back(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        upstream: SocketUpstream) -> None:
+    gw, client = await signed_in(make_gateway, client_for, upstream)
+    ws = await open_ws(gw, client, "/ws-flood")
+    connection = ws._response.connection       # stop reading: the kernel buffers fill up
+    assert connection is not None and connection.transport is not None
+    connection.transport.pause_reading()
+    await asyncio.sleep(1.0)
+    # Without flow control the gateway would have taken all 64 MiB into memory by now; with it the
+    # upstream waits once the socket buffers on both legs are full (a few MiB each).
+    assert upstream.flooded < 40, upstream.flooded
+    connection.transport.resume_reading()
+    for _ in range(64):
+        msg = await ws.receive(timeout=WAIT * 5)
+        assert (msg.type, len(msg.data)) == (WSMsgType.BINARY, 1 << 20)
+    assert upstream.flooded == 64
+    await ws.close()
     await assert_no_bridges(gw)
