@@ -106,6 +106,14 @@ def unauthenticated(request: web.Request, *, expired: bool = False) -> web.Strea
     return error_response(request, 401, "unauthenticated", "Sign in first.")
 
 
+def _signed_out(request: web.Request, site: Site, *, expired: bool = False) -> web.StreamResponse:
+    """No live session for this site: the adapter may answer as its product answers a dead token (so
+    the product's own UI shows its own sign-in form); otherwise `unauthenticated`."""
+    hook = getattr(site.adapter, "signed_out", None)
+    answer: web.StreamResponse | None = hook(request, site) if hook is not None else None
+    return answer if answer is not None else unauthenticated(request, expired=expired)
+
+
 async def credential_for(request: web.Request, site: Site) -> tuple[LoadedSession | None, Credential | None]:
     app = request.app
     if not app[keys.CONFIG].session_mode:
@@ -142,7 +150,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
             return answered
     loaded, credential = await credential_for(request, site)
     if credential is None:
-        return unauthenticated(request)
+        return _signed_out(request, site)
     if request.headers.get("Upgrade", "").lower() == "websocket":
         from authproxy.proxy import websocket
 
@@ -296,7 +304,7 @@ async def _credential_died(request: web.Request, site: Site, loaded: LoadedSessi
             await manager.save(loaded)
         else:
             await manager.destroy(loaded)
-        return unauthenticated(request, expired=True)
+        return _signed_out(request, site, expired=True)
     log.error("the service credential was refused by the upstream", extra={"fields": {"site": site.name}})
     return error_response(request, 502, "service_credential_invalid",
                           f"{site.name} refused authproxy's service credential.", title="Upstream refused")

@@ -8,6 +8,8 @@ the product, and how the product says "this credential has expired".
 
 Optional hooks an adapter may define (looked up with getattr by the proxy):
     async intercept(request, site) -> web.StreamResponse | None   answer a UI's own login/session call
+    signed_out(request, site) -> web.StreamResponse | None         a call with no live session, answered
+                                                                   the way the product answers a dead token
     rewrite_body(ureq, body, loaded) -> bytes                      placeholders for token fields in JSON
     service_credential(secret) -> Credential                       the site's service token as a credential
     check_options(options) -> list[str]  (staticmethod)            config problems, each naming the fix

@@ -340,6 +340,19 @@ class TechnitiumAdapter:
             return await self._ui_handoff(request, site)
         return None
 
+    def signed_out(self, request: web.Request, site: Site) -> web.StreamResponse | None:
+        """An API call that carries a token (the UI's placeholder, or a script's token) but has no
+        live session gets Technitium's own "invalid-token" answer, not authproxy's 401: Technitium's
+        UI then shows its login form (which signs in through authproxy) instead of "Unable to
+        connect", and API clients see the answer they already handle. Calls without any token, and
+        page loads, get authproxy's usual answer (401 JSON or the login page)."""
+        if not _api_path(site.upstream_path(request.rel_url.raw_path)).startswith("/api/"):
+            return None
+        auth = request.headers.get("Authorization", "")
+        if not (auth[:7].lower() == "bearer " or "token" in request.rel_url.query):
+            return None
+        return _envelope("invalid-token", INVALID_TOKEN_MESSAGE)
+
     async def _load(self, request: web.Request) -> LoadedSession | None:
         from authproxy.web.common import current_session  # web/ owns the cookie rules
 

@@ -233,6 +233,35 @@ async def test_the_uis_own_login_form_with_totp(
     await assert_nothing_leaked(watch, context, ui_fake)
 
 
+async def test_a_session_ended_elsewhere_brings_up_the_uis_own_login_form(
+        ui_gw: Gateway, ui_fake: FakeTechnitium, context: BrowserContext) -> None:
+    watch = Watch(context, ui_gw.app[keys.SESSIONS].cookie_name)
+    page = await context.new_page()
+    await portal_sign_in(page, ui_gw, *ALICE)
+    cookie = await session_cookie(context, ui_gw)
+    assert cookie is not None
+    manager = ui_gw.app[keys.SESSIONS]
+    loaded = await manager.load(cookie)
+    assert loaded is not None
+    await manager.destroy(loaded)              # signed out on another device, or revoked
+
+    # The page still holds its placeholder; its next API call gets Technitium's own "invalid-token"
+    # answer, so the UI shows its login form (not "Unable to connect to the server").
+    await page.click("#btnBackupSettings")
+    await page.wait_for_selector("body[data-state=login]", timeout=WAIT_MS)
+    assert "Unable to connect" not in (await page.text_content("#alert") or "")
+    assert watch.statuses("/api/user/createSingleUseToken") == [200]
+
+    # And that form signs in through authproxy again.
+    await page.fill("#txtUser", ALICE[0])
+    await page.fill("#txtPass", ALICE[1])
+    await page.click("#btnLogin")
+    await page.wait_for_selector("body[data-zones=loaded]", timeout=WAIT_MS)
+    assert await zone_names(page) == ZONES
+    assert await session_cookie(context, ui_gw) not in (None, cookie)
+    await assert_nothing_leaked(watch, context, ui_fake)
+
+
 async def test_a_download_through_a_single_use_token(
         ui_gw: Gateway, ui_fake: FakeTechnitium, context: BrowserContext) -> None:
     watch = Watch(context, ui_gw.app[keys.SESSIONS].cookie_name)

@@ -167,13 +167,30 @@ async def test_wrong_password_is_an_error_envelope_and_admin_admin_is_not_counte
 
 
 async def test_without_a_session_the_ui_calls_say_invalid_token(
-        client: GatewayClient, answers: Answers) -> None:
+        client: GatewayClient, answers: Answers, technitium: FakeTechnitium) -> None:
     for path in ("/api/user/session/get", "/api/user/logout"):
         body = await answers.json(client, "POST", path, bearer="f" * 64)
         assert body == INVALID
-    # Other API calls keep the gateway's own answer for an unauthenticated API client.
-    resp, _ = await answers.call(client, "POST", "/api/zones/list", bearer="f" * 64)
-    assert resp.status == 401
+    # Any API call with a token (header or query, as v15 and v14 UIs send it) gets Technitium's own
+    # answer for a dead token, so the UI shows its login form rather than "Unable to connect".
+    assert await answers.json(client, "POST", "/api/zones/list", bearer="f" * 64) == INVALID
+    assert await answers.json(client, "GET", "/api/dashboard/stats/get?token=" + "f" * 64) == INVALID
+    # Without a token it is not the UI: the gateway's own 401 for an API client, the login page for a page.
+    resp, body = await answers.call(client, "POST", "/api/zones/list")
+    assert resp.status == 401 and json.loads(body)["error"] == "unauthenticated"
+    resp = await client.request("GET", "/index.html?token=" + "f" * 64, headers={"Accept": "text/html"},
+                                allow_redirects=False)
+    assert resp.status == 302 and "/_authproxy/login" in resp.headers["Location"]
+    assert technitium.requests_to("/api/zones/list") == []
+
+
+async def test_a_token_the_upstream_calls_dead_signs_the_ui_out_in_its_own_words(
+        client: GatewayClient, answers: Answers, technitium: FakeTechnitium) -> None:
+    assert (await client.login("alice", "alice-pass")).status == 200
+    technitium.sessions.clear()                     # Technitium restarted: every token is gone
+    assert await answers.json(client, "POST", "/api/zones/list", bearer="f" * 64) == INVALID
+    resp = await client.request("GET", "/_authproxy/api/auth/session")
+    assert (await resp.json())["authenticated"] is False
 
 
 async def test_ui_login_refuses_cross_site_posts_and_plain_http(
@@ -200,10 +217,10 @@ async def test_ui_logout_ends_the_authproxy_session_and_the_placeholder_with_it(
     # The old cookie and the placeholder are worth nothing now.
     client.cookie = cookie
     assert await answers.json(client, "POST", "/api/user/session/get", bearer=placeholder) == INVALID
-    resp, _ = await answers.call(client, "POST", "/api/zones/list", bearer=placeholder)
-    assert resp.status == 401
-    resp, _ = await answers.call(client, "GET", f"/api/zones/list?token={placeholder}")
-    assert resp.status == 401
+    before = len(technitium.requests_to("/api/zones/list"))
+    assert await answers.json(client, "POST", "/api/zones/list", bearer=placeholder) == INVALID
+    assert await answers.json(client, "GET", f"/api/zones/list?token={placeholder}") == INVALID
+    assert len(technitium.requests_to("/api/zones/list")) == before      # never reached the upstream
 
 
 async def test_a_placeholder_from_another_session_is_worthless(
@@ -222,11 +239,11 @@ async def test_a_placeholder_from_another_session_is_worthless(
 
     # Alice's placeholder without any cookie: nothing (header or query alike).
     nobody = client_for(gw)
-    resp, _ = await answers.call(nobody, "POST", "/api/echo", bearer=pa)
-    assert resp.status == 401
-    resp, _ = await answers.call(nobody, "GET", f"/api/echo?token={pa}")
-    assert resp.status == 401
+    before = len(technitium.requests_to("/api/echo"))
+    assert await answers.json(nobody, "POST", "/api/echo", bearer=pa) == INVALID
+    assert await answers.json(nobody, "GET", f"/api/echo?token={pa}") == INVALID
     assert await answers.json(nobody, "POST", "/api/user/session/get", bearer=pa) == INVALID
+    assert len(technitium.requests_to("/api/echo")) == before
 
 
 async def test_single_use_tokens_are_placeholders_and_downloads_still_work(
