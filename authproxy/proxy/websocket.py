@@ -102,7 +102,10 @@ def build_handshake(request: web.Request, site: Site,
 async def bridge(request: web.Request, site: Site, loaded: LoadedSession | None,
                  credential: Credential | None) -> web.StreamResponse:
     """Answer an authenticated `Upgrade: websocket` request by bridging it to the site's upstream."""
-    if not web.WebSocketResponse().can_prepare(request).ok:
+    # aiohttp checks the handshake (method, Upgrade/Connection, version, key); offering it the client's
+    # own subprotocols keeps it from logging a warning that none overlap (the upstream chooses).
+    offered = tuple(p.strip() for v in request.headers.getall("Sec-WebSocket-Protocol", ()) for p in v.split(","))
+    if not web.WebSocketResponse(protocols=offered).can_prepare(request).ok:
         return error_response(request, 400, "bad_websocket_handshake", "This is not a valid WebSocket request.")
     if not _origin_allowed(request):
         return error_response(request, 403, "cross_site", "Cross-site WebSocket connections are refused.")

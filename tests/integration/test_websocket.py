@@ -12,18 +12,17 @@ import asyncio
 import base64
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp import WSMsgType, web
-from multidict import CIMultiDict
+from aiohttp import WSMsgType
 
 from authproxy import keys
 from authproxy.proxy.websocket import BridgeRegistry
 from tests.fakes.technitium import FakeTechnitium
+from tests.fakes.ws_upstream import SocketUpstream
 from tests.support.gateway import Gateway, GatewayClient, MakeGateway, gateway_env
 
 ALICE = ("alice", "alice-pass")
@@ -32,89 +31,6 @@ WAIT = 2.0
 
 # On both loops: `authproxy run` serves on uvloop, and the relay takes sockets over at transport level.
 pytestmark = pytest.mark.both_loops
-
-
-@dataclass
-class Handshake:
-    headers: CIMultiDict[str]
-    raw_query: str
-
-
-@dataclass
-class SocketUpstream:
-    """FakeTechnitium v15 plus a token-checking WebSocket endpoint at /ws."""
-
-    fake: FakeTechnitium
-    handshakes: list[Handshake] = field(default_factory=list)
-    closes: list[tuple[int, str]] = field(default_factory=list)   # CLOSE frames received from the gateway
-    pongs: list[bytes] = field(default_factory=list)
-    release: asyncio.Event = field(default_factory=asyncio.Event)   # /ws-slow: send the rest of the frame
-    flooded: int = 0                                                 # /ws-flood: MiB frames sent so far
-
-    def __post_init__(self) -> None:
-        self.fake.app.middlewares.append(self._middleware)
-
-    @property
-    def url(self) -> str:
-        return self.fake.url
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.fake.port}"
-
-    def live_tokens(self) -> set[str]:
-        return set(self.fake.sessions)
-
-    @web.middleware
-    async def _middleware(self, request: web.Request,
-                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        if request.path not in ("/ws", "/ws-slow", "/ws-flood"):
-            return await handler(request)
-        self.handshakes.append(Handshake(CIMultiDict(request.headers), request.rel_url.raw_query_string))
-        auth = request.headers.get("Authorization", "")
-        token = auth[7:] if auth.startswith("Bearer ") else request.query.get("token", "")
-        if token not in self.fake.sessions:
-            return web.json_response({"status": "invalid-token"}, status=401)
-        ws = web.WebSocketResponse(protocols=("v2.echo",), autoping=False, autoclose=False)
-        await ws.prepare(request)
-        if request.path == "/ws-flood":  # 64 MiB as fast as the connection takes them
-            for _ in range(64):
-                await ws.send_bytes(b"f" * (1 << 20))
-                self.flooded += 1
-        if request.path == "/ws-slow":   # half of a 4000-byte binary frame now, the rest on `release`
-            assert request.transport is not None
-            request.transport.write(bytes([0x82, 126]) + (4000).to_bytes(2, "big") + b"s" * 2000)
-            await self.release.wait()
-            request.transport.write(b"s" * 2000)
-        while True:
-            msg = await ws.receive()
-            if msg.type is WSMsgType.TEXT:
-                if msg.data.startswith("close:"):
-                    await ws.close(code=int(msg.data[6:]), message=b"upstream says bye")
-                    break
-                if msg.data == "vanish":      # the upstream's connection dies without a CLOSE
-                    assert request.transport is not None
-                    request.transport.abort()
-                    break
-                if msg.data == "ping-me":
-                    await ws.ping(b"from-upstream")
-                    continue
-                await ws.send_str(msg.data)
-            elif msg.type is WSMsgType.BINARY:
-                await ws.send_bytes(msg.data)
-            elif msg.type is WSMsgType.PING:
-                await ws.pong(msg.data)
-            elif msg.type is WSMsgType.PONG:
-                self.pongs.append(msg.data)
-                await ws.send_str("got-pong:" + msg.data.decode())
-            elif msg.type is WSMsgType.CLOSE:
-                self.closes.append((msg.data, msg.extra or ""))
-                # Answer with the same code (not aiohttp's automatic 1000): the client must see ours.
-                await ws.close(code=msg.data if msg.data not in (1005, 1006) else 1000, message=b"echoed")
-                break
-            else:
-                break
-        return ws
 
 
 @pytest_asyncio.fixture
@@ -187,7 +103,7 @@ async def expect_close(ws: aiohttp.ClientWebSocketResponse, code: int, timeout: 
 
 async def test_frames_round_trip_and_the_handshake_carries_only_the_real_credential(
         make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
-        upstream: SocketUpstream) -> None:
+        upstream: SocketUpstream, caplog: pytest.LogCaptureFixture) -> None:
     gw, client = await signed_in(make_gateway, client_for, upstream)
     [token] = upstream.live_tokens()
     forged = ws_headers(client, Authorization="Bearer forged-token", **{"X-Forwarded-User": "mallory"})
@@ -226,6 +142,7 @@ async def test_frames_round_trip_and_the_handshake_carries_only_the_real_credent
 
     await ws.close()
     await assert_no_bridges(gw)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("aiohttp")] == []
 
 
 async def test_close_codes_cross_the_bridge_both_ways(
