@@ -32,7 +32,6 @@ class Bridge:
     expires_at: float | None       # the session's absolute end
     loaded: LoadedSession | None = None
     slide_every: float = 60.0      # a busy socket slides the session's idle timeout this often at most
-    slid_at: float = 0.0           # monotonic time of the last slide request
     slide: bool = False            # the client sent frames: the watch should slide the idle timeout
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     stop: tuple[int, str] | None = None

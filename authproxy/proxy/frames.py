@@ -67,6 +67,13 @@ class FrameReader:
 
     def feed(self, data: bytes) -> int:
         n = len(data)
+        # The usual read: one whole, unfragmented text/binary frame of under 126 bytes, at a boundary.
+        if n < 132 and not self._left and not self._head and not self._in_message:
+            b0 = data[0]
+            b1 = data[1] if n > 1 else 0
+            if (b0 == 0x81 or b0 == 0x82) and (b1 & 0x7F) < 126 and bool(b1 & 0x80) == self._masked \
+                    and (6 if self._masked else 2) + (b1 & 0x7F) == n and (b1 & 0x7F) <= self.max_message:
+                return n
         i = 0
         while i < n:
             if self._left:

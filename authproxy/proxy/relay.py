@@ -47,10 +47,11 @@ class Outcome:
     reason: str = ""
 
 
-class _Leg(asyncio.Protocol):
+class Leg(asyncio.Protocol):
     """One side's connection: reads that side's frames, writes the other side's."""
 
-    __slots__ = ("activity", "clean", "forwarding", "got_close", "lost", "original", "peer", "pending",
+    __slots__ = ("activity_due", "clean", "forwarding", "got_close", "lost", "on_activity", "original", "peer",
+                 "pending",
                  "reader", "received", "relay", "sent_close", "side", "transport")
 
     def __init__(self, relay: FrameRelay, side: Literal["client", "upstream"], *, max_message: int) -> None:
@@ -59,7 +60,7 @@ class _Leg(asyncio.Protocol):
         # A browser (client) masks every frame it sends; a server never does.
         self.reader = FrameReader(masked=side == "client", max_message=max_message)
         self.transport: asyncio.Transport | None = None
-        self.peer: _Leg = self
+        self.peer: Leg = self
         self.forwarding = True      # what this side sends goes on to the peer
         self.clean = True           # once not forwarding: the forwarded bytes ended on a frame boundary
         self.pending: bytes | None = None   # our CLOSE for the peer, sent at this stream's next boundary
@@ -68,7 +69,9 @@ class _Leg(asyncio.Protocol):
         self.sent_close = False     # a CLOSE went to this side
         self.lost = False
         self.original: asyncio.BaseProtocol | None = None  # aiohttp's protocol, told when the socket goes
-        self.activity: Callable[[], None] | None = None
+        # Set by a timer when the next frame from this side should be reported (no clock read per frame).
+        self.activity_due = False
+        self.on_activity: Callable[[], None] | None = None
 
     # ---- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -77,13 +80,21 @@ class _Leg(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        if self.activity is not None:
-            self.activity()
+        if self.activity_due:
+            self.activity_due = False
+            if self.on_activity is not None:
+                self.on_activity()
         reader = self.reader
         if reader.error is not None:  # a side that broke the protocol is not listened to any more
             return
-        while data:
-            n = reader.feed(data)
+        n = reader.feed(data)
+        if n == len(data) and reader.close is None and reader.error is None and not reader.stop_at_boundary:
+            if self.forwarding:   # the usual case: whole frames, nothing to decide
+                peer = self.peer.transport
+                if peer is not None and not peer.is_closing():
+                    peer.write(data)
+            return
+        while True:
             if self.forwarding and n:
                 peer = self.peer.transport
                 if peer is not None and not peer.is_closing():
@@ -91,13 +102,19 @@ class _Leg(asyncio.Protocol):
             if reader.error is not None:
                 self.relay._protocol_error(self)
                 return
-            data = data[n:] if n < len(data) else b""
             if reader.close is not None:
                 close, reader.close = reader.close, None
                 self.relay._close_from(self, close)
             elif reader.stop_at_boundary and reader.at_boundary:
                 reader.stop_at_boundary = False
                 self.relay._cut(self)
+            data = data[n:]
+            if not data:
+                return
+            n = reader.feed(data)
+            if not n and reader.error is None:  # cannot happen (feed always consumes or flags); never spin
+                self.relay.abort()
+                return
 
     def eof_received(self) -> bool | None:
         return None  # half-close is not a WebSocket thing: close the transport
@@ -145,8 +162,8 @@ class FrameRelay:
     """Two legs, the close handshake across them, and `done` when both connections are gone."""
 
     def __init__(self, *, max_message: int, close_timeout: float) -> None:
-        self.client = _Leg(self, "client", max_message=max_message)
-        self.upstream = _Leg(self, "upstream", max_message=max_message)
+        self.client = Leg(self, "client", max_message=max_message)
+        self.upstream = Leg(self, "upstream", max_message=max_message)
         self.client.peer, self.upstream.peer = self.upstream, self.client
         self.close_timeout = close_timeout
         self.outcome: Outcome | None = None
@@ -156,7 +173,7 @@ class FrameRelay:
 
     # ---- setting up ----------------------------------------------------------------------------
 
-    def attach(self, leg: _Leg, transport: asyncio.Transport) -> None:
+    def attach(self, leg: Leg, transport: asyncio.Transport) -> None:
         """Make `leg` the protocol of `transport` (what aiohttp had is told when the socket goes)."""
         previous = transport.get_protocol()
         if leg is self.client:
@@ -193,7 +210,7 @@ class FrameRelay:
 
     # ---- events from the legs ------------------------------------------------------------------
 
-    def _close_from(self, leg: _Leg, close: tuple[int | None, str]) -> None:
+    def _close_from(self, leg: Leg, close: tuple[int | None, str]) -> None:
         """A CLOSE came from `leg`'s side; if it was forwarded the peer has it now."""
         leg.got_close = True
         leg.received = close
@@ -204,7 +221,7 @@ class FrameRelay:
             self.outcome = Outcome(leg.side, "close", close[0], close[1])
         self._progress()
 
-    def _cut(self, leg: _Leg) -> None:
+    def _cut(self, leg: Leg) -> None:
         """`leg`'s stream reached the boundary our CLOSE for its peer was waiting for."""
         frame, leg.pending = leg.pending, None
         leg._stop_forwarding()
@@ -213,7 +230,7 @@ class FrameRelay:
             leg.peer.sent_close = True
         self._progress()
 
-    def _protocol_error(self, leg: _Leg) -> None:
+    def _protocol_error(self, leg: Leg) -> None:
         """`leg`'s side broke the protocol: it gets the reason and is dropped; its peer goes away."""
         error = leg.reader.error
         assert error is not None
@@ -230,14 +247,14 @@ class FrameRelay:
             self._send_close(self.client, UPSTREAM_ERROR, "upstream error")
         self._progress()
 
-    def _lost(self, leg: _Leg) -> None:
+    def _lost(self, leg: Leg) -> None:
         if self.outcome is None:
             self.outcome = Outcome(leg.side, "lost")
         self._progress()
 
     # ---- the close handshake -------------------------------------------------------------------
 
-    def _send_close(self, to: _Leg, code: int, reason: str) -> None:
+    def _send_close(self, to: Leg, code: int, reason: str) -> None:
         """Our CLOSE for `to`: now if the stream into it is at a frame boundary, else at the next one."""
         if to.sent_close or to.lost:
             return

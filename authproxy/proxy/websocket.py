@@ -25,8 +25,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -38,7 +36,7 @@ from authproxy.errors import StoreError
 from authproxy.log import log
 from authproxy.proxy.bridges import CLOSE_TIMEOUT, SESSION_ENDED, Bridge, BridgeRegistry
 from authproxy.proxy.http import _credential_died, build_upstream_request
-from authproxy.proxy.relay import FrameRelay
+from authproxy.proxy.relay import FrameRelay, Leg
 from authproxy.proxy.ws_upstream import (
     HandshakeInvalid,
     HandshakeRefused,
@@ -126,7 +124,7 @@ async def bridge(request: web.Request, site: Site, loaded: LoadedSession | None,
 
     entry = Bridge(store_key=loaded.store_key if loaded else None, site=site.name,
                    expires_at=loaded.session.expires_at if loaded else None, loaded=loaded,
-                   slide_every=request.app[keys.SESSIONS].touch_interval, slid_at=time.monotonic())
+                   slide_every=request.app[keys.SESSIONS].touch_interval)
     relay = FrameRelay(max_message=MAX_MSG_SIZE, close_timeout=CLOSE_TIMEOUT)
     relay.attach(relay.upstream, upstream.transport)   # still paused: nothing reaches the client before its 101
     # No permessage-deflate towards the browser either (none upstream): frames pass through unchanged.
@@ -159,8 +157,7 @@ async def _run(request: web.Request, relay: FrameRelay, upstream: UpstreamSocket
         relay.abort()
         return
     relay.attach(relay.client, transport)
-    if entry.loaded is not None:
-        relay.client.activity = _activity(entry)
+    activity = _Activity(entry, relay.client) if entry.loaded is not None else None
     relay.start(early.data, upstream.early)
     watch = asyncio.create_task(_watch(request, entry, request.app[keys.WEBSOCKETS]), name="authproxy-ws-watch")
     try:
@@ -173,6 +170,8 @@ async def _run(request: web.Request, relay: FrameRelay, upstream: UpstreamSocket
             "site": entry.site, "by": outcome.side, "how": outcome.kind, "code": outcome.code}})
     finally:
         watch.cancel()
+        if activity is not None:
+            activity.cancel()
         if not relay.done.done():  # cancelled mid-way (server shutting down hard)
             relay.abort()
         await asyncio.gather(watch, return_exceptions=True)
@@ -192,19 +191,34 @@ class _Early:
         pass
 
 
-def _activity(entry: Bridge) -> Callable[[], None]:
-    """Frames from the browser count as the person being there: at most every `slide_every` seconds
-    the watch is asked to slide the session's idle timeout, so a UI that talks only over its socket is
-    not signed out while in use."""
-    monotonic = time.monotonic
+class _Activity:
+    """Frames from the browser count as the person being there: the first frame after every
+    `slide_every` seconds asks the watch to slide the session's idle timeout, so a UI that talks only
+    over its socket is not signed out while in use. A timer raises the leg's flag when a slide is due,
+    so a frame costs no clock read."""
 
-    def seen() -> None:
-        if monotonic() - entry.slid_at >= entry.slide_every:
-            entry.slid_at = monotonic()
-            entry.slide = True
-            entry.wake.set()
+    def __init__(self, entry: Bridge, leg: Leg) -> None:
+        self.entry = entry
+        self.leg = leg
+        self.loop = asyncio.get_running_loop()
+        self.timer: asyncio.TimerHandle | None = None
+        leg.on_activity = self.seen
+        self._arm()
 
-    return seen
+    def _arm(self) -> None:
+        self.timer = self.loop.call_later(self.entry.slide_every, self._due)
+
+    def _due(self) -> None:
+        self.leg.activity_due = True
+
+    def seen(self) -> None:
+        self.entry.slide = True
+        self.entry.wake.set()
+        self._arm()
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 async def _refused(request: web.Request, site: Site, loaded: LoadedSession | None,
