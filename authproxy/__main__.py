@@ -72,6 +72,10 @@ def _serve(config: Config, ssl_paths: tuple[Path, Path] | None, reuse_port: bool
     # and again (full collections over it show up as tail-latency spikes under load).
     gc.collect()
     gc.freeze()
+    # A request allocates a few hundred objects that nearly all die by reference counting; with the
+    # default gen-0 threshold (700) the collector still runs every few requests. 20,000: small responses
+    # +3-5% req/s on the bench machine (A/B, same load, alternating runs), p99 unchanged.
+    gc.set_threshold(20_000, 20, 20)
     web.run_app(
         create_app(config), host=config.server.host, port=config.server.port, ssl_context=ssl_ctx,
         access_log_class=AccessLogger, access_log=logging.getLogger("authproxy.access") if config.server.access_log
