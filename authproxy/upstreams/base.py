@@ -12,6 +12,7 @@ Optional hooks an adapter may define (looked up with getattr by the proxy):
                                                                    the way the product answers a dead token
     rewrite_body(ureq, body, loaded) -> bytes                      placeholders for token fields in JSON
     service_credential(secret) -> Credential                       the site's service token as a credential
+    bind_store(store) -> None                                      state every replica must share (called at start)
     check_options(options) -> list[str]  (staticmethod)            config problems, each naming the fix
 
 Adapters do I/O only through the shared `aiohttp.ClientSession` they are given (DummyCookieJar, no

@@ -37,6 +37,7 @@ from authproxy.upstreams.generic import canonical_path, read_limited
 
 if TYPE_CHECKING:
     from authproxy.routing import Site
+    from authproxy.sessions.store import SessionStore
 
 COOKIE = "SID"
 COOKIE_PREFIXES = ("QBT_SID_",)              # qBittorrent 5.2+: QBT_SID_<port>
@@ -57,34 +58,65 @@ class FailureBudget:
 
     qBittorrent bans after `max_failures` and only a success clears the count, so authproxy stops
     asking at `max_failures - 1` for `ban_duration`; a ban it meets anyway is waited out the same way.
-    Per process: replicas each keep their own count.
+    qBittorrent counts per client address and sees authproxy's, so the count is shared by every
+    authproxy process and replica: it lives in the session store once `bind_store` is called (the app
+    does so at start-up); before that (adapters built alone, in tests) in this object.
     """
 
-    def __init__(self, max_failures: int, ban_duration: float, clock: Any = time.monotonic) -> None:
+    COUNT_TTL = 30 * 86400.0   # qBittorrent's count never expires by itself; keep ours a month
+
+    def __init__(self, max_failures: int, ban_duration: float, clock: Any = time.monotonic, *,
+                 site: str = "") -> None:
         self.max_failures = max_failures
         self.ban_duration = ban_duration
         self.clock = clock
         self.failures = 0
         self.blocked_until = 0.0
+        self.store: SessionStore | None = None
+        self._count_key = f"qbt:{site}:failures"
+        self._block_key = f"qbt:{site}:blocked"
 
-    def wait(self) -> int | None:
-        left = self.blocked_until - self.clock()
+    def bind_store(self, store: SessionStore) -> None:
+        self.store = store
+
+    async def wait(self) -> int | None:
+        """Seconds before qBittorrent may be asked again, or None."""
+        if self.store is not None:
+            left = await self.store.ttl(self._block_key)
+            left = 0.0 if left is None else left
+        else:
+            left = self.blocked_until - self.clock()
         return max(1, int(left + 0.999)) if left > 0 else None
 
-    def failed(self) -> None:
+    async def failed(self) -> None:
         if self.max_failures <= 0:
             return
-        self.failures += 1
-        if self.failures >= self.max_failures - 1:
-            self.blocked_until = self.clock() + self.ban_duration
+        if self.store is not None:
+            count = await self.store.incr(self._count_key, self.COUNT_TTL)
+        else:
+            self.failures += 1
+            count = self.failures
+        if count >= self.max_failures - 1:
+            await self._block()
 
-    def banned(self) -> None:
-        self.failures = 0  # the ban clears qBittorrent's count when it ends
-        self.blocked_until = self.clock() + self.ban_duration
+    async def banned(self) -> None:
+        """qBittorrent refused with 403: the ban clears its count when it ends."""
+        if self.store is not None:
+            await self.store.delete(self._count_key)
+        self.failures = 0
+        await self._block()
 
-    def succeeded(self) -> None:
+    async def succeeded(self) -> None:
+        if self.store is not None:
+            await self.store.delete(self._count_key, self._block_key)
         self.failures = 0
         self.blocked_until = 0.0
+
+    async def _block(self) -> None:
+        if self.store is not None:
+            await self.store.set(self._block_key, b"1", self.ban_duration)
+        else:
+            self.blocked_until = self.clock() + self.ban_duration
 
 
 def _plain(body: bytes, encoding: str) -> bytes | None:
@@ -111,7 +143,11 @@ class QBittorrentAdapter:
         self.base = site.upstream_url.rstrip("/")
         self.timeout = aiohttp.ClientTimeout(total=site.timeout, connect=site.connect_timeout)
         self.budget = FailureBudget(int(site.options.get("max_failures", 5)),
-                                    float(site.options.get("ban_duration", 3600)))
+                                    float(site.options.get("ban_duration", 3600)), site=site.name)
+
+    def bind_store(self, store: SessionStore) -> None:
+        """Share the failed-login count with every process and replica (see FailureBudget)."""
+        self.budget.bind_store(store)
 
     @staticmethod
     def check_options(options: dict[str, Any]) -> list[str]:
@@ -146,16 +182,16 @@ class QBittorrentAdapter:
             raise UpstreamUnavailable(f"qbittorrent at {self.base} is unreachable ({type(exc).__name__})") from None
 
     async def login(self, username: str, password: str, totp: str | None, client_ip: str) -> LoginResult:
-        wait = self.budget.wait()
+        wait = await self.budget.wait()
         if wait is not None:
             return LoginResult("blocked", retry_after=wait, message="Too many failed sign-ins to qBittorrent; "
                                "authproxy pauses before qBittorrent would ban it. Try again later.")
         status, body, resp = await self._call(LOGIN, data={"username": username, "password": password},
                                               client_ip=client_ip)
         if status == 403:
-            self.budget.banned()
+            await self.budget.banned()
             log.warning("qbittorrent has banned authproxy's address", extra={"fields": {"site": self.site.name}})
-            return LoginResult("blocked", retry_after=self.budget.wait(),
+            return LoginResult("blocked", retry_after=await self.budget.wait(),
                                message="qBittorrent refuses sign-ins from this address for now; try again later.")
         morsel = resp.cookies.get(COOKIE)
         name = COOKIE
@@ -165,9 +201,9 @@ class QBittorrentAdapter:
                 name, morsel = found[0]
         # 4.5.2: 200 "Fails."; 5.2+: 401.
         if status != 200 or body.strip() == b"Fails." or morsel is None or not morsel.value:
-            self.budget.failed()
+            await self.budget.failed()
             return LoginResult("invalid", message="Invalid username or password.")
-        self.budget.succeeded()
+        await self.budget.succeeded()
         credential = Credential(secret=morsel.value, kind="cookie", extra={"cookie": name, "user": username},
                                 upstream_ttl=SESSION_TIMEOUT)
         return LoginResult("ok", credential=credential, identity=Identity(username=username))

@@ -182,6 +182,30 @@ async def test_qbittorrent_failed_logins_stop_before_its_ip_ban(
     assert "banned" not in qbittorrent.log_path.read_text()
 
 
+async def test_qbittorrent_failed_logins_are_counted_once_across_replicas(
+        make_gateway: MakeGateway, qbittorrent: QBittorrentApp, redis_url: str,
+        http_client: aiohttp.ClientSession, client_for: ClientFor) -> None:
+    # Two replicas on one Redis; the failures come from different people and addresses, so authproxy's
+    # own per-user and per-IP throttles never stop them: only the shared qBittorrent budget can.
+    env = gateway_env(qbittorrent.url, UPSTREAM_TYPE="qbittorrent", REDIS_URL=redis_url)
+    replicas = [await make_gateway(env), await make_gateway(env)]
+    def client(gw: Gateway, ip: str) -> GatewayClient:
+        c = client_for(gw)
+        c.headers["X-Forwarded-For"] = ip
+        return c
+
+    for i in range(4):
+        wrong = await client(replicas[i % 2], f"203.0.113.{i + 1}").login(f"user{i}", "wrong")
+        assert wrong.status == 401, await wrong.text()
+    for gw in replicas:  # the 5th would have been each replica's 3rd: per-process counts would let it through
+        stopped = await client(gw, "203.0.113.99").login(qbittorrent.username, qbittorrent.password)
+        assert stopped.status == 429 and (await stopped.json())["error"] == "upstream_blocked"
+    status, text = await direct(http_client, "POST", qbittorrent.url + "/api/v2/auth/login",
+                                data={"username": qbittorrent.username, "password": qbittorrent.password})
+    assert (status, text) == (200, "Ok.")
+    assert "banned" not in qbittorrent.log_path.read_text()
+
+
 async def test_qbittorrent_under_a_sub_path(make_gateway: MakeGateway, qbittorrent: QBittorrentApp,
                                             client_for: ClientFor, tmp_path: Path) -> None:
     config = tmp_path / "authproxy.toml"

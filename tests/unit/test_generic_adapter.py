@@ -25,6 +25,7 @@ from authproxy.errors import ConfigError
 from authproxy.proxy.http import _rewrite_location, _rewrite_set_cookie_paths
 from authproxy.routing import Site
 from authproxy.sessions.manager import LoadedSession
+from authproxy.sessions.memory import MemoryStore
 from authproxy.sessions.model import Credential, Identity, Session
 from authproxy.sessions.ticket import new_ticket
 from authproxy.upstreams.adguard import ADGUARD, AdGuardAdapter
@@ -346,22 +347,47 @@ def test_passed_through_cookies_get_public_paths_and_lose_the_upstream_domain() 
 # ---- qBittorrent's failed-login budget ----------------------------------------------------------------
 
 
-def test_qbittorrent_budget_never_spends_the_last_attempt_before_a_ban() -> None:
+async def test_qbittorrent_budget_never_spends_the_last_attempt_before_a_ban() -> None:
     now = [1000.0]
     budget = FailureBudget(5, 3600, clock=lambda: now[0])
     for _ in range(3):
-        budget.failed()
-        assert budget.wait() is None
-    budget.failed()                    # the 4th: one more would make qBittorrent ban authproxy
-    assert budget.wait() == 3600
+        await budget.failed()
+        assert await budget.wait() is None
+    await budget.failed()              # the 4th: one more would make qBittorrent ban authproxy
+    assert await budget.wait() == 3600
     now[0] += 3601
-    assert budget.wait() is None       # after the ban time the app may be asked again
-    budget.succeeded()
-    budget.failed()
-    assert budget.wait() is None and budget.failures == 1
-    budget.banned()
-    assert budget.wait() == 3600 and budget.failures == 0
+    assert await budget.wait() is None  # after the ban time the app may be asked again
+    await budget.succeeded()
+    await budget.failed()
+    assert await budget.wait() is None and budget.failures == 1
+    await budget.banned()
+    assert await budget.wait() == 3600 and budget.failures == 0
     off = FailureBudget(0, 3600, clock=lambda: now[0])
     for _ in range(10):
-        off.failed()
-    assert off.wait() is None
+        await off.failed()
+    assert await off.wait() is None
+
+
+async def test_qbittorrent_budget_in_the_store_is_one_count_for_every_process() -> None:
+    now = [1000.0]
+    store = MemoryStore(clock=lambda: now[0])
+    await store.start()
+    try:
+        replicas = [FailureBudget(5, 3600, site="qbt"), FailureBudget(5, 3600, site="qbt")]
+        for budget in replicas:
+            budget.bind_store(store)
+        for i in range(3):
+            await replicas[i % 2].failed()
+            assert await replicas[0].wait() is None and await replicas[1].wait() is None
+        await replicas[1].failed()     # the 4th in all: both stop asking, whichever counted it
+        assert await replicas[0].wait() == 3600 and await replicas[1].wait() == 3600
+        now[0] += 3601
+        assert await replicas[0].wait() is None
+        await replicas[0].succeeded()  # a success anywhere clears the shared count
+        await replicas[1].failed()
+        assert await replicas[0].wait() is None
+        other = FailureBudget(5, 3600, site="other")   # another qBittorrent site counts apart
+        other.bind_store(store)
+        assert await other.wait() is None
+    finally:
+        await store.close()
