@@ -31,8 +31,10 @@ import grp
 import os
 import pwd
 import shutil
+import ssl
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,10 +139,32 @@ def _render(template: Path, values: dict[str, str]) -> str:
 
 
 async def wait_ready(proxy: RunningProxy) -> None:
-    """Until the proxy listens (and, for Traefik, has loaded its routes); raises with the log tail."""
+    """Until the proxy listens (and, for Traefik, has loaded its routes; over TLS, completes a TLS
+    handshake: Caddy listens before its internal certificate exists and fails handshakes until then);
+    raises with the log tail."""
     await asyncio.to_thread(wait_for_port, "127.0.0.1", proxy.port, _START_TIMEOUT, process=proxy.process)
+    if proxy.url.startswith("https://"):
+        await _wait_tls(proxy)
     if proxy.kind == "traefik":
         await _wait_traefik_routes(proxy)
+
+
+async def _wait_tls(proxy: RunningProxy) -> None:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE          # a throw-away certificate: only "can it handshake yet?"
+    deadline = time.monotonic() + _START_TIMEOUT
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", proxy.port, ssl=context,
+                                                      server_hostname="127.0.0.1")
+            writer.close()
+            return
+        except (ssl.SSLError, OSError) as exc:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{proxy.kind} never completed a TLS handshake ({exc!r}):\n"
+                                     f"{proxy.process.log_tail()}") from None
+            await asyncio.sleep(0.1)
 
 
 def launch_caddy(
