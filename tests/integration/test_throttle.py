@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from authproxy.login.regulation import client_network
 from tests.fakes.technitium import FakeTechnitium
 from tests.integration.conftest import BROWSER, LOGIN, Audit
 from tests.support.gateway import Gateway, GatewayClient, MakeGateway, gateway_env
@@ -53,6 +54,29 @@ async def test_per_ip_throttle_across_usernames(client: GatewayClient, technitiu
     # Another client address is not affected.
     status, _, _ = await attempt(client, "alice", "alice-pass", ip="198.51.100.10")
     assert status == 200
+
+
+async def test_per_ip_throttle_counts_an_ipv6_client_by_its_64(client: GatewayClient,
+                                                                technitium: FakeTechnitium) -> None:
+    # One subscriber holds a whole /64 and may pick any address in it for each attempt.
+    for i in range(5):
+        status, _, _ = await attempt(client, f"user{i}", "wrong", ip=f"2001:db8:aa:bb::{i + 1:x}")
+        assert status == 401
+    asked = len(technitium.requests_to("/api/user/login"))
+    status, _, body = await attempt(client, "alice", "alice-pass", ip="2001:db8:aa:bb:ffff::1")
+    # authproxy's own limit, before the upstream is asked (not the upstream's network ban, reached later).
+    assert (status, body["error"]) == (429, "too_many_attempts")
+    assert len(technitium.requests_to("/api/user/login")) == asked
+    status, _, _ = await attempt(client, "alice", "alice-pass", ip="2001:db8:aa:bc::1")   # the next /64
+    assert status == 200
+
+
+def test_client_network_is_the_ipv4_address_or_the_ipv6_64() -> None:
+    assert client_network("203.0.113.7") == "203.0.113.7"
+    assert client_network("::ffff:203.0.113.7") == "203.0.113.7"
+    assert client_network("2001:db8:aa:bb:1:2:3:4") == client_network("2001:db8:aa:bb::9") == "2001:db8:aa:bb::/64"
+    assert client_network("fe80::1%eth0") == "fe80::/64"
+    assert client_network("not-an-ip") == "not-an-ip"
 
 
 async def test_success_resets_the_user_counter(client: GatewayClient) -> None:
