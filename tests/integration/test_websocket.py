@@ -23,6 +23,7 @@ from authproxy import keys
 from authproxy.proxy.websocket import BridgeRegistry
 from tests.fakes.technitium import FakeTechnitium
 from tests.fakes.ws_upstream import SocketUpstream
+from tests.integration.conftest import MakeTlsGateway
 from tests.support.gateway import Gateway, GatewayClient, MakeGateway, gateway_env
 
 ALICE = ("alice", "alice-pass")
@@ -487,4 +488,26 @@ async def test_a_client_that_reads_slowly_holds_the_upstream_back(
         assert (msg.type, len(msg.data)) == (WSMsgType.BINARY, 1 << 20)
     assert upstream.flooded == 64
     await ws.close()
+    await assert_no_bridges(gw)
+
+
+async def test_the_bridge_over_authproxys_own_tls(
+        make_tls_gateway: MakeTlsGateway, upstream: SocketUpstream) -> None:
+    """HTTPS_ENABLED: the browser's leg is a TLS transport, which the relay takes over like a plain one."""
+    gw = await make_tls_gateway({"UPSTREAM_URL": upstream.url, "UPSTREAM_TYPE": "technitium",
+                                 "ACCESS_LOG": "false"})
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(),
+                                     connector=aiohttp.TCPConnector(ssl=False)) as http:
+        client = GatewayClient(base=gw.url, http=http, headers={})
+        assert (await client.login(*ALICE)).status == 200
+        ws = await http.ws_connect(gw.url.replace("https://", "wss://") + "/ws", autoping=False,
+                                   headers={"Cookie": f"{client.cookie_name}={client.cookie}"})
+        await ws.send_str("over tls")
+        assert (await ws.receive(timeout=WAIT)).data == "over tls"
+        blob = bytes(range(256)) * 4096
+        await ws.send_bytes(blob)
+        assert (await ws.receive(timeout=WAIT)).data == blob
+        resp = await client.request("POST", "/_authproxy/api/auth/logout")
+        assert resp.status == 200
+        assert await expect_close(ws, 4001) == "session ended"
     await assert_no_bridges(gw)
