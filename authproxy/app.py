@@ -22,7 +22,7 @@ from authproxy.sessions.registry import create_store
 from authproxy.sessions.store import SessionStore
 from authproxy.upstreams.base import UpstreamAdapter
 from authproxy.web import api, forward_auth, health, portal
-from authproxy.web.middleware import TrustedForwarded, TrustedPeers, errors
+from authproxy.web.middleware import TrustedForwarded, TrustedPeers, request_rules
 from authproxy.web.redirects import RedirectPolicy
 
 
@@ -46,12 +46,10 @@ def create_app(config: Config, *, store: SessionStore | None = None) -> web.Appl
     """Compose the gateway. `store` may be injected (tests); by default it follows REDIS_URL."""
     if not config.session.secrets:
         raise ValueError("create_app needs signing secrets; call config.loader.ensure_session_secrets first")
-    middlewares = []
     peers = TrustedPeers(config.server.trusted_proxies)
-    if config.server.trust_proxy:
-        middlewares.append(TrustedForwarded(peers, skip_prefix=config.server.prefix + "/verify").middleware)
-    middlewares.append(errors)
-    app = web.Application(middlewares=middlewares, client_max_size=1 << 20)
+    forwarded = (TrustedForwarded(peers, skip_prefix=config.server.prefix + "/verify")
+                 if config.server.trust_proxy else None)
+    app = web.Application(middlewares=[request_rules(forwarded)], client_max_size=1 << 20)
     app[keys.CONFIG] = config
     app[keys.TRUSTED_PEERS] = peers
     app[keys.STORE] = store if store is not None else create_store(config)

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from aiohttp_remotes import XForwardedFiltered
 
 from authproxy.config.schema import IPNetwork
@@ -70,8 +71,7 @@ class TrustedForwarded:
         self.filtered = XForwardedFiltered(set(peers.trusted))
         self.skip_prefix = skip_prefix
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if not self.peers(request) or request.path.startswith(self.skip_prefix):
             return await handler(request)
         proto = request.headers.get("X-Forwarded-Proto", "")
@@ -130,21 +130,34 @@ def _replace(request: web.Request, name: str, value: str):  # type: ignore[no-un
     return headers
 
 
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+def request_rules(forwarded: TrustedForwarded | None) -> Middleware:
+    """The one middleware: forwarded headers from trusted proxies (when TRUST_PROXY), then the handler,
+    with errors turned into clear pages. One layer rather than two: aiohttp wraps every middleware in
+    a coroutine of its own, about 2 us per request each on the bench machine."""
+
+    @web.middleware
+    async def rules(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if forwarded is not None:
+                return await forwarded.handle(request, handler)
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            return failure_page(request, exc)
+
+    return rules
+
+
+def failure_page(request: web.Request, exc: Exception) -> web.StreamResponse:
     """Store down -> a clear 503 (fail closed); anything unexpected -> a plain 500 page. Never a trace:
     the log gets the type, not the details."""
-    try:
-        return await handler(request)
-    except web.HTTPException:
-        raise
-    except StoreError as exc:
+    if isinstance(exc, StoreError):
         log.error("session store unavailable", extra={"fields": {"error": str(exc)}})
         return error_response(request, 503, "store_unavailable",
                               "The session store is not reachable; try again in a moment.",
                               title="Temporarily unavailable", headers={"Retry-After": "5"})
-    except Exception as exc:  # noqa: BLE001
-        log.error("unhandled error", extra={"fields": {"path": request.rel_url.path, "error": type(exc).__name__}},
-                  exc_info=exc)
-        return error_response(request, 500, "internal_error", "Something went wrong inside authproxy.",
-                              title="Internal error")
+    log.error("unhandled error", extra={"fields": {"path": request.rel_url.path, "error": type(exc).__name__}},
+              exc_info=exc)
+    return error_response(request, 500, "internal_error", "Something went wrong inside authproxy.",
+                          title="Internal error")
