@@ -309,8 +309,7 @@ async def verify(request: web.Request) -> web.StreamResponse:
                    peer=request.remote or "")
         return json_error(403, "untrusted_proxy",
                           "Forward auth answers only proxies in TRUSTED_PROXIES (with TRUST_PROXY=true).")
-    named = [k for k in KINDS if k == kind_name]
-    kind: ProxyKind = named[0] if named else detect(request.headers)
+    kind: ProxyKind = kind_name if kind_name is not None else detect(request.headers)
     try:
         target = read_target(request.headers, kind)
     except BadTarget as exc:

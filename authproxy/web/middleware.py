@@ -72,7 +72,7 @@ class TrustedForwarded:
         self.skip_prefix = skip_prefix
 
     async def handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not self.peers(request) or request.path.startswith(self.skip_prefix):
+        if request.path.startswith(self.skip_prefix) or not self.peers(request):  # verify checks its peer itself
             return await handler(request)
         proto = request.headers.get("X-Forwarded-Proto", "")
         if proto.lower() in _WS_SCHEMES:  # Traefik says ws/wss for WebSocket upgrades (rare: copy is fine)
