@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 from playwright.async_api import BrowserContext
 
-from tests.fakes.technitium import FakeTechnitium
-from tests.fakes.ws_upstream import SocketUpstream
+from tests.fakes.ws_upstream import SocketUpstream, running_socket_upstream
 from tests.support.gateway import Gateway, MakeGateway, gateway_env
 from tests.support.technitium import ALICE
 
@@ -49,14 +48,8 @@ OPEN_AND_TALK = """async (url) => {
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[SocketUpstream]:
-    fake = FakeTechnitium(api_version=15, ui_dir=UI_DIR)
-    fake.add_user(*ALICE, display_name="Alice Example")
-    up = SocketUpstream(fake)
-    await fake.start()
-    try:
+    async with running_socket_upstream(ALICE, ui_dir=UI_DIR) as up:
         yield up
-    finally:
-        await fake.close()
 
 
 async def test_chromium_talks_through_the_bridge_and_is_closed_on_logout(

@@ -10,8 +10,10 @@ sends 64 frames of 1 MiB as fast as the connection takes them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
@@ -100,3 +102,16 @@ class SocketUpstream:
             else:
                 break
         return ws
+
+
+@contextlib.asynccontextmanager
+async def running_socket_upstream(user: tuple[str, str], *, ui_dir: Path | None = None) -> AsyncIterator[SocketUpstream]:
+    """A started FakeTechnitium v15 (serving `ui_dir` when given) with `user` and the WebSocket endpoints."""
+    fake = FakeTechnitium(api_version=15, ui_dir=ui_dir)
+    fake.add_user(*user, display_name="Alice Example")
+    up = SocketUpstream(fake)
+    await fake.start()
+    try:
+        yield up
+    finally:
+        await fake.close()

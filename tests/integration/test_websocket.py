@@ -21,8 +21,7 @@ from aiohttp import WSMsgType
 
 from authproxy import keys
 from authproxy.proxy.websocket import BridgeRegistry
-from tests.fakes.technitium import FakeTechnitium
-from tests.fakes.ws_upstream import SocketUpstream
+from tests.fakes.ws_upstream import SocketUpstream, running_socket_upstream
 from tests.integration.conftest import MakeTlsGateway
 from tests.support.gateway import Gateway, GatewayClient, MakeGateway, gateway_env
 
@@ -36,14 +35,8 @@ pytestmark = pytest.mark.both_loops
 
 @pytest_asyncio.fixture
 async def upstream() -> AsyncIterator[SocketUpstream]:
-    fake = FakeTechnitium(api_version=15)
-    fake.add_user(*ALICE, display_name="Alice Example")
-    up = SocketUpstream(fake)
-    await fake.start()
-    try:
+    async with running_socket_upstream(ALICE) as up:
         yield up
-    finally:
-        await fake.close()
 
 
 async def until(predicate: Callable[[], object], timeout: float = WAIT) -> None:
