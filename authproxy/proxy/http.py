@@ -22,7 +22,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from authproxy import keys
+from authproxy import authz, keys
 from authproxy.errors import UpstreamError
 from authproxy.log import audit, log
 from authproxy.proxy.headers import downstream_response_headers, upstream_request_headers
@@ -151,6 +151,11 @@ async def forward(request: web.Request) -> web.StreamResponse:
     loaded, credential = await credential_for(request, site)
     if credential is None:
         return _signed_out(request, site)
+    if (loaded is not None and (site.config.allowed_users or site.config.allowed_groups)
+            and authz.decide(loaded.session, site.config, session_mode=True) == "deny"):
+        # The same per-site allow lists as forward auth (authz.decide), for HTTP and WebSocket alike.
+        return error_response(request, 403, "forbidden",
+                              f"You are signed in, but this account may not use {site.name}.", title="Not allowed")
     if request.headers.get("Upgrade", "").lower() == "websocket":
         from authproxy.proxy import websocket
 

@@ -165,3 +165,24 @@ async def test_login_over_plain_http_is_refused(client: GatewayClient) -> None:
     resp = await client.request("POST", LOGIN, json={"username": "alice", "password": "alice-pass"},
                                 headers={"X-Forwarded-Proto": "http"})
     assert resp.status == 400 and (await resp.json())["error"] == "https_required"
+
+
+async def test_site_allow_lists_apply_to_the_reverse_proxy_too(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        technitium: FakeTechnitium) -> None:
+    """ALLOWED_USERS is the site's rule, not forward auth's: alice may sign in upstream, but this
+    site is bob's only, so neither her HTTP calls nor her WebSocket upgrades are forwarded."""
+    gw = await make_gateway(gateway_env(technitium.url, ALLOWED_USERS="bob"))
+    client = client_for(gw)
+    assert (await client.login("alice", "alice-pass")).status == 200
+    resp = await client.request("GET", "/api/echo", headers={"Accept": "application/json"})
+    assert resp.status == 403 and (await resp.json())["error"] == "forbidden"
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Accept": "application/json"}
+    resp = await client.request("GET", "/ws", headers=upgrade)
+    assert resp.status == 403
+    assert technitium.requests_to("/api/echo") == [] and technitium.requests_to("/ws") == []
+    # Allowed: the same request goes through.
+    allowed = client_for(await make_gateway(gateway_env(technitium.url, ALLOWED_USERS="alice")))
+    assert (await allowed.login("alice", "alice-pass")).status == 200
+    assert (await allowed.request("GET", "/api/echo")).status == 200
