@@ -23,6 +23,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from authproxy import authz, keys
+from authproxy.bodies import read_up_to
 from authproxy.errors import UpstreamError
 from authproxy.log import audit, log
 from authproxy.proxy.headers import downstream_response_headers, upstream_request_headers
@@ -166,7 +167,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
     if request.body_exists:
         if (request.content_type == "application/x-www-form-urlencoded"
                 and (request.content_length or 0) <= MAX_FORM_BODY):
-            raw = await request.content.read(MAX_FORM_BODY + 1)
+            raw = await read_up_to(request.content, MAX_FORM_BODY + 1)
             if len(raw) > MAX_FORM_BODY:
                 return error_response(request, 413, "body_too_large", "The form is too large.")
             # latin-1 both for the body and its %XX escapes: one byte = one char, so the form goes back
@@ -219,7 +220,7 @@ async def _relay(request: web.Request, site: Site, ureq: UpstreamRequest, upstre
     peeked: bytes | None = None
     # A HEAD answer has no body to peek at, and peeking would replace its Content-Length with 0.
     if request.method != "HEAD" and adapter.wants_body(ureq, status, up_headers):
-        peeked = await _read_up_to(upstream, MAX_PEEK + 1)
+        peeked = await read_up_to(upstream.content, MAX_PEEK + 1)
         if len(peeked) <= MAX_PEEK and adapter.is_expired(status, up_headers, peeked):
             return await _credential_died(request, site, loaded)
         rewrite = getattr(adapter, "rewrite_body", None)
@@ -283,19 +284,6 @@ async def _stream(request: web.Request, site: Site, upstream: _Answer, response:
         if request.transport is not None:
             request.transport.close()
     return response
-
-
-async def _read_up_to(upstream: _Answer, limit: int) -> bytes:
-    """The whole body when it is at most `limit` bytes (a single read may return one chunk only)."""
-    parts: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = await upstream.content.read(limit - size)
-        if not chunk:
-            break
-        parts.append(chunk)
-        size += len(chunk)
-    return b"".join(parts)
 
 
 async def _credential_died(request: web.Request, site: Site, loaded: LoadedSession | None) -> web.StreamResponse:

@@ -111,6 +111,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from authproxy.bodies import read_up_to
 from authproxy.config.schema import SiteConfig
 from authproxy.errors import UpstreamProtocolError, UpstreamUnavailable
 from authproxy.proxy.headers import query_with, query_without
@@ -136,15 +137,8 @@ if TYPE_CHECKING:  # routing imports upstreams: typing only
 
 
 async def read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The answer's body up to `limit` bytes (a single `read(n)` may stop at the first chunk)."""
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in resp.content.iter_chunked(8192):
-        chunks.append(chunk)
-        total += len(chunk)
-        if total >= limit:
-            break
-    return b"".join(chunks)[:limit]
+    """The answer's body up to `limit` bytes."""
+    return await read_up_to(resp.content, limit)
 
 
 def canonical_path(raw_path: str) -> str:

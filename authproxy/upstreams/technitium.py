@@ -19,6 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from authproxy import keys
+from authproxy.bodies import read_up_to
 from authproxy.config.schema import SiteConfig
 from authproxy.errors import AuthError, UpstreamError, UpstreamProtocolError, UpstreamUnavailable
 from authproxy.proxy.headers import query_with, query_without
@@ -170,7 +171,7 @@ class TechnitiumAdapter:
                                          timeout=self.timeout, allow_redirects=False) as resp:
                 if resp.status >= 500:
                     raise UpstreamUnavailable(f"technitium answered HTTP {resp.status}")
-                body = await resp.content.read(MAX_ENVELOPE + 1)
+                body = await read_up_to(resp.content, MAX_ENVELOPE + 1)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamUnavailable(f"technitium at {self.base} is unreachable ({type(exc).__name__})") from None
         try:

@@ -14,6 +14,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from authproxy import authz, keys
+from authproxy.bodies import read_up_to
 from authproxy.errors import AuthError, UpstreamError
 from authproxy.log import audit, log
 from authproxy.login.passthrough import LoginInput
@@ -99,7 +100,7 @@ async def _read_login(request: web.Request) -> tuple[dict[str, Any], bool]:
     if request.content_length is not None and request.content_length > MAX_LOGIN_BODY:
         raise AuthError("The request is too large.", code="bad_request", status=413)
     ctype = request.content_type
-    raw = await request.content.read(MAX_LOGIN_BODY + 1)
+    raw = await read_up_to(request.content, MAX_LOGIN_BODY + 1)
     if len(raw) > MAX_LOGIN_BODY:
         raise AuthError("The request is too large.", code="bad_request", status=413)
     if ctype == "application/json":

@@ -6,8 +6,11 @@ the bytes the upstream really saw.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import pytest
@@ -186,3 +189,36 @@ async def test_site_allow_lists_apply_to_the_reverse_proxy_too(
     allowed = client_for(await make_gateway(gateway_env(technitium.url, ALLOWED_USERS="alice")))
     assert (await allowed.login("alice", "alice-pass")).status == 200
     assert (await allowed.request("GET", "/api/echo")).status == 200
+
+
+async def _post_in_two_pieces(gw: Gateway, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+    """A request whose body arrives in two TCP writes 0.2 s apart (a single read() sees only the first)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\nContent-Length: {len(body)}\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "Connection: close\r\n\r\n").encode()
+    writer.write(head + body[: len(body) // 2])
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.write(body[len(body) // 2:])
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+async def test_bodies_arriving_in_pieces_are_read_whole(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        technitium: FakeTechnitium) -> None:
+    gw = await make_gateway(gateway_env(technitium.url))
+    login = json.dumps({"username": "alice", "password": "alice-pass"}).encode()
+    status, answer = await _post_in_two_pieces(gw, LOGIN, {"Content-Type": "application/json",
+                                                           "X-Forwarded-Proto": "https"}, login)
+    assert status == 200, answer
+    client = client_for(gw)
+    assert (await client.login("alice", "alice-pass")).status == 200
+    fields = {"a": "x" * 100_000, "zone": "example.com"}
+    status, answer = await _post_in_two_pieces(gw, "/api/echo", {
+        "Content-Type": "application/x-www-form-urlencoded", "X-Forwarded-Proto": "https",
+        "Cookie": f"{client.cookie_name}={client.cookie}"}, urlencode(fields).encode())
+    assert status == 200, answer[:300]
+    assert json.loads(answer)["response"]["form"] == fields
