@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, MutableMapping
-from urllib.parse import quote, unquote_plus
+from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
 
 from multidict import CIMultiDict, MultiMapping
 
@@ -104,6 +104,21 @@ def query_without(raw_query: str, names: Iterable[str]) -> str:
     drop = {n.lower() for n in names}
     kept = [item for name, item in query_pairs(raw_query) if unquote_plus(name).lower() not in drop]
     return "&".join(kept)
+
+
+def location_without(location: str, secret: str) -> str:
+    """A redirect target without any query parameter carrying `secret`.
+
+    Upstreams that take their credential in the query (Technitium v14, generic `inject.as = "query"`)
+    echo the query back in redirects (ASP.NET's trailing-slash redirect keeps it): the injected
+    token would then reach the browser in `Location`. Whatever the parameter is called, it goes.
+    """
+    if not secret or (secret not in location and quote(secret, safe="") not in location):
+        return location
+    parts = urlsplit(location)
+    kept = [item for _, item in query_pairs(parts.query)
+            if unquote_plus(item.partition("=")[2]) != secret]
+    return urlunsplit(parts._replace(query="&".join(kept)))
 
 
 def query_with(raw_query: str, name: str, value: str) -> str:

@@ -26,7 +26,7 @@ from authproxy import authz, keys
 from authproxy.bodies import read_up_to
 from authproxy.errors import UpstreamError
 from authproxy.log import audit, log
-from authproxy.proxy.headers import downstream_response_headers, upstream_request_headers
+from authproxy.proxy.headers import downstream_response_headers, location_without, upstream_request_headers
 from authproxy.proxy.upstream import UpstreamPool, UpstreamResponse
 from authproxy.routing import Site
 from authproxy.sessions.manager import LoadedSession
@@ -236,26 +236,27 @@ async def _relay(request: web.Request, site: Site, ureq: UpstreamRequest, upstre
         except (aiohttp.ClientError, TimeoutError) as exc:
             # Nothing sent yet; what streaming would have done: the headers, then the dropped connection.
             response = web.StreamResponse(status=status, reason=upstream.reason)
-            _answer_headers(response, request, site, upstream, drop_length=False)
+            _answer_headers(response, request, site, upstream, credential, drop_length=False)
             return await _stream(request, site, upstream, response, b"", exc)
     if peeked is not None and len(peeked) <= MAX_PEEK and upstream.content.at_eof():
         # The whole body is in hand: headers and body leave in one write, Content-Length is its own.
         whole = web.Response(status=status, reason=upstream.reason, body=peeked)
-        _answer_headers(whole, request, site, upstream, drop_length=True)
+        _answer_headers(whole, request, site, upstream, credential, drop_length=True)
         return whole
     response = web.StreamResponse(status=status, reason=upstream.reason)
-    _answer_headers(response, request, site, upstream, drop_length=peeked is not None)
+    _answer_headers(response, request, site, upstream, credential, drop_length=peeked is not None)
     return await _stream(request, site, upstream, response, peeked or b"", None)
 
 
-def _answer_headers(response: web.StreamResponse, request: web.Request, site: Site, upstream: _Answer, *,
-                    drop_length: bool) -> None:
+def _answer_headers(response: web.StreamResponse, request: web.Request, site: Site, upstream: _Answer,
+                    credential: Credential, *, drop_length: bool) -> None:
     """The upstream's answer headers as the browser may see them, written straight into `response`."""
     headers = response.headers
     downstream_response_headers(upstream.headers, headers, drop_length=drop_length)
     site.adapter.filter_response_headers(headers)
     if "Location" in headers:
         _rewrite_location(headers, site, request)
+        headers["Location"] = location_without(headers["Location"], credential.secret)
     if "Set-Cookie" in headers:
         _rewrite_set_cookie_paths(headers, site)
 

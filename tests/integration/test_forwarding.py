@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from tests.fakes.technitium import FakeTechnitium
 from tests.integration.conftest import LOGIN, MakeTlsGateway
@@ -222,3 +223,31 @@ async def test_bodies_arriving_in_pieces_are_read_whole(
         "Cookie": f"{client.cookie_name}={client.cookie}"}, urlencode(fields).encode())
     assert status == 200, answer[:300]
     assert json.loads(answer)["response"]["form"] == fields
+
+
+async def test_a_redirect_that_echoes_the_query_never_hands_out_the_token(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient]) -> None:
+    """Technitium (ASP.NET default files) answers `/js` with 301 to `/js/?<query>`: with v14 the query
+    holds the injected token. The browser must get the redirect without it."""
+    fake = FakeTechnitium(api_version=14)
+    fake.add_user("alice", "alice-pass")
+
+    @web.middleware
+    async def slash(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                    ) -> web.StreamResponse:
+        if request.path == "/js":
+            raise web.HTTPMovedPermanently(f"/js/?{request.query_string}")
+        return await handler(request)
+
+    fake.app.middlewares.append(slash)
+    await fake.start()
+    try:
+        client = client_for(await make_gateway(gateway_env(fake.url, TECHNITIUM_API_VERSION="14")))
+        assert (await client.login("alice", "alice-pass")).status == 200
+        [token] = fake.sessions
+        resp = await client.request("GET", "/js?v=2")
+        assert resp.status == 301
+        assert token not in resp.headers["Location"]
+        assert resp.headers["Location"] == "/js/?v=2"
+    finally:
+        await fake.close()
