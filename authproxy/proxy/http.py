@@ -220,7 +220,14 @@ async def _relay(request: web.Request, site: Site, ureq: UpstreamRequest, upstre
     peeked: bytes | None = None
     # A HEAD answer has no body to peek at, and peeking would replace its Content-Length with 0.
     if request.method != "HEAD" and adapter.wants_body(ureq, status, up_headers):
-        peeked = await read_up_to(upstream.content, MAX_PEEK + 1)
+        try:
+            peeked = await read_up_to(upstream.content, MAX_PEEK + 1)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Nothing sent yet, and a body that must be checked or rewritten cannot go out in part.
+            log.warning("upstream answer broke off", extra={"fields": {"site": site.name, "error": type(exc).__name__}})
+            return error_response(request, 502, "upstream_unavailable",
+                                  f"{site.name} broke off its answer; try again in a moment.",
+                                  title="Upstream unavailable")
         if len(peeked) <= MAX_PEEK and adapter.is_expired(status, up_headers, peeked):
             return await _credential_died(request, site, loaded)
         rewrite = getattr(adapter, "rewrite_body", None)

@@ -6,9 +6,10 @@ import asyncio
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
+from aiohttp import web
 
 from tests.fakes.technitium import FakeTechnitium
 from tests.integration.conftest import BROWSER, LOGIN, SESSION
@@ -203,3 +204,35 @@ async def test_healthz_and_readyz(client: GatewayClient) -> None:
     ready = await client.request("GET", READYZ)
     assert ready.status == 200
     assert await ready.json() == {"status": "ok", "checks": {"store": "ok", "upstream:technitium": "ok"}}
+
+
+async def test_an_upstream_answer_that_breaks_off_mid_body_is_a_502(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient]) -> None:
+    """A Technitium /api/ answer is read whole (to check expiry and hide tokens); when the upstream drops
+    the connection half-way, the browser gets a clear 502, not a 500 or a cut-off JSON."""
+    fake = FakeTechnitium(api_version=15)
+    fake.add_user("alice", "alice-pass")
+
+    @web.middleware
+    async def broken(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                     ) -> web.StreamResponse:
+        if request.path != "/api/broken":
+            return await handler(request)
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = 5000
+        await response.prepare(request)
+        await response.write(b'{"status":"ok","response":{')
+        assert request.transport is not None
+        request.transport.abort()
+        return response
+
+    fake.app.middlewares.append(broken)
+    await fake.start()
+    try:
+        client = client_for(await make_gateway(gateway_env(fake.url)))
+        assert (await client.login("alice", "alice-pass")).status == 200
+        resp = await client.request("GET", "/api/broken", headers={"Accept": "application/json"})
+        assert resp.status == 502 and (await resp.json())["error"] == "upstream_unavailable"
+        assert (await client.request("GET", "/api/user/session/get")).status == 200   # still signed in
+    finally:
+        await fake.close()
