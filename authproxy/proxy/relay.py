@@ -186,11 +186,12 @@ class FrameRelay:
 
     def start(self, client_early: bytes = b"", upstream_early: bytes = b"") -> None:
         """Both legs attached and the client's 101 sent: pass on what either side sent already, read on."""
+        # Resume first: passing the early bytes on may pause a side again (flow control), and that
+        # pause must stand. The client leg was never paused.
+        self.upstream._reading(True)
         for leg, early in ((self.client, client_early), (self.upstream, upstream_early)):
             if early and not leg.lost:
                 leg.data_received(early)
-        self.upstream._reading(True)
-        self.client._reading(True)
 
     def stop(self, code: int, reason: str, *, linger: float = STOP_LINGER) -> None:
         """End the bridge from outside (session ended, shutting down): the client gets `code`, and
@@ -217,6 +218,8 @@ class FrameRelay:
         if leg.forwarding:
             leg.peer.sent_close = True
         leg._stop_forwarding()    # nothing may follow a CLOSE
+        leg.pending = None        # a CLOSE of ours waiting for this stream's boundary is not needed now
+        leg.reader.stop_at_boundary = False
         if self.outcome is None:
             self.outcome = Outcome(leg.side, "close", close[0], close[1])
         self._progress()
@@ -235,7 +238,6 @@ class FrameRelay:
         error = leg.reader.error
         assert error is not None
         leg._stop_forwarding()
-        leg.clean = leg.reader.at_boundary
         if self.outcome is None:
             self.outcome = Outcome(leg.side, "error", error.code, error.reason)
         leg.got_close = True        # nothing more will be read from it
