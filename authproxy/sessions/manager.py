@@ -189,10 +189,16 @@ class SessionManager:
             self._cache[store_key] = loaded
         return loaded
 
-    async def save(self, loaded: LoadedSession) -> None:
-        """Persist a changed session (credentials refreshed, a site added) and tell other replicas."""
-        await self._write(loaded)
+    async def save(self, loaded: LoadedSession) -> bool:
+        """Persist a changed session (credentials refreshed, a site added) and tell other replicas.
+
+        Only over a session that still exists: callers save a copy they loaded before a slow upstream
+        call, and a logout or revocation meanwhile must win. False when the session is gone."""
+        if not await self._write(loaded, replace=True):
+            self._cache.pop(loaded.store_key, None)
+            return False
         await self.store.publish(CHANNEL, loaded.store_key)
+        return True
 
     async def destroy(self, loaded: LoadedSession) -> None:
         self._cache.pop(loaded.store_key, None)
@@ -226,12 +232,18 @@ class SessionManager:
 
     # ---- internals -------------------------------------------------------------------------------
 
-    async def _write(self, loaded: LoadedSession) -> None:
+    async def _write(self, loaded: LoadedSession, *, replace: bool = False) -> bool:
         plain = json.dumps(loaded.session.to_dict(), separators=(",", ":")).encode()
         blob = seal(loaded.ticket.key, plain, loaded.store_key.encode())
-        await self.store.set(loaded.store_key, blob, self._ttl(loaded, self.clock()))
+        ttl = self._ttl(loaded, self.clock())
+        if replace:
+            if not await self.store.replace(loaded.store_key, blob, ttl):
+                return False
+        else:
+            await self.store.set(loaded.store_key, blob, ttl)
         loaded.touched_at = self.clock()
         self._remember_touch(loaded.store_key, loaded.touched_at)
+        return True
 
     def _ttl(self, loaded: LoadedSession, now: float) -> float:
         return max(0.001, min(self.config.idle_timeout, loaded.session.expires_at - now))

@@ -54,6 +54,13 @@ class MemoryStore:
         self._maybe_sweep()
         self._data[key] = (bytes(value), self._clock() + ttl)
 
+    async def replace(self, key: str, value: bytes, ttl: float) -> bool:
+        self._check()
+        if self._live(key) is None:
+            return False
+        self._data[key] = (bytes(value), self._clock() + ttl)
+        return True
+
     async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
         self._check()
         if self._live(key) is not None:

@@ -174,6 +174,10 @@ class RedisStore:
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         await self._do("set", lambda c: c.set(self.prefix + key, value, px=_ms(ttl)))
 
+    async def replace(self, key: str, value: bytes, ttl: float) -> bool:
+        written = await self._do("replace", lambda c: c.set(self.prefix + key, value, px=_ms(ttl), xx=True))
+        return bool(written)
+
     async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
         created = await self._do("set_if_absent",
                                  lambda c: c.set(self.prefix + key, value, px=_ms(ttl), nx=True))

@@ -136,6 +136,14 @@ class SQLiteStore:
                 (key, bytes(value), time.time() + ttl))
         await self._run(op)
 
+    async def replace(self, key: str, value: bytes, ttl: float) -> bool:
+        def op() -> bool:
+            now = time.time()
+            cur = self._db().execute("UPDATE kv SET value = ?, expires = ? WHERE key = ? AND expires > ?",
+                                     (bytes(value), now + ttl, key, now))
+            return cur.rowcount > 0
+        return await self._run(op)
+
     async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
         def op() -> bool:
             now = time.time()

@@ -34,6 +34,10 @@ class SessionStore(Protocol):
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         """Store `value` for `ttl` seconds (> 0), replacing any previous value and TTL."""
 
+    async def replace(self, key: str, value: bytes, ttl: float) -> bool:
+        """Atomically overwrite `key` only if it still exists (never resurrect a deleted session);
+        True when it was written."""
+
     async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
         """Atomically create `key` if it does not exist (a lock); True when this call created it."""
 

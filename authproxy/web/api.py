@@ -257,7 +257,8 @@ async def heartbeat(request: web.Request) -> web.StreamResponse:
         if not loaded.session.credentials:
             await manager.destroy(loaded)
             return json_error(401, "session_expired", "Your upstream session has ended; sign in again.")
-        await manager.save(loaded)
+        if not await manager.save(loaded):  # signed out elsewhere while the upstream was asked
+            return json_error(401, "session_expired", "Your session has ended; sign in again.")
     idle = await manager.idle_expires_at(loaded)
     return web.json_response(session_json(request, loaded, idle), headers=SECURITY_HEADERS)
 

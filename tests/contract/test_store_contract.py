@@ -139,6 +139,22 @@ async def test_expire_slides_and_reports_missing(store: SessionStore) -> None:
     assert await store.get("s") is None
 
 
+async def test_replace_never_brings_back_a_deleted_or_expired_key(store: SessionStore) -> None:
+    assert await store.replace("never", b"x", 10) is False
+    assert await store.get("never") is None
+    await store.set("k", b"old", 0.3)
+    assert await store.replace("k", b"new", 10) is True   # overwrites value and TTL
+    assert await store.get("k") == b"new"
+    assert (await store.ttl("k") or 0) > 5
+    await store.delete("k")
+    assert await store.replace("k", b"zombie", 10) is False
+    assert await store.get("k") is None
+    await store.set("short", b"x", 0.2)
+    await asyncio.sleep(0.3)
+    assert await store.replace("short", b"zombie", 10) is False
+    assert await store.get("short") is None
+
+
 async def test_set_if_absent_is_a_lock(store: SessionStore) -> None:
     assert await store.set_if_absent("lock", b"a", 0.2) is True
     assert await store.set_if_absent("lock", b"b", 10) is False

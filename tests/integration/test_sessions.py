@@ -254,3 +254,20 @@ async def test_logout_on_one_replica_ends_the_session_on_the_other(
             break
         await asyncio.sleep(0.025)
     assert await api_status(two) == (401, "unauthenticated")
+
+
+async def test_a_save_after_a_logout_never_brings_the_session_back(
+        client: GatewayClient, gw: Gateway) -> None:
+    """Heartbeat, keepalive and expiry handling save a copy they loaded before a slow upstream call; a
+    logout (or revocation) that lands meanwhile must win."""
+    await client.login("alice", "alice-pass")
+    manager = gw.app[keys.SESSIONS]
+    assert client.cookie is not None
+    loaded = await manager.load(client.cookie)
+    assert loaded is not None
+    cookie = client.cookie
+    assert (await client.request("POST", LOGOUT)).status == 200
+    assert await manager.save(loaded) is False
+    assert await manager.load(cookie) is None
+    client.cookie = cookie
+    assert not await authenticated(client)
