@@ -200,6 +200,18 @@ class SessionManager:
         await self.store.publish(CHANNEL, loaded.store_key)
         return True
 
+    async def adopt(self, loaded: LoadedSession, previous: LoadedSession) -> None:
+        """A fresh sign-in keeps the person's other sites (under the new id: no session fixation),
+        each credential remembering whose account it is (per-site allow lists, Remote-User); then the
+        previous session ends. The one place the portal and the UIs' own logins merge sessions."""
+        from authproxy import authz
+
+        for name, cred in previous.session.credentials.items():
+            cred.extra.setdefault(authz.OWNER, authz.owner_record(previous.session.identity))
+            loaded.session.credentials.setdefault(name, cred)
+        await self.save(loaded)
+        await self.destroy(previous)
+
     async def destroy(self, loaded: LoadedSession) -> None:
         self._cache.pop(loaded.store_key, None)
         self._touched.pop(loaded.store_key, None)

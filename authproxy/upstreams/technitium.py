@@ -390,12 +390,9 @@ class TechnitiumAdapter:
         credential = loaded.session.credentials[site.name]
         credential.extra[HANDOFF_FLAG] = True  # this answer carries the placeholder
         if previous is not None:
-            # As the portal does: keep the person's other sites in the new session, drop the old id.
-            for name, cred in previous.session.credentials.items():
-                loaded.session.credentials.setdefault(name, cred)
-        await manager.save(loaded)
-        if previous is not None:
-            await manager.destroy(previous)
+            await manager.adopt(loaded, previous)   # as the portal does
+        else:
+            await manager.save(loaded)  # the handoff flag
         response = await self._session_answer(credential, key=loaded.ticket.key, site=site,
                                               identity=loaded.session.identity, client_ip=request.remote)
         set_session_cookie(request, response, cookie)

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from authproxy import authz, keys
+from authproxy import keys
 from authproxy.bodies import read_up_to
 from authproxy.errors import AuthError, UpstreamError
 from authproxy.log import audit, log
@@ -155,13 +155,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         previous = await current_session(request)
         loaded, cookie = await request.app[keys.LOGIN].sign_in(site, fields, client_ip(request))
         if previous is not None:
-            # Keep the person's other sites in the new session (new id: no fixation), drop the old one.
-            for name, cred in previous.session.credentials.items():
-                # Remember whose account each carried-over credential is (per-site allow lists, Remote-User).
-                cred.extra.setdefault(authz.OWNER, authz.owner_record(previous.session.identity))
-                loaded.session.credentials.setdefault(name, cred)
-            await request.app[keys.SESSIONS].save(loaded)
-            await request.app[keys.SESSIONS].destroy(previous)
+            await request.app[keys.SESSIONS].adopt(loaded, previous)
     except AuthError as exc:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
         if form_post:

@@ -200,6 +200,25 @@ async def test_one_cookie_for_two_hosts_one_sign_in_per_upstream_account(
     assert other.status == 403 and "Location" not in other.headers
 
 
+async def test_a_sign_in_through_technitiums_own_ui_keeps_each_sites_owner(
+        two_sites: Asker, dns: FakeTechnitium, nas: FakeTechnitium) -> None:
+    """The UI's own login (authproxy answers /api/user/login for the UI) merges sessions like the portal:
+    alice's dns credential stays alice's after bob signs in to nas through nas's UI."""
+    ask = two_sites
+    cookie, _ = await ask.sign_in("dns.example.com", ALICE)
+    reply = await ask.request("POST", "/api/user/login", {
+        "X-Forwarded-Proto": "https", "X-Forwarded-Host": "nas.example.com", "Origin": "https://nas.example.com",
+        "Cookie": f"{ask.cookie_name}={cookie}"}, data={"user": BOB[0], "pass": BOB[1], "totp": ""})
+    assert reply.status == 200 and b'"ok"' in reply.body, reply.body
+    cookie2 = next(v.split(";", 1)[0].split("=", 1)[1] for v in reply.headers.getall("Set-Cookie")
+                   if v.startswith(f"{ask.cookie_name}="))
+    on_dns = await ask.verify("caddy", "https://dns.example.com/", cookie=cookie2)
+    assert on_dns.status == 200, on_dns.body                    # dns admits alice only: judged as alice
+    assert on_dns.headers["Remote-User"] == "alice" and bearer(on_dns) in tokens(dns, "alice")
+    on_nas = await ask.verify("caddy", "https://nas.example.com/", cookie=cookie2)
+    assert on_nas.status == 200 and on_nas.headers["Remote-User"] == "bob"
+
+
 async def test_allow_lists_are_per_site(two_sites: Asker, dns: FakeTechnitium) -> None:
     ask = two_sites
     # bob has an account on dns too, but dns only admits alice: 403, never a redirect (no loop).
