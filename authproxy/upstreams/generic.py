@@ -363,6 +363,9 @@ class GenericAdapter:
             return None
         path = canonical_path(uihooks.upstream_path(request, site))
         if logout.intercept and request.method == logout.method and path == logout.path:
+            if uihooks.cross_site(request):  # a link on another site must not sign anyone out (GET logouts)
+                return web.json_response({"error": "cross_site", "message": "Cross-site sign-out refused."},
+                                         status=403, headers={"Cache-Control": "no-store"})
             return await uihooks.sign_out(request, site)
         if login.ui_answer and request.method == login.method and path == login.path:
             _, credential = await uihooks.current(request, site)

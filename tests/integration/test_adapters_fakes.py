@@ -254,6 +254,10 @@ async def test_adguard_ui_sign_out_ends_both_sessions(
     await signed_in(client, adguard.username, adguard.password)
     token = (await held_credential(agh_gw, client)).secret
     cookie = client.cookie
+    # A link on another site (SameSite=Lax lets the cookie ride along on a top-level GET) signs nobody out.
+    forged = await client.request("GET", "/control/logout",
+                                  headers={**BROWSER, "Referer": "https://evil.example/page", "Sec-Fetch-Site": "cross-site"})
+    assert forged.status == 403 and token in adguard.sessions
     out = await client.request("GET", "/control/logout", headers=BROWSER)
     assert out.status == 302 and out.headers["Location"] == "/_authproxy/login?logged_out=1"
     assert token not in adguard.sessions
