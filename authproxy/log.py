@@ -69,7 +69,7 @@ class JsonFormatter(logging.Formatter):
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            data.update(fields)
+            data.update({k: redact(v) if isinstance(v, str) else v for k, v in fields.items()})
         if record.exc_info and record.exc_info[0] is not None:
             data["exception"] = record.exc_info[0].__name__
             data["where"] = where(record.exc_info[2])
@@ -81,7 +81,7 @@ class TextFormatter(logging.Formatter):
         base = f"{record.levelname:<7} {record.name}: {redact(record.getMessage())}"
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict) and fields:
-            base += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+            base += " " + " ".join(f"{k}={redact(v) if isinstance(v, str) else v}" for k, v in fields.items())
         if record.exc_info and record.exc_info[0] is not None:
             base += f" [{record.exc_info[0].__name__} at {where(record.exc_info[2])}]"
         return base

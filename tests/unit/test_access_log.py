@@ -78,3 +78,14 @@ def test_unexpected_errors_are_logged_by_type_and_place_never_by_message() -> No
     assert line["exception"] == "KeyError" and line["where"].startswith("test_access_log.py:")
     assert secret not in json.dumps(line)
     assert secret not in TextFormatter().format(rec) and "KeyError at test_access_log.py:" in TextFormatter().format(rec)
+
+
+def test_field_values_are_redacted_like_messages_in_both_formats() -> None:
+    from authproxy.log import JsonFormatter, TextFormatter
+
+    token = "a" * 64
+    record = logging.LogRecord("authproxy.access", logging.INFO, __file__, 1, "GET %s", ("/x",), None)
+    record.fields = {"path": f"/x?token={token}", "auth": f"Bearer {token}", "status": 200}
+    for fmt in (JsonFormatter(), TextFormatter()):
+        line = fmt.format(record)
+        assert token not in line and "[redacted]" in line and "200" in line
