@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import Callable
 
 from authproxy.errors import StoreError, UpstreamError
-from authproxy.log import audit, log
+from authproxy.log import log
 from authproxy.sessions.manager import LoadedSession, SessionManager
 from authproxy.upstreams.base import UpstreamAdapter
 
@@ -105,14 +105,8 @@ class UpstreamKeepalive:
             return
         if not alive:
             self._forget(key)
-            loaded.session.credentials.pop(site, None)
-            audit("expiry", outcome="upstream_invalid", user=loaded.session.user, site=site,
-                  session=loaded.public_id)
             with contextlib.suppress(StoreError):
-                if loaded.session.credentials:
-                    await self.sessions.save(loaded)
-                else:
-                    await self.sessions.destroy(loaded)
+                await self.sessions.drop_credential(loaded, site)
             return
         self._last_use[key] = now
         self._schedule(key, ttl / 2)

@@ -25,7 +25,7 @@ from yarl import URL
 from authproxy import authz, keys
 from authproxy.bodies import read_up_to
 from authproxy.errors import UpstreamError
-from authproxy.log import audit, log
+from authproxy.log import log
 from authproxy.proxy.headers import downstream_response_headers, location_without, upstream_request_headers
 from authproxy.proxy.upstream import UpstreamPool, UpstreamResponse
 from authproxy.routing import Site
@@ -297,14 +297,7 @@ async def _stream(request: web.Request, site: Site, upstream: _Answer, response:
 async def _credential_died(request: web.Request, site: Site, loaded: LoadedSession | None) -> web.StreamResponse:
     """The upstream says the token is dead: end it here too, then ask the person to sign in again."""
     if loaded is not None:
-        manager = request.app[keys.SESSIONS]
-        loaded.session.credentials.pop(site.name, None)
-        audit("expiry", outcome="upstream_invalid", user=loaded.session.user, site=site.name,
-              client_ip=client_ip(request), session=loaded.public_id)
-        if loaded.session.credentials:
-            await manager.save(loaded)
-        else:
-            await manager.destroy(loaded)
+        await request.app[keys.SESSIONS].drop_credential(loaded, site.name, client_ip=client_ip(request))
         return _signed_out(request, site, expired=True)
     log.error("the service credential was refused by the upstream", extra={"fields": {"site": site.name}})
     return error_response(request, 502, "service_credential_invalid",

@@ -200,6 +200,17 @@ class SessionManager:
         await self.store.publish(CHANNEL, loaded.store_key)
         return True
 
+    async def drop_credential(self, loaded: LoadedSession, site: str, *, client_ip: str = "") -> bool:
+        """The upstream says `site`'s credential is dead: remove it (audited); the session ends with its
+        last credential. True when the session lives on."""
+        loaded.session.credentials.pop(site, None)
+        audit("expiry", outcome="upstream_invalid", user=loaded.session.user, site=site,
+              client_ip=client_ip, session=loaded.public_id)
+        if loaded.session.credentials and await self.save(loaded):
+            return True
+        await self.destroy(loaded)
+        return False
+
     async def adopt(self, loaded: LoadedSession, previous: LoadedSession) -> None:
         """A fresh sign-in keeps the person's other sites (under the new id: no session fixation),
         each credential remembering whose account it is (per-site allow lists, Remote-User); then the

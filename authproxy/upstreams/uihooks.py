@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from authproxy import keys
-from authproxy.log import audit
 from authproxy.sessions.model import Credential
 
 if TYPE_CHECKING:
@@ -49,14 +48,7 @@ async def drop_credential(request: web.Request, site: Site) -> None:
     loaded, credential = await current(request, site)
     if loaded is None or credential is None:
         return
-    manager = request.app[keys.SESSIONS]
-    loaded.session.credentials.pop(site.name, None)
-    audit("expiry", outcome="upstream_invalid", user=loaded.session.user, site=site.name,
-          client_ip=request.remote or "", session=loaded.public_id)
-    if loaded.session.credentials:
-        await manager.save(loaded)
-    else:
-        await manager.destroy(loaded)
+    await request.app[keys.SESSIONS].drop_credential(loaded, site.name, client_ip=request.remote or "")
 
 
 async def sign_out(request: web.Request, site: Site, *, status: int = 204, body: str = "") -> web.StreamResponse:
