@@ -74,9 +74,6 @@ class UpstreamAdapter(Protocol):
     async def keepalive(self, credential: Credential) -> bool:
         """The cheapest authenticated call; False when the upstream says the credential is dead."""
 
-    async def identity(self, credential: Credential) -> Identity | None:
-        """Ask the upstream who this is (None when the credential is dead)."""
-
     def prepare_request(self, req: UpstreamRequest, credential: Credential | None) -> None:
         """Remove what the client must not choose, then add `credential` where the upstream wants it."""
 

@@ -350,11 +350,6 @@ class GenericAdapter:
         credential.touched_at = time.time()
         return True
 
-    async def identity(self, credential: Credential) -> Identity | None:
-        if not await self.keepalive(credential):
-            return None
-        return Identity(username=self.spec.username or str(credential.extra.get("user", "")))
-
     # ---- the UI's own login / logout -------------------------------------------------------------
 
     async def intercept(self, request: web.Request, site: Site) -> web.StreamResponse | None:

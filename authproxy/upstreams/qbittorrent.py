@@ -220,10 +220,6 @@ class QBittorrentAdapter:
         credential.touched_at = time.time()
         return True
 
-    async def identity(self, credential: Credential) -> Identity | None:
-        alive = await self.keepalive(credential)
-        return Identity(username=str(credential.extra.get("user", ""))) if alive else None
-
     # ---- the UI's own calls ----------------------------------------------------------------------
 
     async def intercept(self, request: web.Request, site: Site) -> web.StreamResponse | None:

@@ -234,12 +234,6 @@ class TechnitiumAdapter:
             return True
         return False
 
-    async def identity(self, credential: Credential) -> Identity | None:
-        env = await self._call("/api/user/session/get", credential=credential)
-        if env.get("status") != "ok":
-            return None
-        return self._identity(env, "")
-
     # ---- forwarding ------------------------------------------------------------------------------
 
     def prepare_request(self, req: UpstreamRequest, credential: Credential | None) -> None:

@@ -98,10 +98,6 @@ class TransmissionAdapter:
             raise UpstreamUnavailable("transmission locked sign-ins after too many failures")
         return verdict == "ok"
 
-    async def identity(self, credential: Credential) -> Identity | None:
-        alive = await self.keepalive(credential)
-        return Identity(username=str(credential.extra.get("user", ""))) if alive else None
-
     def prepare_request(self, req: UpstreamRequest, credential: Credential | None) -> None:
         req.headers.popall("Authorization", None)
         if credential is not None:
