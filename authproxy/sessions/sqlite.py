@@ -11,6 +11,8 @@ Why this shape:
   every store polls for ids above the last one it saw every `poll_interval` s. This instance's own
   subscribers are called at once and skip the echo. Events older than `event_retention` s are pruned.
 - The file is created 0600 in a 0700 directory: it holds sealed sessions, but still nobody else's.
+- Opening is serialised across processes by an flock on `<file>-open.lock`: switching a fresh file to
+  WAL answers "database is locked" at once, without the busy timeout, when `--workers` start together.
 
 Every sqlite3 error surfaces as `StoreError`.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import fcntl
 import functools
 import logging
 import os
@@ -284,6 +287,26 @@ class SQLiteStore:
 
     def _open(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock_fd = os.open(self.path.with_name(self.path.name + "-open.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self._wait_for_lock(lock_fd)
+            self._open_locked()
+        finally:
+            os.close(lock_fd)  # releases the flock
+
+    def _wait_for_lock(self, fd: int) -> None:
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreError(f"sqlite store {self.path}: another process kept it locked while "
+                                     f"opening for {self.busy_timeout:g} s") from None
+                time.sleep(0.01)
+
+    def _open_locked(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             mode = os.fstat(fd).st_mode

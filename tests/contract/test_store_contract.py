@@ -349,6 +349,17 @@ async def test_sqlite_pubsub_across_processes(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_sqlite_processes_starting_together_on_a_fresh_file_all_open_it(tmp_path: Path) -> None:
+    """`--workers N` start at the same instant on a new file (CI once lost a worker to "database is locked")."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "tests.support.sqlite_open_race",
+                                                str(tmp_path), "8", "60",
+                                                cwd=REPO, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().strip() == "0", err.decode()[-2000:]
+
+
 async def test_sqlite_sweeps_expired_rows_and_old_events(tmp_path: Path) -> None:
     path = tmp_path / "sessions.sqlite3"
     store = SQLiteStore(path, poll_interval=0.05, sweep_interval=0.05, event_retention=0.0)
