@@ -86,15 +86,17 @@ class MemoryStore:
             self._data.pop(key, None)
         return count
 
-    async def incr(self, key: str, window: float) -> int:
+    async def incr(self, key: str, window: float, amount: int = 1) -> int:
         self._check()
         entry = self._live(key)
         if entry is None:
+            if amount < 0:
+                return 0
             self._maybe_sweep()
-            self._data[key] = (b"1", self._clock() + window)
-            return 1
+            self._data[key] = (str(amount).encode(), self._clock() + window)
+            return amount
         try:
-            value = int(entry[0]) + 1
+            value = int(entry[0]) + amount
         except ValueError:
             raise StoreError(f"memory store: key {key!r} does not hold a counter") from None
         self._data[key] = (str(value).encode(), entry[1])

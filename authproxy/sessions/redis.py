@@ -51,10 +51,16 @@ log = logging.getLogger("authproxy.store")
 
 T = TypeVar("T")
 
-# KEYS[1] counter; ARGV[1] window in ms. Sets the expiry on the first incr (or if it is somehow missing).
+# KEYS[1] counter; ARGV[1] window in ms, ARGV[2] amount. Sets the expiry on the first incr (or if it
+# is somehow missing); a negative amount never creates the counter.
 INCR_SCRIPT = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 or redis.call('PTTL', KEYS[1]) == -1 then
+local amount = tonumber(ARGV[2])
+local existed = redis.call('EXISTS', KEYS[1]) == 1
+if amount < 0 and not existed then
+    return 0
+end
+local n = redis.call('INCRBY', KEYS[1], amount)
+if not existed or redis.call('PTTL', KEYS[1]) == -1 then
     redis.call('PEXPIRE', KEYS[1], ARGV[1])
 end
 return n
@@ -194,8 +200,9 @@ class RedisStore:
             return 0
         return int(await self._do("delete", lambda c: c.delete(*(self.prefix + k for k in keys))))
 
-    async def incr(self, key: str, window: float) -> int:
-        return int(await self._do("incr", lambda c: self._incr(keys=[self.prefix + key], args=[_ms(window)])))
+    async def incr(self, key: str, window: float, amount: int = 1) -> int:
+        return int(await self._do("incr", lambda c: self._incr(keys=[self.prefix + key],
+                                                                args=[_ms(window), amount])))
 
     async def ttl(self, key: str) -> float | None:
         fast = self._fast

@@ -183,16 +183,18 @@ class SQLiteStore:
             return count
         return await self._run(op)
 
-    async def incr(self, key: str, window: float) -> int:
+    async def incr(self, key: str, window: float, amount: int = 1) -> int:
         def op() -> int:
             now = time.time()
             with self._tx() as db:
                 row = db.execute("SELECT value, expires FROM kv WHERE key = ?", (key,)).fetchone()
                 if row is None or row[1] <= now:
-                    value, expires = 1, now + window
+                    if amount < 0:
+                        return 0
+                    value, expires = amount, now + window
                 else:
                     try:
-                        value, expires = int(row[0]) + 1, row[1]
+                        value, expires = int(row[0]) + amount, row[1]
                     except ValueError:
                         raise StoreError(f"sqlite store: key {key!r} does not hold a counter") from None
                 db.execute("INSERT INTO kv (key, value, expires) VALUES (?, ?, ?) "

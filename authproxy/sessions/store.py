@@ -47,8 +47,10 @@ class SessionStore(Protocol):
     async def delete(self, *keys: str) -> int:
         """Delete keys; returns how many existed."""
 
-    async def incr(self, key: str, window: float) -> int:
-        """Add one to a counter and return it; the counter expires `window` s after its first incr."""
+    async def incr(self, key: str, window: float, amount: int = 1) -> int:
+        """Add `amount` to a counter and return it; the counter expires `window` s after its first incr.
+
+        A negative amount (a refund) never creates a counter: on a missing one it returns 0."""
 
     async def ttl(self, key: str) -> float | None:
         """Seconds left for `key`, or None when it does not exist."""

@@ -190,6 +190,19 @@ async def test_incr_counts_within_a_fixed_window(store: SessionStore) -> None:
     assert sorted(counts) == list(range(1, 21))
 
 
+async def test_incr_by_an_amount_and_refunds_that_never_create_a_counter(store: SessionStore) -> None:
+    assert await store.incr("r", 0.4, -1) == 0  # a refund on nothing leaves nothing
+    assert await store.get("r") is None
+    assert await store.incr("r", 0.4, 3) == 3
+    await asyncio.sleep(0.25)
+    assert await store.incr("r", 0.4, -1) == 2
+    assert await store.incr("r", 0.4, -2) == 0
+    assert await store.incr("r", 0.4) == 1  # back from zero: still the first window...
+    await asyncio.sleep(0.25)
+    assert await store.get("r") is None  # ...which ended 0.4 s after the first incr
+    assert await store.incr("r", 0.4, -1) == 0
+
+
 async def test_ttl_reports_seconds_left(store: SessionStore) -> None:
     assert await store.ttl("missing") is None
     await store.set("k", b"v", 10)
