@@ -53,26 +53,31 @@ class PassthroughLogin:
     async def sign_in(self, site: Site, form: LoginInput, client_ip: str) -> tuple[LoadedSession, str]:
         """A new session and its cookie value, or AuthError saying why not (already audited)."""
         counted = (form.username.lower(), form.password) not in UNCOUNTED_DEFAULTS
-        wait = await self.regulator.retry_after(site.name, form.username, client_ip)
-        if wait is not None:
+        attempt = await self.regulator.begin(site.name, form.username, client_ip)
+        if attempt.retry_after is not None:
             audit("login", outcome="throttled", user=form.username, site=site.name, client_ip=client_ip)
             raise AuthError("Too many failed sign-ins. Try again later.", code="too_many_attempts", status=429,
-                            retry_after=wait)
-        result = await site.adapter.login(form.username, form.password, form.totp, client_ip)
-        if result.status == "totp_required":
-            audit("login", outcome="totp_required", user=form.username, site=site.name, client_ip=client_ip)
-            raise AuthError(result.message or "Enter your one-time code.", code="totp_required", status=401)
-        if result.status == "blocked":
-            audit("login", outcome="upstream_blocked", user=form.username, site=site.name, client_ip=client_ip)
-            raise AuthError(result.message, code="upstream_blocked", status=429, retry_after=result.retry_after)
-        if result.status != "ok" or result.credential is None or result.identity is None:
-            if counted:
-                await self.regulator.failed(site.name, form.username, client_ip)
-            audit("login", outcome="failure", user=form.username, site=site.name, client_ip=client_ip,
-                  totp=form.totp is not None)
-            raise AuthError(result.message or "Invalid username or password.", code="invalid_credentials",
-                            status=401)
-        await self.regulator.succeeded(site.name, form.username, client_ip)
+                            retry_after=attempt.retry_after)
+        try:
+            result = await site.adapter.login(form.username, form.password, form.totp, client_ip)
+            if result.status == "totp_required":
+                audit("login", outcome="totp_required", user=form.username, site=site.name, client_ip=client_ip)
+                raise AuthError(result.message or "Enter your one-time code.", code="totp_required", status=401)
+            if result.status == "blocked":
+                audit("login", outcome="upstream_blocked", user=form.username, site=site.name,
+                      client_ip=client_ip)
+                raise AuthError(result.message, code="upstream_blocked", status=429,
+                                retry_after=result.retry_after)
+            if result.status != "ok" or result.credential is None or result.identity is None:
+                if counted:
+                    attempt.failed()
+                audit("login", outcome="failure", user=form.username, site=site.name, client_ip=client_ip,
+                      totp=form.totp is not None)
+                raise AuthError(result.message or "Invalid username or password.", code="invalid_credentials",
+                                status=401)
+            await attempt.succeeded()
+        finally:
+            await attempt.refund()  # neither failed nor succeeded: the upstream down, a prompt, a default probe
         loaded, cookie = await self.sessions.create(user=result.identity.username, site=site.name,
                                                     identity=result.identity, credential=result.credential,
                                                     client_ip=client_ip)

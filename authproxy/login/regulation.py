@@ -3,16 +3,23 @@
 Upstreams ban by client network (Technitium blocks a /32 for 5 minutes after 5 failures, and sees
 the proxy's address unless told otherwise), so one person's typos would lock everyone out.
 Counting here, per user and per client IP, stops the attempt before the upstream is asked.
+
+An attempt is counted *before* the upstream is asked and refunded when it turns out not to be a
+failure: checking first and counting after the answer let a burst of parallel guesses all pass the
+check while none had failed yet.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import math
+from dataclasses import dataclass
 
 from authproxy.config.schema import ThrottleConfig
 from authproxy.crypto import b64e
+from authproxy.errors import StoreError
 from authproxy.sessions.store import SessionStore
 
 
@@ -36,6 +43,40 @@ def client_network(client_ip: str) -> str:
     return str(ip)
 
 
+@dataclass
+class Attempt:
+    """One sign-in attempt, already counted as a failure against its user and its client network.
+
+    `retry_after` set means the attempt was refused and nothing stays counted. Otherwise settle it:
+    `failed()` keeps the count, `succeeded()` clears the user's count and refunds the address,
+    `refund()` (anything that is neither: the upstream down, a TOTP prompt) takes it back."""
+
+    regulator: Regulator
+    user_key: str
+    ip_key: str
+    retry_after: int | None = None
+    settled: bool = False
+
+    def failed(self) -> None:
+        self.settled = True
+
+    async def succeeded(self) -> None:
+        self.settled = True
+        await self.regulator.store.delete(self.user_key)
+        await self._give_back(self.ip_key)
+
+    async def refund(self) -> None:
+        if not self.settled:
+            self.settled = True
+            await self._give_back(self.user_key, self.ip_key)
+
+    async def _give_back(self, *keys: str) -> None:
+        # Best effort: a store that fails here has failed the sign-in already, and the count expires.
+        with contextlib.suppress(StoreError):
+            for key in keys:
+                await self.regulator.store.incr(key, self.regulator.config.window, -1)
+
+
 class Regulator:
     def __init__(self, store: SessionStore, config: ThrottleConfig) -> None:
         self.store = store
@@ -44,26 +85,26 @@ class Regulator:
     def _keys(self, site: str, user: str, client_ip: str) -> tuple[str, str]:
         return _key("u", site, user.strip().lower()), _key("ip", "", client_network(client_ip))
 
-    async def retry_after(self, site: str, user: str, client_ip: str) -> int | None:
-        """Seconds until another attempt is allowed, or None when one is allowed now."""
-        worst: float | None = None
-        for key in self._keys(site, user, client_ip):
-            raw = await self.store.get(key)
-            if raw is None:
-                continue
-            try:
-                count = int(raw)
-            except ValueError:
-                continue
-            if count >= self.config.max_failures:
-                left = await self.store.ttl(key)
-                left = self.config.window if left is None else left
-                worst = left if worst is None else max(worst, left)
-        return None if worst is None else max(1, math.ceil(worst))
-
-    async def failed(self, site: str, user: str, client_ip: str) -> None:
-        for key in self._keys(site, user, client_ip):
-            await self.store.incr(key, self.config.window)
-
-    async def succeeded(self, site: str, user: str, client_ip: str) -> None:
-        await self.store.delete(self._keys(site, user, client_ip)[0])
+    async def begin(self, site: str, user: str, client_ip: str) -> Attempt:
+        """Count an attempt, or refuse it (`retry_after` set, nothing counted) when either budget is spent."""
+        user_key, ip_key = self._keys(site, user, client_ip)
+        attempt = Attempt(self, user_key, ip_key)
+        over: list[str] = []
+        charged: list[str] = []
+        for key in (user_key, ip_key):
+            count = await self.store.incr(key, self.config.window)
+            charged.append(key)
+            if count > self.config.max_failures:
+                over.append(key)
+        if not over:
+            return attempt
+        attempt.settled = True
+        with contextlib.suppress(StoreError):
+            for key in charged:
+                await self.store.incr(key, self.config.window, -1)
+        worst = 0.0
+        for key in over:
+            left = await self.store.ttl(key)
+            worst = max(worst, self.config.window if left is None else left)
+        attempt.retry_after = max(1, math.ceil(min(worst, self.config.window)))
+        return attempt

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from authproxy.login.regulation import client_network
@@ -69,6 +70,39 @@ async def test_per_ip_throttle_counts_an_ipv6_client_by_its_64(client: GatewayCl
     assert len(technitium.requests_to("/api/user/login")) == asked
     status, _, _ = await attempt(client, "alice", "alice-pass", ip="2001:db8:aa:bc::1")   # the next /64
     assert status == 200
+
+
+async def test_a_burst_of_parallel_guesses_gets_no_more_than_the_budget(
+        client: GatewayClient, technitium: FakeTechnitium) -> None:
+    # Each attempt is counted before the upstream is asked: checking first and counting after the
+    # answer let every guess of a burst through, since none had failed yet when each was checked.
+    technitium.login_failure_sleep = 0.2   # the upstream answers failures slowly, as Technitium does
+    asked = len(technitium.requests_to("/api/user/login"))
+    results = await asyncio.gather(*(attempt(client, "alice", f"guess{i}") for i in range(20)))
+    statuses = sorted(status for status, _, _ in results)
+    assert statuses == [401] * 5 + [429] * 15
+    assert len(technitium.requests_to("/api/user/login")) - asked == 5
+    # Across usernames, one address gets the per-address budget and no more.
+    results = await asyncio.gather(*(attempt(client, f"user{i}", "wrong", ip="198.51.100.40") for i in range(20)))
+    assert sorted(status for status, _, _ in results) == [401] * 5 + [429] * 15
+
+
+async def test_sign_ins_that_are_not_failures_give_their_count_back(
+        client: GatewayClient, technitium: FakeTechnitium) -> None:
+    # Successes from one address (an office behind one NAT) and TOTP prompts never use up the budget.
+    technitium.add_user("carol", "carol-pass", totp_secret="JBSWY3DPEHPK3PXP")
+    for i in range(8):
+        technitium.add_user(f"staff{i}", "staff-pass")
+        assert (await attempt(client, f"staff{i}", "staff-pass", ip="198.51.100.41"))[0] == 200
+    for _ in range(8):
+        status, _, body = await attempt(client, "carol", "carol-pass", ip="198.51.100.41")
+        assert (status, body["error"]) == (401, "totp_required")
+    for _ in range(4):
+        assert (await attempt(client, "carol", "wrong", ip="198.51.100.41"))[0] == 401
+    status, _, body = await attempt(client, "carol", "carol-pass", ip="198.51.100.41")
+    assert (status, body["error"]) == (401, "totp_required")   # the fifth attempt still reaches the upstream
+    assert (await attempt(client, "carol", "wrong", ip="198.51.100.41"))[0] == 401
+    assert (await attempt(client, "carol", "carol-pass", ip="198.51.100.41"))[0] == 429
 
 
 def test_client_network_is_the_ipv4_address_or_the_ipv6_64() -> None:
