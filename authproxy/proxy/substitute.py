@@ -15,6 +15,9 @@ that the HttpOnly cookie unlocks, so the placeholder never has to be looked up o
 * **Derived placeholders** stand in for *other* tokens an answer may carry (a single-use token, a freshly
   created API token): HMAC over the real value as well, so each one is distinct and stable.
 
+`StreamReplacer` does the first half of that for answers too large to hold: the secret is replaced as
+the body passes, across the upstream's write boundaries.
+
 `rewrite_tokens` is the one body rewrite: every occurrence of the session's real token becomes the
 session placeholder, then the token fields a JSON answer may carry (`token`, `response.token`) become
 derived placeholders when they still hold something else.
@@ -61,6 +64,55 @@ def replace_all(body: bytes, secret: str, replacement: str) -> bytes:
         return body
     raw = secret.encode()
     return body.replace(raw, replacement.encode()) if raw in body else body
+
+
+class StreamReplacer:
+    """Replace every occurrence of `secret` in a body that arrives in pieces.
+
+    Holds back the last len(secret) - 1 bytes of what it has seen (a match may begin there), so the
+    output lags the input by at most that much and nothing that could be a split secret goes out.
+    A same-length replacement keeps the body's length (and its Content-Length) unchanged.
+    """
+
+    __slots__ = ("_held", "_keep", "_replacement", "_secret")
+
+    def __init__(self, secret: str, replacement: str) -> None:
+        if not secret:
+            raise ValueError("StreamReplacer needs a non-empty secret")
+        self._secret = secret.encode()
+        self._replacement = replacement.encode()
+        self._keep = len(self._secret) - 1
+        self._held = b""
+
+    @property
+    def keeps_length(self) -> bool:
+        return len(self._secret) == len(self._replacement)
+
+    def feed(self, data: bytes) -> bytes:
+        """What may go out now, the secret replaced in it (as bytes.replace would on the whole body)."""
+        buf = self._held + data if self._held else data
+        limit = len(buf) - self._keep   # a match starting before here lies in `buf` whole
+        secret = self._secret
+        found = buf.find(secret)
+        if found == -1 or found >= limit:
+            cut = max(0, limit)
+            self._held = buf[cut:]
+            return buf[:cut]
+        parts: list[bytes] = []
+        pos = 0
+        while found != -1 and found < limit:
+            parts += (buf[pos:found], self._replacement)
+            pos = found + len(secret)
+            found = buf.find(secret, pos)
+        cut = max(pos, limit)
+        parts.append(buf[pos:cut])
+        self._held = buf[cut:]
+        return b"".join(parts)
+
+    def flush(self) -> bytes:
+        """The held-back tail at the end of the body (too short to hold the secret)."""
+        held, self._held = self._held, b""
+        return held
 
 
 def _get(obj: Any, path: Sequence[str]) -> Any:

@@ -1,0 +1,52 @@
+"""StreamReplacer: a secret replaced in a body that arrives in pieces, exactly as a whole-body replace."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from authproxy.proxy.substitute import StreamReplacer
+
+
+def run(replacer: StreamReplacer, pieces: list[bytes]) -> bytes:
+    return b"".join(replacer.feed(p) for p in pieces) + replacer.flush()
+
+
+def test_a_secret_split_across_every_possible_boundary_is_replaced() -> None:
+    secret, placeholder = "0123456789abcdef" * 4, "f" * 64
+    body = b'{"a":"' + secret.encode() + b'","b":"x' + secret.encode() + b'"}'
+    for cut in range(len(body) + 1):
+        for second in range(cut, len(body) + 1):
+            out = run(StreamReplacer(secret, placeholder), [body[:cut], body[cut:second], body[second:]])
+            assert out == body.replace(secret.encode(), placeholder.encode())
+
+
+def test_byte_by_byte_and_nothing_goes_out_that_could_be_half_a_secret() -> None:
+    r = StreamReplacer("SECRET", "******")
+    assert r.keeps_length
+    assert r.feed(b"xxSEC") == b""              # the last len(secret) - 1 bytes wait for what follows
+    assert r.feed(b"RET yy") == b"xx******"     # ...which completed the secret
+    assert r.feed(b"zzzzzz") == b" yyz"
+    assert r.flush() == b"zzzzz"
+    assert not StreamReplacer("SECRET", "").keeps_length
+
+
+def test_same_as_bytes_replace_on_random_bodies_pieces_and_overlapping_secrets() -> None:
+    rnd = random.Random(20261129)
+    for _ in range(5000):
+        secret = "".join(rnd.choice("ab") for _ in range(rnd.randint(1, 6)))   # "aba": self-overlapping
+        replacement = "".join(rnd.choice("XY") for _ in range(rnd.randint(0, 7)))
+        body = "".join(rnd.choice("ab") for _ in range(rnd.randint(0, 60))).encode()
+        pieces, i = [], 0
+        while i < len(body):
+            n = rnd.randint(0, 8)
+            pieces.append(body[i:i + n])
+            i += n
+        assert run(StreamReplacer(secret, replacement), pieces) == body.replace(secret.encode(),
+                                                                                  replacement.encode())
+
+
+def test_an_empty_secret_is_refused() -> None:
+    with pytest.raises(ValueError):
+        StreamReplacer("", "x")
