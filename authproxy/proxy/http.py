@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from authproxy import authz, keys
@@ -27,6 +28,7 @@ from authproxy.bodies import read_up_to
 from authproxy.errors import UpstreamError
 from authproxy.log import log
 from authproxy.proxy.headers import downstream_response_headers, location_without, upstream_request_headers
+from authproxy.proxy.substitute import StreamReplacer
 from authproxy.proxy.upstream import UpstreamPool, UpstreamResponse
 from authproxy.routing import Site
 from authproxy.sessions.manager import LoadedSession
@@ -218,6 +220,7 @@ async def _relay(request: web.Request, site: Site, ureq: UpstreamRequest, upstre
     status = upstream.status
     up_headers = upstream.headers
     peeked: bytes | None = None
+    rewritten = False
     # A HEAD answer has no body to peek at, and peeking would replace its Content-Length with 0.
     if request.method != "HEAD" and adapter.wants_body(ureq, status, up_headers):
         try:
@@ -234,6 +237,7 @@ async def _relay(request: web.Request, site: Site, ureq: UpstreamRequest, upstre
         if rewrite is not None and len(peeked) <= MAX_PEEK:
             # Token fields in JSON answers become this session's placeholder (upstreams/ decides which).
             peeked = rewrite(ureq, peeked, loaded)
+            rewritten = True
     elif (request.method != "HEAD" and status not in _EMPTY_BODY_STATUS
           and (length := upstream.content_length) is not None and length <= SMALL_BODY):
         content = upstream.content
@@ -245,14 +249,26 @@ async def _relay(request: web.Request, site: Site, ureq: UpstreamRequest, upstre
             response = web.StreamResponse(status=status, reason=upstream.reason)
             _answer_headers(response, request, site, upstream, credential, drop_length=False)
             return await _stream(request, site, upstream, response, b"", exc)
+    # An answer that may carry the token but was not rewritten whole (too large) is scrubbed as it goes.
+    scrub = None if rewritten or request.method == "HEAD" else _scrubber(adapter, ureq, up_headers, loaded)
     if peeked is not None and len(peeked) <= MAX_PEEK and upstream.content.at_eof():
         # The whole body is in hand: headers and body leave in one write, Content-Length is its own.
+        if scrub is not None:
+            peeked = scrub.feed(peeked) + scrub.flush()
         whole = web.Response(status=status, reason=upstream.reason, body=peeked)
         _answer_headers(whole, request, site, upstream, credential, drop_length=True)
         return whole
     response = web.StreamResponse(status=status, reason=upstream.reason)
-    _answer_headers(response, request, site, upstream, credential, drop_length=peeked is not None)
-    return await _stream(request, site, upstream, response, peeked or b"", None)
+    _answer_headers(response, request, site, upstream, credential,
+                    drop_length=peeked is not None or (scrub is not None and not scrub.keeps_length))
+    return await _stream(request, site, upstream, response, peeked or b"", None, scrub)
+
+
+def _scrubber(adapter: Any, ureq: UpstreamRequest, headers: CIMultiDictProxy[str],
+              loaded: LoadedSession | None) -> StreamReplacer | None:
+    hook = getattr(adapter, "answer_secret", None)
+    pair = hook(ureq, headers, loaded) if hook is not None else None
+    return StreamReplacer(*pair) if pair is not None and pair[0] else None
 
 
 def _answer_headers(response: web.StreamResponse, request: web.Request, site: Site, upstream: _Answer,
@@ -269,17 +285,28 @@ def _answer_headers(response: web.StreamResponse, request: web.Request, site: Si
 
 
 async def _stream(request: web.Request, site: Site, upstream: _Answer, response: web.StreamResponse,
-                  first: bytes, broke: BaseException | None) -> web.StreamResponse:
-    """Send `first`, then the rest of the upstream body as it comes; `broke`: the upstream already failed."""
+                  first: bytes, broke: BaseException | None,
+                  scrub: StreamReplacer | None = None) -> web.StreamResponse:
+    """Send `first`, then the rest of the upstream body as it comes; `broke`: the upstream already failed.
+    `scrub`: the secret replaced in all of it on the way."""
     await response.prepare(request)
     try:
+        if scrub is not None:
+            first = scrub.feed(first)
         if first:
             await response.write(first)
         if broke is not None:
             raise broke
         if request.method != "HEAD":
-            async for chunk in upstream.content.iter_chunked(CHUNK):
-                await response.write(chunk)
+            if scrub is None:
+                async for chunk in upstream.content.iter_chunked(CHUNK):
+                    await response.write(chunk)
+            else:
+                async for chunk in upstream.content.iter_chunked(CHUNK):
+                    if out := scrub.feed(chunk):
+                        await response.write(out)
+                if tail := scrub.flush():
+                    await response.write(tail)
         await response.write_eof()
     except ConnectionResetError:
         # The client went away mid-body (a cancelled download): nobody to answer, nothing went wrong here.

@@ -11,6 +11,9 @@ Optional hooks an adapter may define (looked up with getattr by the proxy):
     signed_out(request, site) -> web.StreamResponse | None         a call with no live session, answered
                                                                    the way the product answers a dead token
     rewrite_body(ureq, body, loaded) -> bytes                      placeholders for token fields in JSON
+    answer_secret(ureq, headers, loaded) -> (secret, stand-in) | None
+                                                                   what to replace while streaming an answer
+                                                                   too large for rewrite_body (over 1 MiB)
     service_credential(secret) -> Credential                       the site's service token as a credential
     bind_store(store) -> None                                      state every replica must share (called at start)
     check_options(options) -> list[str]  (staticmethod)            config problems, each naming the fix

@@ -461,6 +461,17 @@ class GenericAdapter:
             changed = pointer_blank(doc, pointer) or changed
         return json.dumps(doc, separators=(",", ":")).encode() if changed else body
 
+    def answer_secret(self, req: UpstreamRequest, headers: CIMultiDictProxy[str],
+                      loaded: LoadedSession | None) -> tuple[str, str] | None:
+        """An answer on a `hide.json` path too large to read whole: at least this session's own
+        credential is cut out of it as it streams by (the fields themselves need the whole document)."""
+        hide = self.spec.hide
+        if (not hide.json or loaded is None or not _under(req.raw_path, hide.json_paths)
+                or headers.get("Content-Encoding", "identity").lower() != "identity"):
+            return None
+        credential = loaded.session.credentials.get(self.site.name)
+        return (credential.secret, "") if credential is not None and credential.secret else None
+
     def filter_response_headers(self, headers: CIMultiDict[str]) -> None:
         cookies.drop_set_cookies(headers, self._drop_set_cookies)
         for name in self._drop_headers:

@@ -317,6 +317,22 @@ class TechnitiumAdapter:
         return rewrite_tokens(body, key=loaded.ticket.key, site=self.site.name,
                               real=credential.secret if credential is not None else None)
 
+    def answer_secret(self, ureq: UpstreamRequest, headers: CIMultiDictProxy[str],
+                      loaded: LoadedSession | None) -> tuple[str, str] | None:
+        """For JSON answers too large to rewrite whole: the token becomes its placeholder as it streams
+        by (both 64 hex characters, so the length holds). Token *fields* need the whole document."""
+        if not _api_path(ureq.raw_path).startswith("/api/") or "json" not in headers.get("Content-Type", ""):
+            return None
+        if loaded is None:
+            token = self.site.service_token
+            if token is None:
+                return None
+            return token.reveal(), session_placeholder(self._service_key(), self.site.name)
+        credential = loaded.session.credentials.get(self.site.name)
+        if credential is None or not credential.secret:
+            return None
+        return credential.secret, session_placeholder(loaded.ticket.key, self.site.name)
+
     def _service_key(self) -> bytes:
         """Placeholder key for the service token: one-way from it, so the placeholder reveals nothing."""
         token = self.site.service_token.reveal() if self.site.service_token is not None else ""

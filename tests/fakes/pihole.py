@@ -156,6 +156,7 @@ class FakePihole(LoopbackServer):
         self.version = version
         self.accept_expired_sessions = accept_expired_sessions
         self.seats: list[PiholeSession | None] = [None] * max_sessions
+        self.auth_padding = 0  # fake-only: GET/POST /api/auth answers start with this many bytes of padding
         self.requests: list[RecordedRequest] = []
         self.blocking = True
         self._pw_second = -1
@@ -572,7 +573,8 @@ class FakePihole(LoopbackServer):
         if auth.session is not None and request.method in ("GET", "POST"):
             # FTL uses the *default* timeout here (config...timeout.d), not the configured one.
             cookie = self._refresh_cookie(auth.session, DEFAULT_TIMEOUT)
-            return self._json(request, {"session": self._session_object(auth, message)}, cookie=cookie)
+            padding: dict[str, Any] = {"padding": "." * self.auth_padding} if self.auth_padding else {}
+            return self._json(request, {**padding, "session": self._session_object(auth, message)}, cookie=cookie)
         if request.method == "DELETE":
             if auth.session is not None:
                 self.seats[auth.session.id] = None

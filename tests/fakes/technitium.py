@@ -250,6 +250,8 @@ class FakeTechnitium:
         self.issued_tokens: list[str] = []               # fake-only: every token minted, in order
         self.ui_dir = Path(ui_dir).resolve() if ui_dir is not None else None
         self.compress = compress
+        self.chunk_answers = 0       # >0: JSON answers go out chunked, in writes of this size (as Kestrel does)
+        self.echo_padding = 0        # fake-only: /api/echo answers carry this many bytes of padding
         self.zones: dict[str, dict[str, Any]] = {}
         self.failed_attempts: dict[str, int] = {}        # network -> count
         self.blocked_networks: dict[str, float] = {}     # network -> unblock time
@@ -411,7 +413,21 @@ class FakeTechnitium:
             response = await self._api(ctx, path)
         except _ApiError as exc:
             response = self._json({"server": self.server_domain, "status": exc.status, "errorMessage": str(exc)})
-        return self._maybe_compress(request, response)
+        response = self._maybe_compress(request, response)
+        if self.chunk_answers and isinstance(response, web.Response) and isinstance(response.body, bytes):
+            return await self._write_chunked(request, response, response.body)
+        return response
+
+    async def _write_chunked(self, request: web.Request, whole: web.Response, body: bytes) -> web.StreamResponse:
+        """The answer without Content-Length, written piece by piece (Kestrel streams its JSON writer's output)."""
+        streamed = web.StreamResponse(status=whole.status, headers=whole.headers)
+        streamed.headers.popall("Content-Length", None)
+        streamed.enable_chunked_encoding()
+        await streamed.prepare(request)
+        for start in range(0, len(body), self.chunk_answers):
+            await streamed.write(body[start:start + self.chunk_answers])
+        await streamed.write_eof()
+        return streamed
 
     def _static(self, request: web.Request, path: str) -> web.StreamResponse:
         """UseDefaultFiles + UseStaticFiles over `ui_dir` (the upstream's `www/`)."""
@@ -852,7 +868,9 @@ class FakeTechnitium:
             key = k.lower()
             headers[key] = f"{headers[key]}, {v}" if key in headers else v
         assert ctx.session is not None
-        return {
+        # Padding first, so that what follows lies beyond any proxy's first look at the answer.
+        answer: dict[str, Any] = {"padding": "." * self.echo_padding} if self.echo_padding else {}
+        answer.update({
             "method": req.method, "path": req.path, "rawQuery": req.rel_url.raw_query_string,
             "query": {k: ",".join(ctx.query.getall(k)) for k in ctx.query},
             "form": None if ctx.form is None else {k: ",".join(ctx.form.getall(k)) for k in ctx.form},
@@ -860,4 +878,5 @@ class FakeTechnitium:
             "bodyLength": len(await req.read()), "clientIp": ctx.client_ip,
             "session": {"username": ctx.session.username, "type": ctx.session.type,
                         "tokenName": ctx.session.token_name},
-        }
+        })
+        return answer

@@ -11,6 +11,7 @@ adapter's documentation, to prove that example works.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -95,6 +96,22 @@ async def test_pihole_sign_in_and_use_it_with_only_the_injected_sid(
     seen.append(await text_and_headers(page))
     for answer in seen:  # FTL re-sends Set-Cookie: sid on every answer; none reaches the browser
         assert sid not in answer and "sid=" not in answer.lower().replace("x-ftl-sid", "")
+
+
+async def test_pihole_answer_too_large_to_blank_whole_still_never_shows_the_sid(
+        pihole_gw: Gateway, pihole: FakePihole, client_for: ClientFor) -> None:
+    client = client_for(pihole_gw)
+    await signed_in(client, "whoever", pihole.password)
+    sid = (await held_credential(pihole_gw, client)).secret
+    pihole.auth_padding = (1 << 20) + 100
+    status = await client.request("GET", "/api/auth")
+    raw = await status.read()
+    assert status.status == 200 and sid.encode() not in raw
+    # The sid is cut out as the answer streams by, so the length is the browser's to count.
+    assert "Content-Length" not in status.headers
+    body = json.loads(raw)
+    assert body["session"]["valid"] is True and body["session"]["sid"] == ""
+    assert len(body["padding"]) == pihole.auth_padding
 
 
 async def test_pihole_totp_is_asked_for_and_sent_as_a_number(

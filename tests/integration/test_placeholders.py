@@ -303,6 +303,26 @@ async def test_case_variants_and_compressed_answers_are_rewritten(
         assert json.loads(gzip.decompress(await direct.read()))["status"] == "ok"
 
 
+async def test_answers_too_large_to_rewrite_whole_still_never_show_the_token(
+        gw: Gateway, client: GatewayClient, technitium: FakeTechnitium, answers: Answers) -> None:
+    # Over 1 MiB an answer is streamed, not rewritten whole: the session's token is still replaced as
+    # it passes, across the upstream's write boundaries, by its placeholder (same length: the
+    # Content-Length stays true).
+    placeholder = (await ui_login(answers, client, "alice", "alice-pass"))["token"]
+    (real,) = standard_tokens(technitium, "alice")
+    technitium.echo_padding = (1 << 20) + 5000
+    for chunk in (0, 1000, 4093, 65536):
+        technitium.chunk_answers = chunk
+        resp, raw = await answers.call(client, "GET", "/api/echo", bearer=placeholder)
+        assert resp.status == 200, chunk
+        assert ("Content-Length" in resp.headers) == (chunk == 0)
+        got = json.loads(raw)
+        assert got["status"] == "ok" and len(got["response"]["padding"]) == technitium.echo_padding
+        assert got["response"]["headers"]["authorization"] == f"Bearer {placeholder}", chunk
+        assert real.encode() not in raw
+    assert technitium.requests_to("/api/echo")[-1].headers["Authorization"] == f"Bearer {real}"
+
+
 # ---------------------------------------------------------------- the handoff after a portal sign-in
 
 

@@ -239,6 +239,11 @@ def test_hidden_json_fields_become_null() -> None:
             {"data": {"token": None}}
     # An answer that does not parse (e.g. cut short) still never echoes this session's credential.
     assert a.rewrite_body(req, b'{"data":{"token":"SECRET","us', loaded) == b'{"data":{"token":"","us'
+    # Too large to read whole (over 1 MiB): the credential is cut out while it streams, on hidden paths only.
+    assert a.answer_secret(req, hdrs(Content_Type="application/json"), loaded) == ("SECRET", "")
+    assert a.answer_secret(ureq("/api/other"), hdrs(Content_Type="application/json"), loaded) is None
+    assert a.answer_secret(req, hdrs(Content_Encoding="gzip"), loaded) is None
+    assert a.answer_secret(req, hdrs(), None) is None
 
 
 def test_session_cookies_and_declared_headers_never_reach_the_browser() -> None:
