@@ -20,11 +20,21 @@ class Site:
         return self.config.name
 
     def upstream_path(self, public_path: str) -> str:
-        """The path the upstream sees: the public path without the site's prefix."""
+        """The path the upstream sees: the raw public path without the site's prefix.
+
+        Routing matched the *decoded* path, so the prefix may be spelled with escapes (`/qb%74/x`):
+        what is cut is as many raw characters as spell the prefix, not len(prefix)."""
         prefix = self.config.path_prefix
         if prefix == "/":
             return public_path
-        return "/" + public_path[len(prefix):].lstrip("/")
+        bare = prefix.rstrip("/")
+        if public_path.startswith(bare):
+            rest = public_path[len(bare):]
+        else:
+            rest = _after_decoded(public_path, len(bare.encode()))
+        if rest[:3] in ("%2F", "%2f"):  # the separator the match saw after the prefix, escaped
+            rest = rest[3:]
+        return "/" + rest.lstrip("/")
 
 
 class Router:
@@ -47,6 +57,30 @@ class Router:
             if prefix == "/" or path == prefix.rstrip("/") or path.startswith(prefix.rstrip("/") + "/"):
                 return site
         return None
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _after_decoded(raw_path: str, length: int) -> str:
+    """`raw_path` without the characters that decode to its first `length` bytes (as aiohttp decodes:
+    `%XX` is one byte, a stray `%` is itself)."""
+    i = got = 0
+    end = len(raw_path)
+    while got < length and i < end:
+        if raw_path[i] == "%" and i + 2 < end and raw_path[i + 1] in _HEX and raw_path[i + 2] in _HEX:
+            i += 3
+            got += 1
+        else:
+            got += len(raw_path[i].encode())
+            i += 1
+    return raw_path[i:]
+
+
+def has_dot_segments(path: str) -> bool:
+    """Whether a decoded path has `.` or `..` segments. Browsers resolve them (and `%2e`) before sending;
+    an upstream would too, after routing here, and `..` could climb out of an upstream URL's base path."""
+    return "/." in path and any(seg in (".", "..") for seg in path.split("/"))
 
 
 def _strip_port(host: str) -> str:

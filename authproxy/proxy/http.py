@@ -30,7 +30,7 @@ from authproxy.log import log
 from authproxy.proxy.headers import downstream_response_headers, location_without, upstream_request_headers
 from authproxy.proxy.substitute import StreamReplacer
 from authproxy.proxy.upstream import UpstreamPool, UpstreamResponse
-from authproxy.routing import Site
+from authproxy.routing import Site, has_dot_segments
 from authproxy.sessions.manager import LoadedSession
 from authproxy.sessions.model import Credential
 from authproxy.upstreams.base import UpstreamRequest
@@ -141,6 +141,9 @@ async def forward(request: web.Request) -> web.StreamResponse:
     if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
         # The reserved prefix is authproxy's own: an unknown path or method there is not the upstream's.
         return error_response(request, 404, "not_found", "No such authproxy endpoint.", title="Not found")
+    if has_dot_segments(path):
+        return error_response(request, 400, "bad_path", "The path has '.' or '..' segments; send it resolved, "
+                              "as browsers do.", title="Bad request")
     site = app[keys.ROUTER].match(request.host, path)
     if site is None:
         return error_response(request, 404, "unknown_site", "No site is configured for this address.",

@@ -292,6 +292,11 @@ async def test_adguard_under_a_sub_path_gets_public_redirects(
     await signed_in(client, adguard.username, adguard.password)
     status = await client.request("GET", "/agh/control/status")
     assert status.status == 200 and adguard.requests_to("/control/status")[-1].path == "/control/status"
+    # Routing reads the decoded path; the prefix cut from the raw path is the same prefix, however spelled.
+    for spelled in ("/ag%68/control/status", "/%61%67%68/control/status", "/agh%2Fcontrol/status"):
+        escaped = await client.request("GET", spelled, encoded=True)
+        assert escaped.status == 200, spelled
+        assert adguard.requests_to("/control/status")[-1].path == "/control/status", spelled
     # With a session AdGuard sends /login.html to "/": that is /agh/ publicly.
     moved = await client.request("GET", "/agh/login.html", headers=BROWSER)
     assert moved.status == 302 and moved.headers["Location"] == "/agh/"

@@ -134,3 +134,20 @@ async def test_unknown_paths_under_the_reserved_prefix_are_not_forwarded(
         resp = await client.request(method, path)
         assert resp.status == 404 and (await resp.json())["error"] == "not_found", (method, path)
     assert len(technitium.requests) == calls  # the reserved prefix is never forwarded upstream
+
+
+async def test_dot_segments_are_refused_before_routing(client: GatewayClient, technitium: FakeTechnitium) -> None:
+    # Browsers resolve `.`/`..` (and `%2e`) before sending. One that arrives would be resolved by the
+    # upstream after authproxy had routed and judged the unresolved path: /x/../api/user/session/get is
+    # not an /api/ path to a string check, and its answer would go out without the token rewritten.
+    await client.login("alice", "alice-pass")
+    calls = len(technitium.requests)
+    for path in ("/x/../api/user/session/get", "/x/%2e%2e/api/user/session/get", "/api/./user/session/get",
+                 "/api/user/session/get/..", "/%2E/api/zones/list"):
+        resp = await client.request("GET", path, encoded=True)
+        assert resp.status == 400 and (await resp.json())["error"] == "bad_path", path
+    assert len(technitium.requests) == calls
+    # Dots inside a segment are ordinary characters.
+    resp = await client.request("GET", "/api/zones/list?x=/../", encoded=True)
+    assert resp.status == 200
+    assert (await client.request("GET", "/..well/.hidden.txt", encoded=True)).status != 400

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from authproxy.app import create_app
 from authproxy.config.loader import ensure_session_secrets, load_config
@@ -63,9 +64,11 @@ class GatewayClient:
                 self.cookie = m.group(1) or None
 
     async def request(self, method: str, path: str, *, headers: Mapping[str, str] | None = None,
-                      **kw: Any) -> aiohttp.ClientResponse:
+                      encoded: bool = False, **kw: Any) -> aiohttp.ClientResponse:
+        """`encoded`: send `path` exactly as written (the client would otherwise normalise `%74` to `t`)."""
         kw.setdefault("allow_redirects", False)
-        resp = await self.http.request(method, self.base + path, headers=self._headers(headers), **kw)
+        url = URL(self.base + path, encoded=True) if encoded else self.base + path
+        resp = await self.http.request(method, url, headers=self._headers(headers), **kw)
         self.remember(resp)
         return resp
 
