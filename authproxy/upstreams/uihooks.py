@@ -32,12 +32,9 @@ async def current(request: web.Request, site: Site) -> tuple[LoadedSession | Non
     """The person's session and their credential for `site` (None, None without session mode)."""
     if not request.app[keys.CONFIG].session_mode:
         return None, None
-    manager = request.app[keys.SESSIONS]
-    try:
-        value = request.cookies.get(manager.cookie_name)
-    except Exception:  # noqa: BLE001 - a malformed Cookie header means "no session"
-        value = None
-    loaded = await manager.load(value, client_ip=request.remote or "")
+    from authproxy.web.common import current_session  # the web layer's one way to read the cookie
+
+    loaded = await current_session(request)
     if loaded is None:
         return None, None
     return loaded, loaded.session.credentials.get(site.name)

@@ -151,3 +151,18 @@ async def test_dot_segments_are_refused_before_routing(client: GatewayClient, te
     resp = await client.request("GET", "/api/zones/list?x=/../", encoded=True)
     assert resp.status == 200
     assert (await client.request("GET", "/..well/.hidden.txt", encoded=True)).status != 400
+
+
+async def test_the_session_cookie_is_found_in_any_cookie_header(gw: Gateway, client: GatewayClient) -> None:
+    # Several Cookie headers (an HTTP/2 hop may split them); aiohttp's own parse reads only the first.
+    await client.login("alice", "alice-pass")
+    ours = f"{client.cookie_name}={client.cookie}"
+    for cookies in ([ours], ["theme=dark", ours], ["a=1; b=\"quoted;odd\"", f"x=1; {ours}; y=2"],
+                    [f'{client.cookie_name}="{client.cookie}"']):
+        head = "".join(f"Cookie: {c}\r\n" for c in cookies)
+        raw = await raw_request(gw, f"GET {SESSION} HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: https\r\n{head}"
+                                    "Connection: close\r\n\r\n".encode())
+        assert status_of(raw) == 200 and b'"authenticated": true' in raw.replace(b'":true', b'": true'), cookies
+    raw = await raw_request(gw, f"GET {SESSION} HTTP/1.1\r\nHost: x\r\nCookie: theme=dark\r\nCookie: {ours}x\r\n"
+                                "Connection: close\r\n\r\n".encode())
+    assert status_of(raw) == 200 and b"true" not in raw.split(b"\r\n\r\n", 1)[1]
