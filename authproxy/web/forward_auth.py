@@ -44,7 +44,7 @@ from authproxy.log import log
 from authproxy.sessions.model import Credential
 from authproxy.web.common import (
     SECURITY_HEADERS,
-    current_session,
+    cookie_value,
     error_response,
     json_error,
     wants_html,
@@ -117,6 +117,22 @@ class Target:
 def peer_trusted(peer: str | None, trusted: tuple[IPNetwork, ...]) -> bool:
     """Whether the TCP peer address is inside one of the trusted proxy networks."""
     return peer_in(peer, trusted)
+
+
+def forwarded_client(forwarded_for: list[str] | tuple[str, ...], peer: str,
+                     trusted: tuple[IPNetwork, ...]) -> str:
+    """Who the person is, for the audit log: the last X-Forwarded-For hop that is not a trusted proxy
+    (what aiohttp-remotes does for proxied requests; /verify reads the proxy's headers itself). The
+    proxy's own address when the header is missing or not a list of addresses."""
+    hops = [hop.strip() for value in forwarded_for for hop in value.split(",")]
+    for hop in reversed(hops):
+        try:
+            ipaddress.ip_address(hop.split("%", 1)[0])
+        except ValueError:
+            return peer
+        if not peer_in(hop, trusted):
+            return hop
+    return hops[0] if hops else peer
 
 
 def normalise_path(path: str) -> str:
@@ -318,7 +334,10 @@ async def verify(request: web.Request) -> web.StreamResponse:
     if site is None:
         return error_response(request, 403, "unknown_site", "No site is configured for this address.",
                               title="Not configured")
-    loaded = await current_session(request) if config.session_mode else None
+    loaded = None
+    if config.session_mode:
+        loaded = await request.app[keys.SESSIONS].load(cookie_value(request), client_ip=forwarded_client(
+            request.headers.getall("X-Forwarded-For", ()), request.remote or "", config.server.trusted_proxies))
     decision = authz.decide(loaded.session if loaded else None, site.config, session_mode=config.session_mode)
     if decision == "login":
         return _ask_to_sign_in(request, kind, target)

@@ -7,6 +7,8 @@ X-Forwarded-Host / X-Original-URL headers, so dns.example.com and nas.example.co
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,7 +20,9 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
+from authproxy.web.forward_auth import forwarded_client
 from tests.fakes.technitium import FakeTechnitium
+from tests.integration.conftest import Audit
 from tests.support.gateway import SECRET, Gateway, MakeGateway, gateway_env
 from tests.support.technitium import ALICE
 
@@ -441,3 +445,26 @@ async def test_auth_mode_none_service_token_follows_the_configured_api_version(
     reply = await Asker(gw, http_client, "x").verify("caddy", "https://dns.example.com/x", extra=BROWSER)
     assert reply.headers.get("Authorization") == "Bearer svc-token-1234"
     assert reply.headers.get("X-Authproxy-Token") == "svc-token-1234"
+
+
+async def test_an_expiry_found_by_verify_is_audited_with_the_persons_address(
+        make_gateway: MakeGateway, dns: FakeTechnitium, http_client: aiohttp.ClientSession, audit: Audit) -> None:
+    gw = await make_gateway(gateway_env(dns.url, SESSION_IDLE_TIMEOUT="1s", SESSION_MAX_AGE="1h"))
+    asker = Asker(gw, http_client, "__Host-authproxy")
+    cookie, _ = await asker.sign_in("dns.example.com", ALICE)
+    await asyncio.sleep(1.3)
+    # Caddy appends the client's address to X-Forwarded-For; authproxy sees only Caddy (127.0.0.1).
+    reply = await asker.verify("caddy", "https://dns.example.com/", cookie=cookie,
+                               extra={"X-Forwarded-For": "203.0.113.9, 127.0.0.1"})
+    assert reply.status == 401
+    (line,) = audit.lines("expiry")
+    assert (line["outcome"], line["client_ip"]) == ("idle_timeout", "203.0.113.9")
+
+
+def test_the_person_behind_the_proxies_is_the_last_untrusted_hop() -> None:
+    trusted = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("10.0.0.0/8"))
+    assert forwarded_client(["198.51.100.1, 203.0.113.9", "10.0.0.2"], "127.0.0.1", trusted) == "203.0.113.9"
+    assert forwarded_client(["10.0.0.3, 127.0.0.1"], "127.0.0.1", trusted) == "10.0.0.3"
+    assert forwarded_client([], "127.0.0.1", trusted) == "127.0.0.1"
+    assert forwarded_client(["unknown, 203.0.113.9"], "127.0.0.1", trusted) == "203.0.113.9"
+    assert forwarded_client(["203.0.113.9, not-an-ip"], "127.0.0.1", trusted) == "127.0.0.1"
