@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
@@ -30,6 +31,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from authproxy.config.schema import SiteConfig
 from authproxy.errors import UpstreamProtocolError, UpstreamUnavailable
 from authproxy.log import log
+from authproxy.sessions.memory import MemoryStore
 from authproxy.sessions.model import Credential, Identity
 from authproxy.upstreams import cookies, uihooks
 from authproxy.upstreams.base import LoginResult, UpstreamRequest, register
@@ -53,70 +55,90 @@ OPTIONS = {"max_failures": "integer 0-100 (0 = the upstream never bans)",
            "ban_duration": "seconds (qBittorrent's WebUI\\BanDuration)"}
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    seconds: int
+    busy: bool   # True: other sign-ins in flight hold the last safe attempts; False: a block/ban
+
+
 class FailureBudget:
     """Consecutive failed upstream logins since the last success, as qBittorrent counts them.
 
     qBittorrent bans after `max_failures` and only a success clears the count, so authproxy stops
     asking at `max_failures - 1` for `ban_duration`; a ban it meets anyway is waited out the same way.
-    qBittorrent counts per client address and sees authproxy's, so the count is shared by every
-    authproxy process and replica: it lives in the session store once `bind_store` is called (the app
-    does so at start-up); before that (adapters built alone, in tests) in this object.
+    An attempt reserves its place before qBittorrent is asked (`begin`), and attempts still in flight
+    count as failures they may yet be: five parallel wrong passwords would otherwise all pass a check
+    made before any had failed, and the ban (all of qBittorrent's WebUI, for everyone behind authproxy)
+    would follow. Every `begin` that returns None is settled by exactly one of failed/succeeded/
+    banned/abandon.
+    qBittorrent counts per client address and sees authproxy's, so the counts are shared by every
+    authproxy process and replica: they live in the session store once `bind_store` is called (the
+    app does so at start-up); before that (adapters built alone, in tests) in a private memory store.
     """
 
     COUNT_TTL = 30 * 86400.0   # qBittorrent's count never expires by itself; keep ours a month
+    INFLIGHT_TTL = 120.0       # beyond any login call: a crashed process's reservations lapse
+    BUSY_RETRY = 2
 
     def __init__(self, max_failures: int, ban_duration: float, clock: Any = time.monotonic, *,
                  site: str = "") -> None:
         self.max_failures = max_failures
         self.ban_duration = ban_duration
-        self.clock = clock
-        self.failures = 0
-        self.blocked_until = 0.0
-        self.store: SessionStore | None = None
+        self.store: SessionStore = MemoryStore(clock=clock)
         self._count_key = f"qbt:{site}:failures"
         self._block_key = f"qbt:{site}:blocked"
+        self._inflight_key = f"qbt:{site}:inflight"
 
     def bind_store(self, store: SessionStore) -> None:
         self.store = store
 
     async def wait(self) -> int | None:
         """Seconds before qBittorrent may be asked again, or None."""
-        if self.store is not None:
-            left = await self.store.ttl(self._block_key)
-            left = 0.0 if left is None else left
-        else:
-            left = self.blocked_until - self.clock()
-        return max(1, int(left + 0.999)) if left > 0 else None
+        left = await self.store.ttl(self._block_key)
+        return max(1, int(left + 0.999)) if left else None
+
+    async def count(self) -> int:
+        raw = await self.store.get(self._count_key)
+        return int(raw) if raw is not None else 0
+
+    async def begin(self) -> Refusal | None:
+        """Reserve an attempt (None: ask qBittorrent, then settle it), or say why not."""
+        wait = await self.wait()
+        if wait is not None:
+            return Refusal(wait, busy=False)
+        if self.max_failures <= 0:
+            return None
+        in_flight = await self.store.incr(self._inflight_key, self.INFLIGHT_TTL)
+        if await self.count() + in_flight > max(1, self.max_failures - 1):
+            await self.abandon()
+            return Refusal(self.BUSY_RETRY, busy=True)
+        return None
+
+    async def abandon(self) -> None:
+        """The attempt never reached a verdict (qBittorrent unreachable): give its place back."""
+        if self.max_failures > 0:
+            await self.store.incr(self._inflight_key, self.INFLIGHT_TTL, -1)
 
     async def failed(self) -> None:
         if self.max_failures <= 0:
             return
-        if self.store is not None:
-            count = await self.store.incr(self._count_key, self.COUNT_TTL)
-        else:
-            self.failures += 1
-            count = self.failures
+        count = await self.store.incr(self._count_key, self.COUNT_TTL)   # counted before the place is freed
+        await self.abandon()
         if count >= self.max_failures - 1:
             await self._block()
 
     async def banned(self) -> None:
         """qBittorrent refused with 403: the ban clears its count when it ends."""
-        if self.store is not None:
-            await self.store.delete(self._count_key)
-        self.failures = 0
+        await self.store.delete(self._count_key)
+        await self.abandon()
         await self._block()
 
     async def succeeded(self) -> None:
-        if self.store is not None:
-            await self.store.delete(self._count_key, self._block_key)
-        self.failures = 0
-        self.blocked_until = 0.0
+        await self.store.delete(self._count_key, self._block_key)
+        await self.abandon()
 
     async def _block(self) -> None:
-        if self.store is not None:
-            await self.store.set(self._block_key, b"1", self.ban_duration)
-        else:
-            self.blocked_until = self.clock() + self.ban_duration
+        await self.store.set(self._block_key, b"1", self.ban_duration)
 
 
 def _plain(body: bytes, encoding: str) -> bytes | None:
@@ -182,12 +204,20 @@ class QBittorrentAdapter:
             raise UpstreamUnavailable(f"qbittorrent at {self.base} is unreachable ({type(exc).__name__})") from None
 
     async def login(self, username: str, password: str, totp: str | None, client_ip: str) -> LoginResult:
-        wait = await self.budget.wait()
-        if wait is not None:
-            return LoginResult("blocked", retry_after=wait, message="Too many failed sign-ins to qBittorrent; "
-                               "authproxy pauses before qBittorrent would ban it. Try again later.")
-        status, body, resp = await self._call(LOGIN, data={"username": username, "password": password},
-                                              client_ip=client_ip)
+        refusal = await self.budget.begin()
+        if refusal is not None and refusal.busy:
+            return LoginResult("blocked", retry_after=refusal.seconds, message="Several sign-ins to qBittorrent "
+                               "are under way and one more failure would get authproxy banned; try again "
+                               "in a moment.")
+        if refusal is not None:
+            return LoginResult("blocked", retry_after=refusal.seconds, message="Too many failed sign-ins to "
+                               "qBittorrent; authproxy pauses before qBittorrent would ban it. Try again later.")
+        try:
+            status, body, resp = await self._call(LOGIN, data={"username": username, "password": password},
+                                                  client_ip=client_ip)
+        except BaseException:
+            await self.budget.abandon()
+            raise
         if status == 403:
             await self.budget.banned()
             log.warning("qbittorrent has banned authproxy's address", extra={"fields": {"site": self.site.name}})

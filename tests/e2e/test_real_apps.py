@@ -10,6 +10,7 @@ copy never reaches the app, and that logout and expiry behave.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -200,6 +201,28 @@ async def test_qbittorrent_failed_logins_are_counted_once_across_replicas(
     for gw in replicas:  # the 5th would have been each replica's 3rd: per-process counts would let it through
         stopped = await client(gw, "203.0.113.99").login(qbittorrent.username, qbittorrent.password)
         assert stopped.status == 429 and (await stopped.json())["error"] == "upstream_blocked"
+    status, text = await direct(http_client, "POST", qbittorrent.url + "/api/v2/auth/login",
+                                data={"username": qbittorrent.username, "password": qbittorrent.password})
+    assert (status, text) == (200, "Ok.")
+    assert "banned" not in qbittorrent.log_path.read_text()
+
+
+async def test_qbittorrent_parallel_wrong_passwords_never_reach_its_ban(
+        make_gateway: MakeGateway, qbittorrent: QBittorrentApp, redis_url: str,
+        http_client: aiohttp.ClientSession, client_for: ClientFor) -> None:
+    # Eight people at eight addresses on two replicas, all wrong at the same moment: a check made before
+    # any had failed would let all eight reach qBittorrent, which bans authproxy at the fifth.
+    env = gateway_env(qbittorrent.url, UPSTREAM_TYPE="qbittorrent", REDIS_URL=redis_url)
+    replicas = [await make_gateway(env), await make_gateway(env)]
+    clients = []
+    for i in range(8):
+        c = client_for(replicas[i % 2])
+        c.headers["X-Forwarded-For"] = f"203.0.113.{i + 1}"
+        clients.append(c)
+    answers = await asyncio.gather(*(c.login(f"user{i}", "wrong") for i, c in enumerate(clients)))
+    errors = sorted([(a.status, (await a.json())["error"]) for a in answers])
+    assert errors.count((401, "invalid_credentials")) <= 4, errors
+    assert all(e in ((401, "invalid_credentials"), (429, "upstream_blocked")) for e in errors), errors
     status, text = await direct(http_client, "POST", qbittorrent.url + "/api/v2/auth/login",
                                 data={"username": qbittorrent.username, "password": qbittorrent.password})
     assert (status, text) == (200, "Ok.")

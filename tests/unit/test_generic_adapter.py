@@ -33,7 +33,7 @@ from authproxy.upstreams.base import UpstreamRequest, adapter_factory
 from authproxy.upstreams.generic import GenericAdapter
 from authproxy.upstreams.generic_options import parse_spec, pointer_blank, pointer_get
 from authproxy.upstreams.pihole import PIHOLE
-from authproxy.upstreams.qbittorrent import FailureBudget
+from authproxy.upstreams.qbittorrent import FailureBudget, Refusal
 
 BEARER: dict[str, Any] = {
     "login": {"path": "/api/login", "encoding": "form", "username_field": "user", "password_field": "pass"},
@@ -364,13 +364,35 @@ async def test_qbittorrent_budget_never_spends_the_last_attempt_before_a_ban() -
     assert await budget.wait() is None  # after the ban time the app may be asked again
     await budget.succeeded()
     await budget.failed()
-    assert await budget.wait() is None and budget.failures == 1
+    assert await budget.wait() is None and await budget.count() == 1
     await budget.banned()
-    assert await budget.wait() == 3600 and budget.failures == 0
+    assert await budget.wait() == 3600 and await budget.count() == 0
     off = FailureBudget(0, 3600, clock=lambda: now[0])
     for _ in range(10):
         await off.failed()
     assert await off.wait() is None
+
+
+async def test_qbittorrent_budget_counts_attempts_in_flight_as_possible_failures() -> None:
+    # Five wrong passwords at once must not all reach qBittorrent (its fifth failure bans authproxy).
+    budget = FailureBudget(5, 3600)
+    refusals = [await budget.begin() for _ in range(6)]
+    assert refusals[:4] == [None] * 4
+    assert [(r.busy, r.seconds) for r in refusals[4:] if r is not None] == [(True, 2), (True, 2)]
+    await budget.abandon()                 # one never reached qBittorrent: its place is free again
+    assert await budget.begin() is None
+    for _ in range(4):
+        await budget.failed()
+    assert await budget.count() == 4 and (await budget.begin()) == Refusal(3600, busy=False)
+    # A success settles its own place and clears the count; places still in flight stay held.
+    fresh = FailureBudget(5, 3600)
+    assert await fresh.begin() is None and await fresh.begin() is None
+    await fresh.failed()
+    await fresh.succeeded()
+    assert await fresh.count() == 0
+    assert [await fresh.begin() for _ in range(5)][-1] is not None   # 4 places: none was leaked
+    off = FailureBudget(0, 3600)
+    assert all([await off.begin() is None for _ in range(20)])
 
 
 async def test_qbittorrent_budget_in_the_store_is_one_count_for_every_process() -> None:
