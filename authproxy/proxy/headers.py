@@ -149,10 +149,10 @@ def cookie_without(cookie_header: str, names: Iterable[str]) -> str:
     return "; ".join(kept)
 
 
-def set_forwarded(headers: MutableMapping[str, str], *, client_ip: str, proto: str, host: str,
-                  prior_for: str | None = None) -> None:
-    """Honest X-Forwarded-*/X-Real-IP: the client as authproxy determined it, nothing the client claimed."""
-    headers["X-Forwarded-For"] = f"{prior_for}, {client_ip}" if prior_for else client_ip
+def set_forwarded(headers: MutableMapping[str, str], *, client_ip: str, proto: str, host: str) -> None:
+    """Honest X-Forwarded-*/X-Real-IP: the client as authproxy determined it, nothing the client claimed
+    (upstream_request_headers already dropped the client's own)."""
+    headers["X-Forwarded-For"] = client_ip
     headers["X-Forwarded-Proto"] = proto
     headers["X-Forwarded-Host"] = host
     headers["X-Real-IP"] = client_ip

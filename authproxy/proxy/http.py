@@ -27,7 +27,12 @@ from authproxy import authz, keys
 from authproxy.bodies import read_up_to
 from authproxy.errors import UpstreamError
 from authproxy.log import log
-from authproxy.proxy.headers import downstream_response_headers, location_without, upstream_request_headers
+from authproxy.proxy.headers import (
+    downstream_response_headers,
+    location_without,
+    set_forwarded,
+    upstream_request_headers,
+)
 from authproxy.proxy.substitute import StreamReplacer
 from authproxy.proxy.upstream import UpstreamPool, UpstreamResponse
 from authproxy.routing import Site, has_dot_segments
@@ -184,12 +189,9 @@ async def forward(request: web.Request) -> web.StreamResponse:
     if ureq.form is not None:
         body = urlencode(ureq.form, encoding="latin-1").encode("latin-1")
         ureq.headers.popall("Content-Length", None)
-    ip = client_ip(request)
     headers = ureq.headers
-    headers["X-Forwarded-For"] = ip
-    headers["X-Forwarded-Proto"] = "https" if request.secure else "http"
-    headers["X-Forwarded-Host"] = request.host
-    headers["X-Real-IP"] = ip
+    set_forwarded(headers, client_ip=client_ip(request), proto="https" if request.secure else "http",
+                  host=request.host)
 
     target = _upstream_of(site)
     path_qs = ureq.raw_path + ("?" + ureq.raw_query if ureq.raw_query else "")

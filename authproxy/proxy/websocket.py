@@ -35,6 +35,7 @@ from authproxy import keys
 from authproxy.errors import StoreError
 from authproxy.log import log
 from authproxy.proxy.bridges import CLOSE_TIMEOUT, SESSION_ENDED, Bridge, BridgeRegistry
+from authproxy.proxy.headers import set_forwarded
 from authproxy.proxy.http import _credential_died, build_upstream_request
 from authproxy.proxy.relay import FrameRelay, Leg
 from authproxy.proxy.ws_upstream import (
@@ -87,12 +88,9 @@ def build_handshake(request: web.Request, site: Site,
     for name in _HANDSHAKE_HEADERS:
         ureq.headers.popall(name, None)
     site.adapter.prepare_request(ureq, credential)
-    ip = client_ip(request)
     ureq.headers["Origin"] = upstream_origin(site.config.upstream_url)
-    ureq.headers["X-Forwarded-For"] = ip
-    ureq.headers["X-Forwarded-Proto"] = "https" if request.secure else "http"
-    ureq.headers["X-Forwarded-Host"] = request.host
-    ureq.headers["X-Real-IP"] = ip
+    set_forwarded(ureq.headers, client_ip=client_ip(request), proto="https" if request.secure else "http",
+                  host=request.host)
     url = site.config.upstream_url + ureq.raw_path + (f"?{ureq.raw_query}" if ureq.raw_query else "")
     return url, ureq.headers, protocols
 
