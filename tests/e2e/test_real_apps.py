@@ -71,6 +71,28 @@ async def qbt_gw(make_gateway: MakeGateway, qbittorrent: QBittorrentApp) -> Gate
     return await make_gateway(gateway_env(qbittorrent.url, UPSTREAM_TYPE="qbittorrent"))
 
 
+async def never_banned(http: aiohttp.ClientSession, qbittorrent: QBittorrentApp) -> None:
+    """qBittorrent has not banned 127.0.0.1: the right password still works at the app itself."""
+    status, text = await direct(http, "POST", qbittorrent.url + "/api/v2/auth/login",
+                                data={"username": qbittorrent.username, "password": qbittorrent.password})
+    assert (status, text) == (200, "Ok.")
+    assert "banned" not in qbittorrent.log_path.read_text()
+
+
+async def replicas_and_people(make_gateway: MakeGateway, qbittorrent: QBittorrentApp, redis_url: str,
+                              client_for: ClientFor) -> tuple[list[Gateway], Callable[[Gateway, str], GatewayClient]]:
+    """Two replicas on one Redis, and a client for a person at an address on either of them."""
+    env = gateway_env(qbittorrent.url, UPSTREAM_TYPE="qbittorrent", REDIS_URL=redis_url)
+    replicas = [await make_gateway(env), await make_gateway(env)]
+
+    def person(gw: Gateway, ip: str) -> GatewayClient:
+        c = client_for(gw)
+        c.headers["X-Forwarded-For"] = ip
+        return c
+
+    return replicas, person
+
+
 async def test_qbittorrent_sign_in_ui_and_api_without_the_sid_ever_leaving(
         qbt_gw: Gateway, qbittorrent: QBittorrentApp, client_for: ClientFor,
         http_client: aiohttp.ClientSession) -> None:
@@ -177,10 +199,7 @@ async def test_qbittorrent_failed_logins_stop_before_its_ip_ban(
     assert stopped.status == 429 and (await stopped.json())["error"] == "upstream_blocked"
     assert int(stopped.headers["Retry-After"]) > 3000
     # qBittorrent saw 4 failures and no ban: the right password still works at the app itself.
-    status, text = await direct(http_client, "POST", qbittorrent.url + "/api/v2/auth/login",
-                                data={"username": qbittorrent.username, "password": qbittorrent.password})
-    assert (status, text) == (200, "Ok.")
-    assert "banned" not in qbittorrent.log_path.read_text()
+    await never_banned(http_client, qbittorrent)
 
 
 async def test_qbittorrent_failed_logins_are_counted_once_across_replicas(
@@ -188,23 +207,14 @@ async def test_qbittorrent_failed_logins_are_counted_once_across_replicas(
         http_client: aiohttp.ClientSession, client_for: ClientFor) -> None:
     # Two replicas on one Redis; the failures come from different people and addresses, so authproxy's
     # own per-user and per-IP throttles never stop them: only the shared qBittorrent budget can.
-    env = gateway_env(qbittorrent.url, UPSTREAM_TYPE="qbittorrent", REDIS_URL=redis_url)
-    replicas = [await make_gateway(env), await make_gateway(env)]
-    def client(gw: Gateway, ip: str) -> GatewayClient:
-        c = client_for(gw)
-        c.headers["X-Forwarded-For"] = ip
-        return c
-
+    replicas, client = await replicas_and_people(make_gateway, qbittorrent, redis_url, client_for)
     for i in range(4):
         wrong = await client(replicas[i % 2], f"203.0.113.{i + 1}").login(f"user{i}", "wrong")
         assert wrong.status == 401, await wrong.text()
     for gw in replicas:  # the 5th would have been each replica's 3rd: per-process counts would let it through
         stopped = await client(gw, "203.0.113.99").login(qbittorrent.username, qbittorrent.password)
         assert stopped.status == 429 and (await stopped.json())["error"] == "upstream_blocked"
-    status, text = await direct(http_client, "POST", qbittorrent.url + "/api/v2/auth/login",
-                                data={"username": qbittorrent.username, "password": qbittorrent.password})
-    assert (status, text) == (200, "Ok.")
-    assert "banned" not in qbittorrent.log_path.read_text()
+    await never_banned(http_client, qbittorrent)
 
 
 async def test_qbittorrent_parallel_wrong_passwords_never_reach_its_ban(
@@ -212,21 +222,13 @@ async def test_qbittorrent_parallel_wrong_passwords_never_reach_its_ban(
         http_client: aiohttp.ClientSession, client_for: ClientFor) -> None:
     # Eight people at eight addresses on two replicas, all wrong at the same moment: a check made before
     # any had failed would let all eight reach qBittorrent, which bans authproxy at the fifth.
-    env = gateway_env(qbittorrent.url, UPSTREAM_TYPE="qbittorrent", REDIS_URL=redis_url)
-    replicas = [await make_gateway(env), await make_gateway(env)]
-    clients = []
-    for i in range(8):
-        c = client_for(replicas[i % 2])
-        c.headers["X-Forwarded-For"] = f"203.0.113.{i + 1}"
-        clients.append(c)
+    replicas, person = await replicas_and_people(make_gateway, qbittorrent, redis_url, client_for)
+    clients = [person(replicas[i % 2], f"203.0.113.{i + 1}") for i in range(8)]
     answers = await asyncio.gather(*(c.login(f"user{i}", "wrong") for i, c in enumerate(clients)))
     errors = sorted([(a.status, (await a.json())["error"]) for a in answers])
     assert errors.count((401, "invalid_credentials")) <= 4, errors
     assert all(e in ((401, "invalid_credentials"), (429, "upstream_blocked")) for e in errors), errors
-    status, text = await direct(http_client, "POST", qbittorrent.url + "/api/v2/auth/login",
-                                data={"username": qbittorrent.username, "password": qbittorrent.password})
-    assert (status, text) == (200, "Ok.")
-    assert "banned" not in qbittorrent.log_path.read_text()
+    await never_banned(http_client, qbittorrent)
 
 
 async def test_qbittorrent_under_a_sub_path(make_gateway: MakeGateway, qbittorrent: QBittorrentApp,
