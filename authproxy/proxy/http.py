@@ -23,7 +23,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from authproxy import authz, keys
+from authproxy import authz, crosssite, keys
 from authproxy.bodies import read_up_to
 from authproxy.errors import UpstreamError
 from authproxy.log import log
@@ -159,6 +159,10 @@ async def forward(request: web.Request) -> web.StreamResponse:
         answered: web.StreamResponse | None = await intercept(request, site)
         if answered is not None:
             return answered
+    if (crosssite.refused(request.method, request.headers, f"{request.scheme}://{request.host}",
+                          site.upstream_path(request.rel_url.raw_path), getattr(site.adapter, "gets_change_state", None))
+            and request.headers.get("Upgrade", "").lower() != "websocket"):  # the bridge checks Origin itself
+        return _cross_site_refused(request, site)
     loaded, credential = await credential_for(request, site)
     if credential is None:
         return _signed_out(request, site)
@@ -324,6 +328,15 @@ async def _stream(request: web.Request, site: Site, upstream: _Answer, response:
         if request.transport is not None:
             request.transport.close()
     return response
+
+
+def _cross_site_refused(request: web.Request, site: Site) -> web.StreamResponse:
+    log.info("cross-site request refused", extra={"fields": {"site": site.name, "method": request.method,
+                                                             "path": request.rel_url.path}})
+    return error_response(request, 403, "cross_site",
+                          f"This request to {site.name} came from another site, and authproxy does not let "
+                          "other sites act with your sign-in. Open the page directly instead.",
+                          title="Request from another site refused")
 
 
 async def _credential_died(request: web.Request, site: Site, loaded: LoadedSession | None) -> web.StreamResponse:

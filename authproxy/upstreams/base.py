@@ -15,6 +15,8 @@ Optional hooks an adapter may define (looked up with getattr by the proxy):
                                                                    what to replace while streaming an answer
                                                                    too large for rewrite_body (over 1 MiB)
     service_credential(secret) -> Credential                       the site's service token as a credential
+    gets_change_state(upstream_path) -> bool                       a GET there may change something (so it
+                                                                   is never opened from another site)
     bind_store(store) -> None                                      state every replica must share (called at start)
     check_options(options) -> list[str]  (staticmethod)            config problems, each naming the fix
 

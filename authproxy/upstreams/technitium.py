@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from authproxy import keys
+from authproxy import crosssite, keys
 from authproxy.bodies import read_up_to
 from authproxy.config.schema import SiteConfig
 from authproxy.errors import AuthError, UpstreamError, UpstreamProtocolError, UpstreamUnavailable
@@ -75,10 +75,7 @@ def _navigation(request: web.Request) -> bool:
 
 def _cross_site(request: web.Request) -> bool:
     """A request another site made the browser send (login CSRF / forced logout)."""
-    origin = request.headers.get("Origin")
-    if origin is not None:
-        return origin == "null" or origin.split("://", 1)[-1].lower() != request.host.lower()
-    return request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site"
+    return crosssite.foreign(request.headers, f"{request.scheme}://{request.host}")
 
 
 async def _query_or_form(request: web.Request) -> dict[str, str]:
@@ -252,6 +249,11 @@ class TechnitiumAdapter:
             req.headers["Authorization"] = f"Bearer {credential.secret}"
         if mode != "bearer":
             req.raw_query = query_with(req.raw_query, "token", credential.secret)
+
+    @staticmethod
+    def gets_change_state(upstream_path: str) -> bool:
+        """Technitium takes every API call as a GET (zones/delete, settings/set, user/createToken...)."""
+        return _api_path(upstream_path).startswith("/api/")
 
     def forward_auth_headers(self, credential: Credential) -> dict[str, str]:
         mode = credential.extra.get("mode")

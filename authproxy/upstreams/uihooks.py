@@ -11,11 +11,10 @@ session reuses `web.api.end_session` through a call-time import instead of a sec
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from authproxy import keys
+from authproxy import crosssite, keys
 from authproxy.sessions.model import Credential
 
 if TYPE_CHECKING:
@@ -73,23 +72,7 @@ async def sign_out(request: web.Request, site: Site, *, status: int = 204, body:
     return response
 
 
-def _host_port(url: str) -> str | None:
-    parts = urlsplit(url)
-    if not parts.netloc:
-        return None
-    return parts.netloc.rsplit("@", 1)[-1].lower()
-
-
 def cross_site(request: web.Request) -> bool:
-    """True when Origin (else Referer) names another host:port than this request's, or says `null`.
-
-    The same rule qBittorrent applies (scheme ignored); used before authproxy removes these headers.
-    """
-    origin = request.headers.get("Origin")
-    referer = request.headers.get("Referer")
-    own = request.host.lower()
-    if origin is not None:
-        return origin.strip() == "null" or _host_port(origin) != own
-    if referer:
-        return _host_port(referer) != own
-    return request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site"
+    """Another origin's page made the browser send this request (see authproxy.crosssite). Checked
+    here because authproxy removes Origin/Referer before the upstream could apply its own rule."""
+    return crosssite.foreign(request.headers, f"{request.scheme}://{request.host}")

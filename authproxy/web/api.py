@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from authproxy import keys
+from authproxy import crosssite, keys
 from authproxy.bodies import read_up_to
 from authproxy.errors import AuthError, UpstreamError
 from authproxy.log import audit, log
@@ -126,10 +126,7 @@ async def _read_login(request: web.Request) -> tuple[dict[str, Any], bool]:
 
 def _same_origin(request: web.Request) -> bool:
     """A cross-site form post must not sign anyone in (login CSRF); JSON needs CORS, so it cannot."""
-    origin = request.headers.get("Origin")
-    if origin is None or origin == "null":
-        return origin is None
-    return origin.split("://", 1)[-1].lower() == request.host.lower()
+    return not crosssite.foreign(request.headers, f"{request.scheme}://{request.host}")
 
 
 async def login(request: web.Request) -> web.StreamResponse:
@@ -199,7 +196,7 @@ async def end_session(request: web.Request, loaded: LoadedSession, *, reason: st
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
-    if request.headers.get("Origin") not in (None,) and not _same_origin(request):
+    if not _same_origin(request):
         return json_error(403, "cross_site", "Cross-site sign-out refused.")
     loaded = await current_session(request)
     if loaded is not None:

@@ -38,7 +38,7 @@ from urllib.parse import quote, unquote
 from aiohttp import web
 from multidict import MultiMapping
 
-from authproxy import authz, keys
+from authproxy import authz, crosssite, keys
 from authproxy.config.schema import IPNetwork
 from authproxy.log import log
 from authproxy.sessions.model import Credential
@@ -334,6 +334,12 @@ async def verify(request: web.Request) -> web.StreamResponse:
     if site is None:
         return error_response(request, 403, "unknown_site", "No site is configured for this address.",
                               title="Not configured")
+    if crosssite.refused(target.method, request.headers, target.origin, site.upstream_path(target.path),
+                         getattr(site.adapter, "gets_change_state", None)):
+        # The proxies pass the browser's own Sec-Fetch-*/Origin/Referer headers along.
+        return error_response(request, 403, "cross_site", f"This request to {site.name} came from another site, "
+                              "and authproxy does not let other sites act with your sign-in.",
+                              title="Request from another site refused")
     loaded = None
     if config.session_mode:
         loaded = await request.app[keys.SESSIONS].load(cookie_value(request), client_ip=forwarded_client(

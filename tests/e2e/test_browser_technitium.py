@@ -23,6 +23,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from playwright.async_api import BrowserContext, Download, Page
 
 from authproxy import keys
@@ -300,3 +301,58 @@ async def test_a_download_through_a_single_use_token(
     assert backup.headers["Authorization"] == f"Bearer {real}"
     assert "token" not in backup.query
     await assert_nothing_leaked(watch, context, ui_fake)
+
+
+# ---------------------------------------------------------------- another site's page
+
+
+@pytest.fixture
+async def other_site() -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """A page on another site (http://localhost:<port>; the gateway is http://127.0.0.1:<port>)."""
+    pages: dict[str, str] = {}
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(text=pages.get(request.path, ""), content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/{name}", serve)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "localhost", 0)
+    await site.start()
+    try:
+        yield f"http://localhost:{runner.addresses[0][1]}", pages
+    finally:
+        await runner.cleanup()
+
+
+async def test_another_sites_page_cannot_act_with_the_persons_sign_in(
+        ui_gw: Gateway, ui_fake: FakeTechnitium, context: BrowserContext,
+        other_site: tuple[str, dict[str, str]]) -> None:
+    # Technitium takes every API call as a GET and the Lax cookie rides along on a top-level GET, so
+    # without authproxy's cross-site rule this navigation would create the zone as alice.
+    evil, pages = other_site
+    page = await context.new_page()
+    await portal_sign_in(page, ui_gw, *ALICE)
+    forged = f"{ui_gw.url}/api/zones/create?zone=forged.example"
+    pages["/nav"] = f'<script>location = "{forged}";</script>'
+    pages["/post"] = (f'<form method="post" action="{ui_gw.url}/api/zones/create"><input name="zone" '
+                      'value="posted.example"></form><script>document.forms[0].submit();</script>')
+    pages["/link"] = f'<a id="go" href="{ui_gw.url}/">DNS</a>'
+    for name in ("/nav", "/post"):
+        async with page.expect_response(lambda r: r.url.startswith(ui_gw.url + "/api/zones/create")) as answer:
+            await page.goto(evil + name)
+        response = await answer.value
+        assert response.status == 403, name
+        assert "another site" in await response.text()
+        assert (await response.request.all_headers()).get("sec-fetch-site") == "cross-site"
+    assert "forged.example" not in ui_fake.zones and "posted.example" not in ui_fake.zones
+    # A link from another site (a dashboard) still opens the UI, signed in ...
+    await page.goto(evil + "/link")
+    await page.click("#go")
+    await page.wait_for_selector("body[data-zones=loaded]", timeout=WAIT_MS)
+    assert await zone_names(page) == ZONES
+    # ... and the UI's own call, from its own origin, does what the forged one could not.
+    status = await page.evaluate("""async () => (await fetch('api/zones/create?zone=own.example',
+        {headers: {Authorization: 'Bearer ' + localStorage.getItem('token')}})).status""")
+    assert status == 200 and "own.example" in ui_fake.zones

@@ -112,7 +112,7 @@ async def test_qbittorrent_sign_in_ui_and_api_without_the_sid_ever_leaving(
     info = await wire.keep(await client.request("GET", "/api/v2/torrents/info"))
     assert (info.status, wire.seen[-1].split("\n")[0]) == (200, "[]")
     # The UI's XHRs carry the public Origin/Referer: accepted (qBittorrent's CSRF rule, applied by authproxy).
-    origin = {"Origin": client.base, "Referer": client.base + "/"}
+    origin = {"Origin": client.origin, "Referer": client.origin + "/"}
     same = await wire.keep(await client.request("POST", "/api/v2/app/version", headers=origin))
     assert same.status == 200
     cross = await wire.keep(await client.request("POST", "/api/v2/app/version",
@@ -178,7 +178,7 @@ async def test_qbittorrent_ui_sign_out_ends_both_sessions(
     assert (await client.login(qbittorrent.username, qbittorrent.password)).status == 200
     sid = (await held_credential(qbt_gw, client)).secret
     cookie = client.cookie
-    out = await client.request("POST", "/api/v2/auth/logout", headers={"Origin": client.base})
+    out = await client.request("POST", "/api/v2/auth/logout", headers={"Origin": client.origin})
     assert out.status == 200
     after = await client.request("GET", SESSION, headers={"Cookie": f"{client.cookie_name}={cookie}"})
     assert (await after.json())["authenticated"] is False
@@ -241,7 +241,7 @@ async def test_qbittorrent_under_a_sub_path(make_gateway: MakeGateway, qbittorre
     assert (await client.login(qbittorrent.username, qbittorrent.password, site="qbt")).status == 200
     page = await client.request("GET", "/qbt/", headers=BROWSER)
     assert page.status == 200 and "qBittorrent Web UI" in await page.text()
-    version = await client.request("GET", "/qbt/api/v2/app/version", headers={"Referer": client.base + "/qbt/"})
+    version = await client.request("GET", "/qbt/api/v2/app/version", headers={"Referer": client.origin + "/qbt/"})
     assert (version.status, await version.text()) == (200, "v4.5.2")
 
 

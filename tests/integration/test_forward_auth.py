@@ -468,3 +468,25 @@ def test_the_person_behind_the_proxies_is_the_last_untrusted_hop() -> None:
     assert forwarded_client([], "127.0.0.1", trusted) == "127.0.0.1"
     assert forwarded_client(["unknown, 203.0.113.9"], "127.0.0.1", trusted) == "203.0.113.9"
     assert forwarded_client(["203.0.113.9, not-an-ip"], "127.0.0.1", trusted) == "127.0.0.1"
+
+
+async def test_another_sites_page_gets_no_credential_through_forward_auth(one_site: Asker,
+                                                                         dns: FakeTechnitium) -> None:
+    # The proxies pass the browser's Sec-Fetch-* headers to /verify with the rest.
+    cookie, _ = await one_site.sign_in("dns.example.com", ALICE)
+    nav = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Accept": "text/html"}
+    for kind in ("caddy", "traefik", "nginx"):
+        reply = await one_site.verify(kind, "https://dns.example.com/api/zones/delete?zone=example.com",
+                                      cookie=cookie, extra=nav)
+        assert reply.status == 403 and "Authorization" not in reply.headers, kind
+        assert b"another site" in reply.body
+        # A link from another site to the UI's page is fine, and so is the UI's own call.
+        page = await one_site.verify(kind, "https://dns.example.com/", cookie=cookie, extra=nav)
+        assert page.status == 200 and bearer(page) in tokens(dns, "alice")
+        own = await one_site.verify(kind, "https://dns.example.com/api/zones/delete?zone=example.com",
+                                    cookie=cookie, extra={"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"})
+        assert own.status == 200
+    # Cross-site WebSocket hijacking: a foreign page's socket gets nothing either.
+    ws = await one_site.verify("caddy", "https://dns.example.com/api/ws", cookie=cookie,
+                               extra={"Origin": "https://evil.example", "Upgrade": "websocket"})
+    assert ws.status == 403

@@ -49,6 +49,11 @@ class GatewayClient:
     cookie: str | None = None
     headers: dict[str, str] = field(default_factory=lambda: {"X-Forwarded-Proto": "https"})
 
+    @property
+    def origin(self) -> str:
+        """The origin the browser sees: the TLS proxy's (https), at the gateway's host:port."""
+        return "https://" + self.base.split("://", 1)[1]
+
     def _headers(self, extra: Mapping[str, str] | None) -> dict[str, str]:
         h = dict(self.headers)
         if self.cookie:
