@@ -2,7 +2,8 @@
 
 A thin configuration of the generic adapter (UPSTREAMS.md §4):
 * wrong credentials answer 403, a blocked client 429 with Retry-After (AdGuard counts failures per
-  TCP peer, i.e. per authproxy: authproxy's own throttle stops typos first);
+  TCP peer, i.e. per authproxy: authproxy's own throttle stops typos first, and a signed-in
+  person's own `POST /control/login` is refused rather than forwarded);
 * the cookie is injected; the browser's own `agh_session` and `Authorization` (AdGuard accepts Basic
   on any request, which would let a client pick another AdGuard user) are removed, and any
   `Set-Cookie: agh_session` is dropped;

@@ -56,7 +56,9 @@ Every table and key, with its default:
     totp_required_text = ""         ... whose body contains this text ("" = never asks)
     success_text = ""               when set, an accepted login's body must contain it
     ui_answer = ""                  when set, the UI's own call to this path (method + path) is
-    ui_answer_type = "text/plain"   answered with this body while the person is signed in
+    ui_answer_type = "text/plain"   answered with this body while the person is signed in; when
+                                    not, that call is refused (403) while signed in: the login API
+                                    is only ever called by authproxy (throttled and audited)
 
 [credential]  (required)
     from                            cookie | json | header | basic (the Basic value itself)
@@ -111,6 +113,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from authproxy import keys
 from authproxy.bodies import read_up_to
 from authproxy.config.schema import SiteConfig
 from authproxy.errors import UpstreamProtocolError, UpstreamUnavailable
@@ -354,19 +357,26 @@ class GenericAdapter:
 
     async def intercept(self, request: web.Request, site: Site) -> web.StreamResponse | None:
         login, logout = self.spec.login, self.spec.logout
-        if not login.ui_answer and not logout.intercept:
-            return None
         path = canonical_path(uihooks.upstream_path(request, site))
         if logout.intercept and request.method == logout.method and path == logout.path:
             if uihooks.cross_site(request):  # a link on another site must not sign anyone out (GET logouts)
                 return web.json_response({"error": "cross_site", "message": "Cross-site sign-out refused."},
                                          status=403, headers={"Cache-Control": "no-store"})
             return await uihooks.sign_out(request, site)
-        if login.ui_answer and request.method == login.method and path == login.path:
+        if request.method == login.method and path == login.path:
+            # The login API never sees a signed-in person's request: it would skip authproxy's throttle
+            # and audit, test passwords of other accounts, and the upstream's failure count (per
+            # address: authproxy's) would lock everyone out. Without a session the proxy answers.
             _, credential = await uihooks.current(request, site)
-            if credential is not None:
+            if credential is None:
+                return None
+            if login.ui_answer:
                 return web.Response(status=200, body=login.ui_answer.encode(),
                                     headers={"Content-Type": login.ui_answer_type, "Cache-Control": "no-store"})
+            prefix = request.app[keys.CONFIG].server.prefix
+            return web.json_response({"error": "sign_in_at_authproxy", "message": "You are signed in already; "
+                                      f"to sign in as someone else, sign out and use {prefix}/login."},
+                                     status=403, headers={"Cache-Control": "no-store"})
         return None
 
     # ---- forwarding ------------------------------------------------------------------------------

@@ -300,3 +300,22 @@ async def test_adguard_under_a_sub_path_gets_public_redirects(
     # With a session AdGuard sends /login.html to "/": that is /agh/ publicly.
     moved = await client.request("GET", "/agh/login.html", headers=BROWSER)
     assert moved.status == 302 and moved.headers["Location"] == "/agh/"
+
+
+async def test_a_signed_in_person_cannot_call_the_upstreams_login_api_past_authproxy(
+        agh_gw: Gateway, adguard: FakeAdGuard, pihole_gw: Gateway, pihole: FakePihole,
+        client_for: ClientFor) -> None:
+    # Forwarded with the session's own cookie, these would skip authproxy's throttle and audit, test
+    # other accounts' passwords, and add to the upstream's per-address count (authproxy's address).
+    for gw, upstream, path, body in ((agh_gw, adguard, "/control/login", {"name": "bob", "password": "guess"}),
+                                     (pihole_gw, pihole, "/api/auth", {"password": "guess"})):
+        client = client_for(gw)
+        password = adguard.password if upstream is adguard else pihole.password
+        await signed_in(client, adguard.username if upstream is adguard else "whoever", password)
+        calls = len(upstream.requests_to(path))
+        for _ in range(6):
+            refused = await client.request("POST", path, json=body)
+            assert refused.status == 403 and (await refused.json())["error"] == "sign_in_at_authproxy", path
+        assert len(upstream.requests_to(path)) == calls, path
+        assert (await client.request("GET", SESSION)).status == 200
+    assert adguard.blocked_for() == 0
