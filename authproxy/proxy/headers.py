@@ -19,6 +19,9 @@ IDENTITY_HEADERS = frozenset({
     "x-authproxy-user", "x-real-ip", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
     "x-forwarded-port", "x-forwarded-prefix", "x-forwarded-uri", "x-forwarded-method", "x-original-url",
     "x-original-uri", "x-original-method", "forwarded", "x-real-remote-addr", "x-client-ip",
+    # what CDNs and load balancers set, which some upstreams read before X-Real-IP (AdGuard: realIP)
+    "cf-connecting-ip", "true-client-ip", "x-cluster-client-ip", "fastly-client-ip", "x-forwarded-server",
+    "x-forwarded-scheme", "x-forwarded-ssl", "x-url-scheme", "front-end-https", "x-original-host",
 })
 
 
@@ -45,6 +48,8 @@ def upstream_request_headers(src: MultiMapping[str], *, drop_cookie: str) -> CIM
         low = name.lower()
         if low in _NOT_UPSTREAM or low in named:
             continue
+        if "_" in low and low.replace("_", "-") in _NOT_UPSTREAM:
+            continue  # Remote_User: CGI-style upstreams read it as Remote-User
         if low == "cookie":
             kept = cookie_without(value, (drop_cookie,))
             if kept:

@@ -22,6 +22,7 @@ from authproxy.proxy.headers import (
     set_forwarded,
     strip_hop_by_hop,
     strip_names,
+    upstream_request_headers,
 )
 from authproxy.sessions.model import Credential
 from authproxy.upstreams.base import UpstreamRequest
@@ -48,6 +49,17 @@ def test_identity_headers_cover_what_upstreams_trust() -> None:
     strip_names(h, IDENTITY_HEADERS)
     assert list(h.keys()) == ["Accept"]
     assert "connection" in HOP_BY_HOP and "authorization" not in HOP_BY_HOP
+
+
+def test_client_address_and_identity_headers_never_go_upstream_in_any_spelling() -> None:
+    # CDN-style client-IP headers (AdGuard's realIP reads CF-Connecting-IP/True-Client-IP before
+    # X-Real-IP) and underscore spellings that CGI-style upstreams read as the dashed name.
+    sent = CIMultiDict([("CF-Connecting-IP", "6.6.6.6"), ("True-Client-IP", "6.6.6.6"),
+                        ("X-Cluster-Client-IP", "6.6.6.6"), ("Fastly-Client-IP", "6.6.6.6"),
+                        ("Remote_User", "admin"), ("X_Forwarded_For", "6.6.6.6"), ("x_real_ip", "6.6.6.6"),
+                        ("X_Custom_Thing", "kept"), ("Accept", "*/*")])
+    out = upstream_request_headers(sent, drop_cookie="__Host-authproxy")
+    assert list(out.items()) == [("X_Custom_Thing", "kept"), ("Accept", "*/*")]
 
 
 @pytest.mark.parametrize(("raw", "names", "expected"), [
