@@ -58,7 +58,7 @@ def check_config(args: argparse.Namespace) -> int:
 def _serve(config: Config, ssl_paths: tuple[Path, Path] | None, reuse_port: bool) -> None:
     from aiohttp import web
 
-    from authproxy.app import create_app
+    from authproxy.app import create_app, handler_options
     from authproxy.tls import server_context
 
     try:
@@ -83,7 +83,7 @@ def _serve(config: Config, ssl_paths: tuple[Path, Path] | None, reuse_port: bool
         # Passed through AppRunner to each RequestHandler. (Not `handler_args=`: run_app forwards that name
         # as a RequestHandler kwarg, which raises TypeError, and aiohttp then silently drops access_log,
         # keepalive_timeout and these limits, logging a warning on every new connection.)
-        max_field_size=config.server.max_header_size, max_line_size=config.server.max_header_size,
+        **handler_options(config),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -40,6 +41,18 @@ def redirect_policy(config: Config) -> RedirectPolicy:
     for site in config.sites:
         domains.extend(site.hosts)
     return RedirectPolicy(domains)
+
+
+def handler_options(config: Config) -> dict[str, Any]:
+    """What every connection handler of the server needs (aiohttp's RequestHandler keyword arguments;
+    `authproxy run` and the test gateways pass the same).
+
+    auto_decompress off: a compressed request body is forwarded as sent, with its Content-Encoding and
+    Content-Length; aiohttp would otherwise inflate it and the upstream would get the inflated bytes
+    under the compressed length, still labelled gzip (cut short, or a wait for bytes that never come).
+    """
+    return {"max_field_size": config.server.max_header_size, "max_line_size": config.server.max_header_size,
+            "auto_decompress": False}
 
 
 def create_app(config: Config, *, store: SessionStore | None = None) -> web.Application:

@@ -180,6 +180,11 @@ async def forward(request: web.Request) -> web.StreamResponse:
     body: object = None
     if request.body_exists:
         if (request.content_type == "application/x-www-form-urlencoded"
+                and request.headers.get("Content-Encoding", "identity").lower() != "identity"):
+            # Forms are read to remove credential fields; a compressed one could hide them.
+            return error_response(request, 415, "unsupported_media_type",
+                                  "A compressed form cannot be checked; send it uncompressed.")
+        if (request.content_type == "application/x-www-form-urlencoded"
                 and (request.content_length or 0) <= MAX_FORM_BODY):
             raw = await read_up_to(request.content, MAX_FORM_BODY + 1)
             if len(raw) > MAX_FORM_BODY:

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from authproxy.app import create_app
+from authproxy.app import create_app, handler_options
 from authproxy.config.loader import ensure_session_secrets, load_config
 from authproxy.config.schema import Config
 from authproxy.sessions.store import SessionStore
@@ -107,7 +107,7 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[MakeGateway]:
         env.setdefault("AUTHPROXY_DATA_DIR", str(tmp_path / "data"))
         config, _ = ensure_session_secrets(load_config(env, config_file))
         app = create_app(config, store=store)
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, **handler_options(config))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", port)
         await site.start()
