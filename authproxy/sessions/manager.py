@@ -80,6 +80,10 @@ class SessionManager:
         # goes stale under load, every concurrent request for that session would otherwise read the
         # store at once (50 connections: 50 GETs and a 50-connection Redis pool every cache_ttl).
         self._inflight: dict[str, tuple[Ticket, asyncio.Future[LoadedSession | None]]] = {}
+        # Bumped by every invalidation and destroy seen here. A store read that an invalidation
+        # overtook (a logout elsewhere landed while the GET was on the wire) may hold a session that no
+        # longer exists: its answer serves the request that asked, but is not cached.
+        self._epoch = 0
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -88,6 +92,7 @@ class SessionManager:
         self.store.subscribe(CHANNEL, self._on_invalidate)
 
     def _on_invalidate(self, message: str) -> None:
+        self._epoch += 1
         self._cache.pop(message, None)
         self._touched.pop(message, None)
         self._inflight.pop(message, None)  # requests from now on read the store afresh
@@ -161,6 +166,7 @@ class SessionManager:
     async def _fetch(self, ticket: Ticket, store_key: str, cached: LoadedSession | None, now: float,
                      client_ip: str) -> LoadedSession | None:
         """The store read behind `load` (a cache miss): unseal, decode, check expiry, slide, cache."""
+        epoch = self._epoch
         blob = await self.store.get(store_key)
         if blob is None:
             self._cache.pop(store_key, None)
@@ -183,7 +189,7 @@ class SessionManager:
         if not await self._maybe_touch(loaded, now):
             await self._lapsed(ticket, now, client_ip)
             return None
-        if self.config.cache_ttl > 0:
+        if self.config.cache_ttl > 0 and epoch == self._epoch:
             if len(self._cache) >= MAX_CACHE_ENTRIES:
                 self._cache.clear()
             self._cache[store_key] = loaded
@@ -224,6 +230,7 @@ class SessionManager:
         await self.destroy(previous)
 
     async def destroy(self, loaded: LoadedSession) -> None:
+        self._epoch += 1
         self._cache.pop(loaded.store_key, None)
         self._touched.pop(loaded.store_key, None)
         self._inflight.pop(loaded.store_key, None)
@@ -236,6 +243,7 @@ class SessionManager:
         index = self._user_index(user)
         members = await self.store.index_members(index)
         if members:
+            self._epoch += 1
             await self.store.delete(*members, *(marker_key(m) for m in members))
             for key in members:
                 self._cache.pop(key, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -204,3 +205,43 @@ async def test_session_model_round_trip() -> None:
     assert "secret=" not in repr(s.credentials["dns"])
     with pytest.raises(ValueError):
         Session.from_dict({**s.to_dict(), "v": 2})
+
+
+class GatedStore(MemoryStore):
+    """The next session GET reads the value at once (as Redis serves it) but its reply lands only
+    when the gate opens: a logout elsewhere can overtake it."""
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.gate: asyncio.Event | None = None
+
+    async def get(self, key: str) -> bytes | None:
+        value = await super().get(key)
+        gate = self.gate
+        if gate is not None and key.startswith("s:"):
+            self.gate = None
+            await gate.wait()
+        return value
+
+
+async def test_a_logout_that_overtakes_a_store_read_is_not_undone_by_its_answer() -> None:
+    clock = FakeClock(1_000_000.0)
+    store = GatedStore(clock=clock)
+    config = SessionConfig(idle_timeout=600, max_age=3600, cache_ttl=2.0)
+    a, b = (SessionManager(store=store, keyring=KEYS, config=config, clock=clock) for _ in range(2))
+    a.start()
+    b.start()   # two replicas on one store (the memory store publishes to both)
+    loaded, cookie = await a.create(user="alice", site="dns", identity=Identity(username="alice"),
+                                    credential=Credential(secret="tok"), client_ip="192.0.2.1")
+    assert await b.load(cookie) is not None         # B caches it
+    clock.advance(3)                                # B's copy is stale; no touch is due yet
+    store.gate = gate = asyncio.Event()
+    request_on_b = asyncio.create_task(b.load(cookie))
+    await asyncio.sleep(0)                          # B's GET is on the wire
+    victim = await a.load(cookie)
+    assert victim is not None
+    await a.destroy(victim)                         # the logout on A lands first
+    gate.set()
+    await request_on_b                              # (concurrent with the logout: either answer is fair)
+    assert await store.get(loaded.store_key) is None
+    assert await b.load(cookie) is None             # but nothing after it may see the session
