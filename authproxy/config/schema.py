@@ -19,9 +19,10 @@ SESSION_MODES: frozenset[str] = frozenset({"session", "hybrid"})
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-DEFAULT_TRUSTED_PROXIES: tuple[str, ...] = (
-    "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7",
-)
+# Loopback only: with private ranges trusted by default, any machine on the LAN could write its own
+# X-Forwarded-For (dodging the per-address throttle, forging audit addresses) or, as a "proxy", ask
+# /verify for a credential. A proxy elsewhere (a container network) is named in TRUSTED_PROXIES.
+DEFAULT_TRUSTED_PROXIES: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,8 +39,7 @@ def test_defaults() -> None:
     s, sess, t = config.server, config.session, config.throttle
     assert (s.host, s.port, s.prefix, s.https_enabled, s.trust_proxy) == ("127.0.0.1", 8443, "/_authproxy", False,
                                                                           True)
-    assert ipaddress.ip_network("127.0.0.0/8") in s.trusted_proxies
-    assert ipaddress.ip_network("192.168.0.0/16") in s.trusted_proxies
+    assert s.trusted_proxies == (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
     assert (sess.idle_timeout, sess.max_age, sess.secrets, sess.redis_url) == (900.0, 86400.0, (), None)
     assert (t.max_failures, t.window) == (5, 900.0)
     [site] = config.sites
