@@ -105,6 +105,11 @@ def check(config: Config) -> list[str]:
             checker = getattr(ADAPTERS[site.type], "check_options", None)
             if checker is not None:
                 p.extend(f"{where}: {msg}" for msg in checker(site.options))
+            typed = getattr(ADAPTERS[site.type], "typed_names", None)
+            if site.allowed_users and typed is not None and typed(site.options):
+                p.append(f"ALLOWED_USERS ({where}): {site.type} checks only a password, so the user name is "
+                         "whatever the person types and an allow list of names cannot hold; remove it, or "
+                         "set a fixed options.identity.username")
         if not site.path_prefix.startswith("/"):
             p.append(f"{where}: path_prefix must start with /, but it is {site.path_prefix!r}")
         for host in site.hosts or ("*",):

@@ -19,6 +19,8 @@ Optional hooks an adapter may define (looked up with getattr by the proxy):
                                                                    is never opened from another site)
     bind_store(store) -> None                                      state every replica must share (called at start)
     check_options(options) -> list[str]  (staticmethod)            config problems, each naming the fix
+    typed_names(options) -> bool  (classmethod)                    the identity is the name typed, unchecked
+                                                                   (so an allow list could not hold)
 
 Adapters do I/O only through the shared `aiohttp.ClientSession` they are given (DummyCookieJar, no
 redirects, no auto-decompression); a login that returns cookies reads them from the response.

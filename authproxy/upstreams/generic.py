@@ -231,6 +231,13 @@ class GenericAdapter:
     def check_options(cls, options: dict[str, Any]) -> list[str]:
         return parse_spec(merge_options(cls.preset, options))[1]
 
+    @classmethod
+    def typed_names(cls, options: dict[str, Any]) -> bool:
+        """The identity is whatever name the person typed: the upstream has one account and checks
+        only the password (Pi-hole), and no fixed `[identity] username` is set."""
+        spec = parse_spec(merge_options(cls.preset, options))[0]
+        return spec is not None and not spec.login.username_field and not spec.username
+
     # ---- upstream calls --------------------------------------------------------------------------
 
     def _auth_parts(self, credential: Credential) -> tuple[dict[str, str], dict[str, str]]:

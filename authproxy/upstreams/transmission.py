@@ -49,9 +49,10 @@ class TransmissionAdapter:
                             f"default {RPC_PATH!r}), but it is {path!r}")
         return problems
 
-    async def _session_get(self, authorization: str) -> tuple[int, str]:
-        headers = {"Authorization": authorization, "Content-Type": "application/json",
-                   "Accept-Encoding": "identity"}
+    async def _session_get(self, authorization: str | None) -> tuple[int, str]:
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+        if authorization is not None:
+            headers["Authorization"] = authorization
         try:
             async with self.http.post(self.rpc_url, data=SESSION_GET, headers=headers, timeout=self.timeout,
                                       allow_redirects=False) as resp:
@@ -63,7 +64,7 @@ class TransmissionAdapter:
             raise UpstreamUnavailable(f"transmission at {self.rpc_url} is unreachable "
                                       f"({type(exc).__name__})") from None
 
-    async def _check(self, authorization: str) -> str:
+    async def _check(self, authorization: str | None) -> str:
         """ok | invalid | locked, or UpstreamProtocolError for a gate that is not about the password."""
         status, text = await self._session_get(authorization)
         if status in (200, 409):
@@ -86,6 +87,13 @@ class TransmissionAdapter:
                                                   "must be restarted.")
         if verdict == "invalid":
             return LoginResult("invalid", message="Invalid username or password.")
+        # Accepted: but would anything have been? With rpc-authentication-required off Transmission takes
+        # every password, so this sign-in proved nothing. (Asked after the success, which reset
+        # Transmission's failure count: the probe's 401 cannot bring a lockout near.)
+        if await self._check(None) == "ok":
+            raise UpstreamProtocolError("transmission does not require a password (rpc-authentication-required "
+                                        "is false), so it cannot tell who is signing in; turn it on, or use "
+                                        "AUTH_MODE=none")
         return LoginResult("ok", credential=Credential(secret=value, kind="basic", extra={"user": username}),
                            identity=Identity(username=username))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 from urllib.parse import quote
 
@@ -15,7 +16,7 @@ from aiohttp import web
 
 from authproxy import crosssite, keys
 from authproxy.bodies import read_up_to
-from authproxy.errors import AuthError, UpstreamError
+from authproxy.errors import AuthError, UpstreamError, UpstreamProtocolError
 from authproxy.log import audit, log
 from authproxy.login.passthrough import LoginInput
 from authproxy.routing import Site
@@ -162,12 +163,22 @@ async def login(request: web.Request) -> web.StreamResponse:
                                 totp=exc.code == "totp_required", headers=headers, username=username)
         return json_error(exc.status, exc.code, str(exc), headers=headers)
     except UpstreamError as exc:
-        log.warning("login: upstream unavailable", extra={"fields": {"error": str(exc)}})
+        # Unreachable is transient; a protocol error is the upstream's setup (the log names the fix).
+        broken = isinstance(exc, UpstreamProtocolError)
+        log.log(logging.ERROR if broken else logging.WARNING,
+                "login: upstream refused to work with authproxy" if broken else "login: upstream unavailable",
+                extra={"fields": {"error": str(exc)}})
+        if broken:
+            code = "upstream_error"
+            message = ("The upstream service answered in a way authproxy cannot use; the administrator will "
+                       "find the cause in authproxy's log.")
+        else:
+            code, message = "upstream_unavailable", "The upstream service is not answering; try again soon."
         if form_post:
             from authproxy.web.portal import render_login
 
-            return render_login(request, status=502, error="The upstream service is not answering.", rd=rd)
-        return json_error(502, "upstream_unavailable", "The upstream service is not answering; try again soon.")
+            return render_login(request, status=502, error=message, rd=rd)
+        return json_error(502, code, message)
     target = safe_redirect(request, rd)
     if form_post:
         response: web.StreamResponse = see_other(target)

@@ -24,7 +24,7 @@ from aiohttp import ClientResponse
 from authproxy import keys
 from authproxy.sessions.model import Credential
 from tests.integration.conftest import BROWSER, LOGOUT, SESSION
-from tests.support.apps import QBittorrentApp, TransmissionApp
+from tests.support.apps import QBittorrentApp, TransmissionApp, start_transmission
 from tests.support.gateway import SECRET, Gateway, GatewayClient, MakeGateway, gateway_env
 
 pytestmark = pytest.mark.e2e
@@ -345,3 +345,19 @@ async def test_transmission_under_a_sub_path_gets_public_redirects(
     status, session_id, _ = await rpc(client, "/tr/transmission/rpc")
     assert status == 409 and (await rpc(client, "/tr/transmission/rpc",
                                         **{"X-Transmission-Session-Id": session_id}))[0] == 200
+
+
+async def test_transmission_without_a_password_is_not_a_sign_in(
+        make_gateway: MakeGateway, client_for: ClientFor, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # rpc-authentication-required false: Transmission takes any password, so "signed in as alice"
+    # would prove nothing (and an allow list would compare against a name anyone can type).
+    app = start_transmission(tmp_path, settings={"rpc-authentication-required": False})
+    try:
+        client = client_for(await make_gateway(gateway_env(app.url, UPSTREAM_TYPE="transmission")))
+        refused = await client.login("alice", "anything")
+        assert refused.status == 502 and client.cookie is None
+        assert (await refused.json())["error"] == "upstream_error"
+        assert any("rpc-authentication-required" in str(getattr(r, "fields", {}).get("error"))
+                   for r in caplog.records if r.levelname == "ERROR")
+    finally:
+        app.stop()

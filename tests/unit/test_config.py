@@ -279,3 +279,15 @@ def test_the_readme_toml_example_loads(tmp_path: Path) -> None:
     assert [s.name for s in config.sites] == ["dns", "torrents"]
     assert config.session.redis_url is not None and config.session.redis_url.reveal().startswith("redis://")
     assert config.sites[1].path_prefix == "/qbt/" and config.sites[1].allowed_users == ("admin",)
+
+
+def test_an_allow_list_is_refused_where_the_user_name_is_only_typed(tmp_path: Path) -> None:
+    # Pi-hole has one account and checks only the password: anyone could type an allowed name.
+    found = problems({**OK, "UPSTREAM_TYPE": "pihole", "ALLOWED_USERS": "alice"})
+    assert any(p.startswith("ALLOWED_USERS") and "identity.username" in p for p in found), found
+    load_config({**OK, "UPSTREAM_TYPE": "pihole"})                        # without the list: fine
+    load_config({**OK, "UPSTREAM_TYPE": "adguard", "ALLOWED_USERS": "alice"})  # AdGuard checks the name
+    fixed = tmp_path / "authproxy.toml"
+    fixed.write_text('[[sites]]\nname = "pihole"\ntype = "pihole"\nupstream_url = "http://127.0.0.1:8080"\n'
+                     'allowed_users = ["admin"]\n[sites.options.identity]\nusername = "admin"\n')
+    load_config({"TRUST_PROXY": "true"}, fixed)                        # a fixed name is not typed
