@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, MutableMapping
-from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, unquote_plus, urlsplit, urlunsplit
 
 from multidict import CIMultiDict, MultiMapping
 
@@ -118,12 +118,37 @@ def location_without(location: str, secret: str) -> str:
     echo the query back in redirects (ASP.NET's trailing-slash redirect keeps it): the injected
     token would then reach the browser in `Location`. Whatever the parameter is called, it goes.
     """
-    if not secret or (secret not in location and quote(secret, safe="") not in location):
+    if not secret or "?" not in location:
         return location
     parts = urlsplit(location)
-    kept = [item for _, item in query_pairs(parts.query)
-            if unquote_plus(item.partition("=")[2]) != secret]
+    kept = [item for _, item in query_pairs(parts.query) if secret not in _spellings(item.partition("=")[2])]
     return urlunsplit(parts._replace(query="&".join(kept)))
+
+
+def _spellings(value: str) -> tuple[str, ...]:
+    """`value` as written and as a URL decoder may read it (an upstream re-encodes as it likes: `%2B`
+    or `%2b`, `+` or `%20`, `/` or `%2F`)."""
+    if "%" not in value and "+" not in value:
+        return (value,)
+    return (value, unquote(value), unquote_plus(value))
+
+
+def carries(value: str, secret: str) -> bool:
+    """Whether a header value holds `secret` in any URL spelling."""
+    return bool(secret) and any(secret in spelled for spelled in _spellings(value))
+
+
+def drop_carrying(headers: CIMultiDict[str], secret: str) -> None:
+    """Remove every header value that holds `secret` (Content-Location, Refresh, Link, a reflected
+    header...: whatever an upstream echoes its own URL or request into)."""
+    if not secret:
+        return
+    names = {name for name, value in headers.items() if carries(value, secret)}
+    for name in names:
+        kept = [v for v in headers.getall(name) if not carries(v, secret)]
+        headers.popall(name)
+        for value in kept:
+            headers.add(name, value)
 
 
 def query_with(raw_query: str, name: str, value: str) -> str:

@@ -29,11 +29,12 @@ from authproxy.errors import UpstreamError
 from authproxy.log import log
 from authproxy.proxy.headers import (
     downstream_response_headers,
+    drop_carrying,
     location_without,
     set_forwarded,
     upstream_request_headers,
 )
-from authproxy.proxy.substitute import StreamReplacer
+from authproxy.proxy.substitute import ReplacerChain, StreamReplacer, scrubber
 from authproxy.proxy.upstream import UpstreamPool, UpstreamResponse
 from authproxy.routing import Site, has_dot_segments
 from authproxy.sessions.manager import LoadedSession
@@ -279,10 +280,10 @@ async def _relay(request: web.Request, site: Site, ureq: UpstreamRequest, upstre
 
 
 def _scrubber(adapter: Any, ureq: UpstreamRequest, headers: CIMultiDictProxy[str],
-              loaded: LoadedSession | None) -> StreamReplacer | None:
+              loaded: LoadedSession | None) -> StreamReplacer | ReplacerChain | None:
     hook = getattr(adapter, "answer_secret", None)
     pair = hook(ureq, headers, loaded) if hook is not None else None
-    return StreamReplacer(*pair) if pair is not None and pair[0] else None
+    return scrubber(*pair) if pair is not None and pair[0] else None
 
 
 def _answer_headers(response: web.StreamResponse, request: web.Request, site: Site, upstream: _Answer,
@@ -294,13 +295,14 @@ def _answer_headers(response: web.StreamResponse, request: web.Request, site: Si
     if "Location" in headers:
         _rewrite_location(headers, site, request)
         headers["Location"] = location_without(headers["Location"], credential.secret)
+    drop_carrying(headers, credential.secret)   # anything else that echoes it (a Location left holding it too)
     if "Set-Cookie" in headers:
         _rewrite_set_cookie_paths(headers, site)
 
 
 async def _stream(request: web.Request, site: Site, upstream: _Answer, response: web.StreamResponse,
                   first: bytes, broke: BaseException | None,
-                  scrub: StreamReplacer | None = None) -> web.StreamResponse:
+                  scrub: StreamReplacer | ReplacerChain | None = None) -> web.StreamResponse:
     """Send `first`, then the rest of the upstream body as it comes; `broke`: the upstream already failed.
     `scrub`: the secret replaced in all of it on the way."""
     await response.prepare(request)

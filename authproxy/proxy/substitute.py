@@ -28,12 +28,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
+from urllib.parse import quote
 
 CONTEXT = b"authproxy-placeholder-v1\x00"
 TOKEN_FIELDS: tuple[tuple[str, ...], ...] = (("token",), ("response", "token"))
 _TOKEN_KEY = b'"token"'
+_HEX_ESCAPE = re.compile(r"%[0-9A-F]{2}")
 
 
 def _mac(key: bytes, *parts: str) -> str:
@@ -113,6 +116,52 @@ class StreamReplacer:
         """The held-back tail at the end of the body (too short to hold the secret)."""
         held, self._held = self._held, b""
         return held
+
+
+class ReplacerChain:
+    """Several StreamReplacers one after the other (a secret as written, and as a URL spells it)."""
+
+    __slots__ = ("_links",)
+
+    def __init__(self, links: Sequence[StreamReplacer]) -> None:
+        self._links = tuple(links)
+
+    @property
+    def keeps_length(self) -> bool:
+        return all(link.keeps_length for link in self._links)
+
+    def feed(self, data: bytes) -> bytes:
+        for link in self._links:
+            data = link.feed(data)
+        return data
+
+    def flush(self) -> bytes:
+        out = b""
+        for link in self._links:
+            out = link.feed(out) + link.flush()
+        return out
+
+
+def url_spellings(value: str) -> list[str]:
+    """`value` as written and as URL encoders write it (`/` kept or escaped, upper- or lower-case hex),
+    the raw form first. A page that echoes its URL holds one of these."""
+    out = [value]
+    for safe in ("", "/"):
+        encoded = quote(value, safe=safe)
+        for spelled in (encoded, _HEX_ESCAPE.sub(lambda m: m.group(0).lower(), encoded)):
+            if spelled not in out:
+                out.append(spelled)
+    return out
+
+
+def scrubber(secret: str, replacement: str) -> StreamReplacer | ReplacerChain:
+    """Replace `secret` in every URL spelling (one replacer when it has nothing to escape, as tokens
+    of hex or base64url do)."""
+    spellings = url_spellings(secret)
+    if len(spellings) == 1:
+        return StreamReplacer(secret, replacement)
+    return ReplacerChain([StreamReplacer(spelled, replacement if spelled == secret else quote(replacement, safe=""))
+                          for spelled in spellings])
 
 
 def _get(obj: Any, path: Sequence[str]) -> Any:

@@ -118,6 +118,7 @@ from authproxy.bodies import read_up_to
 from authproxy.config.schema import SiteConfig
 from authproxy.errors import UpstreamProtocolError, UpstreamUnavailable
 from authproxy.proxy.headers import query_with, query_without
+from authproxy.proxy.substitute import scrubber
 from authproxy.sessions.model import Credential, Identity
 from authproxy.upstreams import cookies, uihooks
 from authproxy.upstreams.base import LoginResult, UpstreamRequest, register
@@ -461,7 +462,17 @@ class GenericAdapter:
         return False
 
     def rewrite_body(self, req: UpstreamRequest, body: bytes, loaded: LoadedSession | None) -> bytes:
-        """Blank the hidden JSON fields (e.g. a session id a status call echoes back)."""
+        """Blank the hidden JSON fields (e.g. a session id a status call echoes back); a credential that
+        rides in the query is cut out wherever the answer echoes it (see answer_secret)."""
+        body = self._rewrite_fields(req, body, loaded)
+        if self.spec.inject.as_ == "query" and loaded is not None:
+            credential = loaded.session.credentials.get(self.site.name)
+            if credential is not None and credential.secret:
+                scrub = scrubber(credential.secret, "")
+                body = scrub.feed(body) + scrub.flush()
+        return body
+
+    def _rewrite_fields(self, req: UpstreamRequest, body: bytes, loaded: LoadedSession | None) -> bytes:
         hide = self.spec.hide
         if not hide.json or not _under(req.raw_path, hide.json_paths) or not body:
             return body
@@ -480,11 +491,13 @@ class GenericAdapter:
 
     def answer_secret(self, req: UpstreamRequest, headers: CIMultiDictProxy[str],
                       loaded: LoadedSession | None) -> tuple[str, str] | None:
-        """An answer on a `hide.json` path too large to read whole: at least this session's own
-        credential is cut out of it as it streams by (the fields themselves need the whole document)."""
+        """The session's own credential, cut out of an answer as it streams by: on a `hide.json` path
+        when the answer is too large to read whole (the fields themselves need the whole document), and
+        on every path when the credential rides in the query (`inject.as = "query"`), which an
+        upstream may reflect into any page (a link, a form action)."""
         hide = self.spec.hide
-        if (not hide.json or loaded is None or not _under(req.raw_path, hide.json_paths)
-                or headers.get("Content-Encoding", "identity").lower() != "identity"):
+        scope = self.spec.inject.as_ == "query" or (bool(hide.json) and _under(req.raw_path, hide.json_paths))
+        if not scope or loaded is None or headers.get("Content-Encoding", "identity").lower() != "identity":
             return None
         credential = loaded.session.credentials.get(self.site.name)
         return (credential.secret, "") if credential is not None and credential.secret else None

@@ -14,7 +14,9 @@ from authproxy.proxy.headers import (
     HOP_BY_HOP,
     IDENTITY_HEADERS,
     cookie_without,
+    drop_carrying,
     has_crlf,
+    location_without,
     query_pairs,
     query_value,
     query_with,
@@ -60,6 +62,18 @@ def test_client_address_and_identity_headers_never_go_upstream_in_any_spelling()
                         ("X_Custom_Thing", "kept"), ("Accept", "*/*")])
     out = upstream_request_headers(sent, drop_cookie="__Host-authproxy")
     assert list(out.items()) == [("X_Custom_Thing", "kept"), ("Accept", "*/*")]
+
+
+def test_answer_headers_that_echo_the_credential_in_any_spelling_are_dropped() -> None:
+    secret = "Zm9v+YmFy/c2lk=="
+    h = CIMultiDict([("Content-Location", "/p?sid=Zm9v%2bYmFy%2fc2lk%3d%3d"), ("Refresh", "0; url=/p?sid=" + secret),
+                     ("Link", "</p?sid=Zm9v%2BYmFy/c2lk%3D%3D>; rel=canonical"), ("Link", "</style.css>; rel=preload"),
+                     ("Content-Type", "text/html")])
+    drop_carrying(h, secret)
+    assert list(h.items()) == [("Content-Type", "text/html"), ("Link", "</style.css>; rel=preload")]
+    assert location_without("/p?a=1&sid=Zm9v%2bYmFy%2fc2lk%3d%3d&b=2", secret) == "/p?a=1&b=2"
+    assert location_without("/p?a=1&sid=Zm9v+YmFy/c2lk==", secret) == "/p?a=1"
+    assert location_without("/p?a=1", secret) == "/p?a=1" and location_without("/p", secret) == "/p"
 
 
 @pytest.mark.parametrize(("raw", "names", "expected"), [

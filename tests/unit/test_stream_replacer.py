@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from authproxy.proxy.substitute import StreamReplacer
+from authproxy.proxy.substitute import StreamReplacer, scrubber, url_spellings
 
 
 def run(replacer: StreamReplacer, pieces: list[bytes]) -> bytes:
@@ -50,3 +50,17 @@ def test_same_as_bytes_replace_on_random_bodies_pieces_and_overlapping_secrets()
 def test_an_empty_secret_is_refused() -> None:
     with pytest.raises(ValueError):
         StreamReplacer("", "x")
+
+
+def test_a_secret_is_found_in_every_url_spelling_across_pieces() -> None:
+    secret = "Zm9v+YmFy/c2lk=="
+    assert url_spellings(secret) == [secret, "Zm9v%2BYmFy%2Fc2lk%3D%3D", "Zm9v%2bYmFy%2fc2lk%3d%3d",
+                                     "Zm9v%2BYmFy/c2lk%3D%3D", "Zm9v%2bYmFy/c2lk%3d%3d"]
+    assert url_spellings("a1" * 32) == ["a1" * 32]       # hex: one replacer, no chain
+    assert isinstance(scrubber("a1" * 32, "b2" * 32), StreamReplacer)
+    body = ("<a href='/x?sid=" + "'>a</a> <a href='/x?sid=".join(url_spellings(secret)) + "'>b</a>").encode()
+    for size in (1, 3, 7, 64):
+        chain = scrubber(secret, "")
+        out = b"".join(chain.feed(body[i:i + size]) for i in range(0, len(body), size)) + chain.flush()
+        assert out == b"<a href='/x?sid=" + b"'>a</a> <a href='/x?sid=".join([b""] * 5) + b"'>b</a>", size
+        assert not chain.keeps_length

@@ -1,0 +1,94 @@
+"""A generic site whose credential rides in the query, in front of an upstream that reflects its own URL.
+
+Upstreams echo the request URL into redirects, Content-Location, Refresh, Link and the page itself, and
+re-encode it as they like (`+` as `%2B` or `%2b`, `/` as `%2F`): the injected credential must come
+back to the browser in none of them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from aiohttp import web
+from yarl import URL
+
+from tests.support.gateway import SECRET, Gateway, GatewayClient, MakeGateway
+
+SID = "Zm9v+YmFy/c2lk=="   # base64 with every character a URL encoder touches
+
+
+@pytest.fixture
+async def reflector() -> AsyncIterator[str]:
+    async def login(request: web.Request) -> web.Response:
+        body = await request.json()
+        if body.get("password") != "right":
+            return web.json_response({"error": "no"}, status=401)
+        return web.json_response({"sid": SID})
+
+    async def reflect(request: web.Request) -> web.StreamResponse:
+        if request.query.get("sid") != SID:
+            return web.json_response({"error": "unauthorized"}, status=401)
+        url = str(request.url)
+        reencoded = str(URL(str(request.url.with_query(request.query))))  # aiohttp's own re-encoding
+        lower = url.replace("%2B", "%2b").replace("%2F", "%2f")
+        if request.path == "/go":
+            raise web.HTTPFound(reencoded)
+        page = (f'<a href="{url}">self</a> <a href="{lower}">lower</a> <form action="{reencoded}"></form> '
+                f"<p>{request.query['sid']}</p>")
+        return web.Response(text=page, content_type="text/html", headers={
+            "Content-Location": lower, "Refresh": f"30; url={reencoded}", "Link": f"<{url}>; rel=canonical",
+            "X-Echo": json.dumps(dict(request.query))})
+
+    app = web.Application()
+    app.router.add_post("/login", login)
+    app.router.add_get("/{tail:.*}", reflect)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_query_credential_never_comes_back_in_any_spelling(
+        make_gateway: MakeGateway, reflector: str, client_for: Callable[[Gateway], GatewayClient],
+        tmp_path: Path) -> None:
+    config = tmp_path / "authproxy.toml"
+    config.write_text(f"""
+[[sites]]
+name = "reflect"
+type = "generic"
+upstream_url = "{reflector}"
+[sites.options.login]
+path = "/login"
+encoding = "json"
+[sites.options.credential]
+from = "json"
+pointer = "/sid"
+[sites.options.inject]
+as = "query"
+name = "sid"
+""", encoding="utf-8")
+    client = client_for(await make_gateway({"TRUST_PROXY": "true", "SESSION_SECRET": SECRET, "ACCESS_LOG": "false"},
+                                           config_file=config))
+    assert (await client.login("anyone", "right")).status == 200
+    spellings = {SID, quote(SID, safe=""), quote(SID, safe="").lower(), quote(SID, safe="/"),
+                 quote(SID, safe="").replace("%2F", "%2f")}
+    for path in ("/page?x=1", "/go?x=1", "/page"):
+        resp = await client.request("GET", path)
+        body = await resp.text()
+        assert resp.status in (200, 302), (path, resp.status, body)
+        for spelled in spellings:
+            assert spelled not in body, (path, spelled)
+            for name, value in resp.headers.items():
+                assert spelled not in value and spelled.lower() not in value.lower(), (path, name, value)
+        if resp.status == 302:
+            assert "x=1" in resp.headers["Location"]   # the rest of the redirect survives
+        else:
+            assert "self</a>" in body
