@@ -256,10 +256,13 @@ class SessionManager:
         now = self.clock()
         return min(loaded.session.expires_at, now + (left if left is not None else 0.0))
 
-    async def touch(self, loaded: LoadedSession) -> None:
-        """Slide the idle timeout now (heartbeat)."""
+    async def touch(self, loaded: LoadedSession) -> bool:
+        """Slide the idle timeout now (heartbeat); False when the store no longer has the session."""
         loaded.touched_at = 0.0
-        await self._maybe_touch(loaded, self.clock())
+        if await self._maybe_touch(loaded, self.clock()):
+            return True
+        self._cache.pop(loaded.store_key, None)
+        return False
 
     # ---- internals -------------------------------------------------------------------------------
 

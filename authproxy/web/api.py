@@ -235,7 +235,8 @@ async def heartbeat(request: web.Request) -> web.StreamResponse:
     if loaded is None:
         return json_error(401, "session_expired", "Your session has ended; sign in again.")
     manager = request.app[keys.SESSIONS]
-    await manager.touch(loaded)
+    if not await manager.touch(loaded):  # ended elsewhere since this replica cached it
+        return json_error(401, "session_expired", "Your session has ended; sign in again.")
     router = request.app[keys.ROUTER]
     changed = False
     for name, cred in list(loaded.session.credentials.items()):

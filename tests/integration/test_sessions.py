@@ -271,3 +271,19 @@ async def test_a_save_after_a_logout_never_brings_the_session_back(
     assert await manager.load(cookie) is None
     client.cookie = cookie
     assert not await authenticated(client)
+
+
+async def test_a_heartbeat_for_a_session_gone_from_the_store_says_so(gw: Gateway, client: GatewayClient) -> None:
+    # Another replica's logout whose invalidation this one has not seen yet: the cache still holds the
+    # session, but sliding its TTL finds nothing, and the heartbeat must not answer 200.
+    await client.login("alice", "alice-pass")
+    assert (await client.request("POST", HEARTBEAT)).status == 200
+    from authproxy.sessions.ticket import decode_ticket
+
+    assert client.cookie
+    ticket = decode_ticket(client.cookie, gw.app[keys.SESSIONS].keyring)
+    assert ticket is not None
+    await gw.app[keys.STORE].delete(ticket.store_key)          # behind the cache's back
+    beat = await client.request("POST", HEARTBEAT)
+    assert beat.status == 401 and (await beat.json())["error"] == "session_expired"
+    assert not await authenticated(client)
