@@ -109,7 +109,11 @@ class FailureBudget:
         if self.max_failures <= 0:
             return None
         in_flight = await self.store.incr(self._inflight_key, self.INFLIGHT_TTL)
-        if await self.count() + in_flight > max(1, self.max_failures - 1):
+        count = await self.count()
+        # qBittorrent's count never decays: once authproxy's pause (at max_failures - 1) has run out,
+        # the next failure is the ban either way, so one attempt at a time may try.
+        limit = max(1, self.max_failures - 1) if count < self.max_failures - 1 else count + 1
+        if count + in_flight > limit:
             await self.abandon()
             return Refusal(self.BUSY_RETRY, busy=True)
         return None
@@ -124,7 +128,11 @@ class FailureBudget:
             return
         count = await self.store.incr(self._count_key, self.COUNT_TTL)   # counted before the place is freed
         await self.abandon()
-        if count >= self.max_failures - 1:
+        if count >= self.max_failures:
+            # That was qBittorrent's last: it bans now, and forgets the count when the ban ends.
+            await self.store.delete(self._count_key)
+            await self._block()
+        elif count >= self.max_failures - 1:
             await self._block()
 
     async def banned(self) -> None:

@@ -240,7 +240,7 @@ def test_hidden_json_fields_become_null() -> None:
     # An answer that does not parse (e.g. cut short) still never echoes this session's credential.
     assert a.rewrite_body(req, b'{"data":{"token":"SECRET","us', loaded) == b'{"data":{"token":"","us'
     # Too large to read whole (over 1 MiB): the credential is cut out while it streams, on hidden paths only.
-    assert a.answer_secret(req, hdrs(Content_Type="application/json"), loaded) == ("SECRET", "")
+    assert a.answer_secret(req, hdrs(Content_Type="application/json"), loaded) == ("SECRET", "000000")
     assert a.answer_secret(ureq("/api/other"), hdrs(Content_Type="application/json"), loaded) is None
     assert a.answer_secret(req, hdrs(Content_Encoding="gzip"), loaded) is None
     assert a.answer_secret(req, hdrs(), None) is None
@@ -393,6 +393,23 @@ async def test_qbittorrent_budget_counts_attempts_in_flight_as_possible_failures
     assert [await fresh.begin() for _ in range(5)][-1] is not None   # 4 places: none was leaked
     off = FailureBudget(0, 3600)
     assert all([await off.begin() is None for _ in range(20)])
+
+
+async def test_qbittorrent_budget_after_its_pause_lets_one_attempt_at_a_time_try() -> None:
+    now = [1000.0]
+    budget = FailureBudget(5, 3600, clock=lambda: now[0])
+    for _ in range(4):
+        assert await budget.begin() is None
+        await budget.failed()
+    assert await budget.begin() == Refusal(3600, busy=False)
+    now[0] += 3601                       # the pause is over; qBittorrent still counts 4 (it never decays)
+    assert await budget.begin() is None
+    assert await budget.begin() == Refusal(2, busy=True)    # a second at once could not be told apart
+    await budget.failed()                # the 5th: qBittorrent bans now and will forget the count
+    assert await budget.count() == 0 and await budget.wait() == 3600
+    now[0] += 3601
+    assert await budget.begin() is None   # a fresh start, as qBittorrent's own
+    await budget.succeeded()
 
 
 async def test_qbittorrent_budget_in_the_store_is_one_count_for_every_process() -> None:
