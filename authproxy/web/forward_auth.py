@@ -84,6 +84,7 @@ class Target:
     proto: str
     host: str
     uri: str
+    method_known: bool = True   # False: no method header came (nginx subrequests are GETs themselves)
 
     @property
     def origin(self) -> str:
@@ -211,7 +212,7 @@ def _from_forwarded(uri: str | None, proto: str | None, host: str | None,
         raise BadTarget("X-Forwarded-Uri came without X-Forwarded-Proto and X-Forwarded-Host")
     return Target(method=_method(method, "X-Forwarded-Method") if method else "GET",
                   proto=_proto(proto, "X-Forwarded-Proto"), host=_host(host, "X-Forwarded-Host"),
-                  uri=_uri(uri, "X-Forwarded-Uri")), method is not None
+                  uri=_uri(uri, "X-Forwarded-Uri"), method_known=method is not None), method is not None
 
 
 def _from_original(url: str | None, method: str | None) -> tuple[Target, bool] | None:
@@ -226,7 +227,7 @@ def _from_original(url: str | None, method: str | None) -> tuple[Target, bool] |
         rest = "/" + rest
     return Target(method=_method(method, "X-Original-Method") if method else "GET",
                   proto=_proto(scheme, "X-Original-URL's scheme"), host=_host(authority, "X-Original-URL's host"),
-                  uri=_uri(rest or "/", "X-Original-URL's path")), method is not None
+                  uri=_uri(rest or "/", "X-Original-URL's path"), method_known=method is not None), method is not None
 
 
 def detect(headers: MultiMapping[str]) -> ProxyKind:
@@ -334,8 +335,9 @@ async def verify(request: web.Request) -> web.StreamResponse:
     if site is None:
         return error_response(request, 403, "unknown_site", "No site is configured for this address.",
                               title="Not configured")
-    if crosssite.refused(target.method, request.headers, target.origin, site.upstream_path(target.path),
-                         getattr(site.adapter, "gets_change_state", None)):
+    # Without a method header a link cannot be told from a form post: from another site, neither passes.
+    if crosssite.refused(target.method if target.method_known else "", request.headers, target.origin,
+                         site.upstream_path(target.path), getattr(site.adapter, "gets_change_state", None)):
         # The proxies pass the browser's own Sec-Fetch-*/Origin/Referer headers along.
         return error_response(request, 403, "cross_site", f"This request to {site.name} came from another site, "
                               "and authproxy does not let other sites act with your sign-in.",

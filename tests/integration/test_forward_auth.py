@@ -490,3 +490,15 @@ async def test_another_sites_page_gets_no_credential_through_forward_auth(one_si
     ws = await one_site.verify("caddy", "https://dns.example.com/api/ws", cookie=cookie,
                                extra={"Origin": "https://evil.example", "Upgrade": "websocket"})
     assert ws.status == 403
+
+
+async def test_without_a_method_header_a_foreign_request_cannot_pass_as_a_link(one_site: Asker) -> None:
+    # An nginx recipe without X-Original-Method: the subrequest is a GET whatever the client sent, so
+    # a cross-site form post would look like a navigation.
+    cookie, _ = await one_site.sign_in("dns.example.com", ALICE)
+    nav = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Accept": "text/html"}
+    bare = [("X-Original-URL", "https://dns.example.com/"), ("Cookie", f"__Host-authproxy={cookie}"),
+            *nav.items()]
+    assert (await one_site.request("GET", "/_authproxy/verify/nginx", bare)).status == 403
+    with_method = [*bare, ("X-Original-Method", "GET")]
+    assert (await one_site.request("GET", "/_authproxy/verify/nginx", with_method)).status == 200
