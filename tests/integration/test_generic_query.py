@@ -39,9 +39,11 @@ async def reflector() -> AsyncIterator[str]:
             raise web.HTTPFound(reencoded)
         page = (f'<a href="{url}">self</a> <a href="{lower}">lower</a> <form action="{reencoded}"></form> '
                 f"<p>{request.query['sid']}</p>")
-        return web.Response(text=page, content_type="text/html", headers={
+        resp = web.Response(text=page, content_type="text/html", headers={
             "Content-Location": lower, "Refresh": f"30; url={reencoded}", "Link": f"<{url}>; rel=canonical",
             "X-Echo": json.dumps(dict(request.query))})
+        resp.enable_compression()   # gzip when the request accepts it, as most web servers do
+        return resp
 
     app = web.Application()
     app.router.add_post("/login", login)
@@ -81,7 +83,7 @@ name = "sid"
     spellings = {SID, quote(SID, safe=""), quote(SID, safe="").lower(), quote(SID, safe="/"),
                  quote(SID, safe="").replace("%2F", "%2f")}
     for path in ("/page?x=1", "/go?x=1", "/page"):
-        resp = await client.request("GET", path)
+        resp = await client.request("GET", path, headers={"Accept-Encoding": "gzip"})
         body = await resp.text()
         assert resp.status in (200, 302), (path, resp.status, body)
         for spelled in spellings:
