@@ -72,17 +72,19 @@ def replace_all(body: bytes, secret: str, replacement: str) -> bytes:
 class StreamReplacer:
     """Replace every occurrence of `secret` in a body that arrives in pieces.
 
-    Holds back the last len(secret) - 1 bytes of what it has seen (a match may begin there), so the
-    output lags the input by at most that much and nothing that could be a split secret goes out.
+    Holds back only a tail of what it has seen that could still grow into the secret (the longest
+    suffix that is a prefix of it), so nothing that could be a split secret goes out, and a piece
+    that ends otherwise (a server-sent event's blank line) goes out whole at once.
     A same-length replacement keeps the body's length (and its Content-Length) unchanged.
     """
 
-    __slots__ = ("_held", "_keep", "_replacement", "_secret")
+    __slots__ = ("_first", "_held", "_keep", "_replacement", "_secret")
 
     def __init__(self, secret: str, replacement: str) -> None:
         if not secret:
             raise ValueError("StreamReplacer needs a non-empty secret")
         self._secret = secret.encode()
+        self._first = self._secret[:1]
         self._replacement = replacement.encode()
         self._keep = len(self._secret) - 1
         self._held = b""
@@ -96,21 +98,27 @@ class StreamReplacer:
         buf = self._held + data if self._held else data
         limit = len(buf) - self._keep   # a match starting before here lies in `buf` whole
         secret = self._secret
-        found = buf.find(secret)
-        if found == -1 or found >= limit:
-            cut = max(0, limit)
-            self._held = buf[cut:]
-            return buf[:cut]
         parts: list[bytes] = []
         pos = 0
+        found = buf.find(secret)
         while found != -1 and found < limit:
             parts += (buf[pos:found], self._replacement)
             pos = found + len(secret)
             found = buf.find(secret, pos)
-        cut = max(pos, limit)
+        cut = self._partial_start(buf, max(pos, limit))
         parts.append(buf[pos:cut])
         self._held = buf[cut:]
         return b"".join(parts)
+
+    def _partial_start(self, buf: bytes, start: int) -> int:
+        """Where the tail that is a proper prefix of the secret begins (len(buf) when there is none)."""
+        secret = self._secret
+        at = buf.find(self._first, start)
+        while at != -1:
+            if secret.startswith(buf[at:]):
+                return at
+            at = buf.find(self._first, at + 1)
+        return len(buf)
 
     def flush(self) -> bytes:
         """The held-back tail at the end of the body (too short to hold the secret)."""
@@ -143,25 +151,39 @@ class ReplacerChain:
 
 
 def url_spellings(value: str) -> list[str]:
-    """`value` as written and as URL encoders write it (`/` kept or escaped, upper- or lower-case hex),
-    the raw form first. A page that echoes its URL holds one of these."""
+    """`value` as written, as URL encoders write it (`/` kept or escaped, upper- or lower-case hex) and
+    as JSON encoders escape it (`\\/` from PHP, `\\u002B` from .NET), the raw form first. A page or
+    an answer that echoes its URL holds one of these."""
     out = [value]
     for safe in ("", "/"):
         encoded = quote(value, safe=safe)
         for spelled in (encoded, _HEX_ESCAPE.sub(lambda m: m.group(0).lower(), encoded)):
             if spelled not in out:
                 out.append(spelled)
+    for spelled in (value.replace("/", "\\/"), value.replace("+", "\\u002B"),
+                    value.replace("/", "\\/").replace("+", "\\u002B")):
+        if spelled not in out:
+            out.append(spelled)
     return out
 
 
 def scrubber(secret: str, replacement: str) -> StreamReplacer | ReplacerChain:
-    """Replace `secret` in every URL spelling (one replacer when it has nothing to escape, as tokens
-    of hex or base64url do)."""
+    """Replace `secret` in every spelling (one replacer when it has nothing to escape, as tokens of
+    hex or base64url do). A same-length replacement stays same-length for every spelling (repeated
+    to fit), so the body's length holds."""
     spellings = url_spellings(secret)
     if len(spellings) == 1:
         return StreamReplacer(secret, replacement)
-    return ReplacerChain([StreamReplacer(spelled, replacement if spelled == secret else quote(replacement, safe=""))
-                          for spelled in spellings])
+    same_length = bool(replacement) and len(replacement) == len(secret)
+
+    def stand_in(spelled: str) -> str:
+        if spelled == secret:
+            return replacement
+        if same_length:
+            return (replacement * (len(spelled) // len(replacement) + 1))[:len(spelled)]
+        return quote(replacement, safe="")
+
+    return ReplacerChain([StreamReplacer(spelled, stand_in(spelled)) for spelled in spellings])
 
 
 def _get(obj: Any, path: Sequence[str]) -> Any:

@@ -22,13 +22,15 @@ def test_a_secret_split_across_every_possible_boundary_is_replaced() -> None:
             assert out == body.replace(secret.encode(), placeholder.encode())
 
 
-def test_byte_by_byte_and_nothing_goes_out_that_could_be_half_a_secret() -> None:
+def test_only_a_tail_that_could_grow_into_the_secret_is_held_back() -> None:
     r = StreamReplacer("SECRET", "******")
     assert r.keeps_length
-    assert r.feed(b"xxSEC") == b""              # the last len(secret) - 1 bytes wait for what follows
-    assert r.feed(b"RET yy") == b"xx******"     # ...which completed the secret
-    assert r.feed(b"zzzzzz") == b" yyz"
-    assert r.flush() == b"zzzzz"
+    assert r.feed(b"xxSEC") == b"xx"            # "SEC" could grow into the secret: it waits
+    assert r.feed(b"RET yy") == b"****** yy"    # ...it did; what cannot grow into it goes out at once
+    assert r.feed(b"zzSE") == b"zz"
+    assert r.feed(b"X") == b"SEX"               # that prefix stopped being one
+    assert r.feed(b'data: {"n":1}\n\n') == b'data: {"n":1}\n\n'   # an SSE event is not held back
+    assert r.flush() == b""
     assert not StreamReplacer("SECRET", "").keeps_length
 
 
@@ -55,12 +57,16 @@ def test_an_empty_secret_is_refused() -> None:
 def test_a_secret_is_found_in_every_url_spelling_across_pieces() -> None:
     secret = "Zm9v+YmFy/c2lk=="
     assert url_spellings(secret) == [secret, "Zm9v%2BYmFy%2Fc2lk%3D%3D", "Zm9v%2bYmFy%2fc2lk%3d%3d",
-                                     "Zm9v%2BYmFy/c2lk%3D%3D", "Zm9v%2bYmFy/c2lk%3d%3d"]
+                                     "Zm9v%2BYmFy/c2lk%3D%3D", "Zm9v%2bYmFy/c2lk%3d%3d",
+                                     "Zm9v+YmFy\\/c2lk==", "Zm9v\\u002BYmFy/c2lk==", "Zm9v\\u002BYmFy\\/c2lk=="]
     assert url_spellings("a1" * 32) == ["a1" * 32]       # hex: one replacer, no chain
     assert isinstance(scrubber("a1" * 32, "b2" * 32), StreamReplacer)
     body = ("<a href='/x?sid=" + "'>a</a> <a href='/x?sid=".join(url_spellings(secret)) + "'>b</a>").encode()
     for size in (1, 3, 7, 64):
         chain = scrubber(secret, "")
         out = b"".join(chain.feed(body[i:i + size]) for i in range(0, len(body), size)) + chain.flush()
-        assert out == b"<a href='/x?sid=" + b"'>a</a> <a href='/x?sid=".join([b""] * 5) + b"'>b</a>", size
+        assert out == b"<a href='/x?sid=" + b"'>a</a> <a href='/x?sid=".join([b""] * 8) + b"'>b</a>", size
         assert not chain.keeps_length
+        filled = scrubber(secret, "0" * len(secret))
+        out = b"".join(filled.feed(body[i:i + size]) for i in range(0, len(body), size)) + filled.flush()
+        assert filled.keeps_length and len(out) == len(body) and secret.encode() not in out
