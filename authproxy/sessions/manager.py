@@ -80,10 +80,12 @@ class SessionManager:
         # goes stale under load, every concurrent request for that session would otherwise read the
         # store at once (50 connections: 50 GETs and a 50-connection Redis pool every cache_ttl).
         self._inflight: dict[str, tuple[Ticket, asyncio.Future[LoadedSession | None]]] = {}
-        # Bumped by every invalidation and destroy seen here. A store read that an invalidation
-        # overtook (a logout elsewhere landed while the GET was on the wire) may hold a session that no
-        # longer exists: its answer serves the request that asked, but is not cached.
-        self._epoch = 0
+        # Store key -> invalidations and destroys seen here. A store read that one overtook (a logout
+        # elsewhere landed while the GET was on the wire) may hold a session that no longer exists: its
+        # answer serves the request that asked, but is not cached. Per key, so other people's logins
+        # and logouts never stop this session's reads from being cached.
+        self._epochs: dict[str, int] = {}
+        self._epochs_cleared = 0
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -91,8 +93,14 @@ class SessionManager:
         """Subscribe to invalidations (call after store.start())."""
         self.store.subscribe(CHANNEL, self._on_invalidate)
 
+    def _bump(self, store_key: str) -> None:
+        if len(self._epochs) >= MAX_CACHE_ENTRIES and store_key not in self._epochs:
+            self._epochs.clear()       # reads under way then see the clear count change: not cached
+            self._epochs_cleared += 1
+        self._epochs[store_key] = self._epochs.get(store_key, 0) + 1
+
     def _on_invalidate(self, message: str) -> None:
-        self._epoch += 1
+        self._bump(message)
         self._cache.pop(message, None)
         self._touched.pop(message, None)
         self._inflight.pop(message, None)  # requests from now on read the store afresh
@@ -166,7 +174,7 @@ class SessionManager:
     async def _fetch(self, ticket: Ticket, store_key: str, cached: LoadedSession | None, now: float,
                      client_ip: str) -> LoadedSession | None:
         """The store read behind `load` (a cache miss): unseal, decode, check expiry, slide, cache."""
-        epoch = self._epoch
+        epoch = (self._epochs_cleared, self._epochs.get(store_key))
         blob = await self.store.get(store_key)
         if blob is None:
             self._cache.pop(store_key, None)
@@ -189,7 +197,7 @@ class SessionManager:
         if not await self._maybe_touch(loaded, now):
             await self._lapsed(ticket, now, client_ip)
             return None
-        if self.config.cache_ttl > 0 and epoch == self._epoch:
+        if self.config.cache_ttl > 0 and epoch == (self._epochs_cleared, self._epochs.get(store_key)):
             if len(self._cache) >= MAX_CACHE_ENTRIES:
                 self._cache.clear()
             self._cache[store_key] = loaded
@@ -230,7 +238,7 @@ class SessionManager:
         await self.destroy(previous)
 
     async def destroy(self, loaded: LoadedSession) -> None:
-        self._epoch += 1
+        self._bump(loaded.store_key)
         self._cache.pop(loaded.store_key, None)
         self._touched.pop(loaded.store_key, None)
         self._inflight.pop(loaded.store_key, None)
@@ -243,7 +251,8 @@ class SessionManager:
         index = self._user_index(user)
         members = await self.store.index_members(index)
         if members:
-            self._epoch += 1
+            for key in members:
+                self._bump(key)
             await self.store.delete(*members, *(marker_key(m) for m in members))
             for key in members:
                 self._cache.pop(key, None)
