@@ -33,6 +33,16 @@ def _origin_of(url: str) -> str | None:
     return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}".lower()
 
 
+def plainly_own(headers: MultiMapping[str] | CIMultiDictProxy[str]) -> bool:
+    """True when no other site can be behind the request, told from the headers alone: the browser
+    says same-origin (or typed), or nothing says anything (a script). The proxy asks this first, on
+    every request, before it builds what `refused` compares against."""
+    fetch_site = headers.get("Sec-Fetch-Site")
+    if fetch_site is not None:
+        return fetch_site.strip().lower() in ("same-origin", "none")
+    return "Origin" not in headers and "Referer" not in headers
+
+
 def foreign(headers: MultiMapping[str] | CIMultiDictProxy[str], own_origin: str) -> bool:
     """Whether a page of another origin than `own_origin` (`scheme://host[:port]`) made this request."""
     fetch_site = headers.get("Sec-Fetch-Site")

@@ -135,13 +135,25 @@ def _spellings(value: str) -> tuple[str, ...]:
 
 def carries(value: str, secret: str) -> bool:
     """Whether a header value holds `secret` in any URL spelling."""
-    return bool(secret) and any(secret in spelled for spelled in _spellings(value))
+    if not secret:
+        return False
+    if secret in value:
+        return True
+    if "%" in value:
+        return secret in unquote(value) or ("+" in value and secret in unquote_plus(value))
+    return "+" in value and secret in value.replace("+", " ")
 
 
 def drop_carrying(headers: CIMultiDict[str], secret: str) -> None:
     """Remove every header value that holds `secret` (Content-Location, Refresh, Link, a reflected
-    header...: whatever an upstream echoes its own URL or request into)."""
+    header...: whatever an upstream echoes its own URL or request into). Runs on every answer: the
+    common case (no value holds it, nothing escaped) is one scan."""
     if not secret:
+        return
+    for value in headers.values():
+        if secret in value or "%" in value or "+" in value:
+            break
+    else:
         return
     names = {name for name, value in headers.items() if carries(value, secret)}
     for name in names:

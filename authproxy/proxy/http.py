@@ -160,8 +160,10 @@ async def forward(request: web.Request) -> web.StreamResponse:
         answered: web.StreamResponse | None = await intercept(request, site)
         if answered is not None:
             return answered
-    if (crosssite.refused(request.method, request.headers, f"{request.scheme}://{request.host}",
-                          site.upstream_path(request.rel_url.raw_path), getattr(site.adapter, "gets_change_state", None))
+    if (not crosssite.plainly_own(request.headers)
+            and crosssite.refused(request.method, request.headers, f"{request.scheme}://{request.host}",
+                                  site.upstream_path(request.rel_url.raw_path),
+                                  getattr(site.adapter, "gets_change_state", None))
             and request.headers.get("Upgrade", "").lower() != "websocket"):  # the bridge checks Origin itself
         return _cross_site_refused(request, site)
     loaded, credential = await credential_for(request, site)

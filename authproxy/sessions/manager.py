@@ -57,6 +57,15 @@ class LoadedSession:
         return public_id(self.store_key)
 
 
+ClientIP = str | Callable[[], str]
+
+
+def _resolve(client_ip: ClientIP) -> str:
+    """The audit line's address; forward auth passes a function (its X-Forwarded-For walk runs only
+    for the rare request that writes an audit line)."""
+    return client_ip if isinstance(client_ip, str) else client_ip()
+
+
 class SessionManager:
     def __init__(self, *, store: SessionStore, keyring: Keyring, config: SessionConfig,
                  clock: Callable[[], float] = time.time) -> None:
@@ -123,10 +132,11 @@ class SessionManager:
         await self.store.index_add(self._user_index(user), loaded.store_key, self.config.max_age)
         return loaded, ticket.encode(self.keyring)
 
-    async def load(self, cookie_value: str | None, *, client_ip: str = "") -> LoadedSession | None:
+    async def load(self, cookie_value: str | None, *, client_ip: ClientIP = "") -> LoadedSession | None:
         """The live session for a cookie value, or None (absent, forged, expired, revoked).
 
-        `client_ip` only goes into the audit line written when this request is the one that finds the
+        `client_ip` (or a function that tells it, called only then) only goes into the audit line written
+        when this request is the one that finds the
         session expired.
         """
         if not cookie_value:
@@ -172,7 +182,7 @@ class SessionManager:
             done.exception()  # retrieved here, so an error nobody awaited any more is not reported as lost
 
     async def _fetch(self, ticket: Ticket, store_key: str, cached: LoadedSession | None, now: float,
-                     client_ip: str) -> LoadedSession | None:
+                     client_ip: ClientIP) -> LoadedSession | None:
         """The store read behind `load` (a cache miss): unseal, decode, check expiry, slide, cache."""
         epoch = (self._epochs_cleared, self._epochs.get(store_key))
         blob = await self.store.get(store_key)
@@ -219,7 +229,7 @@ class SessionManager:
         last credential. True when the session lives on."""
         loaded.session.credentials.pop(site, None)
         audit("expiry", outcome="upstream_invalid", user=loaded.session.user, site=site,
-              client_ip=client_ip, session=loaded.public_id)
+              client_ip=_resolve(client_ip), session=loaded.public_id)
         if loaded.session.credentials and await self.save(loaded):
             return True
         await self.destroy(loaded)
@@ -319,13 +329,13 @@ class SessionManager:
         ttl = max(0.001, s.expires_at - now) + MARKER_GRACE
         await self.store.set(key, seal(loaded.ticket.key, plain, key.encode()), ttl)
 
-    async def _expired(self, loaded: LoadedSession, client_ip: str) -> None:
+    async def _expired(self, loaded: LoadedSession, client_ip: ClientIP) -> None:
         """The absolute lifetime is over: end it and say so."""
         await self.destroy(loaded)
         audit("expiry", outcome="max_age", user=loaded.session.user, site=loaded.session.site,
-              client_ip=client_ip, session=loaded.public_id)
+              client_ip=_resolve(client_ip), session=loaded.public_id)
 
-    async def _lapsed(self, ticket: Ticket, now: float, client_ip: str) -> None:
+    async def _lapsed(self, ticket: Ticket, now: float, client_ip: ClientIP) -> None:
         """A validly signed ticket whose session is gone: audit the expiry once, if it was one."""
         key = marker_key(ticket.store_key)
         blob = await self.store.get(key)
@@ -341,7 +351,7 @@ class SessionManager:
             return
         await self.store.index_remove(self._user_index(user), ticket.store_key)
         audit("expiry", outcome="max_age" if now >= expires_at else "idle_timeout", user=user, site=site,
-              client_ip=client_ip, session=public_id(ticket.store_key))
+              client_ip=_resolve(client_ip), session=public_id(ticket.store_key))
 
     @staticmethod
     def _user_index(user: str) -> str:

@@ -323,7 +323,7 @@ class TechnitiumAdapter:
                       loaded: LoadedSession | None) -> tuple[str, str] | None:
         """For JSON answers too large to rewrite whole: the token becomes its placeholder as it streams
         by (both 64 hex characters, so the length holds). Token *fields* need the whole document."""
-        if not _api_path(ureq.raw_path).startswith("/api/") or "json" not in headers.get("Content-Type", ""):
+        if "json" not in headers.get("Content-Type", "") or not _api_path(ureq.raw_path).startswith("/api/"):
             return None
         if loaded is None:
             token = self.site.service_token

@@ -336,15 +336,16 @@ async def verify(request: web.Request) -> web.StreamResponse:
         return error_response(request, 403, "unknown_site", "No site is configured for this address.",
                               title="Not configured")
     # Without a method header a link cannot be told from a form post: from another site, neither passes.
-    if crosssite.refused(target.method if target.method_known else "", request.headers, target.origin,
-                         site.upstream_path(target.path), getattr(site.adapter, "gets_change_state", None)):
+    if not crosssite.plainly_own(request.headers) and crosssite.refused(
+            target.method if target.method_known else "", request.headers, target.origin,
+            site.upstream_path(target.path), getattr(site.adapter, "gets_change_state", None)):
         # The proxies pass the browser's own Sec-Fetch-*/Origin/Referer headers along.
         return error_response(request, 403, "cross_site", f"This request to {site.name} came from another site, "
                               "and authproxy does not let other sites act with your sign-in.",
                               title="Request from another site refused")
     loaded = None
     if config.session_mode:
-        loaded = await request.app[keys.SESSIONS].load(cookie_value(request), client_ip=forwarded_client(
+        loaded = await request.app[keys.SESSIONS].load(cookie_value(request), client_ip=lambda: forwarded_client(
             request.headers.getall("X-Forwarded-For", ()), request.remote or "", config.server.trusted_proxies))
     decision = authz.decide(loaded.session if loaded else None, site.config, session_mode=config.session_mode)
     if decision == "login":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from authproxy.crosssite import foreign, navigation, refused
+from authproxy.crosssite import foreign, navigation, plainly_own, refused
 
 OWN = "https://dns.example.com"
 
@@ -59,3 +59,14 @@ def test_refused_unless_a_navigation_to_a_page() -> None:
     assert refused("GET", h(Sec_Fetch_Site="cross-site", Sec_Fetch_Mode="no-cors"), OWN, "/", api)
     assert not refused("POST", h(Sec_Fetch_Site="same-origin", Sec_Fetch_Mode="cors"), OWN, "/api/x", api)
     assert not refused("POST", h(), OWN, "/api/zones/delete", api)   # no browser headers: not a browser
+
+
+def test_plainly_own_never_says_own_when_foreign_could() -> None:
+    cases = [h(), h(Sec_Fetch_Site="same-origin"), h(Sec_Fetch_Site="none"), h(Sec_Fetch_Site="cross-site"),
+             h(Sec_Fetch_Site="same-site"), h(Origin="https://evil.example"), h(Origin=OWN),
+             h(Referer="https://evil.example/"), h(Referer=OWN + "/x"), h(Origin="null")]
+    for headers in cases:
+        if plainly_own(headers):
+            assert not foreign(headers, OWN), headers
+    assert plainly_own(h()) and plainly_own(h(Sec_Fetch_Site="same-origin"))
+    assert not plainly_own(h(Origin=OWN))   # needs the comparison
