@@ -29,6 +29,7 @@ from playwright.async_api import BrowserContext, Download, Page
 from authproxy import keys
 from authproxy.proxy.substitute import session_placeholder
 from authproxy.sessions.ticket import decode_ticket
+from tests.fakes.server import serving
 from tests.fakes.technitium import FakeTechnitium
 from tests.support.browser import ARTIFACTS, Watch, page_storage
 from tests.support.gateway import Gateway, MakeGateway, gateway_env
@@ -316,14 +317,8 @@ async def other_site() -> AsyncIterator[tuple[str, dict[str, str]]]:
 
     app = web.Application()
     app.router.add_get("/{name}", serve)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "localhost", 0)
-    await site.start()
-    try:
-        yield f"http://localhost:{runner.addresses[0][1]}", pages
-    finally:
-        await runner.cleanup()
+    async with serving(app, "localhost") as url:
+        yield url, pages
 
 
 async def test_another_sites_page_cannot_act_with_the_persons_sign_in(

@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
+from tests.fakes.server import serving
 from tests.support.gateway import SECRET, Gateway, GatewayClient, MakeGateway
 
 SID = "Zm9v+YmFy/c2lk=="   # base64 with every character a URL encoder touches
@@ -48,14 +49,8 @@ async def reflector() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_post("/login", login)
     app.router.add_get("/{tail:.*}", reflect)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield url
 
 
 async def test_a_query_credential_never_comes_back_in_any_spelling(
