@@ -18,9 +18,13 @@ Login and logout endpoints apply `foreign()` themselves (login CSRF, forced logo
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from multidict import CIMultiDictProxy, MultiMapping
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 FOREIGN_FETCH_SITES = ("cross-site", "same-site")
 SAFE_METHODS = ("GET", "HEAD")
@@ -55,6 +59,16 @@ def foreign(headers: MultiMapping[str] | CIMultiDictProxy[str], own_origin: str)
     if referer:
         return _origin_of(referer) != own_origin.lower()
     return False
+
+
+def own_origin(request: web.Request) -> str:
+    """This request's own origin as the browser names it (scheme and host as trusted proxies said)."""
+    return f"{request.scheme}://{request.host}"
+
+
+def from_other_site(request: web.Request) -> bool:
+    """`foreign` for a request authproxy answers itself (sign-in, sign-out, a UI's own login call)."""
+    return foreign(request.headers, own_origin(request))
 
 
 def navigation(method: str, headers: MultiMapping[str] | CIMultiDictProxy[str]) -> bool:

@@ -89,19 +89,11 @@ class Regulator:
         """Count an attempt, or refuse it (`retry_after` set, nothing counted) when either budget is spent."""
         user_key, ip_key = self._keys(site, user, client_ip)
         attempt = Attempt(self, user_key, ip_key)
-        over: list[str] = []
-        charged: list[str] = []
-        for key in (user_key, ip_key):
-            count = await self.store.incr(key, self.config.window)
-            charged.append(key)
-            if count > self.config.max_failures:
-                over.append(key)
+        over = [key for key in (user_key, ip_key)
+                 if await self.store.incr(key, self.config.window) > self.config.max_failures]
         if not over:
             return attempt
-        attempt.settled = True
-        with contextlib.suppress(StoreError):
-            for key in charged:
-                await self.store.incr(key, self.config.window, -1)
+        await attempt.refund()
         worst = 0.0
         for key in over:
             left = await self.store.ttl(key)

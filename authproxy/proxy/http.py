@@ -161,7 +161,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
         if answered is not None:
             return answered
     if (not crosssite.plainly_own(request.headers)
-            and crosssite.refused(request.method, request.headers, f"{request.scheme}://{request.host}",
+            and crosssite.refused(request.method, request.headers, crosssite.own_origin(request),
                                   site.upstream_path(request.rel_url.raw_path),
                                   getattr(site.adapter, "gets_change_state", None))
             and request.headers.get("Upgrade", "").lower() != "websocket"):  # the bridge checks Origin itself

@@ -135,9 +135,8 @@ class SessionManager:
     async def load(self, cookie_value: str | None, *, client_ip: ClientIP = "") -> LoadedSession | None:
         """The live session for a cookie value, or None (absent, forged, expired, revoked).
 
-        `client_ip` (or a function that tells it, called only then) only goes into the audit line written
-        when this request is the one that finds the
-        session expired.
+        `client_ip` (or a function that tells it, called only then) only goes into the audit line
+        written when this request is the one that finds the session expired.
         """
         if not cookie_value:
             return None

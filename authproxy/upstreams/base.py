@@ -12,8 +12,9 @@ Optional hooks an adapter may define (looked up with getattr by the proxy):
                                                                    the way the product answers a dead token
     rewrite_body(ureq, body, loaded) -> bytes                      placeholders for token fields in JSON
     answer_secret(ureq, headers, loaded) -> (secret, stand-in) | None
-                                                                   what to replace while streaming an answer
-                                                                   too large for rewrite_body (over 1 MiB)
+                                                                   what to replace in an answer rewrite_body
+                                                                   did not see whole (over 1 MiB, or not
+                                                                   JSON where a query credential may echo)
     service_credential(secret) -> Credential                       the site's service token as a credential
     gets_change_state(upstream_path) -> bool                       a GET there may change something (so it
                                                                    is never opened from another site)

@@ -113,7 +113,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from authproxy import keys
+from authproxy import crosssite, keys
 from authproxy.bodies import read_up_to
 from authproxy.config.schema import SiteConfig
 from authproxy.errors import UpstreamProtocolError, UpstreamUnavailable
@@ -367,7 +367,7 @@ class GenericAdapter:
         login, logout = self.spec.login, self.spec.logout
         path = canonical_path(uihooks.upstream_path(request, site))
         if logout.intercept and request.method == logout.method and path == logout.path:
-            if uihooks.cross_site(request):  # a link on another site must not sign anyone out (GET logouts)
+            if crosssite.from_other_site(request):  # a link on another site must not sign anyone out (GET logouts)
                 return web.json_response({"error": "cross_site", "message": "Cross-site sign-out refused."},
                                          status=403, headers={"Cache-Control": "no-store"})
             return await uihooks.sign_out(request, site)

@@ -28,6 +28,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from authproxy import crosssite
 from authproxy.config.schema import SiteConfig
 from authproxy.errors import UpstreamProtocolError, UpstreamUnavailable
 from authproxy.log import log
@@ -261,7 +262,7 @@ class QBittorrentAdapter:
     # ---- the UI's own calls ----------------------------------------------------------------------
 
     async def intercept(self, request: web.Request, site: Site) -> web.StreamResponse | None:
-        if request.method not in SAFE_METHODS and uihooks.cross_site(request):
+        if request.method not in SAFE_METHODS and crosssite.from_other_site(request):
             # qBittorrent's own CSRF rule, applied here because Origin/Referer do not go upstream. Its
             # actions are POST-only (4.5.2 answers GET with 405), so links from other sites still work.
             return web.json_response({"error": "cross_site", "message": "Cross-site request refused."},

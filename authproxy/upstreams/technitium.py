@@ -73,11 +73,6 @@ def _navigation(request: web.Request) -> bool:
     return "text/html" in request.headers.get("Accept", "")
 
 
-def _cross_site(request: web.Request) -> bool:
-    """A request another site made the browser send (login CSRF / forced logout)."""
-    return crosssite.foreign(request.headers, f"{request.scheme}://{request.host}")
-
-
 async def _query_or_form(request: web.Request) -> dict[str, str]:
     """Technitium's QueryOrForm: the query wins, then a urlencoded/multipart form; repeats join with ','."""
     values: dict[str, list[str]] = {}
@@ -381,7 +376,7 @@ class TechnitiumAdapter:
             return await self._ui_service_session(request, site)
         if not request.secure:
             return _envelope("error", "Sign-in needs HTTPS; open this page over https://.")
-        if _cross_site(request):
+        if crosssite.from_other_site(request):  # login CSRF / forced logout
             return _envelope("error", "Cross-site sign-in refused.")
         params = await _query_or_form(request)
         try:
@@ -419,7 +414,7 @@ class TechnitiumAdapter:
         loaded = await self._load(request)
         if loaded is None:
             return _envelope("invalid-token", INVALID_TOKEN_MESSAGE)
-        if _cross_site(request):
+        if crosssite.from_other_site(request):  # login CSRF / forced logout
             return _envelope("error", "Cross-site sign-out refused.")
         await end_session(request, loaded, reason="success")
         response = _envelope("ok")

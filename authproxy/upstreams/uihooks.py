@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from authproxy import crosssite, keys
+from authproxy import keys
 from authproxy.sessions.model import Credential
 
 if TYPE_CHECKING:
@@ -70,9 +70,3 @@ async def sign_out(request: web.Request, site: Site, *, status: int = 204, body:
     if request.app[keys.CONFIG].session_mode:
         clear_session_cookie(request, response)
     return response
-
-
-def cross_site(request: web.Request) -> bool:
-    """Another origin's page made the browser send this request (see authproxy.crosssite). Checked
-    here because authproxy removes Origin/Referer before the upstream could apply its own rule."""
-    return crosssite.foreign(request.headers, f"{request.scheme}://{request.host}")

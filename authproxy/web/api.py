@@ -125,11 +125,6 @@ async def _read_login(request: web.Request) -> tuple[dict[str, Any], bool]:
     raise AuthError("Send JSON (application/json) or a form.", code="unsupported_media_type", status=415)
 
 
-def _same_origin(request: web.Request) -> bool:
-    """A cross-site form post must not sign anyone in (login CSRF); JSON needs CORS, so it cannot."""
-    return not crosssite.foreign(request.headers, f"{request.scheme}://{request.host}")
-
-
 async def login(request: web.Request) -> web.StreamResponse:
     config = request.app[keys.CONFIG]
     form_post = False
@@ -141,7 +136,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         if not request.secure:
             raise AuthError("Sign-in needs HTTPS; open this page over https://.", code="https_required", status=400)
         data, form_post = await _read_login(request)
-        if form_post and not _same_origin(request):
+        if form_post and crosssite.from_other_site(request):  # login CSRF (JSON needs CORS: it cannot)
             raise AuthError("Cross-site sign-in refused.", code="cross_site", status=403)
         rd = data.get("rd") if isinstance(data.get("rd"), str) else None
         given = data.get("username")
@@ -207,7 +202,7 @@ async def end_session(request: web.Request, loaded: LoadedSession, *, reason: st
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
-    if not _same_origin(request):
+    if crosssite.from_other_site(request):
         return json_error(403, "cross_site", "Cross-site sign-out refused.")
     loaded = await current_session(request)
     if loaded is not None:

@@ -204,7 +204,7 @@ def _uri(value: str, source: str) -> str:
 
 
 def _from_forwarded(uri: str | None, proto: str | None, host: str | None,
-                    method: str | None) -> tuple[Target, bool] | None:
+                    method: str | None) -> Target | None:
     """Target from X-Forwarded-Method/-Proto/-Host/-Uri (None without X-Forwarded-Uri)."""
     if uri is None:
         return None
@@ -212,10 +212,10 @@ def _from_forwarded(uri: str | None, proto: str | None, host: str | None,
         raise BadTarget("X-Forwarded-Uri came without X-Forwarded-Proto and X-Forwarded-Host")
     return Target(method=_method(method, "X-Forwarded-Method") if method else "GET",
                   proto=_proto(proto, "X-Forwarded-Proto"), host=_host(host, "X-Forwarded-Host"),
-                  uri=_uri(uri, "X-Forwarded-Uri"), method_known=method is not None), method is not None
+                  uri=_uri(uri, "X-Forwarded-Uri"), method_known=method is not None)
 
 
-def _from_original(url: str | None, method: str | None) -> tuple[Target, bool] | None:
+def _from_original(url: str | None, method: str | None) -> Target | None:
     """Target from X-Original-URL (absolute) and X-Original-Method (None without X-Original-URL)."""
     if url is None:
         return None
@@ -227,7 +227,7 @@ def _from_original(url: str | None, method: str | None) -> tuple[Target, bool] |
         rest = "/" + rest
     return Target(method=_method(method, "X-Original-Method") if method else "GET",
                   proto=_proto(scheme, "X-Original-URL's scheme"), host=_host(authority, "X-Original-URL's host"),
-                  uri=_uri(rest or "/", "X-Original-URL's path"), method_known=method is not None), method is not None
+                  uri=_uri(rest or "/", "X-Original-URL's path"), method_known=method is not None)
 
 
 def detect(headers: MultiMapping[str]) -> ProxyKind:
@@ -270,15 +270,16 @@ def _parse_target(kind: ProxyKind, fwd_uri: str | None, fwd_proto: str | None, f
     if kind != "nginx":
         if forwarded is None:
             raise BadTarget(f"{kind} sends X-Forwarded-Uri/-Host/-Proto; they are missing")
-        return forwarded[0]
+        return forwarded
     original = _from_original(orig_url, orig_method)
     if (original is not None and forwarded is not None
-            and not original[0].names_same_request(forwarded[0], compare_method=original[1] and forwarded[1])):
+            and not original.names_same_request(forwarded, compare_method=original.method_known
+                                                and forwarded.method_known)):
         raise BadTarget("X-Original-* and X-Forwarded-* describe different requests")
     chosen = original or forwarded
     if chosen is None:
         raise BadTarget("nginx must send X-Original-URL (or X-Forwarded-Proto/-Host/-Uri); see nginx/authproxy.conf")
-    return chosen[0]
+    return chosen
 
 
 def login_url(prefix: str, target: Target) -> str:
