@@ -90,9 +90,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     app[keys.HTTP] = upstream_client(config)
     app[keys.ROUTER] = Router.build(config.sites, app[keys.HTTP])
     for site in app[keys.ROUTER].sites:   # adapters whose upstream-side state every replica must share
-        bind = getattr(site.adapter, "bind_store", None)
-        if bind is not None:
-            bind(app[keys.STORE])
+        site.adapter.bind_store(app[keys.STORE])
     await app[keys.STORE].start()
     app[keys.SESSIONS].start()
     app[keys.STORE].subscribe(CHANNEL, app[keys.KEEPALIVE].invalidated)

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import aiohttp
 
 from authproxy.config.schema import SiteConfig
-from authproxy.upstreams.base import UpstreamAdapter, adapter_factory
+from authproxy.upstreams.base import UpstreamAdapter
+from authproxy.upstreams.registry import adapter_factory
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,9 +24,7 @@ def _without_userinfo(url: str) -> str:
 def check(config: Config) -> list[str]:
     p: list[str] = []
     s, sess = config.server, config.session
-    from authproxy.upstreams.base import ADAPTERS, load_builtin_adapters
-
-    load_builtin_adapters()
+    from authproxy.upstreams.registry import ADAPTERS
 
     if config.session_mode and not (s.https_enabled or s.trust_proxy):
         p.append(f"AUTH_MODE={config.auth_mode}: session cookies need HTTPS; set HTTPS_ENABLED=true (authproxy "
@@ -102,11 +100,9 @@ def check(config: Config) -> list[str]:
             p.append(f"UPSTREAM_TYPE ({where}): unknown type {site.type!r}; known types: "
                      f"{', '.join(sorted(ADAPTERS))}")
         else:
-            checker = getattr(ADAPTERS[site.type], "check_options", None)
-            if checker is not None:
-                p.extend(f"{where}: {msg}" for msg in checker(site.options))
-            typed = getattr(ADAPTERS[site.type], "typed_names", None)
-            if site.allowed_users and typed is not None and typed(site.options):
+            adapter = ADAPTERS[site.type]
+            p.extend(f"{where}: {msg}" for msg in adapter.check_options(site.options))
+            if site.allowed_users and adapter.typed_names(site.options):
                 p.append(f"ALLOWED_USERS ({where}): {site.type} checks only a password, so the user name is "
                          "whatever the person types and an allow list of names cannot hold; remove it, or "
                          "set a fixed options.identity.username")

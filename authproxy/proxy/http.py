@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
 
 import aiohttp
@@ -39,7 +38,7 @@ from authproxy.proxy.upstream import UpstreamPool, UpstreamResponse
 from authproxy.routing import Site, has_dot_segments
 from authproxy.sessions.manager import LoadedSession
 from authproxy.sessions.model import Credential
-from authproxy.upstreams.base import UpstreamRequest
+from authproxy.upstreams.base import UpstreamAdapter, UpstreamRequest
 from authproxy.web.api import login_location
 from authproxy.web.common import client_ip, cookie_value, error_response, wants_html
 
@@ -96,11 +95,7 @@ def _service_credential(site: Site) -> Credential | None:
     token = site.config.service_token
     if token is None:
         return None
-    make = getattr(site.adapter, "service_credential", None)
-    if make is not None:
-        cred: Credential = make(token.reveal())
-        return cred
-    return Credential(secret=token.reveal(), actor="service")
+    return site.adapter.service_credential(token.reveal())
 
 
 def unauthenticated(request: web.Request, *, expired: bool = False) -> web.StreamResponse:
@@ -118,8 +113,7 @@ def unauthenticated(request: web.Request, *, expired: bool = False) -> web.Strea
 def _signed_out(request: web.Request, site: Site, *, expired: bool = False) -> web.StreamResponse:
     """No live session for this site: the adapter may answer as its product answers a dead token (so
     the product's own UI shows its own sign-in form); otherwise `unauthenticated`."""
-    hook = getattr(site.adapter, "signed_out", None)
-    answer: web.StreamResponse | None = hook(request, site) if hook is not None else None
+    answer = site.adapter.signed_out(request, site)
     return answer if answer is not None else unauthenticated(request, expired=expired)
 
 
@@ -154,16 +148,14 @@ async def forward(request: web.Request) -> web.StreamResponse:
     if site is None:
         return error_response(request, 404, "unknown_site", "No site is configured for this address.",
                               title="Not found")
-    intercept = getattr(site.adapter, "intercept", None)
-    if intercept is not None:
-        # Some UIs' own login/session calls are answered by authproxy (placeholders, see upstreams/).
-        answered: web.StreamResponse | None = await intercept(request, site)
-        if answered is not None:
-            return answered
+    # Some UIs' own login/session calls are answered by authproxy (placeholders, see upstreams/).
+    answered = await site.adapter.intercept(request, site)
+    if answered is not None:
+        return answered
     if (not crosssite.plainly_own(request.headers)
             and crosssite.refused(request.method, request.headers, crosssite.own_origin(request),
                                   site.upstream_path(request.rel_url.raw_path),
-                                  getattr(site.adapter, "gets_change_state", None))
+                                  site.adapter.gets_change_state)
             and request.headers.get("Upgrade", "").lower() != "websocket"):  # the bridge checks Origin itself
         return _cross_site_refused(request, site)
     loaded, credential = await credential_for(request, site)
@@ -250,10 +242,9 @@ async def _relay(request: web.Request, site: Site, ureq: UpstreamRequest, upstre
                                   title="Upstream unavailable")
         if len(peeked) <= MAX_PEEK and adapter.is_expired(status, up_headers, peeked):
             return await _credential_died(request, site, loaded)
-        rewrite = getattr(adapter, "rewrite_body", None)
-        if rewrite is not None and len(peeked) <= MAX_PEEK:
+        if len(peeked) <= MAX_PEEK:
             # Token fields in JSON answers become this session's placeholder (upstreams/ decides which).
-            peeked = rewrite(ureq, peeked, loaded)
+            peeked = adapter.rewrite_body(ureq, peeked, loaded)
             rewritten = True
     elif (request.method != "HEAD" and status not in _EMPTY_BODY_STATUS
           and (length := upstream.content_length) is not None and length <= SMALL_BODY):
@@ -281,10 +272,9 @@ async def _relay(request: web.Request, site: Site, ureq: UpstreamRequest, upstre
     return await _stream(request, site, upstream, response, peeked or b"", None, scrub)
 
 
-def _scrubber(adapter: Any, ureq: UpstreamRequest, headers: CIMultiDictProxy[str],
+def _scrubber(adapter: UpstreamAdapter, ureq: UpstreamRequest, headers: CIMultiDictProxy[str],
               loaded: LoadedSession | None) -> StreamReplacer | ReplacerChain | None:
-    hook = getattr(adapter, "answer_secret", None)
-    pair = hook(ureq, headers, loaded) if hook is not None else None
+    pair = adapter.answer_secret(ureq, headers, loaded)
     return scrubber(*pair) if pair is not None and pair[0] else None
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from authproxy.upstreams.base import register
 from authproxy.upstreams.generic import GenericAdapter
 
 ADGUARD: dict[str, Any] = {
@@ -34,7 +33,6 @@ ADGUARD: dict[str, Any] = {
 }
 
 
-@register("adguard")
 class AdGuardAdapter(GenericAdapter):
     name: ClassVar[str] = "adguard"
     preset: ClassVar[dict[str, Any]] = ADGUARD

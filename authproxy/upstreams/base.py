@@ -1,27 +1,12 @@
-"""The upstream adapter interface and its registry.
+"""The upstream adapter contract.
 
 An adapter knows one product: how to sign a person in with the product's own login API, where the
 resulting credential goes on each forwarded request, which client-supplied values must never reach
 the product, and how the product says "this credential has expired".
 
-    ADAPTERS["technitium"] -> TechnitiumAdapter(site, http)
-
-Optional hooks an adapter may define (looked up with getattr by the proxy):
-    async intercept(request, site) -> web.StreamResponse | None   answer a UI's own login/session call
-    signed_out(request, site) -> web.StreamResponse | None         a call with no live session, answered
-                                                                   the way the product answers a dead token
-    rewrite_body(ureq, body, loaded) -> bytes                      placeholders for token fields in JSON
-    answer_secret(ureq, headers, loaded) -> (secret, stand-in) | None
-                                                                   what to replace in an answer rewrite_body
-                                                                   did not see whole (over 1 MiB, or not
-                                                                   JSON where a query credential may echo)
-    service_credential(secret) -> Credential                       the site's service token as a credential
-    gets_change_state(upstream_path) -> bool                       a GET there may change something (so it
-                                                                   is never opened from another site)
-    bind_store(store) -> None                                      state every replica must share (called at start)
-    check_options(options) -> list[str]  (staticmethod)            config problems, each naming the fix
-    typed_names(options) -> bool  (classmethod)                    the identity is the name typed, unchecked
-                                                                   (so an allow list could not hold)
+`UpstreamAdapter` is the whole contract, as a base class: the abstract methods every product must
+answer, and the optional hooks with defaults that do nothing, so mypy checks every override and an
+editor finds every caller. upstreams/registry.py maps type names to adapter classes.
 
 Adapters do I/O only through the shared `aiohttp.ClientSession` they are given (DummyCookieJar, no
 redirects, no auto-decompression); a login that returns cookies reads them from the response.
@@ -29,16 +14,21 @@ redirects, no auto-decompression); a login that returns cookies reads them from 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import abc
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import aiohttp
+from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from authproxy.config.schema import SiteConfig
-from authproxy.errors import ConfigError
+from authproxy.sessions.manager import LoadedSession
 from authproxy.sessions.model import Credential, Identity
+from authproxy.sessions.store import SessionStore
+
+if TYPE_CHECKING:
+    from authproxy.routing import Site
 
 LoginStatus = Literal["ok", "totp_required", "invalid", "blocked"]
 
@@ -67,65 +57,88 @@ class UpstreamRequest:
     form: list[tuple[str, str]] | None = None  # set when a urlencoded body was buffered for rewriting
 
 
-class UpstreamAdapter(Protocol):
-    """One product's login, injection and expiry rules."""
+class UpstreamAdapter(abc.ABC):
+    """One product's login, injection and expiry rules (abstract), and its optional hooks (defaults)."""
 
     name: ClassVar[str]
-    site: SiteConfig
 
+    def __init__(self, site: SiteConfig, http: aiohttp.ClientSession) -> None:
+        self.site = site
+        self.http = http
+
+    # ---- what every product must answer ----------------------------------------------------------
+
+    @abc.abstractmethod
     async def login(self, username: str, password: str, totp: str | None, client_ip: str) -> LoginResult:
         """Call the product's own login; raises UpstreamUnavailable when it cannot be reached."""
 
+    @abc.abstractmethod
     async def logout(self, credential: Credential) -> None:
         """End the upstream session (best effort; errors are logged by the caller, not raised)."""
 
+    @abc.abstractmethod
     async def keepalive(self, credential: Credential) -> bool:
         """The cheapest authenticated call; False when the upstream says the credential is dead."""
 
+    @abc.abstractmethod
     def prepare_request(self, req: UpstreamRequest, credential: Credential | None) -> None:
         """Remove what the client must not choose, then add `credential` where the upstream wants it."""
 
+    @abc.abstractmethod
     def forward_auth_headers(self, credential: Credential) -> dict[str, str]:
         """Headers a forward-auth answer carries so the proxy in front can inject the credential."""
 
+    @abc.abstractmethod
     def wants_body(self, req: UpstreamRequest, status: int, headers: CIMultiDictProxy[str]) -> bool:
         """True when the proxy must buffer this (small) answer for `is_expired`/rewriting."""
 
+    @abc.abstractmethod
     def is_expired(self, status: int, headers: CIMultiDictProxy[str], body: bytes | None) -> bool:
         """Whether this answer means "the credential is no longer valid"."""
 
+    @abc.abstractmethod
     def filter_response_headers(self, headers: CIMultiDict[str]) -> None:
         """Drop answer headers that carry the upstream session (e.g. its Set-Cookie)."""
 
+    # ---- optional hooks: the defaults do nothing ---------------------------------------------------
 
-AdapterFactory = Callable[[SiteConfig, aiohttp.ClientSession], UpstreamAdapter]
-ADAPTERS: dict[str, AdapterFactory] = {}
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> list[str]:
+        """Configuration problems in the site's `options`, each naming the fix (none by default)."""
+        return []
 
+    @classmethod
+    def typed_names(cls, options: dict[str, Any]) -> bool:
+        """True when the identity is the name the person typed, unchecked (the product checks only a
+        password), so an allow list of names could not hold."""
+        return False
 
-def register(name: str) -> Callable[[type[Any]], type[Any]]:
-    def deco(cls: type[Any]) -> type[Any]:
-        ADAPTERS[name] = cls
-        return cls
+    def bind_store(self, store: SessionStore) -> None:
+        """Keep upstream-side state every replica must share in `store` (called once at start-up)."""
 
-    return deco
+    def service_credential(self, secret: str) -> Credential:
+        """The site's configured service token as a credential (AUTH_MODE=none/hybrid)."""
+        return Credential(secret=secret, actor="service")
 
+    def gets_change_state(self, upstream_path: str) -> bool:
+        """True when a GET to this path may change something (so it is never opened from another site)."""
+        return False
 
-def load_builtin_adapters() -> None:
-    """Import the bundled adapters so they register themselves."""
-    from authproxy.upstreams import (  # noqa: F401
-        adguard,
-        generic,
-        pihole,
-        qbittorrent,
-        technitium,
-        transmission,
-    )
+    def rewrite_body(self, req: UpstreamRequest, body: bytes, loaded: LoadedSession | None) -> bytes:
+        """A buffered answer (see `wants_body`) as the browser may see it: placeholders for token fields."""
+        return body
 
+    def answer_secret(self, req: UpstreamRequest, headers: CIMultiDictProxy[str],
+                      loaded: LoadedSession | None) -> tuple[str, str] | None:
+        """(secret, stand-in) to replace in an answer `rewrite_body` did not see whole (over 1 MiB, or
+        not JSON where a query credential may echo); None: nothing to replace."""
+        return None
 
-def adapter_factory(type_name: str) -> AdapterFactory:
-    load_builtin_adapters()
-    try:
-        return ADAPTERS[type_name]
-    except KeyError:
-        known = ", ".join(sorted(ADAPTERS))
-        raise ConfigError([f"UPSTREAM_TYPE: unknown upstream type {type_name!r}; known types: {known}"]) from None
+    async def intercept(self, request: web.Request, site: Site) -> web.StreamResponse | None:
+        """Answer a UI's own login/session call; None: forward it."""
+        return None
+
+    def signed_out(self, request: web.Request, site: Site) -> web.StreamResponse | None:
+        """A call with no live session, answered the way the product answers a dead token; None:
+        authproxy's own answer."""
+        return None

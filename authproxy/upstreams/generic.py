@@ -121,7 +121,7 @@ from authproxy.proxy.headers import query_with, query_without
 from authproxy.proxy.substitute import scrubber
 from authproxy.sessions.model import Credential, Identity
 from authproxy.upstreams import cookies, uihooks
-from authproxy.upstreams.base import LoginResult, UpstreamRequest, register
+from authproxy.upstreams.base import LoginResult, UpstreamAdapter, UpstreamRequest
 from authproxy.upstreams.generic_options import (
     MISSING,
     CallSpec,
@@ -196,8 +196,7 @@ def _retry_after(headers: CIMultiDictProxy[str]) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-@register("generic")
-class GenericAdapter:
+class GenericAdapter(UpstreamAdapter):
     """An adapter driven by a `GenericSpec` (see the module docstring for the options)."""
 
     name: ClassVar[str] = "generic"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from authproxy.upstreams.base import register
 from authproxy.upstreams.generic import GenericAdapter
 
 PIHOLE: dict[str, Any] = {
@@ -39,7 +38,6 @@ PIHOLE: dict[str, Any] = {
 }
 
 
-@register("pihole")
 class PiholeAdapter(GenericAdapter):
     name: ClassVar[str] = "pihole"
     preset: ClassVar[dict[str, Any]] = PIHOLE

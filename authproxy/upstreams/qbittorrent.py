@@ -35,7 +35,7 @@ from authproxy.log import log
 from authproxy.sessions.memory import MemoryStore
 from authproxy.sessions.model import Credential, Identity
 from authproxy.upstreams import cookies, uihooks
-from authproxy.upstreams.base import LoginResult, UpstreamRequest, register
+from authproxy.upstreams.base import LoginResult, UpstreamAdapter, UpstreamRequest
 from authproxy.upstreams.generic import canonical_path, read_limited
 
 if TYPE_CHECKING:
@@ -164,8 +164,7 @@ def _plain(body: bytes, encoding: str) -> bytes | None:
         return None
 
 
-@register("qbittorrent")
-class QBittorrentAdapter:
+class QBittorrentAdapter(UpstreamAdapter):
     name: ClassVar[str] = "qbittorrent"
 
     def __init__(self, site: SiteConfig, http: aiohttp.ClientSession) -> None:

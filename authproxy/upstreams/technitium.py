@@ -25,7 +25,7 @@ from authproxy.errors import AuthError, UpstreamError, UpstreamProtocolError, Up
 from authproxy.proxy.headers import query_with, query_without
 from authproxy.proxy.substitute import rewrite_tokens, session_placeholder
 from authproxy.sessions.model import Credential, Identity
-from authproxy.upstreams.base import LoginResult, UpstreamRequest, register
+from authproxy.upstreams.base import LoginResult, UpstreamAdapter, UpstreamRequest
 
 if TYPE_CHECKING:
     from authproxy.routing import Site
@@ -100,8 +100,7 @@ def _major(version: Any) -> int | None:
         return None
 
 
-@register("technitium")
-class TechnitiumAdapter:
+class TechnitiumAdapter(UpstreamAdapter):
     name: ClassVar[str] = "technitium"
 
     def __init__(self, site: SiteConfig, http: aiohttp.ClientSession) -> None:

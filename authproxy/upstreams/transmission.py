@@ -22,7 +22,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from authproxy.config.schema import SiteConfig
 from authproxy.errors import UpstreamProtocolError, UpstreamUnavailable
 from authproxy.sessions.model import Credential, Identity
-from authproxy.upstreams.base import LoginResult, UpstreamRequest, register
+from authproxy.upstreams.base import LoginResult, UpstreamAdapter, UpstreamRequest
 from authproxy.upstreams.generic import basic_value, read_limited
 
 RPC_PATH = "/transmission/rpc"
@@ -30,8 +30,7 @@ SESSION_GET = b'{"method":"session-get","arguments":{"fields":["version","rpc-ve
 MAX_ANSWER = 1 << 16
 
 
-@register("transmission")
-class TransmissionAdapter:
+class TransmissionAdapter(UpstreamAdapter):
     name: ClassVar[str] = "transmission"
 
     def __init__(self, site: SiteConfig, http: aiohttp.ClientSession) -> None:

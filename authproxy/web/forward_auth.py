@@ -339,7 +339,7 @@ async def verify(request: web.Request) -> web.StreamResponse:
     # Without a method header a link cannot be told from a form post: from another site, neither passes.
     if not crosssite.plainly_own(request.headers) and crosssite.refused(
             target.method if target.method_known else "", request.headers, target.origin,
-            site.upstream_path(target.path), getattr(site.adapter, "gets_change_state", None)):
+            site.upstream_path(target.path), site.adapter.gets_change_state):
         # The proxies pass the browser's own Sec-Fetch-*/Origin/Referer headers along.
         return error_response(request, 403, "cross_site", f"This request to {site.name} came from another site, "
                               "and authproxy does not let other sites act with your sign-in.",

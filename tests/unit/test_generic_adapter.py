@@ -29,11 +29,12 @@ from authproxy.sessions.memory import MemoryStore
 from authproxy.sessions.model import Credential, Identity, Session
 from authproxy.sessions.ticket import new_ticket
 from authproxy.upstreams.adguard import ADGUARD, AdGuardAdapter
-from authproxy.upstreams.base import UpstreamRequest, adapter_factory
+from authproxy.upstreams.base import UpstreamRequest
 from authproxy.upstreams.generic import GenericAdapter
 from authproxy.upstreams.generic_options import parse_spec, pointer_blank, pointer_get
 from authproxy.upstreams.pihole import PIHOLE
 from authproxy.upstreams.qbittorrent import FailureBudget, Refusal
+from authproxy.upstreams.registry import adapter_factory
 
 BEARER: dict[str, Any] = {
     "login": {"path": "/api/login", "encoding": "form", "username_field": "user", "password_field": "pass"},
