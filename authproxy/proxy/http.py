@@ -39,6 +39,7 @@ from authproxy.routing import Site, has_dot_segments
 from authproxy.sessions.manager import LoadedSession
 from authproxy.sessions.model import Credential
 from authproxy.upstreams.base import UpstreamAdapter, UpstreamRequest
+from authproxy.web import uicalls
 from authproxy.web.api import login_location
 from authproxy.web.common import client_ip, cookie_value, error_response, wants_html
 
@@ -113,8 +114,9 @@ def unauthenticated(request: web.Request, *, expired: bool = False) -> web.Strea
 def _signed_out(request: web.Request, site: Site, *, expired: bool = False) -> web.StreamResponse:
     """No live session for this site: the adapter may answer as its product answers a dead token (so
     the product's own UI shows its own sign-in form); otherwise `unauthenticated`."""
-    answer = site.adapter.signed_out(request, site)
-    return answer if answer is not None else unauthenticated(request, expired=expired)
+    answer = site.adapter.signed_out(site.upstream_path(request.rel_url.raw_path), request.headers,
+                                     request.rel_url.query)
+    return uicalls.reply(answer) if answer is not None else unauthenticated(request, expired=expired)
 
 
 async def credential_for(request: web.Request, site: Site) -> tuple[LoadedSession | None, Credential | None]:
@@ -148,8 +150,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
     if site is None:
         return error_response(request, 404, "unknown_site", "No site is configured for this address.",
                               title="Not found")
-    # Some UIs' own login/session calls are answered by authproxy (placeholders, see upstreams/).
-    answered = await site.adapter.intercept(request, site)
+    # Some UIs' own login/session calls are answered by authproxy (web/uicalls.py, upstreams/ui.py).
+    answered = await uicalls.answer(request, site)
     if answered is not None:
         return answered
     if (not crosssite.plainly_own(request.headers)

@@ -15,20 +15,18 @@ redirects, no auto-decompression); a login that returns cookies reads them from 
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from authproxy.config.schema import SiteConfig
 from authproxy.sessions.manager import LoadedSession
 from authproxy.sessions.model import Credential, Identity
 from authproxy.sessions.store import SessionStore
-
-if TYPE_CHECKING:
-    from authproxy.routing import Site
+from authproxy.upstreams.ui import Handoff, Outcome, UiAnswer, UiCall
 
 LoginStatus = Literal["ok", "totp_required", "invalid", "blocked"]
 
@@ -134,11 +132,41 @@ class UpstreamAdapter(abc.ABC):
         not JSON where a query credential may echo); None: nothing to replace."""
         return None
 
-    async def intercept(self, request: web.Request, site: Site) -> web.StreamResponse | None:
-        """Answer a UI's own login/session call; None: forward it."""
+    # ---- the UI's own sign-in calls (upstreams/ui.py; answered by web/uicalls.py) ----------------
+
+    ui_handoff: ClassVar[Handoff | None] = None           # the UI reads its placeholder from a cookie
+    ui_foreign_writes: ClassVar[UiAnswer | None] = None   # the product's own answer to a cross-site write
+    ui_signed_out_status: ClassVar[int] = 204             # authproxy's answer to a UI's script-made logout
+
+    def ui_call(self, method: str, upstream_path: str) -> UiCall | None:
+        """Which of the UI's own sign-in calls this request is (None: an ordinary one, forwarded)."""
         return None
 
-    def signed_out(self, request: web.Request, site: Site) -> web.StreamResponse | None:
-        """A call with no live session, answered the way the product answers a dead token; None:
+    def ui_words(self, call: UiCall, outcome: Outcome, message: str) -> UiAnswer | None:
+        """How the product words `outcome` of `call` (`message` is authproxy's text for it); None:
         authproxy's own answer."""
+        return None
+
+    def ui_login_fields(self, query: list[tuple[str, str]], form: list[tuple[str, str]]) -> dict[str, str | None]:
+        """The username/password/totp a UI's login form sent (`sign_in` calls), from its query and form."""
+        values = dict(form) | dict(query)
+        return {"username": values.get("username"), "password": values.get("password"), "totp": values.get("totp")}
+
+    async def ui_session(self, loaded: LoadedSession | None, client_ip: str) -> UiAnswer | None:
+        """The UI's session call answered for `loaded` (None: the service actor of AUTH_MODE=none), and
+        what a successful `sign_in` answers; None: nothing the product would say."""
+        return None
+
+    async def ui_alive(self, credential: Credential) -> bool:
+        """Whether a credential a `signed_in` call finds is still good upstream (False: it is dropped)."""
+        return True
+
+    def placeholder(self, loaded: LoadedSession) -> str | None:
+        """What this session's browser holds instead of the upstream token, for UIs that must hold one."""
+        return None
+
+    def signed_out(self, upstream_path: str, headers: Mapping[str, str],
+                   query: Mapping[str, str]) -> UiAnswer | None:
+        """A call with no live session, answered the way the product answers a dead token; None:
+        authproxy's own answer (the login page, or 401)."""
         return None

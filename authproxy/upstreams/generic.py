@@ -106,21 +106,20 @@ from __future__ import annotations
 import base64
 import json
 import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from authproxy import crosssite, keys
 from authproxy.bodies import read_up_to
 from authproxy.config.schema import SiteConfig
 from authproxy.errors import UpstreamProtocolError, UpstreamUnavailable
 from authproxy.proxy.headers import query_with, query_without
 from authproxy.proxy.substitute import scrubber
+from authproxy.sessions.manager import LoadedSession
 from authproxy.sessions.model import Credential, Identity
-from authproxy.upstreams import cookies, uihooks
+from authproxy.upstreams import cookies
 from authproxy.upstreams.base import LoginResult, UpstreamAdapter, UpstreamRequest
 from authproxy.upstreams.generic_options import (
     MISSING,
@@ -131,13 +130,10 @@ from authproxy.upstreams.generic_options import (
     pointer_blank,
     pointer_get,
 )
+from authproxy.upstreams.ui import Outcome, UiAnswer, UiCall
 
 MAX_PEEK = 1 << 20
 MAX_LOGIN_ANSWER = 1 << 16
-
-if TYPE_CHECKING:  # routing imports upstreams: typing only
-    from authproxy.routing import Site
-    from authproxy.sessions.manager import LoadedSession
 
 
 async def read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -360,30 +356,27 @@ class GenericAdapter(UpstreamAdapter):
         credential.touched_at = time.time()
         return True
 
-    # ---- the UI's own login / logout -------------------------------------------------------------
+    # ---- the UI's own login / logout (upstreams/ui.py; web/uicalls.py answers them) -------------
+    #
+    # The login API never sees a signed-in person's request: it would skip authproxy's throttle and
+    # audit, test passwords of other accounts, and the upstream's failure count (per address:
+    # authproxy's) would lock everyone out. Without a session the proxy forwards it.
 
-    async def intercept(self, request: web.Request, site: Site) -> web.StreamResponse | None:
+    def ui_call(self, method: str, upstream_path: str) -> UiCall | None:
         login, logout = self.spec.login, self.spec.logout
-        path = canonical_path(uihooks.upstream_path(request, site))
-        if logout.intercept and request.method == logout.method and path == logout.path:
-            if crosssite.from_other_site(request):  # a link on another site must not sign anyone out (GET logouts)
-                return web.json_response({"error": "cross_site", "message": "Cross-site sign-out refused."},
-                                         status=403, headers={"Cache-Control": "no-store"})
-            return await uihooks.sign_out(request, site)
-        if request.method == login.method and path == login.path:
-            # The login API never sees a signed-in person's request: it would skip authproxy's throttle
-            # and audit, test passwords of other accounts, and the upstream's failure count (per
-            # address: authproxy's) would lock everyone out. Without a session the proxy answers.
-            _, credential = await uihooks.current(request, site)
-            if credential is None:
-                return None
-            if login.ui_answer:
-                return web.Response(status=200, body=login.ui_answer.encode(),
-                                    headers={"Content-Type": login.ui_answer_type, "Cache-Control": "no-store"})
-            prefix = request.app[keys.CONFIG].server.prefix
-            return web.json_response({"error": "sign_in_at_authproxy", "message": "You are signed in already; "
-                                      f"to sign in as someone else, sign out and use {prefix}/login."},
-                                     status=403, headers={"Cache-Control": "no-store"})
+        path = canonical_path(upstream_path)
+        if logout.intercept and method == logout.method and path == logout.path:
+            return "sign_out"
+        if method == login.method and path == login.path:
+            return "signed_in"
+        return None
+
+    def ui_words(self, call: UiCall, outcome: Outcome, message: str) -> UiAnswer | None:
+        """`login.ui_answer` while signed in; otherwise authproxy's own answers."""
+        login = self.spec.login
+        if call == "signed_in" and outcome == "ok" and login.ui_answer:
+            return UiAnswer.text(login.ui_answer, content_type=login.ui_answer_type,
+                                 headers={"Cache-Control": "no-store"})
         return None
 
     # ---- forwarding ------------------------------------------------------------------------------

@@ -22,25 +22,21 @@ from __future__ import annotations
 import time
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from authproxy import crosssite
 from authproxy.config.schema import SiteConfig
 from authproxy.errors import UpstreamProtocolError, UpstreamUnavailable
 from authproxy.log import log
 from authproxy.sessions.memory import MemoryStore
 from authproxy.sessions.model import Credential, Identity
-from authproxy.upstreams import cookies, uihooks
+from authproxy.sessions.store import SessionStore
+from authproxy.upstreams import cookies
 from authproxy.upstreams.base import LoginResult, UpstreamAdapter, UpstreamRequest
 from authproxy.upstreams.generic import canonical_path, read_limited
-
-if TYPE_CHECKING:
-    from authproxy.routing import Site
-    from authproxy.sessions.store import SessionStore
+from authproxy.upstreams.ui import Outcome, UiAnswer, UiCall
 
 COOKIE = "SID"
 COOKIE_PREFIXES = ("QBT_SID_",)              # qBittorrent 5.2+: QBT_SID_<port>
@@ -51,7 +47,6 @@ PROBE = "/api/v2/app/version"
 LOGIN_PAGE_MARK = b'id="loginform"'
 MAX_ANSWER = 1 << 16
 UI_PAGES = ("/", "/index.html")
-SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 OPTIONS = {"max_failures": "integer 0-100 (0 = the upstream never bans)",
            "ban_duration": "seconds (qBittorrent's WebUI\\BanDuration)"}
 
@@ -258,29 +253,35 @@ class QBittorrentAdapter(UpstreamAdapter):
         credential.touched_at = time.time()
         return True
 
-    # ---- the UI's own calls ----------------------------------------------------------------------
+    # ---- the UI's own calls (upstreams/ui.py; web/uicalls.py answers them) ------------------------
 
-    async def intercept(self, request: web.Request, site: Site) -> web.StreamResponse | None:
-        if request.method not in SAFE_METHODS and crosssite.from_other_site(request):
-            # qBittorrent's own CSRF rule, applied here because Origin/Referer do not go upstream. Its
-            # actions are POST-only (4.5.2 answers GET with 405), so links from other sites still work.
-            return web.json_response({"error": "cross_site", "message": "Cross-site request refused."},
-                                     status=401, headers={"Cache-Control": "no-store"})
-        if request.method != "POST":
+    # qBittorrent's own CSRF rule, applied by authproxy because Origin/Referer do not go upstream. Its
+    # actions are POST-only (4.5.2 answers GET with 405), so links from other sites still work.
+    ui_foreign_writes: ClassVar[UiAnswer | None] = UiAnswer.json(
+        {"error": "cross_site", "message": "Cross-site request refused."}, status=401,
+        headers={"Cache-Control": "no-store"})
+    ui_signed_out_status: ClassVar[int] = 200   # the UI's logout call expects 200 and no body
+
+    def ui_call(self, method: str, upstream_path: str) -> UiCall | None:
+        if method != "POST":
             return None
-        path = canonical_path(uihooks.upstream_path(request, site))
+        path = canonical_path(upstream_path)
         if path == LOGIN:
-            _, credential = await uihooks.current(request, site)
-            if credential is None:
-                return None
-            if not await self._alive(credential):
-                # The login page showed because the SID died: drop it, so the reload that follows
-                # lands on authproxy's sign-in page instead of this page again.
-                await uihooks.drop_credential(request, site)
-            return web.Response(text="Ok.", headers={"Cache-Control": "no-store"})
+            return "signed_in"
         if path == LOGOUT:
-            return await uihooks.sign_out(request, site, status=200, body="")
+            return "sign_out"
         return None
+
+    def ui_words(self, call: UiCall, outcome: Outcome, message: str) -> UiAnswer | None:
+        """The UI's login call answers `Ok.` while signed in (its login page then reloads into the UI)."""
+        if call == "signed_in" and outcome == "ok":
+            return UiAnswer.text("Ok.", headers={"Cache-Control": "no-store"})
+        return None
+
+    async def ui_alive(self, credential: Credential) -> bool:
+        """The login page showed because the SID died? Then it is dropped, so the reload that follows
+        lands on authproxy's sign-in page instead of this page again."""
+        return await self._alive(credential)
 
     async def _alive(self, credential: Credential) -> bool:
         try:

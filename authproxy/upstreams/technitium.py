@@ -11,25 +11,22 @@ import hashlib
 import json
 import re
 import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 from urllib.parse import unquote
 
 import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from authproxy import crosssite, keys
 from authproxy.bodies import read_up_to
 from authproxy.config.schema import SiteConfig
-from authproxy.errors import AuthError, UpstreamError, UpstreamProtocolError, UpstreamUnavailable
+from authproxy.errors import UpstreamProtocolError, UpstreamUnavailable
 from authproxy.proxy.headers import query_with, query_without
 from authproxy.proxy.substitute import rewrite_tokens, session_placeholder
+from authproxy.sessions.manager import LoadedSession
 from authproxy.sessions.model import Credential, Identity
 from authproxy.upstreams.base import LoginResult, UpstreamAdapter, UpstreamRequest
-
-if TYPE_CHECKING:
-    from authproxy.routing import Site
-    from authproxy.sessions.manager import LoadedSession
+from authproxy.upstreams.ui import NO_STORE, Handoff, Outcome, UiAnswer, UiCall
 
 DEFAULT_SESSION_TIMEOUT = 1800.0
 # AuthManager: "Max limit of 5 attempts exceeded. Access blocked for 300 seconds."
@@ -42,12 +39,6 @@ UI_LOGOUT_PATHS = frozenset({"/api/user/logout", "/api/logout"})
 UI_SESSION_PATH = "/api/user/session/get"
 UI_ENTRY_PATHS = frozenset({"/", "/index.html"})
 INVALID_TOKEN_MESSAGE = "Invalid token or session expired."
-# SSO-style handoff: Technitium's UI reads a non-HttpOnly `token` cookie on load (the upstream sets it
-# for 120 s after an SSO sign-in). authproxy sets it once per credential, holding the placeholder.
-HANDOFF_COOKIE = "token"
-HANDOFF_MAX_AGE = 120
-HANDOFF_FLAG = "ui_placeholder_sent"   # in Credential.extra: the UI already got its placeholder
-NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
 def _api_path(raw_path: str) -> str:
@@ -56,35 +47,24 @@ def _api_path(raw_path: str) -> str:
     return path[:-1] if len(path) > 1 and path.endswith("/") else path
 
 
-def _envelope(status: str, message: str | None = None, **fields: Any) -> web.Response:
+def _envelope(status: str, message: str | None = None, **fields: Any) -> UiAnswer:
     """A Technitium-style answer: always HTTP 200, the outcome in `status`."""
     body: dict[str, Any] = dict(fields)
     body["status"] = status
     if message is not None:
         body["errorMessage"] = message
-    return web.Response(body=json.dumps(body, separators=(",", ":")).encode(), status=200,
-                        content_type="application/json", charset="utf-8", headers=NO_STORE)
+    return UiAnswer.json(body, compact=True, headers=NO_STORE)
 
 
-def _navigation(request: web.Request) -> bool:
-    mode = request.headers.get("Sec-Fetch-Mode")
-    if mode is not None:
-        return mode.lower() == "navigate"
-    return "text/html" in request.headers.get("Accept", "")
-
-
-async def _query_or_form(request: web.Request) -> dict[str, str]:
+def _query_or_form(query: list[tuple[str, str]], form: list[tuple[str, str]]) -> dict[str, str]:
     """Technitium's QueryOrForm: the query wins, then a urlencoded/multipart form; repeats join with ','."""
     values: dict[str, list[str]] = {}
-    if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await request.post()  # bounded by the app's client_max_size
-        for name, value in form.items():
-            if isinstance(value, str):
-                values.setdefault(name, []).append(value)
-    query: dict[str, list[str]] = {}
-    for name, value in request.query.items():
-        query.setdefault(name, []).append(value)
-    values.update(query)
+    for name, value in form:
+        values.setdefault(name, []).append(value)
+    by_query: dict[str, list[str]] = {}
+    for name, value in query:
+        by_query.setdefault(name, []).append(value)
+    values.update(by_query)
     return {name: ",".join(items) for name, items in values.items()}
 
 
@@ -334,132 +314,69 @@ class TechnitiumAdapter(UpstreamAdapter):
         token = self.site.service_token.reveal() if self.site.service_token is not None else ""
         return hashlib.sha256(f"authproxy-service-placeholder\x00{self.site.name}\x00{token}".encode()).digest()
 
-    async def intercept(self, request: web.Request, site: Site) -> web.StreamResponse | None:
-        """Answer the UI's login/logout/session calls; hand a freshly signed-in UI its placeholder."""
-        path = _api_path(site.upstream_path(request.rel_url.raw_path))
+    # ---- the UI's own sign-in calls (upstreams/ui.py; web/uicalls.py answers them) --------------
+    #
+    # SSO-style handoff: Technitium's UI reads a non-HttpOnly `token` cookie on load (the upstream sets it
+    # for 120 s after an SSO sign-in). authproxy sets it once per credential, holding the placeholder.
+    ui_handoff: ClassVar[Handoff | None] = Handoff(cookie="token", max_age=120)
+
+    def ui_call(self, method: str, upstream_path: str) -> UiCall | None:
+        """The UI's login/logout/session calls (any method, as Technitium takes them) and its start page."""
+        path = _api_path(upstream_path)
         if path in UI_LOGIN_PATHS:
-            return await self._ui_login(request, site)
+            return "sign_in"
         if path in UI_LOGOUT_PATHS:
-            return await self._ui_logout(request)
+            return "sign_out"
         if path == UI_SESSION_PATH:
-            return await self._ui_session(request, site)
-        if path in UI_ENTRY_PATHS and request.method == "GET" and _navigation(request):
-            return await self._ui_handoff(request, site)
+            return "session"
+        if path in UI_ENTRY_PATHS and method == "GET":
+            return "entry"
         return None
 
-    def signed_out(self, request: web.Request, site: Site) -> web.StreamResponse | None:
+    def ui_words(self, call: UiCall, outcome: Outcome, message: str) -> UiAnswer | None:
+        """Technitium's envelope: `2fa-required`, `error` with the message, `invalid-token`, `ok`."""
+        if outcome == "totp_required":
+            return _envelope("2fa-required", message)
+        if outcome in ("failed", "refused"):
+            return _envelope("error", message)
+        if outcome == "no_session":
+            return _envelope("invalid-token", INVALID_TOKEN_MESSAGE)
+        if call == "sign_out":
+            return _envelope("ok")
+        return None
+
+    def ui_login_fields(self, query: list[tuple[str, str]], form: list[tuple[str, str]]) -> dict[str, str | None]:
+        params = _query_or_form(query, form)
+        return {"user": params.get("user"), "pass": params.get("pass"), "totp": params.get("totp")}
+
+    async def ui_session(self, loaded: LoadedSession | None, client_ip: str) -> UiAnswer | None:
+        """session/get as the UI expects it after a login, with the placeholder; AUTH_MODE=none
+        (`loaded` None): everyone acts as the service credential, and the UI gets a placeholder for it."""
+        if loaded is None:
+            token = self.site.service_token
+            if token is None:
+                return _envelope("invalid-token", INVALID_TOKEN_MESSAGE)
+            return await self._session_answer(Credential(secret=token.reveal(), actor="service"),
+                                              key=self._service_key(), identity=None, client_ip=client_ip)
+        return await self._session_answer(loaded.session.credentials[self.site.name], key=loaded.ticket.key,
+                                          identity=loaded.session.identity, client_ip=client_ip)
+
+    def signed_out(self, upstream_path: str, headers: Mapping[str, str],
+                   query: Mapping[str, str]) -> UiAnswer | None:
         """An API call that carries a token (the UI's placeholder, or a script's token) but has no
         live session gets Technitium's own "invalid-token" answer, not authproxy's 401: Technitium's
         UI then shows its login form (which signs in through authproxy) instead of "Unable to
         connect", and API clients see the answer they already handle. Calls without any token, and
         page loads, get authproxy's usual answer (401 JSON or the login page)."""
-        if not _api_path(site.upstream_path(request.rel_url.raw_path)).startswith("/api/"):
+        if not _api_path(upstream_path).startswith("/api/"):
             return None
-        auth = request.headers.get("Authorization", "")
-        if not (auth[:7].lower() == "bearer " or "token" in request.rel_url.query):
+        auth = headers.get("Authorization", "")
+        if not (auth[:7].lower() == "bearer " or "token" in query):
             return None
         return _envelope("invalid-token", INVALID_TOKEN_MESSAGE)
 
-    async def _load(self, request: web.Request) -> LoadedSession | None:
-        from authproxy.web.common import current_session  # web/ owns the cookie rules
-
-        return await current_session(request)
-
-    async def _ui_login(self, request: web.Request, site: Site) -> web.StreamResponse:
-        """The UI's login form and its admin/admin auto-try, run through authproxy's own sign-in
-        (throttling, audit, new session id) and answered in Technitium's envelope."""
-        from authproxy.login.passthrough import LoginInput
-        from authproxy.web.api import set_session_cookie
-
-        if not request.app[keys.CONFIG].session_mode:
-            return await self._ui_service_session(request, site)
-        if not request.secure:
-            return _envelope("error", "Sign-in needs HTTPS; open this page over https://.")
-        if crosssite.from_other_site(request):  # login CSRF / forced logout
-            return _envelope("error", "Cross-site sign-in refused.")
-        params = await _query_or_form(request)
-        try:
-            form = LoginInput.parse({"user": params.get("user"), "pass": params.get("pass"),
-                                     "totp": params.get("totp")})
-        except AuthError as exc:
-            return _envelope("error", str(exc))
-        manager = request.app[keys.SESSIONS]
-        previous = await self._load(request)
-        try:
-            loaded, cookie = await request.app[keys.LOGIN].sign_in(site, form, request.remote or "")
-        except AuthError as exc:
-            if exc.code == "totp_required":
-                return _envelope("2fa-required", str(exc))
-            return _envelope("error", str(exc))
-        except UpstreamError:
-            return _envelope("error", f"{site.name} is not answering right now; try again in a moment.")
-        credential = loaded.session.credentials[site.name]
-        credential.extra[HANDOFF_FLAG] = True  # this answer carries the placeholder
-        if previous is not None:
-            await manager.adopt(loaded, previous)   # as the portal does
-        else:
-            await manager.save(loaded)  # the handoff flag
-        response = await self._session_answer(credential, key=loaded.ticket.key, site=site,
-                                              identity=loaded.session.identity, client_ip=request.remote)
-        set_session_cookie(request, response, cookie)
-        return response
-
-    async def _ui_logout(self, request: web.Request) -> web.StreamResponse:
-        """The UI's logout ends the authproxy session (and, through it, the upstream sessions)."""
-        from authproxy.web.api import clear_session_cookie, end_session
-
-        if not request.app[keys.CONFIG].session_mode:
-            return _envelope("ok")
-        loaded = await self._load(request)
-        if loaded is None:
-            return _envelope("invalid-token", INVALID_TOKEN_MESSAGE)
-        if crosssite.from_other_site(request):  # login CSRF / forced logout
-            return _envelope("error", "Cross-site sign-out refused.")
-        await end_session(request, loaded, reason="success")
-        response = _envelope("ok")
-        clear_session_cookie(request, response)
-        return response
-
-    async def _ui_session(self, request: web.Request, site: Site) -> web.StreamResponse | None:
-        """session/get: forwarded (and rewritten) with a session; otherwise the UI's login form."""
-        if not request.app[keys.CONFIG].session_mode:
-            return await self._ui_service_session(request, site)
-        loaded = await self._load(request)
-        if loaded is None or site.name not in loaded.session.credentials:
-            return _envelope("invalid-token", INVALID_TOKEN_MESSAGE)
-        return None
-
-    async def _ui_handoff(self, request: web.Request, site: Site) -> web.StreamResponse | None:
-        """After a portal sign-in the UI has no token and would try admin/admin: once per credential,
-        the page load gets a short-lived `token=<placeholder>` cookie, as Technitium's SSO does."""
-        try:
-            has_handoff = HANDOFF_COOKIE in request.cookies
-        except Exception:  # noqa: BLE001 - a malformed Cookie header: no handoff, never a 500
-            return None
-        if not request.app[keys.CONFIG].session_mode or has_handoff:
-            return None
-        loaded = await self._load(request)
-        credential = loaded.session.credentials.get(site.name) if loaded is not None else None
-        if loaded is None or credential is None or credential.extra.get(HANDOFF_FLAG):
-            return None
-        credential.extra[HANDOFF_FLAG] = True  # once: a browser refusing the cookie cannot loop
-        await request.app[keys.SESSIONS].save(loaded)
-        response = web.Response(status=302, headers={**NO_STORE, "Location": str(request.rel_url)})
-        response.set_cookie(HANDOFF_COOKIE, self.placeholder(loaded), max_age=HANDOFF_MAX_AGE,
-                            path=site.config.path_prefix, secure=request.secure, httponly=False,
-                            samesite="Lax")
-        return response
-
-    async def _ui_service_session(self, request: web.Request, site: Site) -> web.StreamResponse:
-        """AUTH_MODE=none: everyone acts as the service credential; the UI gets a placeholder for it."""
-        token = site.config.service_token
-        if token is None:
-            return _envelope("invalid-token", INVALID_TOKEN_MESSAGE)
-        return await self._session_answer(Credential(secret=token.reveal(), actor="service"), key=self._service_key(),
-                                          site=site, identity=None, client_ip=request.remote)
-
-    async def _session_answer(self, credential: Credential, *, key: bytes, site: Site,
-                              identity: Identity | None, client_ip: str | None) -> web.Response:
+    async def _session_answer(self, credential: Credential, *, key: bytes, identity: Identity | None,
+                              client_ip: str | None) -> UiAnswer:
         """session/get as the UI expects it after a login (info, permissions), token -> placeholder."""
         try:
             env: dict[str, Any] | None = await self._call("/api/user/session/get", credential=credential,
@@ -471,8 +388,7 @@ class TechnitiumAdapter(UpstreamAdapter):
                 return _envelope("invalid-token", INVALID_TOKEN_MESSAGE)
             env = {"displayName": identity.display_name, "username": identity.username,
                    "info": {"permissions": identity.permissions}, "status": "ok"}
-        env["token"] = session_placeholder(key, site.name)
-        body = rewrite_tokens(json.dumps(env, separators=(",", ":")).encode(), key=key, site=site.name,
+        env["token"] = session_placeholder(key, self.site.name)
+        body = rewrite_tokens(json.dumps(env, separators=(",", ":")).encode(), key=key, site=self.site.name,
                               real=credential.secret)
-        return web.Response(body=body, status=200, content_type="application/json", charset="utf-8",
-                            headers=NO_STORE)
+        return UiAnswer(200, body, {"Content-Type": "application/json; charset=utf-8", **NO_STORE})

@@ -125,6 +125,17 @@ async def _read_login(request: web.Request) -> tuple[dict[str, Any], bool]:
     raise AuthError("Send JSON (application/json) or a form.", code="unsupported_media_type", status=415)
 
 
+async def sign_in(request: web.Request, site: Site, fields: LoginInput) -> tuple[LoadedSession, str]:
+    """Sign in at `site` (throttled and audited) under a new session id, which keeps the person's other
+    sites; the new session and its cookie value, or AuthError/UpstreamError. The one sign-in of the
+    login API and of a UI's own login form (web/uicalls.py)."""
+    previous = await current_session(request)
+    loaded, cookie = await request.app[keys.LOGIN].sign_in(site, fields, client_ip(request))
+    if previous is not None:
+        await request.app[keys.SESSIONS].adopt(loaded, previous)
+    return loaded, cookie
+
+
 async def login(request: web.Request) -> web.StreamResponse:
     config = request.app[keys.CONFIG]
     form_post = False
@@ -144,11 +155,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         site = resolve_site(request, data.get("site") if isinstance(data.get("site"), str) else None, rd)
         if site is None:
             raise AuthError("No site is configured for this address.", code="unknown_site", status=404)
-        fields = LoginInput.parse(data)
-        previous = await current_session(request)
-        loaded, cookie = await request.app[keys.LOGIN].sign_in(site, fields, client_ip(request))
-        if previous is not None:
-            await request.app[keys.SESSIONS].adopt(loaded, previous)
+        loaded, cookie = await sign_in(request, site, LoginInput.parse(data))
     except AuthError as exc:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
         if form_post:
