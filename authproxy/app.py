@@ -17,6 +17,7 @@ from authproxy.login.passthrough import PassthroughLogin
 from authproxy.login.regulation import Regulator
 from authproxy.proxy import http as proxy_http
 from authproxy.proxy import websocket as proxy_websocket
+from authproxy.redirects import RedirectPolicy
 from authproxy.routing import Router
 from authproxy.sessions.manager import CHANNEL, SessionManager
 from authproxy.sessions.registry import create_store
@@ -24,7 +25,6 @@ from authproxy.sessions.store import SessionStore
 from authproxy.upstreams.base import UpstreamAdapter
 from authproxy.web import api, forward_auth, health, portal
 from authproxy.web.middleware import TrustedForwarded, TrustedPeers, request_rules
-from authproxy.web.redirects import RedirectPolicy
 
 
 def upstream_client(config: Config) -> aiohttp.ClientSession:

@@ -18,20 +18,9 @@ from __future__ import annotations
 from typing import Literal
 
 from authproxy.config.schema import SiteConfig
-from authproxy.sessions.model import Identity, Session
+from authproxy.sessions.model import OWNER, Identity, Session
 
 Decision = Literal["allow", "login", "deny"]
-
-# Credential.extra key under which a credential carried over from an earlier sign-in keeps the identity
-# of the account that obtained it (set when sessions are merged at login).
-OWNER = "owner"
-
-
-def owner_record(identity: Identity) -> dict[str, object]:
-    """What `Credential.extra[OWNER]` holds: enough to re-check allow lists and fill Remote-* headers."""
-    return {"username": identity.username, "display_name": identity.display_name, "email": identity.email,
-            "groups": list(identity.groups)}
-
 
 def site_identity(session: Session, site_name: str) -> Identity | None:
     """The account behind the session's credential for `site_name` (None when there is no credential)."""

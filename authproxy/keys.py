@@ -13,11 +13,11 @@ if TYPE_CHECKING:
     from authproxy.login.passthrough import PassthroughLogin
     from authproxy.login.regulation import Regulator
     from authproxy.proxy.bridges import BridgeRegistry
+    from authproxy.redirects import RedirectPolicy
     from authproxy.routing import Router
     from authproxy.sessions.manager import SessionManager
     from authproxy.sessions.store import SessionStore
     from authproxy.web.middleware import TrustedPeers
-    from authproxy.web.redirects import RedirectPolicy
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 STORE: web.AppKey[SessionStore] = web.AppKey("store")

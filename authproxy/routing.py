@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 
 from authproxy.config.schema import SiteConfig
+from authproxy.sessions.model import Credential
 from authproxy.upstreams.base import UpstreamAdapter
 from authproxy.upstreams.registry import adapter_factory
 
@@ -15,6 +16,13 @@ from authproxy.upstreams.registry import adapter_factory
 class Site:
     config: SiteConfig
     adapter: UpstreamAdapter
+    # The site's service token as the adapter sends it (AUTH_MODE=none/hybrid), built once.
+    service_credential: Credential | None = field(init=False, default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        token = self.config.service_token
+        if token is not None:
+            object.__setattr__(self, "service_credential", self.adapter.service_credential(token.reveal()))
 
     @property
     def name(self) -> str:

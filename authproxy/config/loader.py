@@ -10,12 +10,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import secrets as _secrets
 import tomllib
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from authproxy.config import validate
 from authproxy.config.schema import (
     AUTH_MODES,
     DEFAULT_TRUSTED_PROXIES,
@@ -256,8 +258,6 @@ def _env_site(r: _Reader) -> SiteConfig | None:
 
 def load_config(env: Mapping[str, str] | None = None, config_file: Path | None = None) -> Config:
     """Read and validate everything; raises ConfigError listing every problem."""
-    from authproxy.config import validate
-
     env = os.environ if env is None else env
     r = _Reader(env)
     file_data: dict[str, Any] = {}
@@ -371,8 +371,6 @@ def ensure_session_secrets(config: Config) -> tuple[Config, bool]:
     """
     if config.session.secrets:
         return config, False
-    import secrets as _secrets
-
     path = config.server.data_dir / "session_secret"
     created = False
     if not path.exists():

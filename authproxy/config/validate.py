@@ -6,6 +6,8 @@ import re
 from urllib.parse import urlsplit
 
 from authproxy.config.schema import Config
+from authproxy.redirects import DomainRule
+from authproxy.upstreams.registry import ADAPTERS
 
 _COOKIE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _HOST = re.compile(r"^\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
@@ -24,7 +26,6 @@ def _without_userinfo(url: str) -> str:
 def check(config: Config) -> list[str]:
     p: list[str] = []
     s, sess = config.server, config.session
-    from authproxy.upstreams.registry import ADAPTERS
 
     if config.session_mode and not (s.https_enabled or s.trust_proxy):
         p.append(f"AUTH_MODE={config.auth_mode}: session cookies need HTTPS; set HTTPS_ENABLED=true (authproxy "
@@ -62,8 +63,6 @@ def check(config: Config) -> list[str]:
         p.append("COOKIE_NAME: a __Host- cookie cannot carry COOKIE_DOMAIN; pick another name")
     # The return-URL rules are parsed by the portal's RedirectPolicy at start-up; parse them here too,
     # so a typo is a configuration problem and not a crash of `authproxy run`.
-    from authproxy.web.redirects import DomainRule
-
     for domain in s.allowed_redirect_domains:
         try:
             DomainRule.parse(domain)

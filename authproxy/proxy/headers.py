@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, MutableMapping
-from urllib.parse import quote, unquote, unquote_plus, urlsplit, urlunsplit
+from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 from multidict import CIMultiDict, MultiMapping
+
+from authproxy.upstreams.query import query_pairs
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
@@ -91,26 +93,6 @@ def strip_names(headers: CIMultiDict[str], names: Iterable[str]) -> None:
         headers.popall(name, None)
 
 
-def query_pairs(raw_query: str) -> list[tuple[str, str]]:
-    """(raw_name, raw_pair) for each `&`-separated item, keeping the original encoding."""
-    out: list[tuple[str, str]] = []
-    for item in raw_query.split("&"):
-        if not item:
-            continue
-        name = item.split("=", 1)[0]
-        out.append((name, item))
-    return out
-
-
-def query_without(raw_query: str, names: Iterable[str]) -> str:
-    """The query with every parameter in `names` (decoded, case-insensitive) removed, rest untouched."""
-    if not raw_query:  # most requests: nothing to take out, and this runs on every one
-        return raw_query
-    drop = {n.lower() for n in names}
-    kept = [item for name, item in query_pairs(raw_query) if unquote_plus(name).lower() not in drop]
-    return "&".join(kept)
-
-
 def location_without(location: str, secret: str) -> str:
     """A redirect target without any query parameter carrying `secret`.
 
@@ -161,11 +143,6 @@ def drop_carrying(headers: CIMultiDict[str], secret: str) -> None:
         headers.popall(name)
         for value in kept:
             headers.add(name, value)
-
-
-def query_with(raw_query: str, name: str, value: str) -> str:
-    pair = f"{quote(name, safe='')}={quote(value, safe='')}"
-    return f"{raw_query}&{pair}" if raw_query else pair
 
 
 def query_value(raw_query: str, name: str) -> str | None:

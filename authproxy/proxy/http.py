@@ -26,22 +26,22 @@ from authproxy import authz, crosssite, keys
 from authproxy.bodies import read_up_to
 from authproxy.errors import UpstreamError
 from authproxy.log import log
+from authproxy.proxy import websocket
+from authproxy.proxy.common import build_upstream_request, credential_died, signed_out
 from authproxy.proxy.headers import (
     downstream_response_headers,
     drop_carrying,
     location_without,
     set_forwarded,
-    upstream_request_headers,
 )
-from authproxy.proxy.substitute import ReplacerChain, StreamReplacer, scrubber
 from authproxy.proxy.upstream import UpstreamPool, UpstreamResponse
 from authproxy.routing import Site, has_dot_segments
 from authproxy.sessions.manager import LoadedSession
 from authproxy.sessions.model import Credential
 from authproxy.upstreams.base import UpstreamAdapter, UpstreamRequest
+from authproxy.upstreams.substitute import ReplacerChain, StreamReplacer, scrubber
 from authproxy.web import uicalls
-from authproxy.web.api import login_location
-from authproxy.web.common import client_ip, cookie_value, error_response, wants_html
+from authproxy.web.common import client_ip, cookie_value, error_response
 
 CHUNK = 64 * 1024
 MAX_FORM_BODY = 1 << 20
@@ -92,48 +92,14 @@ def _upstream_of(site: Site) -> _Upstream:
     return _upstream(config.upstream_url, config.connect_timeout, config.timeout)
 
 
-def _service_credential(site: Site) -> Credential | None:
-    token = site.config.service_token
-    if token is None:
-        return None
-    return site.adapter.service_credential(token.reveal())
-
-
-def unauthenticated(request: web.Request, *, expired: bool = False) -> web.StreamResponse:
-    """Browsers go to the login page with a return URL; API clients get a JSON 401."""
-    if wants_html(request) and request.method in ("GET", "HEAD"):
-        location = login_location(request, request.rel_url.raw_path_qs)
-        if expired:
-            location += "&expired=1"
-        raise web.HTTPFound(location=location, headers={"Cache-Control": "no-store"})
-    if expired:
-        return error_response(request, 401, "session_expired", "Your session has ended; sign in again.")
-    return error_response(request, 401, "unauthenticated", "Sign in first.")
-
-
-def _signed_out(request: web.Request, site: Site, *, expired: bool = False) -> web.StreamResponse:
-    """No live session for this site: the adapter may answer as its product answers a dead token (so
-    the product's own UI shows its own sign-in form); otherwise `unauthenticated`."""
-    answer = site.adapter.signed_out(site.upstream_path(request.rel_url.raw_path), request.headers,
-                                     request.rel_url.query)
-    return uicalls.reply(answer) if answer is not None else unauthenticated(request, expired=expired)
-
-
 async def credential_for(request: web.Request, site: Site) -> tuple[LoadedSession | None, Credential | None]:
     app = request.app
     if not app[keys.CONFIG].session_mode:
-        return None, _service_credential(site)
+        return None, site.service_credential
     loaded = await app[keys.SESSIONS].load(cookie_value(request), client_ip=client_ip(request))
     if loaded is None:
         return None, None
     return loaded, loaded.session.credentials.get(site.name)
-
-
-def build_upstream_request(request: web.Request, site: Site) -> UpstreamRequest:
-    headers = upstream_request_headers(request.headers, drop_cookie=request.app[keys.SESSIONS].cookie_name)
-    rel = request.rel_url
-    return UpstreamRequest(method=request.method, raw_path=site.upstream_path(rel.raw_path),
-                           raw_query=rel.raw_query_string, headers=headers)
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
@@ -162,15 +128,13 @@ async def forward(request: web.Request) -> web.StreamResponse:
         return _cross_site_refused(request, site)
     loaded, credential = await credential_for(request, site)
     if credential is None:
-        return _signed_out(request, site)
+        return signed_out(request, site)
     if (loaded is not None and (site.config.allowed_users or site.config.allowed_groups)
             and authz.decide(loaded.session, site.config, session_mode=True) == "deny"):
         # The same per-site allow lists as forward auth (authz.decide), for HTTP and WebSocket alike.
         return error_response(request, 403, "forbidden",
                               f"You are signed in, but this account may not use {site.name}.", title="Not allowed")
     if request.headers.get("Upgrade", "").lower() == "websocket":
-        from authproxy.proxy import websocket
-
         return await websocket.bridge(request, site, loaded, credential)
 
     ureq = build_upstream_request(request, site)
@@ -243,7 +207,7 @@ async def _relay(request: web.Request, site: Site, ureq: UpstreamRequest, upstre
                                   f"{site.name} broke off its answer; try again in a moment.",
                                   title="Upstream unavailable")
         if len(peeked) <= MAX_PEEK and adapter.is_expired(status, up_headers, peeked):
-            return await _credential_died(request, site, loaded)
+            return await credential_died(request, site, loaded)
         if len(peeked) <= MAX_PEEK:
             # Token fields in JSON answers become this session's placeholder (upstreams/ decides which).
             peeked = adapter.rewrite_body(ureq, peeked, loaded)
@@ -338,16 +302,6 @@ def _cross_site_refused(request: web.Request, site: Site) -> web.StreamResponse:
                           f"This request to {site.name} came from another site, and authproxy does not let "
                           "other sites act with your sign-in. Open the page directly instead.",
                           title="Request from another site refused")
-
-
-async def _credential_died(request: web.Request, site: Site, loaded: LoadedSession | None) -> web.StreamResponse:
-    """The upstream says the token is dead: end it here too, then ask the person to sign in again."""
-    if loaded is not None:
-        await request.app[keys.SESSIONS].drop_credential(loaded, site.name, client_ip=client_ip(request))
-        return _signed_out(request, site, expired=True)
-    log.error("the service credential was refused by the upstream", extra={"fields": {"site": site.name}})
-    return error_response(request, 502, "service_credential_invalid",
-                          f"{site.name} refused authproxy's service credential.", title="Upstream refused")
 
 
 def _public_path(upstream_path: str, site: Site) -> str | None:

@@ -35,8 +35,8 @@ from authproxy import keys
 from authproxy.errors import StoreError
 from authproxy.log import log
 from authproxy.proxy.bridges import CLOSE_TIMEOUT, SESSION_ENDED, Bridge, BridgeRegistry
+from authproxy.proxy.common import build_upstream_request, credential_died
 from authproxy.proxy.headers import set_forwarded
-from authproxy.proxy.http import _credential_died, build_upstream_request
 from authproxy.proxy.relay import FrameRelay, Leg
 from authproxy.proxy.ws_upstream import (
     HandshakeInvalid,
@@ -223,7 +223,7 @@ async def _refused(request: web.Request, site: Site, loaded: LoadedSession | Non
                    exc: HandshakeRefused) -> web.StreamResponse:
     status = exc.status
     if status in (401, 403) and site.adapter.is_expired(status, exc.headers, None):
-        return await _credential_died(request, site, loaded)
+        return await credential_died(request, site, loaded)
     log.warning("upstream refused the websocket", extra={"fields": {"site": site.name, "status": status}})
     return error_response(request, 502, "upstream_refused",
                           f"{site.name} refused the WebSocket connection (HTTP {status}).",

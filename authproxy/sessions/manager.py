@@ -21,7 +21,7 @@ from http.cookies import Morsel
 from authproxy.config.schema import SessionConfig
 from authproxy.crypto import Keyring, b64e, seal, unseal
 from authproxy.log import audit, log
-from authproxy.sessions.model import Credential, Identity, Session
+from authproxy.sessions.model import OWNER, Credential, Identity, Session, owner_record
 from authproxy.sessions.store import SessionStore
 from authproxy.sessions.ticket import Ticket, decode_ticket, new_ticket
 
@@ -238,10 +238,8 @@ class SessionManager:
         """A fresh sign-in keeps the person's other sites (under the new id: no session fixation),
         each credential remembering whose account it is (per-site allow lists, Remote-User); then the
         previous session ends. The one place the portal and the UIs' own logins merge sessions."""
-        from authproxy import authz
-
         for name, cred in previous.session.credentials.items():
-            cred.extra.setdefault(authz.OWNER, authz.owner_record(previous.session.identity))
+            cred.extra.setdefault(OWNER, owner_record(previous.session.identity))
             loaded.session.credentials.setdefault(name, cred)
         await self.save(loaded)
         await self.destroy(previous)

@@ -56,6 +56,16 @@ class Identity:
                    permissions=dict(data.get("permissions") or {}))
 
 
+# Credential.extra key under which a credential carried over from an earlier sign-in keeps the identity
+# of the account that obtained it (set when sessions are merged at login).
+OWNER = "owner"
+
+
+def owner_record(identity: Identity) -> dict[str, object]:
+    """What `Credential.extra[OWNER]` holds: enough to re-check allow lists and fill Remote-* headers."""
+    return {"username": identity.username, "display_name": identity.display_name, "email": identity.email,
+            "groups": list(identity.groups)}
+
 
 @dataclass(slots=True)
 class Session:

@@ -44,7 +44,7 @@ class LoginResult:
 class UpstreamRequest:
     """The request about to go upstream, mutable so the adapter can strip and inject.
 
-    `raw_query` stays percent-encoded exactly as the client sent it (see proxy.headers for the
+    `raw_query` stays percent-encoded exactly as the client sent it (see upstreams/query.py for the
     helpers that drop or add one parameter without re-encoding the rest).
     """
 

@@ -115,8 +115,6 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from authproxy.bodies import read_up_to
 from authproxy.config.schema import SiteConfig
 from authproxy.errors import UpstreamProtocolError, UpstreamUnavailable
-from authproxy.proxy.headers import query_with, query_without
-from authproxy.proxy.substitute import scrubber
 from authproxy.sessions.manager import LoadedSession
 from authproxy.sessions.model import Credential, Identity
 from authproxy.upstreams import cookies
@@ -130,6 +128,8 @@ from authproxy.upstreams.generic_options import (
     pointer_blank,
     pointer_get,
 )
+from authproxy.upstreams.query import query_with, query_without
+from authproxy.upstreams.substitute import scrubber
 from authproxy.upstreams.ui import Outcome, UiAnswer, UiCall
 
 MAX_PEEK = 1 << 20

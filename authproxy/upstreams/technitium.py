@@ -21,11 +21,11 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from authproxy.bodies import read_up_to
 from authproxy.config.schema import SiteConfig
 from authproxy.errors import UpstreamProtocolError, UpstreamUnavailable
-from authproxy.proxy.headers import query_with, query_without
-from authproxy.proxy.substitute import rewrite_tokens, session_placeholder
 from authproxy.sessions.manager import LoadedSession
 from authproxy.sessions.model import Credential, Identity
 from authproxy.upstreams.base import LoginResult, UpstreamAdapter, UpstreamRequest
+from authproxy.upstreams.query import query_with, query_without
+from authproxy.upstreams.substitute import rewrite_tokens, session_placeholder
 from authproxy.upstreams.ui import NO_STORE, Handoff, Outcome, UiAnswer, UiCall
 
 DEFAULT_SESSION_TIMEOUT = 1800.0
@@ -267,7 +267,7 @@ class TechnitiumAdapter(UpstreamAdapter):
         for v in kept:
             headers.add("Set-Cookie", v)
 
-    # ---- the web UI's own calls: placeholders instead of tokens (see proxy/substitute.py) --------
+    # ---- the web UI's own calls: placeholders instead of tokens (see upstreams/substitute.py) --------
     #
     # Technitium's UI keeps a token in localStorage and sends it back as Bearer/`?token=`. It gets this
     # session's placeholder instead; the proxy strips whatever the client sends and injects the real

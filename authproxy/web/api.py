@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 from aiohttp import web
 
@@ -19,6 +19,7 @@ from authproxy.bodies import read_up_to
 from authproxy.errors import AuthError, UpstreamError, UpstreamProtocolError
 from authproxy.log import audit, log
 from authproxy.login.passthrough import LoginInput
+from authproxy.redirects import RedirectPolicy
 from authproxy.routing import Site
 from authproxy.sessions.manager import LoadedSession
 from authproxy.web.common import (
@@ -27,25 +28,10 @@ from authproxy.web.common import (
     current_session,
     json_error,
 )
-from authproxy.web.redirects import RedirectPolicy
+from authproxy.web.portal import render_login, resolve_site
 
 MAX_LOGIN_BODY = 16 * 1024
 UPSTREAM_LOGOUT_TIMEOUT = 5.0
-
-
-def resolve_site(request: web.Request, explicit: str | None = None, rd: str | None = None) -> Site | None:
-    """Which site a portal request is about: named, else the return URL's path, else the host."""
-    router = request.app[keys.ROUTER]
-    if explicit:
-        return router.by_name.get(explicit)
-    if rd and rd.startswith("/") and not rd.startswith("//"):
-        site = router.match(request.host, rd.split("?", 1)[0])
-        if site is not None:
-            return site
-    site = router.match(request.host, "/")
-    if site is None and len(router.sites) == 1:
-        site = router.sites[0]
-    return site
 
 
 def safe_redirect(request: web.Request, rd: str | None) -> str:
@@ -113,8 +99,6 @@ async def _read_login(request: web.Request) -> tuple[dict[str, Any], bool]:
             raise AuthError("Send a JSON object with username and password.", code="bad_request", status=400)
         return data, False
     if ctype == "application/x-www-form-urlencoded":
-        from urllib.parse import parse_qsl
-
         try:
             # errors="strict": a mangled name must not reach the upstream as U+FFFD (and count a failure).
             pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False,
@@ -159,8 +143,6 @@ async def login(request: web.Request) -> web.StreamResponse:
     except AuthError as exc:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
         if form_post:
-            from authproxy.web.portal import render_login
-
             return render_login(request, status=exc.status, error=str(exc), rd=rd,
                                 totp=exc.code == "totp_required", headers=headers, username=username)
         return json_error(exc.status, exc.code, str(exc), headers=headers)
@@ -177,8 +159,6 @@ async def login(request: web.Request) -> web.StreamResponse:
         else:
             code, message = "upstream_unavailable", "The upstream service is not answering; try again soon."
         if form_post:
-            from authproxy.web.portal import render_login
-
             return render_login(request, status=502, error=message, rd=rd)
         return json_error(502, code, message)
     target = safe_redirect(request, rd)

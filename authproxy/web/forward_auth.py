@@ -366,9 +366,7 @@ async def verify(request: web.Request) -> web.StreamResponse:
                 if _header_safe(value):
                     headers[name] = value
     else:
-        from authproxy.proxy.http import _service_credential
-
-        credential = _service_credential(site)
+        credential = site.service_credential
     if credential is not None:
         injected = site.adapter.forward_auth_headers(credential)
         if kind == "traefik" and "X-Authproxy-Token" in injected:

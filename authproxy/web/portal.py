@@ -11,6 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from authproxy import keys
+from authproxy.routing import Site
 from authproxy.web.common import SECURITY_HEADERS
 
 STATIC = Path(__file__).parent / "static"
@@ -45,11 +46,24 @@ LOGIN_PAGE = """<!doctype html>
 </main></body></html>"""
 
 
+def resolve_site(request: web.Request, explicit: str | None = None, rd: str | None = None) -> Site | None:
+    """Which site a portal request is about: named, else the return URL's path, else the host."""
+    router = request.app[keys.ROUTER]
+    if explicit:
+        return router.by_name.get(explicit)
+    if rd and rd.startswith("/") and not rd.startswith("//"):
+        site = router.match(request.host, rd.split("?", 1)[0])
+        if site is not None:
+            return site
+    site = router.match(request.host, "/")
+    if site is None and len(router.sites) == 1:
+        site = router.sites[0]
+    return site
+
+
 def render_login(request: web.Request, *, status: int = 200, error: str = "", rd: str | None = None,
                  totp: bool = False, notice: str = "", headers: dict[str, str] | None = None,
                  username: str = "") -> web.Response:
-    from authproxy.web.api import resolve_site
-
     prefix = request.app[keys.CONFIG].server.prefix
     rd = rd if rd is not None else request.query.get("rd", "")
     site = resolve_site(request, request.query.get("site"), rd)

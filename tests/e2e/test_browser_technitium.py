@@ -27,8 +27,8 @@ from aiohttp import web
 from playwright.async_api import BrowserContext, Download, Page
 
 from authproxy import keys
-from authproxy.proxy.substitute import session_placeholder
 from authproxy.sessions.ticket import decode_ticket
+from authproxy.upstreams.substitute import session_placeholder
 from tests.fakes.server import serving
 from tests.fakes.technitium import FakeTechnitium
 from tests.support.browser import ARTIFACTS, Watch, page_storage

@@ -20,8 +20,8 @@ import aiohttp
 import pytest
 
 from authproxy import keys
-from authproxy.proxy.substitute import derived_placeholder, rewrite_tokens, same, session_placeholder
 from authproxy.sessions.ticket import decode_ticket
+from authproxy.upstreams.substitute import derived_placeholder, rewrite_tokens, same, session_placeholder
 from tests.fakes.technitium import FakeTechnitium
 from tests.support.gateway import Gateway, GatewayClient, MakeGateway, gateway_env
 

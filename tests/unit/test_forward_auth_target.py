@@ -14,7 +14,7 @@ from multidict import CIMultiDict
 
 from authproxy import authz
 from authproxy.config.schema import SiteConfig
-from authproxy.sessions.model import Credential, Identity, Session
+from authproxy.sessions.model import OWNER, Credential, Identity, Session, owner_record
 from authproxy.web.forward_auth import (
     BadTarget,
     Target,
@@ -250,8 +250,7 @@ def test_decide() -> None:
 def test_allow_lists_use_the_account_that_holds_the_sites_credential() -> None:
     """alice signed in to dns, then bob to nas in the same browser: the session was re-issued for bob."""
     session = _session("bob", sites=("nas", "dns"))
-    session.credentials["dns"].extra[authz.OWNER] = authz.owner_record(Identity(username="alice",
-                                                                                display_name="Alice"))
+    session.credentials["dns"].extra[OWNER] = owner_record(Identity(username="alice", display_name="Alice"))
     dns, nas = _site("dns", allowed_users=("alice",)), _site("nas", allowed_users=("bob",))
     assert authz.decide(session, dns, session_mode=True) == "allow"
     assert authz.decide(session, nas, session_mode=True) == "allow"

@@ -17,10 +17,7 @@ from authproxy.proxy.headers import (
     drop_carrying,
     has_crlf,
     location_without,
-    query_pairs,
     query_value,
-    query_with,
-    query_without,
     set_forwarded,
     strip_hop_by_hop,
     strip_names,
@@ -28,6 +25,7 @@ from authproxy.proxy.headers import (
 )
 from authproxy.sessions.model import Credential
 from authproxy.upstreams.base import UpstreamRequest
+from authproxy.upstreams.query import query_pairs, query_with, query_without
 from authproxy.upstreams.technitium import TechnitiumAdapter
 
 TOKEN = "a1" * 32

@@ -7,7 +7,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from authproxy.web.redirects import MAX_REDIRECT_LENGTH, DomainRule, RedirectPolicy
+from authproxy.redirects import MAX_REDIRECT_LENGTH, DomainRule, RedirectPolicy
 
 CORPUS = Path(__file__).resolve().parents[3] / "shared/testdata/openredirects.txt"
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from authproxy.proxy.substitute import StreamReplacer, scrubber, url_spellings
+from authproxy.upstreams.substitute import StreamReplacer, scrubber, url_spellings
 
 
 def run(replacer: StreamReplacer, pieces: list[bytes]) -> bytes:

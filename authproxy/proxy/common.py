@@ -1,0 +1,53 @@
+"""What the HTTP proxy (proxy/http.py) and the WebSocket bridge (proxy/websocket.py) share: the
+request as the upstream sees it, and the answers when there is no live credential."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from authproxy import keys
+from authproxy.log import log
+from authproxy.proxy.headers import upstream_request_headers
+from authproxy.routing import Site
+from authproxy.sessions.manager import LoadedSession
+from authproxy.upstreams.base import UpstreamRequest
+from authproxy.web import uicalls
+from authproxy.web.api import login_location
+from authproxy.web.common import client_ip, error_response, wants_html
+
+
+def unauthenticated(request: web.Request, *, expired: bool = False) -> web.StreamResponse:
+    """Browsers go to the login page with a return URL; API clients get a JSON 401."""
+    if wants_html(request) and request.method in ("GET", "HEAD"):
+        location = login_location(request, request.rel_url.raw_path_qs)
+        if expired:
+            location += "&expired=1"
+        raise web.HTTPFound(location=location, headers={"Cache-Control": "no-store"})
+    if expired:
+        return error_response(request, 401, "session_expired", "Your session has ended; sign in again.")
+    return error_response(request, 401, "unauthenticated", "Sign in first.")
+
+
+def signed_out(request: web.Request, site: Site, *, expired: bool = False) -> web.StreamResponse:
+    """No live session for this site: the adapter may answer as its product answers a dead token (so
+    the product's own UI shows its own sign-in form); otherwise `unauthenticated`."""
+    answer = site.adapter.signed_out(site.upstream_path(request.rel_url.raw_path), request.headers,
+                                     request.rel_url.query)
+    return uicalls.reply(answer) if answer is not None else unauthenticated(request, expired=expired)
+
+
+def build_upstream_request(request: web.Request, site: Site) -> UpstreamRequest:
+    headers = upstream_request_headers(request.headers, drop_cookie=request.app[keys.SESSIONS].cookie_name)
+    rel = request.rel_url
+    return UpstreamRequest(method=request.method, raw_path=site.upstream_path(rel.raw_path),
+                           raw_query=rel.raw_query_string, headers=headers)
+
+
+async def credential_died(request: web.Request, site: Site, loaded: LoadedSession | None) -> web.StreamResponse:
+    """The upstream says the token is dead: end it here too, then ask the person to sign in again."""
+    if loaded is not None:
+        await request.app[keys.SESSIONS].drop_credential(loaded, site.name, client_ip=client_ip(request))
+        return signed_out(request, site, expired=True)
+    log.error("the service credential was refused by the upstream", extra={"fields": {"site": site.name}})
+    return error_response(request, 502, "service_credential_invalid",
+                          f"{site.name} refused authproxy's service credential.", title="Upstream refused")
