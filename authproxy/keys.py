@@ -1,4 +1,4 @@
-"""Every typed key the application stores on `web.Application` (no other global state)."""
+"""Every typed key the application stores on `web.Application` (no other global state), and on a request."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from authproxy.routing import Router
     from authproxy.sessions.manager import SessionManager
     from authproxy.sessions.store import SessionStore
+    from authproxy.web.common import RequestSession
     from authproxy.web.middleware import TrustedPeers
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
@@ -30,3 +31,7 @@ REDIRECTS: web.AppKey[RedirectPolicy] = web.AppKey("redirects")
 WEBSOCKETS: web.AppKey[BridgeRegistry] = web.AppKey("websockets")
 KEEPALIVE: web.AppKey[UpstreamKeepalive] = web.AppKey("keepalive")
 TRUSTED_PEERS: web.AppKey[TrustedPeers] = web.AppKey("trusted_peers")
+
+# The request's session, loaded once and kept on the request (web.common.current_session): every later
+# step of the same request (a UI call, the credential for the proxy) reads it from here.
+SESSION: web.RequestKey[RequestSession] = web.RequestKey("authproxy.session")

@@ -41,7 +41,7 @@ from authproxy.sessions.model import Credential
 from authproxy.upstreams.base import UpstreamAdapter, UpstreamRequest
 from authproxy.upstreams.substitute import ReplacerChain, StreamReplacer, scrubber
 from authproxy.web import uicalls
-from authproxy.web.common import client_ip, cookie_value, error_response
+from authproxy.web.common import client_ip, current_session, error_response
 
 CHUNK = 64 * 1024
 MAX_FORM_BODY = 1 << 20
@@ -96,7 +96,7 @@ async def credential_for(request: web.Request, site: Site) -> tuple[LoadedSessio
     app = request.app
     if not app[keys.CONFIG].session_mode:
         return None, site.service_credential
-    loaded = await app[keys.SESSIONS].load(cookie_value(request), client_ip=client_ip(request))
+    loaded = await current_session(request)
     if loaded is None:
         return None, None
     return loaded, loaded.session.credentials.get(site.name)

@@ -24,6 +24,7 @@ from authproxy.routing import Site
 from authproxy.sessions.manager import LoadedSession
 from authproxy.web.common import (
     SECURITY_HEADERS,
+    RequestSession,
     client_ip,
     current_session,
     json_error,
@@ -117,6 +118,7 @@ async def sign_in(request: web.Request, site: Site, fields: LoginInput) -> tuple
     loaded, cookie = await request.app[keys.LOGIN].sign_in(site, fields, client_ip(request))
     if previous is not None:
         await request.app[keys.SESSIONS].adopt(loaded, previous)
+    request[keys.SESSION] = RequestSession(loaded)
     return loaded, cookie
 
 
@@ -175,6 +177,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 async def end_session(request: web.Request, loaded: LoadedSession, *, reason: str) -> None:
     """Destroy the session here and, best effort, each upstream session it holds."""
     await request.app[keys.SESSIONS].destroy(loaded)
+    request[keys.SESSION] = RequestSession(None)
     router = request.app[keys.ROUTER]
     for name, cred in loaded.session.credentials.items():
         site = router.by_name.get(name)

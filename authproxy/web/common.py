@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -50,8 +51,22 @@ def cookie_value(request: web.Request) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class RequestSession:
+    """The request's session as loaded (None: nobody is signed in), kept on the request (keys.SESSION)."""
+
+    loaded: LoadedSession | None
+
+
 async def current_session(request: web.Request) -> LoadedSession | None:
-    return await request.app[keys.SESSIONS].load(cookie_value(request), client_ip=client_ip(request))
+    """The session the request's cookie unlocks: loaded on first use, then kept on the request, the way
+    Starlette keeps the user on the scope, so a request loads (and slides) its session once."""
+    known: RequestSession | None = request.get(keys.SESSION)
+    if known is not None:
+        return known.loaded
+    loaded = await request.app[keys.SESSIONS].load(cookie_value(request), client_ip=client_ip(request))
+    request[keys.SESSION] = RequestSession(loaded)
+    return loaded
 
 
 def json_error(status: int, code: str, message: str, *, headers: dict[str, str] | None = None,

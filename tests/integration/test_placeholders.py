@@ -349,6 +349,28 @@ async def test_after_a_portal_sign_in_the_first_page_load_hands_over_the_placeho
     assert resp.status == 200
 
 
+async def test_a_request_loads_its_session_once(
+        gw: Gateway, client: GatewayClient, technitium: FakeTechnitium, answers: Answers) -> None:
+    """The UI's calls that authproxy looks at before forwarding (its start page, session/get) and the
+    forwarding itself read the one session kept on the request: one load (and idle slide) each."""
+    await client.login("alice", "alice-pass")
+    await answers.call(client, "GET", "/", headers=NAVIGATE)       # the handoff: the UI has its placeholder
+    manager = gw.app[keys.SESSIONS]
+    loads: list[bool] = []
+    real_load = manager.load
+
+    async def counting_load(cookie_value: str | None, **kw: Any) -> Any:
+        loads.append(cookie_value == client.cookie)
+        return await real_load(cookie_value, **kw)
+
+    manager.load = counting_load  # type: ignore[method-assign]
+    for path, headers in (("/", NAVIGATE), ("/api/user/session/get", XHR), ("/api/zones/list", XHR)):
+        loads.clear()
+        resp, _ = await answers.call(client, "GET", path, headers=headers)
+        assert resp.status == 200, path
+        assert loads == [True], path
+
+
 # ---------------------------------------------------------------- v14 (token in the query)
 
 
