@@ -88,7 +88,7 @@ def create_app(config: Config, *, store: SessionStore | None = None) -> web.Appl
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     app[keys.HTTP] = upstream_client(config)
-    app[keys.ROUTER] = Router.build(config.sites, app[keys.HTTP])
+    app[keys.ROUTER] = Router.build(config.sites, app[keys.HTTP], auth_mode=config.auth_mode)
     for site in app[keys.ROUTER].sites:   # adapters whose upstream-side state every replica must share
         site.adapter.bind_store(app[keys.STORE])
     await app[keys.STORE].start()

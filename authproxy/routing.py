@@ -1,4 +1,4 @@
-"""Host and path prefix -> Site (one upstream URL + its adapter)."""
+"""Host and path prefix -> Site (one upstream URL, its adapter, and its credential policy)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from authproxy.config.schema import SiteConfig
-from authproxy.sessions.model import Credential
+from authproxy.policy import OWN, CredentialPolicy, policy_for
 from authproxy.upstreams.base import UpstreamAdapter
 from authproxy.upstreams.registry import adapter_factory
 
@@ -16,13 +16,7 @@ from authproxy.upstreams.registry import adapter_factory
 class Site:
     config: SiteConfig
     adapter: UpstreamAdapter
-    # The site's service token as the adapter sends it (AUTH_MODE=none/hybrid), built once.
-    service_credential: Credential | None = field(init=False, default=None, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        token = self.config.service_token
-        if token is not None:
-            object.__setattr__(self, "service_credential", self.adapter.service_credential(token.reveal()))
+    policy: CredentialPolicy = field(default=OWN, compare=False)   # what the upstream is sent
 
     @property
     def name(self) -> str:
@@ -54,8 +48,9 @@ class Router:
         self.by_name = {s.name: s for s in sites}
 
     @classmethod
-    def build(cls, configs: tuple[SiteConfig, ...], http: aiohttp.ClientSession) -> Router:
-        return cls([Site(config=c, adapter=adapter_factory(c.type)(c, http)) for c in configs])
+    def build(cls, configs: tuple[SiteConfig, ...], http: aiohttp.ClientSession, *,
+              auth_mode: str = "session") -> Router:
+        return cls([_site(c, adapter_factory(c.type)(c, http), auth_mode) for c in configs])
 
     def match(self, host: str, path: str) -> Site | None:
         hostname = _strip_port(host).lower()
@@ -66,6 +61,13 @@ class Router:
             if prefix == "/" or path == prefix.rstrip("/") or path.startswith(prefix.rstrip("/") + "/"):
                 return site
         return None
+
+
+def _site(config: SiteConfig, adapter: UpstreamAdapter, auth_mode: str) -> Site:
+    """A site with its credential policy; the service token becomes a credential once, here."""
+    token = config.service_token
+    service = adapter.service_credential(token.reveal()) if token is not None else None
+    return Site(config=config, adapter=adapter, policy=policy_for(auth_mode, service))
 
 
 _HEX = frozenset("0123456789abcdefABCDEF")

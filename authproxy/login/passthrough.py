@@ -1,4 +1,4 @@
-"""Sign-in with the upstream's own credentials: validate, throttle, ask the upstream, open a session."""
+"""Sign-in: validate, throttle, ask the identity source (login/sources.py), audit, open a session."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from authproxy.errors import AuthError
 from authproxy.log import audit
 from authproxy.login.keepalive import UpstreamKeepalive
 from authproxy.login.regulation import Regulator
+from authproxy.login.sources import IdentitySource, UpstreamAccounts
 from authproxy.routing import Site
 from authproxy.sessions.manager import LoadedSession, SessionManager
 
@@ -44,11 +45,14 @@ class LoginInput:
 
 
 class PassthroughLogin:
+    """Every sign-in, whatever the identity source: throttled before it is asked, audited after."""
+
     def __init__(self, sessions: SessionManager, regulator: Regulator,
-                 keepalive: UpstreamKeepalive | None = None) -> None:
+                 keepalive: UpstreamKeepalive | None = None, *, source: IdentitySource | None = None) -> None:
         self.sessions = sessions
         self.regulator = regulator
         self.keepalive = keepalive
+        self.source = source if source is not None else UpstreamAccounts()
 
     async def sign_in(self, site: Site, form: LoginInput, client_ip: str) -> tuple[LoadedSession, str]:
         """A new session and its cookie value, or AuthError saying why not (already audited)."""
@@ -59,7 +63,7 @@ class PassthroughLogin:
             raise AuthError("Too many failed sign-ins. Try again later.", code="too_many_attempts", status=429,
                             retry_after=attempt.retry_after)
         try:
-            result = await site.adapter.login(form.username, form.password, form.totp, client_ip)
+            result = await self.source.verify(site, form.username, form.password, form.totp, client_ip)
             if result.status == "totp_required":
                 audit("login", outcome="totp_required", user=form.username, site=site.name, client_ip=client_ip)
                 raise AuthError(result.message or "Enter your one-time code.", code="totp_required", status=401)
@@ -80,7 +84,7 @@ class PassthroughLogin:
             await attempt.refund()  # neither failed nor succeeded: the upstream down, a prompt, a default probe
         loaded, cookie = await self.sessions.create(user=result.identity.username, site=site.name,
                                                     identity=result.identity, credential=result.credential,
-                                                    client_ip=client_ip)
+                                                    client_ip=client_ip, auth_method=self.source.name)
         if self.keepalive is not None:
             self.keepalive.note_use(loaded, site.name)
         audit("login", outcome="success", user=result.identity.username, site=site.name, client_ip=client_ip,

@@ -95,11 +95,11 @@ def _upstream_of(site: Site) -> _Upstream:
 async def credential_for(request: web.Request, site: Site) -> tuple[LoadedSession | None, Credential | None]:
     app = request.app
     if not app[keys.CONFIG].session_mode:
-        return None, site.service_credential
+        return None, site.policy.credential(None, site.name)
     loaded = await current_session(request)
     if loaded is None:
         return None, None
-    return loaded, loaded.session.credentials.get(site.name)
+    return loaded, site.policy.credential(loaded.session, site.name)
 
 
 async def forward(request: web.Request) -> web.StreamResponse:

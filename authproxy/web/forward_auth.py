@@ -358,7 +358,7 @@ async def verify(request: web.Request) -> web.StreamResponse:
     headers: dict[str, str] = {"Cache-Control": "no-store"}
     credential: Credential | None
     if loaded is not None:
-        credential = loaded.session.credentials[site.name]
+        credential = site.policy.credential(loaded.session, site.name)
         identity = authz.site_identity(loaded.session, site.name)
         if identity is not None:
             for name, value in zip(IDENTITY, (identity.username, ",".join(identity.groups),
@@ -366,7 +366,7 @@ async def verify(request: web.Request) -> web.StreamResponse:
                 if _header_safe(value):
                     headers[name] = value
     else:
-        credential = site.service_credential
+        credential = site.policy.credential(None, site.name)
     if credential is not None:
         injected = site.adapter.forward_auth_headers(credential)
         if kind == "traefik" and "X-Authproxy-Token" in injected:

@@ -1,0 +1,53 @@
+"""Credential policies: what a site's upstream is sent, decided per site.
+
+The other half of who-is-who (login/sources.py says *who the person is*): whoever signed in, the
+site's policy picks the credential authproxy injects on the way to the upstream.
+
+    OwnCredential      the person's own upstream credential for the site, from their session
+                       (AUTH_MODE=session, and hybrid for now)
+    ServiceCredential  the site's service credential, whoever asks (AUTH_MODE=none); later also for
+                       people who sign in at authproxy itself, for automation and background work
+
+The proxy and forward auth ask `site.policy.credential(session, site.name)` and nothing else, so a
+new policy (a resource credential a person may use, say) never touches them.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+from authproxy.sessions.model import Credential, Session
+
+
+class CredentialPolicy(abc.ABC):
+    """Which credential a site's upstream gets for a request."""
+
+    @abc.abstractmethod
+    def credential(self, session: Session | None, site: str) -> Credential | None:
+        """The credential to inject for `session` (None: nobody signed in) at `site`; None: none."""
+
+
+class OwnCredential(CredentialPolicy):
+    """The person's own upstream credential, obtained when they signed in to this site."""
+
+    def credential(self, session: Session | None, site: str) -> Credential | None:
+        return session.credentials.get(site) if session is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceCredential(CredentialPolicy):
+    """The site's service credential (built once, by the adapter, from the configured token)."""
+
+    service: Credential | None
+
+    def credential(self, session: Session | None, site: str) -> Credential | None:
+        return self.service
+
+
+OWN = OwnCredential()
+
+
+def policy_for(auth_mode: str, service: Credential | None) -> CredentialPolicy:
+    """The policy AUTH_MODE implies for a site (`service`: its service credential, if configured)."""
+    return ServiceCredential(service) if auth_mode == "none" else OWN
