@@ -8,7 +8,7 @@ trusted by default), a real redis-server (--save '' --appendonly no) and the acc
 The session was created through authproxy's own login API against the faithful FakeTechnitium.
 
     (a)  bare aiohttp handler answering 200
-    (a') (a) with aiohttp's DEFAULT access logger (reference; PERFORMANCE.md saw 0.41x)
+    (a') (a) with aiohttp's DEFAULT access logger (reference; README "Performance": 0.41x)
     (b)  minimal aiohttp handler: one redis-py asyncio GET + one AES-GCM decryption of a ~300-byte blob
     (c)  authproxy, hot in-process cache off (SESSION_CACHE_TTL=0: every check goes to Redis)
     (d)  authproxy, cache on (default SESSION_CACHE_TTL)
@@ -164,7 +164,7 @@ def run() -> None:
         Target("(e) access log on / (d) off", results["e"].rps / results["d"].rps, ">=", 0.5),
     ])
     print(f"reference: aiohttp's default access logger costs the bare handler "
-          f"{results['a_log'].rps / results['a'].rps:.2f}x (PERFORMANCE.md: 0.41x); authproxy's logger costs "
+          f"{results['a_log'].rps / results['a'].rps:.2f}x (README: 0.41x); authproxy's logger costs "
           f"{results['e'].rps / results['d'].rps:.2f}x")
 
 

@@ -1,7 +1,7 @@
 """Forward auth for Caddy `forward_auth`, nginx `auth_request` and Traefik `ForwardAuth`.
 
 One decision (authz.decide), with a per-proxy front end to read the original request and to say
-no in the way that proxy understands (PROXIES.md):
+no in the way that proxy understands (README "Forward auth"; tests/e2e runs the real proxies):
 
     allowed            200 + the injected credential and Remote-User/-Groups/-Name/-Email
     not signed in      Caddy/Traefik: 302 (GET/HEAD) or 303 to the login page for browsers,

@@ -1,6 +1,6 @@
 """FakePihole: a real aiohttp server that behaves like Pi-hole v6's FTL web server at the auth layer.
 
-Why a fake: Pi-hole is not installable here (UPSTREAMS.md §3). This follows FTL's own code
+Why a fake: Pi-hole (FTL) has no Debian package to run in tests. This follows FTL's own code
 (pi-hole/FTL `src/api/auth.c`, `src/api/api.c`, `src/webserver/lua_web.c`, `src/config/password.c`,
 `src/api/2fa.c`, 2025-11) including its quirks, so adapter tests meet the real failure modes:
 

@@ -1,8 +1,8 @@
 """A faithful fake of the Technitium DNS Server web API (v15.2, and v14.3 on request).
 
 Technitium needs .NET and cannot run here, so the gateway's tests talk to this instead. It is a real
-aiohttp server on 127.0.0.1 that reproduces what `UPSTREAMS.md` §1 records and what the upstream source
-does (`DnsServerCore/DnsWebService.cs` `WebServiceApiMiddleware`/`TryValidateSession`,
+aiohttp server on 127.0.0.1 that reproduces what Technitium's APIDOCS.md says and what the upstream
+source does (`DnsServerCore/DnsWebService.cs` `WebServiceApiMiddleware`/`TryValidateSession`,
 `WebServiceAuthApi.cs`, `Auth/AuthManager.cs`, `Auth/UserSession.cs`), quirks included:
 
 * every `/api/*` answer is HTTP 200 JSON with `status` ok / error / invalid-token / 2fa-required; login,

@@ -1,4 +1,4 @@
-"""The forward-auth endpoint of the real app, asked the way Caddy, nginx and Traefik ask it (PROXIES.md).
+"""The forward-auth endpoint of the real app, asked the way Caddy, nginx and Traefik ask it.
 
 No proxy binaries here (tests/e2e/test_forward_auth.py runs the real ones): requests carry exactly the
 headers each proxy sends, from 127.0.0.1 (a trusted proxy by default). Host names come from the
@@ -43,7 +43,9 @@ class Reply:
 
 
 def proxy_headers(kind: str, url: str, method: str = "GET") -> list[tuple[str, str]]:
-    """What each proxy puts on its auth request for the client request `method url` (PROXIES.md 2.1)."""
+    """What each proxy puts on its auth request for the client request `method url` (as observed
+    with the real binaries: Caddy adds Via, Traefik its X-Forwarded-Port/-Server and X-Real-Ip, nginx
+    only what the shipped config sets)."""
     parts = urlsplit(url)
     uri = parts.path + (f"?{parts.query}" if parts.query else "")
     forwarded = [("X-Forwarded-Method", method), ("X-Forwarded-Proto", parts.scheme),

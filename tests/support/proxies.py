@@ -1,7 +1,7 @@
 """Real Caddy, nginx and Traefik in front of a forward-auth service, started from the shipped configs.
 
-Why: what each proxy forwards, strips and answers differs in ways no mock reproduces (see PROXIES.md), so
-the e2e tests run the real binaries with the very files users copy (caddy/, nginx/, deploy/traefik/),
+Why: what each proxy forwards, strips and answers differs in ways no mock reproduces, so the
+e2e tests run the real binaries with the very files users copy (caddy/, nginx/, deploy/traefik/),
 changing only listen addresses, upstream addresses and file paths. Quiet/local settings (admin off, no
 auto-HTTPS, daemon off, no update checks) live in the small wrapper each starter writes, not in the
 shipped files.

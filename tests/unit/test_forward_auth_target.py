@@ -1,8 +1,8 @@
 """Reading the original request from forward-auth headers: pure, strict, and never from the wrong source.
 
-What each proxy sends is in PROXIES.md: Caddy and Traefik always recompute X-Forwarded-Method/-Proto/
--Host/-Uri (and pass any client X-Original-URL on); nginx's subrequest inherits every client header
-and only the ones its config sets are believable.
+What each proxy sends (observed with the real binaries, tests/e2e): Caddy and Traefik always recompute
+X-Forwarded-Method/-Proto/-Host/-Uri (and pass any client X-Original-URL on); nginx's subrequest
+inherits every client header and only the ones its config sets are believable.
 """
 
 from __future__ import annotations
