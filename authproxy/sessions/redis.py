@@ -268,7 +268,7 @@ class RedisStore:
                 self._first_attempt.set()
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
@@ -300,8 +300,7 @@ class RedisStore:
         sentinel_kwargs = {k: v for k, v in common.items() if k != "health_check_interval"}
         if spec.sentinel_password:
             sentinel_kwargs["password"] = spec.sentinel_password
-        self._sentinel = Sentinel(spec.sentinels, sentinel_kwargs=sentinel_kwargs,  # type: ignore[no-untyped-call]
-                                  **common)
+        self._sentinel = Sentinel(spec.sentinels, sentinel_kwargs=sentinel_kwargs, **common)
         master: aioredis.Redis = self._sentinel.master_for(
             spec.service_name, db=spec.db, username=spec.username, password=spec.password)
         return master
