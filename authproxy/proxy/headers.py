@@ -75,22 +75,6 @@ def downstream_response_headers(src: MultiMapping[str], out: CIMultiDict[str], *
         out.add(name, value)
 
 
-def strip_hop_by_hop(headers: CIMultiDict[str]) -> None:
-    """Remove hop-by-hop headers, including any the Connection header names."""
-    named: set[str] = set()
-    for value in headers.getall("Connection", ()):
-        named.update(token.strip().lower() for token in value.split(",") if token.strip())
-    for name in list(headers.keys()):
-        low = name.lower()
-        if low in HOP_BY_HOP or low in named:
-            headers.popall(name, None)
-
-
-def strip_names(headers: CIMultiDict[str], names: Iterable[str]) -> None:
-    for name in names:
-        headers.popall(name, None)
-
-
 def query_pairs(raw_query: str) -> list[tuple[str, str]]:
     """(raw_name, raw_pair) for each `&`-separated item, keeping the original encoding."""
     out: list[tuple[str, str]] = []
@@ -168,15 +152,6 @@ def query_with(raw_query: str, name: str, value: str) -> str:
     return f"{raw_query}&{pair}" if raw_query else pair
 
 
-def query_value(raw_query: str, name: str) -> str | None:
-    """The first decoded value of `name` (case-insensitive), or None."""
-    low = name.lower()
-    for raw_name, item in query_pairs(raw_query):
-        if unquote_plus(raw_name).lower() == low:
-            return unquote_plus(item.split("=", 1)[1]) if "=" in item else ""
-    return None
-
-
 def cookie_without(cookie_header: str, names: Iterable[str]) -> str:
     """A Cookie header value without the named cookies (the rest kept verbatim)."""
     drop = set(names)
@@ -198,7 +173,3 @@ def set_forwarded(headers: MutableMapping[str, str], *, client_ip: str, proto: s
     headers["X-Forwarded-Proto"] = proto
     headers["X-Forwarded-Host"] = host
     headers["X-Real-IP"] = client_ip
-
-
-def has_crlf(value: str) -> bool:
-    return "\r" in value or "\n" in value or "\x00" in value

@@ -15,8 +15,7 @@ import hmac
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from http.cookies import Morsel
+from dataclasses import dataclass
 
 from authproxy.config.schema import SessionConfig
 from authproxy.crypto import Keyring, b64e, seal, unseal
@@ -49,7 +48,6 @@ class LoadedSession:
     store_key: str
     fetched_at: float = 0.0
     touched_at: float = 0.0
-    dirty: set[str] = field(default_factory=set)
 
     @property
     def public_id(self) -> str:
@@ -364,11 +362,3 @@ class SessionManager:
         if self.config.cookie_domain:
             attrs["domain"] = self.config.cookie_domain
         return attrs
-
-    def cookie_header(self, value: str, *, clear: bool = False) -> str:
-        """A Set-Cookie header value (used where aiohttp's response.set_cookie is not at hand)."""
-        m: Morsel[str] = Morsel()
-        m.set(self.cookie_name, "" if clear else value, "" if clear else value)
-        for k, v in self.cookie_attributes().items():
-            m[k.replace("_", "-")] = 0 if clear and k == "max_age" else v
-        return m.OutputString()

@@ -51,7 +51,7 @@ from authproxy.web.common import (
 )
 from authproxy.web.middleware import peer_in
 
-__all__ = ["KINDS", "BadTarget", "ProxyKind", "Target", "detect", "peer_trusted", "read_target", "setup"]
+__all__ = ["KINDS", "BadTarget", "ProxyKind", "Target", "detect", "read_target", "setup"]
 
 ProxyKind = Literal["caddy", "traefik", "nginx"]
 KINDS: tuple[ProxyKind, ...] = ("caddy", "traefik", "nginx")
@@ -113,11 +113,6 @@ class Target:
 
 
 # ---- pure helpers ------------------------------------------------------------------------------------
-
-
-def peer_trusted(peer: str | None, trusted: tuple[IPNetwork, ...]) -> bool:
-    """Whether the TCP peer address is inside one of the trusted proxy networks."""
-    return peer_in(peer, trusted)
 
 
 def forwarded_client(forwarded_for: list[str] | tuple[str, ...], peer: str,

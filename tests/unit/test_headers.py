@@ -15,15 +15,11 @@ from authproxy.proxy.headers import (
     IDENTITY_HEADERS,
     cookie_without,
     drop_carrying,
-    has_crlf,
     location_without,
     query_pairs,
-    query_value,
     query_with,
     query_without,
     set_forwarded,
-    strip_hop_by_hop,
-    strip_names,
     upstream_request_headers,
 )
 from authproxy.sessions.model import Credential
@@ -38,8 +34,8 @@ def test_strip_hop_by_hop_including_those_connection_names() -> None:
                      ("Transfer-Encoding", "chunked"), ("TE", "trailers"), ("Upgrade", "h2c"),
                      ("Proxy-Authorization", "Basic eA=="), ("X-Secret-Hop", "1"), ("Proxy-Connection", "close"),
                      ("Trailer", "x"), ("Accept", "*/*"), ("Content-Type", "text/plain")])
-    strip_hop_by_hop(h)
-    assert sorted(h.keys()) == ["Accept", "Content-Type"]
+    assert sorted(upstream_request_headers(CIMultiDictProxy(h), drop_cookie="t").keys()) == \
+        ["Accept", "Content-Type"]
 
 
 def test_identity_headers_cover_what_upstreams_trust() -> None:
@@ -48,8 +44,7 @@ def test_identity_headers_cover_what_upstreams_trust() -> None:
                  "X-Authproxy-Token", "X-Original-URL", "X-Forwarded-Prefix"):
         assert name.lower() in IDENTITY_HEADERS, name
     h = CIMultiDict([("REMOTE-USER", "admin"), ("remote-user", "root"), ("x-real-ip", "6.6.6.6"), ("Accept", "x")])
-    strip_names(h, IDENTITY_HEADERS)
-    assert list(h.keys()) == ["Accept"]
+    assert list(upstream_request_headers(CIMultiDictProxy(h), drop_cookie="t").keys()) == ["Accept"]
     assert "connection" in HOP_BY_HOP and "authorization" not in HOP_BY_HOP
 
 
@@ -90,11 +85,9 @@ def test_query_without_keeps_everything_else_byte_for_byte(raw: str, names: tupl
     assert query_without(raw, names) == expected
 
 
-def test_query_with_and_value() -> None:
+def test_query_with_and_pairs() -> None:
     assert query_with("", "token", "a b/c&d") == "token=a%20b%2Fc%26d"
     assert query_with("x=%2F", "token", TOKEN) == f"x=%2F&token={TOKEN}"
-    assert query_value("x=1&Token=a%2Bb+c&token=2", "token") == "a+b c"
-    assert query_value("x=1&flag", "FLAG") == "" and query_value("x=1", "y") is None
     assert query_pairs("a=1&&b") == [("a", "a=1"), ("b", "b")]
 
 
@@ -105,12 +98,11 @@ def test_cookie_without() -> None:
     assert cookie_without("__host-authproxy=1; x=1", ("__Host-authproxy",)) == "__host-authproxy=1; x=1"
 
 
-def test_set_forwarded_and_crlf() -> None:
+def test_set_forwarded() -> None:
     h: dict[str, str] = {}
     set_forwarded(h, client_ip="192.0.2.1", proto="https", host="dns.example.com")
     assert h == {"X-Forwarded-For": "192.0.2.1", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "dns.example.com",
                  "X-Real-IP": "192.0.2.1"}
-    assert has_crlf("a\r\nb") and has_crlf("a\nb") and has_crlf("a\x00") and not has_crlf("a b\t")
 
 
 # ---- the Technitium adapter's part ------------------------------------------------------------------------
