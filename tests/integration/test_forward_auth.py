@@ -492,6 +492,16 @@ async def test_another_sites_page_gets_no_credential_through_forward_auth(one_si
     assert ws.status == 403
 
 
+async def test_echoing_methods_get_no_credential_through_forward_auth(one_site: Asker) -> None:
+    """Caddy and Traefik forward TRACE with what the check answered; the upstream would echo it back."""
+    cookie, _ = await one_site.sign_in("dns.example.com", ALICE)
+    for kind in ("caddy", "traefik", "nginx"):
+        for method in ("TRACE", "TRACK", "DEBUG"):
+            reply = await one_site.verify(kind, "https://dns.example.com/x", cookie=cookie, method=method)
+            assert reply.status == 405 and "Authorization" not in reply.headers, (kind, method)
+        assert (await one_site.verify(kind, "https://dns.example.com/x", cookie=cookie)).status == 200
+
+
 async def test_without_a_method_header_a_foreign_request_cannot_pass_as_a_link(one_site: Asker) -> None:
     # An nginx recipe without X-Original-Method: the subrequest is a GET whatever the client sent, so
     # a cross-site form post would look like a navigation.

@@ -16,9 +16,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.fakes.echo import EchoUpstream
 from tests.fakes.technitium import FakeTechnitium
 from tests.integration.conftest import LOGIN, MakeTlsGateway
-from tests.support.gateway import Gateway, GatewayClient, MakeGateway, gateway_env
+from tests.support.gateway import SECRET, Gateway, GatewayClient, MakeGateway, gateway_env
 
 FORGED = {
     "Authorization": "Bearer " + "f" * 64,
@@ -251,6 +252,35 @@ async def test_a_redirect_that_echoes_the_query_never_hands_out_the_token(
         assert resp.headers["Location"] == "/js/?v=2"
     finally:
         await fake.close()
+
+
+# ---- methods that make an upstream echo the request -----------------------------------------------------
+
+async def test_trace_and_other_echoing_methods_never_carry_the_credential(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        echo_upstream: EchoUpstream) -> None:
+    """The echo upstream answers every method with the request it got (as TRACE does): what it would
+    send back is the injected credential."""
+    service = "s" * 64
+    env = {"AUTH_MODE": "none", "UPSTREAM_URL": echo_upstream.url, "UPSTREAM_TYPE": "technitium",
+           "UPSTREAM_SERVICE_TOKEN": service, "SESSION_SECRET": SECRET, "ACCESS_LOG": "false"}
+    client = client_for(await make_gateway(env))
+    resp = await client.request("TRACE", "/api/zones/list?x=1", headers={"Accept": "application/json"})
+    body = await resp.read()
+    assert resp.status == 405 and json.loads(body)["error"] == "method_not_allowed"
+    assert "GET" in resp.headers["Allow"] and service.encode() not in body
+    for method in ("TRACK", "DEBUG", "trace"):   # aiohttp's own parser already refuses these (400)
+        resp = await client.request(method, "/api/zones/list?x=1", headers={"Accept": "application/json"})
+        assert resp.status in (400, 405) and service.encode() not in await resp.read(), method
+    assert echo_upstream.requests == []
+    assert (await client.request("GET", "/x")).status == 200   # everything else is forwarded as before
+    # A site may allow one (documented: it then gets the credential echoed back).
+    allowed = client_for(await make_gateway({**env, "ALLOW_METHODS": "TRACE"}))
+    resp = await allowed.request("TRACE", "/x")
+    assert resp.status == 200 and echo_upstream.last.method == "TRACE"
+    assert service in await resp.text()
+    assert (await allowed.request("TRACK", "/x")).status in (400, 405)
+    assert len(echo_upstream.requests) == 2
 
 
 # ---- credential fields in form bodies of any size and encoding ---------------------------------------------
