@@ -54,6 +54,9 @@ MAX_PEEK = 1 << 20
 # body together, one send() instead of two; bigger or open-ended ones stream.
 SMALL_BODY = 64 * 1024
 _EMPTY_BODY_STATUS = frozenset({204, 304})
+_NO_FIELDS = FieldNames(())             # sites whose credential never rides in a form
+_SLASHES = re.compile(r"/{2,}")
+_ALLOW = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"   # what a 405 for TRACE & co. names
 
 
 # Body-less requests to plain-http upstreams go through this lean client (see proxy/upstream.py).
@@ -173,7 +176,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
     if site is None:
         return error_response(request, 404, "unknown_site", "No site is configured for this address.",
                               title="Not found")
-    if request.method.upper() in ECHO_METHODS and request.method.upper() not in site.config.allow_methods:
+    if (method := request.method.upper()) in ECHO_METHODS and method not in site.config.allow_methods:
         return _method_refused(request, site)
     intercept = getattr(site.adapter, "intercept", None)
     if intercept is not None:
@@ -352,11 +355,6 @@ async def _stream(request: web.Request, site: Site, upstream: _Answer, response:
         if request.transport is not None:
             request.transport.close()
     return response
-
-
-_NO_FIELDS = FieldNames(())
-_SLASHES = re.compile(r"/{2,}")
-_ALLOW = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 
 def _method_refused(request: web.Request, site: Site) -> web.StreamResponse:
