@@ -53,7 +53,7 @@ def test_a_credential_field_after_a_long_value_or_a_long_name_is_still_cut() -> 
 
 def test_field_names_read_every_way_a_parser_may() -> None:
     sid = FieldNames(["sid", "X-Session"])
-    for spelled in ("sid", "SID", "%73id", "s%49d", "s%C4%B1d", "s\xc4\xb1d", "\u017fid", " sid", "sid+",
+    for spelled in ("sid", "SID", "%73id", "s%49d", "s%C4%B1d", "s\xc4\xb1d", "\u017fid", " sid", "sid+", "\tsid",
                     "x-session", "X%2DSESSION"):
         assert spelled in sid, spelled
     for other in ("sids", "s_id", "id", "", "s%2569d", "xsession"):
