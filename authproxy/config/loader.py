@@ -44,7 +44,7 @@ FILE_KEYS: dict[str, set[str]] = {
                 "cache_ttl", "redis_url", "redis_prefix"},
     "throttle": {"max_failures", "window"},
     "site": {"name", "upstream_url", "type", "hosts", "path_prefix", "service_token", "service_token_file",
-             "options", "timeout", "connect_timeout", "allowed_users", "allowed_groups"},
+             "options", "timeout", "connect_timeout", "allowed_users", "allowed_groups", "allow_methods"},
 }
 
 
@@ -219,6 +219,7 @@ def _site_from_table(t: dict[str, Any], index: int, problems: list[str]) -> Site
         service_token=_file_secret(t, "service_token", where, problems), options=dict(options),
         allowed_users=tuple(u.lower() for u in _list(t.get("allowed_users", ()))),
         allowed_groups=tuple(_list(t.get("allowed_groups", ()))),
+        allow_methods=tuple(m.upper() for m in _list(t.get("allow_methods", ()))),
         timeout=timeout or 30.0, connect_timeout=connect_timeout or 5.0)
 
 
@@ -251,6 +252,7 @@ def _env_site(r: _Reader) -> SiteConfig | None:
         service_token=service, options=options,
         allowed_users=tuple(u.lower() for u in _split((r.raw("ALLOWED_USERS") or ("", ""))[1])),
         allowed_groups=_split((r.raw("ALLOWED_GROUPS") or ("", ""))[1]),
+        allow_methods=tuple(m.upper() for m in _split((r.raw("ALLOW_METHODS") or ("", ""))[1])),
         timeout=r.duration("UPSTREAM_TIMEOUT", 30.0), connect_timeout=r.duration("UPSTREAM_CONNECT_TIMEOUT", 5.0))
 
 

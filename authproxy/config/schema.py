@@ -24,6 +24,10 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # /verify for a credential. A proxy elsewhere (a container network) is named in TRUSTED_PROXIES.
 DEFAULT_TRUSTED_PROXIES: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
+# Methods an upstream answers by echoing the request (TRACE; IIS's TRACK; ASP.NET's DEBUG), which would
+# hand the injected credential to the client: refused with 405 unless a site lists them in allow_methods.
+ECHO_METHODS: frozenset[str] = frozenset({"TRACE", "TRACK", "DEBUG"})
+
 
 @dataclass(frozen=True, slots=True)
 class SiteConfig:
@@ -38,6 +42,7 @@ class SiteConfig:
     options: dict[str, Any] = field(default_factory=dict)  # adapter-specific, validated by the adapter
     allowed_users: tuple[str, ...] = ()  # () = anyone the upstream accepts; else only these (lower case)
     allowed_groups: tuple[str, ...] = () # () = no group rule; else one of these groups is required
+    allow_methods: tuple[str, ...] = ()  # ECHO_METHODS this site still receives (upper case)
     timeout: float = 30.0                # seconds for a whole upstream exchange (streams excluded)
     connect_timeout: float = 5.0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from authproxy.config.schema import Config
+from authproxy.config.schema import ECHO_METHODS, Config
 
 _COOKIE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _HOST = re.compile(r"^\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
@@ -110,6 +110,10 @@ def check(config: Config) -> list[str]:
                 p.append(f"ALLOWED_USERS ({where}): {site.type} checks only a password, so the user name is "
                          "whatever the person types and an allow list of names cannot hold; remove it, or "
                          "set a fixed options.identity.username")
+        for method in site.allow_methods:
+            if method not in ECHO_METHODS:
+                p.append(f"ALLOW_METHODS ({where}): {method!r} is forwarded anyway; list only methods authproxy "
+                         f"refuses by default ({', '.join(sorted(ECHO_METHODS))})")
         if not site.path_prefix.startswith("/"):
             p.append(f"{where}: path_prefix must start with /, but it is {site.path_prefix!r}")
         for host in site.hosts or ("*",):

@@ -16,6 +16,10 @@ Optional hooks an adapter may define (looked up with getattr by the proxy):
                                                                    did not see whole (over 1 MiB, or not
                                                                    JSON where a query credential may echo)
     service_credential(secret) -> Credential                       the site's service token as a credential
+    credential_fields() -> FieldNames                              request field names that carry the
+                                                                   credential: prepare_request cuts them
+                                                                   from the query, proxy/forms.py from
+                                                                   urlencoded and multipart bodies
     gets_change_state(upstream_path) -> bool                       a GET there may change something (so it
                                                                    is never opened from another site)
     bind_store(store) -> None                                      state every replica must share (called at start)
@@ -64,7 +68,6 @@ class UpstreamRequest:
     raw_path: str
     raw_query: str
     headers: CIMultiDict[str]
-    form: list[tuple[str, str]] | None = None  # set when a urlencoded body was buffered for rewriting
 
 
 class UpstreamAdapter(Protocol):

@@ -39,7 +39,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from authproxy import authz, crosssite, keys
-from authproxy.config.schema import IPNetwork
+from authproxy.config.schema import ECHO_METHODS, IPNetwork
 from authproxy.log import log
 from authproxy.sessions.model import Credential
 from authproxy.web.common import (
@@ -331,10 +331,14 @@ async def verify(request: web.Request) -> web.StreamResponse:
     if site is None:
         return error_response(request, 403, "unknown_site", "No site is configured for this address.",
                               title="Not configured")
+    if target.method in ECHO_METHODS and target.method not in site.config.allow_methods:
+        # The proxy would forward it with the credential, and the upstream echo that back.
+        return json_error(405, "method_not_allowed", f"{target.method} is not forwarded to {site.name}.")
     # Without a method header a link cannot be told from a form post: from another site, neither passes.
+    # The path as the upstream reads it (`//` merged, dot segments resolved): `//api/` is its API too.
     if not crosssite.plainly_own(request.headers) and crosssite.refused(
             target.method if target.method_known else "", request.headers, target.origin,
-            site.upstream_path(target.path), getattr(site.adapter, "gets_change_state", None)):
+            site.upstream_path(target.route_path), getattr(site.adapter, "gets_change_state", None)):
         # The proxies pass the browser's own Sec-Fetch-*/Origin/Referer headers along.
         return error_response(request, 403, "cross_site", f"This request to {site.name} came from another site, "
                               "and authproxy does not let other sites act with your sign-in.",

@@ -262,7 +262,7 @@ class FakeTechnitium:
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._started_at = self.now()
-        self.app = web.Application()
+        self.app = web.Application(client_max_size=30_000_000)   # Kestrel's MaxRequestBodySize
         self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._routes: dict[str, _Handler] = {
             "/api/user/login": self._login,

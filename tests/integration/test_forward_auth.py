@@ -494,6 +494,36 @@ async def test_another_sites_page_gets_no_credential_through_forward_auth(one_si
     assert ws.status == 403
 
 
+async def test_the_api_is_the_api_however_its_path_is_spelt(one_site: Asker) -> None:
+    """The proxies pass `$request_uri` on as sent; the upstream (Kestrel) resolves `/./` and `%2e`, and
+    many servers merge `//`: the cross-site rule judges the path as they will read it."""
+    cookie, _ = await one_site.sign_in("dns.example.com", ALICE)
+    nav = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Accept": "text/html"}
+    for kind in ("caddy", "traefik", "nginx"):
+        for path in ("/api//zones/delete", "/./api/zones/delete", "/%2e/api/zones/delete", "/x/../api/zones/delete",
+                     "/%2E%2E/API//zones/delete", "/api/.//zones/delete"):
+            reply = await one_site.verify(kind, f"https://dns.example.com{path}?zone=example.com", cookie=cookie,
+                                          extra=nav)
+            assert reply.status == 403 and "Authorization" not in reply.headers, (kind, path, reply.status)
+        # A target that starts with `//` stays refused as malformed, before any decision.
+        reply = await one_site.verify(kind, "https://dns.example.com//api/zones/delete", cookie=cookie, extra=nav)
+        assert reply.status == 400 and "Authorization" not in reply.headers, kind
+        # The same spellings from the site itself pass.
+        own = await one_site.verify(kind, "https://dns.example.com/./api//zones/list", cookie=cookie,
+                                    extra={"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"})
+        assert own.status == 200 and "Authorization" in own.headers, kind
+
+
+async def test_echoing_methods_get_no_credential_through_forward_auth(one_site: Asker) -> None:
+    """Caddy and Traefik forward TRACE with what the check answered; the upstream would echo it back."""
+    cookie, _ = await one_site.sign_in("dns.example.com", ALICE)
+    for kind in ("caddy", "traefik", "nginx"):
+        for method in ("TRACE", "TRACK", "DEBUG"):
+            reply = await one_site.verify(kind, "https://dns.example.com/x", cookie=cookie, method=method)
+            assert reply.status == 405 and "Authorization" not in reply.headers, (kind, method)
+        assert (await one_site.verify(kind, "https://dns.example.com/x", cookie=cookie)).status == 200
+
+
 async def test_without_a_method_header_a_foreign_request_cannot_pass_as_a_link(one_site: Asker) -> None:
     # An nginx recipe without X-Original-Method: the subrequest is a GET whatever the client sent, so
     # a cross-site form post would look like a navigation.

@@ -225,7 +225,8 @@ def launch_nginx(
     site = _render(NGINX_DIR / "authproxy.conf", values)
     if recipe != "default":
         # Exactly what authproxy.conf tells users to do between its BEGIN/END markers.
-        generic = "include snippets/authproxy-location.conf;\n        proxy_pass http://authproxy_app;"
+        generic = ("include snippets/authproxy-location.conf;\n"
+                   "        proxy_pass http://authproxy_app$authproxy_raw_path$authproxy_query;")
         if site.count(generic) != 1:
             raise AssertionError(
                 "nginx/authproxy.conf: the protected location no longer has the two generic lines"

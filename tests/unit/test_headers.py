@@ -112,9 +112,8 @@ def adapter(**options: Any) -> TechnitiumAdapter:
     return TechnitiumAdapter(site, cast(aiohttp.ClientSession, None))
 
 
-def request(query: str = "", form: list[tuple[str, str]] | None = None, **headers: str) -> UpstreamRequest:
-    return UpstreamRequest(method="POST" if form is not None else "GET", raw_path="/api/zones/list",
-                           raw_query=query, headers=CIMultiDict(headers), form=form)
+def request(query: str = "", **headers: str) -> UpstreamRequest:
+    return UpstreamRequest(method="GET", raw_path="/api/zones/list", raw_query=query, headers=CIMultiDict(headers))
 
 
 def bearer() -> Credential:
@@ -126,12 +125,13 @@ def query_mode() -> Credential:
 
 
 def test_bearer_mode_replaces_the_clients_authorization_and_token() -> None:
-    req = request("token=forged&x=%2F", [("token", "forged"), ("TOKEN", "f2"), ("zone", "a.example")],
-                  Authorization="Bearer forged")
+    req = request("token=forged&x=%2F", Authorization="Bearer forged")
     req.headers.add("authorization", "Basic Zm9v")
     adapter().prepare_request(req, bearer())
     assert req.headers.getall("Authorization") == [f"Bearer {TOKEN}"]
-    assert req.raw_query == "x=%2F" and req.form == [("zone", "a.example")]
+    assert req.raw_query == "x=%2F"
+    # Form bodies lose the same field (proxy/forms.py), as the adapter names it.
+    assert "TOKEN" in adapter().credential_fields() and "zone" not in adapter().credential_fields()
 
 
 def test_query_mode_puts_the_token_in_the_query_only() -> None:
@@ -142,9 +142,9 @@ def test_query_mode_puts_the_token_in_the_query_only() -> None:
 
 
 def test_without_a_credential_nothing_client_supplied_survives() -> None:
-    req = request("token=forged", [("token", "x")], Authorization="Bearer forged")
+    req = request("token=forged", Authorization="Bearer forged")
     adapter().prepare_request(req, None)
-    assert "Authorization" not in req.headers and req.raw_query == "" and req.form == []
+    assert "Authorization" not in req.headers and req.raw_query == ""
 
 
 @pytest.mark.parametrize(("options", "version", "mode"), [
