@@ -55,6 +55,7 @@ __all__ = [
     "find_binary",
     "forward_auth_proxy",
     "launch_proxy",
+    "launch_tls_terminator",
     "nginx_proxy",
     "traefik_proxy",
     "wait_ready",
@@ -212,7 +213,6 @@ def launch_nginx(
     workdir: Path, authproxy_url: str, upstream_url: str, *, recipe: str = "default", tls: bool = False
 ) -> RunningProxy:
     """nginx with nginx/authproxy.conf in conf.d/ and the snippets in snippets/, as on Debian."""
-    binary = find_binary("nginx")
     port = free_port()
     values = {
         "LISTEN": f"127.0.0.1:{port}" + (" ssl" if tls else ""),
@@ -235,6 +235,13 @@ def launch_nginx(
     for snippet in ("authproxy-location.conf", "technitium-v14.conf"):
         (workdir / "snippets" / snippet).write_text(_render(NGINX_DIR / snippet, values), encoding="utf-8")
 
+    proc, temp_root = _start_nginx(workdir, tls=tls)
+    return RunningProxy("nginx", recipe, f"{_scheme(tls)}://127.0.0.1:{port}", port, proc, workdir, [temp_root])
+
+
+def _start_nginx(workdir: Path, *, tls: bool) -> tuple[ManagedProcess, Path]:
+    """nginx on `workdir`'s conf.d/*.conf, with a main config of its own (foreground, logs to stderr)."""
+    binary = find_binary("nginx")
     # Workers run as nobody when the master is root: their temp dirs must be outside pytest's 0700 tree.
     temp_root = Path(tempfile.mkdtemp(prefix="authproxy-nginx-"))
     temp_root.chmod(0o711)
@@ -268,7 +275,33 @@ def launch_nginx(
         cwd=workdir,
         log_path=workdir / "nginx.log",
     ).start()
-    return RunningProxy("nginx", recipe, f"{_scheme(tls)}://127.0.0.1:{port}", port, proc, workdir, [temp_root])
+    return proc, temp_root
+
+
+def launch_tls_terminator(workdir: Path, backend_url: str, *, bind: str = "127.0.0.2") -> RunningProxy:
+    """nginx terminating TLS in front of authproxy as a transparent reverse proxy: every path goes to
+    `backend_url`, from the address `bind` (`proxy_bind`, so authproxy sees a proxy it may trust by
+    address), with the X-Forwarded-* facts such a proxy sets. Nothing of the shipped forward-auth configs:
+    this is the README's "authproxy serves the UI itself" setup (ISSUE V1)."""
+    port = free_port()
+    (workdir / "conf.d").mkdir(parents=True, exist_ok=True)
+    (workdir / "conf.d" / "terminator.conf").write_text(
+        "server {\n"
+        f"    listen 127.0.0.1:{port} ssl;\n"
+        "    location / {\n"
+        f"        proxy_pass http://{_hostport(backend_url)};\n"
+        f"        proxy_bind {bind};\n"
+        "        proxy_http_version 1.1;\n"
+        "        proxy_set_header Host $http_host;\n"
+        "        proxy_set_header X-Forwarded-Proto $scheme;\n"
+        "        proxy_set_header X-Forwarded-Host $http_host;\n"
+        "        proxy_set_header X-Forwarded-For $remote_addr;\n"
+        "    }\n"
+        "}\n",
+        encoding="utf-8",
+    )
+    proc, temp_root = _start_nginx(workdir, tls=True)
+    return RunningProxy("nginx", "tls-terminator", f"https://127.0.0.1:{port}", port, proc, workdir, [temp_root])
 
 
 def _nginx_certificate(workdir: Path) -> str:
