@@ -24,6 +24,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # /verify for a credential. A proxy elsewhere (a container network) is named in TRUSTED_PROXIES.
 DEFAULT_TRUSTED_PROXIES: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
+# The request header that carries FORWARD_AUTH_SECRET from the front proxy to /verify.
+FORWARD_AUTH_SECRET_HEADER = "X-Authproxy-Secret"
+
 
 @dataclass(frozen=True, slots=True)
 class SiteConfig:
@@ -78,6 +81,20 @@ class ServerConfig:
     audit_log_file: Path | None = None   # None -> the "authproxy.audit" logger on stderr
     max_header_size: int = 8190
     workers: int = 1
+    # Forward auth (/verify*): its 200 answer carries the upstream credential, so it is served only on a
+    # listener of its own (port set) and/or to a caller that sends the shared secret; with neither it
+    # is not served at all (a TLS proxy in front of the public listener forwards every path).
+    forward_auth_host: str = "127.0.0.1"
+    forward_auth_port: int | None = None      # None: no separate listener
+    forward_auth_secret: Secret | None = None  # the X-Authproxy-Secret header the proxy must send
+
+    @property
+    def forward_auth_listener(self) -> bool:
+        return self.forward_auth_port is not None
+
+    @property
+    def forward_auth_enabled(self) -> bool:
+        return self.forward_auth_port is not None or self.forward_auth_secret is not None
 
 
 @dataclass(frozen=True, slots=True)
