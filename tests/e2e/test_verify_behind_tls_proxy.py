@@ -108,6 +108,17 @@ async def test_a_signed_in_browser_behind_the_tls_proxy_gets_no_credential_from_
             _assert_no_credential(status, head, body, tokens, f"{setup}: {path} {guess}")
             assert FA_SECRET not in head and FA_SECRET.encode() not in body
 
+    # Forward auth itself still works for the proxy where it is set up (from the trusted 127.0.0.2).
+    if setup != "not set up":
+        base, proof = ((gw.forward_auth_url, {}) if setup == "separate listener"
+                       else (gw.url, {"X-Authproxy-Secret": FA_SECRET}))
+        check = {**jar, **proof, "X-Forwarded-Method": "GET", "X-Forwarded-Proto": "https",
+                 "X-Forwarded-Host": "127.0.0.1", "X-Forwarded-Uri": "/"}
+        async with (aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as proxy,
+                    proxy.get(base + "/_authproxy/verify/caddy", headers=check) as resp):
+            assert resp.status == 200, await resp.text()
+            assert resp.headers["Authorization"].removeprefix("Bearer ") in tokens
+
 
 @pytest.mark.parametrize("setup", SETUPS)
 async def test_auth_mode_none_hands_no_service_token_to_a_browser(
