@@ -65,8 +65,8 @@ def forward_auth_summary(config: Config) -> list[str]:
     peers = ", ".join(str(n) for n in s.trusted_proxies) or "none"
     header = f"the {FORWARD_AUTH_SECRET_HEADER} header carrying FORWARD_AUTH_SECRET"
     if s.forward_auth_listener:
-        lines = [(f"forward auth: {verify} is served only on its own listener http://{s.forward_auth_host}:"
-                  f"{s.forward_auth_port} (FORWARD_AUTH_HOST/FORWARD_AUTH_PORT), to TRUSTED_PROXIES ({peers})"
+        lines = [(f"forward auth: {verify} is served only on its own listener http://{s.forward_auth_address()} "
+                  f"(FORWARD_AUTH_HOST/FORWARD_AUTH_PORT), to TRUSTED_PROXIES ({peers})"
                   + (f" sending {header}" if s.forward_auth_secret is not None else "")
                   + f"; the public listener {s.host}:{s.port} answers it 404. Point the proxy's check (Caddy "
                   "forward_auth, nginx auth_request, Traefik ForwardAuth) at that listener.")]

@@ -124,7 +124,7 @@ async def _forward_auth_listener(app: web.Application) -> AsyncIterator[None]:
         app[forward_auth.LISTENER] = runner
         logging.getLogger("authproxy").info(
             "forward-auth listener ready: /verify* is served here only",
-            extra={"fields": {"address": f"http://{server.forward_auth_host}:{runner.addresses[0][1]}"}})
+            extra={"fields": {"address": f"http://{server.forward_auth_address(runner.addresses[0][1])}"}})
         yield
     finally:
         await runner.cleanup()

@@ -96,6 +96,11 @@ class ServerConfig:
     def forward_auth_enabled(self) -> bool:
         return self.forward_auth_port is not None or self.forward_auth_secret is not None
 
+    def forward_auth_address(self, port: int | None = None) -> str:
+        """`host:port` of the forward-auth listener as a URL writes it (IPv6 in brackets)."""
+        host = self.forward_auth_host
+        return f"{f'[{host}]' if ':' in host else host}:{self.forward_auth_port if port is None else port}"
+
 
 @dataclass(frozen=True, slots=True)
 class Config:

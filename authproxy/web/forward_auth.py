@@ -420,7 +420,7 @@ async def not_served(request: web.Request) -> web.StreamResponse:
     if server.forward_auth_listener:
         _warn_once(request, "public", "a forward-auth check came to the public listener and got 404; point the "
                    "proxy's check at the forward-auth listener (FORWARD_AUTH_HOST:FORWARD_AUTH_PORT)",
-                   peer=request.remote or "", listener=f"{server.forward_auth_host}:{server.forward_auth_port}")
+                   peer=request.remote or "", listener=server.forward_auth_address())
     else:
         _warn_once(request, "off", "forward auth is not set up, so /verify* answers 404; set FORWARD_AUTH_PORT "
                    f"(a listener of its own) or FORWARD_AUTH_SECRET (sent by the proxy in "

@@ -49,6 +49,9 @@ def test_check_config_describes_the_listener(tmp_path: Path) -> None:
     assert "the public listener 127.0.0.1:9000 answers it 404" in text
     assert "TRUSTED_PROXIES (127.0.0.0/8, ::1/128)" in text and "note:" not in text
 
+    six = check_config(_env(tmp_path, FORWARD_AUTH_PORT="9001", FORWARD_AUTH_HOST="::1"))
+    assert "its own listener http://[::1]:9001 " in six.stdout and "note:" not in six.stdout
+
     wide = check_config(_env(tmp_path, FORWARD_AUTH_PORT="9001", FORWARD_AUTH_HOST="0.0.0.0"))
     assert "note: FORWARD_AUTH_HOST=0.0.0.0 is not a loopback address" in wide.stdout
     assert "never published, or add FORWARD_AUTH_SECRET" in wide.stdout
