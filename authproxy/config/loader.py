@@ -39,7 +39,8 @@ FILE_KEYS: dict[str, set[str]] = {
     "": {"auth_mode", "server", "session", "throttle", "sites"},
     "server": {"host", "port", "prefix", "data_dir", "https_enabled", "https_cert_file", "https_key_file",
                "trust_proxy", "trusted_proxies", "allowed_redirect_domains", "access_log", "log_level",
-               "log_format", "audit_log_file", "max_header_size", "workers"},
+               "log_format", "audit_log_file", "max_header_size", "workers", "forward_auth_host",
+               "forward_auth_port", "forward_auth_secret", "forward_auth_secret_file"},
     "session": {"idle_timeout", "max_age", "secret", "secret_file", "cookie_name", "cookie_domain", "redis_url_file",
                 "cache_ttl", "redis_url", "redis_prefix"},
     "throttle": {"max_failures", "window"},
@@ -223,6 +224,28 @@ def _site_from_table(t: dict[str, Any], index: int, problems: list[str]) -> Site
         timeout=timeout or 30.0, connect_timeout=connect_timeout or 5.0)
 
 
+def _forward_auth_listener(r: _Reader, fs: dict[str, Any]) -> tuple[str, int | None]:
+    """FORWARD_AUTH_HOST / FORWARD_AUTH_PORT (or [server] forward_auth_host / forward_auth_port): the
+    listener that alone serves /verify*. No port, no listener; a host without a port is a mistake."""
+    host = r.raw("FORWARD_AUTH_HOST")
+    host_text = host[1] if host else str(fs.get("forward_auth_host", "127.0.0.1")).strip()
+    port: int | None = None
+    if r.raw("FORWARD_AUTH_PORT"):
+        port = r.integer("FORWARD_AUTH_PORT", 0, minimum=0, maximum=65535)
+    elif "forward_auth_port" in fs:
+        value = fs["forward_auth_port"]
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535:
+            port = value
+        else:
+            r.problems.append(f"[server].forward_auth_port: must be a port number (e.g. 9001), but it is {value!r}")
+    if port is None and (host or "forward_auth_host" in fs):
+        r.problems.append("FORWARD_AUTH_HOST: set without FORWARD_AUTH_PORT; set FORWARD_AUTH_PORT (e.g. 9001) "
+                          "to open the forward-auth listener there, or remove FORWARD_AUTH_HOST")
+    if not host_text:
+        r.problems.append("FORWARD_AUTH_HOST: must be an address to listen on, e.g. 127.0.0.1")
+    return host_text or "127.0.0.1", port
+
+
 def _list(value: Any) -> tuple[str, ...]:
     return _split(value) if isinstance(value, str) else tuple(str(v) for v in value)
 
@@ -294,6 +317,7 @@ def load_config(env: Mapping[str, str] | None = None, config_file: Path | None =
     key = r.raw("HTTPS_KEY_FILE")
     audit_file = r.raw("AUDIT_LOG_FILE")
     data_dir = r.raw("AUTHPROXY_DATA_DIR", "DATA_DIR")
+    fa_host, fa_port = _forward_auth_listener(r, fs)
     server = ServerConfig(
         host=(r.raw("HOST") or ("", str(fs.get("host", "127.0.0.1"))))[1],
         port=r.integer("PORT", int(fs.get("port", 8443)), minimum=0, maximum=65535),
@@ -315,6 +339,9 @@ def load_config(env: Mapping[str, str] | None = None, config_file: Path | None =
         max_header_size=r.integer("MAX_HEADER_SIZE", int(fs.get("max_header_size", 8190)), minimum=1024,
                                   maximum=65536),
         workers=r.integer("WORKERS", int(fs.get("workers", 1)), minimum=1, maximum=64),
+        forward_auth_host=fa_host, forward_auth_port=fa_port,
+        forward_auth_secret=(r.secret("FORWARD_AUTH_SECRET")
+                             or _file_secret(fs, "forward_auth_secret", "[server]", r.problems)),
     )
 
     secret_list: list[Secret] = []

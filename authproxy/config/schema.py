@@ -28,6 +28,9 @@ DEFAULT_TRUSTED_PROXIES: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 # hand the injected credential to the client: refused with 405 unless a site lists them in allow_methods.
 ECHO_METHODS: frozenset[str] = frozenset({"TRACE", "TRACK", "DEBUG"})
 
+# The request header that carries FORWARD_AUTH_SECRET from the front proxy to /verify.
+FORWARD_AUTH_SECRET_HEADER = "X-Authproxy-Secret"
+
 
 @dataclass(frozen=True, slots=True)
 class SiteConfig:
@@ -83,6 +86,25 @@ class ServerConfig:
     audit_log_file: Path | None = None   # None -> the "authproxy.audit" logger on stderr
     max_header_size: int = 8190
     workers: int = 1
+    # Forward auth (/verify*): its 200 answer carries the upstream credential, so it is served only on a
+    # listener of its own (port set) and/or to a caller that sends the shared secret; with neither it
+    # is not served at all (a TLS proxy in front of the public listener forwards every path).
+    forward_auth_host: str = "127.0.0.1"
+    forward_auth_port: int | None = None      # None: no separate listener
+    forward_auth_secret: Secret | None = None  # the X-Authproxy-Secret header the proxy must send
+
+    @property
+    def forward_auth_listener(self) -> bool:
+        return self.forward_auth_port is not None
+
+    @property
+    def forward_auth_enabled(self) -> bool:
+        return self.forward_auth_port is not None or self.forward_auth_secret is not None
+
+    def forward_auth_address(self, port: int | None = None) -> str:
+        """`host:port` of the forward-auth listener as a URL writes it (IPv6 in brackets)."""
+        host = self.forward_auth_host
+        return f"{f'[{host}]' if ':' in host else host}:{self.forward_auth_port if port is None else port}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from authproxy.config.schema import ECHO_METHODS, Config
+from authproxy.config.schema import ECHO_METHODS, FORWARD_AUTH_SECRET_HEADER, Config
 
+_HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")  # what survives a proxy's header handling unchanged
+_GENERATE = "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
 _COOKIE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _HOST = re.compile(r"^\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
@@ -19,6 +21,27 @@ def _without_userinfo(url: str) -> str:
     if sep and "@" in authority:
         return f"{scheme}://***@{authority.rsplit('@', 1)[1]}{slash}{tail}"
     return url
+
+
+def _forward_auth(config: Config) -> list[str]:
+    """The forward-auth listener and shared secret (the guards of /verify's credential)."""
+    p: list[str] = []
+    s = config.server
+    if s.forward_auth_enabled and not s.trust_proxy:
+        p.append("FORWARD_AUTH_PORT / FORWARD_AUTH_SECRET: forward auth answers only the proxies in "
+                 "TRUSTED_PROXIES; set TRUST_PROXY=true (and name the proxy's address in TRUSTED_PROXIES)")
+    if s.forward_auth_port and s.forward_auth_port == s.port:
+        p.append(f"FORWARD_AUTH_PORT: must differ from PORT ({s.port}); the forward-auth listener is a second "
+                 "one, e.g. FORWARD_AUTH_PORT=9001")
+    secret = s.forward_auth_secret
+    if secret is not None:
+        value = secret.reveal()
+        if len(value) < 32:
+            p.append(f"FORWARD_AUTH_SECRET: shorter than 32 characters; {_GENERATE}")
+        elif _HEADER_TOKEN.fullmatch(value) is None:
+            p.append(f"FORWARD_AUTH_SECRET: must be printable ASCII without spaces (the proxy sends it in the "
+                     f"{FORWARD_AUTH_SECRET_HEADER} header); {_GENERATE}")
+    return p
 
 
 def check(config: Config) -> list[str]:
@@ -43,6 +66,7 @@ def check(config: Config) -> list[str]:
         p.append("TRUSTED_PROXIES: TRUST_PROXY=true needs at least one trusted proxy network")
     if not s.prefix.startswith("/") or s.prefix == "" or "?" in s.prefix or "#" in s.prefix:
         p.append(f"AUTHPROXY_PREFIX: must be an absolute path like /_authproxy, but it is {s.prefix!r}")
+    p.extend(_forward_auth(config))
     if s.log_format not in ("json", "text"):
         p.append(f"LOG_FORMAT: must be json or text, but it is {s.log_format!r}")
     if s.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -22,6 +22,9 @@ IDENTITY_HEADERS = frozenset({
     # what CDNs and load balancers set, which some upstreams read before X-Real-IP (AdGuard: realIP)
     "cf-connecting-ip", "true-client-ip", "x-cluster-client-ip", "fastly-client-ip", "x-forwarded-server",
     "x-forwarded-scheme", "x-forwarded-ssl", "x-url-scheme", "front-end-https", "x-original-host",
+    # FORWARD_AUTH_SECRET travels only from the front proxy to /verify; a proxy set up to add it to every
+    # request must not hand it on to the upstream
+    "x-authproxy-secret",
 })
 
 

@@ -3,6 +3,10 @@
 No proxy binaries here (tests/e2e/test_forward_auth.py runs the real ones): requests carry exactly the
 headers each proxy sends, from 127.0.0.1 (a trusted proxy by default). Host names come from the
 X-Forwarded-Host / X-Original-URL headers, so dns.example.com and nas.example.com need no DNS.
+
+The checks go where a proxy set up as the README says sends them: to the forward-auth listener
+(FORWARD_AUTH_PORT), or (the `secret` variant of `one_site`) to the public listener with the
+X-Authproxy-Secret header (FORWARD_AUTH_SECRET). The contract is the same either way.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import asyncio
 import ipaddress
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -30,6 +34,8 @@ LOGIN = "/_authproxy/api/auth/login"
 BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 API = {"Accept": "application/json"}
 BOB = ("bob", "bob-pass")
+FA_SECRET = "forward-auth-secret-" + "f" * 40
+VERIFY = "/_authproxy/verify"
 
 
 @dataclass
@@ -60,14 +66,24 @@ def proxy_headers(kind: str, url: str, method: str = "GET") -> list[tuple[str, s
 
 @dataclass
 class Asker:
+    """Asks /verify* where the proxy would (`verify_base`, with `proof` headers), everything else at the
+    public listener."""
+
     gw: Gateway
     http: aiohttp.ClientSession
     cookie_name: str
+    verify_base: str = ""
+    proof: dict[str, str] = field(default_factory=dict)
 
     async def request(self, method: str, path: str, headers: list[tuple[str, str]] | dict[str, str],
                       **kw: Any) -> Reply:
         h = CIMultiDict(headers.items() if isinstance(headers, dict) else headers)
-        async with self.http.request(method, self.gw.url + path, headers=h, allow_redirects=False, **kw) as resp:
+        base = self.gw.url
+        if path.startswith(VERIFY):
+            base = self.verify_base or self.gw.forward_auth_url
+            for name, value in self.proof.items():
+                h.setdefault(name, value)
+        async with self.http.request(method, base + path, headers=h, allow_redirects=False, **kw) as resp:
             return Reply(resp.status, CIMultiDict(resp.headers), await resp.read())
 
     async def verify(self, kind: str | None, url: str, *, cookie: str | None = None, method: str = "GET",
@@ -132,6 +148,7 @@ async def two_sites(make_gateway: MakeGateway, dns: FakeTechnitium, nas: FakeTec
 auth_mode = "session"
 [server]
 trust_proxy = true
+forward_auth_port = 0
 [session]
 cookie_domain = ".example.com"
 [[sites]]
@@ -151,10 +168,16 @@ allowed_users = ["bob"]
     return Asker(gw, http_client, "authproxy")
 
 
-@pytest.fixture
-async def one_site(make_gateway: MakeGateway, dns: FakeTechnitium, http_client: aiohttp.ClientSession) -> Asker:
-    gw = await make_gateway(gateway_env(dns.url, ALLOWED_USERS="alice"))
-    return Asker(gw, http_client, "__Host-authproxy")
+@pytest.fixture(params=["listener", "secret"])
+async def one_site(make_gateway: MakeGateway, dns: FakeTechnitium, http_client: aiohttp.ClientSession,
+                   request: pytest.FixtureRequest) -> Asker:
+    """One site; the proxy asks at the forward-auth listener, or at the public one with the shared secret."""
+    if request.param == "listener":
+        gw = await make_gateway(gateway_env(dns.url, ALLOWED_USERS="alice", FORWARD_AUTH_PORT="0"))
+        return Asker(gw, http_client, "__Host-authproxy")
+    gw = await make_gateway(gateway_env(dns.url, ALLOWED_USERS="alice", FORWARD_AUTH_SECRET=FA_SECRET))
+    return Asker(gw, http_client, "__Host-authproxy", verify_base=gw.url,
+                 proof={"X-Authproxy-Secret": FA_SECRET})
 
 
 # ---- several hosts, one cookie domain, one sign-in per upstream account ---------------------------------
@@ -406,12 +429,13 @@ async def test_unknown_proxy_name(one_site: Asker) -> None:
 # ---- who may ask --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("env", [{"TRUSTED_PROXIES": "10.0.0.0/8"},
-                                 {"TRUST_PROXY": "false", "HTTPS_ENABLED": "true"}])
+@pytest.mark.parametrize("env", [{"FORWARD_AUTH_PORT": "0"}, {"FORWARD_AUTH_SECRET": FA_SECRET}])
 async def test_untrusted_peers_are_refused(make_gateway: MakeGateway, dns: FakeTechnitium,
                                            http_client: aiohttp.ClientSession, env: dict[str, str]) -> None:
-    gw = await make_gateway(gateway_env(dns.url, **env))
-    ask = Asker(gw, http_client, "__Host-authproxy")
+    """The listener or the secret come on top of TRUSTED_PROXIES, never instead of it."""
+    gw = await make_gateway(gateway_env(dns.url, TRUSTED_PROXIES="10.0.0.0/8", **env))
+    ask = Asker(gw, http_client, "__Host-authproxy", verify_base=gw.url if "FORWARD_AUTH_SECRET" in env else "",
+                proof={"X-Authproxy-Secret": FA_SECRET})
     for kind in ("caddy", "traefik", "nginx", None):
         reply = await ask.verify(kind, "https://dns.example.com/x", extra=BROWSER, proxy_kind=kind or "nginx")
         assert reply.status == 403 and reply.json()["error"] == "untrusted_proxy", (kind, reply.status)
@@ -421,7 +445,8 @@ async def test_untrusted_peers_are_refused(make_gateway: MakeGateway, dns: FakeT
 async def test_auth_mode_none_answers_with_the_service_credential(
     make_gateway: MakeGateway, dns: FakeTechnitium, http_client: aiohttp.ClientSession
 ) -> None:
-    gw = await make_gateway(gateway_env(dns.url, AUTH_MODE="none", UPSTREAM_SERVICE_TOKEN="svc-token-1234"))
+    gw = await make_gateway(gateway_env(dns.url, AUTH_MODE="none", UPSTREAM_SERVICE_TOKEN="svc-token-1234",
+                                        FORWARD_AUTH_PORT="0"))
     reply = await Asker(gw, http_client, "x").verify("caddy", "https://dns.example.com/x", extra=BROWSER)
     assert reply.status == 200
     assert "svc-token-1234" in (reply.headers.get("Authorization", "") + reply.headers.get("X-Authproxy-Token", ""))
@@ -437,13 +462,14 @@ async def test_auth_mode_none_service_token_follows_the_configured_api_version(
                 "14": ({"X-Authproxy-Token": "svc-token-1234"}, "Authorization")}
     for version, (present, absent) in expected.items():
         gw = await make_gateway(gateway_env(dns.url, AUTH_MODE="none", UPSTREAM_SERVICE_TOKEN="svc-token-1234",
-                                            TECHNITIUM_API_VERSION=version))
+                                            TECHNITIUM_API_VERSION=version, FORWARD_AUTH_PORT="0"))
         reply = await Asker(gw, http_client, "x").verify("traefik", "https://dns.example.com/x", extra=BROWSER)
         assert reply.status == 200
         for name, value in present.items():
             assert reply.headers.get(name) == value, (version, name)
         assert absent not in reply.headers, version
-    gw = await make_gateway(gateway_env(dns.url, AUTH_MODE="none", UPSTREAM_SERVICE_TOKEN="svc-token-1234"))
+    gw = await make_gateway(gateway_env(dns.url, AUTH_MODE="none", UPSTREAM_SERVICE_TOKEN="svc-token-1234",
+                                        FORWARD_AUTH_PORT="0"))
     reply = await Asker(gw, http_client, "x").verify("caddy", "https://dns.example.com/x", extra=BROWSER)
     assert reply.headers.get("Authorization") == "Bearer svc-token-1234"
     assert reply.headers.get("X-Authproxy-Token") == "svc-token-1234"
@@ -451,7 +477,8 @@ async def test_auth_mode_none_service_token_follows_the_configured_api_version(
 
 async def test_an_expiry_found_by_verify_is_audited_with_the_persons_address(
         make_gateway: MakeGateway, dns: FakeTechnitium, http_client: aiohttp.ClientSession, audit: Audit) -> None:
-    gw = await make_gateway(gateway_env(dns.url, SESSION_IDLE_TIMEOUT="1s", SESSION_MAX_AGE="1h"))
+    gw = await make_gateway(gateway_env(dns.url, SESSION_IDLE_TIMEOUT="1s", SESSION_MAX_AGE="1h",
+                                        FORWARD_AUTH_PORT="0"))
     asker = Asker(gw, http_client, "__Host-authproxy")
     cookie, _ = await asker.sign_in("dns.example.com", ALICE)
     await asyncio.sleep(1.3)

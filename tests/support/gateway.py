@@ -3,7 +3,8 @@
 `make_gateway(env, store=...)` builds the Config exactly as `authproxy run` does (load_config on an
 env mapping) and serves `create_app(config)` with aiohttp's AppRunner. `GatewayClient` keeps the
 session cookie by hand (the cookie is Secure and tests speak plain HTTP on loopback, so they send
-`X-Forwarded-Proto: https` from a trusted peer, as a TLS-terminating proxy would).
+`X-Forwarded-Proto: https` from a trusted peer, as a TLS-terminating proxy would). With FORWARD_AUTH_PORT in
+the env (`0`: any free port) the app also opens its forward-auth listener: `gw.forward_auth_url`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from authproxy.app import create_app, handler_options
 from authproxy.config.loader import ensure_session_secrets, load_config
 from authproxy.config.schema import Config
 from authproxy.sessions.store import SessionStore
+from authproxy.web import forward_auth
 
 SECRET = "test-secret-" + "x" * 40
 
@@ -34,6 +36,15 @@ class Gateway:
     config: Config
     url: str
     port: int
+
+    @property
+    def forward_auth_url(self) -> str:
+        """The forward-auth listener (FORWARD_AUTH_PORT), where the proxies' checks go."""
+        runner = self.app.get(forward_auth.LISTENER)
+        if runner is None:
+            raise AssertionError("this gateway has no forward-auth listener; set FORWARD_AUTH_PORT (0: any port)")
+        host, port = runner.addresses[0][:2]
+        return f"http://{host}:{port}"
 
     async def stop(self) -> None:
         await self.runner.cleanup()
