@@ -17,8 +17,8 @@ import pytest
 from aiohttp import web
 
 from tests.fakes.technitium import FakeTechnitium
-from tests.integration.conftest import LOGIN, MakeTlsGateway
-from tests.support.gateway import Gateway, GatewayClient, MakeGateway, gateway_env
+from tests.integration.conftest import LOGIN
+from tests.support.gateway import Gateway, GatewayClient, MakeGateway, MakeTlsGateway, gateway_env
 
 FORGED = {
     "Authorization": "Bearer " + "f" * 64,

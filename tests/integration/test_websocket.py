@@ -22,8 +22,7 @@ from aiohttp import WSMsgType
 from authproxy import keys
 from authproxy.proxy.websocket import BridgeRegistry
 from tests.fakes.ws_upstream import SocketUpstream, running_socket_upstream
-from tests.integration.conftest import MakeTlsGateway
-from tests.support.gateway import Gateway, GatewayClient, MakeGateway, gateway_env
+from tests.support.gateway import Gateway, GatewayClient, MakeGateway, MakeTlsGateway, gateway_env
 
 ALICE = ("alice", "alice-pass")
 WAIT = 2.0
