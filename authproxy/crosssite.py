@@ -159,7 +159,7 @@ def explain(refusal: Refusal, site: str) -> str:
 
 def request_refused(request: web.Request, upstream_path: str,
                     api_path: Callable[[str], bool] | None) -> Refusal | None:
-    """`refused` for a request the reverse proxy forwards or answers for its upstream."""
+    """`refused` for a request authproxy answers for its upstream (a UI's own sign-in or sign-out)."""
     if plainly_own(request.headers):
         return None
     return refused(request.method, request.headers, own_origin(request), upstream_path, api_path)

@@ -160,11 +160,13 @@ async def forward(request: web.Request) -> web.StreamResponse:
         answered: web.StreamResponse | None = await intercept(request, site)
         if answered is not None:
             return answered
-    # WebSocket handshakes too: one from another origin's page is never a navigation.
-    refusal = crosssite.request_refused(request, site.upstream_path(request.rel_url.raw_path),
-                                        getattr(site.adapter, "gets_change_state", None))
-    if refusal is not None:
-        return _cross_site_refused(request, site, refusal)
+    if not crosssite.plainly_own(request.headers):   # cheap first: most requests stop here
+        # WebSocket handshakes too: one from another origin's page is never a navigation.
+        refusal = crosssite.refused(request.method, request.headers, crosssite.own_origin(request),
+                                    site.upstream_path(request.rel_url.raw_path),
+                                    getattr(site.adapter, "gets_change_state", None))
+        if refusal is not None:
+            return _cross_site_refused(request, site, refusal)
     loaded, credential = await credential_for(request, site)
     if credential is None:
         return _signed_out(request, site)
