@@ -184,12 +184,13 @@ async def forward(request: web.Request) -> web.StreamResponse:
         answered: web.StreamResponse | None = await intercept(request, site)
         if answered is not None:
             return answered
-    if (not crosssite.plainly_own(request.headers)
-            and crosssite.refused(request.method, request.headers, crosssite.own_origin(request),
-                                  site.upstream_path(request.rel_url.raw_path),
-                                  getattr(site.adapter, "gets_change_state", None))
-            and request.headers.get("Upgrade", "").lower() != "websocket"):  # the bridge checks Origin itself
-        return _cross_site_refused(request, site)
+    if not crosssite.plainly_own(request.headers):   # cheap first: most requests stop here
+        # WebSocket handshakes too: one from another origin's page is never a navigation.
+        refusal = crosssite.refused(request.method, request.headers, crosssite.own_origin(request),
+                                    site.upstream_path(request.rel_url.raw_path),
+                                    getattr(site.adapter, "gets_change_state", None))
+        if refusal is not None:
+            return _cross_site_refused(request, site, refusal)
     loaded, credential = await credential_for(request, site)
     if credential is None:
         return _signed_out(request, site)
@@ -369,12 +370,10 @@ def _body_refused(request: web.Request, site: Site, refused: Refused) -> web.Str
     return error_response(request, refused.status, refused.code, refused.message)
 
 
-def _cross_site_refused(request: web.Request, site: Site) -> web.StreamResponse:
+def _cross_site_refused(request: web.Request, site: Site, refusal: crosssite.Refusal) -> web.StreamResponse:
     log.info("cross-site request refused", extra={"fields": {"site": site.name, "method": request.method,
-                                                             "path": request.rel_url.path}})
-    return error_response(request, 403, "cross_site",
-                          f"This request to {site.name} came from another site, and authproxy does not let "
-                          "other sites act with your sign-in. Open the page directly instead.",
+                                                             "path": request.rel_url.path, "why": refusal}})
+    return error_response(request, 403, "cross_site", crosssite.explain(refusal, site.name),
                           title="Request from another site refused")
 
 

@@ -21,7 +21,8 @@ Optional hooks an adapter may define (looked up with getattr by the proxy):
                                                                    from the query, proxy/forms.py from
                                                                    urlencoded and multipart bodies
     gets_change_state(upstream_path) -> bool                       a GET there may change something (so it
-                                                                   is never opened from another site)
+                                                                   is never opened from another site, nor
+                                                                   loaded as a page without a same-origin sign)
     bind_store(store) -> None                                      state every replica must share (called at start)
     check_options(options) -> list[str]  (staticmethod)            config problems, each naming the fix
     typed_names(options) -> bool  (classmethod)                    the identity is the name typed, unchecked

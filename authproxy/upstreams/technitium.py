@@ -350,7 +350,7 @@ class TechnitiumAdapter:
         if path in UI_LOGIN_PATHS:
             return await self._ui_login(request, site)
         if path in UI_LOGOUT_PATHS:
-            return await self._ui_logout(request)
+            return await self._ui_logout(request, site)
         if path == UI_SESSION_PATH:
             return await self._ui_session(request, site)
         if path in UI_ENTRY_PATHS and request.method == "GET" and _navigation(request):
@@ -370,6 +370,12 @@ class TechnitiumAdapter:
             return None
         return _envelope("invalid-token", INVALID_TOKEN_MESSAGE)
 
+    def _refused(self, request: web.Request, site: Site) -> bool:
+        """The proxy's cross-site rule for the UI calls authproxy answers itself (they take GETs too):
+        not from another site's page, nor a page load of them that nothing shows came from this site."""
+        path = site.upstream_path(request.rel_url.raw_path)
+        return crosssite.request_refused(request, path, self.gets_change_state) is not None
+
     async def _load(self, request: web.Request) -> LoadedSession | None:
         from authproxy.web.common import current_session  # web/ owns the cookie rules
 
@@ -385,7 +391,7 @@ class TechnitiumAdapter:
             return await self._ui_service_session(request, site)
         if not request.secure:
             return _envelope("error", "Sign-in needs HTTPS; open this page over https://.")
-        if crosssite.from_other_site(request):  # login CSRF / forced logout
+        if self._refused(request, site):  # login CSRF: a form or link elsewhere signs you in as someone else
             return _envelope("error", "Cross-site sign-in refused.")
         params = await _query_or_form(request)
         try:
@@ -414,7 +420,7 @@ class TechnitiumAdapter:
         set_session_cookie(request, response, cookie)
         return response
 
-    async def _ui_logout(self, request: web.Request) -> web.StreamResponse:
+    async def _ui_logout(self, request: web.Request, site: Site) -> web.StreamResponse:
         """The UI's logout ends the authproxy session (and, through it, the upstream sessions)."""
         from authproxy.web.api import clear_session_cookie, end_session
 
@@ -423,7 +429,7 @@ class TechnitiumAdapter:
         loaded = await self._load(request)
         if loaded is None:
             return _envelope("invalid-token", INVALID_TOKEN_MESSAGE)
-        if crosssite.from_other_site(request):  # login CSRF / forced logout
+        if self._refused(request, site):  # forced logout by a link elsewhere
             return _envelope("error", "Cross-site sign-out refused.")
         await end_session(request, loaded, reason="success")
         response = _envelope("ok")

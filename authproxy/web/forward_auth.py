@@ -369,12 +369,13 @@ async def verify(request: web.Request) -> web.StreamResponse:
         return json_error(405, "method_not_allowed", f"{target.method} is not forwarded to {site.name}.")
     # Without a method header a link cannot be told from a form post: from another site, neither passes.
     # The path as the upstream reads it (`//` merged, dot segments resolved): `//api/` is its API too.
-    if not crosssite.plainly_own(request.headers) and crosssite.refused(
-            target.method if target.method_known else "", request.headers, target.origin,
-            site.upstream_path(target.route_path), getattr(site.adapter, "gets_change_state", None)):
-        # The proxies pass the browser's own Sec-Fetch-*/Origin/Referer headers along.
-        return error_response(request, 403, "cross_site", f"This request to {site.name} came from another site, "
-                              "and authproxy does not let other sites act with your sign-in.",
+    # The proxies pass the browser's own Sec-Fetch-*/Origin/Referer/Accept headers along (WebSocket
+    # handshakes included: Chromium's carry only Origin).
+    refusal = None if crosssite.plainly_own(request.headers) else crosssite.refused(
+        target.method if target.method_known else "", request.headers, target.origin,
+        site.upstream_path(target.route_path), getattr(site.adapter, "gets_change_state", None))
+    if refusal is not None:
+        return error_response(request, 403, "cross_site", crosssite.explain(refusal, site.name),
                               title="Request from another site refused")
     loaded = None
     if config.session_mode:

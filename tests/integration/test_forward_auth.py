@@ -549,6 +549,53 @@ async def test_echoing_methods_get_no_credential_through_forward_auth(one_site: 
             reply = await one_site.verify(kind, "https://dns.example.com/x", cookie=cookie, method=method)
             assert reply.status == 405 and "Authorization" not in reply.headers, (kind, method)
         assert (await one_site.verify(kind, "https://dns.example.com/x", cookie=cookie)).status == 200
+PAGE_LOAD = {**BROWSER, "Upgrade-Insecure-Requests": "1"}   # a browser loading a page, without Sec-Fetch-*
+
+
+async def test_a_page_load_of_the_api_needs_a_same_origin_signal(one_site: Asker, dns: FakeTechnitium) -> None:
+    """Safari before 16.4 sends no Sec-Fetch-*; from a `no-referrer` page no Origin or Referer either.
+    Technitium's GET API changes state, so such a page load gets no credential; scripts still do."""
+    cookie, _ = await one_site.sign_in("dns.example.com", ALICE)
+    api = "https://dns.example.com/api/zones/delete?zone=example.com"
+    cases = [
+        (PAGE_LOAD, 403),
+        ({"Upgrade-Insecure-Requests": "1"}, 403),
+        ({**PAGE_LOAD, "Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate"}, 403),   # a link from a mail
+        ({**PAGE_LOAD, "Referer": "http://dns.example.com/"}, 403),                    # another scheme
+        ({"Accept": "*/*"}, 200),                                                       # curl -b jar
+        (API, 200),
+        ({**PAGE_LOAD, "Referer": "https://dns.example.com/index.html"}, 200),         # the UI's own link
+        ({**PAGE_LOAD, "Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "navigate"}, 200),
+    ]
+    for kind in ("caddy", "traefik", "nginx"):
+        for extra, status in cases:
+            reply = await one_site.verify(kind, api, cookie=cookie, extra=extra)
+            assert reply.status == status, (kind, extra, reply.body)
+            assert ("Authorization" in reply.headers) == (status == 200)
+        # The UI's pages still open from a bookmark or a link.
+        page = await one_site.verify(kind, "https://dns.example.com/", cookie=cookie, extra=PAGE_LOAD)
+        assert page.status == 200 and bearer(page) in tokens(dns, "alice")
+
+
+async def test_a_sockets_origin_is_compared_by_scheme_host_and_port(one_site: Asker) -> None:
+    cookie, _ = await one_site.sign_in("dns.example.com", ALICE)
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13"}
+    cases = [
+        ("https://dns.example.com/api/ws", "https://dns.example.com", 200),
+        ("https://dns.example.com/api/ws", "http://dns.example.com", 403),
+        ("https://dns.example.com/api/ws", "https://dns.example.com:8443", 403),
+        ("https://dns.example.com/api/ws", "https://other.example.com", 403),
+        ("https://dns.example.com:443/api/ws", "https://dns.example.com", 200),     # the host with its port
+        ("https://dns.example.com/api/ws", "https://dns.example.com:443", 200),
+        ("https://dns.example.com:443/api/ws", "http://dns.example.com:443", 403),
+        ("wss://dns.example.com/api/ws", "https://dns.example.com", 200),           # Traefik says wss
+        ("wss://dns.example.com/api/ws", "http://dns.example.com", 403),
+    ]
+    for kind in ("caddy", "traefik", "nginx"):
+        for url, origin, status in cases:
+            reply = await one_site.verify(kind, url, cookie=cookie, extra={**upgrade, "Origin": origin})
+            assert reply.status == status, (kind, url, origin)
+            assert ("Authorization" in reply.headers) == (status == 200)
 
 
 async def test_without_a_method_header_a_foreign_request_cannot_pass_as_a_link(one_site: Asker) -> None:

@@ -18,8 +18,8 @@ from aiohttp import web
 
 from tests.fakes.echo import EchoUpstream
 from tests.fakes.technitium import FakeTechnitium
-from tests.integration.conftest import LOGIN, MakeTlsGateway
-from tests.support.gateway import SECRET, Gateway, GatewayClient, MakeGateway, gateway_env
+from tests.integration.conftest import LOGIN
+from tests.support.gateway import SECRET, Gateway, GatewayClient, MakeGateway, MakeTlsGateway, gateway_env
 
 FORGED = {
     "Authorization": "Bearer " + "f" * 64,

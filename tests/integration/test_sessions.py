@@ -89,7 +89,9 @@ async def test_upstream_invalid_token_sends_the_browser_to_the_login_page(
         client: GatewayClient, technitium: FakeTechnitium) -> None:
     await client.login("alice", "alice-pass")
     technitium.expire_all()  # the upstream's own sliding expiry
-    resp = await client.request("GET", "/api/dashboard/stats/get?type=LastHour", headers=BROWSER)
+    # A page load of the API from the UI's own page (its Referer): one without would be refused.
+    resp = await client.request("GET", "/api/dashboard/stats/get?type=LastHour",
+                                headers={**BROWSER, "Referer": client.origin + "/"})
     assert resp.status == 302
     location = URL(resp.headers["Location"])
     assert location.path == "/_authproxy/login"
