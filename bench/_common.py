@@ -40,8 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.support.procs import ManagedProcess, free_port, wait_for_port
-from tests.support.redis_server import RedisServer
+# Imported once ROOT is on sys.path (a bench script runs as a file, not as a package): E402 on purpose.
+from tests.support.procs import ManagedProcess, free_port, wait_for_port  # noqa: E402
+from tests.support.redis_server import RedisServer  # noqa: E402
 
 SECRET = "bench-session-secret-" + "x" * 40
 USER, PASSWORD = "alice", "alice-pass"

@@ -1,7 +1,8 @@
 """The validated configuration: frozen dataclasses with defaults.
 
 Built once at start-up by `config.loader.load_config` from the environment (and an optional TOML
-file); nothing reads the environment after that.
+file); nothing reads the environment after that. Every default is written here, once: the loader
+falls back to these dataclasses' defaults (and to the DEFAULT_* constants) for whatever is not set.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from authproxy.crypto import Secret
 AuthMode = Literal["none", "session", "hybrid"]
 AUTH_MODES: tuple[str, ...] = ("none", "session", "hybrid")
 SESSION_MODES: frozenset[str] = frozenset({"session", "hybrid"})
+DEFAULT_AUTH_MODE: AuthMode = "session"
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -23,6 +25,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # X-Forwarded-For (dodging the per-address throttle, forging audit addresses) or, as a "proxy", ask
 # /verify for a credential. A proxy elsewhere (a container network) is named in TRUSTED_PROXIES.
 DEFAULT_TRUSTED_PROXIES: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+# The key prefix of a shared Redis (also RedisStore's own default, for a store built without a config).
+DEFAULT_REDIS_PREFIX = "authproxy:"
 
 # Methods an upstream answers by echoing the request (TRACE; IIS's TRACK; ASP.NET's DEBUG), which would
 # hand the injected credential to the client: refused with 405 unless a site lists them in allow_methods.
@@ -59,7 +63,7 @@ class SessionConfig:
     cookie_domain: str = ""              # e.g. ".example.com" to share one sign-in across hosts
     cache_ttl: float = 2.0               # hot in-process cache of verified sessions; 0 = off
     redis_url: Secret | None = None      # None -> embedded SQLite store in the data dir
-    redis_prefix: str = "authproxy:"
+    redis_prefix: str = DEFAULT_REDIS_PREFIX
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +82,7 @@ class ServerConfig:
     https_cert_file: Path | None = None
     https_key_file: Path | None = None
     trust_proxy: bool = False
-    trusted_proxies: tuple[IPNetwork, ...] = ()
+    trusted_proxies: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in DEFAULT_TRUSTED_PROXIES)
     allowed_redirect_domains: tuple[str, ...] = ()
     access_log: bool = True
     log_level: str = "INFO"

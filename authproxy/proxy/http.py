@@ -160,7 +160,7 @@ def build_upstream_request(request: web.Request, site: Site) -> UpstreamRequest:
                            raw_query=rel.raw_query_string, headers=headers)
 
 
-async def forward(request: web.Request) -> web.StreamResponse:
+async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - hot path, kept flat
     if "//" in request.rel_url.raw_path:
         request = merged_slashes(request)
     app = request.app
@@ -321,7 +321,7 @@ def _answer_headers(response: web.StreamResponse, request: web.Request, site: Si
         _rewrite_set_cookie_paths(headers, site)
 
 
-async def _stream(request: web.Request, site: Site, upstream: _Answer, response: web.StreamResponse,
+async def _stream(request: web.Request, site: Site, upstream: _Answer, response: web.StreamResponse,  # noqa: C901 - hot path
                   first: bytes, broke: BaseException | None,
                   scrub: StreamReplacer | ReplacerChain | None = None) -> web.StreamResponse:
     """Send `first`, then the rest of the upstream body as it comes; `broke`: the upstream already failed.

@@ -42,6 +42,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 
+from authproxy.config.schema import DEFAULT_REDIS_PREFIX
 from authproxy.errors import ConfigError, StoreError
 from authproxy.sessions.resp import Endpoint, RespClient
 from authproxy.sessions.resp import redact_url as _redact_url
@@ -91,7 +92,7 @@ class RedisStore:
 
     name = "redis"
 
-    def __init__(self, url: str, *, prefix: str = "authproxy:", timeout: float = 2.0,
+    def __init__(self, url: str, *, prefix: str = DEFAULT_REDIS_PREFIX, timeout: float = 2.0,
                  health_check_interval: int = 30) -> None:
         self.prefix = prefix
         self.timeout = timeout
