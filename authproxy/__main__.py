@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import ipaddress
 import logging
 import multiprocessing
 import os
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from authproxy.config.loader import ensure_session_secrets, load_config
-from authproxy.config.schema import Config
+from authproxy.config.schema import FORWARD_AUTH_SECRET_HEADER, Config
 from authproxy.errors import ConfigError
 from authproxy.log import AccessLogger, log, setup_logging
 
@@ -52,7 +53,48 @@ def check_config(args: argparse.Namespace) -> int:
     store = "redis" if config.session.redis_url else f"sqlite ({config.server.data_dir / 'sessions.sqlite3'})"
     print(f"configuration OK: AUTH_MODE={config.auth_mode}, store={store}, "
           f"sites={', '.join(f'{s.name}={s.type}@{s.upstream_url}' for s in config.sites)}")
+    for line in forward_auth_summary(config):
+        print(line)
     return 0
+
+
+def forward_auth_summary(config: Config) -> list[str]:
+    """How /verify* (whose 200 answer carries the upstream credential) is protected, and what to set."""
+    s = config.server
+    verify = f"{s.prefix}/verify*"
+    peers = ", ".join(str(n) for n in s.trusted_proxies) or "none"
+    header = f"the {FORWARD_AUTH_SECRET_HEADER} header carrying FORWARD_AUTH_SECRET"
+    if s.forward_auth_listener:
+        lines = [(f"forward auth: {verify} is served only on its own listener http://{s.forward_auth_address()} "
+                  f"(FORWARD_AUTH_HOST/FORWARD_AUTH_PORT), to TRUSTED_PROXIES ({peers})"
+                  + (f" sending {header}" if s.forward_auth_secret is not None else "")
+                  + f"; the public listener {s.host}:{s.port} answers it 404. Point the proxy's check (Caddy "
+                  "forward_auth, nginx auth_request, Traefik ForwardAuth) at that listener.")]
+        if not _loopback(s.forward_auth_host):
+            lines.append(f"  note: FORWARD_AUTH_HOST={s.forward_auth_host} is not a loopback address: keep port "
+                         f"{s.forward_auth_port} on an internal network, never published"
+                         + (", or add FORWARD_AUTH_SECRET as well." if s.forward_auth_secret is None else "."))
+        return lines
+    if s.forward_auth_secret is not None:
+        return [(f"forward auth: {verify} is served on the public listener {s.host}:{s.port} only to "
+                 f"TRUSTED_PROXIES ({peers}) sending {header}; anyone else gets 403 and never a credential. "
+                 "The proxy adds the header to its check only (Caddy: header_up in forward_auth; nginx: "
+                 "proxy_set_header in the verify location). Traefik's ForwardAuth cannot add a header: use "
+                 "FORWARD_AUTH_PORT for it.")]
+    return [(f"forward auth: off. {verify} answers 404, so nothing that reaches authproxy (a browser through a "
+             "TLS-terminating proxy included) can get an upstream credential from it. To use Caddy forward_auth, "
+             "nginx auth_request or Traefik ForwardAuth, set FORWARD_AUTH_PORT (e.g. 9001: a listener of its own "
+             "on FORWARD_AUTH_HOST, default 127.0.0.1, for the proxy's checks only) or FORWARD_AUTH_SECRET "
+             f"({FORWARD_AUTH_SECRET_HEADER}, a header the proxy adds to each check).")]
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _serve(config: Config, ssl_paths: tuple[Path, Path] | None, reuse_port: bool) -> None:
@@ -113,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
     elif config.session_mode:
         log.info("TLS is terminated by a trusted proxy: sign-in requires X-Forwarded-Proto: https from "
                  "TRUSTED_PROXIES")
+    log.info(" ".join(forward_auth_summary(config)))
     scheme = "https" if ssl_paths else "http"
     log.info(f"listening on {scheme}://{config.server.host}:{config.server.port}{config.server.prefix}/login",
              extra={"fields": {"workers": config.server.workers}})

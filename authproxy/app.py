@@ -12,6 +12,7 @@ from aiohttp import web
 from authproxy import keys
 from authproxy.config.schema import Config
 from authproxy.crypto import Keyring
+from authproxy.log import AccessLogger
 from authproxy.login.keepalive import UpstreamKeepalive
 from authproxy.login.passthrough import PassthroughLogin
 from authproxy.login.regulation import Regulator
@@ -73,6 +74,8 @@ def create_app(config: Config, *, store: SessionStore | None = None) -> web.Appl
     app[keys.LOGIN] = PassthroughLogin(app[keys.SESSIONS], app[keys.REGULATOR], app[keys.KEEPALIVE])
     app[keys.REDIRECTS] = redirect_policy(config)
     app.cleanup_ctx.append(_lifecycle)
+    if config.server.forward_auth_listener:
+        app.cleanup_ctx.append(_forward_auth_listener)  # after _lifecycle: it serves on that state
 
     prefix = config.server.prefix
     health.setup(app, prefix)
@@ -101,6 +104,28 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await app[keys.KEEPALIVE].close()
     await app[keys.HTTP].close()
     await app[keys.STORE].close()
+
+
+async def _forward_auth_listener(app: web.Application) -> AsyncIterator[None]:
+    """The second listener, FORWARD_AUTH_HOST:FORWARD_AUTH_PORT, the only one that serves /verify*. It
+    lives and dies with the application, so every process that serves (each of WORKERS, sharing both
+    ports through SO_REUSEPORT) has one, and the test gateways get it as `authproxy run` does."""
+    config = app[keys.CONFIG]
+    server = config.server
+    runner = web.AppRunner(
+        forward_auth.listener_app(app), handle_signals=False, access_log_class=AccessLogger,
+        access_log=logging.getLogger("authproxy.access") if server.access_log else None, **handler_options(config))
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, server.forward_auth_host, server.forward_auth_port,
+                          reuse_port=server.workers > 1).start()
+        app[forward_auth.LISTENER] = runner
+        logging.getLogger("authproxy").info(
+            "forward-auth listener ready: /verify* is served here only",
+            extra={"fields": {"address": f"http://{server.forward_auth_address(runner.addresses[0][1])}"}})
+        yield
+    finally:
+        await runner.cleanup()
 
 
 def _adapter(app: web.Application, site: str) -> UpstreamAdapter | None:

@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import os
 import re
-import secrets
 from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
@@ -63,18 +62,6 @@ _B64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0
 _B64_URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def random_token(nbytes: int = 32) -> str:
-    return b64e(secrets.token_bytes(nbytes))
-
-
-def constant_time_equals(a: str | bytes, b: str | bytes) -> bool:
-    if isinstance(a, str):
-        a = a.encode()
-    if isinstance(b, str):
-        b = b.encode()
-    return hmac.compare_digest(a, b)
-
-
 class Keyring:
     """HMAC keys for signing: the first signs, every one verifies (rotation without logouts)."""
 
@@ -93,10 +80,6 @@ class Keyring:
             # No early exit: every key is tried so timing does not reveal which one matched.
             ok |= hmac.compare_digest(hmac.new(key, message, hashlib.sha256).digest(), signature)
         return ok
-
-    def derive(self, purpose: str) -> bytes:
-        """A stable sub-key of the newest secret for another purpose (e.g. placeholders)."""
-        return hmac.new(self._keys[0], purpose.encode(), hashlib.sha256).digest()
 
 
 NONCE_SIZE = 12

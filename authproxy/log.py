@@ -87,7 +87,7 @@ class TextFormatter(logging.Formatter):
         return base
 
 
-def setup_logging(*, level: str = "INFO", fmt: str = "json", audit_file: Path | None = None) -> None:
+def setup_logging(*, level: str, fmt: str, audit_file: Path | None = None) -> None:
     """Configure the three loggers once, at start-up (tests use caplog instead)."""
     root = logging.getLogger("authproxy")
     root.setLevel(level.upper())

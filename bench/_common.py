@@ -40,8 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.support.procs import ManagedProcess, free_port, wait_for_port
-from tests.support.redis_server import RedisServer
+# Imported once ROOT is on sys.path (a bench script runs as a file, not as a package): E402 on purpose.
+from tests.support.procs import ManagedProcess, free_port, wait_for_port  # noqa: E402
+from tests.support.redis_server import RedisServer  # noqa: E402
 
 SECRET = "bench-session-secret-" + "x" * 40
 USER, PASSWORD = "alice", "alice-pass"
@@ -220,15 +221,18 @@ class Bench:
     def authproxy(self, *, upstream_url: str, redis_url: str, workers: int = 1, access_log: bool = False,
                   cache_ttl: float | None = None, name: str = "authproxy",
                   extra_env: Mapping[str, str] | None = None) -> Authproxy:
-        """`python -m authproxy run --workers N` (real processes, SO_REUSEPORT when N > 1)."""
-        port = free_port()
+        """`python -m authproxy run --workers N` (real processes, SO_REUSEPORT when N > 1), with its
+        forward-auth listener (FORWARD_AUTH_PORT) on a port of its own: where the proxies send checks."""
+        port, forward_auth_port = free_port(), free_port()
         env = authproxy_env(upstream_url, redis_url, port=port, access_log=access_log, cache_ttl=cache_ttl,
                             data_dir=self.tmp / "data")
+        env["FORWARD_AUTH_PORT"] = str(forward_auth_port)
         env.update(extra_env or {})
         proc = self.spawn([sys.executable, "-m", "authproxy", "run", "--workers", str(workers)], name=name,
                           env=env)
         wait_for_port("127.0.0.1", port, 20, process=proc)
-        ap = Authproxy(proc=proc, port=port, workers=workers)
+        wait_for_port("127.0.0.1", forward_auth_port, 20, process=proc)
+        ap = Authproxy(proc=proc, port=port, workers=workers, forward_auth_port=forward_auth_port)
         deadline = time.monotonic() + 20
         while ap.log().count("authproxy ready") < workers or len(ap.worker_pids()) < workers:
             if not proc.running:
@@ -244,10 +248,16 @@ class Authproxy:
     proc: ManagedProcess
     port: int
     workers: int
+    forward_auth_port: int
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def verify_url(self) -> str:
+        """The forward-auth listener: the only one that answers /_authproxy/verify*."""
+        return f"http://127.0.0.1:{self.forward_auth_port}"
 
     def log(self) -> str:
         try:

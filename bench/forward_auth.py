@@ -10,7 +10,8 @@ no requests by default). The chain is run twice per proxy:
     (a) auth = an nginx `return 200` location (separate nginx process): the floor of the chain
     (b) auth = authproxy (`python -m authproxy run`, 1 worker unless --workers, hot cache on, access log
         off unless --access-log, real redis-server), every request carrying a signed-in session cookie
-        created through authproxy's login API against FakeTechnitium
+        created through authproxy's login API against FakeTechnitium; the checks go to its forward-auth
+        listener (FORWARD_AUTH_PORT), the portal to its public one, as the shipped configs say
 
 wrk (separate process, loopback, 50 connections) requests `GET /` through the proxy. Printed per proxy:
 req/s, p50/p99 (wrk --latency), ratio b/a, and each process's CPU share (so it shows which part of the
@@ -54,6 +55,7 @@ from bench._common import (
 from tests.support.procs import ManagedProcess, free_port
 from tests.support.proxies import (
     NGINX_DIR,
+    Check,
     RunningProxy,
     _render,
     launch_caddy,
@@ -74,12 +76,13 @@ def floor_auth_conf(port: int) -> str:
     return f"server {{\n    listen 127.0.0.1:{port};\n    location / {{ return 200; }}\n}}\n"
 
 
-def start_front_nginx(bench: Bench, auth: str, upstream: str, tag: str,
+def start_front_nginx(bench: Bench, auth: str, verify: str, upstream: str, tag: str,
                       keepalive: int | None = None) -> tuple[int, ManagedProcess]:
     """nginx/authproxy.conf + every snippet in nginx/, placeholders filled as the e2e harness does
     (`keepalive`: override the upstream blocks' idle keepalive connection count, to test the config)."""
     port = free_port()
-    values = {"LISTEN": f"127.0.0.1:{port}", "SERVER_NAME": "127.0.0.1", "AUTHPROXY": auth, "UPSTREAM": upstream}
+    values = {"LISTEN": f"127.0.0.1:{port}", "SERVER_NAME": "127.0.0.1", "AUTHPROXY": auth,
+              "AUTHPROXY_VERIFY": verify, "UPSTREAM": upstream}
     files = {f"snippets/{p.name}": _render(p, values) for p in sorted(NGINX_DIR.glob("*.conf"))
              if p.name != "authproxy.conf"}
     conf = _render(NGINX_DIR / "authproxy.conf", values)
@@ -91,11 +94,12 @@ def start_front_nginx(bench: Bench, auth: str, upstream: str, tag: str,
     return port, proc
 
 
-def start_go_proxy(bench: Bench, kind: str, auth_url: str, upstream_url: str, tag: str) -> RunningProxy:
+def start_go_proxy(bench: Bench, kind: str, auth_url: str, verify_url: str, upstream_url: str,
+                   tag: str) -> RunningProxy:
     launch = {"caddy": launch_caddy, "traefik": launch_traefik}[kind]
     workdir = bench.tmp / f"{kind}-{tag}"
     workdir.mkdir(parents=True, exist_ok=True)
-    proxy = launch(workdir, auth_url, upstream_url)
+    proxy = launch(workdir, auth_url, upstream_url, check=Check(url=verify_url))
     bench.procs.append(proxy.process)  # stopped with everything else, also on errors/Ctrl-C
     asyncio.run(wait_ready(proxy))
     return proxy
@@ -131,18 +135,22 @@ def run() -> None:
         upstream = f"127.0.0.1:{up_port}"
         ap: Authproxy = bench.authproxy(upstream_url=f"http://{upstream}", redis_url=redis.url,
                                         workers=args.workers, access_log=args.access_log)
-        auths = {"floor": (f"127.0.0.1:{auth_port}", floor_proc), "authproxy": (f"127.0.0.1:{ap.port}", ap.proc)}
+        # (portal address, check address, process): the floor answers both; authproxy has a listener each.
+        auths = {"floor": (f"127.0.0.1:{auth_port}", f"127.0.0.1:{auth_port}", floor_proc),
+                 "authproxy": (f"127.0.0.1:{ap.port}", f"127.0.0.1:{ap.forward_auth_port}", ap.proc)}
         headers = [signed.header, "Accept: application/json"]
 
         for kind in kinds:
-            for auth_name, (auth_addr, auth_proc) in auths.items():
+            for auth_name, (auth_addr, verify_addr, auth_proc) in auths.items():
                 label = f"{kind} + {'nginx 200 (floor)' if auth_name == 'floor' else 'authproxy'}"
                 print(f"-- {label}", flush=True)
                 if kind == "nginx":
-                    port, front = start_front_nginx(bench, auth_addr, upstream, auth_name, args.nginx_keepalive)
+                    port, front = start_front_nginx(bench, auth_addr, verify_addr, upstream, auth_name,
+                                                    args.nginx_keepalive)
                     url, proxy = f"http://127.0.0.1:{port}/", None
                 else:
-                    proxy = start_go_proxy(bench, kind, f"http://{auth_addr}", f"http://{upstream}", auth_name)
+                    proxy = start_go_proxy(bench, kind, f"http://{auth_addr}", f"http://{verify_addr}",
+                                           f"http://{upstream}", auth_name)
                     url, front = proxy.url + "/", proxy.process
                 _, body = probe(url, headers, what=label)
                 if body.strip() != b"ok":

@@ -248,7 +248,7 @@ def http_part(args: argparse.Namespace, bench: Bench, redis: RedisServer, header
               "authproxy x1": (ap1.url, ap1.proc), "authproxy x2": (ap2.url, ap2.proc),
               REF: (f"http://127.0.0.1:{ref_port}", ref_proc)}
 
-    for name, (base, proc) in fronts.items():
+    for name, (base, _proc) in fronts.items():
         _, body = probe(base + "/", headers, what=name)
         if body.strip() != b"ok":
             raise BenchError(f"{name}: the answer did not come from the upstream: {body[:200]!r}")

@@ -3,12 +3,14 @@
 What it measures (wrk --latency on 127.0.0.1, 50 connections, every server a separate process with the same
 loop choice as `authproxy run`: uvloop when installed). Every request carries the headers nginx's shipped
 `location = /_authproxy/internal/verify` sends (X-Original-URL/-Method, X-Forwarded-Method/-Proto/-Host/-Uri/
--For, X-Real-IP) and the cookie of a signed-in session; authproxy runs with TRUST_PROXY=true (loopback is
-trusted by default), a real redis-server (--save '' --appendonly no) and the access log off unless said.
+-For, X-Real-IP) and the cookie of a signed-in session, sent to authproxy's forward-auth listener
+(FORWARD_AUTH_PORT, where the shipped nginx config sends them); authproxy runs with TRUST_PROXY=true
+(loopback is trusted by default), a real redis-server (--save '' --appendonly no) and the access log off
+unless said.
 The session was created through authproxy's own login API against the faithful FakeTechnitium.
 
     (a)  bare aiohttp handler answering 200
-    (a') (a) with aiohttp's DEFAULT access logger (reference; PERFORMANCE.md saw 0.41x)
+    (a') (a) with aiohttp's DEFAULT access logger (reference; README "Performance": 0.41x)
     (b)  minimal aiohttp handler: one redis-py asyncio GET + one AES-GCM decryption of a ~300-byte blob
     (c)  authproxy, hot in-process cache off (SESSION_CACHE_TTL=0: every check goes to Redis)
     (d)  authproxy, cache on (default SESSION_CACHE_TTL)
@@ -124,10 +126,10 @@ def run() -> None:
         ):
             ap = bench.authproxy(upstream_url=upstream, redis_url=redis.url, cache_ttl=cache_ttl,
                                  access_log=access_log, name=f"authproxy-{key}")
-            got, _ = probe(ap.url + VERIFY_PATH, headers, what=label)
+            got, _ = probe(ap.verify_url + VERIFY_PATH, headers, what=label)
             if got.get("Remote-User") != "alice":
                 raise BenchError(f"{label}: 200 without Remote-User: alice ({got})")
-            measure(key, label, ap.url + VERIFY_PATH, ap.proc, count_redis=key in ("c", "d"))
+            measure(key, label, ap.verify_url + VERIFY_PATH, ap.proc, count_redis=key in ("c", "d"))
             if access_log and ap.log().count('"authproxy.access"') < 1000:
                 raise BenchError(f"{label}: the access log did not log (no lines in {ap.proc.log_path})\n{ap.proc.log_tail(2000)}")
             bench.stop(ap.proc)
@@ -164,7 +166,7 @@ def run() -> None:
         Target("(e) access log on / (d) off", results["e"].rps / results["d"].rps, ">=", 0.5),
     ])
     print(f"reference: aiohttp's default access logger costs the bare handler "
-          f"{results['a_log'].rps / results['a'].rps:.2f}x (PERFORMANCE.md: 0.41x); authproxy's logger costs "
+          f"{results['a_log'].rps / results['a'].rps:.2f}x (README: 0.41x); authproxy's logger costs "
           f"{results['e'].rps / results['d'].rps:.2f}x")
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from authproxy.config import validate
 from authproxy.config.schema import (
     AUTH_MODES,
-    DEFAULT_TRUSTED_PROXIES,
+    DEFAULT_AUTH_MODE,
     Config,
     IPNetwork,
     ServerConfig,
@@ -34,6 +34,10 @@ from authproxy.errors import ConfigError
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off", ""}
 
+# The defaults, written once in the schema: what the loader falls back to when nothing sets a value.
+_SERVER, _SESSION, _THROTTLE = ServerConfig(), SessionConfig(), ThrottleConfig()
+_SITE = SiteConfig(name="", upstream_url="", type="")
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -41,12 +45,13 @@ FILE_KEYS: dict[str, set[str]] = {
     "": {"auth_mode", "server", "session", "throttle", "sites"},
     "server": {"host", "port", "prefix", "data_dir", "https_enabled", "https_cert_file", "https_key_file",
                "trust_proxy", "trusted_proxies", "allowed_redirect_domains", "access_log", "log_level",
-               "log_format", "audit_log_file", "max_header_size", "workers"},
+               "log_format", "audit_log_file", "max_header_size", "workers", "forward_auth_host",
+               "forward_auth_port", "forward_auth_secret", "forward_auth_secret_file"},
     "session": {"idle_timeout", "max_age", "secret", "secret_file", "cookie_name", "cookie_domain", "redis_url_file",
                 "cache_ttl", "redis_url", "redis_prefix"},
     "throttle": {"max_failures", "window"},
     "site": {"name", "upstream_url", "type", "hosts", "path_prefix", "service_token", "service_token_file",
-             "options", "timeout", "connect_timeout", "allowed_users", "allowed_groups"},
+             "options", "timeout", "connect_timeout", "allowed_users", "allowed_groups", "allow_methods"},
 }
 
 
@@ -99,6 +104,17 @@ class _Reader:
             self.problems.append(
                 f"{name}: must be a duration in seconds or with a unit (900, 15m, 24h), "
                 f"but it is set to {found[1]!r}")
+            return default
+        return parsed
+
+    def file_duration(self, table: dict[str, Any], key: str, default: float, where: str) -> float:
+        """`key` of a config-file table as a duration, or `default` when absent."""
+        if key not in table:
+            return default
+        parsed = parse_duration(table[key])
+        if parsed is None:
+            self.problems.append(f"{where}.{key}: must be a duration (900, 15m, 24h), "
+                                 f"but it is {table[key]!r}")
             return default
         return parsed
 
@@ -157,7 +173,7 @@ def _auth_mode(r: _Reader, file_mode: str | None) -> str:
             r.problems.append(f"AUTH_MODE: must be one of {', '.join(AUTH_MODES)}, but it is set to {found[1]!r}"
                               + ("; local accounts and one-time codes are not available in this version"
                                  if mode in {"local", "otp"} else ""))
-            return "session"
+            return DEFAULT_AUTH_MODE
         return mode
     if r.boolean("USE_HYBRID_AUTH", False):
         return "hybrid"
@@ -167,9 +183,9 @@ def _auth_mode(r: _Reader, file_mode: str | None) -> str:
         if file_mode not in AUTH_MODES:
             r.problems.append(f"auth_mode (config file): must be one of {', '.join(AUTH_MODES)}, "
                               f"but it is {file_mode!r}")
-            return "session"
+            return DEFAULT_AUTH_MODE
         return file_mode
-    return "session"
+    return DEFAULT_AUTH_MODE
 
 
 def _check_keys(table: Any, section: str, problems: list[str], where: str) -> dict[str, Any]:
@@ -211,17 +227,40 @@ def _site_from_table(t: dict[str, Any], index: int, problems: list[str]) -> Site
     if not isinstance(options, dict):
         problems.append(f"{where}.options: must be a table")
         options = {}
-    timeout = parse_duration(t.get("timeout", 30))
-    connect_timeout = parse_duration(t.get("connect_timeout", 5))
+    timeout = parse_duration(t.get("timeout", _SITE.timeout))
+    connect_timeout = parse_duration(t.get("connect_timeout", _SITE.connect_timeout))
     if timeout is None or connect_timeout is None:
         problems.append(f"{where}: timeout/connect_timeout must be durations (e.g. 30, 5s)")
     return SiteConfig(
         name=str(t["name"]), upstream_url=str(t["upstream_url"]).rstrip("/"), type=str(t["type"]).lower(),
-        hosts=tuple(h.lower() for h in hosts), path_prefix=str(t.get("path_prefix", "/")),
+        hosts=tuple(h.lower() for h in hosts), path_prefix=str(t.get("path_prefix", _SITE.path_prefix)),
         service_token=_file_secret(t, "service_token", where, problems), options=dict(options),
         allowed_users=tuple(u.lower() for u in _list(t.get("allowed_users", ()))),
         allowed_groups=tuple(_list(t.get("allowed_groups", ()))),
-        timeout=timeout or 30.0, connect_timeout=connect_timeout or 5.0)
+        allow_methods=tuple(m.upper() for m in _list(t.get("allow_methods", ()))),
+        timeout=timeout or _SITE.timeout, connect_timeout=connect_timeout or _SITE.connect_timeout)
+
+
+def _forward_auth_listener(r: _Reader, fs: dict[str, Any]) -> tuple[str, int | None]:
+    """FORWARD_AUTH_HOST / FORWARD_AUTH_PORT (or [server] forward_auth_host / forward_auth_port): the
+    listener that alone serves /verify*. No port, no listener; a host without a port is a mistake."""
+    host = r.raw("FORWARD_AUTH_HOST")
+    host_text = host[1] if host else str(fs.get("forward_auth_host", _SERVER.forward_auth_host)).strip()
+    port: int | None = None
+    if r.raw("FORWARD_AUTH_PORT"):
+        port = r.integer("FORWARD_AUTH_PORT", 0, minimum=0, maximum=65535)
+    elif "forward_auth_port" in fs:
+        value = fs["forward_auth_port"]
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535:
+            port = value
+        else:
+            r.problems.append(f"[server].forward_auth_port: must be a port number (e.g. 9001), but it is {value!r}")
+    if port is None and (host or "forward_auth_host" in fs):
+        r.problems.append("FORWARD_AUTH_HOST: set without FORWARD_AUTH_PORT; set FORWARD_AUTH_PORT (e.g. 9001) "
+                          "to open the forward-auth listener there, or remove FORWARD_AUTH_HOST")
+    if not host_text:
+        r.problems.append("FORWARD_AUTH_HOST: must be an address to listen on, e.g. 127.0.0.1")
+    return host_text or _SERVER.forward_auth_host, port
 
 
 def _list(value: Any) -> tuple[str, ...]:
@@ -253,68 +292,95 @@ def _env_site(r: _Reader) -> SiteConfig | None:
         service_token=service, options=options,
         allowed_users=tuple(u.lower() for u in _split((r.raw("ALLOWED_USERS") or ("", ""))[1])),
         allowed_groups=_split((r.raw("ALLOWED_GROUPS") or ("", ""))[1]),
-        timeout=r.duration("UPSTREAM_TIMEOUT", 30.0), connect_timeout=r.duration("UPSTREAM_CONNECT_TIMEOUT", 5.0))
+        allow_methods=tuple(m.upper() for m in _split((r.raw("ALLOW_METHODS") or ("", ""))[1])),
+        timeout=r.duration("UPSTREAM_TIMEOUT", _SITE.timeout),
+        connect_timeout=r.duration("UPSTREAM_CONNECT_TIMEOUT", _SITE.connect_timeout))
 
 
 def load_config(env: Mapping[str, str] | None = None, config_file: Path | None = None) -> Config:
     """Read and validate everything; raises ConfigError listing every problem."""
     env = os.environ if env is None else env
     r = _Reader(env)
-    file_data: dict[str, Any] = {}
-    file_path = config_file or (Path(env["AUTHPROXY_CONFIG"]) if env.get("AUTHPROXY_CONFIG") else None)
-    if file_path is not None:
-        try:
-            file_data = tomllib.loads(file_path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            r.problems.append(f"--config / AUTHPROXY_CONFIG: cannot read {str(file_path)!r} ({exc.strerror})")
-        except tomllib.TOMLDecodeError as exc:
-            r.problems.append(f"--config / AUTHPROXY_CONFIG: {str(file_path)!r} is not valid TOML ({exc})")
+    file_data = _read_file(r, config_file or (Path(env["AUTHPROXY_CONFIG"]) if env.get("AUTHPROXY_CONFIG")
+                                              else None))
     _check_keys(file_data, "", r.problems, "config file")
     fs = _check_keys(file_data.get("server", {}), "server", r.problems, "[server]")
     fss = _check_keys(file_data.get("session", {}), "session", r.problems, "[session]")
     ft = _check_keys(file_data.get("throttle", {}), "throttle", r.problems, "[throttle]")
+    server = _server(r, fs)
+    session = _session(r, fss)
+    throttle = _throttle(r, ft)
+    sites = _sites(r, file_data)
+    config = Config(auth_mode=_auth_mode(r, file_data.get("auth_mode")),  # type: ignore[arg-type]
+                    server=server, session=session, throttle=throttle, sites=sites)
+    problems = r.problems + validate.check(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
 
-    def fdur(table: dict[str, Any], key: str, default: float, where: str) -> float:
-        if key not in table:
-            return default
-        parsed = parse_duration(table[key])
-        if parsed is None:
-            r.problems.append(f"{where}.{key}: must be a duration (900, 15m, 24h), but it is {table[key]!r}")
-            return default
-        return parsed
 
+def _read_file(r: _Reader, file_path: Path | None) -> dict[str, Any]:
+    """The TOML config file's tables ({} without a file, or when it cannot be read)."""
+    if file_path is None:
+        return {}
+    try:
+        return tomllib.loads(file_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        r.problems.append(f"--config / AUTHPROXY_CONFIG: cannot read {str(file_path)!r} ({exc.strerror})")
+    except tomllib.TOMLDecodeError as exc:
+        r.problems.append(f"--config / AUTHPROXY_CONFIG: {str(file_path)!r} is not valid TOML ({exc})")
+    return {}
+
+
+def _trusted_proxies(r: _Reader, fs: dict[str, Any]) -> tuple[IPNetwork, ...]:
     trusted_text = r.raw("TRUSTED_PROXIES")
-    trusted = (parse_networks(trusted_text[1], "TRUSTED_PROXIES", r.problems) if trusted_text else
-               parse_networks(",".join(fs.get("trusted_proxies", DEFAULT_TRUSTED_PROXIES)),
-                              "[server].trusted_proxies", r.problems))
+    if trusted_text:
+        return parse_networks(trusted_text[1], "TRUSTED_PROXIES", r.problems)
+    if "trusted_proxies" in fs:
+        return parse_networks(",".join(fs["trusted_proxies"]), "[server].trusted_proxies", r.problems)
+    return _SERVER.trusted_proxies
+
+
+def _server(r: _Reader, fs: dict[str, Any]) -> ServerConfig:
+    """The [server] table under the environment's variables."""
+    trusted = _trusted_proxies(r, fs)
     redirect_domains = r.raw("ALLOWED_REDIRECT_DOMAINS", "WHITELIST_DOMAINS")
     cert = r.raw("HTTPS_CERT_FILE")
     key = r.raw("HTTPS_KEY_FILE")
     audit_file = r.raw("AUDIT_LOG_FILE")
     data_dir = r.raw("AUTHPROXY_DATA_DIR", "DATA_DIR")
-    server = ServerConfig(
-        host=(r.raw("HOST") or ("", str(fs.get("host", "127.0.0.1"))))[1],
-        port=r.integer("PORT", int(fs.get("port", 8443)), minimum=0, maximum=65535),
-        prefix=(r.raw("AUTHPROXY_PREFIX") or ("", str(fs.get("prefix", "/_authproxy"))))[1].rstrip("/"),
-        data_dir=Path(data_dir[1] if data_dir else str(fs.get("data_dir", "./data"))),
-        https_enabled=r.boolean("HTTPS_ENABLED", bool(fs.get("https_enabled", False))),
+    fa_host, fa_port = _forward_auth_listener(r, fs)
+    return ServerConfig(
+        host=(r.raw("HOST") or ("", str(fs.get("host", _SERVER.host))))[1],
+        port=r.integer("PORT", int(fs.get("port", _SERVER.port)), minimum=0, maximum=65535),
+        prefix=(r.raw("AUTHPROXY_PREFIX") or ("", str(fs.get("prefix", _SERVER.prefix))))[1].rstrip("/"),
+        data_dir=Path(data_dir[1] if data_dir else str(fs.get("data_dir", _SERVER.data_dir))),
+        https_enabled=r.boolean("HTTPS_ENABLED", bool(fs.get("https_enabled", _SERVER.https_enabled))),
         https_cert_file=Path(cert[1]) if cert else (Path(fs["https_cert_file"]) if "https_cert_file" in fs
                                                       else None),
         https_key_file=Path(key[1]) if key else (Path(fs["https_key_file"]) if "https_key_file" in fs else None),
-        trust_proxy=r.boolean("TRUST_PROXY", bool(fs.get("trust_proxy", False))),
+        trust_proxy=r.boolean("TRUST_PROXY", bool(fs.get("trust_proxy", _SERVER.trust_proxy))),
         trusted_proxies=trusted,
-        allowed_redirect_domains=(_split(redirect_domains[1]) if redirect_domains
-                                  else tuple(fs.get("allowed_redirect_domains", ()))),
-        access_log=r.boolean("ACCESS_LOG", bool(fs.get("access_log", True))),
-        log_level=(r.raw("LOG_LEVEL") or ("", str(fs.get("log_level", "INFO"))))[1].upper(),
-        log_format=(r.raw("LOG_FORMAT") or ("", str(fs.get("log_format", "json"))))[1].lower(),  # type: ignore[arg-type]
+        allowed_redirect_domains=(
+            _split(redirect_domains[1]) if redirect_domains
+            else tuple(fs.get("allowed_redirect_domains", _SERVER.allowed_redirect_domains))),
+        access_log=r.boolean("ACCESS_LOG", bool(fs.get("access_log", _SERVER.access_log))),
+        log_level=(r.raw("LOG_LEVEL") or ("", str(fs.get("log_level", _SERVER.log_level))))[1].upper(),
+        log_format=(r.raw("LOG_FORMAT")  # type: ignore[arg-type]
+                    or ("", str(fs.get("log_format", _SERVER.log_format))))[1].lower(),
         audit_log_file=Path(audit_file[1]) if audit_file else (Path(fs["audit_log_file"])
                                                                if "audit_log_file" in fs else None),
-        max_header_size=r.integer("MAX_HEADER_SIZE", int(fs.get("max_header_size", 8190)), minimum=1024,
-                                  maximum=65536),
-        workers=r.integer("WORKERS", int(fs.get("workers", 1)), minimum=1, maximum=64),
+        max_header_size=r.integer("MAX_HEADER_SIZE", int(fs.get("max_header_size", _SERVER.max_header_size)),
+                                  minimum=1024, maximum=65536),
+        workers=r.integer("WORKERS", int(fs.get("workers", _SERVER.workers)), minimum=1, maximum=64),
+        forward_auth_host=fa_host, forward_auth_port=fa_port,
+        forward_auth_secret=(r.secret("FORWARD_AUTH_SECRET")
+                             or _file_secret(fs, "forward_auth_secret", "[server]", r.problems)),
     )
 
+
+def _session(r: _Reader, fss: dict[str, Any]) -> SessionConfig:
+    """The [session] table under the environment's variables."""
     secret_list: list[Secret] = []
     env_secret = r.secret("SESSION_SECRET")
     if env_secret is not None:
@@ -324,21 +390,34 @@ def load_config(env: Mapping[str, str] | None = None, config_file: Path | None =
         if file_secret is not None:
             secret_list = [Secret(s) for s in _split(file_secret.reveal())]
     redis_url = r.secret("REDIS_URL") or _file_secret(fss, "redis_url", "[session]", r.problems)
-    session = SessionConfig(
-        idle_timeout=r.duration("SESSION_IDLE_TIMEOUT", fdur(fss, "idle_timeout", 15 * 60, "[session]")),
-        max_age=r.duration("SESSION_MAX_AGE", fdur(fss, "max_age", 24 * 3600, "[session]")),
+    return SessionConfig(
+        idle_timeout=r.duration("SESSION_IDLE_TIMEOUT",
+                                r.file_duration(fss, "idle_timeout", _SESSION.idle_timeout, "[session]")),
+        max_age=r.duration("SESSION_MAX_AGE", r.file_duration(fss, "max_age", _SESSION.max_age, "[session]")),
         secrets=tuple(secret_list),
-        cookie_name=(r.raw("COOKIE_NAME", "SESSION_COOKIE_NAME") or ("", str(fss.get("cookie_name", ""))))[1],
-        cookie_domain=(r.raw("COOKIE_DOMAIN") or ("", str(fss.get("cookie_domain", ""))))[1].lower(),
-        cache_ttl=r.duration("SESSION_CACHE_TTL", fdur(fss, "cache_ttl", 2.0, "[session]")),
+        cookie_name=(r.raw("COOKIE_NAME", "SESSION_COOKIE_NAME")
+                     or ("", str(fss.get("cookie_name", _SESSION.cookie_name))))[1],
+        cookie_domain=(r.raw("COOKIE_DOMAIN")
+                       or ("", str(fss.get("cookie_domain", _SESSION.cookie_domain))))[1].lower(),
+        cache_ttl=r.duration("SESSION_CACHE_TTL",
+                             r.file_duration(fss, "cache_ttl", _SESSION.cache_ttl, "[session]")),
         redis_url=redis_url,
-        redis_prefix=(r.raw("REDIS_PREFIX") or ("", str(fss.get("redis_prefix", "authproxy:"))))[1],
-    )
-    throttle = ThrottleConfig(
-        max_failures=r.integer("LOGIN_MAX_FAILURES", int(ft.get("max_failures", 5)), minimum=1, maximum=10_000),
-        window=r.duration("LOGIN_FAILURE_WINDOW", fdur(ft, "window", 15 * 60, "[throttle]")),
+        redis_prefix=(r.raw("REDIS_PREFIX") or ("", str(fss.get("redis_prefix", _SESSION.redis_prefix))))[1],
     )
 
+
+def _throttle(r: _Reader, ft: dict[str, Any]) -> ThrottleConfig:
+    """The [throttle] table under the environment's variables."""
+    return ThrottleConfig(
+        max_failures=r.integer("LOGIN_MAX_FAILURES", int(ft.get("max_failures", _THROTTLE.max_failures)),
+                               minimum=1, maximum=10_000),
+        window=r.duration("LOGIN_FAILURE_WINDOW",
+                          r.file_duration(ft, "window", _THROTTLE.window, "[throttle]")),
+    )
+
+
+def _sites(r: _Reader, file_data: dict[str, Any]) -> tuple[SiteConfig, ...]:
+    """The file's [[sites]], or the one site of UPSTREAM_URL (never both)."""
     sites: list[SiteConfig] = []
     raw_sites = file_data.get("sites", [])
     if not isinstance(raw_sites, list):
@@ -355,13 +434,7 @@ def load_config(env: Mapping[str, str] | None = None, config_file: Path | None =
                               "file, not both")
         else:
             sites.append(env_site)
-
-    config = Config(auth_mode=_auth_mode(r, file_data.get("auth_mode")),  # type: ignore[arg-type]
-                    server=server, session=session, throttle=throttle, sites=tuple(sites))
-    problems = r.problems + validate.check(config)
-    if problems:
-        raise ConfigError(problems)
-    return config
+    return tuple(sites)
 
 
 def ensure_session_secrets(config: Config) -> tuple[Config, bool]:

@@ -1,7 +1,8 @@
 """The validated configuration: frozen dataclasses with defaults.
 
 Built once at start-up by `config.loader.load_config` from the environment (and an optional TOML
-file); nothing reads the environment after that.
+file); nothing reads the environment after that. Every default is written here, once: the loader
+falls back to these dataclasses' defaults (and to the DEFAULT_* constants) for whatever is not set.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from authproxy.crypto import Secret
 AuthMode = Literal["none", "session", "hybrid"]
 AUTH_MODES: tuple[str, ...] = ("none", "session", "hybrid")
 SESSION_MODES: frozenset[str] = frozenset({"session", "hybrid"})
+DEFAULT_AUTH_MODE: AuthMode = "session"
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -23,6 +25,15 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # X-Forwarded-For (dodging the per-address throttle, forging audit addresses) or, as a "proxy", ask
 # /verify for a credential. A proxy elsewhere (a container network) is named in TRUSTED_PROXIES.
 DEFAULT_TRUSTED_PROXIES: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+# The key prefix of a shared Redis (also RedisStore's own default, for a store built without a config).
+DEFAULT_REDIS_PREFIX = "authproxy:"
+
+# Methods an upstream answers by echoing the request (TRACE; IIS's TRACK; ASP.NET's DEBUG), which would
+# hand the injected credential to the client: refused with 405 unless a site lists them in allow_methods.
+ECHO_METHODS: frozenset[str] = frozenset({"TRACE", "TRACK", "DEBUG"})
+
+# The request header that carries FORWARD_AUTH_SECRET from the front proxy to /verify.
+FORWARD_AUTH_SECRET_HEADER = "X-Authproxy-Secret"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +49,7 @@ class SiteConfig:
     options: dict[str, Any] = field(default_factory=dict)  # adapter-specific, validated by the adapter
     allowed_users: tuple[str, ...] = ()  # () = anyone the upstream accepts; else only these (lower case)
     allowed_groups: tuple[str, ...] = () # () = no group rule; else one of these groups is required
+    allow_methods: tuple[str, ...] = ()  # ECHO_METHODS this site still receives (upper case)
     timeout: float = 30.0                # seconds for a whole upstream exchange (streams excluded)
     connect_timeout: float = 5.0
 
@@ -51,7 +63,7 @@ class SessionConfig:
     cookie_domain: str = ""              # e.g. ".example.com" to share one sign-in across hosts
     cache_ttl: float = 2.0               # hot in-process cache of verified sessions; 0 = off
     redis_url: Secret | None = None      # None -> embedded SQLite store in the data dir
-    redis_prefix: str = "authproxy:"
+    redis_prefix: str = DEFAULT_REDIS_PREFIX
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +82,7 @@ class ServerConfig:
     https_cert_file: Path | None = None
     https_key_file: Path | None = None
     trust_proxy: bool = False
-    trusted_proxies: tuple[IPNetwork, ...] = ()
+    trusted_proxies: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in DEFAULT_TRUSTED_PROXIES)
     allowed_redirect_domains: tuple[str, ...] = ()
     access_log: bool = True
     log_level: str = "INFO"
@@ -78,6 +90,25 @@ class ServerConfig:
     audit_log_file: Path | None = None   # None -> the "authproxy.audit" logger on stderr
     max_header_size: int = 8190
     workers: int = 1
+    # Forward auth (/verify*): its 200 answer carries the upstream credential, so it is served only on a
+    # listener of its own (port set) and/or to a caller that sends the shared secret; with neither it
+    # is not served at all (a TLS proxy in front of the public listener forwards every path).
+    forward_auth_host: str = "127.0.0.1"
+    forward_auth_port: int | None = None      # None: no separate listener
+    forward_auth_secret: Secret | None = None  # the X-Authproxy-Secret header the proxy must send
+
+    @property
+    def forward_auth_listener(self) -> bool:
+        return self.forward_auth_port is not None
+
+    @property
+    def forward_auth_enabled(self) -> bool:
+        return self.forward_auth_port is not None or self.forward_auth_secret is not None
+
+    def forward_auth_address(self, port: int | None = None) -> str:
+        """`host:port` of the forward-auth listener as a URL writes it (IPv6 in brackets)."""
+        host = self.forward_auth_host
+        return f"{f'[{host}]' if ':' in host else host}:{self.forward_auth_port if port is None else port}"
 
 
 @dataclass(frozen=True, slots=True)

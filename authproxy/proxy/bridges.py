@@ -58,9 +58,6 @@ class BridgeRegistry:
     def __iter__(self) -> Iterator[Bridge]:
         return iter([b for group in self._by_key.values() for b in group])
 
-    def for_session(self, store_key: str) -> set[Bridge]:
-        return set(self._by_key.get(store_key, ()))
-
     def add(self, bridge: Bridge) -> None:
         self._by_key.setdefault(bridge.store_key, set()).add(bridge)
 

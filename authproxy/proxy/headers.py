@@ -24,6 +24,9 @@ IDENTITY_HEADERS = frozenset({
     # what CDNs and load balancers set, which some upstreams read before X-Real-IP (AdGuard: realIP)
     "cf-connecting-ip", "true-client-ip", "x-cluster-client-ip", "fastly-client-ip", "x-forwarded-server",
     "x-forwarded-scheme", "x-forwarded-ssl", "x-url-scheme", "front-end-https", "x-original-host",
+    # FORWARD_AUTH_SECRET travels only from the front proxy to /verify; a proxy set up to add it to every
+    # request must not hand it on to the upstream
+    "x-authproxy-secret",
 })
 
 
@@ -75,22 +78,6 @@ def downstream_response_headers(src: MultiMapping[str], out: CIMultiDict[str], *
         if low in HOP_BY_HOP or low in named or (drop_length and low == "content-length"):
             continue
         out.add(name, value)
-
-
-def strip_hop_by_hop(headers: CIMultiDict[str]) -> None:
-    """Remove hop-by-hop headers, including any the Connection header names."""
-    named: set[str] = set()
-    for value in headers.getall("Connection", ()):
-        named.update(token.strip().lower() for token in value.split(",") if token.strip())
-    for name in list(headers.keys()):
-        low = name.lower()
-        if low in HOP_BY_HOP or low in named:
-            headers.popall(name, None)
-
-
-def strip_names(headers: CIMultiDict[str], names: Iterable[str]) -> None:
-    for name in names:
-        headers.popall(name, None)
 
 
 def location_without(location: str, secret: str) -> str:
@@ -145,15 +132,6 @@ def drop_carrying(headers: CIMultiDict[str], secret: str) -> None:
             headers.add(name, value)
 
 
-def query_value(raw_query: str, name: str) -> str | None:
-    """The first decoded value of `name` (case-insensitive), or None."""
-    low = name.lower()
-    for raw_name, item in query_pairs(raw_query):
-        if unquote_plus(raw_name).lower() == low:
-            return unquote_plus(item.split("=", 1)[1]) if "=" in item else ""
-    return None
-
-
 def cookie_without(cookie_header: str, names: Iterable[str]) -> str:
     """A Cookie header value without the named cookies (the rest kept verbatim)."""
     drop = set(names)
@@ -175,7 +153,3 @@ def set_forwarded(headers: MutableMapping[str, str], *, client_ip: str, proto: s
     headers["X-Forwarded-Proto"] = proto
     headers["X-Forwarded-Host"] = host
     headers["X-Real-IP"] = client_ip
-
-
-def has_crlf(value: str) -> bool:
-    return "\r" in value or "\n" in value or "\x00" in value

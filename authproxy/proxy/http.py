@@ -1,9 +1,10 @@
 """Streaming HTTP reverse proxy: authenticate, strip, inject, forward, stream back.
 
 Bodies are streamed both ways (no buffering), except a bounded peek at small JSON answers the
-adapter must read to spot "token expired" envelopes, small urlencoded request bodies the adapter
-must clean of client-supplied credentials, and answers of at most SMALL_BODY bytes with a
-Content-Length, which are read whole so that headers and body leave in one write.
+adapter must read to spot "token expired" envelopes, form bodies up to 1 MiB that must be cleaned of
+client-supplied credential fields before anything goes upstream (proxy/forms.py; longer ones are
+cleaned as they stream), and answers of at most SMALL_BODY bytes with a Content-Length, which are
+read whole so that headers and body leave in one write.
 
 Cost matters here (every proxied request pays it; see bench/proxy.py): the client's headers are
 filtered in one pass, per-upstream values (URL, timeouts) are computed once, and requests without a
@@ -14,8 +15,9 @@ body to plain-http upstreams go through the lean client in proxy/upstream.py rat
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
-from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -24,10 +26,12 @@ from yarl import URL
 
 from authproxy import authz, crosssite, keys
 from authproxy.bodies import read_up_to
+from authproxy.config.schema import ECHO_METHODS
 from authproxy.errors import UpstreamError
 from authproxy.log import log
 from authproxy.proxy import websocket
 from authproxy.proxy.common import build_upstream_request, credential_died, signed_out
+from authproxy.proxy.forms import Checked, Refused, checked_body
 from authproxy.proxy.headers import (
     downstream_response_headers,
     drop_carrying,
@@ -44,12 +48,13 @@ from authproxy.web import uicalls
 from authproxy.web.common import client_ip, current_session, error_response
 
 CHUNK = 64 * 1024
-MAX_FORM_BODY = 1 << 20
 MAX_PEEK = 1 << 20
 # Answers up to this size (with a Content-Length) are read whole and sent on in one write: headers and
 # body together, one send() instead of two; bigger or open-ended ones stream.
 SMALL_BODY = 64 * 1024
 _EMPTY_BODY_STATUS = frozenset({204, 304})
+_SLASHES = re.compile(r"/{2,}")
+_ALLOW = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"   # what a 405 for TRACE & co. names
 
 
 # Body-less requests to plain-http upstreams go through this lean client (see proxy/upstream.py).
@@ -102,7 +107,22 @@ async def credential_for(request: web.Request, site: Site) -> tuple[LoadedSessio
     return loaded, site.policy.credential(loaded.session, site.name)
 
 
-async def forward(request: web.Request) -> web.StreamResponse:
+def merged_slashes(request: web.Request) -> web.Request:
+    """The request with `//` in its path merged into `/`, as most servers read it: `//api/x` is the
+    API to the upstream, so it must be to every rule here (routing, the adapter's path checks, the
+    cross-site rule), and the upstream gets the path these rules judged. `%2F` stays as it is."""
+    rel = request.rel_url
+    path = _SLASHES.sub("/", rel.raw_path)
+    url = URL.build(path=path, query_string=rel.raw_query_string, encoded=True)
+    # What the trusted-proxy rules set (middleware.amend) is carried over; clone would drop it.
+    if request.remote is None:
+        return request.clone(rel_url=url, scheme=request.scheme, host=request.host)
+    return request.clone(rel_url=url, scheme=request.scheme, host=request.host, remote=request.remote)
+
+
+async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - hot path, kept flat
+    if "//" in request.rel_url.raw_path:
+        request = merged_slashes(request)
     app = request.app
     prefix = app[keys.CONFIG].server.prefix
     path = request.rel_url.path
@@ -116,16 +136,19 @@ async def forward(request: web.Request) -> web.StreamResponse:
     if site is None:
         return error_response(request, 404, "unknown_site", "No site is configured for this address.",
                               title="Not found")
+    if (method := request.method.upper()) in ECHO_METHODS and method not in site.config.allow_methods:
+        return _method_refused(request, site)
     # Some UIs' own login/session calls are answered by authproxy (web/uicalls.py, upstreams/ui.py).
     answered = await uicalls.answer(request, site)
     if answered is not None:
         return answered
-    if (not crosssite.plainly_own(request.headers)
-            and crosssite.refused(request.method, request.headers, crosssite.own_origin(request),
-                                  site.upstream_path(request.rel_url.raw_path),
-                                  site.adapter.gets_change_state)
-            and request.headers.get("Upgrade", "").lower() != "websocket"):  # the bridge checks Origin itself
-        return _cross_site_refused(request, site)
+    if not crosssite.plainly_own(request.headers):   # cheap first: most requests stop here
+        # WebSocket handshakes too: one from another origin's page is never a navigation.
+        refusal = crosssite.refused(request.method, request.headers, crosssite.own_origin(request),
+                                    site.upstream_path(request.rel_url.raw_path),
+                                    site.adapter.gets_change_state)
+        if refusal is not None:
+            return _cross_site_refused(request, site, refusal)
     loaded, credential = await credential_for(request, site)
     if credential is None:
         return signed_out(request, site)
@@ -138,27 +161,18 @@ async def forward(request: web.Request) -> web.StreamResponse:
         return await websocket.bridge(request, site, loaded, credential)
 
     ureq = build_upstream_request(request, site)
-    body: object = None
+    checked: Checked | None = None
     if request.body_exists:
-        if (request.content_type == "application/x-www-form-urlencoded"
-                and request.headers.get("Content-Encoding", "identity").lower() != "identity"):
-            # Forms are read to remove credential fields; a compressed one could hide them.
-            return error_response(request, 415, "unsupported_media_type",
-                                  "A compressed form cannot be checked; send it uncompressed.")
-        if (request.content_type == "application/x-www-form-urlencoded"
-                and (request.content_length or 0) <= MAX_FORM_BODY):
-            raw = await read_up_to(request.content, MAX_FORM_BODY + 1)
-            if len(raw) > MAX_FORM_BODY:
-                return error_response(request, 413, "body_too_large", "The form is too large.")
-            # latin-1 both for the body and its %XX escapes: one byte = one char, so the form goes back
-            # out byte for byte whatever the charset (UTF-8 escapes would not re-encode as latin-1).
-            ureq.form = parse_qsl(raw.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
-        else:
-            body = request.content
+        try:
+            checked = await checked_body(request.content, request.headers.getall("Content-Type", []),
+                                         request.headers.get("Content-Encoding", ""),
+                                         site.adapter.credential_fields())
+        except Refused as exc:
+            return _body_refused(request, site, exc)
+        if not checked.same_length:
+            ureq.headers.popall("Content-Length", None)
     site.adapter.prepare_request(ureq, credential)
-    if ureq.form is not None:
-        body = urlencode(ureq.form, encoding="latin-1").encode("latin-1")
-        ureq.headers.popall("Content-Length", None)
+    body = checked.data if checked is not None else None
     headers = ureq.headers
     set_forwarded(headers, client_ip=client_ip(request), proto="https" if request.secure else "http",
                   host=request.host)
@@ -177,6 +191,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
                 ureq.method, URL(target.base + path_qs, encoded=True), headers=headers, data=body,
                 allow_redirects=False, timeout=target.timeout, auto_decompress=False)
     except (aiohttp.ClientError, TimeoutError, UpstreamError) as exc:
+        if checked is not None and checked.refused is not None:
+            return _body_refused(request, site, checked.refused)   # the body was broken off on purpose
         log.warning("upstream unreachable", extra={"fields": {"site": site.name, "error": type(exc).__name__}})
         return error_response(request, 502, "upstream_unavailable",
                               f"{site.name} is not answering right now; try again in a moment.",
@@ -258,7 +274,7 @@ def _answer_headers(response: web.StreamResponse, request: web.Request, site: Si
         _rewrite_set_cookie_paths(headers, site)
 
 
-async def _stream(request: web.Request, site: Site, upstream: _Answer, response: web.StreamResponse,
+async def _stream(request: web.Request, site: Site, upstream: _Answer, response: web.StreamResponse,  # noqa: C901 - hot path
                   first: bytes, broke: BaseException | None,
                   scrub: StreamReplacer | ReplacerChain | None = None) -> web.StreamResponse:
     """Send `first`, then the rest of the upstream body as it comes; `broke`: the upstream already failed.
@@ -295,12 +311,22 @@ async def _stream(request: web.Request, site: Site, upstream: _Answer, response:
     return response
 
 
-def _cross_site_refused(request: web.Request, site: Site) -> web.StreamResponse:
+def _method_refused(request: web.Request, site: Site) -> web.StreamResponse:
+    """TRACE & co. make an upstream echo the request back, injected credential included."""
+    return error_response(request, 405, "method_not_allowed",
+                          f"{request.method} is not forwarded to {site.name}: the answer would echo the "
+                          "credential authproxy adds.", title="Method not allowed", headers={"Allow": _ALLOW})
+
+
+def _body_refused(request: web.Request, site: Site, refused: Refused) -> web.StreamResponse:
+    log.info("request body refused", extra={"fields": {"site": site.name, "code": refused.code}})
+    return error_response(request, refused.status, refused.code, refused.message)
+
+
+def _cross_site_refused(request: web.Request, site: Site, refusal: crosssite.Refusal) -> web.StreamResponse:
     log.info("cross-site request refused", extra={"fields": {"site": site.name, "method": request.method,
-                                                             "path": request.rel_url.path}})
-    return error_response(request, 403, "cross_site",
-                          f"This request to {site.name} came from another site, and authproxy does not let "
-                          "other sites act with your sign-in. Open the page directly instead.",
+                                                             "path": request.rel_url.path, "why": refusal}})
+    return error_response(request, 403, "cross_site", crosssite.explain(refusal, site.name),
                           title="Request from another site refused")
 
 

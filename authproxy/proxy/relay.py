@@ -79,7 +79,7 @@ class Leg(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = cast(asyncio.Transport, transport)
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes) -> None:  # noqa: C901 - hot path: every WebSocket read
         if self.activity_due:
             self.activity_due = False
             if self.on_activity is not None:

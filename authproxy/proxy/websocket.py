@@ -2,8 +2,10 @@
 
 `proxy.http.forward` has already found the site and the credential; `bridge` then
 
-1. refuses what is not a WebSocket handshake (400) or comes from another origin (403: the upstream's
-   own Origin check is about to be satisfied by us, so cross-site socket hijacking is stopped here);
+1. refuses what is not a WebSocket handshake (400). A handshake from another origin never gets here:
+   the upstream's own Origin check is about to be satisfied by us, so `forward` refuses it (403) with
+   the cross-site rule of every request (crosssite.refused: `Origin` compared by scheme, host and
+   port; browsers always send one on a WebSocket, and Chromium no Sec-Fetch-* there);
 2. builds the upstream handshake like an HTTP request (hop-by-hop, identity headers and the authproxy
    cookie stripped, the adapter injects the credential), keeps the offered subprotocols, offers no
    extension, and sets `Origin` to the upstream's own origin (proxy/ws_upstream.py does the handshake);
@@ -61,18 +63,6 @@ _HANDSHAKE_HEADERS = ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSock
 # ---- the handshake ---------------------------------------------------------------------------------
 
 
-def _origin_allowed(request: web.Request) -> bool:
-    """No Origin (non-browser client) or the public origin itself; anything else is cross-site."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    parts = urlsplit(origin)
-    if parts.scheme not in ("http", "https"):
-        return False
-    default = ":443" if parts.scheme == "https" else ":80"
-    return parts.netloc.lower().removesuffix(default) == request.host.lower().removesuffix(default)
-
-
 def upstream_origin(upstream_url: str) -> str:
     parts = urlsplit(upstream_url)
     scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
@@ -103,8 +93,6 @@ async def bridge(request: web.Request, site: Site, loaded: LoadedSession | None,
     offered = tuple(p.strip() for v in request.headers.getall("Sec-WebSocket-Protocol", ()) for p in v.split(","))
     if not web.WebSocketResponse(protocols=offered).can_prepare(request).ok:
         return error_response(request, 400, "bad_websocket_handshake", "This is not a valid WebSocket request.")
-    if not _origin_allowed(request):
-        return error_response(request, 403, "cross_site", "Cross-site WebSocket connections are refused.")
     registry = request.app[keys.WEBSOCKETS]
     url, headers, protocols = build_handshake(request, site, credential)
     try:

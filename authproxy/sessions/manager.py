@@ -15,8 +15,7 @@ import hmac
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from http.cookies import Morsel
+from dataclasses import dataclass
 
 from authproxy.config.schema import SessionConfig
 from authproxy.crypto import Keyring, b64e, seal, unseal
@@ -49,7 +48,6 @@ class LoadedSession:
     store_key: str
     fetched_at: float = 0.0
     touched_at: float = 0.0
-    dirty: set[str] = field(default_factory=set)
 
     @property
     def public_id(self) -> str:
@@ -129,7 +127,7 @@ class SessionManager:
                                fetched_at=now, touched_at=now)
         await self._write(loaded)
         await self._write_marker(loaded, now)
-        await self.store.index_add(self._user_index(user), loaded.store_key, self.config.max_age)
+        await self.store.index_add(self._account_index(site, user), loaded.store_key, self.config.max_age)
         return loaded, ticket.encode(self.keyring)
 
     async def load(self, cookie_value: str | None, *, client_ip: ClientIP = "") -> LoadedSession | None:
@@ -242,6 +240,8 @@ class SessionManager:
             cred.extra.setdefault(OWNER, owner_record(previous.session.identity))
             loaded.session.credentials.setdefault(name, cred)
         await self.save(loaded)
+        for site, user in self._accounts(loaded.session):  # "sign out everywhere" of those finds it too
+            await self.store.index_add(self._account_index(site, user), loaded.store_key, self.config.max_age)
         await self.destroy(previous)
 
     async def destroy(self, loaded: LoadedSession) -> None:
@@ -250,22 +250,32 @@ class SessionManager:
         self._touched.pop(loaded.store_key, None)
         self._inflight.pop(loaded.store_key, None)
         await self.store.delete(loaded.store_key, marker_key(loaded.store_key))
-        await self.store.index_remove(self._user_index(loaded.session.user), loaded.store_key)
+        for site, user in self._accounts(loaded.session):
+            await self.store.index_remove(self._account_index(site, user), loaded.store_key)
         await self.store.publish(CHANNEL, loaded.store_key)
 
-    async def destroy_user(self, user: str) -> int:
-        """Sign a user out everywhere (admin revocation); O(sessions of that user)."""
-        index = self._user_index(user)
-        members = await self.store.index_members(index)
-        if members:
-            for key in members:
-                self._bump(key)
-            await self.store.delete(*members, *(marker_key(m) for m in members))
-            for key in members:
-                self._cache.pop(key, None)
-                await self.store.publish(CHANNEL, key)
-        await self.store.delete(index)
-        return len(members)
+    async def destroy_everywhere(self, loaded: LoadedSession) -> int:
+        """"Sign out everywhere": end every session signed in to an account this one holds, itself
+        included; returns how many were still alive. O(sessions of those accounts).
+
+        An account is a user name *at a site* (another site's "alice" may be someone else, and Pi-hole
+        takes any typed name). The other sessions are sealed under keys only their cookies carry, so
+        their upstream tokens cannot be read to sign those out upstream: they become unreachable here
+        and lapse at the upstream's own timeout."""
+        indexes = [self._account_index(site, user) for site, user in self._accounts(loaded.session)]
+        members = {loaded.store_key}
+        for index in indexes:
+            members |= await self.store.index_members(index)
+        for key in members:
+            self._bump(key)
+            self._cache.pop(key, None)
+            self._touched.pop(key, None)
+            self._inflight.pop(key, None)
+        ended = await self.store.delete(*members)
+        await self.store.delete(*(marker_key(m) for m in members), *indexes)
+        for key in members:
+            await self.store.publish(CHANNEL, key)
+        return ended
 
     async def idle_expires_at(self, loaded: LoadedSession) -> float:
         left = await self.store.ttl(loaded.store_key)
@@ -346,13 +356,28 @@ class SessionManager:
             user, site, expires_at = str(info["user"]), str(info["site"]), float(info["expires_at"])
         except (ValueError, KeyError, TypeError):
             return
-        await self.store.index_remove(self._user_index(user), ticket.store_key)
+        await self.store.index_remove(self._account_index(site, user), ticket.store_key)
         audit("expiry", outcome="max_age" if now >= expires_at else "idle_timeout", user=user, site=site,
               client_ip=_resolve(client_ip), session=public_id(ticket.store_key))
 
     @staticmethod
-    def _user_index(user: str) -> str:
-        return "u:" + b64e(hashlib.sha256(b"authproxy-user\x00" + user.encode()).digest())
+    def _account_index(site: str, user: str) -> str:
+        """The set of sessions signed in as `user` at `site` (hashed: store keys never show names)."""
+        named = json.dumps(["authproxy-account", site, user]).encode()
+        return "u:" + b64e(hashlib.sha256(named).digest())
+
+    @staticmethod
+    def _accounts(session: Session) -> set[tuple[str, str]]:
+        """Every (site, user name) this session is signed in as: its own sign-in, and the owners of the
+        credentials it carries over from earlier sign-ins (`adopt`)."""
+        from authproxy import authz
+
+        found = {(session.site, session.user)}
+        for name in session.credentials:
+            identity = authz.site_identity(session, name)
+            if identity is not None and identity.username:
+                found.add((name, identity.username))
+        return found
 
     # ---- cookies ---------------------------------------------------------------------------------
 
@@ -362,11 +387,3 @@ class SessionManager:
         if self.config.cookie_domain:
             attrs["domain"] = self.config.cookie_domain
         return attrs
-
-    def cookie_header(self, value: str, *, clear: bool = False) -> str:
-        """A Set-Cookie header value (used where aiohttp's response.set_cookie is not at hand)."""
-        m: Morsel[str] = Morsel()
-        m.set(self.cookie_name, "" if clear else value, "" if clear else value)
-        for k, v in self.cookie_attributes().items():
-            m[k.replace("_", "-")] = 0 if clear and k == "max_age" else v
-        return m.OutputString()

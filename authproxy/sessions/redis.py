@@ -8,7 +8,7 @@ Why it looks like this:
 - Two clients. The hot reads of the session check — `get`, `expire` (PEXPIRE) and `ttl` (PTTL) — go
   through `resp.RespClient` (one pipelined connection, hiredis parsing, no per-call timer), because
   redis-py's asyncio client is what bounds the session check on a cache miss: see bench/verify.py and
-  the README. Everything else (writes, locks, scripts, index sets, pub/sub, ping) stays on redis-py.
+  the README. Everything else (writes, scripts, index sets, pub/sub, ping) stays on redis-py.
   Sentinel URLs (`redis+sentinel://`) use redis-py for everything, hot reads included: master discovery
   and failover are redis-py's job.
 - Keys, index sets and channels all get `prefix`, so one Redis can serve several deployments. Keys and
@@ -42,6 +42,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 
+from authproxy.config.schema import DEFAULT_REDIS_PREFIX
 from authproxy.errors import ConfigError, StoreError
 from authproxy.sessions.resp import Endpoint, RespClient
 from authproxy.sessions.resp import redact_url as _redact_url
@@ -91,7 +92,7 @@ class RedisStore:
 
     name = "redis"
 
-    def __init__(self, url: str, *, prefix: str = "authproxy:", timeout: float = 2.0,
+    def __init__(self, url: str, *, prefix: str = DEFAULT_REDIS_PREFIX, timeout: float = 2.0,
                  health_check_interval: int = 30) -> None:
         self.prefix = prefix
         self.timeout = timeout
@@ -184,11 +185,6 @@ class RedisStore:
         written = await self._do("replace", lambda c: c.set(self.prefix + key, value, px=_ms(ttl), xx=True))
         return bool(written)
 
-    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
-        created = await self._do("set_if_absent",
-                                 lambda c: c.set(self.prefix + key, value, px=_ms(ttl), nx=True))
-        return bool(created)
-
     async def expire(self, key: str, ttl: float) -> bool:
         fast = self._fast
         if fast is not None:
@@ -268,7 +264,7 @@ class RedisStore:
                 self._first_attempt.set()
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
@@ -300,8 +296,7 @@ class RedisStore:
         sentinel_kwargs = {k: v for k, v in common.items() if k != "health_check_interval"}
         if spec.sentinel_password:
             sentinel_kwargs["password"] = spec.sentinel_password
-        self._sentinel = Sentinel(spec.sentinels, sentinel_kwargs=sentinel_kwargs,  # type: ignore[no-untyped-call]
-                                  **common)
+        self._sentinel = Sentinel(spec.sentinels, sentinel_kwargs=sentinel_kwargs, **common)
         master: aioredis.Redis = self._sentinel.master_for(
             spec.service_name, db=spec.db, username=spec.username, password=spec.password)
         return master

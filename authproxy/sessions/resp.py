@@ -285,7 +285,7 @@ class RespClient:
                 raise StoreError(f"{self.label}: client closed") from None  # close() stopped the attempt
             raise
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:  # noqa: C901 - worded per failure
         ep = self.endpoint
         conn = _Connection(self, loop)
         futures: list[asyncio.Future[Any]] = []
@@ -298,7 +298,8 @@ class RespClient:
                     await loop.create_connection(lambda: conn, ep.host, ep.port, ssl=ep.tls,
                                                  server_hostname=ep.host if ep.tls else None)
                 futures = [conn.request(payload) for _, payload in self._handshake]
-                for (step, _), fut in zip(self._handshake, futures):
+                for (name, _), fut in zip(self._handshake, futures, strict=True):
+                    step = name  # the one a failure below is about
                     await fut
         except asyncio.CancelledError:
             conn.fail("connect cancelled")

@@ -1,6 +1,6 @@
 """AdGuard Home: `POST /control/login` {name, password} -> cookie `agh_session`.
 
-A thin configuration of the generic adapter (UPSTREAMS.md §4):
+A thin configuration of the generic adapter, following AdGuard Home's own code (`internal/home/authhttp.go`):
 * wrong credentials answer 403, a blocked client 429 with Retry-After (AdGuard counts failures per
   TCP peer, i.e. per authproxy: authproxy's own throttle stops typos first, and a signed-in
   person's own `POST /control/login` is refused rather than forwarded);

@@ -26,9 +26,12 @@ from authproxy.config.schema import SiteConfig
 from authproxy.sessions.manager import LoadedSession
 from authproxy.sessions.model import Credential, Identity
 from authproxy.sessions.store import SessionStore
+from authproxy.upstreams.query import FieldNames
 from authproxy.upstreams.ui import Handoff, Outcome, UiAnswer, UiCall
 
 LoginStatus = Literal["ok", "totp_required", "invalid", "blocked"]
+
+NO_FIELDS = FieldNames(())   # sites whose credential never rides in a query or a form
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +55,6 @@ class UpstreamRequest:
     raw_path: str
     raw_query: str
     headers: CIMultiDict[str]
-    form: list[tuple[str, str]] | None = None  # set when a urlencoded body was buffered for rewriting
 
 
 class UpstreamAdapter(abc.ABC):
@@ -118,8 +120,14 @@ class UpstreamAdapter(abc.ABC):
         """The site's configured service token as a credential (AUTH_MODE=none/hybrid)."""
         return Credential(secret=secret, actor="service")
 
+    def credential_fields(self) -> FieldNames:
+        """Request field names that carry the credential: `prepare_request` cuts them from the query,
+        proxy/forms.py from urlencoded and multipart bodies (none by default)."""
+        return NO_FIELDS
+
     def gets_change_state(self, upstream_path: str) -> bool:
-        """True when a GET to this path may change something (so it is never opened from another site)."""
+        """True when a GET to this path may change something (so it is never opened from another site,
+        nor loaded as a page without a same-origin sign)."""
         return False
 
     def rewrite_body(self, req: UpstreamRequest, body: bytes, loaded: LoadedSession | None) -> bytes:

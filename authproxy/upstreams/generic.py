@@ -87,7 +87,9 @@ Every table and key, with its default:
     response_headers = []           answer headers dropped (basic: "WWW-Authenticate" by default)
     request_cookies = []            client cookies removed before forwarding (plus the injected one)
     request_headers = ["Authorization"]   client headers removed (plus the injected one)
-    params = []                     query and urlencoded-form parameters removed (plus the injected)
+    params = []                     query and form parameters removed (plus the injected): from the
+                                    query and urlencoded bodies of any size; a multipart part of that
+                                    name is refused (400)
 
 [logout]     method = "POST", path = "" (none), intercept = false
 [keepalive]  method = "GET",  path = "" (none: the heartbeat never calls upstream)
@@ -128,7 +130,7 @@ from authproxy.upstreams.generic_options import (
     pointer_blank,
     pointer_get,
 )
-from authproxy.upstreams.query import query_with, query_without
+from authproxy.upstreams.query import FieldNames, query_with, query_without
 from authproxy.upstreams.substitute import scrubber
 from authproxy.upstreams.ui import Outcome, UiAnswer, UiCall
 
@@ -221,7 +223,8 @@ class GenericAdapter(UpstreamAdapter):
         self._strip_headers = set(s.hide.request_headers) | ({s.inject.name} if s.inject.as_ == "header" else set())
         self._drop_headers = set(s.hide.response_headers) | (
             {s.credential.name} if s.credential.from_ == "header" else set())
-        self._strip_params = set(s.hide.params) | ({s.inject.name} if s.inject.as_ == "query" else set())
+        self._strip_params = FieldNames(set(s.hide.params) | ({s.inject.name} if s.inject.as_ == "query"
+                                                              else set()))
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> list[str]:
@@ -387,9 +390,6 @@ class GenericAdapter(UpstreamAdapter):
         cookies.strip_request_cookies(req.headers, self._strip_cookies)
         if self._strip_params:
             req.raw_query = query_without(req.raw_query, self._strip_params)
-            if req.form is not None:
-                drop = {n.lower() for n in self._strip_params}
-                req.form = [(k, v) for k, v in req.form if k.lower() not in drop]
         if self._must_read(req.raw_path) or self.spec.inject.as_ == "query":
             # Answers authproxy reads, or scrubs of a query credential: a compressed one it could not.
             req.headers["Accept-Encoding"] = "identity"
@@ -402,6 +402,10 @@ class GenericAdapter(UpstreamAdapter):
             cookies.add_request_cookie(req.headers, inj.name, credential.secret)
         else:
             req.raw_query = query_with(req.raw_query, inj.name, credential.secret)
+
+    def credential_fields(self) -> FieldNames:
+        """`hide.params` and a query-injected name: cut from the query (above) and form bodies (proxy/forms.py)."""
+        return self._strip_params
 
     def _must_read(self, path: str) -> bool:
         s = self.spec

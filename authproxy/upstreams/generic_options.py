@@ -182,7 +182,68 @@ def merge_options(base: dict[str, Any], override: dict[str, Any]) -> dict[str, A
 
 def parse_spec(options: dict[str, Any], where: str = "options") -> tuple[GenericSpec | None, list[str]]:
     """The spec, or None plus every problem, each naming the option and the fix."""
-    p: list[str] = []
+    c = _Checker(where)
+    tables = _tables(options, c)
+    login = _login(tables.get("login"), c)
+    cred = _credential(tables.get("credential"), c, login)
+    inject = _inject(tables.get("inject", {}), c, cred)
+    expiry = _expiry(tables.get("expiry", {}), c)
+    hide = _hide(tables.get("hide", {}), c, login, cred)
+    logout, keepalive = _calls(tables, c)
+    username = tables.get("identity", {}).get("username", "")
+    if c.problems:
+        return None, c.problems
+    return GenericSpec(login=login, credential=cred, inject=inject, expiry=expiry, hide=hide, logout=logout,
+                       keepalive=keepalive, username=username), []
+
+
+# What an option not set stands for: the dataclasses' own defaults (written once, above).
+_LOGIN, _CRED, _INJECT, _EXPIRY, _HIDE = LoginSpec(), CredentialSpec(), InjectSpec(), ExpirySpec(), HideSpec()
+_CALL = CallSpec()
+
+
+class _Checker:
+    """Collects the problems of one `options` (named by `where`) and checks the kinds of value they share."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.problems: list[str] = []
+
+    def path_ok(self, label: str, value: str, *, required: bool = False, prefix: bool = False) -> str:
+        where, p = self.where, self.problems
+        if not value:
+            if required:
+                p.append(f"{where}.{label}: required; set the upstream path, e.g. \"/api/login\"")
+            return value
+        if not value.startswith("/") or any(c in value for c in " ?#\r\n"):
+            kind = "path prefix" if prefix else "path"
+            p.append(f"{where}.{label}: must be a {kind} starting with / (no query), but it is {value!r}")
+        return value
+
+    def method_ok(self, label: str, value: str) -> str:
+        if not value.isascii() or not value.isalpha():
+            self.problems.append(f"{self.where}.{label}: must be an HTTP method like GET or POST, "
+                                 f"but it is {value!r}")
+        return value.upper()
+
+    def pointer_ok(self, label: str, value: str) -> str:
+        try:
+            pointer_parts(value)
+        except ValueError:
+            self.problems.append(f"{self.where}.{label}: must be a JSON pointer starting with / "
+                                 f"(e.g. /session/sid), but it is {value!r}")
+        return value
+
+    def choice(self, label: str, value: str, allowed: tuple[str, ...]) -> str:
+        if value not in allowed:
+            self.problems.append(f"{self.where}.{label}: must be one of {', '.join(allowed)}, "
+                                 f"but it is {value!r}")
+        return value
+
+
+def _tables(options: dict[str, Any], c: _Checker) -> dict[str, dict[str, Any]]:
+    """Each known table with its known, well-typed options; every unknown name or wrong type is a problem."""
+    where, p = c.where, c.problems
     tables: dict[str, dict[str, Any]] = {}
     for name, value in options.items():
         if name not in SCHEMA:
@@ -198,122 +259,121 @@ def parse_spec(options: dict[str, Any], where: str = "options") -> tuple[Generic
             elif not _type_ok(kind, item):
                 p.append(f"{where}.{name}.{key}: must be a {kind}, but it is {item!r}")
         tables[name] = {k: v for k, v in value.items() if k in SCHEMA[name] and _type_ok(SCHEMA[name][k], v)}
+    return tables
 
-    def path_ok(label: str, value: str, *, required: bool = False, prefix: bool = False) -> str:
-        if not value:
-            if required:
-                p.append(f"{where}.{label}: required; set the upstream path, e.g. \"/api/login\"")
-            return value
-        if not value.startswith("/") or any(c in value for c in " ?#\r\n"):
-            kind = "path prefix" if prefix else "path"
-            p.append(f"{where}.{label}: must be a {kind} starting with / (no query), but it is {value!r}")
-        return value
 
-    def method_ok(label: str, value: str) -> str:
-        if not value.isascii() or not value.isalpha():
-            p.append(f"{where}.{label}: must be an HTTP method like GET or POST, but it is {value!r}")
-        return value.upper()
-
-    def pointer_ok(label: str, value: str) -> str:
-        try:
-            pointer_parts(value)
-        except ValueError:
-            p.append(f"{where}.{label}: must be a JSON pointer starting with / (e.g. /session/sid), "
-                     f"but it is {value!r}")
-        return value
-
-    def choice(label: str, value: str, allowed: tuple[str, ...]) -> str:
-        if value not in allowed:
-            p.append(f"{where}.{label}: must be one of {', '.join(allowed)}, but it is {value!r}")
-        return value
-
-    lt = tables.get("login")
+def _login(lt: dict[str, Any] | None, c: _Checker) -> LoginSpec:
+    """[login]: the product's sign-in call (required)."""
+    where, p = c.where, c.problems
     if lt is None:
         p.append(f"{where}.login: required; describe the product's login call ([sites.options.login] "
                  "with at least path = \"...\")")
         lt = {}
     login = LoginSpec(
-        method=method_ok("login.method", lt.get("method", "POST")),
-        path=path_ok("login.path", lt.get("path", ""), required=True),
-        encoding=choice("login.encoding", lt.get("encoding", "form"), ("form", "json", "basic")),
-        username_field=lt.get("username_field", "username"), password_field=lt.get("password_field", "password"),
-        totp_field=lt.get("totp_field", ""), totp_number=lt.get("totp_number", False),
-        fields=dict(lt.get("fields", {})), ok_status=tuple(lt.get("ok_status", ())),
-        blocked_status=tuple(lt.get("blocked_status", (429,))),
-        totp_required_status=lt.get("totp_required_status", 0), totp_required_text=lt.get("totp_required_text", ""),
-        success_text=lt.get("success_text", ""), ui_answer=lt.get("ui_answer", ""),
-        ui_answer_type=lt.get("ui_answer_type", "text/plain"))
+        method=c.method_ok("login.method", lt.get("method", _LOGIN.method)),
+        path=c.path_ok("login.path", lt.get("path", _LOGIN.path), required=True),
+        encoding=c.choice("login.encoding", lt.get("encoding", _LOGIN.encoding), ("form", "json", "basic")),
+        username_field=lt.get("username_field", _LOGIN.username_field),
+        password_field=lt.get("password_field", _LOGIN.password_field),
+        totp_field=lt.get("totp_field", _LOGIN.totp_field),
+        totp_number=lt.get("totp_number", _LOGIN.totp_number),
+        fields=dict(lt.get("fields", _LOGIN.fields)), ok_status=tuple(lt.get("ok_status", _LOGIN.ok_status)),
+        blocked_status=tuple(lt.get("blocked_status", _LOGIN.blocked_status)),
+        totp_required_status=lt.get("totp_required_status", _LOGIN.totp_required_status),
+        totp_required_text=lt.get("totp_required_text", _LOGIN.totp_required_text),
+        success_text=lt.get("success_text", _LOGIN.success_text),
+        ui_answer=lt.get("ui_answer", _LOGIN.ui_answer),
+        ui_answer_type=lt.get("ui_answer_type", _LOGIN.ui_answer_type))
     if login.encoding != "basic" and not login.password_field:
         p.append(f"{where}.login.password_field: must name the field the password goes in")
     if login.totp_required_text and not login.totp_field:
         p.append(f"{where}.login.totp_field: set it (the field the one-time code goes in) when "
                  "totp_required_text is set")
+    return login
 
-    ct = tables.get("credential")
+
+def _credential(ct: dict[str, Any] | None, c: _Checker, login: LoginSpec) -> CredentialSpec:
+    """[credential]: where the upstream's session comes back (required)."""
+    where, p = c.where, c.problems
     if ct is None:
         p.append(f"{where}.credential: required; say where the session comes back, e.g. "
                  "[sites.options.credential] from = \"cookie\", name = \"session\"")
         ct = {}
-    cred = CredentialSpec(from_=ct.get("from", ""), name=ct.get("name", ""),
-                          pointer=pointer_ok("credential.pointer", ct.get("pointer", "")),
-                          ttl=float(ct.get("ttl", 0)),
-                          ttl_pointer=pointer_ok("credential.ttl_pointer", ct.get("ttl_pointer", "")))
+    cred = CredentialSpec(
+        from_=ct.get("from", _CRED.from_), name=ct.get("name", _CRED.name),
+        pointer=c.pointer_ok("credential.pointer", ct.get("pointer", _CRED.pointer)),
+        ttl=float(ct.get("ttl", _CRED.ttl)),
+        ttl_pointer=c.pointer_ok("credential.ttl_pointer", ct.get("ttl_pointer", _CRED.ttl_pointer)))
     if ct:
-        choice("credential.from", cred.from_, ("cookie", "json", "header", "basic"))
+        c.choice("credential.from", cred.from_, ("cookie", "json", "header", "basic"))
     if cred.from_ in ("cookie", "header") and not cred.name:
         p.append(f"{where}.credential.name: required for from = {cred.from_!r}; the {cred.from_} name")
     if cred.from_ == "json" and not cred.pointer:
         p.append(f"{where}.credential.pointer: required for from = \"json\", e.g. \"/session/sid\"")
     if cred.from_ == "basic" and login.encoding != "basic":
         p.append(f"{where}.credential.from: \"basic\" needs login.encoding = \"basic\"")
+    return cred
 
-    it = tables.get("inject", {})
+
+def _inject(it: dict[str, Any], c: _Checker, cred: CredentialSpec) -> InjectSpec:
+    """[inject]: how the credential goes to the upstream; by default the way it came back."""
+    where, p = c.where, c.problems
     default_as = {"cookie": "cookie", "header": "header", "basic": "header"}.get(cred.from_, "")
     default_name = "Authorization" if cred.from_ == "basic" else cred.name
     as_ = it.get("as", default_as)
     inject = InjectSpec(as_=as_, name=it.get("name", default_name if as_ == default_as else ""),
-                        template=it.get("template", "{credential}"))
+                        template=it.get("template", _INJECT.template))
     if not inject.as_:
         p.append(f"{where}.inject.as: required for from = {cred.from_ or 'json'!r}; say header, cookie or query")
     else:
-        choice("inject.as", inject.as_, ("header", "cookie", "query"))
+        c.choice("inject.as", inject.as_, ("header", "cookie", "query"))
     if inject.as_ and not inject.name:
         p.append(f"{where}.inject.name: required; the {inject.as_ or 'header'} name the credential goes in")
     if "{credential}" not in inject.template:
         p.append(f"{where}.inject.template: must contain {{credential}}, e.g. \"Bearer {{credential}}\"")
     elif inject.as_ != "header" and inject.template != "{credential}":
         p.append(f"{where}.inject.template: only headers take a template; remove it for as = {inject.as_!r}")
+    return inject
 
-    et = tables.get("expiry", {})
-    expiry = ExpirySpec(status=tuple(et.get("status", (401,))),
-                        paths=tuple(path_ok("expiry.paths", v, prefix=True) for v in et.get("paths", ())),
-                        json_pointer=pointer_ok("expiry.json_pointer", et.get("json_pointer", "")),
-                        json_value=et.get("json_value"),
-                        redirect_to=tuple(path_ok("expiry.redirect_to", v) for v in et.get("redirect_to", ())))
+
+def _expiry(et: dict[str, Any], c: _Checker) -> ExpirySpec:
+    """[expiry]: the answers that mean the upstream's session has ended."""
+    expiry = ExpirySpec(
+        status=tuple(et.get("status", _EXPIRY.status)),
+        paths=tuple(c.path_ok("expiry.paths", v, prefix=True) for v in et.get("paths", _EXPIRY.paths)),
+        json_pointer=c.pointer_ok("expiry.json_pointer", et.get("json_pointer", _EXPIRY.json_pointer)),
+        json_value=et.get("json_value", _EXPIRY.json_value),
+        redirect_to=tuple(c.path_ok("expiry.redirect_to", v)
+                          for v in et.get("redirect_to", _EXPIRY.redirect_to)))
     if expiry.json_pointer and "json_value" not in et:
-        p.append(f"{where}.expiry.json_value: required with json_pointer; the value that means expired")
+        c.problems.append(f"{c.where}.expiry.json_value: required with json_pointer; "
+                          "the value that means expired")
+    return expiry
 
-    ht = tables.get("hide", {})
-    hide = HideSpec(
-        json=tuple(pointer_ok("hide.json", v) for v in ht.get("json", ())),
-        json_paths=tuple(path_ok("hide.json_paths", v, prefix=True) for v in ht.get("json_paths", ()))
+
+def _hide(ht: dict[str, Any], c: _Checker, login: LoginSpec, cred: CredentialSpec) -> HideSpec:
+    """[hide]: what the browser never sees (by default the login answer's JSON, basic's challenge)."""
+    return HideSpec(
+        json=tuple(c.pointer_ok("hide.json", v) for v in ht.get("json", _HIDE.json)),
+        json_paths=tuple(c.path_ok("hide.json_paths", v, prefix=True)
+                         for v in ht.get("json_paths", _HIDE.json_paths))
         or ((login.path,) if login.path else ()),
-        set_cookies=tuple(ht.get("set_cookies", ())),
+        set_cookies=tuple(ht.get("set_cookies", _HIDE.set_cookies)),
         response_headers=tuple(ht.get("response_headers", ("WWW-Authenticate",) if cred.from_ == "basic" else ())),
-        request_cookies=tuple(ht.get("request_cookies", ())),
-        request_headers=tuple(ht.get("request_headers", ("Authorization",))),
-        params=tuple(ht.get("params", ())))
+        request_cookies=tuple(ht.get("request_cookies", _HIDE.request_cookies)),
+        request_headers=tuple(ht.get("request_headers", _HIDE.request_headers)),
+        params=tuple(ht.get("params", _HIDE.params)))
 
+
+def _calls(tables: dict[str, dict[str, Any]], c: _Checker) -> tuple[CallSpec, CallSpec]:
+    """[logout] and [keepalive]: the upstream calls that end and keep alive its session."""
     def call(name: str, default_method: str) -> CallSpec:
         t = tables.get(name, {})
-        return CallSpec(method=method_ok(f"{name}.method", t.get("method", default_method)),
-                        path=path_ok(f"{name}.path", t.get("path", "")), intercept=t.get("intercept", False))
+        return CallSpec(method=c.method_ok(f"{name}.method", t.get("method", default_method)),
+                        path=c.path_ok(f"{name}.path", t.get("path", _CALL.path)),
+                        intercept=t.get("intercept", _CALL.intercept))
 
     logout, keepalive = call("logout", "POST"), call("keepalive", "GET")
     if logout.intercept and not logout.path:
-        p.append(f"{where}.logout.intercept: needs logout.path (the UI's sign-out call)")
-    username = tables.get("identity", {}).get("username", "")
-    if p:
-        return None, p
-    return GenericSpec(login=login, credential=cred, inject=inject, expiry=expiry, hide=hide, logout=logout,
-                       keepalive=keepalive, username=username), []
+        c.problems.append(f"{c.where}.logout.intercept: needs logout.path (the UI's sign-out call)")
+    return logout, keepalive

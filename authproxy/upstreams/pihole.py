@@ -1,6 +1,6 @@
 """Pi-hole v6 (FTL's web server): `POST /api/auth` {password, totp} -> `session.sid`.
 
-A thin configuration of the generic adapter (UPSTREAMS.md §3):
+A thin configuration of the generic adapter, following FTL's own code (`src/api/auth.c`):
 * one admin, no user name: whatever name the person types is not sent; TOTP goes in the same body as
   an integer, and FTL's 400 "No 2FA token found in JSON payload" becomes `totp_required`;
 * the sid is injected as `X-FTL-SID` (header auth needs no CSRF token), so the browser's own `sid`

@@ -1,6 +1,6 @@
 """qBittorrent WebUI API v2: `POST /api/v2/auth/login` (form) -> `Ok.` + cookie `SID`.
 
-UPSTREAMS.md §5 and Appendix A (4.5.2, observed here):
+As qBittorrent's WebUI code does it, and as qbittorrent-nox 4.5.2 answers in tests/e2e:
 * login answers 200 `Ok.` + `SID` (5.2+: 200 with no body, cookie `QBT_SID_<port>`), 200 `Fails.`
   (5.2+: 401) for wrong credentials, 403 while the client address is banned;
 * **5 failed logins ban the address for an hour**, and qBittorrent sees authproxy's address: so

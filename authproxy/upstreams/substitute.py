@@ -54,13 +54,6 @@ def derived_placeholder(key: bytes, site: str, real: str) -> str:
     return _mac(key, "derived", site, real)
 
 
-def same(candidate: str | None, expected: str) -> bool:
-    """Constant-time comparison of a presented value with a placeholder."""
-    if not candidate:
-        return False
-    return hmac.compare_digest(candidate.encode("utf-8", "surrogatepass"), expected.encode())
-
-
 def replace_all(body: bytes, secret: str, replacement: str) -> bytes:
     """`body` with every occurrence of `secret` replaced (a no-op for empty or absent secrets)."""
     if not secret:

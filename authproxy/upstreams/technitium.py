@@ -24,7 +24,7 @@ from authproxy.errors import UpstreamProtocolError, UpstreamUnavailable
 from authproxy.sessions.manager import LoadedSession
 from authproxy.sessions.model import Credential, Identity
 from authproxy.upstreams.base import LoginResult, UpstreamAdapter, UpstreamRequest
-from authproxy.upstreams.query import query_with, query_without
+from authproxy.upstreams.query import FieldNames, query_with, query_without
 from authproxy.upstreams.substitute import rewrite_tokens, session_placeholder
 from authproxy.upstreams.ui import NO_STORE, Handoff, Outcome, UiAnswer, UiCall
 
@@ -32,6 +32,7 @@ DEFAULT_SESSION_TIMEOUT = 1800.0
 # AuthManager: "Max limit of 5 attempts exceeded. Access blocked for 300 seconds."
 _BLOCKED = re.compile(r"Max limit of \d+ attempts exceeded\. Access blocked for (\d{1,6}) seconds")
 MAX_ENVELOPE = 1 << 20
+_SLASHES = re.compile(r"/{2,}")
 
 # The web UI's own calls that authproxy answers (paths as Technitium routes them: case-insensitive).
 UI_LOGIN_PATHS = frozenset({"/api/user/login", "/api/login"})
@@ -39,11 +40,16 @@ UI_LOGOUT_PATHS = frozenset({"/api/user/logout", "/api/logout"})
 UI_SESSION_PATH = "/api/user/session/get"
 UI_ENTRY_PATHS = frozenset({"/", "/index.html"})
 INVALID_TOKEN_MESSAGE = "Invalid token or session expired."
+# Technitium reads its token from a `token` query or form field (QueryOrForm: urlencoded and multipart).
+TOKEN_FIELDS = FieldNames(("token",))
 
 
 def _api_path(raw_path: str) -> str:
-    """The path as Technitium's router matches it: decoded, case-insensitive, no trailing slash."""
+    """The path as Technitium's router matches it: decoded, case-insensitive, no trailing slash; and
+    `//` merged, as the many servers in front of it do (what merges is more API, never less)."""
     path = unquote(raw_path).lower()
+    if "//" in path:
+        path = _SLASHES.sub("/", path)
     return path[:-1] if len(path) > 1 and path.endswith("/") else path
 
 
@@ -213,9 +219,7 @@ class TechnitiumAdapter(UpstreamAdapter):
             # must read API answers (expiry envelope, token placeholders): ask for them uncompressed.
             req.headers.popall("Accept-Encoding", None)
         req.headers.popall("Authorization", None)
-        req.raw_query = query_without(req.raw_query, ("token",))
-        if req.form is not None:
-            req.form = [(k, v) for k, v in req.form if k.lower() != "token"]
+        req.raw_query = query_without(req.raw_query, TOKEN_FIELDS)
         if credential is None:
             return
         mode = credential.extra.get("mode")
@@ -223,6 +227,11 @@ class TechnitiumAdapter(UpstreamAdapter):
             req.headers["Authorization"] = f"Bearer {credential.secret}"
         if mode != "bearer":
             req.raw_query = query_with(req.raw_query, "token", credential.secret)
+
+    @staticmethod
+    def credential_fields() -> FieldNames:
+        """The client's `token` goes from the query (above) and from form bodies (proxy/forms.py)."""
+        return TOKEN_FIELDS
 
     @staticmethod
     def gets_change_state(upstream_path: str) -> bool:

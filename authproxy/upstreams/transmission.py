@@ -1,4 +1,4 @@
-"""Transmission RPC: HTTP Basic on every call, no session, no logout (UPSTREAMS.md §6, Appendix A.2).
+"""Transmission RPC: HTTP Basic on every call, no session, no logout (as transmission-daemon 3.00 does).
 
 * Sign-in = one `session-get` RPC with the Basic credentials: 409 (no session id yet) or 200 mean
   they are right, 401 wrong, 403 "Too many unsuccessful login attempts" means Transmission locked

@@ -83,8 +83,9 @@ def session_json(request: web.Request, loaded: LoadedSession, idle_expires_at: f
             "idleExpiresAt": round(idle_expires_at, 3), "expiresAt": round(s.expires_at, 3)}
 
 
-async def _read_login(request: web.Request) -> tuple[dict[str, Any], bool]:
-    """The login fields and whether they came from a plain HTML form."""
+async def _read_login(request: web.Request, *, fields: str = "username and password"
+                      ) -> tuple[dict[str, Any], bool]:
+    """The login (or logout) fields and whether they came from a plain HTML form."""
     if request.content_length is not None and request.content_length > MAX_LOGIN_BODY:
         raise AuthError("The request is too large.", code="bad_request", status=413)
     ctype = request.content_type
@@ -97,7 +98,7 @@ async def _read_login(request: web.Request) -> tuple[dict[str, Any], bool]:
         except ValueError:
             raise AuthError("The body is not valid JSON.", code="bad_json", status=400) from None
         if not isinstance(data, dict):
-            raise AuthError("Send a JSON object with username and password.", code="bad_request", status=400)
+            raise AuthError(f"Send a JSON object with {fields}.", code="bad_request", status=400)
         return data, False
     if ctype == "application/x-www-form-urlencoded":
         try:
@@ -191,18 +192,45 @@ async def end_session(request: web.Request, loaded: LoadedSession, *, reason: st
           client_ip=client_ip(request), session=loaded.public_id)
 
 
+_FORM_BOOLEANS = {"1": True, "on": True, "true": True, "": False, "0": False, "off": False, "false": False}
+
+
+async def _sign_out_everywhere(request: web.Request) -> bool:
+    """Whether a sign-out asks to end every session of the account too: `{"everywhere": true}` in
+    JSON, `everywhere=1` in a form. No body, or another kind of body, is a plain sign-out as ever."""
+    if request.content_length == 0 or request.content_type not in ("application/json",
+                                                                    "application/x-www-form-urlencoded"):
+        return False
+    data, form_post = await _read_login(request, fields='"everywhere": true or false')
+    value = data.get("everywhere", False)
+    if form_post and isinstance(value, str):
+        value = _FORM_BOOLEANS.get(value.lower(), value)
+    if isinstance(value, bool):
+        return value
+    raise AuthError("`everywhere` must be true or false.", code="bad_request", status=400)
+
+
 async def logout(request: web.Request) -> web.StreamResponse:
     if crosssite.from_other_site(request):
         return json_error(403, "cross_site", "Cross-site sign-out refused.")
+    try:
+        everywhere = await _sign_out_everywhere(request)
+    except AuthError as exc:
+        return json_error(exc.status, exc.code, str(exc))
     loaded = await current_session(request)
+    answer: dict[str, Any] = {"authenticated": False, "loggedOut": loaded is not None}
     if loaded is not None:
         await end_session(request, loaded, reason="success")
+        if everywhere:
+            others = await request.app[keys.SESSIONS].destroy_everywhere(loaded)
+            audit("logout", outcome="everywhere", user=loaded.session.user, site=loaded.session.site,
+                  client_ip=client_ip(request), session=loaded.public_id, sessions_ended=others)
+            answer["otherSessionsEnded"] = others
     if request.content_type == "application/x-www-form-urlencoded":
         prefix = request.app[keys.CONFIG].server.prefix
         response: web.StreamResponse = see_other(f"{prefix}/login?logged_out=1")
     else:
-        response = web.json_response({"authenticated": False, "loggedOut": loaded is not None},
-                                     headers=SECURITY_HEADERS)
+        response = web.json_response(answer, headers=SECURITY_HEADERS)
     clear_session_cookie(request, response)
     return response
 

@@ -1,7 +1,7 @@
 """Forward auth for Caddy `forward_auth`, nginx `auth_request` and Traefik `ForwardAuth`.
 
 One decision (authz.decide), with a per-proxy front end to read the original request and to say
-no in the way that proxy understands (PROXIES.md):
+no in the way that proxy understands (README "Forward auth"; tests/e2e runs the real proxies):
 
     allowed            200 + the injected credential and Remote-User/-Groups/-Name/-Email
     not signed in      Caddy/Traefik: 302 (GET/HEAD) or 303 to the login page for browsers,
@@ -24,6 +24,18 @@ Where the original request is read from, and why only there:
 
 Everything here is refused unless TRUST_PROXY is on and the TCP peer is in TRUSTED_PROXIES. The
 parsing helpers are pure (headers in, `Target` out), so they are unit-tested without sockets.
+
+Who may ask at all, and why not merely "a trusted peer": the 200 answer carries the real upstream
+credential, and when authproxy also serves the UI behind a TLS-terminating proxy that proxy is trusted
+and forwards *every* path, so a browser (or a script in the upstream's origin) reached /verify with its
+own cookie and its own X-Forwarded-Uri and read the token. So /verify* is served only
+
+* on a listener of its own (FORWARD_AUTH_HOST/FORWARD_AUTH_PORT; `listener_app`), the public listener
+  answering it like any unknown endpoint (404), and/or
+* to a caller that sends FORWARD_AUTH_SECRET in the X-Authproxy-Secret header (compared in constant
+  time; a missing or wrong one gets 403 and nothing else);
+
+and with neither set up it is not served (404) on the public listener.
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ import functools
 import ipaddress
 import re
 from dataclasses import dataclass
+from hmac import compare_digest
 from typing import Literal
 from urllib.parse import quote, unquote
 
@@ -39,7 +52,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from authproxy import authz, crosssite, keys
-from authproxy.config.schema import IPNetwork
+from authproxy.config.schema import ECHO_METHODS, FORWARD_AUTH_SECRET_HEADER, IPNetwork
 from authproxy.log import log
 from authproxy.sessions.model import Credential
 from authproxy.web.common import (
@@ -49,9 +62,10 @@ from authproxy.web.common import (
     json_error,
     wants_html,
 )
-from authproxy.web.middleware import peer_in
+from authproxy.web.middleware import Handler, peer_in, request_rules
 
-__all__ = ["KINDS", "BadTarget", "ProxyKind", "Target", "detect", "peer_trusted", "read_target", "setup"]
+__all__ = ["KINDS", "LISTENER", "BadTarget", "ProxyKind", "Target", "detect", "listener_app",
+           "read_target", "setup"]
 
 ProxyKind = Literal["caddy", "traefik", "nginx"]
 KINDS: tuple[ProxyKind, ...] = ("caddy", "traefik", "nginx")
@@ -113,11 +127,6 @@ class Target:
 
 
 # ---- pure helpers ------------------------------------------------------------------------------------
-
-
-def peer_trusted(peer: str | None, trusted: tuple[IPNetwork, ...]) -> bool:
-    """Whether the TCP peer address is inside one of the trusted proxy networks."""
-    return peer_in(peer, trusted)
 
 
 def forwarded_client(forwarded_for: list[str] | tuple[str, ...], peer: str,
@@ -294,6 +303,10 @@ def _header_safe(value: str) -> bool:
 # ---- the handler -------------------------------------------------------------------------------------
 
 WARNED: web.AppKey[set[str]] = web.AppKey("forward_auth_warned")
+# FORWARD_AUTH_SECRET as bytes (None: not required), encoded once at start-up.
+SECRET: web.AppKey[bytes | None] = web.AppKey("forward_auth_secret")
+# The forward-auth listener's runner once it serves (its `addresses` say where; tests bind port 0).
+LISTENER: web.AppKey[web.AppRunner] = web.AppKey("forward_auth_listener")
 
 
 def _warn_once(request: web.Request, key: str, message: str, **fields: str) -> None:
@@ -317,7 +330,22 @@ def _ask_to_sign_in(request: web.Request, kind: ProxyKind, target: Target) -> we
     return json_error(401, "unauthenticated", "Sign in first.", login=location)
 
 
-async def verify(request: web.Request) -> web.StreamResponse:
+def _secret_ok(request: web.Request) -> bool:
+    """The request carries FORWARD_AUTH_SECRET exactly once (or none is required); constant time."""
+    expected = request.app[SECRET]
+    if expected is None:
+        return True
+    given = request.headers.getall(FORWARD_AUTH_SECRET_HEADER, ())
+    # surrogatepass: whatever aiohttp decoded from the wire encodes back, so a bad header is a no, not a 500.
+    return len(given) == 1 and compare_digest(given[0].encode("utf-8", "surrogatepass"), expected)
+
+
+async def verify(request: web.Request) -> web.StreamResponse:  # noqa: C901 - /verify hot path, kept flat
+    if not _secret_ok(request):
+        _warn_once(request, "secret", f"forward auth refused: the request did not carry the right "
+                   f"{FORWARD_AUTH_SECRET_HEADER} (FORWARD_AUTH_SECRET); the proxy must send it with each check",
+                   peer=request.remote or "")
+        return json_error(403, "forward_auth_refused", "This endpoint answers only the front proxy.")
     config = request.app[keys.CONFIG]
     kind_name = request.match_info.get("proxy")
     if kind_name is not None and kind_name not in KINDS:
@@ -336,13 +364,18 @@ async def verify(request: web.Request) -> web.StreamResponse:
     if site is None:
         return error_response(request, 403, "unknown_site", "No site is configured for this address.",
                               title="Not configured")
+    if target.method in ECHO_METHODS and target.method not in site.config.allow_methods:
+        # The proxy would forward it with the credential, and the upstream echo that back.
+        return json_error(405, "method_not_allowed", f"{target.method} is not forwarded to {site.name}.")
     # Without a method header a link cannot be told from a form post: from another site, neither passes.
-    if not crosssite.plainly_own(request.headers) and crosssite.refused(
-            target.method if target.method_known else "", request.headers, target.origin,
-            site.upstream_path(target.path), site.adapter.gets_change_state):
-        # The proxies pass the browser's own Sec-Fetch-*/Origin/Referer headers along.
-        return error_response(request, 403, "cross_site", f"This request to {site.name} came from another site, "
-                              "and authproxy does not let other sites act with your sign-in.",
+    # The path as the upstream reads it (`//` merged, dot segments resolved): `//api/` is its API too.
+    # The proxies pass the browser's own Sec-Fetch-*/Origin/Referer/Accept headers along (WebSocket
+    # handshakes included: Chromium's carry only Origin).
+    refusal = None if crosssite.plainly_own(request.headers) else crosssite.refused(
+        target.method if target.method_known else "", request.headers, target.origin,
+        site.upstream_path(target.route_path), site.adapter.gets_change_state)
+    if refusal is not None:
+        return error_response(request, 403, "cross_site", crosssite.explain(refusal, site.name),
                               title="Request from another site refused")
     loaded = None
     if config.session_mode:
@@ -377,8 +410,45 @@ async def verify(request: web.Request) -> web.StreamResponse:
     return web.Response(status=200, headers=headers)
 
 
-def setup(app: web.Application, prefix: str) -> None:
-    app[WARNED] = set()
+async def not_served(request: web.Request) -> web.StreamResponse:
+    """/verify* on the public listener when it is not served there: the same 404 as any unknown
+    authproxy endpoint (nothing says what forward auth would need), and a word in the log for whoever
+    set up the proxy."""
+    server = request.app[keys.CONFIG].server
+    if server.forward_auth_listener:
+        _warn_once(request, "public", "a forward-auth check came to the public listener and got 404; point the "
+                   "proxy's check at the forward-auth listener (FORWARD_AUTH_HOST:FORWARD_AUTH_PORT)",
+                   peer=request.remote or "", listener=server.forward_auth_address())
+    else:
+        _warn_once(request, "off", "forward auth is not set up, so /verify* answers 404; set FORWARD_AUTH_PORT "
+                   f"(a listener of its own) or FORWARD_AUTH_SECRET (sent by the proxy in "
+                   f"{FORWARD_AUTH_SECRET_HEADER}); see `authproxy check-config`", peer=request.remote or "")
+    from authproxy.proxy import http as proxy_http
+
+    return await proxy_http.forward(request)  # the reserved prefix's "no such endpoint"
+
+
+def _routes(app: web.Application, prefix: str, handler: Handler) -> None:
     # Any method: Traefik's preserveRequestMethod sends the original one; the decision ignores it.
-    app.router.add_route("*", f"{prefix}/verify", verify)
-    app.router.add_route("*", f"{prefix}/verify/{{proxy}}", verify)
+    app.router.add_route("*", f"{prefix}/verify", handler)
+    app.router.add_route("*", f"{prefix}/verify/{{proxy}}", handler)
+
+
+def setup(app: web.Application, prefix: str) -> None:
+    """The public listener's /verify*: served there only with a shared secret and no listener of its own."""
+    server = app[keys.CONFIG].server
+    app[WARNED] = set()
+    app[SECRET] = server.forward_auth_secret.reveal().encode() if server.forward_auth_secret is not None else None
+    public = server.forward_auth_secret is not None and not server.forward_auth_listener
+    _routes(app, prefix, verify if public else not_served)
+
+
+def listener_app(app: web.Application) -> web.Application:
+    """The application of the forward-auth listener: /verify* and nothing else (any other path: 404),
+    on the main application's state (store, sessions, sites: one of each per process). Built when the
+    main application starts, once that state is complete."""
+    listener = web.Application(middlewares=[request_rules(None)])
+    for key, value in app.items():
+        listener[key] = value
+    _routes(listener, app[keys.CONFIG].server.prefix, verify)
+    return listener

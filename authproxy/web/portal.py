@@ -91,7 +91,8 @@ async def logout_page(request: web.Request) -> web.StreamResponse:
     body = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Sign out</title>'
             f'<link rel="stylesheet" href="{prefix}/static/portal.css"></head><body><main class="card">'
             f'<h1>Sign out</h1><form method="post" action="{prefix}/api/auth/logout">'
-            f'<button type="submit">Sign out</button></form></main></body></html>')
+            f'<button type="submit">Sign out</button> <button type="submit" name="everywhere" value="1">'
+            f'Sign out everywhere</button></form></main></body></html>')
     return web.Response(text=body, content_type="text/html",
                         headers={**SECURITY_HEADERS, "Content-Security-Policy": CSP})
 

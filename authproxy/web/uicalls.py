@@ -39,6 +39,17 @@ async def answer(request: web.Request, site: Site) -> web.StreamResponse | None:
     return await _CALLS[call](request, site)
 
 
+def _refused(request: web.Request, site: Site) -> bool:
+    """Another site's page is behind this sign-in or sign-out call; or, on an API whose GETs change
+    state (Technitium's: these calls take GETs too), the proxy's cross-site rule refuses it: a page
+    load of it that nothing shows came from this site (a link from outside the browser, or from a
+    `no-referrer` page in a browser without Fetch Metadata)."""
+    if crosssite.from_other_site(request):
+        return True
+    path = site.upstream_path(request.rel_url.raw_path)
+    return crosssite.request_refused(request, path, site.adapter.gets_change_state) is not None
+
+
 def _words(site: Site, call: UiCall, outcome: Outcome, message: str = "") -> web.Response | None:
     said = site.adapter.ui_words(call, outcome, message)
     return reply(said) if said is not None else None
@@ -51,7 +62,7 @@ async def _sign_in(request: web.Request, site: Site) -> web.StreamResponse:
         return await _session_answer(request, site, None)
     if not request.secure:
         return _said(site, "failed", "Sign-in needs HTTPS; open this page over https://.")
-    if crosssite.from_other_site(request):  # login CSRF / forced logout
+    if _refused(request, site):  # login CSRF: a form or link elsewhere signs you in as someone else
         return _said(site, "refused", "Cross-site sign-in refused.")
     form: list[tuple[str, str]] = []
     if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
@@ -115,7 +126,7 @@ async def _sign_out(request: web.Request, site: Site) -> web.StreamResponse:
         early = _words(site, "sign_out", "no_session" if session_mode else "ok")
         if early is not None:
             return early
-    if crosssite.from_other_site(request):  # a link on another site must not sign anyone out (GET logouts)
+    if _refused(request, site):  # a link on another site must not sign anyone out (GET logouts)
         refused = _words(site, "sign_out", "refused", "Cross-site sign-out refused.")
         return refused or web.json_response({"error": "cross_site", "message": "Cross-site sign-out refused."},
                                             status=403, headers={"Cache-Control": "no-store"})

@@ -24,7 +24,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from playwright.async_api import BrowserContext, Download, Page
+from playwright.async_api import Browser, BrowserContext, Download, Page, Route
 
 from authproxy import keys
 from authproxy.sessions.ticket import decode_ticket
@@ -32,7 +32,7 @@ from authproxy.upstreams.substitute import session_placeholder
 from tests.fakes.server import serving
 from tests.fakes.technitium import FakeTechnitium
 from tests.support.browser import ARTIFACTS, Watch, page_storage
-from tests.support.gateway import Gateway, MakeGateway, gateway_env
+from tests.support.gateway import Gateway, MakeGateway, MakeTlsGateway, gateway_env
 from tests.support.technitium import ALICE, TOTP_SECRET, TOTP_USER
 
 pytestmark = pytest.mark.e2e
@@ -351,3 +351,68 @@ async def test_another_sites_page_cannot_act_with_the_persons_sign_in(
     status = await page.evaluate("""async () => (await fetch('api/zones/create?zone=own.example',
         {headers: {Authorization: 'Bearer ' + localStorage.getItem('token')}})).status""")
     assert status == 200 and "own.example" in ui_fake.zones
+
+
+async def test_a_link_from_outside_the_browser_cannot_use_the_api(
+        ui_gw: Gateway, ui_fake: FakeTechnitium, context: BrowserContext) -> None:
+    """A link in a mail or a chat (or a typed URL) opens with `Sec-Fetch-Site: none`: not another
+    site's page, but nothing shows the UI asked for it either, and the API acts on a GET."""
+    page = await context.new_page()
+    await portal_sign_in(page, ui_gw, *ALICE)
+    response = await page.goto(f"{ui_gw.url}/api/zones/create?zone=mailed.example")
+    assert response is not None and response.status == 403
+    assert (await response.request.all_headers()).get("sec-fetch-site") == "none"
+    assert "mailed.example" not in ui_fake.zones
+    # The UI itself, opened the same way, is fine.
+    await page.goto(ui_gw.url + "/")
+    await page.wait_for_selector("body[data-zones=loaded]", timeout=WAIT_MS)
+
+
+async def test_a_no_referrer_page_cannot_use_the_api_in_a_browser_without_fetch_metadata(
+        make_tls_gateway: MakeTlsGateway, ui_fake: FakeTechnitium, browser: Browser,
+        other_site: tuple[str, dict[str, str]]) -> None:
+    """A browser without Fetch Metadata (Safari before 16.4), modelled in Chromium: a page on another
+    site with `<meta name="referrer" content="no-referrer">` sends the browser to the API.
+
+    Chromium adds `Sec-Fetch-*` below anything a Playwright route can change, so a route re-sends each
+    of Chromium's API requests itself (`route.fetch`) without them: Chromium still decides everything
+    else (its cookie, `Accept`, `Upgrade-Insecure-Requests`, and no `Referer`/`Origin` under the page's
+    policy). The UI's own calls, stripped too, must keep working: they carry the UI's own Origin or
+    Referer, which is why the gateway serves real https here (behind the usual test harness the
+    browser would see http:// and name that origin).
+    """
+    gw = await make_tls_gateway(gateway_env(ui_fake.url, TRUST_PROXY="false"))
+    context = await browser.new_context(ignore_https_errors=True)
+    evil, pages = other_site
+    sent: list[dict[str, str]] = []
+
+    async def without_fetch_metadata(route: Route) -> None:
+        headers = {k: v for k, v in (await route.request.all_headers()).items()
+                   if not k.startswith("sec-fetch-")}
+        sent.append(headers)
+        await route.fulfill(response=await route.fetch(headers=headers))
+
+    page = await context.new_page()
+    await portal_sign_in(page, gw, *ALICE)
+    await context.route(gw.url + "/api/**", without_fetch_metadata)
+    cookie = await session_cookie(context, gw)
+    forged = f"{gw.url}/api/zones/create?zone=forged.example"
+    pages["/nav"] = f'<meta name="referrer" content="no-referrer"><script>location = "{forged}";</script>'
+    async with page.expect_response(lambda r: r.url.startswith(forged)) as answer:
+        await page.goto(evil + "/nav")
+    assert (await answer.value).status == 403
+    assert "forged.example" not in ui_fake.zones
+    [nav] = sent
+    assert not {"referer", "origin"} & nav.keys()
+    assert "text/html" in nav["accept"] and nav["upgrade-insecure-requests"] == "1"
+    assert f"={cookie}" in nav["cookie"]   # the browser did send the sign-in along
+
+    # The UI, in the same browser without Fetch Metadata, lists and creates zones with its own calls.
+    await page.goto(gw.url + "/")
+    await page.wait_for_selector("body[data-zones=loaded]", timeout=WAIT_MS)
+    assert await zone_names(page) == ZONES
+    status = await page.evaluate("""async () => (await fetch('api/zones/create?zone=own.example',
+        {headers: {Authorization: 'Bearer ' + localStorage.getItem('token')}})).status""")
+    assert status == 200 and "own.example" in ui_fake.zones
+    assert len(sent) > 2 and not any(k.startswith("sec-fetch-") for h in sent for k in h)
+    await context.close()

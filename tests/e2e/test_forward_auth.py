@@ -4,13 +4,20 @@ The stack, started once for the module (each binary once):
 
     client --https--> Caddy / nginx / Traefik --> echo upstream (the protected app: shows what it got)
                             |  forward_auth / auth_request / ForwardAuth
-                            +--> authproxy (real app, TRUST_PROXY=true) --> fake Technitium v15 (logins)
+                            +--> authproxy's forward-auth listener (FORWARD_AUTH_PORT)
+                            |    authproxy (real app, TRUST_PROXY=true) --> fake Technitium v15 (logins)
+                            +--> authproxy's public listener: the portal (/_authproxy/*)
 
 The proxies serve HTTPS (throw-away certificates), as in a real deployment: the session cookie is Secure
 and sign-in refuses plain HTTP. The decision uses the site matched by host (the one Technitium site), so
 the credential injected into the echo upstream is the signed-in user's real Technitium token. Plus the
 Technitium v14 recipes (Caddy, nginx) against a v14 fake, and one proxy per kind pointing at a dead
 authproxy (fails closed).
+
+ISSUE V1, a browser never gets a credential from /_authproxy/verify*: through each shipped setup as is,
+through each with its own /verify exclusion removed (as a hand-written config might forget it: authproxy's
+public listener must refuse by itself), and through the FORWARD_AUTH_SECRET alternative of the Caddy and
+nginx configs; forward auth itself works in all of them.
 """
 
 from __future__ import annotations
@@ -32,11 +39,12 @@ from yarl import URL
 
 from authproxy.app import create_app
 from authproxy.config.loader import ensure_session_secrets, load_config
+from authproxy.web import forward_auth
 from tests.fakes.echo import EchoUpstream, ReceivedRequest
 from tests.fakes.technitium import FakeTechnitium
 from tests.support.gateway import gateway_env
 from tests.support.procs import free_port
-from tests.support.proxies import ProxyPool, RunningProxy
+from tests.support.proxies import Check, ProxyPool, RunningProxy
 from tests.support.technitium import ALICE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -47,6 +55,7 @@ API = {"Accept": "application/json"}
 BOB = ("bob", "bob-pass")  # a real Technitium account, but not in ALLOWED_USERS
 LOGIN = "/_authproxy/api/auth/login"
 COOKIE = "__Host-authproxy"
+FA_SECRET = "e2e-forward-auth-secret-" + "w" * 40
 FORGED = {
     "Authorization": "Basic bWFsbG9yeTpldmls",
     "Remote-User": "mallory",
@@ -73,6 +82,12 @@ class Gateway:
     url: str
     runner: web.AppRunner
 
+    @property
+    def check(self) -> Check:
+        """Where the proxies send their checks: the forward-auth listener."""
+        listener = self.runner.app[forward_auth.LISTENER]
+        return Check(url=f"http://127.0.0.1:{listener.addresses[0][1]}")
+
 
 @dataclass
 class Stack:
@@ -84,6 +99,8 @@ class Stack:
     proxies: dict[str, RunningProxy]
     v14: dict[str, RunningProxy]
     dead: dict[str, RunningProxy]
+    published: dict[str, RunningProxy]   # the shipped configs without their own /verify exclusion
+    secret: dict[str, RunningProxy]      # the FORWARD_AUTH_SECRET alternative (Caddy, nginx), also published
     http: aiohttp.ClientSession
 
 
@@ -111,22 +128,33 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     gateways: list[Gateway] = []
     try:
         await asyncio.gather(technitium.start(), technitium_v14.start(), echo.start())
-        gateway = await _start_gateway(gateway_env(technitium.url, ALLOWED_USERS="alice"), base / "gw")
+        gateway = await _start_gateway(gateway_env(technitium.url, ALLOWED_USERS="alice", FORWARD_AUTH_PORT="0"),
+                                       base / "gw")
         gateways.append(gateway)
-        gateway_v14 = await _start_gateway(gateway_env(technitium_v14.url), base / "gw14")
+        gateway_v14 = await _start_gateway(gateway_env(technitium_v14.url, FORWARD_AUTH_PORT="0"), base / "gw14")
         gateways.append(gateway_v14)
+        gateway_secret = await _start_gateway(gateway_env(technitium.url, FORWARD_AUTH_SECRET=FA_SECRET),
+                                              base / "gw-secret")
+        gateways.append(gateway_secret)
         dead_url = f"http://127.0.0.1:{free_port()}"
+        published = Check(url=gateway.check.url, published=True)
+        secret = Check(secret=FA_SECRET, published=True)
         started = await asyncio.gather(
-            *(pool.start(kind, gateway.url, echo.url, tls=True) for kind in KINDS),
-            *(pool.start(kind, gateway_v14.url, echo.url, recipe="technitium-v14") for kind in ("caddy", "nginx")),
+            *(pool.start(kind, gateway.url, echo.url, tls=True, check=gateway.check) for kind in KINDS),
+            *(pool.start(kind, gateway_v14.url, echo.url, recipe="technitium-v14", check=gateway_v14.check)
+              for kind in ("caddy", "nginx")),
             *(pool.start(kind, dead_url, echo.url) for kind in KINDS),
+            *(pool.start(kind, gateway.url, echo.url, tls=True, check=published) for kind in KINDS),
+            *(pool.start(kind, gateway_secret.url, echo.url, tls=True, check=secret) for kind in ("caddy", "nginx")),
         )
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(),
                                          connector=aiohttp.TCPConnector(ssl=False)) as http:
             yield Stack(technitium=technitium, technitium_v14=technitium_v14, echo=echo, gateway=gateway,
                         gateway_v14=gateway_v14, proxies=dict(zip(KINDS, started[:3], strict=True)),
                         v14=dict(zip(("caddy", "nginx"), started[3:5], strict=True)),
-                        dead=dict(zip(KINDS, started[5:], strict=True)), http=http)
+                        dead=dict(zip(KINDS, started[5:8], strict=True)),
+                        published=dict(zip(KINDS, started[8:11], strict=True)),
+                        secret=dict(zip(("caddy", "nginx"), started[11:], strict=True)), http=http)
     finally:
         pool.stop_all()
         for gw in gateways:
@@ -313,6 +341,47 @@ async def test_the_verify_endpoint_is_not_published(stack: Stack, kind: str) -> 
             assert not any(t.encode() in answer.body for t in _tokens_of(stack.technitium, "alice")), path
 
 
+SETUPS = [*(("shipped", kind) for kind in KINDS), *(("published", kind) for kind in KINDS),
+          ("secret", "caddy"), ("secret", "nginx")]
+
+
+def _setup(stack: Stack, setup: str) -> dict[str, RunningProxy]:
+    return {"shipped": stack.proxies, "published": stack.published, "secret": stack.secret}[setup]
+
+
+@pytest.mark.parametrize(("setup", "kind"), SETUPS)
+async def test_a_browser_never_gets_a_credential_from_verify(stack: Stack, setup: str, kind: str) -> None:
+    """ISSUE V1 through real proxies: whatever path of the site a browser asks, with its own cookie and its
+    own forwarded facts, the check's credential never comes back to it; and forward auth works there."""
+    proxy = _setup(stack, setup)[kind]
+    alice = await _sign_in(stack, proxy.url, ALICE)
+    tokens = _tokens_of(stack.technitium, "alice")
+    page = f"/{kind}/{setup}/page"
+    through = await _send(stack, "GET", proxy.url + page, headers=API, cookie=alice.cookie)
+    assert through.status == 200, (through.status, through.body, proxy.log_tail())
+    assert _seen(stack, page)[-1].header("Authorization").removeprefix("Bearer ") in tokens  # type: ignore[union-attr]
+
+    forged = {"X-Forwarded-Uri": "/", "X-Forwarded-Method": "GET", "X-Forwarded-Host": "127.0.0.1",
+              "X-Forwarded-Proto": "https", "X-Original-URL": f"{proxy.url}/", "X-Original-Method": "GET"}
+    for path in ("/_authproxy/verify/caddy", "/_authproxy/verify/traefik", "/_authproxy/verify/nginx",
+                 "/_authproxy/verify", "/_authproxy/%76erify/caddy", "/_authproxy//verify/nginx"):
+        for guess in ({}, {"X-Authproxy-Secret": "guess"}):
+            answer = await _send(stack, "GET", proxy.url + path, cookie=alice.cookie, headers={**forged, **guess})
+            what = (setup, kind, path, guess, answer.status)
+            for name in ("Authorization", "X-Authproxy-Token", "Remote-User", "Cookie"):
+                assert name not in answer.headers, what
+            if answer.status == 200:
+                # Shipped Traefik: not the portal's path, so the app router checks it and the (echoing) app answers.
+                assert (setup, kind) == ("shipped", "traefik"), what
+                assert json.loads(answer.body)["path"].startswith("/_authproxy/"), what
+                continue
+            assert answer.status in (403, 404), what
+            assert not any(t.encode() in answer.body for t in tokens), what
+            assert FA_SECRET.encode() not in answer.body and b"X-Authproxy-Secret" not in answer.body, what
+            if setup == "secret" and b'"error"' in answer.body:
+                assert json.loads(answer.body)["error"] in ("forward_auth_refused", "not_found"), what
+
+
 @pytest.mark.parametrize("kind", KINDS)
 async def test_websocket_after_sign_in(stack: Stack, kind: str) -> None:
     proxy = stack.proxies[kind]
@@ -373,3 +442,42 @@ async def test_v14_recipe_puts_the_real_token_in_the_query(stack: Stack, kind: s
     answer = await _send(stack, "GET", proxy.url + f"/api/{kind}/nosession?token=x", headers=API)
     assert answer.status == 401
     assert _seen(stack, f"/api/{kind}/nosession") == []
+
+
+# ---- the generic recipes: a client's `token` parameter never reaches the app ----------------------------
+
+
+@pytest.mark.parametrize("kind", ["caddy", "nginx"])
+async def test_a_clients_token_parameter_never_reaches_the_app(stack: Stack, kind: str) -> None:
+    """Technitium v15 still reads `?token=` (the Bearer header wins while one is injected): nothing the
+    client sends may name the credential, so the shipped recipes drop it (Traefik cannot: README)."""
+    proxy = stack.proxies[kind]
+    alice = await _sign_in(stack, proxy.url, ALICE)
+    path = f"/{kind}/api/query-check"
+    for query, kept in (("token=forged&a=1", "a=1"), ("a=1&token=forged&b=%2F", {"a=1", "b=%2F"}),
+                        ("%74oken=forged", ""), ("token", "")):
+        answer = await _send(stack, "GET", f"{proxy.url}{path}?{query}", headers=API, cookie=alice.cookie)
+        assert answer.status == 200, (query, answer.status, answer.body, _log(stack, kind))
+        seen = _seen(stack, path)[-1]
+        raw_query = seen.raw_path.partition("?")[2]
+        assert "forged" not in raw_query and "oken" not in raw_query, (query, seen.raw_path)
+        got = {item for item in raw_query.split("&") if item}
+        assert got == ({kept} if isinstance(kept, str) and kept else kept or set()), (query, seen.raw_path)
+        assert seen.header("Authorization").removeprefix("Bearer ") in _tokens_of(  # type: ignore[union-attr]
+            stack.technitium, "alice")
+    # Other spellings (which ASP.NET reads as `token` too) are dropped as well, or the request refused.
+    spelled = re.compile(r"(?i)(?:^|&)(?:t|%74)(?:o|%6f)(?:k|%6b)(?:e|%65)(?:n|%6e)(?:=|&|$)")
+    for query in ("TOKEN=forged", "a=1&t%6Fken=forged", "%54oKeN=forged&b=1", "token=x&Token=y"):
+        before = len(_seen(stack, path))
+        answer = await _send(stack, "GET", f"{proxy.url}{path}?{query}", headers=API, cookie=alice.cookie)
+        if answer.status == 400:
+            assert len(_seen(stack, path)) == before, query
+        else:
+            assert answer.status == 200, (query, answer.status, _log(stack, kind))
+            assert not spelled.search(_seen(stack, path)[-1].raw_path.partition("?")[2]), query
+    two = await _send(stack, "GET", f"{proxy.url}{path}?token=x&Token=y", headers=API, cookie=alice.cookie)
+    assert two.status == 400
+    # Without a token parameter the request goes on exactly as sent (path and query bytes untouched).
+    raw = f"/{kind}/api/plain%2Fpath//x?b=2&a=%2f&flag"
+    answer = await _send(stack, "GET", proxy.url + raw, headers=API, cookie=alice.cookie)
+    assert answer.status == 200 and _seen(stack, f"/{kind}/api/plain%2Fpath//x")[-1].raw_path == raw

@@ -1,6 +1,6 @@
 """FakeAdGuard: a real aiohttp server that behaves like AdGuard Home's web API at the auth layer.
 
-Why a fake: AdGuard Home is not installable here (UPSTREAMS.md §4). This follows AdGuardHome's own code
+Why a fake: AdGuard Home has no Debian package to run in tests. This follows AdGuardHome's own code
 (`internal/home/authhttp.go`, `authratelimiter.go`, `aghuser/sessionstorage.go`, `profilehttp.go`,
 2026-08), quirks included:
 

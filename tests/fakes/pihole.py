@@ -1,6 +1,6 @@
 """FakePihole: a real aiohttp server that behaves like Pi-hole v6's FTL web server at the auth layer.
 
-Why a fake: Pi-hole is not installable here (UPSTREAMS.md §3). This follows FTL's own code
+Why a fake: Pi-hole (FTL) has no Debian package to run in tests. This follows FTL's own code
 (pi-hole/FTL `src/api/auth.c`, `src/api/api.c`, `src/webserver/lua_web.c`, `src/config/password.c`,
 `src/api/2fa.c`, 2025-11) including its quirks, so adapter tests meet the real failure modes:
 
@@ -280,7 +280,8 @@ class FakePihole(LoopbackServer):
         except ValueError as exc:
             return raw, None, str(exc)
 
-    async def _check_client_auth(self, request: web.Request, *, is_api: bool, payload: bool = True) -> _Auth:
+    async def _check_client_auth(  # noqa: C901 - as FTL's check_client_auth, step by step
+            self, request: web.Request, *, is_api: bool, payload: bool = True) -> _Auth:
         """FTL ``check_client_auth``: find the sid, check CSRF for cookie auth on /api, slide the expiry."""
         raw, body_json, _ = await self._payload(request) if payload else (b"", None, None)
         sid: str | None = None
@@ -390,7 +391,7 @@ class FakePihole(LoopbackServer):
                 return "correct"
         return "invalid"
 
-    async def _api(self, request: web.Request) -> web.StreamResponse:
+    async def _api(self, request: web.Request) -> web.StreamResponse:  # noqa: C901 - as FTL's routing
         path = request.path.rstrip("/") if request.path != "/api/" else "/api"
         method = request.method
         if path == "/api/auth":
@@ -489,7 +490,7 @@ class FakePihole(LoopbackServer):
             cookie=cookie,
         )
 
-    async def _api_auth(self, request: web.Request) -> web.StreamResponse:
+    async def _api_auth(self, request: web.Request) -> web.StreamResponse:  # noqa: C901 - as FTL's api_auth
         """FTL ``api_auth``: GET status, POST login, DELETE logout, in FTL's order of decisions."""
         method = request.method
         password: str | None = None

@@ -1,8 +1,8 @@
 """A faithful fake of the Technitium DNS Server web API (v15.2, and v14.3 on request).
 
 Technitium needs .NET and cannot run here, so the gateway's tests talk to this instead. It is a real
-aiohttp server on 127.0.0.1 that reproduces what `UPSTREAMS.md` §1 records and what the upstream source
-does (`DnsServerCore/DnsWebService.cs` `WebServiceApiMiddleware`/`TryValidateSession`,
+aiohttp server on 127.0.0.1 that reproduces what Technitium's APIDOCS.md says and what the upstream
+source does (`DnsServerCore/DnsWebService.cs` `WebServiceApiMiddleware`/`TryValidateSession`,
 `WebServiceAuthApi.cs`, `Auth/AuthManager.cs`, `Auth/UserSession.cs`), quirks included:
 
 * every `/api/*` answer is HTTP 200 JSON with `status` ok / error / invalid-token / 2fa-required; login,
@@ -262,7 +262,7 @@ class FakeTechnitium:
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._started_at = self.now()
-        self.app = web.Application()
+        self.app = web.Application(client_max_size=30_000_000)   # Kestrel's MaxRequestBodySize
         self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._routes: dict[str, _Handler] = {
             "/api/user/login": self._login,

@@ -53,7 +53,7 @@ class SocketUpstream:
         return set(self.fake.sessions)
 
     @web.middleware
-    async def _middleware(self, request: web.Request,
+    async def _middleware(self, request: web.Request,  # noqa: C901 - one branch per scripted behaviour
                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         if request.path not in ("/ws", "/ws-slow", "/ws-flood"):
             return await handler(request)

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from authproxy.app import create_app
-from authproxy.config.loader import ensure_session_secrets, load_config
 from authproxy.log import JsonFormatter
-from authproxy.tls import self_signed, server_context
 from tests.fakes.technitium import FakeTechnitium
 from tests.support.gateway import Gateway, GatewayClient, MakeGateway, gateway_env
 
@@ -57,32 +52,3 @@ class Audit:
 def audit(caplog: pytest.LogCaptureFixture) -> Iterator[Audit]:
     caplog.set_level(logging.INFO, logger="authproxy.audit")
     yield Audit(caplog)
-
-
-MakeTlsGateway = Callable[[Mapping[str, str]], Awaitable[Gateway]]
-
-
-@pytest.fixture
-async def make_tls_gateway(tmp_path: Path) -> AsyncIterator[MakeTlsGateway]:
-    """Like make_gateway, but authproxy itself serves TLS (HTTPS_ENABLED, self-signed), as `run` does.
-
-    With no TLS proxy in front, nothing the client says about its address or scheme may be believed.
-    """
-    runners: list[web.AppRunner] = []
-
-    async def make(env: Mapping[str, str]) -> Gateway:
-        env = {"HTTPS_ENABLED": "true", "AUTHPROXY_DATA_DIR": str(tmp_path / "tls-data"), **env}
-        config, _ = ensure_session_secrets(load_config(env))
-        cert, key, _ = self_signed(config.server.data_dir, "127.0.0.1")
-        app = create_app(config)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        runners.append(runner)
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context(cert, key))
-        await site.start()
-        port = runner.addresses[0][1]
-        return Gateway(app=app, runner=runner, config=config, url=f"https://127.0.0.1:{port}", port=port)
-
-    yield make
-    for runner in runners:
-        await runner.cleanup()

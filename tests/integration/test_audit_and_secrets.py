@@ -108,7 +108,7 @@ class Recorder:
 
 
 @pytest.mark.parametrize("version", [15, 14])
-async def test_no_secret_in_any_log_line_or_answer(
+async def test_no_secret_in_any_log_line_or_answer(  # noqa: C901 - one scenario, then one sweep of it
         version: int, technitium: FakeTechnitium, technitium_v14: FakeTechnitium,
         logged_gateway: Callable[[dict[str, str]], Any], http_client: aiohttp.ClientSession,
         caplog: pytest.LogCaptureFixture) -> None:

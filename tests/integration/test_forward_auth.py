@@ -1,8 +1,12 @@
-"""The forward-auth endpoint of the real app, asked the way Caddy, nginx and Traefik ask it (PROXIES.md).
+"""The forward-auth endpoint of the real app, asked the way Caddy, nginx and Traefik ask it.
 
 No proxy binaries here (tests/e2e/test_forward_auth.py runs the real ones): requests carry exactly the
 headers each proxy sends, from 127.0.0.1 (a trusted proxy by default). Host names come from the
 X-Forwarded-Host / X-Original-URL headers, so dns.example.com and nas.example.com need no DNS.
+
+The checks go where a proxy set up as the README says sends them: to the forward-auth listener
+(FORWARD_AUTH_PORT), or (the `secret` variant of `one_site`) to the public listener with the
+X-Authproxy-Secret header (FORWARD_AUTH_SECRET). The contract is the same either way.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import asyncio
 import ipaddress
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -30,6 +34,8 @@ LOGIN = "/_authproxy/api/auth/login"
 BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 API = {"Accept": "application/json"}
 BOB = ("bob", "bob-pass")
+FA_SECRET = "forward-auth-secret-" + "f" * 40
+VERIFY = "/_authproxy/verify"
 
 
 @dataclass
@@ -43,7 +49,9 @@ class Reply:
 
 
 def proxy_headers(kind: str, url: str, method: str = "GET") -> list[tuple[str, str]]:
-    """What each proxy puts on its auth request for the client request `method url` (PROXIES.md 2.1)."""
+    """What each proxy puts on its auth request for the client request `method url` (as observed
+    with the real binaries: Caddy adds Via, Traefik its X-Forwarded-Port/-Server and X-Real-Ip, nginx
+    only what the shipped config sets)."""
     parts = urlsplit(url)
     uri = parts.path + (f"?{parts.query}" if parts.query else "")
     forwarded = [("X-Forwarded-Method", method), ("X-Forwarded-Proto", parts.scheme),
@@ -58,14 +66,24 @@ def proxy_headers(kind: str, url: str, method: str = "GET") -> list[tuple[str, s
 
 @dataclass
 class Asker:
+    """Asks /verify* where the proxy would (`verify_base`, with `proof` headers), everything else at the
+    public listener."""
+
     gw: Gateway
     http: aiohttp.ClientSession
     cookie_name: str
+    verify_base: str = ""
+    proof: dict[str, str] = field(default_factory=dict)
 
     async def request(self, method: str, path: str, headers: list[tuple[str, str]] | dict[str, str],
                       **kw: Any) -> Reply:
         h = CIMultiDict(headers.items() if isinstance(headers, dict) else headers)
-        async with self.http.request(method, self.gw.url + path, headers=h, allow_redirects=False, **kw) as resp:
+        base = self.gw.url
+        if path.startswith(VERIFY):
+            base = self.verify_base or self.gw.forward_auth_url
+            for name, value in self.proof.items():
+                h.setdefault(name, value)
+        async with self.http.request(method, base + path, headers=h, allow_redirects=False, **kw) as resp:
             return Reply(resp.status, CIMultiDict(resp.headers), await resp.read())
 
     async def verify(self, kind: str | None, url: str, *, cookie: str | None = None, method: str = "GET",
@@ -130,6 +148,7 @@ async def two_sites(make_gateway: MakeGateway, dns: FakeTechnitium, nas: FakeTec
 auth_mode = "session"
 [server]
 trust_proxy = true
+forward_auth_port = 0
 [session]
 cookie_domain = ".example.com"
 [[sites]]
@@ -149,10 +168,16 @@ allowed_users = ["bob"]
     return Asker(gw, http_client, "authproxy")
 
 
-@pytest.fixture
-async def one_site(make_gateway: MakeGateway, dns: FakeTechnitium, http_client: aiohttp.ClientSession) -> Asker:
-    gw = await make_gateway(gateway_env(dns.url, ALLOWED_USERS="alice"))
-    return Asker(gw, http_client, "__Host-authproxy")
+@pytest.fixture(params=["listener", "secret"])
+async def one_site(make_gateway: MakeGateway, dns: FakeTechnitium, http_client: aiohttp.ClientSession,
+                   request: pytest.FixtureRequest) -> Asker:
+    """One site; the proxy asks at the forward-auth listener, or at the public one with the shared secret."""
+    if request.param == "listener":
+        gw = await make_gateway(gateway_env(dns.url, ALLOWED_USERS="alice", FORWARD_AUTH_PORT="0"))
+        return Asker(gw, http_client, "__Host-authproxy")
+    gw = await make_gateway(gateway_env(dns.url, ALLOWED_USERS="alice", FORWARD_AUTH_SECRET=FA_SECRET))
+    return Asker(gw, http_client, "__Host-authproxy", verify_base=gw.url,
+                 proof={"X-Authproxy-Secret": FA_SECRET})
 
 
 # ---- several hosts, one cookie domain, one sign-in per upstream account ---------------------------------
@@ -404,12 +429,13 @@ async def test_unknown_proxy_name(one_site: Asker) -> None:
 # ---- who may ask --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("env", [{"TRUSTED_PROXIES": "10.0.0.0/8"},
-                                 {"TRUST_PROXY": "false", "HTTPS_ENABLED": "true"}])
+@pytest.mark.parametrize("env", [{"FORWARD_AUTH_PORT": "0"}, {"FORWARD_AUTH_SECRET": FA_SECRET}])
 async def test_untrusted_peers_are_refused(make_gateway: MakeGateway, dns: FakeTechnitium,
                                            http_client: aiohttp.ClientSession, env: dict[str, str]) -> None:
-    gw = await make_gateway(gateway_env(dns.url, **env))
-    ask = Asker(gw, http_client, "__Host-authproxy")
+    """The listener or the secret come on top of TRUSTED_PROXIES, never instead of it."""
+    gw = await make_gateway(gateway_env(dns.url, TRUSTED_PROXIES="10.0.0.0/8", **env))
+    ask = Asker(gw, http_client, "__Host-authproxy", verify_base=gw.url if "FORWARD_AUTH_SECRET" in env else "",
+                proof={"X-Authproxy-Secret": FA_SECRET})
     for kind in ("caddy", "traefik", "nginx", None):
         reply = await ask.verify(kind, "https://dns.example.com/x", extra=BROWSER, proxy_kind=kind or "nginx")
         assert reply.status == 403 and reply.json()["error"] == "untrusted_proxy", (kind, reply.status)
@@ -419,7 +445,8 @@ async def test_untrusted_peers_are_refused(make_gateway: MakeGateway, dns: FakeT
 async def test_auth_mode_none_answers_with_the_service_credential(
     make_gateway: MakeGateway, dns: FakeTechnitium, http_client: aiohttp.ClientSession
 ) -> None:
-    gw = await make_gateway(gateway_env(dns.url, AUTH_MODE="none", UPSTREAM_SERVICE_TOKEN="svc-token-1234"))
+    gw = await make_gateway(gateway_env(dns.url, AUTH_MODE="none", UPSTREAM_SERVICE_TOKEN="svc-token-1234",
+                                        FORWARD_AUTH_PORT="0"))
     reply = await Asker(gw, http_client, "x").verify("caddy", "https://dns.example.com/x", extra=BROWSER)
     assert reply.status == 200
     assert "svc-token-1234" in (reply.headers.get("Authorization", "") + reply.headers.get("X-Authproxy-Token", ""))
@@ -435,13 +462,14 @@ async def test_auth_mode_none_service_token_follows_the_configured_api_version(
                 "14": ({"X-Authproxy-Token": "svc-token-1234"}, "Authorization")}
     for version, (present, absent) in expected.items():
         gw = await make_gateway(gateway_env(dns.url, AUTH_MODE="none", UPSTREAM_SERVICE_TOKEN="svc-token-1234",
-                                            TECHNITIUM_API_VERSION=version))
+                                            TECHNITIUM_API_VERSION=version, FORWARD_AUTH_PORT="0"))
         reply = await Asker(gw, http_client, "x").verify("traefik", "https://dns.example.com/x", extra=BROWSER)
         assert reply.status == 200
         for name, value in present.items():
             assert reply.headers.get(name) == value, (version, name)
         assert absent not in reply.headers, version
-    gw = await make_gateway(gateway_env(dns.url, AUTH_MODE="none", UPSTREAM_SERVICE_TOKEN="svc-token-1234"))
+    gw = await make_gateway(gateway_env(dns.url, AUTH_MODE="none", UPSTREAM_SERVICE_TOKEN="svc-token-1234",
+                                        FORWARD_AUTH_PORT="0"))
     reply = await Asker(gw, http_client, "x").verify("caddy", "https://dns.example.com/x", extra=BROWSER)
     assert reply.headers.get("Authorization") == "Bearer svc-token-1234"
     assert reply.headers.get("X-Authproxy-Token") == "svc-token-1234"
@@ -449,7 +477,8 @@ async def test_auth_mode_none_service_token_follows_the_configured_api_version(
 
 async def test_an_expiry_found_by_verify_is_audited_with_the_persons_address(
         make_gateway: MakeGateway, dns: FakeTechnitium, http_client: aiohttp.ClientSession, audit: Audit) -> None:
-    gw = await make_gateway(gateway_env(dns.url, SESSION_IDLE_TIMEOUT="1s", SESSION_MAX_AGE="1h"))
+    gw = await make_gateway(gateway_env(dns.url, SESSION_IDLE_TIMEOUT="1s", SESSION_MAX_AGE="1h",
+                                        FORWARD_AUTH_PORT="0"))
     asker = Asker(gw, http_client, "__Host-authproxy")
     cookie, _ = await asker.sign_in("dns.example.com", ALICE)
     await asyncio.sleep(1.3)
@@ -490,6 +519,83 @@ async def test_another_sites_page_gets_no_credential_through_forward_auth(one_si
     ws = await one_site.verify("caddy", "https://dns.example.com/api/ws", cookie=cookie,
                                extra={"Origin": "https://evil.example", "Upgrade": "websocket"})
     assert ws.status == 403
+
+
+async def test_the_api_is_the_api_however_its_path_is_spelt(one_site: Asker) -> None:
+    """The proxies pass `$request_uri` on as sent; the upstream (Kestrel) resolves `/./` and `%2e`, and
+    many servers merge `//`: the cross-site rule judges the path as they will read it."""
+    cookie, _ = await one_site.sign_in("dns.example.com", ALICE)
+    nav = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Accept": "text/html"}
+    for kind in ("caddy", "traefik", "nginx"):
+        for path in ("/api//zones/delete", "/./api/zones/delete", "/%2e/api/zones/delete", "/x/../api/zones/delete",
+                     "/%2E%2E/API//zones/delete", "/api/.//zones/delete"):
+            reply = await one_site.verify(kind, f"https://dns.example.com{path}?zone=example.com", cookie=cookie,
+                                          extra=nav)
+            assert reply.status == 403 and "Authorization" not in reply.headers, (kind, path, reply.status)
+        # A target that starts with `//` stays refused as malformed, before any decision.
+        reply = await one_site.verify(kind, "https://dns.example.com//api/zones/delete", cookie=cookie, extra=nav)
+        assert reply.status == 400 and "Authorization" not in reply.headers, kind
+        # The same spellings from the site itself pass.
+        own = await one_site.verify(kind, "https://dns.example.com/./api//zones/list", cookie=cookie,
+                                    extra={"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"})
+        assert own.status == 200 and "Authorization" in own.headers, kind
+
+
+async def test_echoing_methods_get_no_credential_through_forward_auth(one_site: Asker) -> None:
+    """Caddy and Traefik forward TRACE with what the check answered; the upstream would echo it back."""
+    cookie, _ = await one_site.sign_in("dns.example.com", ALICE)
+    for kind in ("caddy", "traefik", "nginx"):
+        for method in ("TRACE", "TRACK", "DEBUG"):
+            reply = await one_site.verify(kind, "https://dns.example.com/x", cookie=cookie, method=method)
+            assert reply.status == 405 and "Authorization" not in reply.headers, (kind, method)
+        assert (await one_site.verify(kind, "https://dns.example.com/x", cookie=cookie)).status == 200
+PAGE_LOAD = {**BROWSER, "Upgrade-Insecure-Requests": "1"}   # a browser loading a page, without Sec-Fetch-*
+
+
+async def test_a_page_load_of_the_api_needs_a_same_origin_signal(one_site: Asker, dns: FakeTechnitium) -> None:
+    """Safari before 16.4 sends no Sec-Fetch-*; from a `no-referrer` page no Origin or Referer either.
+    Technitium's GET API changes state, so such a page load gets no credential; scripts still do."""
+    cookie, _ = await one_site.sign_in("dns.example.com", ALICE)
+    api = "https://dns.example.com/api/zones/delete?zone=example.com"
+    cases = [
+        (PAGE_LOAD, 403),
+        ({"Upgrade-Insecure-Requests": "1"}, 403),
+        ({**PAGE_LOAD, "Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate"}, 403),   # a link from a mail
+        ({**PAGE_LOAD, "Referer": "http://dns.example.com/"}, 403),                    # another scheme
+        ({"Accept": "*/*"}, 200),                                                       # curl -b jar
+        (API, 200),
+        ({**PAGE_LOAD, "Referer": "https://dns.example.com/index.html"}, 200),         # the UI's own link
+        ({**PAGE_LOAD, "Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "navigate"}, 200),
+    ]
+    for kind in ("caddy", "traefik", "nginx"):
+        for extra, status in cases:
+            reply = await one_site.verify(kind, api, cookie=cookie, extra=extra)
+            assert reply.status == status, (kind, extra, reply.body)
+            assert ("Authorization" in reply.headers) == (status == 200)
+        # The UI's pages still open from a bookmark or a link.
+        page = await one_site.verify(kind, "https://dns.example.com/", cookie=cookie, extra=PAGE_LOAD)
+        assert page.status == 200 and bearer(page) in tokens(dns, "alice")
+
+
+async def test_a_sockets_origin_is_compared_by_scheme_host_and_port(one_site: Asker) -> None:
+    cookie, _ = await one_site.sign_in("dns.example.com", ALICE)
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13"}
+    cases = [
+        ("https://dns.example.com/api/ws", "https://dns.example.com", 200),
+        ("https://dns.example.com/api/ws", "http://dns.example.com", 403),
+        ("https://dns.example.com/api/ws", "https://dns.example.com:8443", 403),
+        ("https://dns.example.com/api/ws", "https://other.example.com", 403),
+        ("https://dns.example.com:443/api/ws", "https://dns.example.com", 200),     # the host with its port
+        ("https://dns.example.com/api/ws", "https://dns.example.com:443", 200),
+        ("https://dns.example.com:443/api/ws", "http://dns.example.com:443", 403),
+        ("wss://dns.example.com/api/ws", "https://dns.example.com", 200),           # Traefik says wss
+        ("wss://dns.example.com/api/ws", "http://dns.example.com", 403),
+    ]
+    for kind in ("caddy", "traefik", "nginx"):
+        for url, origin, status in cases:
+            reply = await one_site.verify(kind, url, cookie=cookie, extra={**upgrade, "Origin": origin})
+            assert reply.status == status, (kind, url, origin)
+            assert ("Authorization" in reply.headers) == (status == 200)
 
 
 async def test_without_a_method_header_a_foreign_request_cannot_pass_as_a_link(one_site: Asker) -> None:

@@ -16,9 +16,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.fakes.echo import EchoUpstream
 from tests.fakes.technitium import FakeTechnitium
-from tests.integration.conftest import LOGIN, MakeTlsGateway
-from tests.support.gateway import Gateway, GatewayClient, MakeGateway, gateway_env
+from tests.integration.conftest import LOGIN
+from tests.support.gateway import SECRET, Gateway, GatewayClient, MakeGateway, MakeTlsGateway, gateway_env
 
 FORGED = {
     "Authorization": "Bearer " + "f" * 64,
@@ -251,3 +252,101 @@ async def test_a_redirect_that_echoes_the_query_never_hands_out_the_token(
         assert resp.headers["Location"] == "/js/?v=2"
     finally:
         await fake.close()
+
+
+# ---- methods that make an upstream echo the request -----------------------------------------------------
+
+async def test_trace_and_other_echoing_methods_never_carry_the_credential(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        echo_upstream: EchoUpstream) -> None:
+    """The echo upstream answers every method with the request it got (as TRACE does): what it would
+    send back is the injected credential."""
+    service = "s" * 64
+    env = {"AUTH_MODE": "none", "UPSTREAM_URL": echo_upstream.url, "UPSTREAM_TYPE": "technitium",
+           "UPSTREAM_SERVICE_TOKEN": service, "SESSION_SECRET": SECRET, "ACCESS_LOG": "false"}
+    client = client_for(await make_gateway(env))
+    resp = await client.request("TRACE", "/api/zones/list?x=1", headers={"Accept": "application/json"})
+    body = await resp.read()
+    assert resp.status == 405 and json.loads(body)["error"] == "method_not_allowed"
+    assert "GET" in resp.headers["Allow"] and service.encode() not in body
+    for method in ("TRACK", "DEBUG", "trace"):   # aiohttp's own parser already refuses these (400)
+        resp = await client.request(method, "/api/zones/list?x=1", headers={"Accept": "application/json"})
+        assert resp.status in (400, 405) and service.encode() not in await resp.read(), method
+    assert echo_upstream.requests == []
+    assert (await client.request("GET", "/x")).status == 200   # everything else is forwarded as before
+    # A site may allow one (documented: it then gets the credential echoed back).
+    allowed = client_for(await make_gateway({**env, "ALLOW_METHODS": "TRACE"}))
+    resp = await allowed.request("TRACE", "/x")
+    assert resp.status == 200 and echo_upstream.last.method == "TRACE"
+    assert service in await resp.text()
+    assert (await allowed.request("TRACK", "/x")).status in (400, 405)
+    assert len(echo_upstream.requests) == 2
+
+
+# ---- credential fields in form bodies of any size and encoding ---------------------------------------------
+
+MiB = 1 << 20
+
+
+async def _pieces(*parts: bytes) -> AsyncIterator[bytes]:
+    for piece in parts:
+        yield piece
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_a_token_field_leaves_urlencoded_forms_of_any_size(
+        client: GatewayClient, technitium: FakeTechnitium, framing: str) -> None:
+    """Over 1 MiB the form streams: filtered as it passes (a field cut between two pieces included)."""
+    await client.login("alice", "alice-pass")
+    token = only_token(technitium)
+    big = b"x" * (2 * MiB)
+    body = b"records=" + big + b"&token=" + b"b" * 64 + b"&zone=example.com&%74oken=c&TOKEN"
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if framing == "content-length":
+        headers["Content-Length"] = str(len(body))
+    cut = len(body) - 40   # the second piece starts inside a `token` name
+    resp = await client.request("POST", "/api/echo", data=_pieces(body[:cut], body[cut:]), headers=headers)
+    assert resp.status == 200, await resp.text()
+    await resp.read()
+    seen = technitium.requests_to("/api/echo")[-1]
+    assert seen.body == b"records=" + big + b"&zone=example.com"
+    assert seen.headers.getall("Authorization") == [f"Bearer {token}"]
+
+
+def _multipart(*parts: tuple[str, bytes, str | None]) -> bytes:
+    out = b""
+    for name, content, filename in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--XyZ\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
+    return out + b"--XyZ--\r\n"
+
+
+MULTIPART = {"Content-Type": "multipart/form-data; boundary=XyZ"}
+
+
+async def test_a_multipart_token_field_is_refused_before_anything_reaches_the_upstream(
+        client: GatewayClient, technitium: FakeTechnitium) -> None:
+    await client.login("alice", "alice-pass")
+    for name in ("token", "Token", "t%6Fken"):
+        body = _multipart(("zone", b"example.com", None), (name, b"b" * 64, None))
+        resp = await client.request("POST", "/api/echo", data=body, headers=MULTIPART)
+        assert resp.status == 400, name
+        assert (await resp.json())["error"] == "credential_field"
+    assert technitium.requests_to("/api/echo") == []
+
+
+async def test_large_multipart_uploads_pass_unchanged_and_a_late_token_part_is_cut_off(
+        client: GatewayClient, technitium: FakeTechnitium) -> None:
+    await client.login("alice", "alice-pass")
+    upload = bytes(range(256)) * (8 * 1024)   # 2 MiB of every byte value
+    body = _multipart(("zone", b"example.com", None), ("file", upload, "zone.txt"))
+    resp = await client.request("POST", "/api/echo", data=body, headers=MULTIPART)
+    assert resp.status == 200, await resp.text()
+    seen = technitium.requests_to("/api/echo")[-1]
+    assert seen.body == body and seen.form == {"zone": "example.com"}
+    assert seen.headers["Content-Length"] == str(len(body))   # not re-framed: the length holds
+    # The same upload with a token part after the first MiB: streamed until then, then broken off.
+    late = _multipart(("file", upload, "zone.txt"), ("token", b"b" * 64, None))
+    resp = await client.request("POST", "/api/echo", data=late, headers=MULTIPART)
+    assert resp.status == 400 and (await resp.json())["error"] == "credential_field"
+    assert len(technitium.requests_to("/api/echo")) == 1   # the upstream never got a whole request

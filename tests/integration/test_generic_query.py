@@ -46,16 +46,21 @@ async def reflector() -> AsyncIterator[str]:
         resp.enable_compression()   # gzip when the request accepts it, as most web servers do
         return resp
 
-    app = web.Application()
+    async def form(request: web.Request) -> web.Response:
+        if request.query.get("sid") != SID:
+            return web.json_response({"error": "unauthorized"}, status=401)
+        return web.json_response({"body": (await request.read()).decode("latin-1")})
+
+    app = web.Application(client_max_size=8 << 20)
     app.router.add_post("/login", login)
+    app.router.add_post("/form", form)
     app.router.add_get("/{tail:.*}", reflect)
     async with serving(app) as url:
         yield url
 
 
-async def test_a_query_credential_never_comes_back_in_any_spelling(
-        make_gateway: MakeGateway, reflector: str, client_for: Callable[[Gateway], GatewayClient],
-        tmp_path: Path) -> None:
+async def _client(make_gateway: MakeGateway, reflector: str, client_for: Callable[[Gateway], GatewayClient],
+                  tmp_path: Path) -> GatewayClient:
     config = tmp_path / "authproxy.toml"
     config.write_text(f"""
 [[sites]]
@@ -75,6 +80,13 @@ name = "sid"
     client = client_for(await make_gateway({"TRUST_PROXY": "true", "SESSION_SECRET": SECRET, "ACCESS_LOG": "false"},
                                            config_file=config))
     assert (await client.login("anyone", "right")).status == 200
+    return client
+
+
+async def test_a_query_credential_never_comes_back_in_any_spelling(
+        make_gateway: MakeGateway, reflector: str, client_for: Callable[[Gateway], GatewayClient],
+        tmp_path: Path) -> None:
+    client = await _client(make_gateway, reflector, client_for, tmp_path)
     spellings = {SID, quote(SID, safe=""), quote(SID, safe="").lower(), quote(SID, safe="/"),
                  quote(SID, safe="").replace("%2F", "%2f")}
     for path in ("/page?x=1", "/go?x=1", "/page"):
@@ -89,3 +101,21 @@ name = "sid"
             assert "x=1" in resp.headers["Location"]   # the rest of the redirect survives
         else:
             assert "self</a>" in body
+
+
+async def test_the_credentials_name_leaves_form_bodies_of_any_size(
+        make_gateway: MakeGateway, reflector: str, client_for: Callable[[Gateway], GatewayClient],
+        tmp_path: Path) -> None:
+    """`inject.as = "query"` names `sid`: a client's `sid` field goes from urlencoded bodies, small or
+    streamed, and a multipart part of that name is refused."""
+    client = await _client(make_gateway, reflector, client_for, tmp_path)
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for filler in (b"", b"x" * (2 << 20)):
+        body = b"a=" + filler + b"&sid=forged&SID=again&b=2"
+        resp = await client.request("POST", "/form", data=body, headers=form)
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["body"] == "a=" + filler.decode() + "&b=2"
+    multipart = b'--b0\r\nContent-Disposition: form-data; name="Sid"\r\n\r\nforged\r\n--b0--\r\n'
+    resp = await client.request("POST", "/form", data=multipart,
+                                headers={"Content-Type": "multipart/form-data; boundary=b0"})
+    assert resp.status == 400 and (await resp.json())["error"] == "credential_field"

@@ -18,10 +18,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from yarl import URL
 
 from authproxy import keys
 from authproxy.sessions.ticket import decode_ticket
-from authproxy.upstreams.substitute import derived_placeholder, rewrite_tokens, same, session_placeholder
+from authproxy.upstreams.substitute import derived_placeholder, rewrite_tokens, session_placeholder
 from tests.fakes.technitium import FakeTechnitium
 from tests.support.gateway import Gateway, GatewayClient, MakeGateway, gateway_env
 
@@ -96,7 +99,6 @@ def test_placeholders_have_a_tokens_shape_and_depend_on_session_and_site() -> No
     assert p == session_placeholder(a, "dns")
     assert len({p, session_placeholder(b, "dns"), session_placeholder(a, "dns2"),
                 derived_placeholder(a, "dns", "x" * 64)}) == 4
-    assert same(p, p) and not same(None, p) and not same(p.upper(), p)
 
 
 def test_rewrite_replaces_every_real_token_and_the_token_fields() -> None:
@@ -416,3 +418,63 @@ async def test_auth_mode_none_gives_the_ui_a_placeholder_for_the_service_token(
     assert echoed["status"] == "ok" and service not in json.dumps(echoed)
     assert await answers.json(client, "POST", "/api/user/logout") == {"status": "ok"}
     assert service in technitium.sessions
+
+
+# ---------------------------------------------------------------- `//` in the path
+
+@pytest.fixture
+async def merging() -> AsyncIterator[tuple[FakeTechnitium, list[str]]]:
+    """Technitium behind a server that reads `//api/x` as `/api/x` (nginx's merge_slashes, and many
+    routers do); the list holds every request target as it arrived, before the merge."""
+    fake = FakeTechnitium()
+    fake.add_user("alice", "alice-pass", display_name="Alice Example")
+    arrived: list[str] = []
+
+    @web.middleware
+    async def merge(request: web.Request, handler: Handler) -> web.StreamResponse:
+        arrived.append(request.raw_path)
+        rel = request.rel_url
+        if "//" in rel.raw_path:
+            request = request.clone(rel_url=URL.build(path=re.sub("/{2,}", "/", rel.raw_path),
+                                                      query_string=rel.raw_query_string, encoded=True))
+        return await handler(request)
+
+    fake.app.middlewares.append(merge)
+    await fake.start()
+    try:
+        yield fake, arrived
+    finally:
+        await fake.close()
+
+
+async def test_doubled_slashes_are_the_api_too(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        merging: tuple[FakeTechnitium, list[str]]) -> None:
+    """`//api/...` is Technitium's API to an upstream that merges slashes: the placeholder rewrite, the
+    UI-login interception and the cross-site rule all apply, and the upstream gets the merged path."""
+    fake, arrived = merging
+    gw = await make_gateway(gateway_env(fake.url))
+    client = client_for(gw)
+    assert (await client.login("alice", "alice-pass")).status == 200
+    (real,) = standard_tokens(fake, "alice")
+    for path in ("//api/user/session/get", "///api//user/session/get", "/api//user/session//get"):
+        resp = await client.request("POST", path, headers=XHR)
+        body = await resp.read()
+        assert resp.status == 200 and real.encode() not in body, path
+        assert json.loads(body)["token"] == placeholder_for(gw, client), path
+    assert [p for p in arrived if "//" in p] == []
+    # The UI's login under another spelling is still authproxy's own sign-in (throttled, audited).
+    before = len(fake.requests_to("/api/user/login"))
+    resp = await client.request("POST", "//api/user//login", headers=XHR,
+                                data={"user": "alice", "pass": "alice-pass", "totp": ""})
+    answer = json.loads(await resp.read())
+    assert answer["token"] == placeholder_for(gw, client) and real not in json.dumps(answer)
+    logins = fake.requests_to("/api/user/login")[before:]   # authproxy's own call, not the browser's form
+    assert [r.body for r in logins] == [b"user=alice&pass=alice-pass&includeInfo=true"]
+    assert [p for p in arrived if "//" in p] == []
+    # Another site's link into the API, however many slashes it has, acts with nobody's sign-in.
+    nav = {**NAVIGATE, "Sec-Fetch-Site": "cross-site"}
+    for path in ("//api/zones/delete?zone=example.com", "///API/zones/delete?zone=example.com"):
+        resp = await client.request("GET", path, headers=nav)
+        assert resp.status == 403, path
+    assert fake.requests_to("/api/zones/delete") == []

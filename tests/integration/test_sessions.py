@@ -89,7 +89,9 @@ async def test_upstream_invalid_token_sends_the_browser_to_the_login_page(
         client: GatewayClient, technitium: FakeTechnitium) -> None:
     await client.login("alice", "alice-pass")
     technitium.expire_all()  # the upstream's own sliding expiry
-    resp = await client.request("GET", "/api/dashboard/stats/get?type=LastHour", headers=BROWSER)
+    # A page load of the API from the UI's own page (its Referer): one without would be refused.
+    resp = await client.request("GET", "/api/dashboard/stats/get?type=LastHour",
+                                headers={**BROWSER, "Referer": client.origin + "/"})
     assert resp.status == 302
     location = URL(resp.headers["Location"])
     assert location.path == "/_authproxy/login"
@@ -149,6 +151,53 @@ async def test_cross_site_logout_is_refused(client: GatewayClient) -> None:
     resp = await client.request("POST", LOGOUT, headers={"Origin": "https://evil.example"})
     assert resp.status == 403
     assert await authenticated(client)
+
+
+async def test_sign_out_everywhere_ends_every_session_of_the_account(
+        gw: Gateway, technitium: FakeTechnitium, client_for: Callable[[Gateway], GatewayClient],
+        audit: Audit) -> None:
+    technitium.add_user("bob", "bob-pass")
+    phone, laptop, tablet, bob = (client_for(gw) for _ in range(4))
+    for person in (phone, laptop, tablet):
+        assert (await person.login("alice", "alice-pass")).status == 200
+    assert (await bob.login("bob", "bob-pass")).status == 200
+    assert await api_status(laptop) == (200, "ok")  # cached too
+
+    # A plain sign-out ends its own session only.
+    assert await (await tablet.request("POST", LOGOUT, json={})).json() == \
+        {"authenticated": False, "loggedOut": True}
+    assert await authenticated(laptop)
+    # Bad input changes nothing: 400, still signed in.
+    for body in ({"json": {"everywhere": "yes"}}, {"data": b"{", "headers": {"Content-Type": "application/json"}},
+                 {"data": {"everywhere": "maybe"}}):
+        resp = await phone.request("POST", LOGOUT, **body)
+        assert resp.status == 400, body
+        assert (await resp.json())["error"] in ("bad_request", "bad_json")
+    assert await authenticated(phone) and await authenticated(laptop)
+
+    resp = await phone.request("POST", LOGOUT, json={"everywhere": True})
+    assert resp.status == 200
+    assert await resp.json() == {"authenticated": False, "loggedOut": True, "otherSessionsEnded": 1}
+    assert "Max-Age=0" in resp.headers["Set-Cookie"]
+    assert await api_status(laptop) == (401, "unauthenticated")
+    assert not await authenticated(laptop)
+    assert await api_status(bob) == (200, "ok")
+    everywhere = [line for line in audit.lines("logout") if line["outcome"] == "everywhere"]
+    assert [(line["user"], line["site"], line["sessions_ended"]) for line in everywhere] == \
+        [("alice", "technitium", 1)]
+    assert audit.lines("expiry") == []  # ended, not expired
+
+
+async def test_the_sign_out_page_offers_sign_out_everywhere(
+        gw: Gateway, client_for: Callable[[Gateway], GatewayClient]) -> None:
+    phone, laptop = client_for(gw), client_for(gw)
+    for person in (phone, laptop):
+        assert (await person.login("alice", "alice-pass")).status == 200
+    page = await (await phone.request("GET", "/_authproxy/logout", headers=BROWSER)).text()
+    assert '<button type="submit" name="everywhere" value="1">Sign out everywhere</button>' in page
+    resp = await phone.request("POST", LOGOUT, data={"everywhere": "1"}, headers=BROWSER)
+    assert resp.status == 303 and resp.headers["Location"] == "/_authproxy/login?logged_out=1"
+    assert not await authenticated(laptop)
 
 
 # ---- heartbeat -----------------------------------------------------------------------------------------

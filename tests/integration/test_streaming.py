@@ -207,3 +207,53 @@ async def test_head_keeps_the_upstreams_content_length(bulk_client: GatewayClien
     head = await bulk_client.request("HEAD", "/api/thing?x=1")
     assert head.status == 200
     assert head.headers["Content-Length"] == get.headers["Content-Length"] == str(len(body))
+
+
+async def test_large_forms_are_checked_as_they_stream_with_bounded_memory(
+        bulk_client: GatewayClient, bulk: BulkUpstream) -> None:
+    """Forms are read for credential fields (a Technitium site: `token`) at any size, never whole: a
+    100 MiB urlencoded form loses its `token` field on the way; a 100 MiB multipart upload passes
+    byte for byte with its Content-Length."""
+    field = b"&token=" + b"f" * 64 + b"&more="   # a field's value runs to the next `&`
+    expected = hashlib.sha256()
+
+    async def form() -> AsyncIterator[bytes]:
+        yield b"data="
+        expected.update(b"data=")
+        for i in range(UPLOAD // len(CHUNK)):
+            piece = CHUNK.hex().encode()[: len(CHUNK)]   # %-free text, as a form value is
+            if i == 800:
+                yield piece[:100] + field[:5]          # the field cut mid-name between two pieces
+                yield field[5:] + piece[100:]
+                expected.update(piece[:100] + b"&more=" + piece[100:])
+                continue
+            expected.update(piece)
+            yield piece
+
+    async with PeakRss() as rss:
+        resp = await bulk_client.request("POST", "/upload", data=form(),
+                                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert resp.status == 200, await resp.text()
+    assert bulk.uploaded == UPLOAD + len(b"data=&more=") and bulk.upload_digest == expected.hexdigest()
+    assert rss.growth < 60 * MiB, f"RSS grew by {rss.growth / MiB:.1f} MiB"
+
+    bulk.uploaded = 0
+    head = b'--b0\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\n\r\n'
+    tail = b"\r\n--b0--\r\n"
+    whole = hashlib.sha256(head)
+
+    async def upload() -> AsyncIterator[bytes]:
+        yield head
+        for _ in range(UPLOAD // len(CHUNK)):
+            whole.update(CHUNK)
+            yield CHUNK
+        whole.update(tail)
+        yield tail
+
+    length = len(head) + UPLOAD + len(tail)
+    async with PeakRss() as rss:
+        resp = await bulk_client.request("POST", "/upload", data=upload(), headers={
+            "Content-Type": "multipart/form-data; boundary=b0", "Content-Length": str(length)})
+        assert resp.status == 200, await resp.text()
+    assert bulk.uploaded == length and bulk.upload_digest == whole.hexdigest()
+    assert rss.growth < 60 * MiB, f"RSS grew by {rss.growth / MiB:.1f} MiB"

@@ -22,8 +22,7 @@ from aiohttp import WSMsgType
 from authproxy import keys
 from authproxy.proxy.websocket import BridgeRegistry
 from tests.fakes.ws_upstream import SocketUpstream, running_socket_upstream
-from tests.integration.conftest import MakeTlsGateway
-from tests.support.gateway import Gateway, GatewayClient, MakeGateway, gateway_env
+from tests.support.gateway import Gateway, GatewayClient, MakeGateway, MakeTlsGateway, gateway_env
 
 ALICE = ("alice", "alice-pass")
 WAIT = 2.0
@@ -222,6 +221,41 @@ async def test_unauthenticated_or_cross_site_upgrades_never_reach_the_upstream(
         await open_ws(gw, client, origin="https://evil.example")
     assert err.value.status == 403
     assert upstream.handshakes == []
+
+
+async def test_a_handshake_from_another_scheme_port_or_host_is_refused(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        upstream: SocketUpstream) -> None:
+    """A socket's Origin is compared like every other origin: scheme, host and port, the default port
+    dropped. The gateway is https://127.0.0.1:<port> (its client says X-Forwarded-Proto: https)."""
+    gw, client = await signed_in(make_gateway, client_for, upstream)
+    hostport = gw.url.split("://", 1)[1]
+    for origin in (f"http://{hostport}", f"https://127.0.0.1:{gw.port + 1}", f"https://localhost:{gw.port}",
+                   f"wss://{hostport}", "null"):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await open_ws(gw, client, origin=origin)
+        assert err.value.status == 403, origin
+    assert upstream.handshakes == []
+    ws = await open_ws(gw, client, origin=client.origin)
+    await ws.send_str("own origin")
+    assert (await ws.receive(timeout=WAIT)).data == "own origin"
+    await ws.close()
+
+    # A proxy may name the host with its port; browsers never put the default port in Origin.
+    for host, origin, allowed in (("dns.example.com:443", "https://dns.example.com", True),
+                                  ("dns.example.com", "https://dns.example.com:443", True),
+                                  ("dns.example.com:443", "http://dns.example.com:443", False),
+                                  ("dns.example.com", "http://dns.example.com", False),
+                                  ("dns.example.com:8443", "https://dns.example.com", False)):
+        headers = {**ws_headers(client), "X-Forwarded-Host": host}
+        if allowed:
+            await (await open_ws(gw, client, headers=headers, origin=origin)).close()
+            continue
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await open_ws(gw, client, headers=headers, origin=origin)
+        assert err.value.status == 403, (host, origin)
+    assert len(upstream.handshakes) == 3
+    await assert_no_bridges(gw)
 
 
 async def test_upstream_refusing_or_down_answers_502_before_upgrading(
@@ -503,4 +537,26 @@ async def test_the_bridge_over_authproxys_own_tls(
         resp = await client.request("POST", "/_authproxy/api/auth/logout")
         assert resp.status == 200
         assert await expect_close(ws, 4001) == "session ended"
+    await assert_no_bridges(gw)
+
+
+async def test_over_tls_a_plain_http_origin_on_the_same_host_and_port_is_refused(
+        make_tls_gateway: MakeTlsGateway, upstream: SocketUpstream) -> None:
+    """authproxy serving TLS itself: `http://127.0.0.1:<port>` is not the origin of `https://127.0.0.1:<port>`."""
+    gw = await make_tls_gateway({"UPSTREAM_URL": upstream.url, "UPSTREAM_TYPE": "technitium",
+                                 "ACCESS_LOG": "false"})
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(),
+                                     connector=aiohttp.TCPConnector(ssl=False)) as http:
+        client = GatewayClient(base=gw.url, http=http, headers={})
+        assert (await client.login(*ALICE)).status == 200
+        url = gw.url.replace("https://", "wss://") + "/ws"
+        cookie = {"Cookie": f"{client.cookie_name}={client.cookie}"}
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await http.ws_connect(url, headers=cookie, origin=gw.url.replace("https://", "http://"))
+        assert err.value.status == 403
+        assert upstream.handshakes == []
+        ws = await http.ws_connect(url, headers=cookie, origin=gw.url)
+        await ws.send_str("over tls")
+        assert (await ws.receive(timeout=WAIT)).data == "over tls"
+        await ws.close()
     await assert_no_bridges(gw)

@@ -2,7 +2,7 @@
 
 Why real binaries: their login quirks (Host-port check, CSRF on Origin, the 409 session-id dance, IP bans
 after failed logins) are exactly what the proxy must survive, and fakes would only encode our guesses.
-Configuration follows UPSTREAMS.md Appendix A.
+Configuration: qbittorrent-nox 4.5.2 and transmission-daemon 3.00 as Debian ships them, set up below.
 
 Each fixture is function-scoped: qBittorrent bans 127.0.0.1 after 5 failed logins and Transmission locks
 everyone out after 100 failed attempts, so state must never leak from one test into the next. Every

@@ -3,7 +3,10 @@
 `make_gateway(env, store=...)` builds the Config exactly as `authproxy run` does (load_config on an
 env mapping) and serves `create_app(config)` with aiohttp's AppRunner. `GatewayClient` keeps the
 session cookie by hand (the cookie is Secure and tests speak plain HTTP on loopback, so they send
-`X-Forwarded-Proto: https` from a trusted peer, as a TLS-terminating proxy would).
+`X-Forwarded-Proto: https` from a trusted peer, as a TLS-terminating proxy would). With FORWARD_AUTH_PORT in
+the env (`0`: any free port) the app also opens its forward-auth listener: `gw.forward_auth_url`.
+`make_tls_gateway(env)` serves it over its own TLS instead (HTTPS_ENABLED, self-signed): what a
+browser must see as `https://` itself, e.g. the `Origin` of a WebSocket handshake.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from authproxy.app import create_app, handler_options
 from authproxy.config.loader import ensure_session_secrets, load_config
 from authproxy.config.schema import Config
 from authproxy.sessions.store import SessionStore
+from authproxy.tls import self_signed, server_context
+from authproxy.web import forward_auth
 
 SECRET = "test-secret-" + "x" * 40
 
@@ -34,6 +39,15 @@ class Gateway:
     config: Config
     url: str
     port: int
+
+    @property
+    def forward_auth_url(self) -> str:
+        """The forward-auth listener (FORWARD_AUTH_PORT), where the proxies' checks go."""
+        runner = self.app.get(forward_auth.LISTENER)
+        if runner is None:
+            raise AssertionError("this gateway has no forward-auth listener; set FORWARD_AUTH_PORT (0: any port)")
+        host, port = runner.addresses[0][:2]
+        return f"http://{host}:{port}"
 
     async def stop(self) -> None:
         await self.runner.cleanup()
@@ -119,6 +133,35 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[MakeGateway]:
     yield make
     for gw in started:
         await gw.stop()
+
+
+MakeTlsGateway = Callable[[Mapping[str, str]], Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def make_tls_gateway(tmp_path: Path) -> AsyncIterator[MakeTlsGateway]:
+    """Like make_gateway, but authproxy itself serves TLS (HTTPS_ENABLED, self-signed), as `run` does.
+
+    With no TLS proxy in front, nothing the client says about its address or scheme may be believed.
+    """
+    runners: list[web.AppRunner] = []
+
+    async def make(env: Mapping[str, str]) -> Gateway:
+        env = {"HTTPS_ENABLED": "true", "AUTHPROXY_DATA_DIR": str(tmp_path / "tls-data"), **env}
+        config, _ = ensure_session_secrets(load_config(env))
+        cert, key, _ = self_signed(config.server.data_dir, "127.0.0.1")
+        app = create_app(config)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        runners.append(runner)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context(cert, key))
+        await site.start()
+        port = runner.addresses[0][1]
+        return Gateway(app=app, runner=runner, config=config, url=f"https://127.0.0.1:{port}", port=port)
+
+    yield make
+    for runner in runners:
+        await runner.cleanup()
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Real Caddy, nginx and Traefik in front of a forward-auth service, started from the shipped configs.
 
-Why: what each proxy forwards, strips and answers differs in ways no mock reproduces (see PROXIES.md), so
-the e2e tests run the real binaries with the very files users copy (caddy/, nginx/, deploy/traefik/),
+Why: what each proxy forwards, strips and answers differs in ways no mock reproduces, so the
+e2e tests run the real binaries with the very files users copy (caddy/, nginx/, deploy/traefik/),
 changing only listen addresses, upstream addresses and file paths. Quiet/local settings (admin off, no
 auto-HTTPS, daemon off, no update checks) live in the small wrapper each starter writes, not in the
 shipped files.
@@ -15,6 +15,10 @@ Fixtures (each stops everything it started at teardown, by PID, also when the te
   nginx_proxy(...), traefik_proxy(...)                            same signature
   forward_auth_proxy(kind, authproxy_url, upstream_url, *, recipe="default")
 Recipes: "default" (generic app) for all; "technitium-v14" for Caddy and nginx.
+``check=Check(url=...)`` sends the proxy's forward-auth check to authproxy's forward-auth listener
+(FORWARD_AUTH_PORT; without it, to ``authproxy_url``, e.g. a stand-in that serves both); ``secret=`` switches
+on the shipped configs' commented FORWARD_AUTH_SECRET alternative (Caddy, nginx); ``published=True`` drops
+the config's own ``/_authproxy/verify*`` exclusion, as a hand-written config might (authproxy must refuse).
 ``tls=True`` serves HTTPS (``proxy.url`` is ``https://127.0.0.1:<port>``, a throw-away certificate: connect
 with ``ssl=False``), as a real deployment does, so the proxies themselves say ``X-Forwarded-Proto: https``
 (Caddy: its internal CA via ``local_certs``; nginx: ``listen ... ssl`` + a self-signed certificate;
@@ -30,6 +34,7 @@ import asyncio
 import grp
 import os
 import pwd
+import re
 import shutil
 import ssl
 import sys
@@ -48,6 +53,7 @@ from tests.support.procs import ManagedProcess, free_port, wait_for_port
 __all__ = [
     "PROJECT_ROOT",
     "RECIPES",
+    "Check",
     "ProxyPool",
     "RunningProxy",
     "StartProxy",
@@ -55,6 +61,7 @@ __all__ = [
     "find_binary",
     "forward_auth_proxy",
     "launch_proxy",
+    "launch_tls_terminator",
     "nginx_proxy",
     "traefik_proxy",
     "wait_ready",
@@ -103,6 +110,26 @@ class RunningProxy:
 
 
 StartProxy = Callable[..., Awaitable[RunningProxy]]
+
+
+@dataclass(frozen=True)
+class Check:
+    """Where and how a proxy sends its forward-auth check (see the module docstring)."""
+
+    url: str | None = None
+    secret: str | None = None
+    published: bool = False
+
+    def address(self, authproxy_url: str) -> str:
+        return self.url or authproxy_url
+
+
+def _edit(text: str, pattern: str, replacement: str, where: Path) -> str:
+    """`text` with the one match of the regex `pattern` replaced; the shipped file changed if there is not one."""
+    edited, count = re.subn(pattern, lambda _: replacement, text, flags=re.MULTILINE)
+    if count != 1:
+        raise AssertionError(f"{where}: expected exactly one match of {pattern!r}, found {count}")
+    return edited
 
 
 def find_binary(kind: str) -> Path:
@@ -168,9 +195,11 @@ async def _wait_tls(proxy: RunningProxy) -> None:
 
 
 def launch_caddy(
-    workdir: Path, authproxy_url: str, upstream_url: str, *, recipe: str = "default", tls: bool = False
+    workdir: Path, authproxy_url: str, upstream_url: str, *, recipe: str = "default", tls: bool = False,
+    check: Check | None = None,
 ) -> RunningProxy:
     """Caddy from caddy/Caddyfile (or a site importing caddy/technitium-v14.caddy), values via {$ENV}."""
+    check = check or Check()
     binary = find_binary("caddy")
     port = free_port()
     state = workdir / "state"
@@ -180,10 +209,20 @@ def launch_caddy(
         f"{{\n\tadmin off\n{https}\tpersist_config off\n\tdefault_bind 127.0.0.1\n"
         f"\tgrace_period 1s\n\tstorage file_system {state}\n}}\n"
     )
+    shipped = CADDY_DIR / ("Caddyfile" if recipe == "default" else recipe + ".caddy")
+    imported = shipped
+    if check.secret or check.published:
+        text = shipped.read_text(encoding="utf-8")
+        if check.secret:
+            text = _edit(text, r"# header_up X-Authproxy-Secret ", "header_up X-Authproxy-Secret ", shipped)
+        if check.published:
+            text = _edit(text, r"^[ \t]*handle /_authproxy/verify\* \{\s*respond 404\s*\}[ \t]*\n", "", shipped)
+        imported = workdir / f"shipped-{shipped.name}"
+        imported.write_text(text, encoding="utf-8")
     if recipe == "default":
-        body = f"import {CADDY_DIR / 'Caddyfile'}\n"
+        body = f"import {imported}\n"
     else:
-        body = f"{{$AUTHPROXY_SITE}} {{\n\timport {CADDY_DIR / (recipe + '.caddy')}\n}}\n"
+        body = f"{{$AUTHPROXY_SITE}} {{\n\timport {imported}\n}}\n"
     config = workdir / "Caddyfile"
     config.write_text(global_options + body, encoding="utf-8")
     env = {
@@ -192,7 +231,9 @@ def launch_caddy(
         "XDG_DATA_HOME": str(state / "data"),
         "AUTHPROXY_SITE": f"https://127.0.0.1:{port}" if tls else f"http://:{port}",
         "AUTHPROXY_ADDR": _hostport(authproxy_url),
+        "AUTHPROXY_VERIFY_ADDR": _hostport(check.address(authproxy_url)),
         "AUTHPROXY_APP": _hostport(upstream_url),
+        **({"AUTHPROXY_FORWARD_AUTH_SECRET": check.secret} if check.secret else {}),
     }
     proc = ManagedProcess(
         [binary, "run", "--config", config, "--adapter", "caddyfile"],
@@ -209,15 +250,17 @@ def _scheme(tls: bool) -> str:
 
 
 def launch_nginx(
-    workdir: Path, authproxy_url: str, upstream_url: str, *, recipe: str = "default", tls: bool = False
+    workdir: Path, authproxy_url: str, upstream_url: str, *, recipe: str = "default", tls: bool = False,
+    check: Check | None = None,
 ) -> RunningProxy:
     """nginx with nginx/authproxy.conf in conf.d/ and the snippets in snippets/, as on Debian."""
-    binary = find_binary("nginx")
+    check = check or Check()
     port = free_port()
     values = {
         "LISTEN": f"127.0.0.1:{port}" + (" ssl" if tls else ""),
         "SERVER_NAME": "127.0.0.1",
         "AUTHPROXY": _hostport(authproxy_url),
+        "AUTHPROXY_VERIFY": _hostport(check.address(authproxy_url)),
         "UPSTREAM": _hostport(upstream_url),
     }
     (workdir / "conf.d").mkdir(parents=True, exist_ok=True)
@@ -225,16 +268,31 @@ def launch_nginx(
     site = _render(NGINX_DIR / "authproxy.conf", values)
     if recipe != "default":
         # Exactly what authproxy.conf tells users to do between its BEGIN/END markers.
-        generic = "include snippets/authproxy-location.conf;\n        proxy_pass http://authproxy_app;"
+        generic = ("include snippets/authproxy-location.conf;\n"
+                   "        proxy_pass http://authproxy_app$authproxy_raw_path$authproxy_query;")
         if site.count(generic) != 1:
             raise AssertionError(
                 "nginx/authproxy.conf: the protected location no longer has the two generic lines"
             )
         site = site.replace(generic, f"include snippets/{recipe}.conf;")
+    shipped = NGINX_DIR / "authproxy.conf"
+    if check.secret:  # the alternative the check location describes: the public listener plus the secret
+        site = _edit(site, r"proxy_pass http://authproxy_verify/", "proxy_pass http://authproxy/", shipped)
+        site = _edit(site, r'# proxy_set_header X-Authproxy-Secret "<FORWARD_AUTH_SECRET>";',
+                     f'proxy_set_header X-Authproxy-Secret "{check.secret}";', shipped)
+    if check.published:
+        site = _edit(site, r"^[ \t]*location \^~ /_authproxy/verify \{\s*return 404;\s*\}[ \t]*\n", "", shipped)
     (workdir / "conf.d" / "authproxy.conf").write_text(site, encoding="utf-8")
     for snippet in ("authproxy-location.conf", "technitium-v14.conf"):
         (workdir / "snippets" / snippet).write_text(_render(NGINX_DIR / snippet, values), encoding="utf-8")
 
+    proc, temp_root = _start_nginx(workdir, tls=tls)
+    return RunningProxy("nginx", recipe, f"{_scheme(tls)}://127.0.0.1:{port}", port, proc, workdir, [temp_root])
+
+
+def _start_nginx(workdir: Path, *, tls: bool) -> tuple[ManagedProcess, Path]:
+    """nginx on `workdir`'s conf.d/*.conf, with a main config of its own (foreground, logs to stderr)."""
+    binary = find_binary("nginx")
     # Workers run as nobody when the master is root: their temp dirs must be outside pytest's 0700 tree.
     temp_root = Path(tempfile.mkdtemp(prefix="authproxy-nginx-"))
     temp_root.chmod(0o711)
@@ -268,7 +326,33 @@ def launch_nginx(
         cwd=workdir,
         log_path=workdir / "nginx.log",
     ).start()
-    return RunningProxy("nginx", recipe, f"{_scheme(tls)}://127.0.0.1:{port}", port, proc, workdir, [temp_root])
+    return proc, temp_root
+
+
+def launch_tls_terminator(workdir: Path, backend_url: str, *, bind: str = "127.0.0.2") -> RunningProxy:
+    """nginx terminating TLS in front of authproxy as a transparent reverse proxy: every path goes to
+    `backend_url`, from the address `bind` (`proxy_bind`, so authproxy sees a proxy it may trust by
+    address), with the X-Forwarded-* facts such a proxy sets. Nothing of the shipped forward-auth configs:
+    this is the README's "authproxy serves the UI itself" setup (ISSUE V1)."""
+    port = free_port()
+    (workdir / "conf.d").mkdir(parents=True, exist_ok=True)
+    (workdir / "conf.d" / "terminator.conf").write_text(
+        "server {\n"
+        f"    listen 127.0.0.1:{port} ssl;\n"
+        "    location / {\n"
+        f"        proxy_pass http://{_hostport(backend_url)};\n"
+        f"        proxy_bind {bind};\n"
+        "        proxy_http_version 1.1;\n"
+        "        proxy_set_header Host $http_host;\n"
+        "        proxy_set_header X-Forwarded-Proto $scheme;\n"
+        "        proxy_set_header X-Forwarded-Host $http_host;\n"
+        "        proxy_set_header X-Forwarded-For $remote_addr;\n"
+        "    }\n"
+        "}\n",
+        encoding="utf-8",
+    )
+    proc, temp_root = _start_nginx(workdir, tls=True)
+    return RunningProxy("nginx", "tls-terminator", f"https://127.0.0.1:{port}", port, proc, workdir, [temp_root])
 
 
 def _nginx_certificate(workdir: Path) -> str:
@@ -279,15 +363,24 @@ def _nginx_certificate(workdir: Path) -> str:
 
 
 def launch_traefik(
-    workdir: Path, authproxy_url: str, upstream_url: str, *, recipe: str = "default", tls: bool = False
+    workdir: Path, authproxy_url: str, upstream_url: str, *, recipe: str = "default", tls: bool = False,
+    check: Check | None = None,
 ) -> RunningProxy:
     """Traefik from deploy/traefik/traefik.yml (placeholders filled) + dynamic.yml as shipped (env values)."""
+    check = check or Check()
+    if check.secret:
+        raise ValueError("Traefik's ForwardAuth cannot add a header to the check: no FORWARD_AUTH_SECRET recipe")
     binary = find_binary("traefik")
     port = free_port()
     static = workdir / "traefik.yml"
+    dynamic = TRAEFIK_DIR / "dynamic.yml"
+    if check.published:
+        rules = _edit(dynamic.read_text(encoding="utf-8"), r" && !PathPrefix\(`/_authproxy/verify`\)", "", dynamic)
+        dynamic = workdir / "dynamic.yml"
+        dynamic.write_text(rules, encoding="utf-8")
     text = _render(
         TRAEFIK_DIR / "traefik.yml",
-        {"LISTEN": f"127.0.0.1:{port}", "DYNAMIC_FILE": str(TRAEFIK_DIR / "dynamic.yml")},
+        {"LISTEN": f"127.0.0.1:{port}", "DYNAMIC_FILE": str(dynamic)},
     )
     if tls:
         # TLS for every router on the entryPoint, with Traefik's default certificate.
@@ -300,6 +393,7 @@ def launch_traefik(
         "HOME": str(workdir),
         "AUTHPROXY_HOST": "127.0.0.1",
         "AUTHPROXY_URL": authproxy_url.rstrip("/"),
+        "AUTHPROXY_VERIFY_URL": check.address(authproxy_url).rstrip("/"),
         "AUTHPROXY_APP": upstream_url.rstrip("/"),
     }
     proc = ManagedProcess(
@@ -339,7 +433,8 @@ _LAUNCHERS = {"caddy": launch_caddy, "nginx": launch_nginx, "traefik": launch_tr
 
 
 def launch_proxy(
-    kind: str, workdir: Path, authproxy_url: str, upstream_url: str, *, recipe: str = "default", tls: bool = False
+    kind: str, workdir: Path, authproxy_url: str, upstream_url: str, *, recipe: str = "default", tls: bool = False,
+    check: Check | None = None,
 ) -> RunningProxy:
     """Write the configs and spawn the binary (not yet ready: ``await wait_ready(proxy)``)."""
     if kind not in _LAUNCHERS:
@@ -347,7 +442,7 @@ def launch_proxy(
     if recipe not in RECIPES[kind]:
         raise ValueError(f"{kind} has no recipe {recipe!r}; known: {', '.join(RECIPES[kind])}")
     workdir.mkdir(parents=True, exist_ok=True)
-    return _LAUNCHERS[kind](workdir, authproxy_url, upstream_url, recipe=recipe, tls=tls)
+    return _LAUNCHERS[kind](workdir, authproxy_url, upstream_url, recipe=recipe, tls=tls, check=check)
 
 
 class ProxyPool:
@@ -358,10 +453,11 @@ class ProxyPool:
         self.started: list[RunningProxy] = []
 
     async def start(
-        self, kind: str, authproxy_url: str, upstream_url: str, *, recipe: str = "default", tls: bool = False
+        self, kind: str, authproxy_url: str, upstream_url: str, *, recipe: str = "default", tls: bool = False,
+        check: Check | None = None,
     ) -> RunningProxy:
         workdir = self.base / f"{kind}-{len(self.started)}"
-        proxy = launch_proxy(kind, workdir, authproxy_url, upstream_url, recipe=recipe, tls=tls)
+        proxy = launch_proxy(kind, workdir, authproxy_url, upstream_url, recipe=recipe, tls=tls, check=check)
         self.started.append(proxy)
         await wait_ready(proxy)
         return proxy
@@ -376,7 +472,7 @@ _ProxyPool = ProxyPool
 
 @pytest.fixture
 def forward_auth_proxy(tmp_path: Path) -> Iterator[StartProxy]:
-    """``await forward_auth_proxy(kind, authproxy_url, upstream_url, *, recipe="default", tls=False)``."""
+    """``await forward_auth_proxy(kind, authproxy_url, upstream_url, *, recipe="default", tls=False, check=None)``."""
     pool = _ProxyPool(tmp_path / "proxies")
     yield pool.start
     pool.stop_all()
@@ -387,9 +483,10 @@ def _single(kind: str) -> Callable[[Path], Iterator[StartProxy]]:
         pool = _ProxyPool(tmp_path / "proxies")
 
         async def start(
-            authproxy_url: str, upstream_url: str, *, recipe: str = "default", tls: bool = False
+            authproxy_url: str, upstream_url: str, *, recipe: str = "default", tls: bool = False,
+            check: Check | None = None,
         ) -> RunningProxy:
-            return await pool.start(kind, authproxy_url, upstream_url, recipe=recipe, tls=tls)
+            return await pool.start(kind, authproxy_url, upstream_url, recipe=recipe, tls=tls, check=check)
 
         yield start
         pool.stop_all()

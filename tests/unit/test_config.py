@@ -146,6 +146,16 @@ def test_missing_upstream() -> None:
     one_problem({"UPSTREAM_URL": "http://dns", "TRUST_PROXY": "true"}, "UPSTREAM_TYPE")
 
 
+def test_allow_methods_lists_only_methods_refused_by_default(tmp_path: Path) -> None:
+    assert load_config({**OK, "ALLOW_METHODS": "trace, Debug"}).sites[0].allow_methods == ("TRACE", "DEBUG")
+    assert load_config(OK).sites[0].allow_methods == ()
+    one_problem({**OK, "ALLOW_METHODS": "TRACE,GET"}, "ALLOW_METHODS", "'GET'", "TRACE")
+    path = tmp_path / "authproxy.toml"
+    path.write_text('[[sites]]\nname = "dns"\ntype = "technitium"\nupstream_url = "http://dns:5380"\n'
+                    'allow_methods = ["track"]\n')
+    assert load_config({"TRUST_PROXY": "true"}, path).sites[0].allow_methods == ("TRACK",)
+
+
 def test_technitium_options_are_checked() -> None:
     one_problem({**OK, "TECHNITIUM_API_VERSION": "fifteen"}, "TECHNITIUM_API_VERSION")
     one_problem({**OK, "TECHNITIUM_TOKEN_MODE": "cookie"}, "TECHNITIUM_TOKEN_MODE", "bearer", "query")

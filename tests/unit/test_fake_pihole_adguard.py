@@ -1,4 +1,4 @@
-"""The Pi-hole v6 and AdGuard Home fakes behave as UPSTREAMS.md §3/§4 and the upstreams' code say.
+"""The Pi-hole v6 and AdGuard Home fakes behave as the upstreams' API docs and code say.
 
 Why: adapter tests are only as good as the fakes they run against; these pin each documented behaviour
 (and each quirk found in the upstream source) so a fake cannot drift silently.

@@ -1,5 +1,5 @@
-"""The Technitium fake against UPSTREAMS.md §1 and the upstream source: if these pass, gateway tests that
-use the fake exercise the real login, token and expiry rules, not a stub that always says yes."""
+"""The Technitium fake against its API documentation and the upstream source: if these pass, gateway
+tests that use the fake exercise the real login, token and expiry rules, not a stub that always says yes."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Reading the original request from forward-auth headers: pure, strict, and never from the wrong source.
 
-What each proxy sends is in PROXIES.md: Caddy and Traefik always recompute X-Forwarded-Method/-Proto/
--Host/-Uri (and pass any client X-Original-URL on); nginx's subrequest inherits every client header
-and only the ones its config sets are believable.
+What each proxy sends (observed with the real binaries, tests/e2e): Caddy and Traefik always recompute
+X-Forwarded-Method/-Proto/-Host/-Uri (and pass any client X-Original-URL on); nginx's subrequest
+inherits every client header and only the ones its config sets are believable.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from authproxy.web.forward_auth import (
     detect,
     login_url,
     normalise_path,
-    peer_trusted,
     read_target,
 )
+from authproxy.web.middleware import peer_in
 
 CADDY = {"X-Forwarded-Method": "GET", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "dns.example.com",
          "X-Forwarded-Uri": "/api/zones?x=1&enc=%2Fa%20b", "Via": "1.1 Caddy"}
@@ -203,8 +203,8 @@ TRUSTED = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("10.0.0.0/8
     ("not-an-ip", False), ("fe80::1%eth0", False),
 ])
 def test_untrusted_peers(peer: str | None, trusted: bool) -> None:
-    assert peer_trusted(peer, TRUSTED) is trusted
-    assert peer_trusted(peer, ()) is False
+    assert peer_in(peer, TRUSTED) is trusted
+    assert peer_in(peer, ()) is False
 
 
 @pytest.mark.parametrize(("raw", "routed"), [

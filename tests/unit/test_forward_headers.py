@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from authproxy.proxy.headers import (
+    HOP_BY_HOP,
     IDENTITY_HEADERS,
     cookie_without,
     downstream_response_headers,
-    strip_hop_by_hop,
-    strip_names,
     upstream_request_headers,
 )
 
 TICKET = "__Host-authproxy"
+
+
+def strip_hop_by_hop(headers: CIMultiDict[str]) -> None:
+    """Remove hop-by-hop headers, including any the Connection header names (RFC 9110 7.6.1)."""
+    named: set[str] = set()
+    for value in headers.getall("Connection", ()):
+        named.update(token.strip().lower() for token in value.split(",") if token.strip())
+    for name in list(headers.keys()):
+        if name.lower() in HOP_BY_HOP or name.lower() in named:
+            headers.popall(name, None)
+
+
+def strip_names(headers: CIMultiDict[str], names: Iterable[str]) -> None:
+    for name in names:
+        headers.popall(name, None)
 
 
 def step_by_step_request(src: CIMultiDict[str]) -> CIMultiDict[str]:

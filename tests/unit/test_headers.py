@@ -15,12 +15,8 @@ from authproxy.proxy.headers import (
     IDENTITY_HEADERS,
     cookie_without,
     drop_carrying,
-    has_crlf,
     location_without,
-    query_value,
     set_forwarded,
-    strip_hop_by_hop,
-    strip_names,
     upstream_request_headers,
 )
 from authproxy.sessions.model import Credential
@@ -36,8 +32,8 @@ def test_strip_hop_by_hop_including_those_connection_names() -> None:
                      ("Transfer-Encoding", "chunked"), ("TE", "trailers"), ("Upgrade", "h2c"),
                      ("Proxy-Authorization", "Basic eA=="), ("X-Secret-Hop", "1"), ("Proxy-Connection", "close"),
                      ("Trailer", "x"), ("Accept", "*/*"), ("Content-Type", "text/plain")])
-    strip_hop_by_hop(h)
-    assert sorted(h.keys()) == ["Accept", "Content-Type"]
+    assert sorted(upstream_request_headers(CIMultiDictProxy(h), drop_cookie="t").keys()) == \
+        ["Accept", "Content-Type"]
 
 
 def test_identity_headers_cover_what_upstreams_trust() -> None:
@@ -46,8 +42,7 @@ def test_identity_headers_cover_what_upstreams_trust() -> None:
                  "X-Authproxy-Token", "X-Original-URL", "X-Forwarded-Prefix"):
         assert name.lower() in IDENTITY_HEADERS, name
     h = CIMultiDict([("REMOTE-USER", "admin"), ("remote-user", "root"), ("x-real-ip", "6.6.6.6"), ("Accept", "x")])
-    strip_names(h, IDENTITY_HEADERS)
-    assert list(h.keys()) == ["Accept"]
+    assert list(upstream_request_headers(CIMultiDictProxy(h), drop_cookie="t").keys()) == ["Accept"]
     assert "connection" in HOP_BY_HOP and "authorization" not in HOP_BY_HOP
 
 
@@ -88,11 +83,9 @@ def test_query_without_keeps_everything_else_byte_for_byte(raw: str, names: tupl
     assert query_without(raw, names) == expected
 
 
-def test_query_with_and_value() -> None:
+def test_query_with_and_pairs() -> None:
     assert query_with("", "token", "a b/c&d") == "token=a%20b%2Fc%26d"
     assert query_with("x=%2F", "token", TOKEN) == f"x=%2F&token={TOKEN}"
-    assert query_value("x=1&Token=a%2Bb+c&token=2", "token") == "a+b c"
-    assert query_value("x=1&flag", "FLAG") == "" and query_value("x=1", "y") is None
     assert query_pairs("a=1&&b") == [("a", "a=1"), ("b", "b")]
 
 
@@ -103,12 +96,11 @@ def test_cookie_without() -> None:
     assert cookie_without("__host-authproxy=1; x=1", ("__Host-authproxy",)) == "__host-authproxy=1; x=1"
 
 
-def test_set_forwarded_and_crlf() -> None:
+def test_set_forwarded() -> None:
     h: dict[str, str] = {}
     set_forwarded(h, client_ip="192.0.2.1", proto="https", host="dns.example.com")
     assert h == {"X-Forwarded-For": "192.0.2.1", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "dns.example.com",
                  "X-Real-IP": "192.0.2.1"}
-    assert has_crlf("a\r\nb") and has_crlf("a\nb") and has_crlf("a\x00") and not has_crlf("a b\t")
 
 
 # ---- the Technitium adapter's part ------------------------------------------------------------------------
@@ -118,9 +110,8 @@ def adapter(**options: Any) -> TechnitiumAdapter:
     return TechnitiumAdapter(site, cast(aiohttp.ClientSession, None))
 
 
-def request(query: str = "", form: list[tuple[str, str]] | None = None, **headers: str) -> UpstreamRequest:
-    return UpstreamRequest(method="POST" if form is not None else "GET", raw_path="/api/zones/list",
-                           raw_query=query, headers=CIMultiDict(headers), form=form)
+def request(query: str = "", **headers: str) -> UpstreamRequest:
+    return UpstreamRequest(method="GET", raw_path="/api/zones/list", raw_query=query, headers=CIMultiDict(headers))
 
 
 def bearer() -> Credential:
@@ -132,12 +123,13 @@ def query_mode() -> Credential:
 
 
 def test_bearer_mode_replaces_the_clients_authorization_and_token() -> None:
-    req = request("token=forged&x=%2F", [("token", "forged"), ("TOKEN", "f2"), ("zone", "a.example")],
-                  Authorization="Bearer forged")
+    req = request("token=forged&x=%2F", Authorization="Bearer forged")
     req.headers.add("authorization", "Basic Zm9v")
     adapter().prepare_request(req, bearer())
     assert req.headers.getall("Authorization") == [f"Bearer {TOKEN}"]
-    assert req.raw_query == "x=%2F" and req.form == [("zone", "a.example")]
+    assert req.raw_query == "x=%2F"
+    # Form bodies lose the same field (proxy/forms.py), as the adapter names it.
+    assert "TOKEN" in adapter().credential_fields() and "zone" not in adapter().credential_fields()
 
 
 def test_query_mode_puts_the_token_in_the_query_only() -> None:
@@ -148,9 +140,9 @@ def test_query_mode_puts_the_token_in_the_query_only() -> None:
 
 
 def test_without_a_credential_nothing_client_supplied_survives() -> None:
-    req = request("token=forged", [("token", "x")], Authorization="Bearer forged")
+    req = request("token=forged", Authorization="Bearer forged")
     adapter().prepare_request(req, None)
-    assert "Authorization" not in req.headers and req.raw_query == "" and req.form == []
+    assert "Authorization" not in req.headers and req.raw_query == ""
 
 
 @pytest.mark.parametrize(("options", "version", "mode"), [

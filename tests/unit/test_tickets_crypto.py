@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from authproxy.config.schema import SessionConfig
-from authproxy.crypto import Keyring, Secret, b64d, b64e, constant_time_equals, random_token, seal, unseal
+from authproxy.crypto import Keyring, Secret, b64d, b64e, seal, unseal
 from authproxy.sessions.manager import SessionManager
 from authproxy.sessions.memory import MemoryStore
 from authproxy.sessions.model import Credential, Identity, Session
@@ -41,12 +41,6 @@ def test_b64_is_strict() -> None:
             b64d(bad)
 
 
-def test_random_tokens_and_constant_time_equals() -> None:
-    tokens = {random_token() for _ in range(100)}
-    assert len(tokens) == 100 and all(len(t) == 43 for t in tokens)
-    assert constant_time_equals("abc", b"abc") and not constant_time_equals("abc", "abd")
-
-
 # ---- Keyring ---------------------------------------------------------------------------------------------
 
 def test_keyring_signs_with_the_newest_and_verifies_with_all() -> None:
@@ -57,7 +51,6 @@ def test_keyring_signs_with_the_newest_and_verifies_with_all() -> None:
     assert not old.verify(msg, new.sign(msg))             # the new key is not known to the old ring
     assert not new.verify(msg + b"x", new.sign(msg))
     assert not new.verify(msg, b"\x00" * 32)
-    assert new.derive("placeholders") != new.derive("other") and len(new.derive("x")) == 32
     with pytest.raises(ValueError):
         Keyring([])
 
@@ -121,9 +114,9 @@ def manager(idle: float = 60, max_age: float = 3600, cache_ttl: float = 2.0) -> 
     return sm, clock
 
 
-async def open_session(sm: SessionManager, user: str = "alice") -> str:
+async def open_session(sm: SessionManager, user: str = "alice", site: str = "dns") -> str:
     cred = Credential(secret="upstream-token-" + "9" * 40)
-    _, cookie = await sm.create(user=user, site="dns", identity=Identity(username=user), credential=cred,
+    _, cookie = await sm.create(user=user, site=site, identity=Identity(username=user), credential=cred,
                                 client_ip="192.0.2.1")
     return cookie
 
@@ -180,11 +173,34 @@ async def test_destroy_and_revocation_are_not_reported_as_expiry(caplog: pytest.
     await sm.destroy(loaded)
     assert await sm.load(one) is None
     a, b, other = await open_session(sm), await open_session(sm), await open_session(sm, "bob")
-    assert await sm.load(a) is not None  # cached
-    assert await sm.destroy_user("alice") == 2
+    loaded = await sm.load(a)  # cached
+    assert loaded is not None
+    assert await sm.destroy_everywhere(loaded) == 2
     assert await sm.load(a) is None and await sm.load(b) is None and await sm.load(other) is not None
     clock.advance(61)
     assert audit_lines(caplog) == []
+
+
+async def test_sign_out_everywhere_ends_the_accounts_sessions_only() -> None:
+    """An account is a user name at a site: another site's "alice" (Pi-hole takes any typed name) is
+    not touched; a session that carries alice's dns credential over from an earlier sign-in is."""
+    sm, _ = manager()
+    phone, laptop = await open_session(sm), await open_session(sm)
+    elsewhere, bob = await open_session(sm, "alice", site="pihole"), await open_session(sm, "bob")
+    # The laptop also signs in at qBittorrent as carol: its new session keeps alice's dns credential.
+    old = await sm.load(laptop)
+    assert old is not None
+    new, laptop = await sm.create(user="carol", site="qbt", identity=Identity(username="carol"),
+                                  credential=Credential(secret="qbt-cookie"), client_ip="192.0.2.1")
+    await sm.adopt(new, old)
+    assert set((await sm.load(laptop)).session.credentials) == {"dns", "qbt"}  # type: ignore[union-attr]
+
+    mine = await sm.load(phone)
+    assert mine is not None
+    assert await sm.destroy_everywhere(mine) == 2  # the phone's and the laptop's
+    assert await sm.load(phone) is None and await sm.load(laptop) is None
+    assert await sm.load(elsewhere) is not None and await sm.load(bob) is not None
+    assert await sm.destroy_everywhere(mine) == 0  # nothing left, and the indexes are gone too
 
 
 async def test_a_ticket_for_another_session_key_cannot_open_it() -> None:
