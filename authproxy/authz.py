@@ -6,7 +6,8 @@ may reach it at all (optional per-site user and group lists: ALLOWED_USERS / ALL
 
 One session can hold credentials for several sites, each signed in with that site's own account
 (alice on dns.example.com, bob on nas.example.com). The allow lists of a site are checked against the
-account that holds *that site's* credential (`site_identity`), never against whoever signed in last.
+account that holds *that site's* credential (sessions/model.py `site_identity`), never against whoever
+signed in last.
 
     decide(None, site)                       -> "login"
     decide(session without site's cred)      -> "login"   (sign in to this site, keep the others)
@@ -18,26 +19,9 @@ from __future__ import annotations
 from typing import Literal
 
 from authproxy.config.schema import SiteConfig
-from authproxy.sessions.model import OWNER, Identity, Session
+from authproxy.sessions.model import Session, site_identity
 
 Decision = Literal["allow", "login", "deny"]
-
-def site_identity(session: Session, site_name: str) -> Identity | None:
-    """The account behind the session's credential for `site_name` (None when there is no credential)."""
-    cred = session.credentials.get(site_name)
-    if cred is None:
-        return None
-    owner = cred.extra.get(OWNER)
-    if isinstance(owner, dict) and isinstance(owner.get("username"), str) and owner["username"]:
-        groups = owner.get("groups")
-        return Identity(username=owner["username"], display_name=str(owner.get("display_name") or ""),
-                        email=str(owner.get("email") or ""),
-                        groups=tuple(str(g) for g in groups) if isinstance(groups, list) else ())
-    if session.identity.username:
-        return session.identity
-    return Identity(username=session.user, display_name=session.identity.display_name,
-                    email=session.identity.email, groups=session.identity.groups)
-
 
 def decide(session: Session | None, site: SiteConfig, *, session_mode: bool) -> Decision:
     if not session_mode:

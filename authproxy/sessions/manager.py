@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from authproxy.config.schema import SessionConfig
 from authproxy.crypto import Keyring, b64e, seal, unseal
 from authproxy.log import audit, log
-from authproxy.sessions.model import OWNER, Credential, Identity, Session, owner_record
+from authproxy.sessions.model import OWNER, Credential, Identity, Session, owner_record, site_identity
 from authproxy.sessions.store import SessionStore
 from authproxy.sessions.ticket import Ticket, decode_ticket, new_ticket
 
@@ -370,11 +370,9 @@ class SessionManager:
     def _accounts(session: Session) -> set[tuple[str, str]]:
         """Every (site, user name) this session is signed in as: its own sign-in, and the owners of the
         credentials it carries over from earlier sign-ins (`adopt`)."""
-        from authproxy import authz
-
         found = {(session.site, session.user)}
         for name in session.credentials:
-            identity = authz.site_identity(session, name)
+            identity = site_identity(session, name)
             if identity is not None and identity.username:
                 found.add((name, identity.username))
         return found

@@ -96,3 +96,20 @@ class Session:
                    actor=data.get("actor", "user"), created_at=float(data["created_at"]),
                    expires_at=float(data["expires_at"]), client_ip=str(data.get("client_ip", "")),
                    auth_method=str(data.get("auth_method", "passthrough")))
+
+
+def site_identity(session: Session, site_name: str) -> Identity | None:
+    """The account behind the session's credential for `site_name` (None when there is no credential)."""
+    cred = session.credentials.get(site_name)
+    if cred is None:
+        return None
+    owner = cred.extra.get(OWNER)
+    if isinstance(owner, dict) and isinstance(owner.get("username"), str) and owner["username"]:
+        groups = owner.get("groups")
+        return Identity(username=owner["username"], display_name=str(owner.get("display_name") or ""),
+                        email=str(owner.get("email") or ""),
+                        groups=tuple(str(g) for g in groups) if isinstance(groups, list) else ())
+    if session.identity.username:
+        return session.identity
+    return Identity(username=session.user, display_name=session.identity.display_name,
+                    email=session.identity.email, groups=session.identity.groups)

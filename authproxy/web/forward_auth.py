@@ -54,7 +54,7 @@ from multidict import MultiMapping
 from authproxy import authz, crosssite, keys
 from authproxy.config.schema import ECHO_METHODS, FORWARD_AUTH_SECRET_HEADER, IPNetwork
 from authproxy.log import log
-from authproxy.sessions.model import Credential
+from authproxy.sessions.model import Credential, site_identity
 from authproxy.web.common import (
     SECURITY_HEADERS,
     cookie_value,
@@ -392,7 +392,7 @@ async def verify(request: web.Request) -> web.StreamResponse:  # noqa: C901 - /v
     credential: Credential | None
     if loaded is not None:
         credential = site.policy.credential(loaded.session, site.name)
-        identity = authz.site_identity(loaded.session, site.name)
+        identity = site_identity(loaded.session, site.name)
         if identity is not None:
             for name, value in zip(IDENTITY, (identity.username, ",".join(identity.groups),
                                               identity.display_name, identity.email), strict=True):

@@ -14,7 +14,7 @@ from multidict import CIMultiDict
 
 from authproxy import authz
 from authproxy.config.schema import SiteConfig
-from authproxy.sessions.model import OWNER, Credential, Identity, Session, owner_record
+from authproxy.sessions.model import OWNER, Credential, Identity, Session, owner_record, site_identity
 from authproxy.web.forward_auth import (
     BadTarget,
     Target,
@@ -254,6 +254,6 @@ def test_allow_lists_use_the_account_that_holds_the_sites_credential() -> None:
     dns, nas = _site("dns", allowed_users=("alice",)), _site("nas", allowed_users=("bob",))
     assert authz.decide(session, dns, session_mode=True) == "allow"
     assert authz.decide(session, nas, session_mode=True) == "allow"
-    assert authz.site_identity(session, "dns") == Identity(username="alice", display_name="Alice")
-    assert authz.site_identity(session, "nas").username == "bob"  # type: ignore[union-attr]
-    assert authz.site_identity(session, "nope") is None
+    assert site_identity(session, "dns") == Identity(username="alice", display_name="Alice")
+    assert site_identity(session, "nas").username == "bob"  # type: ignore[union-attr]
+    assert site_identity(session, "nope") is None
