@@ -45,7 +45,7 @@ from authproxy.sessions.model import Credential
 from authproxy.upstreams.base import UpstreamAdapter, UpstreamRequest
 from authproxy.upstreams.substitute import ReplacerChain, StreamReplacer, scrubber
 from authproxy.web import uicalls
-from authproxy.web.common import client_ip, current_session, error_response
+from authproxy.web.common import client_ip, current_session, error_response, no_endpoint
 
 CHUNK = 64 * 1024
 MAX_PEEK = 1 << 20
@@ -128,7 +128,7 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
     path = request.rel_url.path
     if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
         # The reserved prefix is authproxy's own: an unknown path or method there is not the upstream's.
-        return error_response(request, 404, "not_found", "No such authproxy endpoint.", title="Not found")
+        return no_endpoint(request)
     if has_dot_segments(path):
         return error_response(request, 400, "bad_path", "The path has '.' or '..' segments; send it resolved, "
                               "as browsers do.", title="Bad request")

@@ -92,6 +92,11 @@ def html_error(request: web.Request, status: int, title: str, message: str, *, e
                         headers={**SECURITY_HEADERS, **(headers or {})})
 
 
+def no_endpoint(request: web.Request) -> web.Response:
+    """An unknown path or method under the reserved prefix: authproxy's own, never the upstream's."""
+    return error_response(request, 404, "not_found", "No such authproxy endpoint.", title="Not found")
+
+
 def error_response(request: web.Request, status: int, code: str, message: str, *, title: str | None = None,
                    headers: dict[str, str] | None = None) -> web.Response:
     """JSON for API clients, a small page for browsers; never a stack trace or a secret."""

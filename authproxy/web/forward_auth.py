@@ -60,6 +60,7 @@ from authproxy.web.common import (
     cookie_value,
     error_response,
     json_error,
+    no_endpoint,
     wants_html,
 )
 from authproxy.web.middleware import Handler, peer_in, request_rules
@@ -423,9 +424,7 @@ async def not_served(request: web.Request) -> web.StreamResponse:
         _warn_once(request, "off", "forward auth is not set up, so /verify* answers 404; set FORWARD_AUTH_PORT "
                    f"(a listener of its own) or FORWARD_AUTH_SECRET (sent by the proxy in "
                    f"{FORWARD_AUTH_SECRET_HEADER}); see `authproxy check-config`", peer=request.remote or "")
-    from authproxy.proxy import http as proxy_http
-
-    return await proxy_http.forward(request)  # the reserved prefix's "no such endpoint"
+    return no_endpoint(request)  # the reserved prefix's "no such endpoint", as for any other path there
 
 
 def _routes(app: web.Application, prefix: str, handler: Handler) -> None:
