@@ -113,7 +113,7 @@ class UpstreamAdapter(abc.ABC):
         password), so an allow list of names could not hold."""
         return False
 
-    def bind_store(self, store: SessionStore) -> None:
+    def bind_store(self, store: SessionStore) -> None:  # noqa: B027 - optional: doing nothing is the default
         """Keep upstream-side state every replica must share in `store` (called once at start-up)."""
 
     def service_credential(self, secret: str) -> Credential:
