@@ -30,3 +30,4 @@ REDIRECTS: web.AppKey[RedirectPolicy] = web.AppKey("redirects")
 WEBSOCKETS: web.AppKey[BridgeRegistry] = web.AppKey("websockets")
 KEEPALIVE: web.AppKey[UpstreamKeepalive] = web.AppKey("keepalive")
 TRUSTED_PEERS: web.AppKey[TrustedPeers] = web.AppKey("trusted_peers")
+HSTS: web.AppKey[str] = web.AppKey("hsts", str)   # the Strict-Transport-Security value, "" = off

@@ -39,7 +39,8 @@ FILE_KEYS: dict[str, set[str]] = {
     "": {"auth_mode", "server", "session", "throttle", "sites"},
     "server": {"host", "port", "prefix", "data_dir", "https_enabled", "https_cert_file", "https_key_file",
                "trust_proxy", "trusted_proxies", "allowed_redirect_domains", "access_log", "log_level",
-               "log_format", "audit_log_file", "max_header_size", "workers"},
+               "log_format", "audit_log_file", "max_header_size", "workers", "hsts_max_age",
+               "hsts_include_subdomains"},
     "session": {"idle_timeout", "max_age", "secret", "secret_file", "cookie_name", "cookie_domain", "redis_url_file",
                 "cache_ttl", "redis_url", "redis_prefix"},
     "throttle": {"max_failures", "window"},
@@ -313,6 +314,9 @@ def load_config(env: Mapping[str, str] | None = None, config_file: Path | None =
         max_header_size=r.integer("MAX_HEADER_SIZE", int(fs.get("max_header_size", 8190)), minimum=1024,
                                   maximum=65536),
         workers=r.integer("WORKERS", int(fs.get("workers", 1)), minimum=1, maximum=64),
+        hsts_max_age=round(r.duration("HSTS_MAX_AGE", fdur(fs, "hsts_max_age", 31_536_000, "[server]"))),
+        hsts_include_subdomains=r.boolean("HSTS_INCLUDE_SUBDOMAINS",
+                                          bool(fs.get("hsts_include_subdomains", False))),
     )
 
     secret_list: list[Secret] = []

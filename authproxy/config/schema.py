@@ -78,6 +78,11 @@ class ServerConfig:
     audit_log_file: Path | None = None   # None -> the "authproxy.audit" logger on stderr
     max_header_size: int = 8190
     workers: int = 1
+    # Strict-Transport-Security on HTTPS answers: one year (what browsers' preload lists and most
+    # guides ask for; a self-signed certificate or an IP-address host is never pinned by a browser,
+    # so the quick start is not locked in); 0 = authproxy sends none.
+    hsts_max_age: int = 31_536_000
+    hsts_include_subdomains: bool = False
 
 
 @dataclass(frozen=True, slots=True)
