@@ -16,14 +16,14 @@ from authproxy.routing import Site
 from authproxy.sessions.manager import LoadedSession, SessionManager
 
 MAX_USERNAME = 256
+MAX_PASSWORD = 1024
+# Technitium's UI tries admin/admin by itself when it has no token; the upstream does not count it.
+UNCOUNTED_DEFAULTS = {("admin", "admin")}
 # A one-time code that opened a session is refused for this long (RFC 6238 5.2: a verifier must not
 # accept the same code twice), in the store, so every worker and replica agrees. It must outlast the
 # widest window an upstream accepts a code in: Technitium takes +/-10 periods of 30 s, 630 s in all.
 TOTP_REPLAY_WINDOW = 660.0
 BAD_CODE = "Invalid username, password or code."   # what a wrong code gets (upstreams/technitium.py)
-MAX_PASSWORD = 1024
-# Technitium's UI tries admin/admin by itself when it has no token; the upstream does not count it.
-UNCOUNTED_DEFAULTS = {("admin", "admin")}
 
 
 @dataclass(frozen=True, slots=True)
