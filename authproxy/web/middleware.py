@@ -141,11 +141,6 @@ def request_rules(forwarded: TrustedForwarded | None, *, hsts: str = "",
     the forward-auth answers under `verify_prefix`: they answer the front proxy, which owns the public
     host's headers."""
 
-    def strict(request: web.Request, headers: MutableMapping[str, str]) -> None:
-        if request.secure and HSTS not in headers and not (
-                verify_prefix and request.path.startswith(verify_prefix)):
-            headers[HSTS] = hsts
-
     @web.middleware
     async def rules(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
@@ -154,16 +149,22 @@ def request_rules(forwarded: TrustedForwarded | None, *, hsts: str = "",
             else:
                 response = await handler(request)
         except web.HTTPException as exc:
-            if hsts:
-                strict(request, exc.headers)
+            if hsts and request.secure:
+                _strict(request, exc.headers, hsts, verify_prefix)
             raise
         except Exception as exc:  # noqa: BLE001
             response = failure_page(request, exc)
-        if hsts and not response.prepared:
-            strict(request, response.headers)
+        # Cheapest first: this runs on every answer (a proxied one has it already, see proxy/http.py).
+        if hsts and request.secure and not response.prepared and HSTS not in response.headers:
+            _strict(request, response.headers, hsts, verify_prefix)
         return response
 
     return rules
+
+
+def _strict(request: web.Request, headers: MutableMapping[str, str], hsts: str, verify_prefix: str) -> None:
+    if not (verify_prefix and request.path.startswith(verify_prefix)):
+        headers[HSTS] = hsts
 
 
 def failure_page(request: web.Request, exc: Exception) -> web.StreamResponse:
