@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import aiohttp.web_response
 from aiohttp import web
 
 from authproxy import keys
@@ -25,6 +26,7 @@ from authproxy.sessions.registry import create_store
 from authproxy.sessions.store import SessionStore
 from authproxy.upstreams.base import UpstreamAdapter
 from authproxy.web import api, forward_auth, health, portal
+from authproxy.web.common import hsts_value
 from authproxy.web.middleware import TrustedForwarded, TrustedPeers, request_rules
 
 
@@ -56,15 +58,32 @@ def handler_options(config: Config) -> dict[str, Any]:
             "auto_decompress": False}
 
 
+SERVER_NAME = "authproxy"
+
+
+def name_the_server() -> None:
+    """Every answer says `Server: authproxy`, never `Python/3.x aiohttp/3.y` (a version to look up).
+
+    aiohttp writes its default into every answer that has no Server header, also the 400 it sends by
+    itself for a malformed request before any handler, middleware or signal runs; its module default
+    is the one place that reaches all of them, and it costs nothing per answer. (Proxied answers drop
+    the upstream's own Server header, so they say the same.)"""
+    setattr(aiohttp.web_response, "SERVER_SOFTWARE", SERVER_NAME)  # noqa: B010 (not re-exported)
+
+
 def create_app(config: Config, *, store: SessionStore | None = None) -> web.Application:
     """Compose the gateway. `store` may be injected (tests); by default it follows REDIS_URL."""
     if not config.session.secrets:
         raise ValueError("create_app needs signing secrets; call config.loader.ensure_session_secrets first")
+    name_the_server()
     peers = TrustedPeers(config.server.trusted_proxies)
     forwarded = (TrustedForwarded(peers, skip_prefix=config.server.prefix + "/verify")
                  if config.server.trust_proxy else None)
-    app = web.Application(middlewares=[request_rules(forwarded)], client_max_size=1 << 20)
+    hsts = hsts_value(config.server.hsts_max_age, config.server.hsts_include_subdomains)
+    rules = request_rules(forwarded, hsts=hsts, verify_prefix=config.server.prefix + "/verify")
+    app = web.Application(middlewares=[rules], client_max_size=1 << 20)
     app[keys.CONFIG] = config
+    app[keys.HSTS] = hsts
     app[keys.TRUSTED_PEERS] = peers
     app[keys.STORE] = store if store is not None else create_store(config)
     app[keys.SESSIONS] = SessionManager(store=app[keys.STORE], keyring=Keyring(config.session.secrets),

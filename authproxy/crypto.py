@@ -81,6 +81,10 @@ class Keyring:
             ok |= hmac.compare_digest(hmac.new(key, message, hashlib.sha256).digest(), signature)
         return ok
 
+    def derive(self, purpose: str) -> bytes:
+        """A stable sub-key of the newest secret for another purpose (e.g. the used-TOTP keys)."""
+        return hmac.new(self._keys[0], purpose.encode(), hashlib.sha256).digest()
+
 
 NONCE_SIZE = 12
 

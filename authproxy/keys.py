@@ -35,3 +35,4 @@ TRUSTED_PEERS: web.AppKey[TrustedPeers] = web.AppKey("trusted_peers")
 # The request's session, loaded once and kept on the request (web.common.current_session): every later
 # step of the same request (a UI call, the credential for the proxy) reads it from here.
 SESSION: web.RequestKey[RequestSession] = web.RequestKey("authproxy.session")
+HSTS: web.AppKey[str] = web.AppKey("hsts", str)   # the Strict-Transport-Security value, "" = off

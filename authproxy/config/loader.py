@@ -46,7 +46,8 @@ FILE_KEYS: dict[str, set[str]] = {
     "server": {"host", "port", "prefix", "data_dir", "https_enabled", "https_cert_file", "https_key_file",
                "trust_proxy", "trusted_proxies", "allowed_redirect_domains", "access_log", "log_level",
                "log_format", "audit_log_file", "max_header_size", "workers", "forward_auth_host",
-               "forward_auth_port", "forward_auth_secret", "forward_auth_secret_file"},
+               "forward_auth_port", "forward_auth_secret", "forward_auth_secret_file", "hsts_max_age",
+               "hsts_include_subdomains"},
     "session": {"idle_timeout", "max_age", "secret", "secret_file", "cookie_name", "cookie_domain", "redis_url_file",
                 "cache_ttl", "redis_url", "redis_prefix"},
     "throttle": {"max_failures", "window"},
@@ -376,6 +377,10 @@ def _server(r: _Reader, fs: dict[str, Any]) -> ServerConfig:
         forward_auth_host=fa_host, forward_auth_port=fa_port,
         forward_auth_secret=(r.secret("FORWARD_AUTH_SECRET")
                              or _file_secret(fs, "forward_auth_secret", "[server]", r.problems)),
+        hsts_max_age=round(r.duration("HSTS_MAX_AGE", r.file_duration(fs, "hsts_max_age", _SERVER.hsts_max_age,
+                                                                        "[server]"))),
+        hsts_include_subdomains=r.boolean("HSTS_INCLUDE_SUBDOMAINS",
+                                          bool(fs.get("hsts_include_subdomains", _SERVER.hsts_include_subdomains))),
     )
 
 

@@ -110,6 +110,12 @@ class ServerConfig:
         host = self.forward_auth_host
         return f"{f'[{host}]' if ':' in host else host}:{self.forward_auth_port if port is None else port}"
 
+    # Strict-Transport-Security on HTTPS answers: one year (what browsers' preload lists and most
+    # guides ask for; a self-signed certificate or an IP-address host is never pinned by a browser,
+    # so the quick start is not locked in); 0 = authproxy sends none.
+    hsts_max_age: int = 31_536_000
+    hsts_include_subdomains: bool = False
+
 
 @dataclass(frozen=True, slots=True)
 class Config:

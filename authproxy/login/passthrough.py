@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import hmac
 from dataclasses import dataclass
 
-from authproxy.errors import AuthError
+from authproxy.crypto import b64e
+from authproxy.errors import AuthError, StoreError
 from authproxy.log import audit
 from authproxy.login.keepalive import UpstreamKeepalive
 from authproxy.login.regulation import Regulator
@@ -16,6 +20,11 @@ MAX_USERNAME = 256
 MAX_PASSWORD = 1024
 # Technitium's UI tries admin/admin by itself when it has no token; the upstream does not count it.
 UNCOUNTED_DEFAULTS = {("admin", "admin")}
+# A one-time code that opened a session is refused for this long (RFC 6238 5.2: a verifier must not
+# accept the same code twice), in the store, so every worker and replica agrees. It must outlast the
+# widest window an upstream accepts a code in: Technitium takes +/-10 periods of 30 s, 630 s in all.
+TOTP_REPLAY_WINDOW = 660.0
+BAD_CODE = "Invalid username, password or code."   # what a wrong code gets (upstreams/technitium.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +62,13 @@ class PassthroughLogin:
         self.regulator = regulator
         self.keepalive = keepalive
         self.source = source if source is not None else UpstreamAccounts()
+        self._totp_hash_key = sessions.keyring.derive("authproxy-totp-used")
+
+    def _totp_key(self, site: str, username: str, code: str) -> str:
+        """Where a one-time code that opened a session is remembered: a keyed hash of site, user and code
+        (six digits hash to one of a million values, so an unkeyed hash would give the code away)."""
+        message = f"{site}\x00{username.lower()}\x00{code}".encode("utf-8", "surrogatepass")
+        return "totp:" + b64e(hmac.new(self._totp_hash_key, message, hashlib.sha256).digest()[:18])
 
     async def sign_in(self, site: Site, form: LoginInput, client_ip: str) -> tuple[LoadedSession, str]:
         """A new session and its cookie value, or AuthError saying why not (already audited)."""
@@ -62,8 +78,18 @@ class PassthroughLogin:
             audit("login", outcome="throttled", user=form.username, site=site.name, client_ip=client_ip)
             raise AuthError("Too many failed sign-ins. Try again later.", code="too_many_attempts", status=429,
                             retry_after=attempt.retry_after)
+        used = None if form.totp is None else self._totp_key(site.name, form.username, form.totp)
         try:
             result = await self.source.verify(site, form.username, form.password, form.totp, client_ip)
+            if used is not None and not await self.sessions.store.set_if_absent(used, b"1",
+                                                                                TOTP_REPLAY_WINDOW):
+                used = None  # another sign-in holds it: not this one's to give back
+                if counted:
+                    attempt.failed()
+                audit("login", outcome="totp_reused", user=form.username, site=site.name, client_ip=client_ip,
+                      totp=True)
+                raise AuthError(BAD_CODE, code="invalid_credentials", status=401)
+            result = await site.adapter.login(form.username, form.password, form.totp, client_ip)
             if result.status == "totp_required":
                 audit("login", outcome="totp_required", user=form.username, site=site.name, client_ip=client_ip)
                 raise AuthError(result.message or "Enter your one-time code.", code="totp_required", status=401)
@@ -80,8 +106,12 @@ class PassthroughLogin:
                 raise AuthError(result.message or "Invalid username or password.", code="invalid_credentials",
                                 status=401)
             await attempt.succeeded()
+            used = None  # spent: it stays remembered for the window
         finally:
             await attempt.refund()  # neither failed nor succeeded: the upstream down, a prompt, a default probe
+            if used is not None:  # it opened no session (wrong password, upstream down): a retry may use it
+                with contextlib.suppress(StoreError):
+                    await self.sessions.store.delete(used)
         loaded, cookie = await self.sessions.create(user=result.identity.username, site=site.name,
                                                     identity=result.identity, credential=result.credential,
                                                     client_ip=client_ip, auth_method=self.source.name)

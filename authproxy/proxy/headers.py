@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, MutableMapping
 from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
@@ -32,6 +33,11 @@ IDENTITY_HEADERS = frozenset({
 
 # Never forwarded upstream as the client sent them: hop-by-hop, identity/forwarding facts, Host.
 _NOT_UPSTREAM = HOP_BY_HOP | IDENTITY_HEADERS | {"host"}
+# Never passed on from the upstream's answer: hop-by-hop; Server (what runs behind the gateway is
+# nobody's business; every answer says `Server: authproxy`); Strict-Transport-Security (the public
+# host's policy is authproxy's, set from HSTS_MAX_AGE: an upstream that speaks plain HTTP behind it
+# cannot know, and one `includeSubDomains` from it would pin every host of the operator's domain).
+_NOT_DOWNSTREAM = HOP_BY_HOP | {"server", "strict-transport-security"}
 
 
 def connection_named(values: Iterable[str]) -> frozenset[str]:
@@ -71,13 +77,48 @@ def upstream_request_headers(src: MultiMapping[str], *, drop_cookie: str) -> CIM
 def downstream_response_headers(src: MultiMapping[str], out: CIMultiDict[str], *,
                                 drop_length: bool = False) -> None:
     """Copy the upstream's answer headers into `out` without hop-by-hop ones (nor what its `Connection`
-    names), and without Content-Length when the body sent on is not the upstream's as-is."""
+    names), Server and Strict-Transport-Security, and without Content-Length when the body sent on is
+    not the upstream's as-is."""
     named = connection_named(src.getall("Connection", ())) if "Connection" in src else frozenset()
     for name, value in src.items():
         low = name.lower()
-        if low in HOP_BY_HOP or low in named or (drop_length and low == "content-length"):
+        if low in _NOT_DOWNSTREAM or low in named or (drop_length and low == "content-length"):
             continue
         out.add(name, value)
+
+
+@functools.lru_cache(maxsize=256)
+def private_cache_control(value: str) -> str:
+    """An upstream's Cache-Control as an answer made with one person's credential may carry it: no
+    shared cache may keep it (RFC 9111 5.2.2.7). Kept as is when it says `no-store` or `private`;
+    otherwise `public`, `s-maxage` and a `private` naming only some fields go, and `private` leads
+    (`max-age` and the rest stay: the person's own browser may still cache). Few distinct values
+    come from an upstream, so the answer is remembered per value."""
+    directives = _directives(value)
+    names = [d.partition("=")[0].strip().lower() for d in directives]
+    pairs = list(zip(names, directives, strict=True))
+    if "no-store" in names or any(n == "private" and "=" not in d for n, d in pairs):
+        return value
+    kept = [d for n, d in pairs if n not in ("public", "s-maxage", "private")]
+    return ", ".join(["private", *kept])
+
+
+def _directives(value: str) -> list[str]:
+    """Comma-separated directives, commas inside a quoted string (`no-cache="a, b"`) kept."""
+    out: list[str] = []
+    start, quoted, escaped = 0, False, False
+    for i, ch in enumerate(value):
+        if escaped:
+            escaped = False
+        elif quoted and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            out.append(value[start:i])
+            start = i + 1
+    out.append(value[start:])
+    return [d.strip() for d in out if d.strip()]
 
 
 def location_without(location: str, secret: str) -> str:

@@ -36,6 +36,7 @@ from authproxy.proxy.headers import (
     downstream_response_headers,
     drop_carrying,
     location_without,
+    private_cache_control,
     set_forwarded,
 )
 from authproxy.proxy.upstream import UpstreamPool, UpstreamResponse
@@ -262,9 +263,25 @@ def _scrubber(adapter: UpstreamAdapter, ureq: UpstreamRequest, headers: CIMultiD
 
 def _answer_headers(response: web.StreamResponse, request: web.Request, site: Site, upstream: _Answer,
                     credential: Credential, *, drop_length: bool) -> None:
-    """The upstream's answer headers as the browser may see them, written straight into `response`."""
+    """The upstream's answer headers as the browser may see them, written straight into `response`.
+
+    Every answer here was made with an injected credential, so no shared cache may keep it: without a
+    Cache-Control it gets `private`, and one that would let a shared cache store it is made private
+    (`private_cache_control`). On HTTPS, authproxy's Strict-Transport-Security (the upstream's own
+    never passes, see proxy/headers.py); the value is built once at start-up."""
     headers = response.headers
     downstream_response_headers(upstream.headers, headers, drop_length=drop_length)
+    cache = headers.getall("Cache-Control", None)
+    if cache is None:
+        headers["Cache-Control"] = "private"
+    else:
+        value = cache[0] if len(cache) == 1 else ", ".join(cache)
+        private = private_cache_control(value)
+        if len(cache) > 1 or private != value:
+            headers["Cache-Control"] = private
+    hsts = request.app[keys.HSTS]
+    if hsts and request.secure:
+        headers["Strict-Transport-Security"] = hsts
     site.adapter.filter_response_headers(headers)
     if "Location" in headers:
         _rewrite_location(headers, site, request)

@@ -61,6 +61,14 @@ class MemoryStore:
         self._data[key] = (bytes(value), self._clock() + ttl)
         return True
 
+    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
+        self._check()
+        if self._live(key) is not None:
+            return False
+        self._maybe_sweep()
+        self._data[key] = (bytes(value), self._clock() + ttl)
+        return True
+
     async def expire(self, key: str, ttl: float) -> bool:
         self._check()
         entry = self._live(key)

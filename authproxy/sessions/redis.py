@@ -8,7 +8,7 @@ Why it looks like this:
 - Two clients. The hot reads of the session check — `get`, `expire` (PEXPIRE) and `ttl` (PTTL) — go
   through `resp.RespClient` (one pipelined connection, hiredis parsing, no per-call timer), because
   redis-py's asyncio client is what bounds the session check on a cache miss: see bench/verify.py and
-  the README. Everything else (writes, scripts, index sets, pub/sub, ping) stays on redis-py.
+  the README. Everything else (writes, locks, scripts, index sets, pub/sub, ping) stays on redis-py.
   Sentinel URLs (`redis+sentinel://`) use redis-py for everything, hot reads included: master discovery
   and failover are redis-py's job.
 - Keys, index sets and channels all get `prefix`, so one Redis can serve several deployments. Keys and
@@ -184,6 +184,11 @@ class RedisStore:
     async def replace(self, key: str, value: bytes, ttl: float) -> bool:
         written = await self._do("replace", lambda c: c.set(self.prefix + key, value, px=_ms(ttl), xx=True))
         return bool(written)
+
+    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
+        created = await self._do("set_if_absent",
+                                 lambda c: c.set(self.prefix + key, value, px=_ms(ttl), nx=True))
+        return bool(created)
 
     async def expire(self, key: str, ttl: float) -> bool:
         fast = self._fast

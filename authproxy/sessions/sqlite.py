@@ -147,6 +147,18 @@ class SQLiteStore:
             return cur.rowcount > 0
         return await self._run(op)
 
+    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
+        def op() -> bool:
+            now = time.time()
+            # One statement, hence atomic: insert, or take over a row that has already expired.
+            cur = self._db().execute(
+                "INSERT INTO kv (key, value, expires) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires "
+                "WHERE kv.expires <= ?",
+                (key, bytes(value), now + ttl, now))
+            return cur.rowcount == 1
+        return await self._run(op)
+
     async def expire(self, key: str, ttl: float) -> bool:
         def op() -> bool:
             now = time.time()

@@ -38,6 +38,9 @@ class SessionStore(Protocol):
         """Atomically overwrite `key` only if it still exists (never resurrect a deleted session);
         True when it was written."""
 
+    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
+        """Atomically create `key` if it does not exist (a lock); True when this call created it."""
+
     async def expire(self, key: str, ttl: float) -> bool:
         """Reset the TTL of an existing key (sliding idle timeout); False when the key is gone."""
 

@@ -18,6 +18,18 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
+HSTS = "Strict-Transport-Security"
+
+
+def hsts_value(max_age: int, include_subdomains: bool) -> str:
+    """The Strict-Transport-Security value of every HTTPS answer ("" = none), built once at start-up.
+
+    No `preload`: that is a promise about the whole domain, which only its owner can make. Not
+    `includeSubDomains` by default either: authproxy cannot know that every sibling host speaks HTTPS.
+    """
+    if max_age <= 0:
+        return ""
+    return f"max-age={max_age}" + ("; includeSubDomains" if include_subdomains else "")
 
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import cast
 
 from aiohttp import web
@@ -13,7 +13,7 @@ from aiohttp_remotes import XForwardedFiltered
 from authproxy.config.schema import IPNetwork
 from authproxy.errors import StoreError
 from authproxy.log import log
-from authproxy.web.common import error_response
+from authproxy.web.common import HSTS, error_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _WS_SCHEMES = {"ws": "http", "wss": "https"}
@@ -130,23 +130,41 @@ def _replace(request: web.Request, name: str, value: str):  # type: ignore[no-un
     return headers
 
 
-def request_rules(forwarded: TrustedForwarded | None) -> Middleware:
+def request_rules(forwarded: TrustedForwarded | None, *, hsts: str = "",
+                  verify_prefix: str = "") -> Middleware:
     """The one middleware: forwarded headers from trusted proxies (when TRUST_PROXY), then the handler,
     with errors turned into clear pages. One layer rather than two: aiohttp wraps every middleware in
-    a coroutine of its own, about 2 us per request each on the bench machine."""
+    a coroutine of its own, about 2 us per request each on the bench machine.
+
+    `hsts` (built at start-up, "" = off) goes on every HTTPS answer not sent yet: authproxy's pages, API,
+    errors and redirects (the proxy puts it on the answers it streams itself, see proxy/http.py). Not on
+    the forward-auth answers under `verify_prefix`: they answer the front proxy, which owns the public
+    host's headers."""
 
     @web.middleware
     async def rules(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             if forwarded is not None:
-                return await forwarded.handle(request, handler)
-            return await handler(request)
-        except web.HTTPException:
+                response = await forwarded.handle(request, handler)
+            else:
+                response = await handler(request)
+        except web.HTTPException as exc:
+            if hsts and request.secure:
+                _strict(request, exc.headers, hsts, verify_prefix)
             raise
         except Exception as exc:  # noqa: BLE001
-            return failure_page(request, exc)
+            response = failure_page(request, exc)
+        # Cheapest first: this runs on every answer (a proxied one has it already, see proxy/http.py).
+        if hsts and request.secure and not response.prepared and HSTS not in response.headers:
+            _strict(request, response.headers, hsts, verify_prefix)
+        return response
 
     return rules
+
+
+def _strict(request: web.Request, headers: MutableMapping[str, str], hsts: str, verify_prefix: str) -> None:
+    if not (verify_prefix and request.path.startswith(verify_prefix)):
+        headers[HSTS] = hsts
 
 
 def failure_page(request: web.Request, exc: Exception) -> web.StreamResponse:

@@ -155,6 +155,17 @@ async def test_replace_never_brings_back_a_deleted_or_expired_key(store: Session
     assert await store.get("short") is None
 
 
+async def test_set_if_absent_is_a_lock(store: SessionStore) -> None:
+    assert await store.set_if_absent("lock", b"a", 0.2) is True
+    assert await store.set_if_absent("lock", b"b", 10) is False
+    assert await store.get("lock") == b"a"
+    await asyncio.sleep(0.3)
+    assert await store.set_if_absent("lock", b"c", 10) is True
+    assert await store.get("lock") == b"c"
+    results = await asyncio.gather(*(store.set_if_absent("race", b"%d" % i, 10) for i in range(10)))
+    assert results.count(True) == 1
+
+
 async def test_delete_counts_existing(store: SessionStore) -> None:
     await store.set("a", b"1", 10)
     await store.set("b", b"2", 10)
