@@ -80,7 +80,6 @@ class PassthroughLogin:
                             retry_after=attempt.retry_after)
         used = None if form.totp is None else self._totp_key(site.name, form.username, form.totp)
         try:
-            result = await self.source.verify(site, form.username, form.password, form.totp, client_ip)
             if used is not None and not await self.sessions.store.set_if_absent(used, b"1",
                                                                                 TOTP_REPLAY_WINDOW):
                 used = None  # another sign-in holds it: not this one's to give back
@@ -89,7 +88,7 @@ class PassthroughLogin:
                 audit("login", outcome="totp_reused", user=form.username, site=site.name, client_ip=client_ip,
                       totp=True)
                 raise AuthError(BAD_CODE, code="invalid_credentials", status=401)
-            result = await site.adapter.login(form.username, form.password, form.totp, client_ip)
+            result = await self.source.verify(site, form.username, form.password, form.totp, client_ip)
             if result.status == "totp_required":
                 audit("login", outcome="totp_required", user=form.username, site=site.name, client_ip=client_ip)
                 raise AuthError(result.message or "Enter your one-time code.", code="totp_required", status=401)

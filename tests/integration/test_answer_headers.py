@@ -12,8 +12,8 @@ import pytest
 from aiohttp import web
 
 from tests.fakes.technitium import FakeTechnitium
-from tests.integration.conftest import BROWSER, HEARTBEAT, LOGIN, ME, SESSION, MakeTlsGateway
-from tests.support.gateway import Gateway, GatewayClient, MakeGateway, gateway_env
+from tests.integration.conftest import BROWSER, HEARTBEAT, LOGIN, ME, SESSION
+from tests.support.gateway import Gateway, GatewayClient, MakeGateway, MakeTlsGateway, gateway_env
 
 ClientFor = Callable[[Gateway], GatewayClient]
 HSTS = "Strict-Transport-Security"
@@ -120,14 +120,16 @@ async def test_hsts_follows_its_settings(make_gateway: MakeGateway, client_for: 
 async def test_authproxy_serving_tls_itself_sends_hsts_but_not_to_forward_auth(
         make_tls_gateway: MakeTlsGateway, upstream: FakeTechnitium) -> None:
     gw = await make_tls_gateway({"UPSTREAM_URL": upstream.url, "UPSTREAM_TYPE": "technitium",
-                                 "SESSION_SECRET": "s" * 40, "ACCESS_LOG": "false"})
+                                 "SESSION_SECRET": "s" * 40, "ACCESS_LOG": "false", "TRUST_PROXY": "true",
+                                 "FORWARD_AUTH_SECRET": "f" * 40})
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False)) as http:
         async with http.get(gw.url + "/_authproxy/login") as page:
             assert page.status == 200 and page.headers[HSTS] == YEAR
         # /verify answers the front proxy, whose own headers are the public host's: unchanged.
         async with http.get(gw.url + "/_authproxy/verify/caddy", headers={
                 "X-Forwarded-Method": "GET", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "dns.example",
-                "X-Forwarded-Uri": "/", "Accept": "text/html"}) as verify:
+                "X-Forwarded-Uri": "/", "Accept": "text/html", "X-Authproxy-Secret": "f" * 40},
+                allow_redirects=False) as verify:
             assert verify.status in (302, 403) and HSTS not in verify.headers
 
 
