@@ -52,7 +52,7 @@ FILE_KEYS: dict[str, set[str]] = {
                 "cache_ttl", "redis_url", "redis_prefix"},
     "throttle": {"max_failures", "window"},
     "site": {"name", "upstream_url", "type", "hosts", "path_prefix", "service_token", "service_token_file",
-             "options", "timeout", "connect_timeout", "allowed_users", "allowed_groups", "allow_methods"},
+             "options", "timeout", "connect_timeout", "idle_timeout", "allowed_users", "allowed_groups", "allow_methods"},
 }
 
 
@@ -214,7 +214,9 @@ def _file_secret(table: dict[str, Any], key: str, where: str, problems: list[str
     return None
 
 
-def _site_from_table(t: dict[str, Any], index: int, problems: list[str]) -> SiteConfig | None:
+def _site_from_table(t: dict[str, Any], index: int, problems: list[str],
+                     defaults: SiteConfig = _SITE) -> SiteConfig | None:
+    """One [[sites]] table; `defaults` carries the environment's UPSTREAM_*_TIMEOUT for keys it leaves out."""
     where = f"sites[{index}]"
     _check_keys(t, "site", problems, where)
     missing = [k for k in ("name", "upstream_url", "type") if not t.get(k)]
@@ -228,10 +230,11 @@ def _site_from_table(t: dict[str, Any], index: int, problems: list[str]) -> Site
     if not isinstance(options, dict):
         problems.append(f"{where}.options: must be a table")
         options = {}
-    timeout = parse_duration(t.get("timeout", _SITE.timeout))
-    connect_timeout = parse_duration(t.get("connect_timeout", _SITE.connect_timeout))
-    if timeout is None or connect_timeout is None:
-        problems.append(f"{where}: timeout/connect_timeout must be durations (e.g. 30, 5s)")
+    timeout = parse_duration(t.get("timeout", defaults.timeout))
+    connect_timeout = parse_duration(t.get("connect_timeout", defaults.connect_timeout))
+    idle_timeout = parse_duration(t.get("idle_timeout", defaults.idle_timeout))
+    if timeout is None or connect_timeout is None or idle_timeout is None:
+        problems.append(f"{where}: timeout/connect_timeout/idle_timeout must be durations (e.g. 30, 5s, 5m)")
     return SiteConfig(
         name=str(t["name"]), upstream_url=str(t["upstream_url"]).rstrip("/"), type=str(t["type"]).lower(),
         hosts=tuple(h.lower() for h in hosts), path_prefix=str(t.get("path_prefix", _SITE.path_prefix)),
@@ -239,7 +242,16 @@ def _site_from_table(t: dict[str, Any], index: int, problems: list[str]) -> Site
         allowed_users=tuple(u.lower() for u in _list(t.get("allowed_users", ()))),
         allowed_groups=tuple(_list(t.get("allowed_groups", ()))),
         allow_methods=tuple(m.upper() for m in _list(t.get("allow_methods", ()))),
-        timeout=timeout or _SITE.timeout, connect_timeout=connect_timeout or _SITE.connect_timeout)
+        timeout=timeout or defaults.timeout, connect_timeout=connect_timeout or defaults.connect_timeout,
+        idle_timeout=idle_timeout or defaults.idle_timeout)
+
+
+def _site_timeouts(r: _Reader) -> SiteConfig:
+    """UPSTREAM_TIMEOUT, UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_IDLE_TIMEOUT: every site's defaults (the
+    one site of UPSTREAM_URL, and each [[sites]] table that does not set its own)."""
+    return replace(_SITE, timeout=r.duration("UPSTREAM_TIMEOUT", _SITE.timeout),
+                   connect_timeout=r.duration("UPSTREAM_CONNECT_TIMEOUT", _SITE.connect_timeout),
+                   idle_timeout=r.duration("UPSTREAM_IDLE_TIMEOUT", _SITE.idle_timeout))
 
 
 def _forward_auth_listener(r: _Reader, fs: dict[str, Any]) -> tuple[str, int | None]:
@@ -268,7 +280,7 @@ def _list(value: Any) -> tuple[str, ...]:
     return _split(value) if isinstance(value, str) else tuple(str(v) for v in value)
 
 
-def _env_site(r: _Reader) -> SiteConfig | None:
+def _env_site(r: _Reader, defaults: SiteConfig) -> SiteConfig | None:
     url = r.raw("UPSTREAM_URL", "TECHNITIUM_URL", "TECHNITIUM_BASE_URL")
     if url is None:
         return None
@@ -294,8 +306,7 @@ def _env_site(r: _Reader) -> SiteConfig | None:
         allowed_users=tuple(u.lower() for u in _split((r.raw("ALLOWED_USERS") or ("", ""))[1])),
         allowed_groups=_split((r.raw("ALLOWED_GROUPS") or ("", ""))[1]),
         allow_methods=tuple(m.upper() for m in _split((r.raw("ALLOW_METHODS") or ("", ""))[1])),
-        timeout=r.duration("UPSTREAM_TIMEOUT", _SITE.timeout),
-        connect_timeout=r.duration("UPSTREAM_CONNECT_TIMEOUT", _SITE.connect_timeout))
+        timeout=defaults.timeout, connect_timeout=defaults.connect_timeout, idle_timeout=defaults.idle_timeout)
 
 
 def load_config(env: Mapping[str, str] | None = None, config_file: Path | None = None) -> Config:
@@ -428,11 +439,12 @@ def _sites(r: _Reader, file_data: dict[str, Any]) -> tuple[SiteConfig, ...]:
     if not isinstance(raw_sites, list):
         r.problems.append("sites (config file): must be an array of tables ([[sites]])")
         raw_sites = []
+    defaults = _site_timeouts(r)
     for i, table in enumerate(raw_sites):
-        site = _site_from_table(table if isinstance(table, dict) else {}, i, r.problems)
+        site = _site_from_table(table if isinstance(table, dict) else {}, i, r.problems, defaults)
         if site is not None:
             sites.append(site)
-    env_site = _env_site(r)
+    env_site = _env_site(r, defaults)
     if env_site is not None:
         if sites:
             r.problems.append("UPSTREAM_URL: set either UPSTREAM_URL (one site) or [[sites]] in the config "

@@ -50,8 +50,9 @@ class SiteConfig:
     allowed_users: tuple[str, ...] = ()  # () = anyone the upstream accepts; else only these (lower case)
     allowed_groups: tuple[str, ...] = () # () = no group rule; else one of these groups is required
     allow_methods: tuple[str, ...] = ()  # ECHO_METHODS this site still receives (upper case)
-    timeout: float = 30.0                # seconds for a whole upstream exchange (streams excluded)
+    timeout: float = 30.0                # seconds until the answer's headers (authproxy's own calls: whole)
     connect_timeout: float = 5.0
+    idle_timeout: float = 300.0          # seconds of silence allowed between body chunks of a forwarded answer
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ class Bridge:
     loaded: LoadedSession | None = None
     slide_every: float = 60.0      # a busy socket slides the session's idle timeout this often at most
     slide: bool = False            # the client sent frames: the watch should slide the idle timeout
+    sign_out: bool = False         # the UI signed out in a message (the adapter's ws_sign_out_text)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     stop: tuple[int, str] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)

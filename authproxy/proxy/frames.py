@@ -17,6 +17,7 @@ knows:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -25,6 +26,7 @@ _CONTROL_OPS = frozenset({OP_CLOSE, OP_PING, OP_PONG})
 
 PROTOCOL_ERROR = 1002
 MESSAGE_TOO_BIG = 1009
+WATCH_LIMIT = 64 * 1024   # text messages longer than this are not searched for `watch`
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +46,9 @@ class FrameReader:
     Bytes past the returned count are not examined; feed them again if they should be.
     """
 
-    __slots__ = ("_close_buf", "_head", "_in_message", "_left", "_mask", "_masked", "_message_size",
-                 "close", "error", "max_message", "stop_at_boundary")
+    __slots__ = ("_close_buf", "_fin", "_frame", "_frame_mask", "_head", "_in_message", "_left", "_mask",
+                 "_masked", "_message_size", "_text", "close", "error", "max_message", "on_watch",
+                 "stop_at_boundary", "watch")
 
     def __init__(self, *, masked: bool, max_message: int) -> None:
         self._masked = masked            # frames in this direction must (client) / must not (server) be masked
@@ -59,6 +62,14 @@ class FrameReader:
         self.close: tuple[int | None, str] | None = None   # (code, reason) of the CLOSE that went by
         self.error: FrameError | None = None
         self.stop_at_boundary = False
+        # Set both to have text messages (up to WATCH_LIMIT) searched for `watch`: `on_watch` runs when
+        # one contains it (the message itself still goes on). Payloads are otherwise never read.
+        self.watch = b""
+        self.on_watch: Callable[[], None] | None = None
+        self._text: bytearray | None = None    # the text message being searched, unmasked so far
+        self._frame: bytearray | None = None   # the current frame's payload, as it came
+        self._frame_mask = b""
+        self._fin = False
 
     @property
     def at_boundary(self) -> bool:
@@ -68,7 +79,7 @@ class FrameReader:
     def feed(self, data: bytes) -> int:  # noqa: C901 - hot path: one pass over the bytes
         n = len(data)
         # The usual read: one whole, unfragmented text/binary frame of under 126 bytes, at a boundary.
-        if n < 132 and not self._left and not self._head and not self._in_message:
+        if n < 132 and not self._left and not self._head and not self._in_message and not self.watch:
             b0 = data[0]
             b1 = data[1] if n > 1 else 0
             if (b0 == 0x81 or b0 == 0x82) and (b1 & 0x7F) < 126 and bool(b1 & 0x80) == self._masked \
@@ -80,9 +91,13 @@ class FrameReader:
                 take = min(self._left, n - i)
                 if self._close_buf is not None:
                     self._close_buf += data[i:i + take]
+                elif self._frame is not None:
+                    self._frame += data[i:i + take]
                 self._left -= take
                 i += take
                 if self._left == 0:
+                    if self._frame is not None:
+                        self._frame_done()
                     if self._close_buf is not None:
                         self._closed()
                         return i
@@ -117,10 +132,14 @@ class FrameReader:
             if opcode == OP_CLOSE:
                 self._mask = bytes(buf[base + size - 4:base + size]) if b1 & 0x80 else b""
                 self._close_buf = bytearray()
+            elif self.watch and opcode != OP_PING and opcode != OP_PONG:
+                self._watch_frame(opcode, b0, b1, length, bytes(buf[base + size - 4:base + size]))
             i += size - len(self._head)
             self._head = b""
             self._left = length
             if length == 0:
+                if self._frame is not None:
+                    self._frame_done()
                 if opcode == OP_CLOSE:
                     self._closed()
                     return i
@@ -153,6 +172,31 @@ class FrameReader:
             return FrameError(MESSAGE_TOO_BIG, "message too big")
         self._in_message = not fin
         return None
+
+    def _watch_frame(self, opcode: int, b0: int, b1: int, length: int, mask: bytes) -> None:
+        """A data frame begins: collect its payload if it belongs to a text message worth searching."""
+        if opcode == OP_TEXT:
+            self._text = bytearray()
+        elif opcode == OP_BINARY:
+            self._text = None
+        if self._text is None or len(self._text) + length > WATCH_LIMIT:
+            self._text = None
+            return
+        self._frame = bytearray()
+        self._frame_mask = mask if b1 & 0x80 else b""
+        self._fin = bool(b0 & 0x80)
+
+    def _frame_done(self) -> None:
+        frame, self._frame = self._frame or bytearray(), None
+        text = self._text
+        if text is None:
+            return
+        mask = self._frame_mask
+        text += bytes(b ^ mask[k & 3] for k, b in enumerate(frame)) if mask else frame
+        if self._fin:
+            self._text = None
+            if self.watch in text and self.on_watch is not None:
+                self.on_watch()
 
     def _closed(self) -> None:
         payload = bytes(self._close_buf or b"")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
 
@@ -43,7 +44,7 @@ from authproxy.proxy.upstream import UpstreamPool, UpstreamResponse
 from authproxy.routing import Site, has_dot_segments
 from authproxy.sessions.manager import LoadedSession
 from authproxy.sessions.model import Credential
-from authproxy.upstreams.base import UpstreamAdapter, UpstreamRequest
+from authproxy.upstreams.base import BodyRefused, UpstreamAdapter, UpstreamRequest
 from authproxy.upstreams.substitute import ReplacerChain, StreamReplacer, scrubber
 from authproxy.web import uicalls
 from authproxy.web.common import client_ip, current_session, error_response, no_endpoint
@@ -71,16 +72,19 @@ class _Upstream:
     parts: SplitResult
     url: URL
     lean: bool                     # UpstreamPool speaks to it (plain http, no userinfo or query)
-    timeout: aiohttp.ClientTimeout
+    timeout: aiohttp.ClientTimeout  # sock_read: the wait for the answer's headers
+    idle: float | None             # then: the longest silence between body chunks (a long-poll's wait)
 
 
 @functools.lru_cache(maxsize=256)
-def _upstream(url: str, connect_timeout: float | None, read_timeout: float | None) -> _Upstream:
+def _upstream(url: str, connect_timeout: float | None, read_timeout: float | None,
+              idle_timeout: float | None = None) -> _Upstream:
     parsed = URL(url, encoded=True)
     parts = urlsplit(url)
     return _Upstream(base=url, parts=parts, url=parsed,
                      lean=UpstreamPool.handles(parsed) and not parts.query and not parts.fragment,
-                     timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout))
+                     timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout),
+                     idle=idle_timeout if idle_timeout != read_timeout else None)
 
 
 def setup(app: web.Application) -> None:
@@ -95,7 +99,7 @@ def setup(app: web.Application) -> None:
 
 def _upstream_of(site: Site) -> _Upstream:
     config = site.config
-    return _upstream(config.upstream_url, config.connect_timeout, config.timeout)
+    return _upstream(config.upstream_url, config.connect_timeout, config.timeout, config.idle_timeout)
 
 
 async def credential_for(request: web.Request, site: Site) -> tuple[LoadedSession | None, Credential | None]:
@@ -151,14 +155,17 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
         if refusal is not None:
             return _cross_site_refused(request, site, refusal)
     loaded, credential = await credential_for(request, site)
-    if credential is None:
+    # Without a credential only the calls the product answers for anyone (its adapter declares them) go
+    # on, without one: the UI gets the product's own answer.
+    if credential is None and (request.headers.get("Upgrade", "").lower() == "websocket"
+                               or not site.adapter.public_call(method, site.upstream_path(request.rel_url.raw_path))):
         return signed_out(request, site)
     if (loaded is not None and (site.config.allowed_users or site.config.allowed_groups)
             and authz.decide(loaded.session, site.config, session_mode=True) == "deny"):
         # The same per-site allow lists as forward auth (authz.decide), for HTTP and WebSocket alike.
         return error_response(request, 403, "forbidden",
                               f"You are signed in, but this account may not use {site.name}.", title="Not allowed")
-    if request.headers.get("Upgrade", "").lower() == "websocket":
+    if request.headers.get("Upgrade", "").lower() == "websocket" and credential is not None:
         return await websocket.bridge(request, site, loaded, credential)
 
     ureq = build_upstream_request(request, site)
@@ -174,6 +181,15 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
             ureq.headers.popall("Content-Length", None)
     site.adapter.prepare_request(ureq, credential)
     body = checked.data if checked is not None else None
+    if checked is not None and credential is not None and site.adapter.restores_body(ureq):
+        try:
+            body = await _restored(request, site, ureq, credential, body)
+        except BodyRefused as exc:
+            return _body_refused(request, site, Refused(exc.status, exc.code, exc.message))
+        except UpstreamError:
+            return error_response(request, 502, "upstream_unavailable",
+                                  f"{site.name} is not answering right now; try again in a moment.",
+                                  title="Upstream unavailable")
     headers = ureq.headers
     set_forwarded(headers, client_ip=client_ip(request), proto="https" if request.secure else "http",
                   host=request.host)
@@ -200,14 +216,51 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
                               title="Upstream unavailable")
     if loaded is not None:
         app[keys.KEEPALIVE].note_use(loaded, site.name)  # the upstream just saw the token
+    if target.idle is not None:
+        _idle_timeout(upstream, target.idle)
     try:
         return await _relay(request, site, ureq, upstream, loaded, credential)
     finally:
         upstream.release()
 
 
+async def _restored(request: web.Request, site: Site, ureq: UpstreamRequest, credential: Credential,
+                    body: object) -> object:
+    """A JSON write that may carry fields authproxy blanked in an answer, with their real values back
+    (the adapter's `restore_body`); a body over MAX_PEEK goes on as sent."""
+    if not isinstance(body, aiohttp.StreamReader):
+        return body
+    head = await read_up_to(body, MAX_PEEK + 1)
+    if len(head) > MAX_PEEK:
+        return _chained(head, body)
+    ureq.headers.popall("Content-Length", None)
+    ureq.headers.popall("Transfer-Encoding", None)
+    return await site.adapter.restore_body(ureq, head, credential)
+
+
+async def _chained(head: bytes, rest: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    yield head
+    async for chunk in rest.iter_chunked(CHUNK):
+        yield chunk
+
+
+def _idle_timeout(upstream: _Answer, seconds: float) -> None:
+    """The headers are in: from now on the read timeout is the idle time allowed between body chunks
+    (`idle_timeout`), so a long-poll or an event stream is not cut while the upstream keeps it open.
+    A body already read to its end needs no timer (one set now would outlive it)."""
+    if upstream.content.is_eof():
+        return
+    if isinstance(upstream, UpstreamResponse):
+        upstream.idle_timeout(seconds)
+        return
+    connection = upstream.connection
+    if connection is not None and connection.protocol is not None:
+        connection.protocol.read_timeout = seconds
+        connection.protocol.start_timeout()
+
+
 async def _relay(request: web.Request, site: Site, ureq: UpstreamRequest, upstream: _Answer,
-                 loaded: LoadedSession | None, credential: Credential) -> web.StreamResponse:
+                 loaded: LoadedSession | None, credential: Credential | None) -> web.StreamResponse:
     adapter = site.adapter
     status = upstream.status
     up_headers = upstream.headers
@@ -223,7 +276,7 @@ async def _relay(request: web.Request, site: Site, ureq: UpstreamRequest, upstre
             return error_response(request, 502, "upstream_unavailable",
                                   f"{site.name} broke off its answer; try again in a moment.",
                                   title="Upstream unavailable")
-        if len(peeked) <= MAX_PEEK and adapter.is_expired(status, up_headers, peeked):
+        if len(peeked) <= MAX_PEEK and credential is not None and adapter.is_expired(status, up_headers, peeked):
             return await credential_died(request, site, loaded)
         if len(peeked) <= MAX_PEEK:
             # Token fields in JSON answers become this session's placeholder (upstreams/ decides which).
@@ -262,7 +315,7 @@ def _scrubber(adapter: UpstreamAdapter, ureq: UpstreamRequest, headers: CIMultiD
 
 
 def _answer_headers(response: web.StreamResponse, request: web.Request, site: Site, upstream: _Answer,
-                    credential: Credential, *, drop_length: bool) -> None:
+                    credential: Credential | None, *, drop_length: bool) -> None:
     """The upstream's answer headers as the browser may see them, written straight into `response`.
 
     Every answer here was made with an injected credential, so no shared cache may keep it: without a
@@ -285,8 +338,10 @@ def _answer_headers(response: web.StreamResponse, request: web.Request, site: Si
     site.adapter.filter_response_headers(headers)
     if "Location" in headers:
         _rewrite_location(headers, site, request)
-        headers["Location"] = location_without(headers["Location"], credential.secret)
-    drop_carrying(headers, credential.secret)   # anything else that echoes it (a Location left holding it too)
+        if credential is not None:
+            headers["Location"] = location_without(headers["Location"], credential.secret)
+    if credential is not None:
+        drop_carrying(headers, credential.secret)   # anything else that echoes it (a Location left holding it too)
     if "Set-Cookie" in headers:
         _rewrite_set_cookie_paths(headers, site)
 

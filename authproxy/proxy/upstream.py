@@ -68,6 +68,12 @@ class UpstreamResponse:
         value = self.headers.get("Content-Length")
         return int(value) if value is not None and value.isdigit() else None
 
+    def idle_timeout(self, seconds: float) -> None:
+        """The read timeout from here on (between body chunks), counted from now."""
+        if self._proto is not None:
+            self._proto.read_timeout = seconds
+            self._proto.start_timeout()
+
     def release(self) -> None:
         """Back to the pool when the answer was read to its end, else the connection is closed."""
         proto, self._proto = self._proto, None

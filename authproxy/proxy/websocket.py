@@ -50,6 +50,7 @@ from authproxy.proxy.ws_upstream import (
 from authproxy.routing import Site
 from authproxy.sessions.manager import CHANNEL, LoadedSession
 from authproxy.sessions.model import Credential
+from authproxy.web.api import end_session
 from authproxy.web.common import client_ip, error_response
 
 MAX_MSG_SIZE = 16 * 1024 * 1024
@@ -126,16 +127,18 @@ async def bridge(request: web.Request, site: Site, loaded: LoadedSession | None,
         except BaseException:
             relay.abort()
             raise
-        await _run(request, relay, upstream, entry)
+        await _run(request, relay, upstream, entry, site.adapter.ws_sign_out_text())
     finally:
         registry.remove(entry)
         entry.done.set()
     return switched
 
 
-async def _run(request: web.Request, relay: FrameRelay, upstream: UpstreamSocket, entry: Bridge) -> None:
+async def _run(request: web.Request, relay: FrameRelay, upstream: UpstreamSocket, entry: Bridge,
+               sign_out_text: str = "") -> None:
     """Take the client's socket over from aiohttp, relay until both connections are closed, and watch
-    the session meanwhile."""
+    the session meanwhile. `sign_out_text`: a message from the browser containing it is the UI's own
+    sign-out, which ends the authproxy session too."""
     transport = request.transport
     early = _Early()
     request.protocol.set_parser(early)  # type: ignore[arg-type]  # what aiohttp read past the request
@@ -143,6 +146,12 @@ async def _run(request: web.Request, relay: FrameRelay, upstream: UpstreamSocket
         relay.abort()
         return
     relay.attach(relay.client, transport)
+    if sign_out_text and entry.loaded is not None:
+        def signed_out() -> None:
+            entry.sign_out = True
+            entry.wake.set()
+        relay.client.reader.watch = sign_out_text.encode()
+        relay.client.reader.on_watch = signed_out
     activity = _Activity(entry, relay.client) if entry.loaded is not None else None
     relay.start(early.data, upstream.early)
     watch = asyncio.create_task(_watch(request, entry, request.app[keys.WEBSOCKETS]), name="authproxy-ws-watch")
@@ -238,6 +247,17 @@ async def _watch(request: web.Request, entry: Bridge, registry: BridgeRegistry) 
             delay = None
             continue
         delay = registry.recheck_interval
+        if entry.sign_out and entry.loaded is not None:
+            log.info("the UI signed out in a websocket message", extra={"fields": {"site": entry.site}})
+            entry.sign_out = False
+            try:
+                await end_session(request, entry.loaded, reason="ui_websocket_logout")
+            except StoreError:
+                log.warning("cannot end the session the UI signed out of; retrying", extra={"fields": {
+                    "site": entry.site}})
+                entry.sign_out = True
+                continue
+            return SESSION_ENDED
         try:
             if entry.slide and entry.loaded is not None:
                 entry.slide = False

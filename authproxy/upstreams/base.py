@@ -43,6 +43,17 @@ class LoginResult:
     retry_after: int | None = None
 
 
+class BodyRefused(Exception):
+    """A request body the adapter will not let go upstream: `status`, `code` and a `message` that says
+    what to send instead (never a secret)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
 @dataclass(slots=True)
 class UpstreamRequest:
     """The request about to go upstream, mutable so the adapter can strip and inject.
@@ -139,6 +150,26 @@ class UpstreamAdapter(abc.ABC):
         """(secret, stand-in) to replace in an answer `rewrite_body` did not see whole (over 1 MiB, or
         not JSON where a query credential may echo); None: nothing to replace."""
         return None
+
+    def restores_body(self, req: UpstreamRequest) -> bool:
+        """True when this request's (JSON, at most 1 MiB) body must pass `restore_body` first: it may
+        write back fields `rewrite_body` blanked in an earlier answer."""
+        return False
+
+    async def restore_body(self, req: UpstreamRequest, body: bytes, credential: Credential) -> bytes:
+        """The body with the real values back where the browser sent the blanks it was given; raises
+        BodyRefused when they cannot be put back."""
+        return body
+
+    def ws_sign_out_text(self) -> str:
+        """Text that, in a WebSocket message from the browser, is the UI signing out (the message still
+        goes upstream, and authproxy's session ends too); "" = none."""
+        return ""
+
+    def public_call(self, method: str, upstream_path: str) -> bool:
+        """A call the product answers for anyone (no credential needed): forwarded without a session,
+        with no credential added, so the UI gets the product's own answer instead of authproxy's 401."""
+        return False
 
     # ---- the UI's own sign-in calls (upstreams/ui.py; answered by web/uicalls.py) ----------------
 

@@ -119,23 +119,32 @@ from authproxy.config.schema import SiteConfig
 from authproxy.errors import UpstreamProtocolError, UpstreamUnavailable
 from authproxy.sessions.manager import LoadedSession
 from authproxy.sessions.model import Credential, Identity
+from authproxy.sessions.store import SessionStore
 from authproxy.upstreams import cookies
-from authproxy.upstreams.base import LoginResult, UpstreamAdapter, UpstreamRequest
+from authproxy.upstreams.base import BodyRefused, LoginResult, UpstreamAdapter, UpstreamRequest
 from authproxy.upstreams.generic_options import (
     MISSING,
     CallSpec,
     GenericSpec,
+    HiddenField,
+    cookie_pattern,
     merge_options,
     parse_spec,
     pointer_blank,
     pointer_get,
+    pointer_set,
 )
+from authproxy.upstreams.parking import PARK, ParkedCredentials
 from authproxy.upstreams.query import FieldNames, query_with, query_without
 from authproxy.upstreams.substitute import scrubber
 from authproxy.upstreams.ui import Outcome, UiAnswer, UiCall
 
 MAX_PEEK = 1 << 20
 MAX_LOGIN_ANSWER = 1 << 16
+_WRITES = frozenset({"POST", "PUT", "PATCH"})
+PARK_TTL = 24 * 3600.0     # how long a parked session (logout.reuse) is kept when credential.ttl is unknown
+CAPTURED = "captured"        # Credential.extra: the values [[injects]] captured at sign-in, by index
+COOKIE_NAME = "cookie"       # Credential.extra: the real name of a `prefix*` credential cookie
 
 
 async def read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -176,6 +185,10 @@ def _is_json(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> bool:
     return ctype == "application/json" or ctype.endswith("+json")
 
 
+def _is_html(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> bool:
+    return headers.get("Content-Type", "").split(";", 1)[0].strip().lower() == "text/html"
+
+
 def _small(headers: CIMultiDictProxy[str]) -> bool:
     length = headers.get("Content-Length")
     return length is None or (length.isdigit() and int(length) <= MAX_PEEK)
@@ -187,6 +200,43 @@ def _location_path(headers: CIMultiDictProxy[str], base_path: str) -> str:
     if base_path and (path == base_path or path.startswith(base_path + "/")):
         path = path[len(base_path):]
     return canonical_path(path if path.startswith("/") else "/" + path)
+
+
+def _names_and_prefixes(names: set[str]) -> tuple[set[str], tuple[str, ...]]:
+    """Cookie names as exact names and `prefix*` patterns (see generic_options.cookie_pattern)."""
+    exact: set[str] = set()
+    prefixes: list[str] = []
+    for name in names:
+        whole, prefix = cookie_pattern(name)
+        if prefix:
+            prefixes.append(prefix)
+        elif whole:
+            exact.add(whole)
+    return exact, tuple(prefixes)
+
+
+def _cookie(resp: aiohttp.ClientResponse, name: str) -> tuple[str, str] | None:
+    """(value, real name) of the answer's cookie `name` (or the first whose name starts with `prefix*`)."""
+    exact, prefix = cookie_pattern(name)
+    for real, morsel in resp.cookies.items():
+        if (real == exact or (prefix and real.startswith(prefix))) and morsel.value:
+            return morsel.value, real
+    return None
+
+
+def _read_value(from_: str, name: str, pointer: str, headers: CIMultiDictProxy[str], body: bytes,
+                resp: aiohttp.ClientResponse) -> str | None:
+    """A value of the login answer: a header, a cookie, or a JSON pointer into its body."""
+    if from_ == "header":
+        return headers.get(name) or None
+    if from_ == "cookie":
+        found = _cookie(resp, name)
+        return found[0] if found is not None else None
+    try:
+        value = pointer_get(json.loads(body), pointer)
+    except ValueError:
+        return None
+    return str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "" else None
 
 
 def _retry_after(headers: CIMultiDictProxy[str]) -> int | None:
@@ -212,19 +262,20 @@ class GenericAdapter(UpstreamAdapter):
         self.spec = spec
         self.timeout = aiohttp.ClientTimeout(total=site.timeout, connect=site.connect_timeout)
         s = spec
-        self._strip_cookies = set(s.hide.request_cookies)
-        if s.inject.as_ == "cookie":
-            self._strip_cookies.add(s.inject.name)
+        every = (s.inject, *s.injects)
+        cookie_names = set(s.hide.request_cookies) | {i.name for i in every if i.as_ == "cookie"}
         if s.credential.from_ == "cookie":
-            self._strip_cookies.add(s.credential.name)
-        self._drop_set_cookies = set(s.hide.set_cookies) | (
-            {s.credential.name} if s.credential.from_ == "cookie" else set()) | (
-            {s.inject.name} if s.inject.as_ == "cookie" else set())
-        self._strip_headers = set(s.hide.request_headers) | ({s.inject.name} if s.inject.as_ == "header" else set())
+            cookie_names.add(s.credential.name)
+        self._strip_cookies, self._strip_cookie_prefixes = _names_and_prefixes(cookie_names)
+        self._drop_set_cookies, self._drop_set_cookie_prefixes = _names_and_prefixes(
+            set(s.hide.set_cookies) | ({s.credential.name} if s.credential.from_ == "cookie" else set())
+            | ({s.inject.name} if s.inject.as_ == "cookie" else set()))
+        self._strip_headers = set(s.hide.request_headers) | {i.name for i in every if i.as_ == "header"}
         self._drop_headers = set(s.hide.response_headers) | (
             {s.credential.name} if s.credential.from_ == "header" else set())
-        self._strip_params = FieldNames(set(s.hide.params) | ({s.inject.name} if s.inject.as_ == "query"
-                                                              else set()))
+        self._strip_params = FieldNames(set(s.hide.params) | {i.name for i in every if i.as_ == "query"})
+        self._query_secret = any(i.as_ == "query" and "{credential}" in i.template for i in every)
+        self._parked = ParkedCredentials(site.name, s.credential.ttl or PARK_TTL)
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> list[str]:
@@ -239,14 +290,38 @@ class GenericAdapter(UpstreamAdapter):
 
     # ---- upstream calls --------------------------------------------------------------------------
 
+    def _injected(self, credential: Credential) -> list[tuple[str, str, str]]:
+        """(as, name, value) of every value `[inject]` and `[[injects]]` put on a request."""
+        out: list[tuple[str, str, str]] = []
+        captured = credential.extra.get(CAPTURED) or {}
+        real_cookie = str(credential.extra.get(COOKIE_NAME) or "")
+        for n, inj in enumerate((self.spec.inject, *self.spec.injects)):
+            value = inj.template.replace("{credential}", credential.secret)
+            if inj.capture is not None:
+                value = value.replace("{captured}", str(captured.get(str(n - 1), "")))
+            name = inj.name
+            if inj.as_ == "cookie" and name.endswith("*"):
+                if not real_cookie:
+                    continue   # a service credential: no cookie name came back from a sign-in
+                name = real_cookie
+            out.append((inj.as_, name, value))
+        return out
+
     def _auth_parts(self, credential: Credential) -> tuple[dict[str, str], dict[str, str]]:
         """(headers, query params) that carry `credential` on a call authproxy makes itself."""
-        inj = self.spec.inject
-        if inj.as_ == "header":
-            return {inj.name: inj.template.replace("{credential}", credential.secret)}, {}
-        if inj.as_ == "cookie":
-            return {"Cookie": f"{inj.name}={credential.secret}"}, {}
-        return {}, {inj.name: credential.secret}
+        headers: dict[str, str] = {}
+        params: dict[str, str] = {}
+        jar: list[str] = []
+        for as_, name, value in self._injected(credential):
+            if as_ == "header":
+                headers[name] = value
+            elif as_ == "cookie":
+                jar.append(f"{name}={value}")
+            else:
+                params[name] = value
+        if jar:
+            headers["Cookie"] = "; ".join(jar)
+        return headers, params
 
     async def _request(self, method: str, path: str, *, headers: dict[str, str] | None = None,
                        params: dict[str, str] | None = None, **kw: Any) -> tuple[int, CIMultiDictProxy[str],
@@ -290,7 +365,35 @@ class GenericAdapter(UpstreamAdapter):
             return headers, {"json": payload}
         return headers, {}
 
+    def bind_store(self, store: SessionStore) -> None:
+        """Parked sessions (`logout.reuse`) are shared by every process and replica."""
+        self._parked.bind_store(store)
+
     async def login(self, username: str, password: str, totp: str | None, client_ip: str) -> LoginResult:
+        if self.spec.logout.reuse:
+            reused = await self._reuse(username, password)
+            if reused is not None:
+                return reused
+        result = await self._login(username, password, totp, client_ip)
+        if self.spec.logout.reuse and result.credential is not None:
+            result.credential.extra[PARK] = await self._parked.sealing_key(password)
+        return result
+
+    async def _reuse(self, username: str, password: str) -> LoginResult | None:
+        """The account's session parked at its last sign-out, when the password opens it and the
+        product still accepts it (`logout.reuse`); None: sign in anew."""
+        parked = await self._parked.take(username, password)
+        if parked is None:
+            return None
+        try:
+            alive = await self.keepalive(parked)
+        except (UpstreamUnavailable, UpstreamProtocolError):
+            alive = False
+        if not alive:
+            return None
+        return LoginResult("ok", credential=parked, identity=Identity(username=self.spec.username or username))
+
+    async def _login(self, username: str, password: str, totp: str | None, client_ip: str) -> LoginResult:
         spec = self.spec.login
         headers, body_kw = self._login_request(username, password, totp, client_ip)
         status, rheaders, body, resp = await self._request(spec.method, spec.path, headers=headers, **body_kw)
@@ -307,30 +410,45 @@ class GenericAdapter(UpstreamAdapter):
         if not accepted or (spec.success_text and spec.success_text not in text):
             return LoginResult("invalid", message="Invalid password or code." if totp
                                else "Invalid username or password.")
-        secret = self._credential_from(username, password, rheaders, body, resp)
-        if not secret:
+        found = self._credential_from(username, password, rheaders, body, resp)
+        if not found:
             raise UpstreamProtocolError(f"{self.label} accepted the login but the credential was not where "
                                         f"options.credential says ({self.spec.credential.from_})")
-        credential = Credential(secret=secret, kind=self.spec.credential.from_, extra={"user": username},
+        secret, cookie_name = found
+        extra: dict[str, Any] = {"user": username, CAPTURED: self._captures(rheaders, body, resp)}
+        if cookie_name:
+            extra[COOKIE_NAME] = cookie_name
+        credential = Credential(secret=secret, kind=self.spec.credential.from_, extra=extra,
                                 upstream_ttl=self._ttl(body))
         return LoginResult("ok", credential=credential,
                            identity=Identity(username=self.spec.username or username))
 
     def _credential_from(self, username: str, password: str, headers: CIMultiDictProxy[str], body: bytes,
-                         resp: aiohttp.ClientResponse) -> str | None:
+                         resp: aiohttp.ClientResponse) -> tuple[str, str] | None:
+        """(the credential, the cookie name it came in: the real one when `name` is a `prefix*`)."""
         cs = self.spec.credential
-        if cs.from_ == "cookie":
-            morsel = resp.cookies.get(cs.name)
-            return morsel.value if morsel is not None and morsel.value else None
-        if cs.from_ == "header":
-            return headers.get(cs.name) or None
         if cs.from_ == "basic":
-            return basic_value(username, password)
-        try:
-            value = pointer_get(json.loads(body), cs.pointer)
-        except ValueError:
-            return None
-        return str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "" else None
+            return basic_value(username, password), ""
+        if cs.from_ == "cookie":
+            found = _cookie(resp, cs.name)
+            return found if found is not None else None
+        value = _read_value(cs.from_, cs.name, cs.pointer, headers, body, resp)
+        return (value, "") if value else None
+
+    def _captures(self, headers: CIMultiDictProxy[str], body: bytes, resp: aiohttp.ClientResponse) -> dict[str, str]:
+        """The values `[[injects]]` capture from the login answer (sealed in the session with the
+        credential, never sent to the browser); one missing is a configuration mistake, said so."""
+        out: dict[str, str] = {}
+        for n, inj in enumerate(self.spec.injects):
+            cap = inj.capture
+            if cap is None:
+                continue
+            value = _read_value(cap.from_, cap.name, cap.pointer, headers, body, resp)
+            if not value:
+                raise UpstreamProtocolError(f"{self.label} accepted the login but injects[{n}].capture found "
+                                            f"nothing ({cap.from_} {cap.name or cap.pointer})")
+            out[str(n)] = value
+        return out
 
     def _ttl(self, body: bytes) -> float | None:
         cs = self.spec.credential
@@ -344,7 +462,9 @@ class GenericAdapter(UpstreamAdapter):
         return cs.ttl or None
 
     async def logout(self, credential: Credential) -> None:
-        if self.spec.logout.path and credential.kind != "basic":
+        if self.spec.logout.reuse:
+            await self._parked.park(str(credential.extra.get("user", "")), credential)
+        elif self.spec.logout.path and credential.kind != "basic":
             await self._authed(self.spec.logout, credential)
 
     async def keepalive(self, credential: Credential) -> bool:
@@ -370,9 +490,22 @@ class GenericAdapter(UpstreamAdapter):
         path = canonical_path(upstream_path)
         if logout.intercept and method == logout.method and path == logout.path:
             return "sign_out"
-        if method == login.method and path == login.path:
+        if method == login.method and path == login.path and self._login_call_possible(method):
             return "signed_in"
         return None
+
+    def _login_call_possible(self, method: str) -> bool:
+        """Whether a browser's request to the login path can be a sign-in at all. With Basic, the
+        credentials are the Authorization header, which is stripped from every request anyway (and
+        the login path may be any page, even "/"); a GET or HEAD carries no body, so with json it
+        carries no credentials either: those are pages, forwarded with the person's credential."""
+        login = self.spec.login
+        if login.encoding == "basic":
+            return False
+        return not (method in ("GET", "HEAD") and login.encoding == "json")
+
+    def ws_sign_out_text(self) -> str:
+        return self.spec.logout.ws_text_contains
 
     def ui_words(self, call: UiCall, outcome: Outcome, message: str) -> UiAnswer | None:
         """`login.ui_answer` while signed in; otherwise authproxy's own answers."""
@@ -387,21 +520,21 @@ class GenericAdapter(UpstreamAdapter):
     def prepare_request(self, req: UpstreamRequest, credential: Credential | None) -> None:
         for name in self._strip_headers:
             req.headers.popall(name, None)
-        cookies.strip_request_cookies(req.headers, self._strip_cookies)
+        cookies.strip_request_cookies(req.headers, self._strip_cookies, self._strip_cookie_prefixes)
         if self._strip_params:
             req.raw_query = query_without(req.raw_query, self._strip_params)
-        if self._must_read(req.raw_path) or self.spec.inject.as_ == "query":
+        if self._must_read(req.raw_path) or self._query_secret:
             # Answers authproxy reads, or scrubs of a query credential: a compressed one it could not.
             req.headers["Accept-Encoding"] = "identity"
         if credential is None:
             return
-        inj = self.spec.inject
-        if inj.as_ == "header":
-            req.headers[inj.name] = inj.template.replace("{credential}", credential.secret)
-        elif inj.as_ == "cookie":
-            cookies.add_request_cookie(req.headers, inj.name, credential.secret)
-        else:
-            req.raw_query = query_with(req.raw_query, inj.name, credential.secret)
+        for as_, name, value in self._injected(credential):
+            if as_ == "header":
+                req.headers[name] = value
+            elif as_ == "cookie":
+                cookies.add_request_cookie(req.headers, name, value)
+            else:
+                req.raw_query = query_with(req.raw_query, name, value)
 
     def credential_fields(self) -> FieldNames:
         """`hide.params` and a query-injected name: cut from the query (above) and form bodies (proxy/forms.py)."""
@@ -410,12 +543,13 @@ class GenericAdapter(UpstreamAdapter):
     def _must_read(self, path: str) -> bool:
         s = self.spec
         return bool((s.hide.json and _under(path, s.hide.json_paths))
-                    or (s.expiry.json_pointer and (not s.expiry.paths or _under(path, s.expiry.paths))))
+                    or ((s.expiry.json_pointer or s.expiry.html_marker)
+                        and (not s.expiry.paths or _under(path, s.expiry.paths))))
 
     def forward_auth_headers(self, credential: Credential) -> dict[str, str]:
         headers, params = self._auth_parts(credential)
         if params:
-            return {"X-Authproxy-Token": credential.secret}
+            return headers | {"X-Authproxy-Token": credential.secret}
         return headers
 
     def wants_body(self, req: UpstreamRequest, status: int, headers: CIMultiDictProxy[str]) -> bool:
@@ -428,7 +562,11 @@ class GenericAdapter(UpstreamAdapter):
             return on_paths
         if self._redirected_to_login(status, headers):
             return True
-        if not _is_json(headers) or headers.get("Content-Encoding", "identity").lower() != "identity":
+        if headers.get("Content-Encoding", "identity").lower() != "identity":
+            return False
+        if s.html_marker and on_paths and _is_html(headers):
+            return True
+        if not _is_json(headers):
             return False
         return bool((s.json_pointer and on_paths)
                     or (self.spec.hide.json and _under(req.raw_path, self.spec.hide.json_paths)))
@@ -450,6 +588,8 @@ class GenericAdapter(UpstreamAdapter):
             return True
         if self._redirected_to_login(status, headers):
             return True
+        if s.html_marker and body and _is_html(headers) and s.html_marker.encode() in body:
+            return True   # the product's own login page, served at any path (its session ended)
         if s.json_pointer and body:
             try:
                 doc = json.loads(body)
@@ -462,7 +602,7 @@ class GenericAdapter(UpstreamAdapter):
         """Blank the hidden JSON fields (e.g. a session id a status call echoes back); a credential that
         rides in the query is cut out wherever the answer echoes it (see answer_secret)."""
         body = self._rewrite_fields(req, body, loaded)
-        if self.spec.inject.as_ == "query" and loaded is not None:
+        if self._query_secret and loaded is not None:
             credential = loaded.session.credentials.get(self.site.name)
             if credential is not None and credential.secret:
                 scrub = scrubber(credential.secret, "")
@@ -473,6 +613,7 @@ class GenericAdapter(UpstreamAdapter):
         hide = self.spec.hide
         if not hide.json or not _under(req.raw_path, hide.json_paths) or not body:
             return body
+        fields = [f for f in hide.fields if _under(req.raw_path, f.paths)]
         try:
             doc = json.loads(body)
         except ValueError:
@@ -482,9 +623,48 @@ class GenericAdapter(UpstreamAdapter):
                 return body.replace(credential.secret.encode(), b"")
             return body
         changed = False
-        for pointer in hide.json:
-            changed = pointer_blank(doc, pointer) or changed
+        for hidden in fields:
+            changed = pointer_blank(doc, hidden.pointer) or changed
         return json.dumps(doc, separators=(",", ":")).encode() if changed else body
+
+    # ---- hidden fields written back (hide.write_back) ------------------------------------------------
+
+    def _written(self, req: UpstreamRequest) -> list[HiddenField]:
+        if self.spec.hide.write_back == "pass" or req.method not in _WRITES or not _is_json(req.headers):
+            return []
+        return [f for f in self.spec.hide.fields if _under(req.raw_path, f.paths)]
+
+    def restores_body(self, req: UpstreamRequest) -> bool:
+        return bool(self._written(req))
+
+    async def restore_body(self, req: UpstreamRequest, body: bytes, credential: Credential) -> bytes:
+        """A UI that read a document with hidden fields (blanked to null) and writes it back whole
+        would overwrite the real values with null: each such null becomes the upstream's current value
+        (read with a GET of the same path), or the write is refused (`write_back = "refuse"`, or the
+        value cannot be read). A field the browser sets to a value of its own goes on as sent."""
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return body
+        blanks = [f for f in self._written(req) if pointer_get(doc, f.pointer, MISSING) is None]
+        if not blanks:
+            return body
+        if self.spec.hide.write_back == "refuse":
+            raise BodyRefused(409, "hidden_field", f"{blanks[0].pointer} is hidden by authproxy and came back "
+                              "blank; leave it out of the write, or set a new value")
+        status, _, current_body = await self._authed(CallSpec(method="GET", path=req.raw_path), credential)
+        try:
+            current = json.loads(current_body) if status == 200 else MISSING
+        except ValueError:
+            current = MISSING
+        for hidden in blanks:
+            value = pointer_get(current, hidden.pointer, MISSING) if current is not MISSING else MISSING
+            if value is MISSING or value is None:
+                raise BodyRefused(409, "hidden_field", f"{hidden.pointer} is hidden by authproxy and came back "
+                                  f"blank, and its current value could not be read from {self.label}; leave it "
+                                  "out of the write, or set a new value")
+            pointer_set(doc, hidden.pointer, value)
+        return json.dumps(doc, separators=(",", ":")).encode()
 
     def answer_secret(self, req: UpstreamRequest, headers: CIMultiDictProxy[str],
                       loaded: LoadedSession | None) -> tuple[str, str] | None:
@@ -493,7 +673,7 @@ class GenericAdapter(UpstreamAdapter):
         on every path when the credential rides in the query (`inject.as = "query"`), which an
         upstream may reflect into any page (a link, a form action)."""
         hide = self.spec.hide
-        scope = self.spec.inject.as_ == "query" or (bool(hide.json) and _under(req.raw_path, hide.json_paths))
+        scope = self._query_secret or (bool(hide.json) and _under(req.raw_path, hide.json_paths))
         if not scope or loaded is None or headers.get("Content-Encoding", "identity").lower() != "identity":
             return None
         credential = loaded.session.credentials.get(self.site.name)
@@ -502,7 +682,7 @@ class GenericAdapter(UpstreamAdapter):
         return credential.secret, "0" * len(credential.secret)   # same length: Content-Length holds
 
     def filter_response_headers(self, headers: CIMultiDict[str]) -> None:
-        cookies.drop_set_cookies(headers, self._drop_set_cookies)
+        cookies.drop_set_cookies(headers, self._drop_set_cookies, self._drop_set_cookie_prefixes)
         for name in self._drop_headers:
             headers.popall(name, None)
 

@@ -57,6 +57,26 @@ def pointer_blank(doc: Any, pointer: str) -> bool:
     return False
 
 
+def pointer_set(doc: Any, pointer: str, value: Any) -> bool:
+    """Put `value` at `pointer` where a value (null included) is; True when it was there."""
+    parts = pointer_parts(pointer)
+    if not parts:
+        return False
+    node = doc
+    for part in parts[:-1]:
+        node = _step(node, part)
+        if node is MISSING:
+            return False
+    last = parts[-1]
+    if isinstance(node, dict) and last in node:
+        node[last] = value
+        return True
+    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+        node[int(last)] = value
+        return True
+    return False
+
+
 @dataclass(frozen=True)
 class LoginSpec:
     method: str = "POST"
@@ -85,11 +105,35 @@ class CredentialSpec:
     ttl_pointer: str = ""
 
 
+def cookie_pattern(name: str) -> tuple[str, str]:
+    """("name", "") for an exact cookie name, ("", "prefix") for `prefix*` (a name the upstream
+    completes per instance, e.g. `sessionid-*` for `sessionid-AB3XY`)."""
+    return ("", name[:-1]) if name.endswith("*") else (name, "")
+
+
+@dataclass(frozen=True)
+class CaptureSpec:
+    """A value read from the login answer and sealed in the session beside the credential."""
+
+    from_: str = ""           # json | header | cookie
+    name: str = ""            # header or cookie name (cookie: `prefix*` allowed)
+    pointer: str = ""         # json
+
+
 @dataclass(frozen=True)
 class InjectSpec:
     as_: str = ""
     name: str = ""
     template: str = "{credential}"
+    capture: CaptureSpec | None = None   # [[injects]]: the value `{captured}` stands for
+
+
+@dataclass(frozen=True)
+class HiddenField:
+    """A JSON pointer blanked in answers to `paths`, and put back into writes to them."""
+
+    pointer: str
+    paths: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -99,6 +143,7 @@ class ExpirySpec:
     json_pointer: str = ""
     json_value: Any = None
     redirect_to: tuple[str, ...] = ()
+    html_marker: str = ""          # a text/html answer (on `paths`) containing this is the login page
 
 
 @dataclass(frozen=True)
@@ -110,6 +155,8 @@ class HideSpec:
     request_cookies: tuple[str, ...] = ()
     request_headers: tuple[str, ...] = ("Authorization",)
     params: tuple[str, ...] = ()
+    fields: tuple[HiddenField, ...] = ()   # `json` paired with its paths (strings: json_paths)
+    write_back: str = "restore"           # restore | refuse | pass: a write carrying a blanked field
 
 
 @dataclass(frozen=True)
@@ -117,6 +164,8 @@ class CallSpec:
     method: str = "GET"
     path: str = ""
     intercept: bool = False
+    ws_text_contains: str = ""     # [logout]: a WebSocket text message from the browser that signs out
+    reuse: bool = False            # [logout] without a path: keep the upstream session for the next sign-in
 
 
 @dataclass(frozen=True)
@@ -129,10 +178,13 @@ class GenericSpec:
     logout: CallSpec
     keepalive: CallSpec
     username: str = ""
+    injects: tuple[InjectSpec, ...] = ()   # [[injects]]: further values on every forwarded request
 
 
 _STR, _BOOL, _INT, _NUM, _INTS, _STRS, _TABLE, _ANY = "string", "true/false", "integer", "number", \
     "list of status codes", "list of strings", "table", "value"
+_FIELDS = "list of JSON pointers or {pointer, paths} tables"
+_TABLES = "list of tables ([[sites.options.injects]])"
 
 SCHEMA: dict[str, dict[str, str]] = {
     "login": {"method": _STR, "path": _STR, "encoding": _STR, "username_field": _STR, "password_field": _STR,
@@ -141,10 +193,12 @@ SCHEMA: dict[str, dict[str, str]] = {
               "success_text": _STR, "ui_answer": _STR, "ui_answer_type": _STR},
     "credential": {"from": _STR, "name": _STR, "pointer": _STR, "ttl": _NUM, "ttl_pointer": _STR},
     "inject": {"as": _STR, "name": _STR, "template": _STR},
-    "expiry": {"status": _INTS, "paths": _STRS, "json_pointer": _STR, "json_value": _ANY, "redirect_to": _STRS},
-    "hide": {"json": _STRS, "json_paths": _STRS, "set_cookies": _STRS, "response_headers": _STRS,
-             "request_cookies": _STRS, "request_headers": _STRS, "params": _STRS},
-    "logout": {"method": _STR, "path": _STR, "intercept": _BOOL},
+    "injects": {"as": _STR, "name": _STR, "template": _STR, "capture": _TABLE},
+    "expiry": {"status": _INTS, "paths": _STRS, "json_pointer": _STR, "json_value": _ANY, "redirect_to": _STRS,
+               "html_marker": _STR},
+    "hide": {"json": _FIELDS, "json_paths": _STRS, "set_cookies": _STRS, "response_headers": _STRS,
+             "request_cookies": _STRS, "request_headers": _STRS, "params": _STRS, "write_back": _STR},
+    "logout": {"method": _STR, "path": _STR, "intercept": _BOOL, "ws_text_contains": _STR, "reuse": _BOOL},
     "keepalive": {"method": _STR, "path": _STR},
     "identity": {"username": _STR},
 }
@@ -166,6 +220,11 @@ def _type_ok(kind: str, value: Any) -> bool:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     if kind == _TABLE:
         return isinstance(value, dict)
+    if kind == _FIELDS:
+        return isinstance(value, list) and all(
+            isinstance(v, str) or (isinstance(v, dict) and isinstance(v.get("pointer"), str) and set(v) <= {
+                "pointer", "paths"} and isinstance(v.get("paths", []), list)
+                and all(isinstance(x, str) for x in v.get("paths", []))) for v in value)
     return True
 
 
@@ -183,18 +242,22 @@ def merge_options(base: dict[str, Any], override: dict[str, Any]) -> dict[str, A
 def parse_spec(options: dict[str, Any], where: str = "options") -> tuple[GenericSpec | None, list[str]]:
     """The spec, or None plus every problem, each naming the option and the fix."""
     c = _Checker(where)
-    tables = _tables(options, c)
+    tables = _tables({k: v for k, v in options.items() if k not in _LISTS}, c)
     login = _login(tables.get("login"), c)
     cred = _credential(tables.get("credential"), c, login)
     inject = _inject(tables.get("inject", {}), c, cred)
+    injects = _injects(options.get("injects", []), c, cred)
     expiry = _expiry(tables.get("expiry", {}), c)
     hide = _hide(tables.get("hide", {}), c, login, cred)
     logout, keepalive = _calls(tables, c)
+    if logout.reuse and login.totp_field:
+        c.problems.append(f"{where}.logout.reuse: not with login.totp_field; taking a parked session back "
+                          "would skip the product's one-time code")
     username = tables.get("identity", {}).get("username", "")
     if c.problems:
         return None, c.problems
     return GenericSpec(login=login, credential=cred, inject=inject, expiry=expiry, hide=hide, logout=logout,
-                       keepalive=keepalive, username=username), []
+                       keepalive=keepalive, username=username, injects=injects), []
 
 
 # What an option not set stands for: the dataclasses' own defaults (written once, above).
@@ -248,6 +311,9 @@ def _tables(options: dict[str, Any], c: _Checker) -> dict[str, dict[str, Any]]:
     for name, value in options.items():
         if name not in SCHEMA:
             p.append(f"{where}: unknown table {name!r}; known: {', '.join(SCHEMA)}")
+            continue
+        if name in _LISTS:
+            p.append(f"{where}.{name}: must be a {_TABLES}")
             continue
         if not isinstance(value, dict):
             p.append(f"{where}.{name}: must be a table ([sites.options.{name}])")
@@ -308,6 +374,8 @@ def _credential(ct: dict[str, Any] | None, c: _Checker, login: LoginSpec) -> Cre
         c.choice("credential.from", cred.from_, ("cookie", "json", "header", "basic"))
     if cred.from_ in ("cookie", "header") and not cred.name:
         p.append(f"{where}.credential.name: required for from = {cred.from_!r}; the {cred.from_} name")
+    if cred.from_ != "cookie" and cred.name.endswith("*"):
+        p.append(f"{where}.credential.name: only cookie names take a `prefix*` pattern")
     if cred.from_ == "json" and not cred.pointer:
         p.append(f"{where}.credential.pointer: required for from = \"json\", e.g. \"/session/sid\"")
     if cred.from_ == "basic" and login.encoding != "basic":
@@ -333,6 +401,10 @@ def _inject(it: dict[str, Any], c: _Checker, cred: CredentialSpec) -> InjectSpec
         p.append(f"{where}.inject.template: must contain {{credential}}, e.g. \"Bearer {{credential}}\"")
     elif inject.as_ != "header" and inject.template != "{credential}":
         p.append(f"{where}.inject.template: only headers take a template; remove it for as = {inject.as_!r}")
+    if inject.name.endswith("*") and not (inject.as_ == "cookie" and cred.from_ == "cookie"
+                                          and inject.name == cred.name):
+        p.append(f"{where}.inject.name: a `prefix*` pattern only goes with the same cookie pattern in "
+                 "credential.name (the real name is the one the upstream set at sign-in)")
     return inject
 
 
@@ -344,20 +416,86 @@ def _expiry(et: dict[str, Any], c: _Checker) -> ExpirySpec:
         json_pointer=c.pointer_ok("expiry.json_pointer", et.get("json_pointer", _EXPIRY.json_pointer)),
         json_value=et.get("json_value", _EXPIRY.json_value),
         redirect_to=tuple(c.path_ok("expiry.redirect_to", v)
-                          for v in et.get("redirect_to", _EXPIRY.redirect_to)))
+                          for v in et.get("redirect_to", _EXPIRY.redirect_to)),
+        html_marker=et.get("html_marker", _EXPIRY.html_marker))
     if expiry.json_pointer and "json_value" not in et:
         c.problems.append(f"{c.where}.expiry.json_value: required with json_pointer; "
                           "the value that means expired")
     return expiry
 
 
+_LISTS = ("injects",)
+_CAPTURE_KEYS = ("from", "name", "pointer")
+
+
+def _injects(items: Any, c: _Checker, cred: CredentialSpec) -> tuple[InjectSpec, ...]:
+    """[[injects]]: further values on every forwarded request, each with its own template: the
+    credential (`{credential}`), a constant (no placeholder), or a value captured from the login
+    answer (`{captured}`, with a `capture` table)."""
+    where, p = c.where, c.problems
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        p.append(f"{where}.injects: must be a {_TABLES}")
+        return ()
+    out: list[InjectSpec] = []
+    for n, item in enumerate(items):
+        label = f"injects[{n}]"
+        for key, value in item.items():
+            kind = SCHEMA["injects"].get(key)
+            if kind is None:
+                p.append(f"{where}.{label}: unknown option {key!r}; known: {', '.join(SCHEMA['injects'])}")
+            elif not _type_ok(kind, value):
+                p.append(f"{where}.{label}.{key}: must be a {kind}, but it is {value!r}")
+        as_ = c.choice(f"{label}.as", str(item.get("as", "")), ("header", "cookie", "query"))
+        name, template = str(item.get("name", "")), str(item.get("template", "{credential}"))
+        if not name:
+            p.append(f"{where}.{label}.name: required; the {as_ or 'header'} name the value goes in")
+        capture = _capture(item.get("capture"), c, label)
+        if "{captured}" in template and capture is None:
+            p.append(f"{where}.{label}.capture: required with {{captured}} in the template, e.g. "
+                     "capture = { from = \"header\", name = \"X-CSRF-Token\" }")
+        if capture is not None and "{captured}" not in template:
+            p.append(f"{where}.{label}.template: must contain {{captured}} when capture is set")
+        if as_ == "cookie" and name.endswith("*") and not (cred.from_ == "cookie" and name == cred.name):
+            p.append(f"{where}.{label}.name: a cookie pattern (`prefix*`) needs the credential's own "
+                     "pattern (credential.name), whose real name comes back at sign-in")
+        out.append(InjectSpec(as_=as_, name=name, template=template, capture=capture))
+    return tuple(out)
+
+
+def _capture(value: Any, c: _Checker, label: str) -> CaptureSpec | None:
+    if not isinstance(value, dict):
+        return None
+    where, p = c.where, c.problems
+    unknown = set(value) - set(_CAPTURE_KEYS)
+    if unknown:
+        p.append(f"{where}.{label}.capture: unknown option(s) {', '.join(sorted(unknown))}; "
+                 f"known: {', '.join(_CAPTURE_KEYS)}")
+    capture = CaptureSpec(from_=str(value.get("from", "")), name=str(value.get("name", "")),
+                          pointer=c.pointer_ok(f"{label}.capture.pointer", str(value.get("pointer", ""))))
+    c.choice(f"{label}.capture.from", capture.from_, ("json", "header", "cookie"))
+    if capture.from_ == "json" and not capture.pointer:
+        p.append(f"{where}.{label}.capture.pointer: required for from = \"json\", e.g. \"/csrf\"")
+    if capture.from_ in ("header", "cookie") and not capture.name:
+        p.append(f"{where}.{label}.capture.name: required for from = {capture.from_!r}")
+    return capture
+
+
 def _hide(ht: dict[str, Any], c: _Checker, login: LoginSpec, cred: CredentialSpec) -> HideSpec:
     """[hide]: what the browser never sees (by default the login answer's JSON, basic's challenge)."""
+    json_paths = tuple(c.path_ok("hide.json_paths", v, prefix=True)
+                       for v in ht.get("json_paths", _HIDE.json_paths)) or ((login.path,) if login.path else ())
+    fields: list[HiddenField] = []
+    for entry in ht.get("json", _HIDE.json):
+        if isinstance(entry, str):
+            fields.append(HiddenField(c.pointer_ok("hide.json", entry), json_paths))
+        else:
+            paths = tuple(c.path_ok("hide.json.paths", v, prefix=True) for v in entry.get("paths", ()))
+            fields.append(HiddenField(c.pointer_ok("hide.json.pointer", entry["pointer"]), paths or json_paths))
     return HideSpec(
-        json=tuple(c.pointer_ok("hide.json", v) for v in ht.get("json", _HIDE.json)),
-        json_paths=tuple(c.path_ok("hide.json_paths", v, prefix=True)
-                         for v in ht.get("json_paths", _HIDE.json_paths))
-        or ((login.path,) if login.path else ()),
+        json=tuple(f.pointer for f in fields),
+        json_paths=tuple(dict.fromkeys(path for f in fields for path in f.paths)) or json_paths,
+        fields=tuple(fields),
+        write_back=c.choice("hide.write_back", ht.get("write_back", _HIDE.write_back), ("restore", "refuse", "pass")),
         set_cookies=tuple(ht.get("set_cookies", _HIDE.set_cookies)),
         response_headers=tuple(ht.get("response_headers", ("WWW-Authenticate",) if cred.from_ == "basic" else ())),
         request_cookies=tuple(ht.get("request_cookies", _HIDE.request_cookies)),
@@ -371,9 +509,17 @@ def _calls(tables: dict[str, dict[str, Any]], c: _Checker) -> tuple[CallSpec, Ca
         t = tables.get(name, {})
         return CallSpec(method=c.method_ok(f"{name}.method", t.get("method", default_method)),
                         path=c.path_ok(f"{name}.path", t.get("path", _CALL.path)),
-                        intercept=t.get("intercept", _CALL.intercept))
+                        intercept=t.get("intercept", _CALL.intercept),
+                        ws_text_contains=t.get("ws_text_contains", _CALL.ws_text_contains),
+                        reuse=t.get("reuse", _CALL.reuse))
 
     logout, keepalive = call("logout", "POST"), call("keepalive", "GET")
     if logout.intercept and not logout.path:
         c.problems.append(f"{c.where}.logout.intercept: needs logout.path (the UI's sign-out call)")
+    if logout.reuse and logout.path:
+        c.problems.append(f"{c.where}.logout.reuse: only for products without a logout call; remove "
+                          "logout.path or reuse")
+    if logout.reuse and not keepalive.path:
+        c.problems.append(f"{c.where}.logout.reuse: needs keepalive.path, the call that tells whether a "
+                          "parked session is still alive")
     return logout, keepalive

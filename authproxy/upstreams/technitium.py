@@ -44,6 +44,9 @@ INVALID_TOKEN_MESSAGE = "Invalid token or session expired."
 TOKEN_FIELDS = FieldNames(("token",))
 
 
+PUBLIC_CALLS = frozenset({"/api/sso/status"})   # what Technitium answers without a token
+
+
 def _api_path(raw_path: str) -> str:
     """The path as Technitium's router matches it: decoded, case-insensitive, no trailing slash; and
     `//` merged, as the many servers in front of it do (what merges is more API, never less)."""
@@ -369,6 +372,11 @@ class TechnitiumAdapter(UpstreamAdapter):
                                               key=self._service_key(), identity=None, client_ip=client_ip)
         return await self._session_answer(loaded.session.credentials[self.site.name], key=loaded.ticket.key,
                                           identity=loaded.session.identity, client_ip=client_ip)
+
+    def public_call(self, method: str, upstream_path: str) -> bool:
+        """`api/sso/status` is answered by Technitium for anyone (whether single sign-on is on): its
+        UI asks on the login form, with no token, and shows an error banner on any other answer."""
+        return method in ("GET", "HEAD", "POST") and _api_path(upstream_path) in PUBLIC_CALLS
 
     def signed_out(self, upstream_path: str, headers: Mapping[str, str],
                    query: Mapping[str, str]) -> UiAnswer | None:

@@ -100,7 +100,7 @@ def test_the_documented_configurations_are_valid() -> None:
     ({**BEARER, "expiry": {"json_pointer": "/status"}}, ["options.expiry.json_value: required"]),
     ({**BEARER, "logout": {"intercept": True}}, ["options.logout.intercept: needs logout.path"]),
     ({**BEARER, "credential": {"from": "basic"}}, ["\"basic\" needs login.encoding = \"basic\""]),
-    ({**BEARER, "hide": {"json": "/a"}}, ["options.hide.json: must be a list of strings"]),
+    ({**BEARER, "hide": {"json": "/a"}}, ["options.hide.json: must be a list of JSON pointers"]),
 ])
 def test_option_problems_name_the_option_and_the_fix(options: dict[str, Any], expected: list[str]) -> None:
     problems = GenericAdapter.check_options(options)
