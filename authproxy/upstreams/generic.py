@@ -143,7 +143,7 @@ MAX_PEEK = 1 << 20
 MAX_LOGIN_ANSWER = 1 << 16
 _WRITES = frozenset({"POST", "PUT", "PATCH"})
 PARK_TTL = 24 * 3600.0     # how long a parked session (logout.reuse) is kept when credential.ttl is unknown
-CAPTURED = "captured"        # Credential.extra: the values [[injects]] captured at sign-in, by index
+CAPTURED = "captured"        # Credential.extra: {index: [value, name suffix]} [[injects]] captured at sign-in
 COOKIE_NAME = "cookie"       # Credential.extra: the real name of a `prefix*` credential cookie
 
 
@@ -224,19 +224,37 @@ def _cookie(resp: aiohttp.ClientResponse, name: str) -> tuple[str, str] | None:
     return None
 
 
+def _header(headers: CIMultiDictProxy[str], name: str) -> tuple[str, str] | None:
+    """(value, real name) of header `name` (or the first whose name starts with `prefix*`, any case)."""
+    exact, prefix = cookie_pattern(name)
+    if exact:
+        value = headers.get(exact)
+        return (value, exact) if value else None
+    for real, value in headers.items():
+        if real.lower().startswith(prefix.lower()) and value:
+            return value, str(real)
+    return None
+
+
 def _read_value(from_: str, name: str, pointer: str, headers: CIMultiDictProxy[str], body: bytes,
-                resp: aiohttp.ClientResponse) -> str | None:
-    """A value of the login answer: a header, a cookie, or a JSON pointer into its body."""
+                resp: aiohttp.ClientResponse) -> tuple[str, str] | None:
+    """A value of the login answer and the name it came under: a header, a cookie, or a JSON pointer
+    into its body."""
     if from_ == "header":
-        return headers.get(name) or None
+        return _header(headers, name)
     if from_ == "cookie":
-        found = _cookie(resp, name)
-        return found[0] if found is not None else None
+        return _cookie(resp, name)
     try:
         value = pointer_get(json.loads(body), pointer)
     except ValueError:
         return None
-    return str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "" else None
+    ok = isinstance(value, (str, int)) and not isinstance(value, bool) and value != ""
+    return (str(value), "") if ok else None
+
+
+def _suffix(pattern: str, real: str) -> str:
+    """What the upstream put after a `prefix*` pattern's prefix."""
+    return real[len(pattern) - 1:] if pattern.endswith("*") else ""
 
 
 def _retry_after(headers: CIMultiDictProxy[str]) -> int | None:
@@ -270,7 +288,9 @@ class GenericAdapter(UpstreamAdapter):
         self._drop_set_cookies, self._drop_set_cookie_prefixes = _names_and_prefixes(
             set(s.hide.set_cookies) | ({s.credential.name} if s.credential.from_ == "cookie" else set())
             | ({s.inject.name} if s.inject.as_ == "cookie" else set()))
-        self._strip_headers = set(s.hide.request_headers) | {i.name for i in every if i.as_ == "header"}
+        self._strip_headers, prefixes = _names_and_prefixes(
+            set(s.hide.request_headers) | {i.name for i in every if i.as_ == "header"})
+        self._strip_header_prefixes = tuple(p.lower() for p in prefixes)
         self._drop_headers = set(s.hide.response_headers) | (
             {s.credential.name} if s.credential.from_ == "header" else set())
         self._strip_params = FieldNames(set(s.hide.params) | {i.name for i in every if i.as_ == "query"})
@@ -297,13 +317,17 @@ class GenericAdapter(UpstreamAdapter):
         real_cookie = str(credential.extra.get(COOKIE_NAME) or "")
         for n, inj in enumerate((self.spec.inject, *self.spec.injects)):
             value = inj.template.replace("{credential}", credential.secret)
+            suffix: str | None = _suffix(self.spec.credential.name, real_cookie) if real_cookie else None
             if inj.capture is not None:
-                value = value.replace("{captured}", str(captured.get(str(n - 1), "")))
+                value_and_suffix = captured.get(str(n - 1)) or ["", ""]
+                value = value.replace("{captured}", str(value_and_suffix[0]))
+                if inj.capture.name.endswith("*"):
+                    suffix = str(value_and_suffix[1])
             name = inj.name
-            if inj.as_ == "cookie" and name.endswith("*"):
-                if not real_cookie:
-                    continue   # a service credential: no cookie name came back from a sign-in
-                name = real_cookie
+            if name.endswith("*"):
+                if suffix is None:
+                    continue   # a service credential: no name came back from a sign-in
+                name = name[:-1] + suffix
             out.append((inj.as_, name, value))
         return out
 
@@ -432,22 +456,23 @@ class GenericAdapter(UpstreamAdapter):
         if cs.from_ == "cookie":
             found = _cookie(resp, cs.name)
             return found if found is not None else None
-        value = _read_value(cs.from_, cs.name, cs.pointer, headers, body, resp)
-        return (value, "") if value else None
+        found = _read_value(cs.from_, cs.name, cs.pointer, headers, body, resp)
+        return (found[0], "") if found else None
 
-    def _captures(self, headers: CIMultiDictProxy[str], body: bytes, resp: aiohttp.ClientResponse) -> dict[str, str]:
+    def _captures(self, headers: CIMultiDictProxy[str], body: bytes,
+                  resp: aiohttp.ClientResponse) -> dict[str, list[str]]:
         """The values `[[injects]]` capture from the login answer (sealed in the session with the
         credential, never sent to the browser); one missing is a configuration mistake, said so."""
-        out: dict[str, str] = {}
+        out: dict[str, list[str]] = {}
         for n, inj in enumerate(self.spec.injects):
             cap = inj.capture
             if cap is None:
                 continue
-            value = _read_value(cap.from_, cap.name, cap.pointer, headers, body, resp)
-            if not value:
+            found = _read_value(cap.from_, cap.name, cap.pointer, headers, body, resp)
+            if not found:
                 raise UpstreamProtocolError(f"{self.label} accepted the login but injects[{n}].capture found "
                                             f"nothing ({cap.from_} {cap.name or cap.pointer})")
-            out[str(n)] = value
+            out[str(n)] = [found[0], _suffix(cap.name, found[1])]
         return out
 
     def _ttl(self, body: bytes) -> float | None:
@@ -520,6 +545,9 @@ class GenericAdapter(UpstreamAdapter):
     def prepare_request(self, req: UpstreamRequest, credential: Credential | None) -> None:
         for name in self._strip_headers:
             req.headers.popall(name, None)
+        if self._strip_header_prefixes:
+            for name in [k for k in req.headers if k.lower().startswith(self._strip_header_prefixes)]:
+                req.headers.popall(name, None)
         cookies.strip_request_cookies(req.headers, self._strip_cookies, self._strip_cookie_prefixes)
         if self._strip_params:
             req.raw_query = query_without(req.raw_query, self._strip_params)

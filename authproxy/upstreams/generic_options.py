@@ -374,8 +374,8 @@ def _credential(ct: dict[str, Any] | None, c: _Checker, login: LoginSpec) -> Cre
         c.choice("credential.from", cred.from_, ("cookie", "json", "header", "basic"))
     if cred.from_ in ("cookie", "header") and not cred.name:
         p.append(f"{where}.credential.name: required for from = {cred.from_!r}; the {cred.from_} name")
-    if cred.from_ != "cookie" and cred.name.endswith("*"):
-        p.append(f"{where}.credential.name: only cookie names take a `prefix*` pattern")
+    if cred.from_ == "header" and cred.name.endswith("*"):
+        p.append(f"{where}.credential.name: only cookie names take a `prefix*` pattern here")
     if cred.from_ == "json" and not cred.pointer:
         p.append(f"{where}.credential.pointer: required for from = \"json\", e.g. \"/session/sid\"")
     if cred.from_ == "basic" and login.encoding != "basic":
@@ -450,14 +450,17 @@ def _injects(items: Any, c: _Checker, cred: CredentialSpec) -> tuple[InjectSpec,
         if not name:
             p.append(f"{where}.{label}.name: required; the {as_ or 'header'} name the value goes in")
         capture = _capture(item.get("capture"), c, label)
+        if as_ == "query" and name.endswith("*"):
+            p.append(f"{where}.{label}.name: query parameters take no `prefix*` pattern")
         if "{captured}" in template and capture is None:
             p.append(f"{where}.{label}.capture: required with {{captured}} in the template, e.g. "
                      "capture = { from = \"header\", name = \"X-CSRF-Token\" }")
         if capture is not None and "{captured}" not in template:
             p.append(f"{where}.{label}.template: must contain {{captured}} when capture is set")
-        if as_ == "cookie" and name.endswith("*") and not (cred.from_ == "cookie" and name == cred.name):
-            p.append(f"{where}.{label}.name: a cookie pattern (`prefix*`) needs the credential's own "
-                     "pattern (credential.name), whose real name comes back at sign-in")
+        if name.endswith("*") and not (capture is not None and capture.name.endswith("*")) and not (
+                cred.from_ == "cookie" and cred.name.endswith("*")):
+            p.append(f"{where}.{label}.name: a `prefix*` name takes the suffix the upstream chose at sign-in: "
+                     "from capture.name (a `prefix*` too) or from credential.name (a cookie `prefix*`)")
         out.append(InjectSpec(as_=as_, name=name, template=template, capture=capture))
     return tuple(out)
 

@@ -89,6 +89,23 @@ def test_durations_from_the_environment() -> None:
     assert (config.sites[0].timeout, config.sites[0].connect_timeout) == (10.0, 0.25)
 
 
+def test_upstream_timeouts_from_the_environment_apply_to_every_site_that_sets_none(tmp_path: Path) -> None:
+    """UPSTREAM_TIMEOUT & co. are the defaults of every [[sites]] table too, not only of UPSTREAM_URL's site;
+    a site's own `timeout`, `connect_timeout`, `idle_timeout` win."""
+    path = tmp_path / "authproxy.toml"
+    path.write_text('[[sites]]\nname = "a"\ntype = "adguard"\nupstream_url = "http://127.0.0.1:3000"\nhosts = ["a.test"]\n'
+                    '[[sites]]\nname = "b"\ntype = "adguard"\nupstream_url = "http://127.0.0.1:3001"\nhosts = ["b.test"]\n'
+                    'timeout = "90s"\nidle_timeout = "2m"\nconnect_timeout = 1\n', encoding="utf-8")
+    env = {"TRUST_PROXY": "true", "UPSTREAM_TIMEOUT": "75s", "UPSTREAM_CONNECT_TIMEOUT": "3s",
+           "UPSTREAM_IDLE_TIMEOUT": "10m"}
+    a, b = load_config(env, path).sites
+    assert (a.timeout, a.connect_timeout, a.idle_timeout) == (75.0, 3.0, 600.0)
+    assert (b.timeout, b.connect_timeout, b.idle_timeout) == (90.0, 1.0, 120.0)
+    plain = load_config({"TRUST_PROXY": "true"}, path).sites[0]
+    assert (plain.timeout, plain.connect_timeout, plain.idle_timeout) == (30.0, 5.0, 300.0)
+    assert any("UPSTREAM_IDLE_TIMEOUT" in p for p in problems({**OK, "UPSTREAM_IDLE_TIMEOUT": "soon"}))
+
+
 # ---- HTTPS is required in session modes -----------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["session", "hybrid"])
