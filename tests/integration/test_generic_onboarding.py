@@ -50,12 +50,12 @@ capture = { from = "header", name = "X-CSRF-Token-*" }
 [[sites.options.injects]]            # a constant the app's UI always sends
 as = "header"
 name = "X-Instance"
-template = "%s"
+template = "SUFFIX"
 
 [sites.options.hide]
 json = [{ pointer = "/gui/apiKey", paths = ["/rest/config"] }]
 set_cookies = ["CSRF-Token-*"]
-""" % SUFFIX
+""".replace("SUFFIX", SUFFIX)
 
 
 @pytest.fixture
