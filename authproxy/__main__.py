@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import ipaddress
 import logging
@@ -109,6 +110,9 @@ def _serve(config: Config, ssl_paths: tuple[Path, Path] | None, reuse_port: bool
         uvloop.install()
     except ImportError:  # optional: the `fast` extra
         pass
+    from authproxy.app import listen_problem, ready
+    from authproxy.errors import ListenError
+
     ssl_ctx = server_context(*ssl_paths) if ssl_paths else None
     # Everything loaded so far lives as long as the process: keep the cyclic GC from walking it again
     # and again (full collections over it show up as tail-latency spikes under load).
@@ -118,15 +122,29 @@ def _serve(config: Config, ssl_paths: tuple[Path, Path] | None, reuse_port: bool
     # default gen-0 threshold (700) the collector still runs every few requests. 20,000: small responses
     # +3-5% req/s on the bench machine (A/B, same load, alternating runs), p99 unchanged.
     gc.set_threshold(20_000, 20, 20)
-    web.run_app(
-        create_app(config), host=config.server.host, port=config.server.port, ssl_context=ssl_ctx,
-        access_log_class=AccessLogger, access_log=logging.getLogger("authproxy.access") if config.server.access_log
-        else None, reuse_port=reuse_port, print=None,
-        # Passed through AppRunner to each RequestHandler. (Not `handler_args=`: run_app forwards that name
-        # as a RequestHandler kwarg, which raises TypeError, and aiohttp then silently drops access_log,
-        # keepalive_timeout and these limits, logging a warning on every new connection.)
-        **handler_options(config),
-    )
+    app = create_app(config)
+    try:
+        web.run_app(
+            app, host=config.server.host, port=config.server.port, ssl_context=ssl_ctx,
+            access_log_class=AccessLogger, access_log=logging.getLogger("authproxy.access")
+            if config.server.access_log else None, reuse_port=reuse_port,
+            # run_app "prints" once every listener is open: that, and only that, is "ready".
+            print=lambda *_: ready(app),
+            # Passed through AppRunner to each RequestHandler. (Not `handler_args=`: run_app forwards that
+            # name as a RequestHandler kwarg, which raises TypeError, and aiohttp then silently drops
+            # access_log, keepalive_timeout and these limits, logging a warning on every new connection.)
+            **handler_options(config),
+        )
+    except ListenError as exc:
+        log.error(str(exc))
+        raise SystemExit(1) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL) and "bind" not in str(exc):
+            raise
+        host = config.server.host
+        address = f"{f'[{host}]' if ':' in host else host}:{config.server.port}"
+        log.error(f"HOST/PORT: cannot listen on {address}: {listen_problem(exc)}")
+        raise SystemExit(1) from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +14,7 @@ from aiohttp import web
 from authproxy import keys
 from authproxy.config.schema import Config
 from authproxy.crypto import Keyring
+from authproxy.errors import ListenError
 from authproxy.log import AccessLogger
 from authproxy.login.keepalive import UpstreamKeepalive
 from authproxy.login.passthrough import PassthroughLogin
@@ -116,9 +118,6 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await app[keys.STORE].start()
     app[keys.SESSIONS].start()
     app[keys.STORE].subscribe(CHANNEL, app[keys.KEEPALIVE].invalidated)
-    logging.getLogger("authproxy").info(
-        "authproxy ready", extra={"fields": {"mode": config.auth_mode, "store": app[keys.STORE].name,
-                                             "sites": [s.name for s in config.sites]}})
     yield
     await app[keys.KEEPALIVE].close()
     await app[keys.HTTP].close()
@@ -136,8 +135,13 @@ async def _forward_auth_listener(app: web.Application) -> AsyncIterator[None]:
         access_log=logging.getLogger("authproxy.access") if server.access_log else None, **handler_options(config))
     await runner.setup()
     try:
-        await web.TCPSite(runner, server.forward_auth_host, server.forward_auth_port,
-                          reuse_port=server.workers > 1).start()
+        try:
+            await web.TCPSite(runner, server.forward_auth_host, server.forward_auth_port,
+                              reuse_port=server.workers > 1).start()
+        except OSError as exc:
+            address = server.forward_auth_address()
+            raise ListenError(f"FORWARD_AUTH_HOST/FORWARD_AUTH_PORT: cannot listen on {address}: "
+                              f"{listen_problem(exc)}") from None
         app[forward_auth.LISTENER] = runner
         logging.getLogger("authproxy").info(
             "forward-auth listener ready: /verify* is served here only",
@@ -145,6 +149,25 @@ async def _forward_auth_listener(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await runner.cleanup()
+
+
+def listen_problem(exc: OSError) -> str:
+    """An OSError of bind() in words, with the usual fix."""
+    if exc.errno == errno.EADDRINUSE:
+        return "the address is already in use (another authproxy, or another program); stop it or choose another port"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges); choose a port above 1024"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "no interface has this address here; listen on 0.0.0.0 or an address of this machine"
+    return exc.strerror or type(exc).__name__
+
+
+def ready(app: web.Application) -> None:
+    """Said once every listener is open (`authproxy run` calls it then, never before)."""
+    config = app[keys.CONFIG]
+    logging.getLogger("authproxy").info(
+        "authproxy ready", extra={"fields": {"mode": config.auth_mode, "store": app[keys.STORE].name,
+                                             "sites": [s.name for s in config.sites]}})
 
 
 def _adapter(app: web.Application, site: str) -> UpstreamAdapter | None:

@@ -58,3 +58,9 @@ class AuthError(AuthProxyError):
         if status is not None:
             self.status = status
         self.retry_after = retry_after
+
+
+class ListenError(AuthProxyError):
+    """A listener could not open its address (port busy, no permission): one line names it and the fix."""
+
+    code = "listen_error"

@@ -169,3 +169,40 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0].lower()
     except (OSError, IndexError):
         return "zombie"
+
+
+async def test_run_with_its_port_busy_says_so_in_one_line_and_never_ready(
+        tmp_path: Path, technitium: FakeTechnitium, process_factory: Callable[..., ManagedProcess]) -> None:
+    """`authproxy run` on a port another program holds: one error line naming the address and the fix,
+    exit status 1, no traceback, and no "authproxy ready" (that is said only once listening). Then,
+    with the port free, "ready" comes once, after the socket is open."""
+    import socket
+
+    port = free_port()
+    env = base_env(UPSTREAM_URL=technitium.url, UPSTREAM_TYPE="technitium", TRUST_PROXY="true",
+                   AUTHPROXY_DATA_DIR=str(tmp_path / "data"), PORT=str(port), HOST="127.0.0.1", LOG_FORMAT="text")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        proc = process_factory([sys.executable, "-m", "authproxy", "run"], env=env, inherit_env=False,
+                               cwd=ROOT, name="authproxy-busy")
+        deadline = time.monotonic() + 20
+        while proc.running:
+            assert time.monotonic() < deadline, proc.log_tail()
+            await asyncio.sleep(0.05)
+        output = proc.log_tail(100_000)
+    assert proc.returncode == 1, output
+    assert "Traceback" not in output and "authproxy ready" not in output, output
+    errors = [line for line in output.splitlines() if "cannot listen" in line]
+    assert len(errors) == 1, output
+    assert f"127.0.0.1:{port}" in errors[0] and "already in use" in errors[0], errors
+
+    proc = process_factory([sys.executable, "-m", "authproxy", "run"], env=env, inherit_env=False,
+                           cwd=ROOT, name="authproxy")
+    async with aiohttp.ClientSession() as http:
+        await _wait_healthy(http, f"http://127.0.0.1:{port}/_authproxy/healthz", proc)
+        deadline = time.monotonic() + 5
+        while "authproxy ready" not in proc.log_tail(100_000):
+            assert time.monotonic() < deadline, proc.log_tail()
+            await asyncio.sleep(0.05)
+    assert proc.log_tail(100_000).count("authproxy ready") == 1
