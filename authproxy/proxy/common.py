@@ -11,7 +11,7 @@ from authproxy.proxy.headers import upstream_request_headers
 from authproxy.routing import Site
 from authproxy.sessions.manager import LoadedSession
 from authproxy.upstreams.base import UpstreamRequest
-from authproxy.web import uicalls
+from authproxy.web import portal, uicalls
 from authproxy.web.api import login_location
 from authproxy.web.common import client_ip, error_response, wants_html
 
@@ -30,7 +30,10 @@ def unauthenticated(request: web.Request, *, expired: bool = False) -> web.Strea
 
 def signed_out(request: web.Request, site: Site, *, expired: bool = False) -> web.StreamResponse:
     """No live session for this site: the adapter may answer as its product answers a dead token (so
-    the product's own UI shows its own sign-in form); otherwise `unauthenticated`."""
+    the product's own UI shows its own sign-in form); otherwise `unauthenticated`. The browser's
+    `/favicon.ico` gets authproxy's icon."""
+    if request.rel_url.path == "/favicon.ico" and request.method in ("GET", "HEAD"):
+        return portal.favicon(request)
     answer = site.adapter.signed_out(site.upstream_path(request.rel_url.raw_path), request.headers,
                                      request.rel_url.query)
     return uicalls.reply(answer) if answer is not None else unauthenticated(request, expired=expired)

@@ -123,6 +123,11 @@ async def sign_in(request: web.Request, site: Site, fields: LoginInput) -> tuple
     return loaded, cookie
 
 
+# The portal's own script sends this with its sign-in call (web/static/login.js): a one-time-code prompt
+# is then an ordinary answer, not the 401 a script gets.
+PORTAL_HEADER = "X-Authproxy-Portal"
+
+
 async def login(request: web.Request) -> web.StreamResponse:
     config = request.app[keys.CONFIG]
     form_post = False
@@ -145,6 +150,13 @@ async def login(request: web.Request) -> web.StreamResponse:
         loaded, cookie = await sign_in(request, site, LoginInput.parse(data))
     except AuthError as exc:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        if exc.code == "totp_required" and (form_post or request.headers.get(PORTAL_HEADER) == "1"):
+            # The portal's second step is a prompt, not a failure: 200 and a notice (scripts, which do
+            # not send PORTAL_HEADER, keep their 401 totp_required).
+            if form_post:
+                return render_login(request, notice=str(exc), rd=rd, totp=True, username=username)
+            return web.json_response({"authenticated": False, "step": "totp", "message": str(exc)},
+                                     headers=SECURITY_HEADERS)
         if form_post:
             return render_login(request, status=exc.status, error=str(exc), rd=rd,
                                 totp=exc.code == "totp_required", headers=headers, username=username)

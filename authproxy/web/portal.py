@@ -20,7 +20,8 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'se
 
 LOGIN_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>Sign in{site_title}</title><link rel="stylesheet" href="{prefix}/static/portal.css">
+<title>Sign in{site_title}</title><link rel="icon" href="{prefix}/static/favicon.ico">
+<link rel="stylesheet" href="{prefix}/static/portal.css">
 <script src="{prefix}/static/login.js" defer></script></head>
 <body><main class="card" role="main">
 <h1>Sign in{site_title}</h1>
@@ -89,12 +90,23 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 async def logout_page(request: web.Request) -> web.StreamResponse:
     prefix = html.escape(request.app[keys.CONFIG].server.prefix)
     body = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Sign out</title>'
+            f'<link rel="icon" href="{prefix}/static/favicon.ico">'
             f'<link rel="stylesheet" href="{prefix}/static/portal.css"></head><body><main class="card">'
             f'<h1>Sign out</h1><form method="post" action="{prefix}/api/auth/logout">'
             f'<button type="submit">Sign out</button> <button type="submit" name="everywhere" value="1">'
             f'Sign out everywhere</button></form></main></body></html>')
     return web.Response(text=body, content_type="text/html",
                         headers={**SECURITY_HEADERS, "Content-Security-Policy": CSP})
+
+
+FAVICON = (STATIC / "favicon.ico").read_bytes()
+
+
+def favicon(request: web.Request) -> web.Response:
+    """authproxy's icon: for `/favicon.ico` of a site while no one is signed in (a browser asks for
+    it on every portal page; the upstream's own icon is for signed-in people), so no page logs a 401."""
+    # no-store: once signed in, the browser should ask again and get the upstream's own icon.
+    return web.Response(body=FAVICON, content_type="image/x-icon", headers=SECURITY_HEADERS)
 
 
 def setup(app: web.Application, prefix: str) -> None:

@@ -192,6 +192,40 @@ def ui_watch_handoff(watch: Watch) -> list[int]:
     return out
 
 
+async def test_the_portal_asks_for_the_one_time_code_without_an_error_or_a_failed_request(
+        ui_gw: Gateway, ui_fake: FakeTechnitium, context: BrowserContext) -> None:
+    """The code step is a prompt: shown as a notice (the error box stays hidden), answered 200 to the
+    portal's own script, so the browser logs no failed request; the portal's icon (its own, and the
+    site's `/favicon.ico` while no one is signed in) and assets load without a session: the portal
+    logs no console error at all."""
+    console_errors: list[str] = []
+    failed: list[tuple[str, int]] = []
+    page = await context.new_page()
+    page.on("console", lambda m: console_errors.append(f"{m.text} {m.location}") if m.type == "error" else None)
+    page.on("response", lambda r: failed.append((r.url, r.status)) if r.status >= 400 else None)
+    await page.goto(ui_gw.url + "/")
+    assert "/_authproxy/login" in page.url, page.url
+    await page.wait_for_selector("#username")
+    icon = await page.request.get(ui_gw.url + "/favicon.ico")
+    assert icon.status == 200 and icon.headers["content-type"] == "image/x-icon"
+    assert (await page.request.get(ui_gw.url + "/_authproxy/static/favicon.ico")).status == 200
+
+    await page.fill("#username", TOTP_USER[0])
+    await page.fill("#password", TOTP_USER[1])
+    await page.click("#submit")
+    await page.wait_for_selector("#totp-field:not([hidden])", timeout=WAIT_MS)
+    assert await page.is_hidden("#error")
+    assert "code" in (await page.text_content("#notice") or "").lower()
+    await page.wait_for_timeout(300)   # the icon request of the page, if the browser makes one, is in
+    assert failed == [] and console_errors == [], (failed, console_errors)
+    await page.fill("#totp", ui_fake.totp_now())
+    await page.click("#submit")
+    await page.wait_for_selector("body[data-zones=loaded]", timeout=WAIT_MS)
+    assert await page.text_content("#mnuUserDisplayName") == "TOTP User"
+    # Signed in, the page's requests (its icon too) are the upstream's to answer: the fake UI has none.
+    assert failed == [], failed
+
+
 async def test_the_uis_own_login_form_with_totp(
         ui_gw: Gateway, ui_fake: FakeTechnitium, context: BrowserContext) -> None:
     watch = Watch(context, ui_gw.app[keys.SESSIONS].cookie_name)

@@ -51,6 +51,11 @@ async def test_totp_two_steps_through_the_json_api(client: GatewayClient, techni
     body = await first.json()
     assert first.status == 401 and body["error"] == "totp_required"
     assert "Set-Cookie" not in first.headers
+    # The portal's own script (X-Authproxy-Portal: 1) gets the prompt as an ordinary answer instead.
+    portal = await client.request("POST", LOGIN, json={"username": "totpuser", "password": "totp-pass"},
+                                  headers={"X-Authproxy-Portal": "1"})
+    assert portal.status == 200 and "Set-Cookie" not in portal.headers
+    assert (await portal.json())["step"] == "totp" and (await portal.json())["authenticated"] is False
     wrong = await client.login("totpuser", "totp-pass", totp="000000")
     assert wrong.status == 401 and (await wrong.json())["error"] == "invalid_credentials"
     ok = await client.login("totpuser", "totp-pass", totp=technitium.totp_now())
@@ -69,8 +74,11 @@ async def test_totp_two_steps_through_the_html_form(client: GatewayClient, techn
     step1 = await client.request("POST", LOGIN, data="username=totpuser&password=totp-pass&rd=%2Fzones",
                                  headers={**FORM, **BROWSER})
     text = await step1.text()
-    assert step1.status == 401 and step1.content_type == "text/html"
+    # The second step is a prompt, not a failure: 200, the notice shown and the error box hidden.
+    assert step1.status == 200 and step1.content_type == "text/html"
     assert 'id="totp-field" hidden' not in text and 'id="totp-field"' in text
+    assert 'class="error" role="alert" aria-live="assertive" hidden' in text
+    assert 'class="notice" role="status">' in text
     assert 'name="rd" value="/zones"' in text  # the return URL survives the second step
     assert 'value="totpuser"' in text  # the person does not have to type the name again
     assert "totp-pass" not in text  # the password is never echoed back
