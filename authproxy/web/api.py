@@ -128,6 +128,23 @@ async def sign_in(request: web.Request, site: Site, fields: LoginInput) -> tuple
 PORTAL_HEADER = "X-Authproxy-Portal"
 
 
+def _not_signed_in(request: web.Request, exc: AuthError, *, form_post: bool, rd: str | None,
+                   username: str) -> web.StreamResponse:
+    """A sign-in that did not (yet) succeed, answered to the form, the portal's script or a script."""
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    if exc.code == "totp_required" and (form_post or request.headers.get(PORTAL_HEADER) == "1"):
+        # The portal's second step is a prompt, not a failure: 200 and a notice (scripts, which do
+        # not send PORTAL_HEADER, keep their 401 totp_required).
+        if form_post:
+            return render_login(request, notice=str(exc), rd=rd, totp=True, username=username)
+        return web.json_response({"authenticated": False, "step": "totp", "message": str(exc)},
+                                 headers=SECURITY_HEADERS)
+    if form_post:
+        return render_login(request, status=exc.status, error=str(exc), rd=rd,
+                            totp=exc.code == "totp_required", headers=headers, username=username)
+    return json_error(exc.status, exc.code, str(exc), headers=headers)
+
+
 async def login(request: web.Request) -> web.StreamResponse:
     config = request.app[keys.CONFIG]
     form_post = False
@@ -149,18 +166,7 @@ async def login(request: web.Request) -> web.StreamResponse:
             raise AuthError("No site is configured for this address.", code="unknown_site", status=404)
         loaded, cookie = await sign_in(request, site, LoginInput.parse(data))
     except AuthError as exc:
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-        if exc.code == "totp_required" and (form_post or request.headers.get(PORTAL_HEADER) == "1"):
-            # The portal's second step is a prompt, not a failure: 200 and a notice (scripts, which do
-            # not send PORTAL_HEADER, keep their 401 totp_required).
-            if form_post:
-                return render_login(request, notice=str(exc), rd=rd, totp=True, username=username)
-            return web.json_response({"authenticated": False, "step": "totp", "message": str(exc)},
-                                     headers=SECURITY_HEADERS)
-        if form_post:
-            return render_login(request, status=exc.status, error=str(exc), rd=rd,
-                                totp=exc.code == "totp_required", headers=headers, username=username)
-        return json_error(exc.status, exc.code, str(exc), headers=headers)
+        return _not_signed_in(request, exc, form_post=form_post, rd=rd, username=username)
     except UpstreamError as exc:
         # Unreachable is transient; a protocol error is the upstream's setup (the log names the fix).
         broken = isinstance(exc, UpstreamProtocolError)
