@@ -575,8 +575,8 @@ class GenericAdapter(UpstreamAdapter):
                         and (not s.expiry.paths or _under(path, s.expiry.paths))))
 
     def forward_auth_headers(self, credential: Credential) -> dict[str, str]:
-        headers, params = self._auth_parts(credential)
-        if params:
+        headers, _ = self._auth_parts(credential)
+        if self._query_secret:   # the proxy in front puts it in the query itself (README: forward auth)
             return headers | {"X-Authproxy-Token": credential.secret}
         return headers
 

@@ -101,11 +101,73 @@ def test_the_documented_configurations_are_valid() -> None:
     ({**BEARER, "logout": {"intercept": True}}, ["options.logout.intercept: needs logout.path"]),
     ({**BEARER, "credential": {"from": "basic"}}, ["\"basic\" needs login.encoding = \"basic\""]),
     ({**BEARER, "hide": {"json": "/a"}}, ["options.hide.json: must be a list of JSON pointers"]),
+    ({**BEARER, "hide": {"json": ["/a"], "write_back": "keep"}}, ["options.hide.write_back: must be one of"]),
+    ({**BEARER, "credential": {"from": "header", "name": "X-Sid-*"}}, ["only cookie names take a `prefix*`"]),
+    ({**BEARER, "inject": {"as": "cookie", "name": "sid-*"}}, ["options.inject.name: a `prefix*` pattern"]),
+    ({**BEARER, "injects": {"as": "header"}}, ["options.injects: must be a list of tables"]),
+    ({**BEARER, "injects": [{"as": "header"}]}, ["options.injects[0].name: required"]),
+    ({**BEARER, "injects": [{"as": "form", "name": "x"}]}, ["options.injects[0].as: must be one of"]),
+    ({**BEARER, "injects": [{"as": "header", "name": "X-C", "template": "{captured}"}]},
+     ["options.injects[0].capture: required with {captured}"]),
+    ({**BEARER, "injects": [{"as": "header", "name": "X-C", "capture": {"from": "json", "pointer": "/c"}}]},
+     ["options.injects[0].template: must contain {captured}"]),
+    ({**BEARER, "injects": [{"as": "header", "name": "X-C", "template": "{captured}",
+                             "capture": {"from": "json"}}]}, ["options.injects[0].capture.pointer: required"]),
+    ({**BEARER, "injects": [{"as": "header", "name": "X-C-*", "template": "k"}]},
+     ["options.injects[0].name: a `prefix*` name takes the suffix"]),
+    ({**BEARER, "injects": [{"as": "header", "name": "X", "tmpl": "k"}]}, ["options.injects[0]: unknown option 'tmpl'"]),
+    ({**BEARER, "logout": {"reuse": True, "path": "/out"}}, ["options.logout.reuse: only for products without"]),
+    ({**BEARER, "logout": {"reuse": True}}, ["options.logout.reuse: needs keepalive.path"]),
+    ({**BEARER, "login": {**BEARER["login"], "totp_field": "code"}, "logout": {"reuse": True},
+      "keepalive": {"path": "/api/ping"}}, ["options.logout.reuse: not with login.totp_field"]),
 ])
 def test_option_problems_name_the_option_and_the_fix(options: dict[str, Any], expected: list[str]) -> None:
     problems = GenericAdapter.check_options(options)
     for fragment in expected:
         assert any(fragment in p for p in problems), (fragment, problems)
+
+
+def test_hidden_fields_pair_each_pointer_with_its_paths() -> None:
+    """`hide.json` takes plain pointers (on `json_paths`) and {pointer, paths} pairs: each field is
+    blanked only where it belongs, and JSON writes to those paths are the ones restored."""
+    made = adapter({**BEARER, "hide": {"json": ["/data/token", {"pointer": "/gui/apiKey", "paths": ["/rest/config"]}],
+                                       "json_paths": ["/api/session"]}})
+    doc = {"data": {"token": "T"}, "gui": {"apiKey": "K"}}
+    on_config = json.loads(made.rewrite_body(ureq("/rest/config"), json.dumps(doc).encode(), None))
+    on_session = json.loads(made.rewrite_body(ureq("/api/session"), json.dumps(doc).encode(), None))
+    assert on_config == {"data": {"token": "T"}, "gui": {"apiKey": None}}
+    assert on_session == {"data": {"token": None}, "gui": {"apiKey": "K"}}
+    put = {"Content-Type": "application/json"}
+    assert made.restores_body(ureq("/rest/config", method="PUT", headers=put))
+    assert not made.restores_body(ureq("/rest/config", method="GET", headers=put))
+    assert not made.restores_body(ureq("/rest/config", method="PUT", headers={"Content-Type": "text/plain"}))
+    passing = adapter({**BEARER, "hide": {"json": [{"pointer": "/a", "paths": ["/x"]}], "write_back": "pass"}})
+    assert not passing.restores_body(ureq("/x", method="PUT", headers=put))
+
+
+def test_several_injections_each_with_its_template() -> None:
+    made = adapter({**BEARER, "injects": [
+        {"as": "header", "name": "X-Api", "template": "Key {credential}"},
+        {"as": "header", "name": "X-Client", "template": "web"},
+        {"as": "cookie", "name": "csrf", "template": "{captured}", "capture": {"from": "json", "pointer": "/csrf"}},
+        {"as": "query", "name": "v", "template": "2"}]})
+    credential = Credential(secret="S", extra={"captured": {"2": ["C", ""]}})
+    req = ureq(headers={"X-Api": "forged", "X-Client": "forged", "Cookie": "csrf=forged; keep=1"}, query="v=9&a=1")
+    made.prepare_request(req, credential)
+    assert req.headers["Authorization"] == "Bearer S" and req.headers["X-Api"] == "Key S"
+    assert req.headers["X-Client"] == "web" and req.headers["Cookie"] == "csrf=C; keep=1"
+    assert req.raw_query == "a=1&v=2"
+    assert made.forward_auth_headers(credential) == {
+        "Authorization": "Bearer S", "X-Api": "Key S", "X-Client": "web", "Cookie": "csrf=C"}
+
+
+def test_an_html_marker_spots_the_login_page_served_with_200() -> None:
+    made = adapter({**BEARER, "expiry": {"html_marker": "<form id=login"}})
+    html = hdrs(Content_Type="text/html; charset=utf-8")
+    assert made.wants_body(ureq("/anything"), 200, html)
+    assert made.is_expired(200, html, b"<html><form id=login action=/login>")
+    assert not made.is_expired(200, html, b"<html>dashboard")
+    assert not made.is_expired(200, hdrs(Content_Type="text/plain"), b"<form id=login")
 
 
 def test_a_broken_generic_site_stops_start_up_listing_every_problem(tmp_path: Path) -> None:
