@@ -39,11 +39,16 @@
 
 (`type = "adguard"` is exactly this configuration, and `type = "pihole"` a similar one.)
 
-Every table and key, with its default:
+Every table and key, with its default (README "A new upstream by configuration alone" says the same,
+with recipes):
 
 [login]  (required)
     method = "POST"
-    path                            required; the login call, e.g. "/api/auth"
+    path                            required; the login call, e.g. "/api/auth". A signed-in browser's
+                                    call to it is answered by authproxy (see ui_answer), except: with
+                                    encoding = "basic" never (the credentials are the Authorization
+                                    header, stripped from every request, so any page, even "/", may be
+                                    the login path), and with "json" a GET/HEAD is a page, forwarded
     encoding = "form"               form | json | basic (HTTP Basic; any `fields` go as a JSON body)
     username_field = "username"     "" = the product has one account and no user name (Pi-hole)
     password_field = "password"
@@ -62,7 +67,9 @@ Every table and key, with its default:
 
 [credential]  (required)
     from                            cookie | json | header | basic (the Basic value itself)
-    name                            the cookie or header name (cookie, header)
+    name                            the cookie or header name (cookie, header); a cookie name may be
+                                    a pattern `prefix*` ("sessionid-*" takes "sessionid-AB3XY"): the
+                                    real name is kept with the credential and injected as it came
     pointer                         the JSON pointer in the login answer, e.g. "/session/sid" (json)
     ttl = 0                         upstream sliding timeout in seconds (0 = none known); authproxy's
     ttl_pointer = ""                heartbeat keeps it alive; or read it from the login answer
@@ -72,35 +79,70 @@ Every table and key, with its default:
     name                            header, cookie or query parameter name
     template = "{credential}"       e.g. "Bearer {credential}" (header only)
 
+[[injects]]  (none by default)      further values on every forwarded request, each a table:
+    as                              header | cookie | query
+    name                            its name; `prefix*` takes the suffix the upstream chose at sign-in
+                                    (from capture.name when that is a `prefix*`, else from the
+                                    credential's cookie)
+    template = "{credential}"       "{credential}", a constant (no placeholder), or "{captured}" ...
+    capture = {}                    ... the value read from the login answer: { from = "header" |
+                                    "cookie" | "json", name = "...", pointer = "/..." } (e.g. a CSRF
+                                    token). Sealed in the session with the credential, never sent to
+                                    the browser; a login answer without it is an error that says so
+    Each injected name is also stripped from what the browser sends (header, cookie, query, form).
+
 [expiry]
     status = [401]                  these answers mean the credential is dead ...
     paths = []                      ... on these path prefixes ([] = every path)
     json_pointer = ""               and/or: a JSON answer (on those paths) whose field ...
     json_value                      ... equals this value, e.g. "/status" = "invalid-token"
     redirect_to = []                a redirect to one of these paths means dead, e.g. "/login.html"
+    html_marker = ""                and/or: a text/html answer (on those paths, any status) holding
+                                    this text is the product's own login page: its session is over
+                                    (e.g. after a logout authproxy did not see); page loads then go
+                                    to authproxy's sign-in
 
 [hide]
-    json = []                       JSON pointers replaced by null in answers (e.g. "/session/sid")
+    json = []                       JSON pointers replaced by null in answers: "/session/sid" (on
+                                    json_paths), or a pair { pointer = "/gui/apiKey", paths =
+                                    ["/rest/config"] } (on its own paths)
     json_paths = []                 ... in answers to these path prefixes ([] = the login path)
-    set_cookies = []                Set-Cookie names never passed to the browser (the credential's
-                                    own cookie always is dropped)
+    write_back = "restore"          a JSON POST/PUT/PATCH to those paths carrying null at a hidden
+                                    pointer (the UI saving back what it read): "restore" puts the
+                                    current value back (read with a GET of the same path), "refuse"
+                                    answers 409 hidden_field, "pass" sends it as is. A value the
+                                    browser sets itself always goes on
+    set_cookies = []                Set-Cookie names never passed to the browser (`prefix*` too; the
+                                    credential's own cookie always is dropped)
     response_headers = []           answer headers dropped (basic: "WWW-Authenticate" by default)
-    request_cookies = []            client cookies removed before forwarding (plus the injected one)
-    request_headers = ["Authorization"]   client headers removed (plus the injected one)
+    request_cookies = []            client cookies removed before forwarding (`prefix*` too; plus the
+                                    injected ones)
+    request_headers = ["Authorization"]   client headers removed (plus the injected ones)
     params = []                     query and form parameters removed (plus the injected): from the
                                     query and urlencoded bodies of any size; a multipart part of that
                                     name is refused (400)
 
-[logout]     method = "POST", path = "" (none), intercept = false
+[logout]
+    method = "POST", path = ""      the upstream's logout call, made when the authproxy session ends
+    intercept = false               the UI's own call to it also ends the authproxy session
+    ws_text_contains = ""           a WebSocket text message from the browser containing this is the
+                                    UI signing out: it goes on upstream, and the authproxy session ends
+    reuse = false                   for products without a logout call (needs keepalive.path; not with
+                                    login.totp_field): sign-out parks the upstream session (sealed with
+                                    a key derived from the password), and the next sign-in of the same
+                                    account takes it back while the product still accepts it, instead
+                                    of opening another one
 [keepalive]  method = "GET",  path = "" (none: the heartbeat never calls upstream)
 [identity]   username = ""      a fixed name for single-account products ("" = the name typed)
 
 Paths are the upstream's own, relative to `upstream_url` (not the public `path_prefix`), and are
-matched %-decoded and normalised, as the upstream will read them.
+matched %-decoded and normalised, as the upstream will read them. The upstream gets its own `Host`
+(that of `upstream_url`); the public one is in `X-Forwarded-Host`.
 
 Limits: expiry and hiding need the answer buffered, so they apply to answers up to 1 MiB with an
-uncompressed body (authproxy asks for `Accept-Encoding: identity` on the paths it must read). A JSON
-request body is streamed as sent, so `params` cannot clean JSON bodies.
+uncompressed body (authproxy asks for `Accept-Encoding: identity` on the paths it must read; with
+`html_marker` on every page of `expiry.paths`). A JSON request body is streamed as sent (so `params`
+cannot clean JSON bodies), except writes `write_back` restores (up to 1 MiB).
 """
 
 from __future__ import annotations

@@ -425,7 +425,7 @@ def _expiry(et: dict[str, Any], c: _Checker) -> ExpirySpec:
 
 
 _LISTS = ("injects",)
-_CAPTURE_KEYS = ("from", "name", "pointer")
+CAPTURE_KEYS = ("from", "name", "pointer")
 
 
 def _injects(items: Any, c: _Checker, cred: CredentialSpec) -> tuple[InjectSpec, ...]:
@@ -469,10 +469,10 @@ def _capture(value: Any, c: _Checker, label: str) -> CaptureSpec | None:
     if not isinstance(value, dict):
         return None
     where, p = c.where, c.problems
-    unknown = set(value) - set(_CAPTURE_KEYS)
+    unknown = set(value) - set(CAPTURE_KEYS)
     if unknown:
         p.append(f"{where}.{label}.capture: unknown option(s) {', '.join(sorted(unknown))}; "
-                 f"known: {', '.join(_CAPTURE_KEYS)}")
+                 f"known: {', '.join(CAPTURE_KEYS)}")
     capture = CaptureSpec(from_=str(value.get("from", "")), name=str(value.get("name", "")),
                           pointer=c.pointer_ok(f"{label}.capture.pointer", str(value.get("pointer", ""))))
     c.choice(f"{label}.capture.from", capture.from_, ("json", "header", "cookie"))
