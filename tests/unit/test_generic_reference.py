@@ -30,7 +30,7 @@ def test_every_option_is_in_the_readme_and_the_docstring() -> None:
 
 
 def test_every_readme_recipe_is_a_valid_configuration() -> None:
-    blocks = re.findall(r"```toml\n(.*?)```", _section(), flags=re.S)
+    blocks = re.findall(r"```toml\n(.*?)```", _section(), flags=re.DOTALL)
     sites = [site for block in blocks for site in tomllib.loads(block).get("sites", [])]
     assert len(sites) >= 5
     for site in sites:
