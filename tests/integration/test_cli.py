@@ -172,9 +172,10 @@ def _state(pid: int) -> str:
         return "zombie"
 
 
-def _serving_pids(port: int) -> set[int]:
-    """The processes holding accepted connections on `port` (which worker each client connection has)."""
-    out = subprocess.run(["ss", "-Htnp", "state", "established", f"( sport = :{port} )"], capture_output=True,
+def _pids_on(port: int, state: str) -> set[int]:
+    """The processes holding `port`'s sockets in `state`: `listening`, or `established` (which worker
+    took each client connection)."""
+    out = subprocess.run(["ss", "-Htnp", "state", state, f"( sport = :{port} )"], capture_output=True,
                          text=True, check=False).stdout
     return {int(pid) for pid in re.findall(r"pid=(\d+)", out)}
 
@@ -213,6 +214,10 @@ async def test_logout_on_one_worker_is_effective_on_every_worker_before_its_answ
         await _wait_healthy(http, f"{base}/_authproxy/healthz", proc)
         workers = set(_children(proc.pid))
         assert len(workers) == 2, proc.log_tail()
+        deadline = time.monotonic() + 15
+        while not workers <= _pids_on(port, "listening"):  # the kernel spreads connections over listeners only
+            assert time.monotonic() < deadline, proc.log_tail()
+            await asyncio.sleep(0.05)
         for cycle in range(3):
             async with http.post(base + LOGIN, json={"username": "alice", "password": "alice-pass"},
                                  headers=https) as resp:
@@ -222,7 +227,7 @@ async def test_logout_on_one_worker_is_effective_on_every_worker_before_its_answ
             stop = asyncio.Event()
             clients = [asyncio.create_task(hammer(headers, stop, results)) for _ in range(16)]
             await asyncio.sleep(0.5)  # every client has been served: both workers have the session cached
-            assert _serving_pids(port) == workers, "the clients' connections did not reach both workers"
+            assert _pids_on(port, "established") == workers, "the clients did not reach both workers"
             async with http.post(base + LOGOUT, headers=headers) as resp:
                 assert resp.status == 200 and (await resp.json())["loggedOut"] is True
             answered = time.monotonic()
