@@ -26,13 +26,13 @@ Why it looks like this:
   message yet would serve its cached copy after the logout answered. `revoke` PUBLISHes the message and
   a SYNC(nonce) behind it in one pipeline; Redis keeps each subscriber's messages in order, so a
   listener that reads the SYNC has dispatched the message, and it answers ACK(nonce). The revoker waits
-  for as many ACKs as PUBLISH counted subscribers (its own listener too), at most `ack_timeout` s: a
-  round trip and a loop turn per replica on the logout, nothing on the request path. A replica whose
+  for as many ACKs as PUBLISH counted subscribers (its own listener too), at most `ack_timeout` s: two
+  round trips and the slowest replica's loop turn on the logout, nothing on the request path. One whose
   listener is disconnected is not counted; its `generation()` is negative meanwhile (its cache holds
   nothing, it cannot hear revocations) and new on reconnect (what it cached before is re-read). What
   the guarantee cannot cover, and the timeout bounds (then a warning, and SESSION_CACHE_TTL is the
-  limit): a replica hung or cut off without its connection failing yet, and other programs subscribed
-  to `prefix*`, which count but never confirm.
+  limit): a replica hung or cut off without its connection failing yet, and other programs (or an
+  older authproxy, during a rolling upgrade) subscribed to `prefix*`, which count but never confirm.
 - Error messages never contain the password from the URL.
 """
 
@@ -310,7 +310,8 @@ class RedisStore:
             return
         self._warned_at = now
         log.warning("redis store %s: %d of %d subscribers to %r did not confirm a revocation within %g s "
-                    "(an authproxy replica hung or cut off from Redis, or another program subscribed there); "
+                    "(an authproxy replica hung or cut off from Redis, an older authproxy, or another "
+                    "program subscribed there); "
                     "such a replica may serve a signed-out session for up to SESSION_CACHE_TTL",
                     self.safe_url, (acks.expected or 0) - acks.seen, acks.expected, self.prefix + "*",
                     self.ack_timeout)

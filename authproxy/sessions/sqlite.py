@@ -18,7 +18,8 @@ Why this shape:
   once: one SELECT per active session per logout, cheaper than telling workers which one ended. The
   increment holds an flock on that file so two workers' revocations never lose a step; the number is
   one aligned 8-byte word read and written through a memoryview of unsigned 64-bit cells, which
-  x86-64 and arm64 load and store whole.
+  x86-64 and arm64 load and store whole. (WAL mode already maps a shared-memory file, `-shm`, so this
+  asks nothing more of the filesystem: local, one host.)
 - The file is created 0600 in a 0700 directory: it holds sealed sessions, but still nobody else's.
 - Opening is serialised across processes by an flock on `<file>-open.lock`: switching a fresh file to
   WAL answers "database is locked" at once, without the busy timeout, when `--workers` start together.
