@@ -230,17 +230,18 @@ async def test_index_add_remove_members(store: SessionStore) -> None:
 
 
 async def test_index_lives_ttl_after_last_add_and_keeps_longer_ttl(store: SessionStore) -> None:
-    await store.index_add("short", "a", 0.2)
+    # Margins of 150 ms or more either side of each expiry: a loaded 2-core machine stalls that long.
+    await store.index_add("short", "a", 0.6)
     await store.index_add("long", "a", 10)
-    await store.index_add("long", "b", 0.1)  # must not shorten the set's life
-    await store.index_add("slid", "a", 0.25)
-    await asyncio.sleep(0.15)
-    await store.index_add("slid", "b", 0.25)  # lives until 0.4 now
-    await asyncio.sleep(0.15)
+    await store.index_add("long", "b", 0.3)  # must not shorten the set's life
+    await store.index_add("slid", "a", 0.75)
+    await asyncio.sleep(0.45)
+    await store.index_add("slid", "b", 0.75)  # lives until 1.2 now
+    await asyncio.sleep(0.45)
     assert await store.index_members("short") == set()
     assert await store.index_members("long") == {"a", "b"}
     assert await store.index_members("slid") == {"a", "b"}
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.6)
     assert await store.index_members("slid") == set()
     await store.index_add("short", "fresh", 10)  # an expired set starts empty
     assert await store.index_members("short") == {"fresh"}
