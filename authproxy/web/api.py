@@ -7,7 +7,6 @@ Errors are `{"error": <stable code>, "message": <human text>}`; never a trace, n
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 from urllib.parse import quote
@@ -26,6 +25,7 @@ from authproxy.web.common import (
     client_ip,
     current_session,
     json_error,
+    parse_json,
 )
 from authproxy.web.redirects import RedirectPolicy
 
@@ -105,10 +105,7 @@ async def _read_login(request: web.Request) -> tuple[dict[str, Any], bool]:
     if len(raw) > MAX_LOGIN_BODY:
         raise AuthError("The request is too large.", code="bad_request", status=413)
     if ctype == "application/json":
-        try:
-            data = json.loads(raw or b"null")
-        except ValueError:
-            raise AuthError("The body is not valid JSON.", code="bad_json", status=400) from None
+        data = parse_json(raw or b"null")
         if not isinstance(data, dict):
             raise AuthError("Send a JSON object with username and password.", code="bad_request", status=400)
         return data, False

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from authproxy import keys
+from authproxy.errors import AuthError
 from authproxy.sessions.manager import LoadedSession
 
 SECURITY_HEADERS = {
@@ -18,6 +19,17 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 
+
+def parse_json(raw: bytes) -> Any:
+    """A client's JSON body: the one place one is parsed, so every way it can fail is a 400 `bad_json`.
+
+    `json.loads` fails with ValueError (bad syntax, bytes that are no UTF-8/16/32, an integer past
+    Python's 4,300-digit limit), but with RecursionError on deep nesting (15,000 `[` fit in a login
+    body): both are the client's mistake, neither may become a 500."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise AuthError("The body is not valid JSON.", code="bad_json", status=400) from None
 
 
 def wants_html(request: web.Request) -> bool:
