@@ -31,7 +31,10 @@ SAFE_METHODS = ("GET", "HEAD")
 
 
 def _origin_of(url: str) -> str | None:
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:  # `https://[::1`: no origin anyone could be at (and urlsplit raises, a 500)
+        return None
     if not parts.scheme or not parts.netloc:
         return None
     return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}".lower()

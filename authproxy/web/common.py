@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -30,6 +31,25 @@ def parse_json(raw: bytes) -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError):
         raise AuthError("The body is not valid JSON.", code="bad_json", status=400) from None
+
+
+ExpectHandler = Callable[[web.Request], Coroutine[Any, Any, web.StreamResponse | None]]
+
+
+def plain_expect(default: ExpectHandler) -> ExpectHandler:
+    """A route's `Expect:` handling: `100-continue` as aiohttp does it, anything else a 417 that quotes nothing.
+
+    aiohttp's own handler answers an unknown expectation with a 417 whose text quotes the header, and
+    fails with a 500 while building it when the header holds bytes that are no UTF-8 (aiohttp decodes
+    header bytes with surrogateescape, and the text cannot be encoded back). It runs before any middleware.
+    """
+    async def expect(request: web.Request) -> web.StreamResponse | None:
+        if request.version >= (1, 1) and request.headers.get("Expect", "").lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text="Only Expect: 100-continue is understood.",
+                                            headers=SECURITY_HEADERS)
+        return await default(request)
+
+    return expect
 
 
 def wants_html(request: web.Request) -> bool:
