@@ -77,7 +77,11 @@ async def _query_or_form(request: web.Request) -> dict[str, str]:
     """Technitium's QueryOrForm: the query wins, then a urlencoded/multipart form; repeats join with ','."""
     values: dict[str, list[str]] = {}
     if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await request.post()  # bounded by the app's client_max_size
+        try:
+            form = await request.post()  # bounded by the app's client_max_size
+        except (ValueError, LookupError):  # a multipart body without its boundary, bytes not in the charset,
+            # an unknown charset: aiohttp raises these as they are (a 500), they are the client's mistake
+            raise AuthError("The form could not be read.", code="bad_request", status=400) from None
         for name, value in form.items():
             if isinstance(value, str):
                 values.setdefault(name, []).append(value)
@@ -378,8 +382,8 @@ class TechnitiumAdapter:
             return _envelope("error", "Sign-in needs HTTPS; open this page over https://.")
         if crosssite.from_other_site(request):  # login CSRF / forced logout
             return _envelope("error", "Cross-site sign-in refused.")
-        params = await _query_or_form(request)
         try:
+            params = await _query_or_form(request)
             form = LoginInput.parse({"user": params.get("user"), "pass": params.get("pass"),
                                      "totp": params.get("totp")})
         except AuthError as exc:

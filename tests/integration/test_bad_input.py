@@ -138,6 +138,22 @@ async def test_odd_bytes_and_urls_in_headers_never_give_a_500(gw: Gateway, clien
             assert status_of(raw) == 403 and b"cross_site" in raw, (line, extra, raw)
 
 
+async def test_forms_the_technitium_ui_login_cannot_read_get_its_error_envelope(
+        client: GatewayClient, technitium: FakeTechnitium) -> None:
+    """aiohttp's form reader raises ValueError/LookupError on these; they were 500s (test_fuzz.py)."""
+    cases = [
+        ("multipart/form-data", b"user=alice&pass=alice-pass"),                     # no boundary
+        ("multipart/form-data; boundary=x", b"1" * 300),                            # no part at all
+        ("application/x-www-form-urlencoded; charset=no-such-charset", b"user=alice&pass=x"),
+        ("application/x-www-form-urlencoded", b"user=\xff\xfe&pass=x"),            # not UTF-8
+    ]
+    for ctype, body in cases:
+        resp = await client.request("POST", "/api/user/login", data=body, headers={"Content-Type": ctype})
+        assert resp.status == 200, (ctype, resp.status, await resp.text())
+        assert await resp.json() == {"status": "error", "errorMessage": "The form could not be read."}, ctype
+    assert technitium.requests_to("/api/user/login") == []
+
+
 async def test_crlf_in_the_path_never_reaches_a_response_header(client: GatewayClient) -> None:
     for path in ("/x%0d%0aSet-Cookie:%20evil=1%0d%0a", "/x%0dSet-Cookie:%20evil=1", "/x?a=%0d%0aSet-Cookie:%20e=1"):
         resp = await client.request("GET", path, headers=BROWSER)
