@@ -148,21 +148,27 @@ def _asyncio_first_line(record: logging.LogRecord) -> bool:
 
 
 def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
-    log.critical("authproxy stopped on an unexpected error", exc_info=(kind, exc, tb))
+    _log_exception(logging.CRITICAL, "authproxy stopped on an unexpected error", kind, exc, tb)
 
 
 def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
-    if args.exc_type is SystemExit:
-        return
-    log.error("unexpected error in a thread", exc_info=(args.exc_type, args.exc_value or args.exc_type(),
-                                                        args.exc_traceback))
+    if args.exc_type is not SystemExit:
+        _log_exception(logging.ERROR, "unexpected error in a thread", args.exc_type, args.exc_value,
+                       args.exc_traceback)
 
 
 def _log_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
     # Not `unraisable.object`: its repr may show anything the object held.
-    log.warning("exception ignored (unraisable)",
-                exc_info=(unraisable.exc_type, unraisable.exc_value or unraisable.exc_type(),
-                          unraisable.exc_traceback))
+    _log_exception(logging.WARNING, "exception ignored (unraisable)", unraisable.exc_type, unraisable.exc_value,
+                   unraisable.exc_traceback)
+
+
+def _log_exception(level: int, message: str, kind: type[BaseException], exc: BaseException | None,
+                   tb: TracebackType | None) -> None:
+    if exc is None:
+        log.log(level, message, extra={"fields": {"exception": kind.__name__}})
+    else:
+        log.log(level, message, exc_info=(kind, exc, tb))
 
 
 def audit(event: str, *, outcome: str, user: str = "", site: str = "", client_ip: str = "",
