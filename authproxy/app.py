@@ -26,7 +26,7 @@ from authproxy.sessions.registry import create_store
 from authproxy.sessions.store import SessionStore
 from authproxy.upstreams.base import UpstreamAdapter
 from authproxy.web import api, forward_auth, health, portal
-from authproxy.web.common import hsts_value
+from authproxy.web.common import hsts_value, plain_expect
 from authproxy.web.middleware import TrustedForwarded, TrustedPeers, request_rules
 
 
@@ -104,6 +104,10 @@ def create_app(config: Config, *, store: SessionStore | None = None) -> web.Appl
     proxy_http.setup(app)
     proxy_websocket.setup(app)
     app.router.add_route("*", "/{tail:.*}", proxy_http.forward)
+    for route in app.router.routes():
+        # aiohttp takes an expect handler per route (keyword of every add_route) and has no app-wide one:
+        # set here once, so no route is left with the default that fails on undecodable bytes.
+        route._expect_handler = plain_expect(route._expect_handler)
     return app
 
 

@@ -13,13 +13,14 @@ from tests.integration.conftest import BROWSER, SESSION
 from tests.support.gateway import Gateway, GatewayClient, MakeGateway, gateway_env
 
 
-async def raw_request(gw: Gateway, head: bytes) -> bytes:
-    """Send bytes the aiohttp client would refuse to send; returns the status line and headers."""
+async def raw_request(gw: Gateway, head: bytes, *, whole: bool = False) -> bytes:
+    """Send bytes the aiohttp client would refuse to send; returns the status line and headers (`whole`:
+    everything until the server closes, for a request that says `Connection: close`)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
     try:
         writer.write(head)
         await writer.drain()
-        data = await asyncio.wait_for(reader.read(65536), 5)
+        data = await asyncio.wait_for(reader.read() if whole else reader.read(65536), 5)
     finally:
         writer.close()
         await writer.wait_closed()
@@ -108,6 +109,49 @@ async def test_crlf_and_control_characters_in_headers_are_refused(gw: Gateway) -
                 b"Host: a\r\n b"):
         raw = await raw_request(gw, b"GET /_authproxy/api/auth/session HTTP/1.1\r\nHost: x\r\n" + bad + b"\r\n\r\n")
         assert 400 <= status_of(raw) < 500, bad
+
+
+async def test_odd_bytes_and_urls_in_headers_never_give_a_500(gw: Gateway, client: GatewayClient) -> None:
+    """Each was a 500 (found by tests/integration/test_fuzz.py). aiohttp decodes header bytes that are no
+    UTF-8 as lone surrogates, which nothing can encode again: its own Expect handler quoted the header
+    into a 417 text; request.clone() (for Traefik's `X-Forwarded-Proto: wss`) re-encoded every header.
+    And urlsplit raises on `https://[::1` in a Referer or Origin."""
+    await client.login("alice", "alice-pass")
+    cookie = f"Cookie: {client.cookie_name}={client.cookie}\r\n".encode()
+
+    async def send(request_line: bytes, extra: bytes, proto: bytes = b"https") -> bytes:
+        return await raw_request(gw, request_line + b"\r\nHost: 127.0.0.1\r\nX-Forwarded-Proto: " + proto + b"\r\n"
+                                 + cookie + extra + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                                 whole=True)
+
+    for extra in (b"Expect: \x80", b"Expect: caf\xc3\xa9"):
+        raw = await send(b"POST /_authproxy/api/auth/heartbeat HTTP/1.1", extra)
+        assert status_of(raw) == 417, raw
+        assert b"\x80" not in raw and b"caf" not in raw  # the answer quotes nothing the client sent
+    raw = await send(b"POST /_authproxy/api/auth/heartbeat HTTP/1.1", b"Expect: 100-continue")
+    assert raw.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 "), raw
+    raw = await send(b"GET /_authproxy/api/auth/session HTTP/1.1", b"X-Note: \xff", proto=b"wss")
+    assert status_of(raw) == 200 and b'"authenticated": true' in raw, raw  # wss read as https, as before
+    for extra in (b"Referer: https://[::1", b"Origin: https://[::1/", b"Referer: http://[v1.x]/"):
+        for line in (b"POST /_authproxy/api/auth/logout HTTP/1.1", b"POST /api/zones/create HTTP/1.1"):
+            raw = await send(line, extra)
+            assert status_of(raw) == 403 and b"cross_site" in raw, (line, extra, raw)
+
+
+async def test_forms_the_technitium_ui_login_cannot_read_get_its_error_envelope(
+        client: GatewayClient, technitium: FakeTechnitium) -> None:
+    """aiohttp's form reader raises ValueError/LookupError on these; they were 500s (test_fuzz.py)."""
+    cases = [
+        ("multipart/form-data", b"user=alice&pass=alice-pass"),                     # no boundary
+        ("multipart/form-data; boundary=x", b"1" * 300),                            # no part at all
+        ("application/x-www-form-urlencoded; charset=no-such-charset", b"user=alice&pass=x"),
+        ("application/x-www-form-urlencoded", b"user=\xff\xfe&pass=x"),            # not UTF-8
+    ]
+    for ctype, body in cases:
+        resp = await client.request("POST", "/api/user/login", data=body, headers={"Content-Type": ctype})
+        assert resp.status == 200, (ctype, resp.status, await resp.text())
+        assert await resp.json() == {"status": "error", "errorMessage": "The form could not be read."}, ctype
+    assert technitium.requests_to("/api/user/login") == []
 
 
 async def test_crlf_in_the_path_never_reaches_a_response_header(client: GatewayClient) -> None:
