@@ -232,3 +232,24 @@ async def test_a_compressed_request_body_reaches_the_upstream_as_sent(
                                 headers={"Content-Type": "application/x-www-form-urlencoded",
                                          "Content-Encoding": "gzip"})
     assert form.status == 415
+
+
+async def test_aiohttps_own_400_quotes_nothing_of_the_request(gw: Gateway, client: GatewayClient) -> None:
+    """aiohttp's parser refuses a header over MAX_HEADER_SIZE and used to quote 100 bytes of it in the
+    400: a page script that grows the Cookie header (its own cookies first, with a longer path) could
+    read the HttpOnly session ticket with a same-origin fetch. Likewise a request line too long, with a
+    secret in its query. The answer now says the status and nothing else."""
+    await client.login("alice", "alice-pass")
+    ticket = client.cookie
+    limit = gw.config.server.max_header_size
+    for pad in (limit - 40, limit - 60, limit - 100, limit):   # the ticket at several places in the window
+        cookie = f"Cookie: junk={'j' * pad}; {client.cookie_name}={ticket}\r\n".encode()
+        raw = await raw_request(gw, b"GET /_authproxy/api/auth/session HTTP/1.1\r\nHost: 127.0.0.1\r\n" + cookie
+                                + b"Connection: close\r\n\r\n", whole=True)
+        assert status_of(raw) == 400, raw[:200]
+        assert ticket[:12].encode() not in raw and b"junk" not in raw, raw
+        assert raw.rstrip().endswith(b"400 Bad Request"), raw
+    secret = "s3cr3t-query-value"
+    line = f"GET /api/zones/list?token={secret}&pad={'p' * limit} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    raw = await raw_request(gw, line.encode(), whole=True)
+    assert status_of(raw) == 400 and secret.encode() not in raw and b"pad=" not in raw, raw[:300]
