@@ -184,11 +184,21 @@ def run(args: argparse.Namespace) -> int:
     return _supervise(workers, lambda: _serve(config, ssl_paths, reuse_port=True))
 
 
+def _worker(serve: Callable[[], None]) -> None:
+    """One worker process. An exception that escapes would be printed by multiprocessing itself, a raw
+    traceback on stderr (its message may quote a URL with credentials): log it, redacted, and exit 1."""
+    try:
+        serve()
+    except Exception:  # noqa: BLE001 - the last place to catch it before multiprocessing prints it
+        log.critical("worker stopped on an unexpected error", exc_info=True)
+        sys.exit(1)
+
+
 def _supervise(workers: int, serve: Callable[[], None]) -> int:
     """Run `workers` processes sharing the port; SIGTERM/SIGINT to this one stops them all (systemd,
     docker stop), and one that dies takes the others down so the service manager sees the failure."""
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=serve, name=f"authproxy-worker-{i}") for i in range(workers)]
+    procs = [ctx.Process(target=_worker, args=(serve,), name=f"authproxy-worker-{i}") for i in range(workers)]
     for p in procs:
         p.start()
 

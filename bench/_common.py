@@ -24,6 +24,7 @@ import pwd
 import re
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -218,7 +219,7 @@ class Bench:
 
     # ---- authproxy -----------------------------------------------------------------------------------
 
-    def authproxy(self, *, upstream_url: str, redis_url: str, workers: int = 1, access_log: bool = False,
+    def authproxy(self, *, upstream_url: str, redis_url: str | None, workers: int = 1, access_log: bool = False,
                   cache_ttl: float | None = None, name: str = "authproxy",
                   extra_env: Mapping[str, str] | None = None) -> Authproxy:
         """`python -m authproxy run --workers N` (real processes, SO_REUSEPORT when N > 1), with its
@@ -294,12 +295,15 @@ def status_kb(pid: int, field_name: str) -> float:
     return float("nan")
 
 
-def authproxy_env(upstream_url: str, redis_url: str, *, port: int = 0, access_log: bool = False,
+def authproxy_env(upstream_url: str, redis_url: str | None, *, port: int = 0, access_log: bool = False,
                   cache_ttl: float | None = None, data_dir: Path | None = None) -> dict[str, str]:
+    """`redis_url` None: the embedded SQLite store in `data_dir`."""
     env = {"UPSTREAM_URL": upstream_url, "UPSTREAM_TYPE": "technitium", "TRUST_PROXY": "true",
-           "SESSION_SECRET": SECRET, "REDIS_URL": redis_url, "HOST": "127.0.0.1", "PORT": str(port),
+           "SESSION_SECRET": SECRET, "HOST": "127.0.0.1", "PORT": str(port),
            "ACCESS_LOG": "true" if access_log else "false", "LOG_LEVEL": "INFO", "LOG_FORMAT": "json",
            "AUTHPROXY_DATA_DIR": str(data_dir or Path(tempfile.gettempdir()) / "authproxy-bench-data")}
+    if redis_url is not None:
+        env["REDIS_URL"] = redis_url
     if cache_ttl is not None:
         env["SESSION_CACHE_TTL"] = str(cache_ttl)
     return env
@@ -329,12 +333,13 @@ class SignedIn:
         return f"Cookie: {self.cookie_name}={self.cookie_value}"
 
 
-def sign_in(redis: RedisServer, data_dir: Path) -> SignedIn:
-    """Log alice in through authproxy's own API (real Redis store) against FakeTechnitium."""
+def sign_in(redis: RedisServer | None, data_dir: Path) -> SignedIn:
+    """Log alice in through authproxy's own API (real Redis store, or with None the SQLite file in
+    `data_dir`) against FakeTechnitium."""
     return asyncio.run(_sign_in(redis, data_dir))
 
 
-async def _sign_in(redis: RedisServer, data_dir: Path) -> SignedIn:
+async def _sign_in(redis: RedisServer | None, data_dir: Path) -> SignedIn:
     import aiohttp
     from aiohttp import web
 
@@ -350,7 +355,8 @@ async def _sign_in(redis: RedisServer, data_dir: Path) -> SignedIn:
     await fake.start()
     runner: web.AppRunner | None = None
     try:
-        config, _ = ensure_session_secrets(load_config(authproxy_env(fake.url, redis.url, data_dir=data_dir)))
+        config, _ = ensure_session_secrets(load_config(authproxy_env(fake.url, redis.url if redis else None,
+                                                                     data_dir=data_dir)))
         app = create_app(config)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -373,6 +379,10 @@ async def _sign_in(redis: RedisServer, data_dir: Path) -> SignedIn:
                 raise BenchError("login answered 200 without a session cookie")
         ticket = decode_ticket(value, Keyring(config.session.secrets))
         assert ticket is not None
+        if redis is None:
+            with contextlib.closing(sqlite3.connect(data_dir / "sessions.sqlite3")) as db:
+                (size,) = db.execute("SELECT length(value) FROM kv WHERE key = ?", (ticket.store_key,)).fetchone()
+            return SignedIn(cookie_name, value, ticket.store_key, int(size))
         key = config.session.redis_prefix + ticket.store_key
         reply = redis.command("STRLEN", key)
         return SignedIn(cookie_name, value, key, int(reply.lstrip(b":")))

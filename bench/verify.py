@@ -15,6 +15,7 @@ The session was created through authproxy's own login API against the faithful F
     (c)  authproxy, hot in-process cache off (SESSION_CACHE_TTL=0: every check goes to Redis)
     (d)  authproxy, cache on (default SESSION_CACHE_TTL)
     (e)  (d) with ACCESS_LOG=true (authproxy's own cheap access logger, JSON lines to stderr -> a file)
+    (f)  (d) on the embedded SQLite store instead of Redis (no REDIS_URL; the session signed in there)
 
 Targets: (c) >= 0.9x (b); (d) >= 0.6x (a); (e) >= 0.5x (d) (logging must not halve throughput).
 Also printed: Redis commands per request for (b), (c), (d), and the size of the real session blob.
@@ -134,6 +135,18 @@ def run() -> None:
                 raise BenchError(f"{label}: the access log did not log (no lines in {ap.proc.log_path})\n{ap.proc.log_tail(2000)}")
             bench.stop(ap.proc)
 
+        # (f) authproxy on the embedded SQLite store (a session signed in there)
+        label = "(f) authproxy verify, cache on, SQLite store"
+        sqlite_headers = nginx_subrequest_headers(sign_in(None, bench.tmp / "data").header)
+        ap = bench.authproxy(upstream_url=upstream, redis_url=None, name="authproxy-f")
+        got, _ = probe(ap.url + VERIFY_PATH, sqlite_headers, what=label)
+        if got.get("Remote-User") != "alice":
+            raise BenchError(f"{label}: 200 without Remote-User: alice ({got})")
+        print(f"-- {label}", flush=True)
+        results["f"] = wrk(args, ap.url + VERIFY_PATH, sqlite_headers,
+                           meters={"server": lambda: descendants(ap.proc.pid), "redis": list})
+        bench.stop(ap.proc)
+
     labels = {
         "a": "(a) bare aiohttp handler",
         "a_log": "(a') bare aiohttp + default access logger",
@@ -141,8 +154,9 @@ def run() -> None:
         "c": "(c) authproxy verify, cache off",
         "d": "(d) authproxy verify, cache on",
         "e": "(e) authproxy verify, cache on + access log",
+        "f": "(f) authproxy verify, cache on, SQLite store",
     }
-    base = {"a": None, "a_log": "a", "b": "a", "c": "b", "d": "a", "e": "d"}
+    base = {"a": None, "a_log": "a", "b": "a", "c": "b", "d": "a", "e": "d", "f": "a"}
     rows = []
     for key, label in labels.items():
         r = results[key]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import unicodedata
 from dataclasses import dataclass
 
 from authproxy.crypto import b64e
@@ -27,6 +28,30 @@ TOTP_REPLAY_WINDOW = 660.0
 BAD_CODE = "Invalid username, password or code."   # what a wrong code gets (upstreams/technitium.py)
 
 
+_UNPAIRED = "is not valid text (it holds an unpaired UTF-16 surrogate, such as \\ud800)"
+
+
+def _encodable(text: str) -> bool:
+    """Whether `text` is real Unicode: JSON's `\\ud800` escape gives a string no encoder accepts, and the
+    throttle key, the audit line and the upstream's request would each fail on it later."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _text_problem(name: str) -> str | None:
+    """What is wrong with a user name, said once here for every later use (throttle key, upstream form,
+    audit log): an unpaired surrogate, or a control character (C0, DEL, C1: a line break or an escape
+    sequence in someone's log)."""
+    if not _encodable(name):
+        return _UNPAIRED
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        return "contains a control character"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class LoginInput:
     username: str
@@ -43,12 +68,15 @@ class LoginInput:
             raise AuthError("Send username and password.", code="bad_request", status=400)
         if len(username) > MAX_USERNAME or len(password) > MAX_PASSWORD:
             raise AuthError("Username or password is too long.", code="bad_request", status=400)
-        if any(ord(c) < 32 or ord(c) == 127 for c in username):
-            raise AuthError("The username contains control characters.", code="bad_request", status=400)
+        problem = _text_problem(username)
+        if problem:
+            raise AuthError(f"The username {problem}.", code="bad_request", status=400)
+        if not _encodable(password):
+            raise AuthError(f"The password {_UNPAIRED}.", code="bad_request", status=400)
         if totp is not None and not isinstance(totp, (str, int)):
             raise AuthError("The code must be digits.", code="bad_request", status=400)
         totp_text = str(totp).strip() if totp not in (None, "") else None
-        if totp_text is not None and (not totp_text.isdigit() or len(totp_text) > 10):
+        if totp_text is not None and not (totp_text.isascii() and totp_text.isdigit() and len(totp_text) <= 10):
             raise AuthError("The code must be digits.", code="bad_request", status=400)
         return cls(username=username.strip(), password=password, totp=totp_text)
 

@@ -56,9 +56,11 @@ from authproxy.web.common import client_ip, error_response
 MAX_MSG_SIZE = 16 * 1024 * 1024
 
 # Written by ws_upstream itself (or meaningless upstream); Origin is replaced, protocols passed apart.
+# The handshake carries no body, so no Expect either: `Expect: 100-continue` made the upstream answer
+# `100 Continue` first, read as its refusal (a 502 for a client's odd header).
 _HANDSHAKE_HEADERS = ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
                       "Sec-WebSocket-Accept", "Sec-WebSocket-Protocol", "Origin", "Content-Length",
-                      "Content-Type")
+                      "Content-Type", "Expect")
 
 
 # ---- the handshake ---------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ Errors are `{"error": <stable code>, "message": <human text>}`; never a trace, n
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 from urllib.parse import parse_qsl, quote
@@ -28,6 +27,7 @@ from authproxy.web.common import (
     client_ip,
     current_session,
     json_error,
+    parse_json,
 )
 from authproxy.web.portal import render_login, resolve_site
 
@@ -93,10 +93,7 @@ async def _read_login(request: web.Request, *, fields: str = "username and passw
     if len(raw) > MAX_LOGIN_BODY:
         raise AuthError("The request is too large.", code="bad_request", status=413)
     if ctype == "application/json":
-        try:
-            data = json.loads(raw or b"null")
-        except ValueError:
-            raise AuthError("The body is not valid JSON.", code="bad_json", status=400) from None
+        data = parse_json(raw or b"null")
         if not isinstance(data, dict):
             raise AuthError(f"Send a JSON object with {fields}.", code="bad_request", status=400)
         return data, False

@@ -66,7 +66,11 @@ async def _sign_in(request: web.Request, site: Site) -> web.StreamResponse:
         return _said(site, "refused", "Cross-site sign-in refused.")
     form: list[tuple[str, str]] = []
     if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        posted = await request.post()  # bounded by the app's client_max_size
+        try:
+            posted = await request.post()  # bounded by the app's client_max_size
+        except (ValueError, LookupError):  # a multipart body without its boundary, bytes not in the charset,
+            # an unknown charset: aiohttp raises these as they are (a 500), they are the client's mistake
+            return _said(site, "failed", "The form could not be read.")
         form = [(name, value) for name, value in posted.items() if isinstance(value, str)]
     try:
         fields = LoginInput.parse(site.adapter.ui_login_fields(list(request.query.items()), form))

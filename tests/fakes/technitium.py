@@ -252,6 +252,7 @@ class FakeTechnitium:
         self.compress = compress
         self.chunk_answers = 0       # >0: JSON answers go out chunked, in writes of this size (as Kestrel does)
         self.echo_padding = 0        # fake-only: /api/echo answers carry this many bytes of padding
+        self.logout_fails = False    # fake-only: logout answers 503 and the token stays valid
         self.zones: dict[str, dict[str, Any]] = {}
         self.failed_attempts: dict[str, int] = {}        # network -> count
         self.blocked_networks: dict[str, float] = {}     # network -> unblock time
@@ -767,6 +768,8 @@ class FakeTechnitium:
         return self._session_details(session, False)
 
     async def _logout(self, ctx: _Ctx) -> _Result:
+        if self.logout_fails:
+            raise web.HTTPServiceUnavailable()
         token = self._token_from_request(ctx)
         if token is None:  # ConcurrentDictionary.TryRemove(null)
             raise _ApiError("Value cannot be null. (Parameter 'key')")

@@ -149,6 +149,36 @@ async def test_bad_json_and_wrong_content_types_get_clear_4xx(client: GatewayCli
     assert technitium.requests_to("/api/user/login") == []  # nothing reached the upstream
 
 
+async def test_deep_json_and_names_that_are_not_text_get_400(client: GatewayClient,
+                                                             technitium: FakeTechnitium) -> None:
+    """Both were 500s: json.loads raises RecursionError (not ValueError) on deep nesting, and a lone
+    surrogate (`\\ud800`, valid JSON) broke the throttle key's `.encode()` after parsing."""
+    def login(name: str, password: str = "x") -> bytes:
+        return b'{"username": "' + name.encode() + b'", "password": "' + password.encode() + b'"}'
+
+    cases = [
+        (b"[" * 15000, "bad_json", "not valid JSON"),
+        (b"[" * 8000 + b"]" * 8000, "bad_json", "not valid JSON"),
+        (b'{"a":' * 1200 + b"1" + b"}" * 1200, "bad_json", "not valid JSON"),
+        (b'{"username": "alice", "password": "x", "totp": ' + b"9" * 5000 + b"}", "bad_json", "not valid JSON"),
+        (login("\\ud800"), "bad_request", "username is not valid text"),
+        (login("ali\\udfffce"), "bad_request", "username is not valid text"),
+        (login("alice\\u0085"), "bad_request", "username contains a control character"),
+        (login("alice\\u009b2J"), "bad_request", "username contains a control character"),
+        (login("alice", "pa\\ud83dss"), "bad_request", "password is not valid text"),
+        (b'{"username": "alice", "password": "x", "totp": "\\u0661\\u0662\\u0663\\u0664\\u0665\\u0666"}',
+         "bad_request", "code must be digits"),
+    ]
+    for body, code, message in cases:
+        resp = await client.request("POST", LOGIN, data=body, headers={"Content-Type": "application/json"})
+        answer = await resp.json()
+        assert (resp.status, answer["error"]) == (400, code), (body[:60], answer)
+        assert message in answer["message"], answer
+    assert technitium.requests_to("/api/user/login") == []  # refused before the throttle and the upstream
+    ok = await client.login("alice", "alice-pass")  # and the address was not counted against
+    assert ok.status == 200
+
+
 async def test_open_redirect_rd_values_fall_back_to_root(client: GatewayClient) -> None:
     evil = ["https://evil.example/", "//evil.example", "/\\evil.example", "http://evil.example",
             "javascript:alert(1)", "/%2F%2Fevil.example", "/ok\r\nSet-Cookie: x=1", "https:evil.example",

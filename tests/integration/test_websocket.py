@@ -138,6 +138,20 @@ async def test_frames_round_trip_and_the_handshake_carries_only_the_real_credent
     assert [r.getMessage() for r in caplog.records if r.name.startswith("aiohttp")] == []
 
 
+async def test_a_handshake_with_expect_100_continue_still_opens(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        upstream: SocketUpstream) -> None:
+    """Expect went on to the upstream, which answered `100 Continue` first: read as its refusal, a 502
+    (found by tests/integration/test_fuzz.py). A handshake has no body, so it carries no Expect on."""
+    gw, client = await signed_in(make_gateway, client_for, upstream)
+    ws = await open_ws(gw, client, headers=ws_headers(client, Expect="100-continue"))
+    await ws.send_str("still here")
+    assert (await ws.receive(timeout=WAIT)).data == "still here"
+    assert "Expect" not in upstream.handshakes[-1].headers
+    await ws.close()
+    await assert_no_bridges(gw)
+
+
 async def test_close_codes_cross_the_bridge_both_ways(
         make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
         upstream: SocketUpstream) -> None:

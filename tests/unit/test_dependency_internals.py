@@ -134,6 +134,17 @@ def test_aiohttp_request_cache_holds_what_clone_overrides() -> None:
         assert str(request.url) == "https://public.example/p?q=1"
 
 
+def test_aiohttp_handle_error_is_where_its_own_error_answers_are_made() -> None:
+    used_by = "authproxy/app.py (quiet_protocol_errors: aiohttp's 400 quotes nothing of the request)"
+    from aiohttp import web_protocol
+
+    with internal("aiohttp", "web_protocol.RequestHandler.handle_error(request, status, exc, message)", used_by):
+        params = list(inspect.signature(web_protocol.RequestHandler.handle_error).parameters)
+        assert params == ["self", "request", "status", "exc", "message"], params
+        source = inspect.getsource(web_protocol.RequestHandler)
+        assert "self.handle_error(" in source or "_make_error_handler" in source
+
+
 async def test_aiohttp_set_parser_hands_over_the_upgraded_socket() -> None:
     used_by = "authproxy/proxy/websocket.py and proxy/relay.py (the WebSocket bridge)"
     received = asyncio.Event()
