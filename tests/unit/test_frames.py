@@ -139,3 +139,25 @@ def test_close_frame_reads_back_and_keeps_reasons_within_a_control_frame(masked:
     assert reader.feed(data) == len(data)
     assert reader.close == (4001, "é" * 61)
     assert len(data) - (6 if masked else 2) <= 125
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 1 << 20])
+def test_a_watched_text_is_found_in_masked_fragments_split_anywhere(step: int) -> None:
+    """`watch` (a UI's sign-out message, logout.ws_text_contains): found in a text message whose
+    fragments, masks and interleaved pings come in reads of any size; never in a binary message, nor
+    across two messages; every byte still passes."""
+    seen: list[int] = []
+    reader = client_reader()
+    reader.watch = b'"type":"logout"'
+    reader.on_watch = lambda: seen.append(1)
+    stream = (frame(OP_BINARY, b'{"type":"logout"}')
+              + frame(OP_TEXT, b'{"type":"lo', fin=False)
+              + frame(OP_PING, b"p") + frame(OP_CONTINUATION, b'gout"}')
+              + frame(OP_TEXT, b'xx"type":"lo') + frame(OP_TEXT, b'gout"'))
+    passed = 0
+    for i in range(0, len(stream), step):
+        chunk = stream[i:i + step]
+        passed += reader.feed(chunk)
+        assert reader.error is None
+    assert passed == len(stream) and reader.at_boundary
+    assert seen == [1]
