@@ -33,9 +33,16 @@ from authproxy.web.middleware import TrustedForwarded, TrustedPeers, request_rul
 
 def upstream_client(config: Config) -> aiohttp.ClientSession:
     """One shared client: no cookie jar (users' cookies never mix), no decompression, pooled."""
-    connector = aiohttp.TCPConnector(limit=256, limit_per_host=128, keepalive_timeout=30, enable_cleanup_closed=True)
-    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
-                                 skip_auto_headers=("User-Agent", "Accept-Encoding"), trust_env=False)
+    connector = aiohttp.TCPConnector(
+        limit=256, limit_per_host=128, keepalive_timeout=30, enable_cleanup_closed=True
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        trust_env=False,
+    )
 
 
 def redirect_policy(config: Config) -> RedirectPolicy:
@@ -161,8 +168,12 @@ async def _forward_auth_listener(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     server = config.server
     runner = web.AppRunner(
-        forward_auth.listener_app(app), handle_signals=False, access_log_class=AccessLogger,
-        access_log=logging.getLogger("authproxy.access") if server.access_log else None, **handler_options(config))
+        forward_auth.listener_app(app),
+        handle_signals=False,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("authproxy.access") if server.access_log else None,
+        **handler_options(config),
+    )
     await runner.setup()
     try:
         await web.TCPSite(runner, server.forward_auth_host, server.forward_auth_port,
