@@ -35,9 +35,16 @@ from authproxy.web.middleware import TrustedForwarded, TrustedPeers, request_rul
 
 def upstream_client(config: Config) -> aiohttp.ClientSession:
     """One shared client: no cookie jar (users' cookies never mix), no decompression, pooled."""
-    connector = aiohttp.TCPConnector(limit=256, limit_per_host=128, keepalive_timeout=30, enable_cleanup_closed=True)
-    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
-                                 skip_auto_headers=("User-Agent", "Accept-Encoding"), trust_env=False)
+    connector = aiohttp.TCPConnector(
+        limit=256, limit_per_host=128, keepalive_timeout=30, enable_cleanup_closed=True
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        trust_env=False,
+    )
 
 
 def redirect_policy(config: Config) -> RedirectPolicy:
@@ -160,8 +167,12 @@ async def _forward_auth_listener(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     server = config.server
     runner = web.AppRunner(
-        forward_auth.listener_app(app), handle_signals=False, access_log_class=AccessLogger,
-        access_log=logging.getLogger("authproxy.access") if server.access_log else None, **handler_options(config))
+        forward_auth.listener_app(app),
+        handle_signals=False,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("authproxy.access") if server.access_log else None,
+        **handler_options(config),
+    )
     await runner.setup()
     try:
         try:
@@ -183,7 +194,8 @@ async def _forward_auth_listener(app: web.Application) -> AsyncIterator[None]:
 def listen_problem(exc: OSError) -> str:
     """An OSError of bind() in words, with the usual fix."""
     if exc.errno == errno.EADDRINUSE:
-        return "the address is already in use (another authproxy, or another program); stop it or choose another port"
+        return ("the address is already in use (another authproxy, or another program); "
+                "stop it or choose another port")
     if exc.errno == errno.EACCES:
         return "permission denied (ports below 1024 need privileges); choose a port above 1024"
     if exc.errno == errno.EADDRNOTAVAIL:

@@ -159,8 +159,13 @@ def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
 
 def _log_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
     # Not `unraisable.object`: its repr may show anything the object held.
-    _log_exception(logging.WARNING, "exception ignored (unraisable)", unraisable.exc_type, unraisable.exc_value,
-                   unraisable.exc_traceback)
+    _log_exception(
+        logging.WARNING,
+        "exception ignored (unraisable)",
+        unraisable.exc_type,
+        unraisable.exc_value,
+        unraisable.exc_traceback,
+    )
 
 
 def _log_exception(level: int, message: str, kind: type[BaseException], exc: BaseException | None,
@@ -186,9 +191,19 @@ class AccessLogger(AbstractAccessLogger):
         if not self.logger.isEnabledFor(logging.INFO):
             return
         self.logger.info(
-            "%s %s %d", request.method, request.rel_url.path, response.status,
-            extra={"fields": {"remote": request.remote, "method": request.method, "path": request.rel_url.path,
-                              "status": response.status, "ms": round(time * 1000, 2)}},
+            "%s %s %d",
+            request.method,
+            request.rel_url.path,
+            response.status,
+            extra={
+                "fields": {
+                    "remote": request.remote,
+                    "method": request.method,
+                    "path": request.rel_url.path,
+                    "status": response.status,
+                    "ms": round(time * 1000, 2),
+                }
+            },
         )
 
     @property
@@ -221,11 +236,14 @@ class AccessFormatter(logging.Formatter):
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         f = getattr(record, "fields", None) or {}
-        return (f'{{"time":"{self._stamp}.{int(record.msecs):03d}Z","level":"{record.levelname.lower()}",'
-                f'"logger":"{record.name}","message":{_json_str(redact(record.getMessage()))},'
-                f'"remote":{_json_str(str(f.get("remote") or ""))},"method":{_json_str(str(f.get("method", "")))},'
-                f'"path":{_json_str(redact(str(f.get("path", ""))))},"status":{int(f.get("status", 0))},'
-                f'"ms":{float(f.get("ms", 0.0)):.2f}}}')
+        return (
+            f'{{"time":"{self._stamp}.{int(record.msecs):03d}Z","level":"{record.levelname.lower()}",'
+            f'"logger":"{record.name}","message":{_json_str(redact(record.getMessage()))},'
+            f'"remote":{_json_str(str(f.get("remote") or ""))},'
+            f'"method":{_json_str(str(f.get("method", "")))},'
+            f'"path":{_json_str(redact(str(f.get("path", ""))))},"status":{int(f.get("status", 0))},'
+            f'"ms":{float(f.get("ms", 0.0)):.2f}}}'
+        )
 
 
 class BufferedStreamHandler(logging.Handler):

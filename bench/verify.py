@@ -79,8 +79,12 @@ def nginx_subrequest_headers(cookie_header: str) -> list[str]:
 def run() -> None:
     args = finish_args(parser(__doc__ or "").parse_args())
     print("bench/verify.py — issue #2: the session check path")
-    print_machine({"load": f"wrk -t{args.threads} -c{args.connections}, {args.duration:g} s x {args.runs} run(s) "
-                           f"(median), {args.warmup:g} s warm-up per case"})
+    print_machine(
+        {
+            "load": f"wrk -t{args.threads} -c{args.connections}, {args.duration:g} s x {args.runs} run(s) "
+            f"(median), {args.warmup:g} s warm-up per case"
+        }
+    )
     results: dict[str, Load] = {}
     per_req: dict[str, float] = {}
     with Bench(args, "verify") as bench:
@@ -90,7 +94,9 @@ def run() -> None:
         print(f"session: signed in as alice through POST /_authproxy/api/auth/login (FakeTechnitium v15); "
               f"sealed blob in Redis: {signed.blob_bytes} bytes (baseline (b) blob: 328 bytes)\n")
 
-        def measure(key: str, label: str, url: str, server: ManagedProcess, *, count_redis: bool = False) -> None:
+        def measure(
+            key: str, label: str, url: str, server: ManagedProcess, *, count_redis: bool = False
+        ) -> None:
             print(f"-- {label}", flush=True)
             before = redis_commands(redis.url) if count_redis else 0
             load = wrk(args, url, headers, meters={"server": lambda: descendants(server.pid),
@@ -106,7 +112,9 @@ def run() -> None:
         bench.stop(proc)
         port, proc = python_server(bench, "bare", "--access-log", "default", name="bare-log")
         probe(f"http://127.0.0.1:{port}/", headers, what="bare aiohttp + default access log")
-        measure("a_log", "(a') bare aiohttp + aiohttp's default access logger", f"http://127.0.0.1:{port}/", proc)
+        measure(
+            "a_log", "(a') bare aiohttp + aiohttp's default access logger", f"http://127.0.0.1:{port}/", proc
+        )
         if proc.log_path.stat().st_size < 10_000:
             raise BenchError("(a'): aiohttp's access logger wrote nothing")
         bench.stop(proc)
@@ -132,7 +140,10 @@ def run() -> None:
                 raise BenchError(f"{label}: 200 without Remote-User: alice ({got})")
             measure(key, label, ap.verify_url + VERIFY_PATH, ap.proc, count_redis=key in ("c", "d"))
             if access_log and ap.log().count('"authproxy.access"') < 1000:
-                raise BenchError(f"{label}: the access log did not log (no lines in {ap.proc.log_path})\n{ap.proc.log_tail(2000)}")
+                raise BenchError(
+                    f"{label}: the access log did not log (no lines in {ap.proc.log_path})\n"
+                    f"{ap.proc.log_tail(2000)}"
+                )
             bench.stop(ap.proc)
 
         # (f) authproxy on the embedded SQLite store (a session signed in there)
@@ -163,10 +174,20 @@ def run() -> None:
         ref = base[key]
         ratio = f"{r.rps / results[ref].rps:.2f}x ({ref})" if ref else ""
         cpu_ratio = f"{cpu_us(results[ref]) / cpu_us(r):.2f}x" if ref else ""
-        rows.append([label, fmt_int(r.rps), fmt_ms(r.p50_ms), fmt_ms(r.p99_ms), ratio,
-                     f"{r.cpu['server']:.0f} / {r.cpu['redis']:.0f} / {r.cpu['wrk']:.0f}",
-                     f"{cpu_us(r):.0f}", cpu_ratio,
-                     f"{per_req[key]:.2f}" if key in per_req else "", r.errors.replace("Socket errors: ", "")])
+        rows.append(
+            [
+                label,
+                fmt_int(r.rps),
+                fmt_ms(r.p50_ms),
+                fmt_ms(r.p99_ms),
+                ratio,
+                f"{r.cpu['server']:.0f} / {r.cpu['redis']:.0f} / {r.cpu['wrk']:.0f}",
+                f"{cpu_us(r):.0f}",
+                cpu_ratio,
+                f"{per_req[key]:.2f}" if key in per_req else "",
+                r.errors.replace("Socket errors: ", ""),
+            ]
+        )
     print()
     table(["case", "req/s", "p50 ms", "p99 ms", "ratio", "CPU% srv/redis/wrk", "srv us/req", "ratio(CPU)",
            "redis cmd/req", "socket errors"], rows,

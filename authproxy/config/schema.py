@@ -52,7 +52,7 @@ class SiteConfig:
     allow_methods: tuple[str, ...] = ()  # ECHO_METHODS this site still receives (upper case)
     timeout: float = 30.0                # seconds until the answer's headers (authproxy's own calls: whole)
     connect_timeout: float = 5.0
-    idle_timeout: float = 300.0          # seconds of silence allowed between body chunks of a forwarded answer
+    idle_timeout: float = 300.0  # seconds of silence allowed between body chunks of a forwarded answer
 
 
 @dataclass(frozen=True, slots=True)

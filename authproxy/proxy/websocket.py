@@ -93,9 +93,13 @@ async def bridge(request: web.Request, site: Site, loaded: LoadedSession | None,
     """Answer an authenticated `Upgrade: websocket` request by bridging it to the site's upstream."""
     # aiohttp checks the handshake (method, Upgrade/Connection, version, key); offering it the client's
     # own subprotocols keeps it from logging a warning that none overlap (the upstream chooses).
-    offered = tuple(p.strip() for v in request.headers.getall("Sec-WebSocket-Protocol", ()) for p in v.split(","))
+    offered = tuple(
+        p.strip() for v in request.headers.getall("Sec-WebSocket-Protocol", ()) for p in v.split(",")
+    )
     if not web.WebSocketResponse(protocols=offered).can_prepare(request).ok:
-        return error_response(request, 400, "bad_websocket_handshake", "This is not a valid WebSocket request.")
+        return error_response(
+            request, 400, "bad_websocket_handshake", "This is not a valid WebSocket request."
+        )
     registry = request.app[keys.WEBSOCKETS]
     url, headers, protocols = build_handshake(request, site, credential)
     try:
@@ -115,7 +119,9 @@ async def bridge(request: web.Request, site: Site, loaded: LoadedSession | None,
                    expires_at=loaded.session.expires_at if loaded else None, loaded=loaded,
                    slide_every=request.app[keys.SESSIONS].touch_interval)
     relay = FrameRelay(max_message=MAX_MSG_SIZE, close_timeout=CLOSE_TIMEOUT)
-    relay.attach(relay.upstream, upstream.transport)   # still paused: nothing reaches the client before its 101
+    relay.attach(
+        relay.upstream, upstream.transport
+    )  # still paused: nothing reaches the client before its 101
     # No permessage-deflate towards the browser either (none upstream): frames pass through unchanged.
     switched = web.StreamResponse(status=101, reason="Switching Protocols", headers={
         "Upgrade": "websocket", "Connection": "Upgrade",
@@ -156,7 +162,9 @@ async def _run(request: web.Request, relay: FrameRelay, upstream: UpstreamSocket
         relay.client.reader.on_watch = signed_out
     activity = _Activity(entry, relay.client) if entry.loaded is not None else None
     relay.start(early.data, upstream.early)
-    watch = asyncio.create_task(_watch(request, entry, request.app[keys.WEBSOCKETS]), name="authproxy-ws-watch")
+    watch = asyncio.create_task(
+        _watch(request, entry, request.app[keys.WEBSOCKETS]), name="authproxy-ws-watch"
+    )
     try:
         await asyncio.wait((relay.done, watch), return_when=asyncio.FIRST_COMPLETED)
         if watch.done() and not relay.done.done():

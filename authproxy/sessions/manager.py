@@ -395,8 +395,13 @@ class SessionManager:
     # ---- cookies ---------------------------------------------------------------------------------
 
     def cookie_attributes(self) -> dict[str, str | int | bool]:
-        attrs: dict[str, str | int | bool] = {"path": "/", "secure": True, "httponly": True, "samesite": "Lax",
-                                              "max_age": int(self.config.max_age)}
+        attrs: dict[str, str | int | bool] = {
+            "path": "/",
+            "secure": True,
+            "httponly": True,
+            "samesite": "Lax",
+            "max_age": int(self.config.max_age),
+        }
         if self.config.cookie_domain:
             attrs["domain"] = self.config.cookie_domain
         return attrs

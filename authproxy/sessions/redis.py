@@ -182,7 +182,9 @@ class RedisStore:
         self._first_attempt = asyncio.Event()
         self._listener = asyncio.create_task(self._listen_forever(), name="authproxy-redis-pubsub")
         if self._endpoint is not None:
-            self._fast = RespClient(self._endpoint, label=f"redis store {self.safe_url}", timeout=self.timeout)
+            self._fast = RespClient(
+                self._endpoint, label=f"redis store {self.safe_url}", timeout=self.timeout
+            )
             with contextlib.suppress(StoreError):  # logged by the client; it retries on the next call
                 await self._fast.connect()
         with contextlib.suppress(TimeoutError):

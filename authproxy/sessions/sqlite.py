@@ -352,7 +352,7 @@ class SQLiteStore:
         return fd
 
     def _map_generation(self) -> None:
-        """Map `<file>-gen`; a new one is sized (zeroed) under the open lock, and a mapped one never resized."""
+        """Map `<file>-gen`; a new one is sized (zeroed) under the open lock, a mapped one never resized."""
         fd = self._private_fd(self.generation_path)
         try:
             if os.fstat(fd).st_size < GENERATION_BYTES:

@@ -389,9 +389,15 @@ class GenericAdapter(UpstreamAdapter):
             headers["Cookie"] = "; ".join(jar)
         return headers, params
 
-    async def _request(self, method: str, path: str, *, headers: dict[str, str] | None = None,
-                       params: dict[str, str] | None = None, **kw: Any) -> tuple[int, CIMultiDictProxy[str],
-                                                                                 bytes, aiohttp.ClientResponse]:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+        **kw: Any,
+    ) -> tuple[int, CIMultiDictProxy[str], bytes, aiohttp.ClientResponse]:
         try:
             async with self.http.request(method, self.base + path, headers=headers, params=params,
                                          timeout=self.timeout, allow_redirects=False, **kw) as resp:
@@ -400,13 +406,19 @@ class GenericAdapter(UpstreamAdapter):
                 body = await read_limited(resp, MAX_LOGIN_ANSWER)
                 return resp.status, resp.headers, body, resp
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamUnavailable(f"{self.label} at {self.base} is unreachable ({type(exc).__name__})") from None
+            raise UpstreamUnavailable(
+                f"{self.label} at {self.base} is unreachable ({type(exc).__name__})"
+            ) from None
 
-    async def _authed(self, call: CallSpec, credential: Credential) -> tuple[int, CIMultiDictProxy[str], bytes]:
+    async def _authed(
+        self, call: CallSpec, credential: Credential
+    ) -> tuple[int, CIMultiDictProxy[str], bytes]:
         headers, params = self._auth_parts(credential)
         headers.setdefault("Accept", "application/json, text/plain, */*")
         headers["Accept-Encoding"] = "identity"
-        status, rheaders, body, _ = await self._request(call.method, call.path, headers=headers, params=params)
+        status, rheaders, body, _ = await self._request(
+            call.method, call.path, headers=headers, params=params
+        )
         return status, rheaders, body
 
     def _login_request(self, username: str, password: str, totp: str | None,
@@ -457,7 +469,9 @@ class GenericAdapter(UpstreamAdapter):
             alive = False
         if not alive:
             return None
-        return LoginResult("ok", credential=parked, identity=Identity(username=self.spec.username or username))
+        return LoginResult(
+            "ok", credential=parked, identity=Identity(username=self.spec.username or username)
+        )
 
     async def _login(self, username: str, password: str, totp: str | None, client_ip: str) -> LoginResult:
         spec = self.spec.login
@@ -465,8 +479,11 @@ class GenericAdapter(UpstreamAdapter):
         status, rheaders, body, resp = await self._request(spec.method, spec.path, headers=headers, **body_kw)
         text = body.decode("utf-8", "replace")
         if status in spec.blocked_status:
-            return LoginResult("blocked", message=f"{self.label} refuses sign-ins for now (too many attempts); "
-                                                  "try again later.", retry_after=_retry_after(rheaders))
+            return LoginResult(
+                "blocked",
+                message=f"{self.label} refuses sign-ins for now (too many attempts); try again later.",
+                retry_after=_retry_after(rheaders),
+            )
         if spec.totp_required_text and spec.totp_required_text in text and \
                 (spec.totp_required_status in (0, status)):
             if totp:
@@ -607,7 +624,7 @@ class GenericAdapter(UpstreamAdapter):
                 req.raw_query = query_with(req.raw_query, name, value)
 
     def credential_fields(self) -> FieldNames:
-        """`hide.params` and a query-injected name: cut from the query (above) and form bodies (proxy/forms.py)."""
+        """`hide.params` and a query-injected name: cut from the query (above) and from form bodies."""
         return self._strip_params
 
     def _must_read(self, path: str) -> bool:
@@ -720,8 +737,12 @@ class GenericAdapter(UpstreamAdapter):
         if not blanks:
             return body
         if self.spec.hide.write_back == "refuse":
-            raise BodyRefused(409, "hidden_field", f"{blanks[0].pointer} is hidden by authproxy and came back "
-                              "blank; leave it out of the write, or set a new value")
+            raise BodyRefused(
+                409,
+                "hidden_field",
+                f"{blanks[0].pointer} is hidden by authproxy and came back "
+                "blank; leave it out of the write, or set a new value",
+            )
         status, _, current_body = await self._authed(CallSpec(method="GET", path=req.raw_path), credential)
         try:
             current = json.loads(current_body) if status == 200 else MISSING
@@ -730,9 +751,13 @@ class GenericAdapter(UpstreamAdapter):
         for hidden in blanks:
             value = pointer_get(current, hidden.pointer, MISSING) if current is not MISSING else MISSING
             if value is MISSING or value is None:
-                raise BodyRefused(409, "hidden_field", f"{hidden.pointer} is hidden by authproxy and came back "
-                                  f"blank, and its current value could not be read from {self.label}; leave it "
-                                  "out of the write, or set a new value")
+                raise BodyRefused(
+                    409,
+                    "hidden_field",
+                    f"{hidden.pointer} is hidden by authproxy and came back "
+                    f"blank, and its current value could not be read from {self.label}; leave it "
+                    "out of the write, or set a new value",
+                )
             pointer_set(doc, hidden.pointer, value)
         return json.dumps(doc, separators=(",", ":")).encode()
 

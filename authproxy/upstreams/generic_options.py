@@ -187,17 +187,44 @@ _FIELDS = "list of JSON pointers or {pointer, paths} tables"
 _TABLES = "list of tables ([[sites.options.injects]])"
 
 SCHEMA: dict[str, dict[str, str]] = {
-    "login": {"method": _STR, "path": _STR, "encoding": _STR, "username_field": _STR, "password_field": _STR,
-              "totp_field": _STR, "totp_number": _BOOL, "fields": _TABLE, "ok_status": _INTS,
-              "blocked_status": _INTS, "totp_required_status": _INT, "totp_required_text": _STR,
-              "success_text": _STR, "ui_answer": _STR, "ui_answer_type": _STR},
+    "login": {
+        "method": _STR,
+        "path": _STR,
+        "encoding": _STR,
+        "username_field": _STR,
+        "password_field": _STR,
+        "totp_field": _STR,
+        "totp_number": _BOOL,
+        "fields": _TABLE,
+        "ok_status": _INTS,
+        "blocked_status": _INTS,
+        "totp_required_status": _INT,
+        "totp_required_text": _STR,
+        "success_text": _STR,
+        "ui_answer": _STR,
+        "ui_answer_type": _STR,
+    },
     "credential": {"from": _STR, "name": _STR, "pointer": _STR, "ttl": _NUM, "ttl_pointer": _STR},
     "inject": {"as": _STR, "name": _STR, "template": _STR},
     "injects": {"as": _STR, "name": _STR, "template": _STR, "capture": _TABLE},
-    "expiry": {"status": _INTS, "paths": _STRS, "json_pointer": _STR, "json_value": _ANY, "redirect_to": _STRS,
-               "html_marker": _STR},
-    "hide": {"json": _FIELDS, "json_paths": _STRS, "set_cookies": _STRS, "response_headers": _STRS,
-             "request_cookies": _STRS, "request_headers": _STRS, "params": _STRS, "write_back": _STR},
+    "expiry": {
+        "status": _INTS,
+        "paths": _STRS,
+        "json_pointer": _STR,
+        "json_value": _ANY,
+        "redirect_to": _STRS,
+        "html_marker": _STR,
+    },
+    "hide": {
+        "json": _FIELDS,
+        "json_paths": _STRS,
+        "set_cookies": _STRS,
+        "response_headers": _STRS,
+        "request_cookies": _STRS,
+        "request_headers": _STRS,
+        "params": _STRS,
+        "write_back": _STR,
+    },
     "logout": {"method": _STR, "path": _STR, "intercept": _BOOL, "ws_text_contains": _STR, "reuse": _BOOL},
     "keepalive": {"method": _STR, "path": _STR},
     "identity": {"username": _STR},
@@ -392,7 +419,9 @@ def _inject(it: dict[str, Any], c: _Checker, cred: CredentialSpec) -> InjectSpec
     inject = InjectSpec(as_=as_, name=it.get("name", default_name if as_ == default_as else ""),
                         template=it.get("template", _INJECT.template))
     if not inject.as_:
-        p.append(f"{where}.inject.as: required for from = {cred.from_ or 'json'!r}; say header, cookie or query")
+        p.append(
+            f"{where}.inject.as: required for from = {cred.from_ or 'json'!r}; say header, cookie or query"
+        )
     else:
         c.choice("inject.as", inject.as_, ("header", "cookie", "query"))
     if inject.as_ and not inject.name:
@@ -459,8 +488,10 @@ def _injects(items: Any, c: _Checker, cred: CredentialSpec) -> tuple[InjectSpec,
             p.append(f"{where}.{label}.template: must contain {{captured}} when capture is set")
         if name.endswith("*") and not (capture is not None and capture.name.endswith("*")) and not (
                 cred.from_ == "cookie" and cred.name.endswith("*")):
-            p.append(f"{where}.{label}.name: a `prefix*` name takes the suffix the upstream chose at sign-in: "
-                     "from capture.name (a `prefix*` too) or from credential.name (a cookie `prefix*`)")
+            p.append(
+                f"{where}.{label}.name: a `prefix*` name takes the suffix the upstream chose at sign-in: "
+                "from capture.name (a `prefix*` too) or from credential.name (a cookie `prefix*`)"
+            )
         out.append(InjectSpec(as_=as_, name=name, template=template, capture=capture))
     return tuple(out)
 
@@ -485,25 +516,33 @@ def _capture(value: Any, c: _Checker, label: str) -> CaptureSpec | None:
 
 def _hide(ht: dict[str, Any], c: _Checker, login: LoginSpec, cred: CredentialSpec) -> HideSpec:
     """[hide]: what the browser never sees (by default the login answer's JSON, basic's challenge)."""
-    json_paths = tuple(c.path_ok("hide.json_paths", v, prefix=True)
-                       for v in ht.get("json_paths", _HIDE.json_paths)) or ((login.path,) if login.path else ())
+    json_paths = tuple(
+        c.path_ok("hide.json_paths", v, prefix=True) for v in ht.get("json_paths", _HIDE.json_paths)
+    ) or ((login.path,) if login.path else ())
     fields: list[HiddenField] = []
     for entry in ht.get("json", _HIDE.json):
         if isinstance(entry, str):
             fields.append(HiddenField(c.pointer_ok("hide.json", entry), json_paths))
         else:
             paths = tuple(c.path_ok("hide.json.paths", v, prefix=True) for v in entry.get("paths", ()))
-            fields.append(HiddenField(c.pointer_ok("hide.json.pointer", entry["pointer"]), paths or json_paths))
+            fields.append(
+                HiddenField(c.pointer_ok("hide.json.pointer", entry["pointer"]), paths or json_paths)
+            )
     return HideSpec(
         json=tuple(f.pointer for f in fields),
         json_paths=tuple(dict.fromkeys(path for f in fields for path in f.paths)) or json_paths,
         fields=tuple(fields),
-        write_back=c.choice("hide.write_back", ht.get("write_back", _HIDE.write_back), ("restore", "refuse", "pass")),
+        write_back=c.choice(
+            "hide.write_back", ht.get("write_back", _HIDE.write_back), ("restore", "refuse", "pass")
+        ),
         set_cookies=tuple(ht.get("set_cookies", _HIDE.set_cookies)),
-        response_headers=tuple(ht.get("response_headers", ("WWW-Authenticate",) if cred.from_ == "basic" else ())),
+        response_headers=tuple(
+            ht.get("response_headers", ("WWW-Authenticate",) if cred.from_ == "basic" else ())
+        ),
         request_cookies=tuple(ht.get("request_cookies", _HIDE.request_cookies)),
         request_headers=tuple(ht.get("request_headers", _HIDE.request_headers)),
-        params=tuple(ht.get("params", _HIDE.params)))
+        params=tuple(ht.get("params", _HIDE.params)),
+    )
 
 
 def _calls(tables: dict[str, dict[str, Any]], c: _Checker) -> tuple[CallSpec, CallSpec]:

@@ -151,7 +151,9 @@ async def login(request: web.Request) -> web.StreamResponse:
         if not config.session_mode:
             raise AuthError("Sign-in is not enabled (AUTH_MODE=none).", code="login_disabled", status=404)
         if not request.secure:
-            raise AuthError("Sign-in needs HTTPS; open this page over https://.", code="https_required", status=400)
+            raise AuthError(
+                "Sign-in needs HTTPS; open this page over https://.", code="https_required", status=400
+            )
         data, form_post = await _read_login(request)
         if form_post and crosssite.from_other_site(request):  # login CSRF (JSON needs CORS: it cannot)
             raise AuthError("Cross-site sign-in refused.", code="cross_site", status=403)
@@ -202,7 +204,9 @@ async def end_session(request: web.Request, loaded: LoadedSession, *, reason: st
         try:
             await asyncio.wait_for(site.adapter.logout(cred), UPSTREAM_LOGOUT_TIMEOUT)
         except (UpstreamError, TimeoutError) as exc:
-            log.warning("upstream logout failed", extra={"fields": {"site": name, "error": type(exc).__name__}})
+            log.warning(
+                "upstream logout failed", extra={"fields": {"site": name, "error": type(exc).__name__}}
+            )
     audit("logout", outcome=reason, user=loaded.session.user, site=loaded.session.site,
           client_ip=client_ip(request), session=loaded.public_id)
 

@@ -50,7 +50,7 @@ ExpectHandler = Callable[[web.Request], Coroutine[Any, Any, web.StreamResponse |
 
 
 def plain_expect(default: ExpectHandler) -> ExpectHandler:
-    """A route's `Expect:` handling: `100-continue` as aiohttp does it, anything else a 417 that quotes nothing.
+    """A route's `Expect:` handling: `100-continue` as aiohttp does it, anything else a 417 quoting nothing.
 
     aiohttp's own handler answers an unknown expectation with a 417 whose text quotes the header, and
     fails with a 500 while building it when the header holds bytes that are no UTF-8 (aiohttp decodes
@@ -122,7 +122,8 @@ def json_error(status: int, code: str, message: str, *, headers: dict[str, str] 
 
 
 PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1">
 <title>{title}</title><link rel="stylesheet" href="{prefix}/static/portal.css"></head>
 <body><main class="card" role="main"><h1>{title}</h1><p>{message}</p>{extra}</main></body></html>"""
 

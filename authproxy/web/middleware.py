@@ -72,12 +72,14 @@ class TrustedForwarded:
         self.skip_prefix = skip_prefix
 
     async def handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith(self.skip_prefix) or not self.peers(request):  # verify checks its peer itself
+        if request.path.startswith(self.skip_prefix) or not self.peers(
+            request
+        ):  # verify checks its peer itself
             return await handler(request)
         headers = request.headers
         proto = headers.get("X-Forwarded-Proto", "")
         if proto.lower() in _WS_SCHEMES:
-            # Traefik says ws/wss for WebSocket upgrades: read as http/https from a copy of the headers (rare).
+            # Traefik says ws/wss for WebSocket upgrades: read as http/https from a copy of the headers.
             # Not request.clone(headers=...): it re-encodes every header and fails on bytes that are no UTF-8.
             headers = _replace(request, "X-Forwarded-Proto", _WS_SCHEMES[proto.lower()])
         if "X-Forwarded-For" not in headers:
@@ -85,7 +87,9 @@ class TrustedForwarded:
             host = headers.get("X-Forwarded-Host", "").split(",")[-1].strip() or None
             if scheme or host:
                 peer = request.transport.get_extra_info("peername") if request.transport else None
-                amend(request, remote=str(peer[0]) if peer else request.remote or "", scheme=scheme, host=host)
+                amend(
+                    request, remote=str(peer[0]) if peer else request.remote or "", scheme=scheme, host=host
+                )
             return await handler(request)
         return await self.filtered.middleware(cast(web.Request, _AmendInPlace(request, headers)), handler)
 
@@ -180,7 +184,10 @@ def failure_page(request: web.Request, exc: Exception) -> web.StreamResponse:
         return error_response(request, 503, "store_unavailable",
                               "The session store is not reachable; try again in a moment.",
                               title="Temporarily unavailable", headers={"Retry-After": "5"})
-    log.error("unhandled error", extra={"fields": {"path": request.rel_url.path, "error": type(exc).__name__}},
-              exc_info=exc)
+    log.error(
+        "unhandled error",
+        extra={"fields": {"path": request.rel_url.path, "error": type(exc).__name__}},
+        exc_info=exc,
+    )
     return error_response(request, 500, "internal_error", "Something went wrong inside authproxy.",
                           title="Internal error")

@@ -380,14 +380,16 @@ async def test_sqlite_pubsub_across_processes(tmp_path: Path) -> None:
     await store.start()
     inbox = Inbox()
     store.subscribe("invalidate", inbox)
-    child = ("import asyncio, sys\nfrom pathlib import Path\nfrom authproxy.sessions.sqlite import SQLiteStore\n"
-             "async def main() -> None:\n"
-             "    s = SQLiteStore(Path(sys.argv[1]))\n"
-             "    await s.start()\n"
-             "    await s.set('child', b'hello', 60)\n"
-             "    await s.publish('invalidate', 'from-child')\n"
-             "    await s.close()\n"
-             "asyncio.run(main())\n")
+    child = (
+        "import asyncio, sys\nfrom pathlib import Path\nfrom authproxy.sessions.sqlite import SQLiteStore\n"
+        "async def main() -> None:\n"
+        "    s = SQLiteStore(Path(sys.argv[1]))\n"
+        "    await s.start()\n"
+        "    await s.set('child', b'hello', 60)\n"
+        "    await s.publish('invalidate', 'from-child')\n"
+        "    await s.close()\n"
+        "asyncio.run(main())\n"
+    )
     try:
         proc = await asyncio.create_subprocess_exec(sys.executable, "-c", child, str(path), cwd=REPO)
         assert await proc.wait() == 0
@@ -406,14 +408,16 @@ async def test_sqlite_revocations_move_every_process_s_generation_at_once_and_lo
     await store.start()
     inbox = Inbox()
     store.subscribe("invalidate", inbox)
-    child = ("import asyncio, sys\nfrom pathlib import Path\nfrom authproxy.sessions.sqlite import SQLiteStore\n"
-             "async def main() -> None:\n"
-             "    s = SQLiteStore(Path(sys.argv[1]))\n"
-             "    await s.start()\n"
-             "    for i in range(200):\n"
-             "        await s.revoke('invalidate', f'{sys.argv[2]}-{i}')\n"
-             "    await s.close()\n"
-             "asyncio.run(main())\n")
+    child = (
+        "import asyncio, sys\nfrom pathlib import Path\nfrom authproxy.sessions.sqlite import SQLiteStore\n"
+        "async def main() -> None:\n"
+        "    s = SQLiteStore(Path(sys.argv[1]))\n"
+        "    await s.start()\n"
+        "    for i in range(200):\n"
+        "        await s.revoke('invalidate', f'{sys.argv[2]}-{i}')\n"
+        "    await s.close()\n"
+        "asyncio.run(main())\n"
+    )
     try:
         before = store.generation()
         procs = [await asyncio.create_subprocess_exec(sys.executable, "-c", child, str(path), name, cwd=REPO)
@@ -429,7 +433,7 @@ async def test_sqlite_revocations_move_every_process_s_generation_at_once_and_lo
 
 
 async def test_sqlite_processes_starting_together_on_a_fresh_file_all_open_it(tmp_path: Path) -> None:
-    """`--workers N` start at the same instant on a new file (CI once lost a worker to "database is locked")."""
+    """`--workers N` start at the same instant on a new file (CI once lost one to "database is locked")."""
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "tests.support.sqlite_open_race",
                                                 str(tmp_path), "8", "60",
                                                 cwd=REPO, stdout=asyncio.subprocess.PIPE,
@@ -502,7 +506,9 @@ async def test_redis_unix_socket_url(redis_server_factory: Callable[..., RedisSe
         await store.close()
 
 
-async def test_redis_appendonly_data_survives_restart(redis_server_factory: Callable[..., RedisServer]) -> None:
+async def test_redis_appendonly_data_survives_restart(
+    redis_server_factory: Callable[..., RedisServer],
+) -> None:
     server = redis_server_factory(appendonly=True)
     store = RedisStore(server.url)
     await store.start()
@@ -542,7 +548,9 @@ async def test_redis_down_fails_fast_without_password_then_recovers(
             with pytest.raises(StoreError) as caught:
                 await call()
             assert time.monotonic() - started < 3
-            message = f"{caught.value} {caught.value!r} {caught.value.__cause__!r} {caught.value.__context__!r}"
+            message = (
+                f"{caught.value} {caught.value!r} {caught.value.__cause__!r} {caught.value.__context__!r}"
+            )
             assert PASSWORD not in message and quote(PASSWORD, safe="") not in message
             assert "s3cr3t" not in message
         assert "s3cr3t" not in repr(store)

@@ -201,7 +201,9 @@ async def test_the_portal_asks_for_the_one_time_code_without_an_error_or_a_faile
     console_errors: list[str] = []
     failed: list[tuple[str, int]] = []
     page = await context.new_page()
-    page.on("console", lambda m: console_errors.append(f"{m.text} {m.location}") if m.type == "error" else None)
+    page.on(
+        "console", lambda m: console_errors.append(f"{m.text} {m.location}") if m.type == "error" else None
+    )
     page.on("response", lambda r: failed.append((r.url, r.status)) if r.status >= 400 else None)
     await page.goto(ui_gw.url + "/")
     assert "/_authproxy/login" in page.url, page.url
@@ -369,7 +371,9 @@ async def test_another_sites_page_cannot_act_with_the_persons_sign_in(
                       'value="posted.example"></form><script>document.forms[0].submit();</script>')
     pages["/link"] = f'<a id="go" href="{ui_gw.url}/">DNS</a>'
     for name in ("/nav", "/post"):
-        async with page.expect_response(lambda r: r.url.startswith(ui_gw.url + "/api/zones/create")) as answer:
+        async with page.expect_response(
+            lambda r: r.url.startswith(ui_gw.url + "/api/zones/create")
+        ) as answer:
             await page.goto(evil + name)
         response = await answer.value
         assert response.status == 403, name

@@ -134,7 +134,9 @@ class FakeConsole(LoopbackServer):
     async def _page(self, request: web.Request) -> web.Response:
         if request.cookies.get("console_sid") not in self.sessions:
             return web.Response(status=200, text=LOGIN_PAGE, content_type="text/html")
-        return web.Response(text=f"<!doctype html><title>Console</title><p>{request.path}", content_type="text/html")
+        return web.Response(
+            text=f"<!doctype html><title>Console</title><p>{request.path}", content_type="text/html"
+        )
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
         sid = request.cookies.get("console_sid", "")

@@ -250,7 +250,7 @@ class FakeTechnitium:
         self.issued_tokens: list[str] = []               # fake-only: every token minted, in order
         self.ui_dir = Path(ui_dir).resolve() if ui_dir is not None else None
         self.compress = compress
-        self.chunk_answers = 0       # >0: JSON answers go out chunked, in writes of this size (as Kestrel does)
+        self.chunk_answers = 0  # >0: JSON answers go out chunked, in writes of this size (as Kestrel does)
         self.echo_padding = 0        # fake-only: /api/echo answers carry this many bytes of padding
         self.logout_fails = False    # fake-only: logout answers 503 and the token stays valid
         self.zones: dict[str, dict[str, Any]] = {}
@@ -413,14 +413,18 @@ class FakeTechnitium:
         try:
             response = await self._api(ctx, path)
         except _ApiError as exc:
-            response = self._json({"server": self.server_domain, "status": exc.status, "errorMessage": str(exc)})
+            response = self._json(
+                {"server": self.server_domain, "status": exc.status, "errorMessage": str(exc)}
+            )
         response = self._maybe_compress(request, response)
         if self.chunk_answers and isinstance(response, web.Response) and isinstance(response.body, bytes):
             return await self._write_chunked(request, response, response.body)
         return response
 
-    async def _write_chunked(self, request: web.Request, whole: web.Response, body: bytes) -> web.StreamResponse:
-        """The answer without Content-Length, written piece by piece (Kestrel streams its JSON writer's output)."""
+    async def _write_chunked(
+        self, request: web.Request, whole: web.Response, body: bytes
+    ) -> web.StreamResponse:
+        """The answer without Content-Length, written piece by piece (as Kestrel streams its JSON writer)."""
         streamed = web.StreamResponse(status=whole.status, headers=whole.headers)
         streamed.headers.popall("Content-Length", None)
         streamed.enable_chunked_encoding()
@@ -519,7 +523,9 @@ class FakeTechnitium:
                     name = part.get_param("name", header="content-disposition")
                     if isinstance(name, str) and part.get_filename() is None:
                         payload = part.get_payload(decode=True)
-                        form.add(name, payload.decode("utf-8", "replace") if isinstance(payload, bytes) else "")
+                        form.add(
+                            name, payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+                        )
             return form
         return None
 
@@ -673,7 +679,9 @@ class FakeTechnitium:
                                                         valid_window=self.totp_valid_window):
                 self._mark_failure(net)
                 await self._failure_sleep()
-                raise _ApiError(f"Invalid time-based one-time password (TOTP) was attempted for user: {username}")
+                raise _ApiError(
+                    f"Invalid time-based one-time password (TOTP) was attempted for user: {username}"
+                )
         self.failed_attempts.pop(net, None)
         if user.disabled:
             raise _ApiError("User account is disabled. Please contact your administrator.")
@@ -706,12 +714,23 @@ class FakeTechnitium:
             out["token"] = session.token
         if include_info:
             out["info"] = {
-                "version": self.version, "uptimestamp": _iso(self._started_at),
-                "dnsServerDomain": self.server_domain, "defaultRecordTtl": 3600,
-                "defaultNsRecordTtl": 14400, "defaultSoaRecordTtl": 900, "useSoaSerialDateScheme": False,
-                "dnssecValidation": True, "clusterInitialized": False,
-                "permissions": {s: {"canView": user.permitted(s, VIEW), "canModify": user.permitted(s, MODIFY),
-                                    "canDelete": user.permitted(s, DELETE)} for s in PERMISSION_SECTIONS},
+                "version": self.version,
+                "uptimestamp": _iso(self._started_at),
+                "dnsServerDomain": self.server_domain,
+                "defaultRecordTtl": 3600,
+                "defaultNsRecordTtl": 14400,
+                "defaultSoaRecordTtl": 900,
+                "useSoaSerialDateScheme": False,
+                "dnssecValidation": True,
+                "clusterInitialized": False,
+                "permissions": {
+                    s: {
+                        "canView": user.permitted(s, VIEW),
+                        "canModify": user.permitted(s, MODIFY),
+                        "canDelete": user.permitted(s, DELETE),
+                    }
+                    for s in PERMISSION_SECTIONS
+                },
             }
         return out
 
@@ -720,13 +739,17 @@ class FakeTechnitium:
         out: dict[str, Any] = {"displayName": user.display_name, "username": user.username}
         if self.api_version >= 15:
             out["isSsoUser"] = False
-        out.update({
-            "totpEnabled": bool(user.totp_secret), "disabled": user.disabled,
-            "previousSessionLoggedOn": _iso(user.previous_logon),
-            "previousSessionRemoteAddress": user.previous_address,
-            "recentSessionLoggedOn": _iso(user.recent_logon), "recentSessionRemoteAddress": user.recent_address,
-            "sessionTimeoutSeconds": user.session_timeout,
-        })
+        out.update(
+            {
+                "totpEnabled": bool(user.totp_secret),
+                "disabled": user.disabled,
+                "previousSessionLoggedOn": _iso(user.previous_logon),
+                "previousSessionRemoteAddress": user.previous_address,
+                "recentSessionLoggedOn": _iso(user.recent_logon),
+                "recentSessionRemoteAddress": user.recent_address,
+                "sessionTimeoutSeconds": user.session_timeout,
+            }
+        )
         if self.api_version >= 15:
             out["ssoManagedGroups"] = False
         out["memberOfGroups"] = sorted(g for g in user.groups if g.lower() != "everyone")
@@ -749,7 +772,9 @@ class FakeTechnitium:
         token_name = self._required(ctx, "tokenName") if type == "ApiToken" else None
         include_info = type == "Standard" and self._optional_bool(ctx, "includeInfo", False)
         user = await self._authenticate(username, password, totp, ctx.client_ip)
-        session = self._new_session(type, token_name, user, ctx.client_ip, ctx.request.headers.get("User-Agent"))
+        session = self._new_session(
+            type, token_name, user, ctx.client_ip, ctx.request.headers.get("User-Agent")
+        )
         self._save_config()
         return self._session_details(session, include_info)
 
@@ -764,7 +789,9 @@ class FakeTechnitium:
 
     async def _create_single_use_token(self, ctx: _Ctx) -> _Result:
         user = self._session_user(ctx, standard_only=True)
-        session = self._new_session("SingleUse", None, user, ctx.client_ip, ctx.request.headers.get("User-Agent"))
+        session = self._new_session(
+            "SingleUse", None, user, ctx.client_ip, ctx.request.headers.get("User-Agent")
+        )
         return self._session_details(session, False)
 
     async def _logout(self, ctx: _Ctx) -> _Result:
@@ -832,9 +859,19 @@ class FakeTechnitium:
             raise _ApiError("Domain name for a zone cannot contain wildcard character.")
         if name in self.zones:
             raise _ApiError(f"Zone already exists: {name}")
-        self.zones[name] = {"name": name, "type": zone_type, "lastModified": _iso(self.now()), "disabled": False,
-                            "soaSerial": 1, "internal": False, "catalog": None, "dnssecStatus": "Unsigned",
-                            "hasDnssecPrivateKeys": False, "notifyFailed": False, "notifyFailedFor": []}
+        self.zones[name] = {
+            "name": name,
+            "type": zone_type,
+            "lastModified": _iso(self.now()),
+            "disabled": False,
+            "soaSerial": 1,
+            "internal": False,
+            "catalog": None,
+            "dnssecStatus": "Unsigned",
+            "hasDnssecPrivateKeys": False,
+            "notifyFailed": False,
+            "notifyFailedFor": [],
+        }
         self._save_config()
         return {"domain": name or "."}
 
@@ -856,9 +893,13 @@ class FakeTechnitium:
             raise _ApiError(f"DNS application was not found: {name}")
         if class_path not in self.query_log_apps[name]:
             raise _ApiError(f"DNS application '{class_path}' class path was not found: {name}")
-        csv = ("\ufeffRowNumber,Timestamp,ClientIpAddress,Protocol,ResponseType,ResponseRtt,RCODE,Domain,Type,"
-               "Class,Answer\r\n1," + _iso(self.now()) + ",192.0.2.10,Udp,Recursive,1.5,NoError,example.com,A,IN,"
-               "93.184.216.34\r\n")
+        csv = (
+            "\ufeffRowNumber,Timestamp,ClientIpAddress,Protocol,ResponseType,ResponseRtt,RCODE,Domain,Type,"
+            "Class,Answer\r\n1,"
+            + _iso(self.now())
+            + ",192.0.2.10,Udp,Recursive,1.5,NoError,example.com,A,IN,"
+            "93.184.216.34\r\n"
+        )
         stamp = _dt.datetime.fromtimestamp(self.now(), _dt.UTC).strftime("_%Y-%m-%d_%H-%M-%S")
         return web.Response(body=csv.encode("utf-8"), content_type="text/csv", headers={
             "Content-Disposition": f"attachment;filename={self.server_domain}{stamp}_query_logs.csv"})

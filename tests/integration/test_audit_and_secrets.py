@@ -50,7 +50,7 @@ async def test_audit_lines_for_every_login_logout_and_expiry(
     await c.request("GET", "/api/zones/list")                                                # idle expiry
     await c.login("alice", "alice-pass")
     technitium.expire_all()
-    await c.request("GET", "/api/zones/list")                                                # upstream says no
+    await c.request("GET", "/api/zones/list")  # upstream says no
 
     lines = audit.lines()
     got = [(x["event"], x["outcome"], x["user"], x["client_ip"]) for x in lines]
@@ -196,7 +196,11 @@ async def test_no_secret_in_any_log_line_or_answer(  # noqa: C901 - one scenario
     haystacks = {"logs": "\n".join(logs), "answers": "\n".join(do.seen)}
     assert "audit" in haystacks["logs"] and "authproxy.access" in haystacks["logs"]
 
-    secrets: dict[str, str] = {"password": "totp-pass", "wrong password": "wrong-pass", "session secret": SECRET}
+    secrets: dict[str, str] = {
+        "password": "totp-pass",
+        "wrong password": "wrong-pass",
+        "session secret": SECRET,
+    }
     secrets.update({f"token {t[:6]}": t for t in tokens})
     for value in cookies:
         assert value is not None
@@ -226,14 +230,25 @@ def _malformed(cookie: str, bearer: str, query: str) -> dict[str, bytes]:
     in the query string where the refused part would be quoted (aiohttp's message quotes the line)."""
     creds = f"Cookie: {cookie}\r\nAuthorization: Bearer {bearer}\r\n".encode()
     return {
-        "bad request line": f"GET /api/zones/list?{query} HTTP/1.1 junk\r\nHost: x\r\n".encode() + creds + b"\r\n",
-        "oversized header": b"GET /api/zones/list?" + query.encode() + b" HTTP/1.1\r\nHost: x\r\n"
-                            + f"Cookie: {cookie}; pad={'a' * 9000}\r\n".encode() + creds + b"\r\n",
-        "bad chunked encoding": f"POST /api/zones/list?{query} HTTP/1.1\r\nHost: x\r\n".encode() + creds
-                                + b"Transfer-Encoding: chunked\r\n\r\n" + bearer.encode() + b"\r\nabc\r\n0\r\n\r\n",
+        "bad request line": f"GET /api/zones/list?{query} HTTP/1.1 junk\r\nHost: x\r\n".encode()
+        + creds
+        + b"\r\n",
+        "oversized header": b"GET /api/zones/list?"
+        + query.encode()
+        + b" HTTP/1.1\r\nHost: x\r\n"
+        + f"Cookie: {cookie}; pad={'a' * 9000}\r\n".encode()
+        + creds
+        + b"\r\n",
+        "bad chunked encoding": f"POST /api/zones/list?{query} HTTP/1.1\r\nHost: x\r\n".encode()
+        + creds
+        + b"Transfer-Encoding: chunked\r\n\r\n"
+        + bearer.encode()
+        + b"\r\nabc\r\n0\r\n\r\n",
         "invalid header bytes": f"GET /api/zones/list?{query} HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\x01\r\n"
-                                f"Authorization: Bearer {bearer}\x7f\r\n\r\n".encode(),
-        "invalid URL byte": f"GET /api/zones/list?{query}\xff HTTP/1.1\r\nHost: x\r\n".encode() + creds + b"\r\n",
+        f"Authorization: Bearer {bearer}\x7f\r\n\r\n".encode(),
+        "invalid URL byte": f"GET /api/zones/list?{query}\xff HTTP/1.1\r\nHost: x\r\n".encode()
+        + creds
+        + b"\r\n",
     }
 
 

@@ -78,7 +78,9 @@ async def test_a_ticket_signed_with_another_secret_is_rejected(
         client_for: Callable[[Gateway], GatewayClient]) -> None:
     one = client_for(await make_gateway(gateway_env(technitium.url)))
     await one.login("alice", "alice-pass")
-    two = client_for(await make_gateway(gateway_env(technitium.url, SESSION_SECRET="another-secret-" + "y" * 40)))
+    two = client_for(
+        await make_gateway(gateway_env(technitium.url, SESSION_SECRET="another-secret-" + "y" * 40))
+    )
     await signed_out(two, f"{two.cookie_name}={one.cookie}")
 
 
@@ -88,8 +90,11 @@ async def test_secret_rotation_keeps_existing_sessions(
     old = "old-secret-" + "o" * 40
     one = client_for(await make_gateway(gateway_env(technitium.url, SESSION_SECRET=old, REDIS_URL=redis_url)))
     await one.login("alice", "alice-pass")
-    rotated = client_for(await make_gateway(gateway_env(technitium.url, SESSION_SECRET=f"new-secret-{'n' * 40},{old}",
-                                                        REDIS_URL=redis_url)))
+    rotated = client_for(
+        await make_gateway(
+            gateway_env(technitium.url, SESSION_SECRET=f"new-secret-{'n' * 40},{old}", REDIS_URL=redis_url)
+        )
+    )
     rotated.cookie = one.cookie
     assert (await (await rotated.request("GET", SESSION)).json())["authenticated"] is True
 
@@ -107,7 +112,9 @@ async def test_oversized_headers_and_request_lines_get_4xx(gw: Gateway, client: 
 async def test_crlf_and_control_characters_in_headers_are_refused(gw: Gateway) -> None:
     for bad in (b"X-Evil: a\rb", b"X-Evil: a\x00b", b"Cookie: a=b\rSet-Cookie: x=y", b"X Evil: a",
                 b"Host: a\r\n b"):
-        raw = await raw_request(gw, b"GET /_authproxy/api/auth/session HTTP/1.1\r\nHost: x\r\n" + bad + b"\r\n\r\n")
+        raw = await raw_request(
+            gw, b"GET /_authproxy/api/auth/session HTTP/1.1\r\nHost: x\r\n" + bad + b"\r\n\r\n"
+        )
         assert 400 <= status_of(raw) < 500, bad
 
 
@@ -120,9 +127,17 @@ async def test_odd_bytes_and_urls_in_headers_never_give_a_500(gw: Gateway, clien
     cookie = f"Cookie: {client.cookie_name}={client.cookie}\r\n".encode()
 
     async def send(request_line: bytes, extra: bytes, proto: bytes = b"https") -> bytes:
-        return await raw_request(gw, request_line + b"\r\nHost: 127.0.0.1\r\nX-Forwarded-Proto: " + proto + b"\r\n"
-                                 + cookie + extra + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                                 whole=True)
+        return await raw_request(
+            gw,
+            request_line
+            + b"\r\nHost: 127.0.0.1\r\nX-Forwarded-Proto: "
+            + proto
+            + b"\r\n"
+            + cookie
+            + extra
+            + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            whole=True,
+        )
 
     for extra in (b"Expect: \x80", b"Expect: caf\xc3\xa9"):
         raw = await send(b"POST /_authproxy/api/auth/heartbeat HTTP/1.1", extra)
@@ -155,7 +170,11 @@ async def test_forms_the_technitium_ui_login_cannot_read_get_its_error_envelope(
 
 
 async def test_crlf_in_the_path_never_reaches_a_response_header(client: GatewayClient) -> None:
-    for path in ("/x%0d%0aSet-Cookie:%20evil=1%0d%0a", "/x%0dSet-Cookie:%20evil=1", "/x?a=%0d%0aSet-Cookie:%20e=1"):
+    for path in (
+        "/x%0d%0aSet-Cookie:%20evil=1%0d%0a",
+        "/x%0dSet-Cookie:%20evil=1",
+        "/x?a=%0d%0aSet-Cookie:%20e=1",
+    ):
         resp = await client.request("GET", path, headers=BROWSER)
         assert resp.status in (302, 404), path  # aiohttp's router does not match a decoded newline: 404
         location = resp.headers.get("Location", "")
@@ -182,7 +201,9 @@ async def test_unknown_paths_under_the_reserved_prefix_are_not_forwarded(
     assert len(technitium.requests) == calls  # the reserved prefix is never forwarded upstream
 
 
-async def test_dot_segments_are_refused_before_routing(client: GatewayClient, technitium: FakeTechnitium) -> None:
+async def test_dot_segments_are_refused_before_routing(
+    client: GatewayClient, technitium: FakeTechnitium
+) -> None:
     # Browsers resolve `.`/`..` (and `%2e`) before sending. One that arrives would be resolved by the
     # upstream after authproxy had routed and judged the unresolved path: /x/../api/user/session/get is
     # not an /api/ path to a string check, and its answer would go out without the token rewritten.
@@ -208,9 +229,14 @@ async def test_the_session_cookie_is_found_in_any_cookie_header(gw: Gateway, cli
         head = "".join(f"Cookie: {c}\r\n" for c in cookies)
         raw = await raw_request(gw, f"GET {SESSION} HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: https\r\n{head}"
                                     "Connection: close\r\n\r\n".encode())
-        assert status_of(raw) == 200 and b'"authenticated": true' in raw.replace(b'":true', b'": true'), cookies
-    raw = await raw_request(gw, f"GET {SESSION} HTTP/1.1\r\nHost: x\r\nCookie: theme=dark\r\nCookie: {ours}x\r\n"
-                                "Connection: close\r\n\r\n".encode())
+        assert status_of(raw) == 200 and b'"authenticated": true' in raw.replace(b'":true', b'": true'), (
+            cookies
+        )
+    raw = await raw_request(
+        gw,
+        f"GET {SESSION} HTTP/1.1\r\nHost: x\r\nCookie: theme=dark\r\nCookie: {ours}x\r\n"
+        "Connection: close\r\n\r\n".encode(),
+    )
     assert status_of(raw) == 200 and b"true" not in raw.split(b"\r\n\r\n", 1)[1]
 
 
@@ -244,8 +270,13 @@ async def test_aiohttps_own_400_quotes_nothing_of_the_request(gw: Gateway, clien
     limit = gw.config.server.max_header_size
     for pad in (limit - 40, limit - 60, limit - 100, limit):   # the ticket at several places in the window
         cookie = f"Cookie: junk={'j' * pad}; {client.cookie_name}={ticket}\r\n".encode()
-        raw = await raw_request(gw, b"GET /_authproxy/api/auth/session HTTP/1.1\r\nHost: 127.0.0.1\r\n" + cookie
-                                + b"Connection: close\r\n\r\n", whole=True)
+        raw = await raw_request(
+            gw,
+            b"GET /_authproxy/api/auth/session HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + cookie
+            + b"Connection: close\r\n\r\n",
+            whole=True,
+        )
         assert status_of(raw) == 400, raw[:200]
         assert ticket[:12].encode() not in raw and b"junk" not in raw, raw
         assert raw.rstrip().endswith(b"400 Bad Request"), raw

@@ -70,7 +70,9 @@ def test_check_config_ok(tmp_path: Path) -> None:
     assert "configuration OK" in result.stdout and "technitium" in result.stdout
 
 
-async def _wait_healthy(http: aiohttp.ClientSession, url: str, proc: ManagedProcess, timeout: float = 15) -> None:
+async def _wait_healthy(
+    http: aiohttp.ClientSession, url: str, proc: ManagedProcess, timeout: float = 15
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         assert proc.running, proc.log_tail()
@@ -180,8 +182,15 @@ async def test_run_with_its_port_busy_says_so_in_one_line_and_never_ready(
     with the port free, "ready" comes once, after the socket is open."""
 
     port = free_port()
-    env = base_env(UPSTREAM_URL=technitium.url, UPSTREAM_TYPE="technitium", TRUST_PROXY="true",
-                   AUTHPROXY_DATA_DIR=str(tmp_path / "data"), PORT=str(port), HOST="127.0.0.1", LOG_FORMAT="text")
+    env = base_env(
+        UPSTREAM_URL=technitium.url,
+        UPSTREAM_TYPE="technitium",
+        TRUST_PROXY="true",
+        AUTHPROXY_DATA_DIR=str(tmp_path / "data"),
+        PORT=str(port),
+        HOST="127.0.0.1",
+        LOG_FORMAT="text",
+    )
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", port))
         holder.listen()
@@ -252,7 +261,9 @@ async def test_logout_on_one_worker_is_effective_on_every_worker_before_its_answ
         workers = set(_children(proc.pid))
         assert len(workers) == 2, proc.log_tail()
         deadline = time.monotonic() + 15
-        while not workers <= _pids_on(port, "listening"):  # the kernel spreads connections over listeners only
+        while not workers <= _pids_on(
+            port, "listening"
+        ):  # the kernel spreads connections over listeners only
             assert time.monotonic() < deadline, proc.log_tail()
             await asyncio.sleep(0.05)
         for cycle in range(3):

@@ -104,7 +104,9 @@ async def test_upstream_invalid_token_sends_the_browser_to_the_login_page(
     assert resp.status == 302
     location = URL(resp.headers["Location"])
     assert location.path == "/_authproxy/login"
-    assert location.query["rd"] == "/api/dashboard/stats/get?type=LastHour" and location.query["expired"] == "1"
+    assert (
+        location.query["rd"] == "/api/dashboard/stats/get?type=LastHour" and location.query["expired"] == "1"
+    )
     page = await client.request("GET", str(location), headers=BROWSER)
     assert "Your session has ended" in await page.text()
     # The session is gone, so the next navigation goes to the login page too (no loop through upstream).
@@ -177,8 +179,11 @@ async def test_sign_out_everywhere_ends_every_session_of_the_account(
         {"authenticated": False, "loggedOut": True}
     assert await authenticated(laptop)
     # Bad input changes nothing: 400, still signed in.
-    for body in ({"json": {"everywhere": "yes"}}, {"data": b"{", "headers": {"Content-Type": "application/json"}},
-                 {"data": {"everywhere": "maybe"}}):
+    for body in (
+        {"json": {"everywhere": "yes"}},
+        {"data": b"{", "headers": {"Content-Type": "application/json"}},
+        {"data": {"everywhere": "maybe"}},
+    ):
         resp = await phone.request("POST", LOGOUT, **body)
         assert resp.status == 400, body
         assert (await resp.json())["error"] in ("bad_request", "bad_json")
@@ -416,7 +421,9 @@ async def test_a_save_after_a_logout_never_brings_the_session_back(
     assert not await authenticated(client)
 
 
-async def test_a_heartbeat_for_a_session_gone_from_the_store_says_so(gw: Gateway, client: GatewayClient) -> None:
+async def test_a_heartbeat_for_a_session_gone_from_the_store_says_so(
+    gw: Gateway, client: GatewayClient
+) -> None:
     # Another replica's logout whose invalidation this one has not seen yet: the cache still holds the
     # session, but sliding its TTL finds nothing, and the heartbeat must not answer 200.
     await client.login("alice", "alice-pass")

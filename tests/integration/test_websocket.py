@@ -183,7 +183,9 @@ async def test_an_upstream_that_vanishes_gets_the_client_a_1011(
 async def test_service_credential_in_auth_mode_none_goes_in_query_and_header(
         make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient], upstream: SocketUpstream,
         http_client: aiohttp.ClientSession) -> None:
-    async with http_client.post(upstream.url + "/api/user/login", data={"user": ALICE[0], "pass": ALICE[1]}) as r:
+    async with http_client.post(
+        upstream.url + "/api/user/login", data={"user": ALICE[0], "pass": ALICE[1]}
+    ) as r:
         service_token = (await r.json())["token"]
     gw = await make_gateway(gateway_env(upstream.url, AUTH_MODE="none", UPSTREAM_SERVICE_TOKEN=service_token))
     client = client_for(gw)

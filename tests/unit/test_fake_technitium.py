@@ -115,7 +115,9 @@ async def test_sliding_expiry_with_fake_clock(http: aiohttp.ClientSession) -> No
         assert (await call(http, fake, "/api/zones/list", bearer=forever))["status"] == "ok"
 
 
-async def test_v14_reads_only_token_field(technitium_v14: FakeTechnitium, http: aiohttp.ClientSession) -> None:
+async def test_v14_reads_only_token_field(
+    technitium_v14: FakeTechnitium, http: aiohttp.ClientSession
+) -> None:
     body = await login(http, technitium_v14, includeInfo="true")
     assert "isSsoUser" not in body and body["status"] == "ok"
     token = body["token"]
@@ -126,7 +128,9 @@ async def test_v14_reads_only_token_field(technitium_v14: FakeTechnitium, http: 
     assert (await call(http, technitium_v14, "/api/zones/list", token=token))["status"] == "ok"
     form = await call(http, technitium_v14, "/api/zones/list", method="POST", data={"token": token})
     assert form["status"] == "ok"
-    async with http.get(technitium_v14.url + "/api/user/createSingleUseToken", params={"token": token}) as resp:
+    async with http.get(
+        technitium_v14.url + "/api/user/createSingleUseToken", params={"token": token}
+    ) as resp:
         assert resp.status == 404  # v14 has no single-use tokens
 
 
@@ -135,7 +139,9 @@ async def test_v15_header_wins_over_field(technitium: FakeTechnitium, http: aioh
     assert (await call(http, technitium, "/api/zones/list", bearer=token, token="f" * 64))["status"] == "ok"
     assert await call(http, technitium, "/api/zones/list", bearer="f" * 64, token=token) == INVALID
     assert (await call(http, technitium, "/api/zones/list", token=token))["status"] == "ok"
-    assert (await call(http, technitium, "/api/zones/list", method="POST", data={"token": token}))["status"] == "ok"
+    assert (await call(http, technitium, "/api/zones/list", method="POST", data={"token": token}))[
+        "status"
+    ] == "ok"
     # repeated values are joined with "," by ASP.NET, so a smuggled second token breaks the first
     async with http.get(technitium.url + "/api/zones/list", params=[("token", token), ("token", token)]) as r:
         assert await r.json() == INVALID
@@ -166,7 +172,9 @@ async def test_admin_admin_not_counted(technitium: FakeTechnitium, http: aiohttp
     assert technitium.is_blocked("127.0.0.1")
 
 
-async def test_x_real_ip_only_from_private_peer(technitium: FakeTechnitium, http: aiohttp.ClientSession) -> None:
+async def test_x_real_ip_only_from_private_peer(
+    technitium: FakeTechnitium, http: aiohttp.ClientSession
+) -> None:
     for _ in range(5):
         await login(http, technitium, password="bad", headers={"X-Real-IP": "198.51.100.1"})
     assert technitium.is_blocked("198.51.100.1") and not technitium.is_blocked("127.0.0.1")

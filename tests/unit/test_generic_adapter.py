@@ -82,45 +82,110 @@ def test_the_documented_configurations_are_valid() -> None:
     assert GenericAdapter.check_options(ADGUARD) == []
 
 
-@pytest.mark.parametrize(("options", "expected"), [
-    ({}, ["options.login: required", "options.credential: required"]),
-    ({"login": {}, "credential": {"from": "cookie", "name": "s"}}, ["options.login.path: required"]),
-    ({**BEARER, "extra": {}}, ["unknown table 'extra'"]),
-    ({**BEARER, "login": {**BEARER["login"], "pth": "/x"}}, ["options.login: unknown option 'pth'"]),
-    ({**BEARER, "login": {**BEARER["login"], "encoding": "xml"}}, ["options.login.encoding: must be one of form, json, basic"]),
-    ({**BEARER, "login": {**BEARER["login"], "path": "api/login"}}, ["options.login.path: must be a path"]),
-    ({**BEARER, "login": {**BEARER["login"], "method": "P OST"}}, ["options.login.method: must be an HTTP"]),
-    ({**BEARER, "login": {**BEARER["login"], "blocked_status": [4290]}}, ["options.login.blocked_status: must be a list"]),
-    ({**BEARER, "credential": {"from": "json"}}, ["options.credential.pointer: required for from = \"json\""]),
-    ({**BEARER, "credential": {"from": "cookie"}, "inject": {}}, ["options.credential.name: required"]),
-    ({**BEARER, "credential": {"from": "json", "pointer": "data/token"}}, ["options.credential.pointer: must be a JSON"]),
-    ({**BEARER, "inject": {}}, ["options.inject.as: required"]),
-    ({**BEARER, "inject": {"as": "header", "name": "X", "template": "Bearer"}}, ["must contain {credential}"]),
-    ({**BEARER, "inject": {"as": "query", "name": "t", "template": "x{credential}"}}, ["only headers take"]),
-    ({**BEARER, "expiry": {"json_pointer": "/status"}}, ["options.expiry.json_value: required"]),
-    ({**BEARER, "logout": {"intercept": True}}, ["options.logout.intercept: needs logout.path"]),
-    ({**BEARER, "credential": {"from": "basic"}}, ["\"basic\" needs login.encoding = \"basic\""]),
-    ({**BEARER, "hide": {"json": "/a"}}, ["options.hide.json: must be a list of JSON pointers"]),
-    ({**BEARER, "hide": {"json": ["/a"], "write_back": "keep"}}, ["options.hide.write_back: must be one of"]),
-    ({**BEARER, "credential": {"from": "header", "name": "X-Sid-*"}}, ["only cookie names take a `prefix*`"]),
-    ({**BEARER, "inject": {"as": "cookie", "name": "sid-*"}}, ["options.inject.name: a `prefix*` pattern"]),
-    ({**BEARER, "injects": {"as": "header"}}, ["options.injects: must be a list of tables"]),
-    ({**BEARER, "injects": [{"as": "header"}]}, ["options.injects[0].name: required"]),
-    ({**BEARER, "injects": [{"as": "form", "name": "x"}]}, ["options.injects[0].as: must be one of"]),
-    ({**BEARER, "injects": [{"as": "header", "name": "X-C", "template": "{captured}"}]},
-     ["options.injects[0].capture: required with {captured}"]),
-    ({**BEARER, "injects": [{"as": "header", "name": "X-C", "capture": {"from": "json", "pointer": "/c"}}]},
-     ["options.injects[0].template: must contain {captured}"]),
-    ({**BEARER, "injects": [{"as": "header", "name": "X-C", "template": "{captured}",
-                             "capture": {"from": "json"}}]}, ["options.injects[0].capture.pointer: required"]),
-    ({**BEARER, "injects": [{"as": "header", "name": "X-C-*", "template": "k"}]},
-     ["options.injects[0].name: a `prefix*` name takes the suffix"]),
-    ({**BEARER, "injects": [{"as": "header", "name": "X", "tmpl": "k"}]}, ["options.injects[0]: unknown option 'tmpl'"]),
-    ({**BEARER, "logout": {"reuse": True, "path": "/out"}}, ["options.logout.reuse: only for products without"]),
-    ({**BEARER, "logout": {"reuse": True}}, ["options.logout.reuse: needs keepalive.path"]),
-    ({**BEARER, "login": {**BEARER["login"], "totp_field": "code"}, "logout": {"reuse": True},
-      "keepalive": {"path": "/api/ping"}}, ["options.logout.reuse: not with login.totp_field"]),
-])
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, ["options.login: required", "options.credential: required"]),
+        ({"login": {}, "credential": {"from": "cookie", "name": "s"}}, ["options.login.path: required"]),
+        ({**BEARER, "extra": {}}, ["unknown table 'extra'"]),
+        ({**BEARER, "login": {**BEARER["login"], "pth": "/x"}}, ["options.login: unknown option 'pth'"]),
+        (
+            {**BEARER, "login": {**BEARER["login"], "encoding": "xml"}},
+            ["options.login.encoding: must be one of form, json, basic"],
+        ),
+        (
+            {**BEARER, "login": {**BEARER["login"], "path": "api/login"}},
+            ["options.login.path: must be a path"],
+        ),
+        (
+            {**BEARER, "login": {**BEARER["login"], "method": "P OST"}},
+            ["options.login.method: must be an HTTP"],
+        ),
+        (
+            {**BEARER, "login": {**BEARER["login"], "blocked_status": [4290]}},
+            ["options.login.blocked_status: must be a list"],
+        ),
+        (
+            {**BEARER, "credential": {"from": "json"}},
+            ['options.credential.pointer: required for from = "json"'],
+        ),
+        ({**BEARER, "credential": {"from": "cookie"}, "inject": {}}, ["options.credential.name: required"]),
+        (
+            {**BEARER, "credential": {"from": "json", "pointer": "data/token"}},
+            ["options.credential.pointer: must be a JSON"],
+        ),
+        ({**BEARER, "inject": {}}, ["options.inject.as: required"]),
+        (
+            {**BEARER, "inject": {"as": "header", "name": "X", "template": "Bearer"}},
+            ["must contain {credential}"],
+        ),
+        (
+            {**BEARER, "inject": {"as": "query", "name": "t", "template": "x{credential}"}},
+            ["only headers take"],
+        ),
+        ({**BEARER, "expiry": {"json_pointer": "/status"}}, ["options.expiry.json_value: required"]),
+        ({**BEARER, "logout": {"intercept": True}}, ["options.logout.intercept: needs logout.path"]),
+        ({**BEARER, "credential": {"from": "basic"}}, ['"basic" needs login.encoding = "basic"']),
+        ({**BEARER, "hide": {"json": "/a"}}, ["options.hide.json: must be a list of JSON pointers"]),
+        (
+            {**BEARER, "hide": {"json": ["/a"], "write_back": "keep"}},
+            ["options.hide.write_back: must be one of"],
+        ),
+        (
+            {**BEARER, "credential": {"from": "header", "name": "X-Sid-*"}},
+            ["only cookie names take a `prefix*`"],
+        ),
+        (
+            {**BEARER, "inject": {"as": "cookie", "name": "sid-*"}},
+            ["options.inject.name: a `prefix*` pattern"],
+        ),
+        ({**BEARER, "injects": {"as": "header"}}, ["options.injects: must be a list of tables"]),
+        ({**BEARER, "injects": [{"as": "header"}]}, ["options.injects[0].name: required"]),
+        ({**BEARER, "injects": [{"as": "form", "name": "x"}]}, ["options.injects[0].as: must be one of"]),
+        (
+            {**BEARER, "injects": [{"as": "header", "name": "X-C", "template": "{captured}"}]},
+            ["options.injects[0].capture: required with {captured}"],
+        ),
+        (
+            {
+                **BEARER,
+                "injects": [{"as": "header", "name": "X-C", "capture": {"from": "json", "pointer": "/c"}}],
+            },
+            ["options.injects[0].template: must contain {captured}"],
+        ),
+        (
+            {
+                **BEARER,
+                "injects": [
+                    {"as": "header", "name": "X-C", "template": "{captured}", "capture": {"from": "json"}}
+                ],
+            },
+            ["options.injects[0].capture.pointer: required"],
+        ),
+        (
+            {**BEARER, "injects": [{"as": "header", "name": "X-C-*", "template": "k"}]},
+            ["options.injects[0].name: a `prefix*` name takes the suffix"],
+        ),
+        (
+            {**BEARER, "injects": [{"as": "header", "name": "X", "tmpl": "k"}]},
+            ["options.injects[0]: unknown option 'tmpl'"],
+        ),
+        (
+            {**BEARER, "logout": {"reuse": True, "path": "/out"}},
+            ["options.logout.reuse: only for products without"],
+        ),
+        ({**BEARER, "logout": {"reuse": True}}, ["options.logout.reuse: needs keepalive.path"]),
+        (
+            {
+                **BEARER,
+                "login": {**BEARER["login"], "totp_field": "code"},
+                "logout": {"reuse": True},
+                "keepalive": {"path": "/api/ping"},
+            },
+            ["options.logout.reuse: not with login.totp_field"],
+        ),
+    ],
+)
 def test_option_problems_name_the_option_and_the_fix(options: dict[str, Any], expected: list[str]) -> None:
     problems = GenericAdapter.check_options(options)
     for fragment in expected:
@@ -130,8 +195,15 @@ def test_option_problems_name_the_option_and_the_fix(options: dict[str, Any], ex
 def test_hidden_fields_pair_each_pointer_with_its_paths() -> None:
     """`hide.json` takes plain pointers (on `json_paths`) and {pointer, paths} pairs: each field is
     blanked only where it belongs, and JSON writes to those paths are the ones restored."""
-    made = adapter({**BEARER, "hide": {"json": ["/data/token", {"pointer": "/gui/apiKey", "paths": ["/rest/config"]}],
-                                       "json_paths": ["/api/session"]}})
+    made = adapter(
+        {
+            **BEARER,
+            "hide": {
+                "json": ["/data/token", {"pointer": "/gui/apiKey", "paths": ["/rest/config"]}],
+                "json_paths": ["/api/session"],
+            },
+        }
+    )
     doc = {"data": {"token": "T"}, "gui": {"apiKey": "K"}}
     on_config = json.loads(made.rewrite_body(ureq("/rest/config"), json.dumps(doc).encode(), None))
     on_session = json.loads(made.rewrite_body(ureq("/api/session"), json.dumps(doc).encode(), None))
@@ -141,18 +213,33 @@ def test_hidden_fields_pair_each_pointer_with_its_paths() -> None:
     assert made.restores_body(ureq("/rest/config", method="PUT", headers=put))
     assert not made.restores_body(ureq("/rest/config", method="GET", headers=put))
     assert not made.restores_body(ureq("/rest/config", method="PUT", headers={"Content-Type": "text/plain"}))
-    passing = adapter({**BEARER, "hide": {"json": [{"pointer": "/a", "paths": ["/x"]}], "write_back": "pass"}})
+    passing = adapter(
+        {**BEARER, "hide": {"json": [{"pointer": "/a", "paths": ["/x"]}], "write_back": "pass"}}
+    )
     assert not passing.restores_body(ureq("/x", method="PUT", headers=put))
 
 
 def test_several_injections_each_with_its_template() -> None:
-    made = adapter({**BEARER, "injects": [
-        {"as": "header", "name": "X-Api", "template": "Key {credential}"},
-        {"as": "header", "name": "X-Client", "template": "web"},
-        {"as": "cookie", "name": "csrf", "template": "{captured}", "capture": {"from": "json", "pointer": "/csrf"}},
-        {"as": "query", "name": "v", "template": "2"}]})
+    made = adapter(
+        {
+            **BEARER,
+            "injects": [
+                {"as": "header", "name": "X-Api", "template": "Key {credential}"},
+                {"as": "header", "name": "X-Client", "template": "web"},
+                {
+                    "as": "cookie",
+                    "name": "csrf",
+                    "template": "{captured}",
+                    "capture": {"from": "json", "pointer": "/csrf"},
+                },
+                {"as": "query", "name": "v", "template": "2"},
+            ],
+        }
+    )
     credential = Credential(secret="S", extra={"captured": {"2": ["C", ""]}})
-    req = ureq(headers={"X-Api": "forged", "X-Client": "forged", "Cookie": "csrf=forged; keep=1"}, query="v=9&a=1")
+    req = ureq(
+        headers={"X-Api": "forged", "X-Client": "forged", "Cookie": "csrf=forged; keep=1"}, query="v=9&a=1"
+    )
     made.prepare_request(req, credential)
     assert req.headers["Authorization"] == "Bearer S" and req.headers["X-Api"] == "Key S"
     assert req.headers["X-Client"] == "web" and req.headers["Cookie"] == "csrf=C; keep=1"
@@ -267,7 +354,9 @@ def test_expiry_by_status_only_on_the_configured_paths() -> None:
     assert a.wants_body(ureq("/api/x"), 401, hdrs()) and a.is_expired(401, hdrs(), b"")
     # A 401 outside /api/ is not about authproxy's credential: not read, never judged.
     assert not a.wants_body(ureq("/files/x"), 401, hdrs())
-    assert not a.wants_body(ureq("/api/x"), 200, hdrs(Content_Length=str(2 << 20), Content_Type="application/json"))
+    assert not a.wants_body(
+        ureq("/api/x"), 200, hdrs(Content_Length=str(2 << 20), Content_Type="application/json")
+    )
 
 
 def test_expiry_by_json_field_and_by_redirect() -> None:
@@ -276,7 +365,9 @@ def test_expiry_by_json_field_and_by_redirect() -> None:
     assert a.wants_body(ureq("/api/x"), 200, hdrs(Content_Type="application/json; charset=utf-8"))
     assert a.is_expired(200, hdrs(), body)
     assert not a.is_expired(200, hdrs(), b'{"status":"ok"}') and not a.is_expired(200, hdrs(), b"not json")
-    assert not a.wants_body(ureq("/api/x"), 200, hdrs(Content_Type="application/json", Content_Encoding="gzip"))
+    assert not a.wants_body(
+        ureq("/api/x"), 200, hdrs(Content_Type="application/json", Content_Encoding="gzip")
+    )
     g = adapter(ADGUARD, "adguard")
     assert g.wants_body(ureq("/"), 302, hdrs(Location="/login.html"))
     assert g.is_expired(302, hdrs(Location="/login.html"), b"")
@@ -311,8 +402,14 @@ def test_hidden_json_fields_become_null() -> None:
 
 def test_session_cookies_and_declared_headers_never_reach_the_browser() -> None:
     a = adapter({**ADGUARD, "hide": {**ADGUARD["hide"], "response_headers": ["X-Session"]}}, "adguard")
-    headers = CIMultiDict([("Set-Cookie", "agh_session=abc; Path=/; HttpOnly"), ("Set-Cookie", "lang=en; Path=/"),
-                           ("X-Session", "abc"), ("Content-Type", "text/plain")])
+    headers = CIMultiDict(
+        [
+            ("Set-Cookie", "agh_session=abc; Path=/; HttpOnly"),
+            ("Set-Cookie", "lang=en; Path=/"),
+            ("X-Session", "abc"),
+            ("Content-Type", "text/plain"),
+        ]
+    )
     a.filter_response_headers(headers)
     assert headers.getall("Set-Cookie") == ["lang=en; Path=/"] and "X-Session" not in headers
     basic = adapter({"login": {"path": "/rpc", "encoding": "basic"}, "credential": {"from": "basic"}})
@@ -346,12 +443,22 @@ async def test_login_outcomes_form_encoding_header_credential_and_ttl(aiohttp_se
     app = web.Application()
     app.router.add_post("/in", login)
     server = await aiohttp_server(app)
-    options = {"login": {"path": "/in", "username_field": "user", "password_field": "pass",
-                         "totp_field": "code", "totp_required_status": 401, "totp_required_text": "code required",
-                         "fields": {"remember": 1}},
-               "credential": {"from": "header", "name": "X-Token", "ttl_pointer": "/ttl"}}
+    options = {
+        "login": {
+            "path": "/in",
+            "username_field": "user",
+            "password_field": "pass",
+            "totp_field": "code",
+            "totp_required_status": 401,
+            "totp_required_text": "code required",
+            "fields": {"remember": 1},
+        },
+        "credential": {"from": "header", "name": "X-Token", "ttl_pointer": "/ttl"},
+    }
     assert GenericAdapter.check_options(options) == []
-    site = SiteConfig(name="s", upstream_url=str(server.make_url("")).rstrip("/"), type="generic", options=options)
+    site = SiteConfig(
+        name="s", upstream_url=str(server.make_url("")).rstrip("/"), type="generic", options=options
+    )
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
         a = GenericAdapter(site, http)
         assert (await a.login("bob", "bad", None, "198.51.100.7")).status == "invalid"
@@ -402,8 +509,13 @@ def test_location_headers_point_at_the_public_address(prefix: str, upstream: str
 
 
 def test_passed_through_cookies_get_public_paths_and_lose_the_upstream_domain() -> None:
-    headers = CIMultiDict([("Set-Cookie", "lang=en; Path=/; HttpOnly"), ("Set-Cookie", "a=1; path=/ui/x; Domain=10.0.0.5"),
-                           ("Set-Cookie", "b=2; Domain=.example.com")])
+    headers = CIMultiDict(
+        [
+            ("Set-Cookie", "lang=en; Path=/; HttpOnly"),
+            ("Set-Cookie", "a=1; path=/ui/x; Domain=10.0.0.5"),
+            ("Set-Cookie", "b=2; Domain=.example.com"),
+        ]
+    )
     _rewrite_set_cookie_paths(headers, site_at("/agh/"))
     assert headers.getall("Set-Cookie") == ["lang=en; Path=/agh; HttpOnly", "a=1; path=/agh/ui/x",
                                             "b=2; Domain=.example.com"]

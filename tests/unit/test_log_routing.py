@@ -71,10 +71,21 @@ def test_every_report_goes_through_the_redacting_handler(fmt: str) -> None:
     assert result.returncode == 1, err  # the uncaught exception still ends the process with 1
     assert SECRET not in err and SECRET[:12] not in err, err
     assert "Traceback" not in err and 'File "' not in err and "--- Logging error ---" not in err, err
-    for what in ("Error handling request from 127.0.0.1", "somelib failed", "Task exception was never retrieved",
-                 "deprecated", "unexpected error in a thread", "exception ignored (unraisable)",
-                 "authproxy stopped on an unexpected error", "ValueError", "RuntimeError", "OSError", "KeyError",
-                 "LookupError", "SystemError"):
+    for what in (
+        "Error handling request from 127.0.0.1",
+        "somelib failed",
+        "Task exception was never retrieved",
+        "deprecated",
+        "unexpected error in a thread",
+        "exception ignored (unraisable)",
+        "authproxy stopped on an unexpected error",
+        "ValueError",
+        "RuntimeError",
+        "OSError",
+        "KeyError",
+        "LookupError",
+        "SystemError",
+    ):
         assert what in err, f"{what!r} missing from:\n{err}"
     if fmt == "json":
         for line in err.splitlines():
