@@ -147,7 +147,7 @@ def _serve(config: Config, ssl_paths: tuple[Path, Path] | None, reuse_port: bool
             access_log=logging.getLogger("authproxy.access") if config.server.access_log else None,
             reuse_port=reuse_port,
             # run_app "prints" once every listener is open: that, and only that, is "ready".
-            print=lambda *_: ready(app),
+            print=lambda *_: ready(app, "https" if ssl_paths else "http"),
             # Passed through AppRunner to each RequestHandler. (Not `handler_args=`: run_app forwards that
             # name as a RequestHandler kwarg, which raises TypeError, and aiohttp then silently drops
             # access_log, keepalive_timeout and these limits, logging a warning on every new connection.)
@@ -194,9 +194,6 @@ def run(args: argparse.Namespace) -> int:
         log.info("TLS is terminated by a trusted proxy: sign-in requires X-Forwarded-Proto: https from "
                  "TRUSTED_PROXIES")
     log.info(" ".join(forward_auth_summary(config)))
-    scheme = "https" if ssl_paths else "http"
-    log.info(f"listening on {scheme}://{config.server.host}:{config.server.port}{config.server.prefix}/login",
-             extra={"fields": {"workers": config.server.workers}})
     workers = config.server.workers
     if workers == 1:
         _serve(config, ssl_paths, reuse_port=False)

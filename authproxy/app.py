@@ -203,12 +203,15 @@ def listen_problem(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def ready(app: web.Application) -> None:
+def ready(app: web.Application, scheme: str = "http") -> None:
     """Said once every listener is open (`authproxy run` calls it then, never before)."""
     config = app[keys.CONFIG]
+    server = config.server
+    host = f"[{server.host}]" if ":" in server.host else server.host
     logging.getLogger("authproxy").info(
-        "authproxy ready", extra={"fields": {"mode": config.auth_mode, "store": app[keys.STORE].name,
-                                             "sites": [s.name for s in config.sites]}})
+        f"authproxy ready: listening on {scheme}://{host}:{server.port}{server.prefix}/login",
+        extra={"fields": {"mode": config.auth_mode, "store": app[keys.STORE].name,
+                          "sites": [s.name for s in config.sites], "workers": server.workers}})
 
 
 def _adapter(app: web.Application, site: str) -> UpstreamAdapter | None:

@@ -18,7 +18,7 @@ from authproxy.login.passthrough import LoginInput
 from authproxy.routing import Site
 from authproxy.sessions.manager import LoadedSession
 from authproxy.upstreams.ui import HANDOFF_FLAG, NO_STORE, SAFE_METHODS, Outcome, UiAnswer, UiCall
-from authproxy.web.api import clear_session_cookie, end_session, set_session_cookie, sign_in
+from authproxy.web.api import clear_session_cookie, end_session, login_location, set_session_cookie, sign_in
 from authproxy.web.common import SECURITY_HEADERS, client_ip, current_session, json_error, wants_html
 
 
@@ -112,11 +112,17 @@ async def _signed_in(request: web.Request, site: Site) -> web.StreamResponse | N
     credential = loaded.session.credentials.get(site.name) if loaded is not None else None
     if loaded is None or credential is None:
         return None
-    if not await site.adapter.ui_alive(credential):
+    alive = await site.adapter.ui_alive(credential)
+    if not alive:
         await request.app[keys.SESSIONS].drop_credential(loaded, site.name, client_ip=client_ip(request))
     said = _words(site, "signed_in", "ok")
     if said is not None:
         return said
+    if wants_html(request) and request.method not in SAFE_METHODS:
+        # The product's own sign-in form, posted by a browser: the UI believes its session is over (a
+        # logout authproxy did not see). A way back, never a dead end: authproxy's sign-in page.
+        location = login_location(request, site.config.path_prefix) + ("" if alive else "&expired=1")
+        return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
     prefix = request.app[keys.CONFIG].server.prefix
     return web.json_response({"error": "sign_in_at_authproxy", "message": "You are signed in already; "
                               f"to sign in as someone else, sign out and use {prefix}/login."},

@@ -266,6 +266,26 @@ async def test_the_apps_own_login_page_at_any_path_sends_the_person_back_to_sign
     await _signed_in(gw, client_for, "root", "console-pass")
 
 
+async def test_the_apps_own_login_form_posted_while_signed_in_leads_to_a_working_sign_in(
+        make_gateway: MakeGateway, console: FakeConsole, client_for: ClientFor, tmp_path: Path) -> None:
+    """Without `html_marker`, the app's login page (200, at any path) reaches the browser once its
+    session is gone; posting that form must not dead-end in a 403 (the login API is authproxy's to
+    call): the browser goes to authproxy's sign-in, and signing in there works."""
+    options = CONSOLE_OPTIONS.replace('html_marker = "<title>Console login</title>"', 'status = [401]')
+    gw = await _gateway(make_gateway, tmp_path, console.url, options)
+    client = await _signed_in(gw, client_for, "root", "console-pass")
+    console.sessions.clear()
+    page = await client.request("GET", "/status", headers=BROWSER)
+    assert page.status == 200 and "Console login" in await page.text()   # the app's own page, as it is
+    form = await client.request("POST", "/login", data={"user": "root", "password": "console-pass"},
+                                headers={**BROWSER, "Origin": client.origin})
+    assert form.status == 303, await form.text()
+    assert form.headers["Location"].startswith("/_authproxy/login?rd=%2F")
+    assert console.logins == 1   # the app's login API never saw the browser's call
+    again = await _signed_in(gw, client_for, "root", "console-pass")
+    assert "<title>Console</title>" in await (await again.request("GET", "/status", headers=BROWSER)).text()
+
+
 async def test_an_app_without_logout_gets_its_live_session_back_at_the_next_sign_in(
         make_gateway: MakeGateway, console: FakeConsole, client_for: ClientFor, tmp_path: Path) -> None:
     options = CONSOLE_OPTIONS + 'reuse = true\n\n[sites.options.keepalive]\npath = "/"\n'
