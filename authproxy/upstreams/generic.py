@@ -62,8 +62,9 @@ with recipes):
     success_text = ""               when set, an accepted login's body must contain it
     ui_answer = ""                  when set, the UI's own call to this path (method + path) is
     ui_answer_type = "text/plain"   answered with this body while the person is signed in; when
-                                    not, that call is refused (403) while signed in: the login API
-                                    is only ever called by authproxy (throttled and audited)
+                                    not, that call is refused (403) while signed in (a browser's
+                                    form post: 303 to authproxy's sign-in page): the login API is
+                                    only ever called by authproxy (throttled and audited)
 
 [credential]  (required)
     from                            cookie | json | header | basic (the Basic value itself)
