@@ -47,7 +47,7 @@ class FakeSyncApp(LoopbackServer):
         self.app.router.add_post("/rest/noauth/auth/password", self._login)
         self.app.router.add_get("/rest/config", self._get_config)
         self.app.router.add_put("/rest/config", self._put_config)
-        self.app.router.add_get("/rest/events", self._events)
+        self.app.router.add_route("*", "/rest/events", self._events)
         self.app.router.add_get("/rest/echo", self._echo)
 
     async def _login(self, request: web.Request) -> web.Response:
