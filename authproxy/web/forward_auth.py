@@ -404,6 +404,10 @@ async def verify(request: web.Request) -> web.StreamResponse:  # noqa: C901 - /v
         )
     decision = authz.decide(loaded.session if loaded else None, site.config, session_mode=config.session_mode)
     if decision == "login":
+        if site.adapter.public_call(target.method, site.upstream_path(target.route_path)):
+            # A call the product answers for anyone (e.g. Technitium's api/sso/status): let it through,
+            # with no credential to add.
+            return web.Response(status=200, headers={"Cache-Control": "no-store"})
         return _ask_to_sign_in(request, kind, target)
     if decision == "deny":
         return error_response(request, 403, "forbidden", "You are signed in, but this account may not use "

@@ -9,9 +9,11 @@ authproxy's own icon while no one is signed in (no console error on the portal),
 
 from __future__ import annotations
 
+import aiohttp
+
 from tests.fakes.technitium import FakeTechnitium
 from tests.integration.conftest import BROWSER
-from tests.support.gateway import GatewayClient
+from tests.support.gateway import GatewayClient, MakeGateway, gateway_env
 
 
 async def test_calls_technitium_answers_for_anyone_get_its_answer_without_a_session(
@@ -38,3 +40,19 @@ async def test_favicon_is_authproxys_until_signed_in_then_the_upstreams(
     assert (await client.login("alice", "alice-pass")).status == 200
     await client.request("GET", "/favicon.ico")
     assert len(technitium.requests_to("/favicon.ico")) == 1
+
+
+async def test_forward_auth_lets_the_calls_technitium_answers_for_anyone_through_without_a_credential(
+        make_gateway: MakeGateway, technitium: FakeTechnitium, http_client: aiohttp.ClientSession) -> None:
+    gw = await make_gateway(gateway_env(technitium.url, FORWARD_AUTH_PORT="0"))
+
+    async def check(uri: str) -> aiohttp.ClientResponse:
+        headers = {"X-Forwarded-Method": "GET", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "dns.test",
+                   "X-Forwarded-Uri": uri, "Accept": "application/json"}
+        async with http_client.get(gw.forward_auth_url + "/_authproxy/verify/caddy", headers=headers) as resp:
+            await resp.read()
+            return resp
+
+    public = await check("/api/sso/status")
+    assert public.status == 200 and "Authorization" not in public.headers
+    assert (await check("/api/zones/list")).status == 401
