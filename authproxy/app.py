@@ -14,9 +14,11 @@ from authproxy import keys
 from authproxy.config.schema import Config
 from authproxy.crypto import Keyring
 from authproxy.log import AccessLogger
+from authproxy.login.background import BackgroundWork
 from authproxy.login.keepalive import UpstreamKeepalive
 from authproxy.login.passthrough import PassthroughLogin
 from authproxy.login.regulation import Regulator
+from authproxy.login.service import ApiKeys, ServiceGate
 from authproxy.proxy import http as proxy_http
 from authproxy.proxy import websocket as proxy_websocket
 from authproxy.redirects import RedirectPolicy
@@ -90,7 +92,11 @@ def create_app(config: Config, *, store: SessionStore | None = None) -> web.Appl
                                         config=config.session)
     app[keys.REGULATOR] = Regulator(app[keys.STORE], config.throttle)
     app[keys.KEEPALIVE] = UpstreamKeepalive(app[keys.SESSIONS], lambda name: _adapter(app, name))
-    app[keys.LOGIN] = PassthroughLogin(app[keys.SESSIONS], app[keys.REGULATOR], app[keys.KEEPALIVE])
+    app[keys.LOGIN] = PassthroughLogin(app[keys.SESSIONS], app[keys.REGULATOR], app[keys.KEEPALIVE],
+                                       names=lambda address: app[keys.BACKGROUND].name_for(address))
+    # Service clients (AUTH_MODE=hybrid): API keys today; a JWT authenticator joins the same gate.
+    service_keys = config.server.service_api_keys
+    app[keys.SERVICE_GATE] = ServiceGate([ApiKeys(service_keys)] if service_keys else [])
     app[keys.REDIRECTS] = redirect_policy(config)
     app.cleanup_ctx.append(_lifecycle)
     if config.server.forward_auth_listener:
@@ -113,6 +119,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     app[keys.ROUTER] = Router.build(config.sites, app[keys.HTTP], auth_mode=config.auth_mode)
     for site in app[keys.ROUTER].sites:   # adapters whose upstream-side state every replica must share
         site.adapter.bind_store(app[keys.STORE])
+    # Background tokens: read and judged once before serving, then every BACKGROUND_CHECK_INTERVAL.
+    app[keys.BACKGROUND] = BackgroundWork(app[keys.ROUTER].sites, interval=config.server.background_check_interval,
+                                          enabled=config.session_mode)
+    await app[keys.BACKGROUND].check_all()
+    app[keys.BACKGROUND].start()
     await app[keys.STORE].start()
     app[keys.SESSIONS].start()
     app[keys.STORE].subscribe(CHANNEL, app[keys.KEEPALIVE].invalidated)
@@ -120,6 +131,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         "authproxy ready", extra={"fields": {"mode": config.auth_mode, "store": app[keys.STORE].name,
                                              "sites": [s.name for s in config.sites]}})
     yield
+    await app[keys.BACKGROUND].close()
     await app[keys.KEEPALIVE].close()
     await app[keys.HTTP].close()
     await app[keys.STORE].close()

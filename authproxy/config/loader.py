@@ -24,6 +24,7 @@ from authproxy.config.schema import (
     Config,
     IPNetwork,
     ServerConfig,
+    ServiceKey,
     SessionConfig,
     SiteConfig,
     ThrottleConfig,
@@ -47,11 +48,12 @@ FILE_KEYS: dict[str, set[str]] = {
                "trust_proxy", "trusted_proxies", "allowed_redirect_domains", "access_log", "log_level",
                "log_format", "audit_log_file", "max_header_size", "workers", "forward_auth_host",
                "forward_auth_port", "forward_auth_secret", "forward_auth_secret_file", "hsts_max_age",
-               "hsts_include_subdomains"},
+               "hsts_include_subdomains", "service_api_keys", "service_api_keys_file", "background_check_interval"},
     "session": {"idle_timeout", "max_age", "secret", "secret_file", "cookie_name", "cookie_domain", "redis_url_file",
                 "cache_ttl", "redis_url", "redis_prefix"},
     "throttle": {"max_failures", "window"},
     "site": {"name", "upstream_url", "type", "hosts", "path_prefix", "service_token", "service_token_file",
+             "cluster_token", "cluster_token_file",
              "options", "timeout", "connect_timeout", "allowed_users", "allowed_groups", "allow_methods"},
 }
 
@@ -235,7 +237,8 @@ def _site_from_table(t: dict[str, Any], index: int, problems: list[str]) -> Site
     return SiteConfig(
         name=str(t["name"]), upstream_url=str(t["upstream_url"]).rstrip("/"), type=str(t["type"]).lower(),
         hosts=tuple(h.lower() for h in hosts), path_prefix=str(t.get("path_prefix", _SITE.path_prefix)),
-        service_token=_file_secret(t, "service_token", where, problems), options=dict(options),
+        service_token=_file_secret(t, "service_token", where, problems),
+        cluster_token=_file_secret(t, "cluster_token", where, problems), options=dict(options),
         allowed_users=tuple(u.lower() for u in _list(t.get("allowed_users", ()))),
         allowed_groups=tuple(_list(t.get("allowed_groups", ()))),
         allow_methods=tuple(m.upper() for m in _list(t.get("allow_methods", ()))),
@@ -290,7 +293,7 @@ def _env_site(r: _Reader) -> SiteConfig | None:
     return SiteConfig(
         name=(r.raw("SITE_NAME") or ("", site_type))[1], upstream_url=url[1].rstrip("/"), type=site_type,
         hosts=tuple(h.lower() for h in _split(hosts[1])) if hosts else (),
-        service_token=service, options=options,
+        service_token=service, cluster_token=r.secret("TECHNITIUM_CLUSTER_TOKEN"), options=options,
         allowed_users=tuple(u.lower() for u in _split((r.raw("ALLOWED_USERS") or ("", ""))[1])),
         allowed_groups=_split((r.raw("ALLOWED_GROUPS") or ("", ""))[1]),
         allow_methods=tuple(m.upper() for m in _split((r.raw("ALLOW_METHODS") or ("", ""))[1])),
@@ -381,7 +384,38 @@ def _server(r: _Reader, fs: dict[str, Any]) -> ServerConfig:
                                                                         "[server]"))),
         hsts_include_subdomains=r.boolean("HSTS_INCLUDE_SUBDOMAINS",
                                           bool(fs.get("hsts_include_subdomains", _SERVER.hsts_include_subdomains))),
+        service_api_keys=_service_keys(r, fs),
+        background_check_interval=r.duration(
+            "BACKGROUND_CHECK_INTERVAL", r.file_duration(fs, "background_check_interval",
+                                                         _SERVER.background_check_interval, "[server]")),
     )
+
+
+_SERVICE_KEY = re.compile(r"^([A-Za-z0-9_.@-]{1,64}):sha256:([0-9a-fA-F]{64})$")
+
+
+def _service_keys(r: _Reader, fs: dict[str, Any]) -> tuple[ServiceKey, ...]:
+    """SERVICE_API_KEYS (or _FILE, or [server] service_api_keys): `name:sha256:<hex>` entries, as
+    `authproxy service-key NAME` prints them; the keys themselves are never configured."""
+    secret = r.secret("SERVICE_API_KEYS")
+    if secret is not None:
+        text, where = secret.reveal(), "SERVICE_API_KEYS"
+    elif isinstance(fs.get("service_api_keys"), list):
+        text, where = " ".join(str(v) for v in fs["service_api_keys"]), "[server].service_api_keys"
+    else:
+        from_file = _file_secret(fs, "service_api_keys", "[server]", r.problems)
+        text = from_file.reveal() if from_file is not None else ""
+        where = "[server].service_api_keys"
+    keys: list[ServiceKey] = []
+    for entry in _split(text):
+        match = _SERVICE_KEY.match(entry)
+        if match is None:
+            shown = entry.split(":", 1)[0][:64]
+            r.problems.append(f"{where}: the entry for {shown!r} is not name:sha256:<64 hex digits>; make one with "
+                              "`authproxy service-key NAME` and paste the line it prints")
+            continue
+        keys.append(ServiceKey(name=match.group(1), digest=bytes.fromhex(match.group(2))))
+    return tuple(keys)
 
 
 def _session(r: _Reader, fss: dict[str, Any]) -> SessionConfig:

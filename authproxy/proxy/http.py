@@ -47,6 +47,7 @@ from authproxy.upstreams.base import UpstreamAdapter, UpstreamRequest
 from authproxy.upstreams.substitute import ReplacerChain, StreamReplacer, scrubber
 from authproxy.web import uicalls
 from authproxy.web.common import client_ip, current_session, error_response, no_endpoint
+from authproxy.web.service import service_credential
 
 CHUNK = 64 * 1024
 MAX_PEEK = 1 << 20
@@ -152,7 +153,13 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
             return _cross_site_refused(request, site, refusal)
     loaded, credential = await credential_for(request, site)
     if credential is None:
-        return signed_out(request, site)
+        if loaded is None:   # nobody signed in: a service client's (hybrid), or an anonymous request
+            credential, refused = service_credential(request, site, client_ip=client_ip(request),
+                                                     method=request.method, path=request.rel_url.path)
+            if refused is not None:
+                return refused
+        if credential is None:
+            return signed_out(request, site)
     if (loaded is not None and (site.config.allowed_users or site.config.allowed_groups)
             and authz.decide(loaded.session, site.config, session_mode=True) == "deny"):
         # The same per-site allow lists as forward auth (authz.decide), for HTTP and WebSocket alike.

@@ -64,6 +64,7 @@ from authproxy.web.common import (
     wants_html,
 )
 from authproxy.web.middleware import Handler, peer_in, request_rules
+from authproxy.web.service import service_credential
 
 __all__ = ["KINDS", "LISTENER", "BadTarget", "ProxyKind", "Target", "detect", "listener_app",
            "read_target", "setup"]
@@ -383,7 +384,15 @@ async def verify(request: web.Request) -> web.StreamResponse:  # noqa: C901 - /v
         loaded = await request.app[keys.SESSIONS].load(cookie_value(request), client_ip=lambda: forwarded_client(
             request.headers.getall("X-Forwarded-For", ()), request.remote or "", config.server.trusted_proxies))
     decision = authz.decide(loaded.session if loaded else None, site.config, session_mode=config.session_mode)
-    if decision == "login":
+    service: Credential | None = None
+    if decision == "login" and loaded is None:   # a service client's (hybrid), or an anonymous request
+        service, refused = service_credential(request, site, method=target.method, path=target.path,
+                                              client_ip=forwarded_client(request.headers.getall("X-Forwarded-For", ()),
+                                                                         request.remote or "",
+                                                                         config.server.trusted_proxies))
+        if refused is not None:
+            return refused
+    if decision == "login" and service is None:
         return _ask_to_sign_in(request, kind, target)
     if decision == "deny":
         return error_response(request, 403, "forbidden", "You are signed in, but this account may not use "
@@ -391,7 +400,9 @@ async def verify(request: web.Request) -> web.StreamResponse:  # noqa: C901 - /v
 
     headers: dict[str, str] = {"Cache-Control": "no-store"}
     credential: Credential | None
-    if loaded is not None:
+    if service is not None:
+        credential = service
+    elif loaded is not None:
         credential = site.policy.credential(loaded.session, site.name)
         identity = site_identity(loaded.session, site.name)
         if identity is not None:

@@ -219,7 +219,9 @@ async def test_permissions_and_echo(technitium: FakeTechnitium, http: aiohttp.Cl
     technitium.add_user("viewer", "pw", permissions={"Zones": {"canView": True}}, groups=[])
     viewer = (await login(http, technitium, "viewer", "pw", includeInfo="true"))
     assert viewer["info"]["permissions"]["Zones"] == {"canView": True, "canModify": False, "canDelete": False}
-    assert viewer["info"]["permissions"]["Dashboard"]["canView"] is False
+    # Every user is in Everyone (groups=[] or not), which views Dashboard but not Settings by default.
+    assert viewer["info"]["permissions"]["Dashboard"]["canView"] is True
+    assert viewer["info"]["permissions"]["Settings"]["canView"] is False
     denied = await call(http, technitium, "/api/zones/create", bearer=viewer["token"], zone="example.com")
     assert denied == {"server": "fake-technitium", "status": "error", "errorMessage": "Access was denied."}
     token = (await login(http, technitium))["token"]
