@@ -163,6 +163,11 @@ def run(args: argparse.Namespace) -> int:
     elif config.session_mode:
         log.info("TLS is terminated by a trusted proxy: sign-in requires X-Forwarded-Proto: https from "
                  "TRUSTED_PROXIES")
+    if config.auth_mode == "none":
+        log.warning("AUTH_MODE=none: NOBODY SIGNS IN. Every request that reaches authproxy is sent to the upstream "
+                    "with the shared service credential, whoever sends it. Use it only on a network where everyone "
+                    "may have that power; AUTH_MODE=hybrid signs people in and keeps the service credential for "
+                    "background work and service clients")
     log.info(" ".join(forward_auth_summary(config)))
     scheme = "https" if ssl_paths else "http"
     log.info(f"listening on {scheme}://{config.server.host}:{config.server.port}{config.server.prefix}/login",

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from authproxy.login.keepalive import UpstreamKeepalive
     from authproxy.login.passthrough import PassthroughLogin
     from authproxy.login.regulation import Regulator
-    from authproxy.login.service import ServiceGate
+    from authproxy.login.service import ServiceClient, ServiceGate
     from authproxy.proxy.bridges import BridgeRegistry
     from authproxy.redirects import RedirectPolicy
     from authproxy.routing import Router
@@ -39,4 +39,6 @@ BACKGROUND: web.AppKey[BackgroundWork] = web.AppKey("background")       # backgr
 # The request's session, loaded once and kept on the request (web.common.current_session): every later
 # step of the same request (a UI call, the credential for the proxy) reads it from here.
 SESSION: web.RequestKey[RequestSession] = web.RequestKey("authproxy.session")
+# The service client a request without a session was proven to be (web/service.py), if any.
+SERVICE_CLIENT: web.RequestKey[ServiceClient] = web.RequestKey("authproxy.service_client")
 HSTS: web.AppKey[str] = web.AppKey("hsts", str)   # the Strict-Transport-Security value, "" = off

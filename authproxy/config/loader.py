@@ -19,6 +19,7 @@ from typing import Any
 
 from authproxy.config import validate
 from authproxy.config.schema import (
+    AUTH_MODE_ALIASES,
     AUTH_MODES,
     DEFAULT_AUTH_MODE,
     Config,
@@ -172,6 +173,7 @@ def _auth_mode(r: _Reader, file_mode: str | None) -> str:
     found = r.raw("AUTH_MODE")
     if found:
         mode = found[1].lower()
+        mode = AUTH_MODE_ALIASES.get(mode, mode)
         if mode not in AUTH_MODES:
             r.problems.append(f"AUTH_MODE: must be one of {', '.join(AUTH_MODES)}, but it is set to {found[1]!r}"
                               + ("; local accounts and one-time codes are not available in this version"
@@ -183,6 +185,7 @@ def _auth_mode(r: _Reader, file_mode: str | None) -> str:
     if r.boolean("AUTH_SESSION_ENABLED", False) or r.boolean("USE_SESSION_AUTH", False):
         return "session"
     if file_mode:
+        file_mode = AUTH_MODE_ALIASES.get(str(file_mode).lower(), file_mode)
         if file_mode not in AUTH_MODES:
             r.problems.append(f"auth_mode (config file): must be one of {', '.join(AUTH_MODES)}, "
                               f"but it is {file_mode!r}")

@@ -18,6 +18,8 @@ AuthMode = Literal["none", "session", "hybrid"]
 AUTH_MODES: tuple[str, ...] = ("none", "session", "hybrid")
 SESSION_MODES: frozenset[str] = frozenset({"session", "hybrid"})
 DEFAULT_AUTH_MODE: AuthMode = "session"
+# Names other tools' .env files use for the same modes (AUTH_MODE is read case-insensitively).
+AUTH_MODE_ALIASES: dict[str, AuthMode] = {"apikey": "none", "truenas": "session"}
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -42,4 +42,5 @@ def service_credential(request: web.Request, site: Site, *, client_ip: str, meth
         return None, json_error(503, "service_credential_unsafe",
                                 f"{site.name}'s service token failed its privilege check; see /me.")
     audit("service_request", outcome="allowed", **fields)
+    request[keys.SERVICE_CLIENT] = outcome
     return credential, None

@@ -84,7 +84,7 @@ _GROUP_PERMISSIONS: dict[str, dict[str, int]] = {
                                             "Settings")},
     "DHCP Administrators": {"DhcpServer": ALL},
     "Everyone": {s: VIEW for s in ("Dashboard", "Zones", "Cache", "Allowed", "Blocked", "Apps", "DnsClient",
-                                   "DhcpServer")},
+                                   "DhcpServer", "Logs")},
 }
 _GROUP_DESCRIPTIONS = {"Administrators": "Super administrators", "DNS Administrators": "DNS service administrators",
                        "DHCP Administrators": "DHCP service administrators", "Everyone": "All users"}
