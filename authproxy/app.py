@@ -122,8 +122,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     # Background tokens: read and judged once before serving, then every BACKGROUND_CHECK_INTERVAL.
     app[keys.BACKGROUND] = BackgroundWork(app[keys.ROUTER].sites, interval=config.server.background_check_interval,
                                           enabled=config.session_mode)
-    await app[keys.BACKGROUND].check_all()
-    app[keys.BACKGROUND].start()
+    await app[keys.BACKGROUND].start()
     await app[keys.STORE].start()
     app[keys.SESSIONS].start()
     app[keys.STORE].subscribe(CHANNEL, app[keys.KEEPALIVE].invalidated)

@@ -36,6 +36,7 @@ NAME_TTL = 3600.0
 MISS_TTL = 300.0
 LOOKUP_TIMEOUT = 2.0
 CHECK_TIMEOUT = 10.0
+STARTUP_WAIT = 3.0          # how long the start waits for the first check (it goes on after that)
 NOT_CONFIGURED = "no background token is configured (TECHNITIUM_BACKGROUND_TOKEN)"
 NOT_CHECKED = "not checked yet"
 
@@ -116,11 +117,18 @@ class BackgroundWork:
     async def check_all(self) -> None:
         await asyncio.gather(*(self.check(site) for site in self._credentials))
 
-    def start(self) -> None:
-        if self._credentials and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._every_interval())
+    async def start(self, *, wait: float | None = None) -> None:
+        """The first check now (waited for up to `wait` seconds, so a hung upstream cannot hold up the
+        start), then one every `interval`."""
+        if not self._credentials or self._task is not None:
+            return
+        first = asyncio.ensure_future(self.check_all())
+        await asyncio.wait([first], timeout=STARTUP_WAIT if wait is None else wait)
+        self._task = asyncio.get_running_loop().create_task(self._every_interval(first))
 
-    async def _every_interval(self) -> None:
+    async def _every_interval(self, first: asyncio.Future[None]) -> None:
+        with contextlib.suppress(Exception):
+            await first
         while True:
             await asyncio.sleep(self.interval)
             try:

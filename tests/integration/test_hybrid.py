@@ -279,6 +279,8 @@ async def test_migration_end_to_end(
     denied = await carol.request("POST", MIGRATE, json={})
     assert denied.status == 403 and (await denied.json())["error"] == "forbidden"
     assert set(technitium.users) == {"alice", "totpuser", "authproxy-background", "carol"}   # nothing made
+    # checked with carol's own token before anything is attempted
+    assert [r.path for r in technitium.requests if r.path.startswith("/api/admin/")] == []
 
     alice = client_for(gw)
     await alice.login(*ALICE)
@@ -288,6 +290,13 @@ async def test_migration_end_to_end(
     token = made["token"]
     assert made["username"] == "authproxy-background-2" and re.fullmatch(r"[0-9a-f]{64}", token)
     assert made["envLine"] == f"TECHNITIUM_BACKGROUND_TOKEN={token}" and made["check"]["okForPtr"] is True
+    steps = [(r.path, dict(r.form or {})) for r in technitium.requests if r.path.startswith("/api/admin/")]
+    assert [p for p, _ in steps] == ["/api/admin/users/list", "/api/admin/users/create", "/api/admin/users/set",
+                                     "/api/admin/permissions/get", "/api/admin/permissions/set",
+                                     "/api/admin/sessions/createToken"]
+    assert steps[1][1]["user"] == "authproxy-background-2"                                # the name suffixed
+    assert steps[2][1] == {"user": "authproxy-background-2", "memberOfGroups": ""}     # out of every group
+    assert steps[4][1] == {"section": "DnsClient", "userPermissions": "authproxy-background-2|true|false|false"}
     user = technitium.users["authproxy-background-2"]
     assert user.groups == ["Everyone"] and user.permissions == {"DnsClient": 1}
     assert technitium.sessions[token].type == "ApiToken"
@@ -368,3 +377,42 @@ async def test_service_key_on_the_command_line(tmp_path: Any) -> None:
                           "AUTH_MODE": "hybrid", "TECHNITIUM_BACKGROUND_TOKEN": "t" * 64, "SERVICE_API_KEYS": entry})
     assert ApiKeys(config.server.service_api_keys).authenticate({"X-API-Key": key}) == ServiceClient("ci", "api_key")
     assert key not in entry
+
+
+async def test_a_hung_upstream_does_not_hold_up_the_start(make_gateway: MakeGateway, technitium: FakeTechnitium,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          client_for: Callable[[Gateway], GatewayClient]) -> None:
+    """The first check is waited for only briefly; its verdict lands when the upstream answers."""
+    from authproxy.login import background
+
+    monkeypatch.setattr(background, "STARTUP_WAIT", 0.2)
+    token = background_token(technitium)
+    release = asyncio.Event()
+    original = technitium._routes["/api/user/session/get"]
+
+    async def slow(ctx: Any) -> Any:
+        await release.wait()
+        return await original(ctx)
+
+    technitium._routes["/api/user/session/get"] = slow
+    started = asyncio.get_running_loop().time()
+    gw = await hybrid(make_gateway, technitium, token)
+    assert asyncio.get_running_loop().time() - started < 2
+    c = client_for(gw)
+    state = (await me(c))["backgroundPtrToken"]
+    assert (state["validated"], state["okForPtr"], state["reason"]) == (False, False, "not checked yet")
+    release.set()
+    for _ in range(50):
+        if (await me(c))["backgroundPtrToken"]["okForPtr"]:
+            break
+        await asyncio.sleep(0.05)
+    assert (await me(c))["backgroundPtrToken"]["okForPtr"] is True
+
+
+async def test_auth_mode_none_says_so_in_me(make_gateway: MakeGateway, technitium: FakeTechnitium,
+                                            client_for: Callable[[Gateway], GatewayClient]) -> None:
+    gw = await make_gateway(gateway_env(technitium.url, AUTH_MODE="apiKey", TECHNITIUM_TOKEN=background_token(technitium)))
+    body = await me(client_for(gw))
+    assert body["authMode"] == "none" and body["sessionAuthEnabled"] is False
+    assert "shared service credential" in body["warning"]
+    assert body["backgroundPtrToken"]["configured"] is False    # no background token apart from the requests'
