@@ -416,3 +416,15 @@ async def test_auth_mode_none_says_so_in_me(make_gateway: MakeGateway, technitiu
     assert body["authMode"] == "none" and body["sessionAuthEnabled"] is False
     assert "shared service credential" in body["warning"]
     assert body["backgroundPtrToken"]["configured"] is False    # no background token apart from the requests'
+
+
+async def test_technitium_v14_reads_the_token_from_the_query(
+        make_gateway: MakeGateway, technitium_v14: FakeTechnitium,
+        client_for: Callable[[Gateway], GatewayClient]) -> None:
+    token = background_token(technitium_v14)
+    technitium_v14.ptr_records["192.0.2.5"] = "printer.lan"
+    gw = await hybrid(make_gateway, technitium_v14, token)
+    assert (await me(client_for(gw)))["backgroundPtrToken"]["okForPtr"] is True
+    assert await gw.app[keys.BACKGROUND].name_for("192.0.2.5") == "printer.lan"
+    [asked] = technitium_v14.requests_to("/api/dnsClient/resolve")
+    assert asked.query["token"] == token
