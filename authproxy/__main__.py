@@ -21,7 +21,9 @@ from authproxy.log import AccessLogger, log, setup_logging
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="authproxy", description="Authentication gateway for self-hosted admin UIs")
+    parser = argparse.ArgumentParser(
+        prog="authproxy", description="Authentication gateway for self-hosted admin UIs"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_ in (("run", "check the configuration, then serve"),
                         ("check-config", "print every configuration problem and exit")):
@@ -73,15 +75,22 @@ def forward_auth_summary(config: Config) -> list[str]:
     peers = ", ".join(str(n) for n in s.trusted_proxies) or "none"
     header = f"the {FORWARD_AUTH_SECRET_HEADER} header carrying FORWARD_AUTH_SECRET"
     if s.forward_auth_listener:
-        lines = [(f"forward auth: {verify} is served only on its own listener http://{s.forward_auth_address()} "
-                  f"(FORWARD_AUTH_HOST/FORWARD_AUTH_PORT), to TRUSTED_PROXIES ({peers})"
-                  + (f" sending {header}" if s.forward_auth_secret is not None else "")
-                  + f"; the public listener {s.host}:{s.port} answers it 404. Point the proxy's check (Caddy "
-                  "forward_auth, nginx auth_request, Traefik ForwardAuth) at that listener.")]
+        lines = [
+            (
+                f"forward auth: {verify} is served only on its own listener "
+                f"http://{s.forward_auth_address()} "
+                f"(FORWARD_AUTH_HOST/FORWARD_AUTH_PORT), to TRUSTED_PROXIES ({peers})"
+                + (f" sending {header}" if s.forward_auth_secret is not None else "")
+                + f"; the public listener {s.host}:{s.port} answers it 404. Point the proxy's check (Caddy "
+                "forward_auth, nginx auth_request, Traefik ForwardAuth) at that listener."
+            )
+        ]
         if not _loopback(s.forward_auth_host):
-            lines.append(f"  note: FORWARD_AUTH_HOST={s.forward_auth_host} is not a loopback address: keep port "
-                         f"{s.forward_auth_port} on an internal network, never published"
-                         + (", or add FORWARD_AUTH_SECRET as well." if s.forward_auth_secret is None else "."))
+            lines.append(
+                f"  note: FORWARD_AUTH_HOST={s.forward_auth_host} is not a loopback address: keep port "
+                f"{s.forward_auth_port} on an internal network, never published"
+                + (", or add FORWARD_AUTH_SECRET as well." if s.forward_auth_secret is None else ".")
+            )
         return lines
     if s.forward_auth_secret is not None:
         return [(f"forward auth: {verify} is served on the public listener {s.host}:{s.port} only to "
@@ -89,11 +98,16 @@ def forward_auth_summary(config: Config) -> list[str]:
                  "The proxy adds the header to its check only (Caddy: header_up in forward_auth; nginx: "
                  "proxy_set_header in the verify location). Traefik's ForwardAuth cannot add a header: use "
                  "FORWARD_AUTH_PORT for it.")]
-    return [(f"forward auth: off. {verify} answers 404, so nothing that reaches authproxy (a browser through a "
-             "TLS-terminating proxy included) can get an upstream credential from it. To use Caddy forward_auth, "
-             "nginx auth_request or Traefik ForwardAuth, set FORWARD_AUTH_PORT (e.g. 9001: a listener of its own "
-             "on FORWARD_AUTH_HOST, default 127.0.0.1, for the proxy's checks only) or FORWARD_AUTH_SECRET "
-             f"({FORWARD_AUTH_SECRET_HEADER}, a header the proxy adds to each check).")]
+    return [
+        (
+            f"forward auth: off. {verify} answers 404, so nothing that reaches authproxy (a browser "
+            "through a TLS-terminating proxy included) can get an upstream credential from it. To use "
+            "Caddy forward_auth, nginx auth_request or Traefik ForwardAuth, set FORWARD_AUTH_PORT (e.g. "
+            "9001: a listener of its own "
+            "on FORWARD_AUTH_HOST, default 127.0.0.1, for the proxy's checks only) or FORWARD_AUTH_SECRET "
+            f"({FORWARD_AUTH_SECRET_HEADER}, a header the proxy adds to each check)."
+        )
+    ]
 
 
 def _loopback(host: str) -> bool:
@@ -127,9 +141,14 @@ def _serve(config: Config, ssl_paths: tuple[Path, Path] | None, reuse_port: bool
     # +3-5% req/s on the bench machine (A/B, same load, alternating runs), p99 unchanged.
     gc.set_threshold(20_000, 20, 20)
     web.run_app(
-        create_app(config), host=config.server.host, port=config.server.port, ssl_context=ssl_ctx,
-        access_log_class=AccessLogger, access_log=logging.getLogger("authproxy.access") if config.server.access_log
-        else None, reuse_port=reuse_port, print=None,
+        create_app(config),
+        host=config.server.host,
+        port=config.server.port,
+        ssl_context=ssl_ctx,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("authproxy.access") if config.server.access_log else None,
+        reuse_port=reuse_port,
+        print=None,
         # Passed through AppRunner to each RequestHandler. (Not `handler_args=`: run_app forwards that name
         # as a RequestHandler kwarg, which raises TypeError, and aiohttp then silently drops access_log,
         # keepalive_timeout and these limits, logging a warning on every new connection.)
@@ -157,17 +176,19 @@ def run(args: argparse.Namespace) -> int:
 
             cert, key, new = self_signed(config.server.data_dir, config.server.host)
             ssl_paths = (cert, key)
-            log.warning("serving HTTPS with a SELF-SIGNED certificate (quick start only); browsers will warn. "
-                        "Set HTTPS_CERT_FILE and HTTPS_KEY_FILE for real use",
-                        extra={"fields": {"cert": str(cert), "created": new}})
+            log.warning(
+                "serving HTTPS with a SELF-SIGNED certificate (quick start only); browsers will warn. "
+                "Set HTTPS_CERT_FILE and HTTPS_KEY_FILE for real use",
+                extra={"fields": {"cert": str(cert), "created": new}},
+            )
     elif config.session_mode:
         log.info("TLS is terminated by a trusted proxy: sign-in requires X-Forwarded-Proto: https from "
                  "TRUSTED_PROXIES")
     if config.auth_mode == "none":
-        log.warning("AUTH_MODE=none: NOBODY SIGNS IN. Every request that reaches authproxy is sent to the upstream "
-                    "with the shared service credential, whoever sends it. Use it only on a network where everyone "
-                    "may have that power; AUTH_MODE=hybrid signs people in and keeps the service credential for "
-                    "background work and service clients")
+        log.warning("AUTH_MODE=none: NOBODY SIGNS IN. Every request that reaches authproxy is sent to "
+                    "the upstream with the shared service credential, whoever sends it. Use it only on a "
+                    "network where everyone may have that power; AUTH_MODE=hybrid signs people in and keeps "
+                    "the service credential for background work and service clients")
     log.info(" ".join(forward_auth_summary(config)))
     scheme = "https" if ssl_paths else "http"
     log.info(f"listening on {scheme}://{config.server.host}:{config.server.port}{config.server.prefix}/login",
@@ -179,11 +200,21 @@ def run(args: argparse.Namespace) -> int:
     return _supervise(workers, lambda: _serve(config, ssl_paths, reuse_port=True))
 
 
+def _worker(serve: Callable[[], None]) -> None:
+    """One worker process. An exception that escapes would be printed by multiprocessing itself, a raw
+    traceback on stderr (its message may quote a URL with credentials): log it, redacted, and exit 1."""
+    try:
+        serve()
+    except Exception:  # noqa: BLE001 - the last place to catch it before multiprocessing prints it
+        log.critical("worker stopped on an unexpected error", exc_info=True)
+        sys.exit(1)
+
+
 def _supervise(workers: int, serve: Callable[[], None]) -> int:
     """Run `workers` processes sharing the port; SIGTERM/SIGINT to this one stops them all (systemd,
     docker stop), and one that dies takes the others down so the service manager sees the failure."""
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=serve, name=f"authproxy-worker-{i}") for i in range(workers)]
+    procs = [ctx.Process(target=_worker, args=(serve,), name=f"authproxy-worker-{i}") for i in range(workers)]
     for p in procs:
         p.start()
 

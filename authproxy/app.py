@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from typing import Any
 
 import aiohttp
 import aiohttp.web_response
-from aiohttp import web
+from aiohttp import web, web_protocol
 
 from authproxy import keys
 from authproxy.config.schema import Config
@@ -28,15 +29,22 @@ from authproxy.sessions.registry import create_store
 from authproxy.sessions.store import SessionStore
 from authproxy.upstreams.base import UpstreamAdapter
 from authproxy.web import api, forward_auth, health, portal
-from authproxy.web.common import hsts_value
+from authproxy.web.common import hsts_value, plain_expect
 from authproxy.web.middleware import TrustedForwarded, TrustedPeers, request_rules
 
 
 def upstream_client(config: Config) -> aiohttp.ClientSession:
     """One shared client: no cookie jar (users' cookies never mix), no decompression, pooled."""
-    connector = aiohttp.TCPConnector(limit=256, limit_per_host=128, keepalive_timeout=30, enable_cleanup_closed=True)
-    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
-                                 skip_auto_headers=("User-Agent", "Accept-Encoding"), trust_env=False)
+    connector = aiohttp.TCPConnector(
+        limit=256, limit_per_host=128, keepalive_timeout=30, enable_cleanup_closed=True
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        trust_env=False,
+    )
 
 
 def redirect_policy(config: Config) -> RedirectPolicy:
@@ -73,11 +81,35 @@ def name_the_server() -> None:
     setattr(aiohttp.web_response, "SERVER_SOFTWARE", SERVER_NAME)  # noqa: B010 (not re-exported)
 
 
+def quiet_protocol_errors() -> None:
+    """aiohttp's own answer to a request its parser refuses quotes up to 100 bytes of the offending line.
+    A script in the upstream's origin can grow the Cookie header past MAX_HEADER_SIZE (with cookies of
+    its own, a longer path first to place the window) and read that 400 with a same-origin fetch: the
+    HttpOnly session ticket. The answer is made a fixed text: the status and its phrase, nothing of
+    the request. (The refusal is still logged, redacted.) aiohttp has no setting for it; the method is
+    wrapped once per process, and tests/unit/test_dependency_internals.py checks its signature."""
+    original = web_protocol.RequestHandler.handle_error
+    if getattr(original, "__authproxy_quiet__", False):
+        return
+
+    def handle_error(self: web_protocol.RequestHandler, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None, message: str | None = None) -> web.StreamResponse:
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
+        return original(self, request, status, exc, f"{status} {phrase}\n")
+
+    handle_error.__authproxy_quiet__ = True  # type: ignore[attr-defined]
+    web_protocol.RequestHandler.handle_error = handle_error  # type: ignore[method-assign]
+
+
 def create_app(config: Config, *, store: SessionStore | None = None) -> web.Application:
     """Compose the gateway. `store` may be injected (tests); by default it follows REDIS_URL."""
     if not config.session.secrets:
         raise ValueError("create_app needs signing secrets; call config.loader.ensure_session_secrets first")
     name_the_server()
+    quiet_protocol_errors()
     peers = TrustedPeers(config.server.trusted_proxies)
     forwarded = (TrustedForwarded(peers, skip_prefix=config.server.prefix + "/verify")
                  if config.server.trust_proxy else None)
@@ -110,6 +142,10 @@ def create_app(config: Config, *, store: SessionStore | None = None) -> web.Appl
     proxy_http.setup(app)
     proxy_websocket.setup(app)
     app.router.add_route("*", "/{tail:.*}", proxy_http.forward)
+    for route in app.router.routes():
+        # aiohttp takes an expect handler per route (keyword of every add_route) and has no app-wide one:
+        # set here once, so no route is left with the default that fails on undecodable bytes.
+        route._expect_handler = plain_expect(route._expect_handler)
     return app
 
 
@@ -120,8 +156,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     for site in app[keys.ROUTER].sites:   # adapters whose upstream-side state every replica must share
         site.adapter.bind_store(app[keys.STORE])
     # Background tokens: read and judged once before serving, then every BACKGROUND_CHECK_INTERVAL.
-    app[keys.BACKGROUND] = BackgroundWork(app[keys.ROUTER].sites, interval=config.server.background_check_interval,
-                                          enabled=config.session_mode)
+    app[keys.BACKGROUND] = BackgroundWork(app[keys.ROUTER].sites, enabled=config.session_mode,
+                                          interval=config.server.background_check_interval)
     await app[keys.BACKGROUND].start()
     await app[keys.STORE].start()
     app[keys.SESSIONS].start()
@@ -143,8 +179,12 @@ async def _forward_auth_listener(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     server = config.server
     runner = web.AppRunner(
-        forward_auth.listener_app(app), handle_signals=False, access_log_class=AccessLogger,
-        access_log=logging.getLogger("authproxy.access") if server.access_log else None, **handler_options(config))
+        forward_auth.listener_app(app),
+        handle_signals=False,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("authproxy.access") if server.access_log else None,
+        **handler_options(config),
+    )
     await runner.setup()
     try:
         await web.TCPSite(runner, server.forward_auth_host, server.forward_auth_port,

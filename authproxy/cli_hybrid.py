@@ -25,9 +25,11 @@ def service_key(name: str) -> int:
         print("authproxy: the name may use letters, digits and _ . @ - (at most 64)", file=sys.stderr)
         return 2
     key, entry = new_key(name)
-    print(f"the key for {name!r}, shown once: give it to the client (X-API-Key: <key>, or "
-          "Authorization: Bearer <key>); add the second line to SERVICE_API_KEYS (comma-separated)",
-          file=sys.stderr)
+    print(
+        f"the key for {name!r}, shown once: give it to the client (X-API-Key: <key>, or "
+        "Authorization: Bearer <key>); add the second line to SERVICE_API_KEYS (comma-separated)",
+        file=sys.stderr,
+    )
     print(key)
     print(entry)
     return 0
@@ -36,11 +38,20 @@ def service_key(name: str) -> int:
 async def technitium_migrate(config: Config, site_name: str | None) -> int:
     """With TECHNITIUM_CLUSTER_TOKEN (an administrator's token), make the dedicated background user
     and its DnsClient-View-only token, checked; print `TECHNITIUM_BACKGROUND_TOKEN=...` once."""
-    sites = [s for s in config.sites if s.type == "technitium" and s.cluster_token is not None
-             and (site_name is None or s.name == site_name)]
+    sites = [
+        s
+        for s in config.sites
+        if s.type == "technitium"
+        and s.cluster_token is not None
+        and (site_name is None or s.name == site_name)
+    ]
     if len(sites) != 1:
-        print("authproxy: no Technitium site with TECHNITIUM_CLUSTER_TOKEN" + (f" named {site_name!r}"
-              if site_name else "") + "; set it (the shared admin token) for the migration", file=sys.stderr)
+        print(
+            "authproxy: no Technitium site with TECHNITIUM_CLUSTER_TOKEN"
+            + (f" named {site_name!r}" if site_name else "")
+            + "; set it (the shared admin token) for the migration",
+            file=sys.stderr,
+        )
         return 2
     site = sites[0]
     assert site.cluster_token is not None
@@ -49,22 +60,30 @@ async def technitium_migrate(config: Config, site_name: str | None) -> int:
         adapter = TechnitiumAdapter(site, http)
         admin = adapter.service_credential(site.cluster_token.reveal())
         if not await adapter.may_administer(admin):
-            print("authproxy: TECHNITIUM_CLUSTER_TOKEN may not administer users (Administration: View, Modify "
-                  "and Delete), or Technitium refused it", file=sys.stderr)
+            print(
+                "authproxy: TECHNITIUM_CLUSTER_TOKEN may not administer users (Administration: View, Modify "
+                "and Delete), or Technitium refused it",
+                file=sys.stderr,
+            )
             return 1
         made = await adapter.create_background_token(admin)
     except MigrationError as exc:
         print(f"authproxy: migration failed: {exc}", file=sys.stderr)
         return 1
     except UpstreamError as exc:
-        print(f"authproxy: Technitium is not answering ({type(exc).__name__}); nothing was changed",
-              file=sys.stderr)
+        print(
+            f"authproxy: Technitium is not answering ({type(exc).__name__}); nothing was changed",
+            file=sys.stderr,
+        )
         return 1
     finally:
         await http.close()
-    print(f"created Technitium user {made.username!r} (DnsClient: View only; check: {made.check.reason}).\n"
-          "Put the next line into the env file, remove TECHNITIUM_CLUSTER_TOKEN, and restart authproxy "
-          "(Compose: docker compose up -d --force-recreate; systemd: systemctl restart authproxy). "
-          "The token is shown this once.", file=sys.stderr)
+    print(
+        f"created Technitium user {made.username!r} (DnsClient: View only; check: {made.check.reason}).\n"
+        "Put the next line into the env file, remove TECHNITIUM_CLUSTER_TOKEN, and restart authproxy "
+        "(Compose: docker compose up -d --force-recreate; systemd: systemctl restart authproxy). "
+        "The token is shown this once.",
+        file=sys.stderr,
+    )
     print(f"TECHNITIUM_BACKGROUND_TOKEN={made.token}")
     return 0

@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -88,13 +89,35 @@ class TextFormatter(logging.Formatter):
 
 
 def setup_logging(*, level: str, fmt: str, audit_file: Path | None = None) -> None:
-    """Configure the three loggers once, at start-up (tests use caplog instead)."""
-    root = logging.getLogger("authproxy")
-    root.setLevel(level.upper())
+    """Configure logging once, at start-up (tests use caplog instead): every record of the process,
+    authproxy's or a library's, ends in one redacting handler on stderr.
+
+    aiohttp logs a request its parser refuses ("Error handling request") with the exception, whose
+    message quotes the raw request line or header: a cookie, a Bearer token, a query string. With no
+    handler on the root logger that record reached Python's fallback handler (`logging.lastResort`),
+    which prints the whole traceback unredacted. Now the root logger carries the handler (aiohttp.*,
+    asyncio, redis, py.warnings all propagate to it), the fallback is the same handler, and the formatters
+    log an exception as its type and place only. Whatever else Python would print to stderr by itself
+    (uncaught exceptions in the main thread, other threads, `__del__`; a record that fails to format)
+    goes through the same handler. Forked workers (WORKERS>1) inherit all of it.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(_asyncio_first_line)
+    root = logging.getLogger()
+    root.setLevel(level.upper())
     root.handlers[:] = [handler]
-    root.propagate = False
+    for name in ("authproxy", *_LIBRARY_LOGGERS):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    logging.getLogger("authproxy").setLevel(level.upper())
+    logging.lastResort = handler
+    logging.raiseExceptions = False  # else a record that fails to format is printed raw, with its arguments
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_thread_exception
+    sys.unraisablehook = _log_unraisable
     # Access lines are many: a cheap formatter and batched writes (one write per ~0.25 s, not one
     # write and flush per request, which is what halves throughput).
     access = BufferedStreamHandler(sys.stderr)
@@ -106,6 +129,51 @@ def setup_logging(*, level: str, fmt: str, audit_file: Path | None = None) -> No
         fh = logging.FileHandler(audit_file, encoding="utf-8")
         fh.setFormatter(JsonFormatter())
         audit_log.addHandler(fh)
+
+
+# Loggers of the libraries authproxy runs on; none adds a handler of its own today, but one that did
+# (or stopped propagating) would write around the redaction.
+_LIBRARY_LOGGERS = ("aiohttp", "aiohttp.access", "aiohttp.client", "aiohttp.internal", "aiohttp.server",
+                    "aiohttp.web", "aiohttp.websocket", "asyncio", "py.warnings", "redis")
+
+
+def _asyncio_first_line(record: logging.LogRecord) -> bool:
+    """asyncio's exception handler (uvloop's too) writes what happened on the first line and then the
+    repr of everything in play (`future: <Task ... exception=OSError('...')>`, a handle, a transport):
+    the exception's text again, and arguments. Only the first line is kept; the type comes with exc_info."""
+    if record.name == "asyncio" or record.name.startswith("asyncio."):
+        first = record.getMessage().split("\n", 1)[0]
+        record.msg, record.args = first, ()
+    return True
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    _log_exception(logging.CRITICAL, "authproxy stopped on an unexpected error", kind, exc, tb)
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is not SystemExit:
+        _log_exception(logging.ERROR, "unexpected error in a thread", args.exc_type, args.exc_value,
+                       args.exc_traceback)
+
+
+def _log_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    # Not `unraisable.object`: its repr may show anything the object held.
+    _log_exception(
+        logging.WARNING,
+        "exception ignored (unraisable)",
+        unraisable.exc_type,
+        unraisable.exc_value,
+        unraisable.exc_traceback,
+    )
+
+
+def _log_exception(level: int, message: str, kind: type[BaseException], exc: BaseException | None,
+                   tb: TracebackType | None) -> None:
+    if exc is None:
+        log.log(level, message, extra={"fields": {"exception": kind.__name__}})
+    else:
+        log.log(level, message, exc_info=(kind, exc, tb))
 
 
 def audit(event: str, *, outcome: str, user: str = "", site: str = "", client_ip: str = "",
@@ -127,9 +195,19 @@ class AccessLogger(AbstractAccessLogger):
         if not self.logger.isEnabledFor(logging.INFO):
             return
         self.logger.info(
-            "%s %s %d", request.method, request.rel_url.path, response.status,
-            extra={"fields": {"remote": request.remote, "method": request.method, "path": request.rel_url.path,
-                              "status": response.status, "ms": round(time * 1000, 2)}},
+            "%s %s %d",
+            request.method,
+            request.rel_url.path,
+            response.status,
+            extra={
+                "fields": {
+                    "remote": request.remote,
+                    "method": request.method,
+                    "path": request.rel_url.path,
+                    "status": response.status,
+                    "ms": round(time * 1000, 2),
+                }
+            },
         )
 
     @property
@@ -162,11 +240,14 @@ class AccessFormatter(logging.Formatter):
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         f = getattr(record, "fields", None) or {}
-        return (f'{{"time":"{self._stamp}.{int(record.msecs):03d}Z","level":"{record.levelname.lower()}",'
-                f'"logger":"{record.name}","message":{_json_str(redact(record.getMessage()))},'
-                f'"remote":{_json_str(str(f.get("remote") or ""))},"method":{_json_str(str(f.get("method", "")))},'
-                f'"path":{_json_str(redact(str(f.get("path", ""))))},"status":{int(f.get("status", 0))},'
-                f'"ms":{float(f.get("ms", 0.0)):.2f}}}')
+        return (
+            f'{{"time":"{self._stamp}.{int(record.msecs):03d}Z","level":"{record.levelname.lower()}",'
+            f'"logger":"{record.name}","message":{_json_str(redact(record.getMessage()))},'
+            f'"remote":{_json_str(str(f.get("remote") or ""))},'
+            f'"method":{_json_str(str(f.get("method", "")))},'
+            f'"path":{_json_str(redact(str(f.get("path", ""))))},"status":{int(f.get("status", 0))},'
+            f'"ms":{float(f.get("ms", 0.0)):.2f}}}'
+        )
 
 
 class BufferedStreamHandler(logging.Handler):

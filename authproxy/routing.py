@@ -44,7 +44,9 @@ class Router:
     def __init__(self, sites: list[Site]) -> None:
         self.sites = sites
         # Longest prefix first; host-specific before wildcard.
-        self._ordered = sorted(sites, key=lambda s: (len(s.config.path_prefix), bool(s.config.hosts)), reverse=True)
+        self._ordered = sorted(
+            sites, key=lambda s: (len(s.config.path_prefix), bool(s.config.hosts)), reverse=True
+        )
         self.by_name = {s.name: s for s in sites}
 
     @classmethod

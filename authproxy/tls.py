@@ -21,7 +21,10 @@ def self_signed(data_dir: Path, host: str) -> tuple[Path, Path, bool]:
         return cert_path, key_path, False
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    names: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
     if host and host not in ("0.0.0.0", "::", "localhost", "127.0.0.1"):
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))

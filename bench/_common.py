@@ -24,6 +24,7 @@ import pwd
 import re
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -61,7 +62,9 @@ class BenchError(Exception):
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=float, default=5.0, help="seconds per measured wrk run (default 5)")
-    p.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up before each case (default 1)")
+    p.add_argument(
+        "--warmup", type=float, default=1.0, help="seconds of warm-up before each case (default 1)"
+    )
     p.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
     p.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: wrk shares the 2 cores)")
     p.add_argument("--runs", type=int, default=1, help="measured runs per case; the median is reported")
@@ -104,11 +107,15 @@ def print_machine(extra: Mapping[str, str] | None = None) -> None:
         nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         nproc = str(os.cpu_count())
-    wrk_v = subprocess.run([WRK, "--version"], check=False, capture_output=True, text=True).stdout.splitlines()
+    wrk_v = subprocess.run(
+        [WRK, "--version"], check=False, capture_output=True, text=True
+    ).stdout.splitlines()
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
     print(f"machine: nproc={nproc}, CPU {cpu_model()!r}, {platform.system()} {platform.release()}")
-    print(f"python {platform.python_version()}, aiohttp {_version('aiohttp')}, redis-py {_version('redis')}, "
-          f"hiredis {_version('hiredis')}, uvloop {_version('uvloop')}, cryptography {_version('cryptography')}")
+    print(
+        f"python {platform.python_version()}, aiohttp {_version('aiohttp')}, redis-py {_version('redis')}, "
+        f"hiredis {_version('hiredis')}, uvloop {_version('uvloop')}, cryptography {_version('cryptography')}"
+    )
     print(f"load generator: {wrk_v[0].split(' Copyright')[0] if wrk_v else WRK}; "
           f"load average before start: {' '.join(load)}")
     for k, v in (extra or {}).items():
@@ -149,8 +156,14 @@ class Bench:
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def spawn(self, argv: Sequence[str | os.PathLike[str]], *, name: str, env: Mapping[str, str] | None = None,
-              cwd: Path | None = None) -> ManagedProcess:
+    def spawn(
+        self,
+        argv: Sequence[str | os.PathLike[str]],
+        *,
+        name: str,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> ManagedProcess:
         proc = ManagedProcess(argv, name=name, env=env, cwd=cwd or ROOT,
                               log_path=self.tmp / f"{name}-{len(self.procs)}.log")
         self.procs.append(proc)
@@ -218,9 +231,17 @@ class Bench:
 
     # ---- authproxy -----------------------------------------------------------------------------------
 
-    def authproxy(self, *, upstream_url: str, redis_url: str, workers: int = 1, access_log: bool = False,
-                  cache_ttl: float | None = None, name: str = "authproxy",
-                  extra_env: Mapping[str, str] | None = None) -> Authproxy:
+    def authproxy(
+        self,
+        *,
+        upstream_url: str,
+        redis_url: str | None,
+        workers: int = 1,
+        access_log: bool = False,
+        cache_ttl: float | None = None,
+        name: str = "authproxy",
+        extra_env: Mapping[str, str] | None = None,
+    ) -> Authproxy:
         """`python -m authproxy run --workers N` (real processes, SO_REUSEPORT when N > 1), with its
         forward-auth listener (FORWARD_AUTH_PORT) on a port of its own: where the proxies send checks."""
         port, forward_auth_port = free_port(), free_port()
@@ -294,12 +315,15 @@ def status_kb(pid: int, field_name: str) -> float:
     return float("nan")
 
 
-def authproxy_env(upstream_url: str, redis_url: str, *, port: int = 0, access_log: bool = False,
+def authproxy_env(upstream_url: str, redis_url: str | None, *, port: int = 0, access_log: bool = False,
                   cache_ttl: float | None = None, data_dir: Path | None = None) -> dict[str, str]:
+    """`redis_url` None: the embedded SQLite store in `data_dir`."""
     env = {"UPSTREAM_URL": upstream_url, "UPSTREAM_TYPE": "technitium", "TRUST_PROXY": "true",
-           "SESSION_SECRET": SECRET, "REDIS_URL": redis_url, "HOST": "127.0.0.1", "PORT": str(port),
+           "SESSION_SECRET": SECRET, "HOST": "127.0.0.1", "PORT": str(port),
            "ACCESS_LOG": "true" if access_log else "false", "LOG_LEVEL": "INFO", "LOG_FORMAT": "json",
            "AUTHPROXY_DATA_DIR": str(data_dir or Path(tempfile.gettempdir()) / "authproxy-bench-data")}
+    if redis_url is not None:
+        env["REDIS_URL"] = redis_url
     if cache_ttl is not None:
         env["SESSION_CACHE_TTL"] = str(cache_ttl)
     return env
@@ -329,12 +353,13 @@ class SignedIn:
         return f"Cookie: {self.cookie_name}={self.cookie_value}"
 
 
-def sign_in(redis: RedisServer, data_dir: Path) -> SignedIn:
-    """Log alice in through authproxy's own API (real Redis store) against FakeTechnitium."""
+def sign_in(redis: RedisServer | None, data_dir: Path) -> SignedIn:
+    """Log alice in through authproxy's own API (real Redis store, or with None the SQLite file in
+    `data_dir`) against FakeTechnitium."""
     return asyncio.run(_sign_in(redis, data_dir))
 
 
-async def _sign_in(redis: RedisServer, data_dir: Path) -> SignedIn:
+async def _sign_in(redis: RedisServer | None, data_dir: Path) -> SignedIn:
     import aiohttp
     from aiohttp import web
 
@@ -350,7 +375,8 @@ async def _sign_in(redis: RedisServer, data_dir: Path) -> SignedIn:
     await fake.start()
     runner: web.AppRunner | None = None
     try:
-        config, _ = ensure_session_secrets(load_config(authproxy_env(fake.url, redis.url, data_dir=data_dir)))
+        config, _ = ensure_session_secrets(load_config(authproxy_env(fake.url, redis.url if redis else None,
+                                                                     data_dir=data_dir)))
         app = create_app(config)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -373,6 +399,12 @@ async def _sign_in(redis: RedisServer, data_dir: Path) -> SignedIn:
                 raise BenchError("login answered 200 without a session cookie")
         ticket = decode_ticket(value, Keyring(config.session.secrets))
         assert ticket is not None
+        if redis is None:
+            with contextlib.closing(sqlite3.connect(data_dir / "sessions.sqlite3")) as db:
+                (size,) = db.execute(
+                    "SELECT length(value) FROM kv WHERE key = ?", (ticket.store_key,)
+                ).fetchone()
+            return SignedIn(cookie_name, value, ticket.store_key, int(size))
         key = config.session.redis_prefix + ticket.store_key
         reply = redis.command("STRLEN", key)
         return SignedIn(cookie_name, value, key, int(reply.lstrip(b":")))
@@ -385,7 +417,9 @@ async def _sign_in(redis: RedisServer, data_dir: Path) -> SignedIn:
 # ---- HTTP probe ------------------------------------------------------------------------------------
 
 
-def probe(url: str, headers: Sequence[str], *, expect: int = 200, what: str = "") -> tuple[dict[str, str], bytes]:
+def probe(
+    url: str, headers: Sequence[str], *, expect: int = 200, what: str = ""
+) -> tuple[dict[str, str], bytes]:
     """One request before the load: the answer must be `expect`, else the benchmark is meaningless.
     Returns the answer's headers and body."""
     hdrs = dict(h.split(": ", 1) for h in headers)
@@ -439,8 +473,9 @@ def _run_wrk(url: str, headers: Sequence[str], duration: float, connections: int
         raise BenchError(f"wrk failed ({out.returncode}) on {url}:\n{text}\n{out.stderr}")
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
     if non2xx:
-        raise BenchError(f"{url}: {non2xx.group(1)} answers were not 2xx/3xx; the figures would measure errors\n"
-                         f"{text}")
+        raise BenchError(
+            f"{url}: {non2xx.group(1)} answers were not 2xx/3xx; the figures would measure errors\n{text}"
+        )
     errors = re.search(r"Socket errors:.*", text)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
     reqs = int(re.search(r"(\d+) requests in", text).group(1))  # type: ignore[union-attr]

@@ -89,7 +89,9 @@ def start_front_nginx(bench: Bench, auth: str, verify: str, upstream: str, tag: 
     if keepalive is not None:
         conf, n = re.subn(r"keepalive\s+\d+;", f"keepalive {keepalive};", conf)
         if not n:
-            raise BenchError("--nginx-keepalive: nginx/authproxy.conf has no upstream keepalive line to change")
+            raise BenchError(
+                "--nginx-keepalive: nginx/authproxy.conf has no upstream keepalive line to change"
+            )
     proc = bench.nginx(f"front-nginx-{tag}", conf, files=files)
     return port, proc
 
@@ -110,21 +112,31 @@ def run() -> None:
     p.add_argument("--proxies", default="nginx,caddy,traefik", help="comma-separated subset")
     p.add_argument("--workers", type=int, default=1, help="authproxy worker processes (default 1)")
     p.add_argument("--access-log", action="store_true", help="run authproxy with ACCESS_LOG=true")
-    p.add_argument("--nginx-keepalive", type=int, default=None,
-                   help="replace the shipped `keepalive N;` of nginx/authproxy.conf's upstreams (default: as shipped)")
+    p.add_argument(
+        "--nginx-keepalive",
+        type=int,
+        default=None,
+        help="replace the shipped `keepalive N;` of nginx/authproxy.conf's upstreams (default: as shipped)",
+    )
     args = finish_args(p.parse_args())
     kinds = [k.strip() for k in args.proxies.split(",") if k.strip()]
     if any(k not in TARGETS for k in kinds):
         raise SystemExit(f"--proxies: choose from {', '.join(TARGETS)}")
     print("bench/forward_auth.py — issue #3: forward-auth chains")
-    print_machine({
-        "load": f"wrk -t{args.threads} -c{args.connections}, {args.duration:g} s x {args.runs} run(s) (median), "
-                f"{args.warmup:g} s warm-up per case",
-        "chain": f"proxy -> auth (floor nginx | authproxy x{args.workers} worker(s), access log "
-                 f"{'on' if args.access_log else 'off'}) -> upstream nginx; proxies from the shipped configs"
-                 + (f", nginx upstream keepalive {args.nginx_keepalive} (shipped: 64)"
-                    if args.nginx_keepalive is not None else ""),
-    })
+    print_machine(
+        {
+            "load": f"wrk -t{args.threads} -c{args.connections}, {args.duration:g} s x {args.runs} run(s) "
+            "(median), "
+            f"{args.warmup:g} s warm-up per case",
+            "chain": f"proxy -> auth (floor nginx | authproxy x{args.workers} worker(s), access log "
+            f"{'on' if args.access_log else 'off'}) -> upstream nginx; proxies from the shipped configs"
+            + (
+                f", nginx upstream keepalive {args.nginx_keepalive} (shipped: 64)"
+                if args.nginx_keepalive is not None
+                else ""
+            ),
+        }
+    )
     results: dict[tuple[str, str], Load] = {}
     with Bench(args, "forward-auth") as bench:
         redis = bench.redis()
@@ -171,17 +183,27 @@ def run() -> None:
         floor, ap_load = results[(kind, "floor")], results[(kind, "authproxy")]
         for auth_name, load in (("floor", floor), ("authproxy", ap_load)):
             c = load.cpu
-            rows.append([f"{kind} + {'nginx 200 (floor)' if auth_name == 'floor' else 'authproxy'}",
-                         fmt_int(load.rps), fmt_ms(load.p50_ms), fmt_ms(load.p99_ms),
-                         f"{load.rps / floor.rps:.2f}x" if auth_name == "authproxy" else "",
-                         f"{c['proxy']:.0f} / {c['auth']:.0f} / {c['upstream']:.0f} / {c['redis']:.0f} / {c['wrk']:.0f}",
-                         load.errors.replace("Socket errors: ", "")])
+            rows.append(
+                [
+                    f"{kind} + {'nginx 200 (floor)' if auth_name == 'floor' else 'authproxy'}",
+                    fmt_int(load.rps),
+                    fmt_ms(load.p50_ms),
+                    fmt_ms(load.p99_ms),
+                    f"{load.rps / floor.rps:.2f}x" if auth_name == "authproxy" else "",
+                    (f"{c['proxy']:.0f} / {c['auth']:.0f} / {c['upstream']:.0f} / {c['redis']:.0f} / "
+                     f"{c['wrk']:.0f}"),
+                    load.errors.replace("Socket errors: ", ""),
+                ]
+            )
         targets.append(Target(f"{kind}: authproxy / floor", ap_load.rps / floor.rps, ">=", TARGETS[kind]))
         if kind == "nginx":
             targets.append(Target("nginx + authproxy p99", ap_load.p99_ms, "<=", NGINX_P99_MS, " ms"))
     print()
-    table(["chain", "req/s", "p50 ms", "p99 ms", "b/a", "CPU% proxy/auth/upstream/redis/wrk", "socket errors"],
-          rows, title=f"Results (wrk -c{args.connections}, median of {args.runs} x {args.duration:g} s)")
+    table(
+        ["chain", "req/s", "p50 ms", "p99 ms", "b/a", "CPU% proxy/auth/upstream/redis/wrk", "socket errors"],
+        rows,
+        title=f"Results (wrk -c{args.connections}, median of {args.runs} x {args.duration:g} s)",
+    )
     print("CPU% = share of one core over the measured runs (2 cores = 200%).\n")
     print_targets(targets)
 

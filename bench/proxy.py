@@ -12,7 +12,8 @@ authproxy's login API against FakeTechnitium (nginx ignores it), and X-Forwarded
             header policy; the floor any aiohttp proxy starts from, 1 process)
     100 MiB curl downloads, one after another (1 warm-up + N, N = 3, --quick 1): MB/s (10^6 bytes/s,
             total bytes / total time) through nginx, authproxy x1, authproxy x2, the minimal aiohttp
-            proxy and straight from the upstream; authproxy's peak RSS = VmHWM of every worker from /proc/<pid>/status
+            proxy and straight from the upstream; authproxy's peak RSS = VmHWM of every worker
+            from /proc/<pid>/status
     WebSocket  round trips of a 64-byte text message (send, wait for the echo), --ws-messages in total
             (default 20000), from a lean load generator in this process (bench/_wsload.py: raw
             protocol, pre-masked frame, every echo compared byte for byte; an aiohttp client would
@@ -94,10 +95,13 @@ def front_conf(port: int, upstream_port: int) -> str:
 
 def ws_relay_conf(port: int, echo_port: int) -> str:
     """nginx as a plain WebSocket reverse proxy: the reference for what relaying costs."""
-    return (f"server {{\n    listen 127.0.0.1:{port};\n"
-            f"    location / {{\n        proxy_pass http://127.0.0.1:{echo_port};\n        proxy_http_version 1.1;\n"
-            f"        proxy_set_header Upgrade $http_upgrade;\n        proxy_set_header Connection \"upgrade\";\n"
-            f"        proxy_read_timeout 1h;\n    }}\n}}\n")
+    return (
+        f"server {{\n    listen 127.0.0.1:{port};\n"
+        f"    location / {{\n        proxy_pass http://127.0.0.1:{echo_port};\n"
+        f"        proxy_http_version 1.1;\n"
+        f'        proxy_set_header Upgrade $http_upgrade;\n        proxy_set_header Connection "upgrade";\n'
+        f"        proxy_read_timeout 1h;\n    }}\n}}\n"
+    )
 
 
 def make_big_file(path: Path) -> None:
@@ -205,12 +209,15 @@ def run() -> None:
         args.downloads, args.ws_messages, args.ws_runs = 1, 4000, 1
     ws_conns = list(dict.fromkeys(c for c in (args.ws_connections, args.ws_busy_connections) if c > 0))
     print("bench/proxy.py — issue #4: reverse proxy, 100 MiB bodies, WebSocket")
-    print_machine({
-        "load": f"wrk -t{args.threads} -c{args.connections}, {args.duration:g} s x {args.runs} run(s) (median), "
-                f"{args.warmup:g} s warm-up per case; {args.downloads} x 100 MiB per path; "
-                f"{args.ws_messages} WebSocket round trips on {args.ws_connections} and on "
-                f"{args.ws_busy_connections} connection(s), median of {args.ws_runs} run(s)",
-    })
+    print_machine(
+        {
+            "load": f"wrk -t{args.threads} -c{args.connections}, {args.duration:g} s x {args.runs} run(s) "
+            "(median), "
+            f"{args.warmup:g} s warm-up per case; {args.downloads} x 100 MiB per path; "
+            f"{args.ws_messages} WebSocket round trips on {args.ws_connections} and on "
+            f"{args.ws_busy_connections} connection(s), median of {args.ws_runs} run(s)",
+        }
+    )
     http = args.part in ("all", "http")
     with Bench(args, "proxy") as bench:
         redis = bench.redis()
@@ -311,9 +318,12 @@ def report_http(args: argparse.Namespace, small: dict[str, Load], big: dict[str,
            "socket errors"], rows,
           title=f"Small responses (wrk -c{args.connections}, median of {args.runs} x {args.duration:g} s)")
     ref = small[REF]
-    print(f"authproxy x1 / minimal aiohttp proxy: {small['authproxy x1'].rps / ref.rps:.2f}x req/s; server CPU per "
-          f"request: authproxy x1 {cpu_us(small['authproxy x1']):.0f} us, minimal proxy {cpu_us(ref):.0f} us, "
-          f"nginx {cpu_us(ng):.0f} us\n")
+    print(
+        f"authproxy x1 / minimal aiohttp proxy: {small['authproxy x1'].rps / ref.rps:.2f}x req/s; "
+        "server CPU per "
+        f"request: authproxy x1 {cpu_us(small['authproxy x1']):.0f} us, minimal proxy {cpu_us(ref):.0f} us, "
+        f"nginx {cpu_us(ng):.0f} us\n"
+    )
 
     rows = []
     for name, d in big.items():
@@ -322,8 +332,18 @@ def report_http(args: argparse.Namespace, small: dict[str, Load], big: dict[str,
                      " ".join(f"{s:.3f}" for s in d.seconds),
                      ", ".join(f"{x:.0f}" for x in peak[0]) if peak else "",
                      ", ".join(f"{x:.0f}" for x in peak[1]) if peak else ""])
-    table(["100 MiB download via", "MB/s", "vs nginx", "seconds each", "peak RSS MB before (per worker)",
-           "peak RSS MB after"], rows, title=f"100 MiB bodies (curl, 1 warm-up + {args.downloads} sequential)")
+    table(
+        [
+            "100 MiB download via",
+            "MB/s",
+            "vs nginx",
+            "seconds each",
+            "peak RSS MB before (per worker)",
+            "peak RSS MB after",
+        ],
+        rows,
+        title=f"100 MiB bodies (curl, 1 warm-up + {args.downloads} sequential)",
+    )
     peak_all = max([x for _, after in rss.values() for x in after] or [float("nan")])
     return [
         Target("small: authproxy x1 / nginx", small["authproxy x1"].rps / ng.rps, ">=", 0.15),
@@ -334,7 +354,9 @@ def report_http(args: argparse.Namespace, small: dict[str, Load], big: dict[str,
     ]
 
 
-def report_ws(args: argparse.Namespace, ws: dict[tuple[str, int], WsResult], ws_conns: list[int]) -> list[Target]:
+def report_ws(
+    args: argparse.Namespace, ws: dict[tuple[str, int], WsResult], ws_conns: list[int]
+) -> list[Target]:
     print()
     rows = []
     for (name, conns), r in ws.items():
@@ -347,8 +369,11 @@ def report_ws(args: argparse.Namespace, ws: dict[tuple[str, int], WsResult], ws_
         vs_nginx = f"{r.msgs_s / relay.msgs_s:.2f}x" if name == "authproxy" and not relay.error else ""
         rows.append([name, str(conns), fmt_int(r.msgs_s), fmt_ms(r.p50_ms), fmt_ms(r.p99_ms), ratio, vs_nginx,
                      cpu])
-    table(["WebSocket echo", "connections", "msgs/s", "p50 ms", "p99 ms", "vs direct", "vs nginx", "CPU%"], rows,
-          title=f"WebSocket ({args.ws_messages} round trips of 64 B; median of {args.ws_runs} run(s))")
+    table(
+        ["WebSocket echo", "connections", "msgs/s", "p50 ms", "p99 ms", "vs direct", "vs nginx", "CPU%"],
+        rows,
+        title=f"WebSocket ({args.ws_messages} round trips of 64 B; median of {args.ws_runs} run(s))",
+    )
     for (name, conns), r in ws.items():
         if r.error:
             print(f"WebSocket {name} on {conns} connection(s) could not run: {r.error}\n")
@@ -357,8 +382,10 @@ def report_ws(args: argparse.Namespace, ws: dict[tuple[str, int], WsResult], ws_
         through, other = ws["authproxy", conns], ws[base, conns]
         return through.msgs_s / other.msgs_s if not (through.error or other.error) else float("nan")
 
-    targets = [Target(f"WebSocket ({conns} conns): authproxy / direct msgs/s", ratio(conns, "direct"), ">=", 0.5)
-               for conns in ws_conns]
+    targets = [
+        Target(f"WebSocket ({conns} conns): authproxy / direct msgs/s", ratio(conns, "direct"), ">=", 0.5)
+        for conns in ws_conns
+    ]
     return targets
 
 

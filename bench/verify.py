@@ -15,6 +15,7 @@ The session was created through authproxy's own login API against the faithful F
     (c)  authproxy, hot in-process cache off (SESSION_CACHE_TTL=0: every check goes to Redis)
     (d)  authproxy, cache on (default SESSION_CACHE_TTL)
     (e)  (d) with ACCESS_LOG=true (authproxy's own cheap access logger, JSON lines to stderr -> a file)
+    (f)  (d) on the embedded SQLite store instead of Redis (no REDIS_URL; the session signed in there)
 
 Targets: (c) >= 0.9x (b); (d) >= 0.6x (a); (e) >= 0.5x (d) (logging must not halve throughput).
 Also printed: Redis commands per request for (b), (c), (d), and the size of the real session blob.
@@ -78,8 +79,12 @@ def nginx_subrequest_headers(cookie_header: str) -> list[str]:
 def run() -> None:
     args = finish_args(parser(__doc__ or "").parse_args())
     print("bench/verify.py — issue #2: the session check path")
-    print_machine({"load": f"wrk -t{args.threads} -c{args.connections}, {args.duration:g} s x {args.runs} run(s) "
-                           f"(median), {args.warmup:g} s warm-up per case"})
+    print_machine(
+        {
+            "load": f"wrk -t{args.threads} -c{args.connections}, {args.duration:g} s x {args.runs} run(s) "
+            f"(median), {args.warmup:g} s warm-up per case"
+        }
+    )
     results: dict[str, Load] = {}
     per_req: dict[str, float] = {}
     with Bench(args, "verify") as bench:
@@ -89,7 +94,9 @@ def run() -> None:
         print(f"session: signed in as alice through POST /_authproxy/api/auth/login (FakeTechnitium v15); "
               f"sealed blob in Redis: {signed.blob_bytes} bytes (baseline (b) blob: 328 bytes)\n")
 
-        def measure(key: str, label: str, url: str, server: ManagedProcess, *, count_redis: bool = False) -> None:
+        def measure(
+            key: str, label: str, url: str, server: ManagedProcess, *, count_redis: bool = False
+        ) -> None:
             print(f"-- {label}", flush=True)
             before = redis_commands(redis.url) if count_redis else 0
             load = wrk(args, url, headers, meters={"server": lambda: descendants(server.pid),
@@ -105,7 +112,9 @@ def run() -> None:
         bench.stop(proc)
         port, proc = python_server(bench, "bare", "--access-log", "default", name="bare-log")
         probe(f"http://127.0.0.1:{port}/", headers, what="bare aiohttp + default access log")
-        measure("a_log", "(a') bare aiohttp + aiohttp's default access logger", f"http://127.0.0.1:{port}/", proc)
+        measure(
+            "a_log", "(a') bare aiohttp + aiohttp's default access logger", f"http://127.0.0.1:{port}/", proc
+        )
         if proc.log_path.stat().st_size < 10_000:
             raise BenchError("(a'): aiohttp's access logger wrote nothing")
         bench.stop(proc)
@@ -131,8 +140,23 @@ def run() -> None:
                 raise BenchError(f"{label}: 200 without Remote-User: alice ({got})")
             measure(key, label, ap.verify_url + VERIFY_PATH, ap.proc, count_redis=key in ("c", "d"))
             if access_log and ap.log().count('"authproxy.access"') < 1000:
-                raise BenchError(f"{label}: the access log did not log (no lines in {ap.proc.log_path})\n{ap.proc.log_tail(2000)}")
+                raise BenchError(
+                    f"{label}: the access log did not log (no lines in {ap.proc.log_path})\n"
+                    f"{ap.proc.log_tail(2000)}"
+                )
             bench.stop(ap.proc)
+
+        # (f) authproxy on the embedded SQLite store (a session signed in there)
+        label = "(f) authproxy verify, cache on, SQLite store"
+        sqlite_headers = nginx_subrequest_headers(sign_in(None, bench.tmp / "data").header)
+        ap = bench.authproxy(upstream_url=upstream, redis_url=None, name="authproxy-f")
+        got, _ = probe(ap.url + VERIFY_PATH, sqlite_headers, what=label)
+        if got.get("Remote-User") != "alice":
+            raise BenchError(f"{label}: 200 without Remote-User: alice ({got})")
+        print(f"-- {label}", flush=True)
+        results["f"] = wrk(args, ap.url + VERIFY_PATH, sqlite_headers,
+                           meters={"server": lambda: descendants(ap.proc.pid), "redis": list})
+        bench.stop(ap.proc)
 
     labels = {
         "a": "(a) bare aiohttp handler",
@@ -141,18 +165,29 @@ def run() -> None:
         "c": "(c) authproxy verify, cache off",
         "d": "(d) authproxy verify, cache on",
         "e": "(e) authproxy verify, cache on + access log",
+        "f": "(f) authproxy verify, cache on, SQLite store",
     }
-    base = {"a": None, "a_log": "a", "b": "a", "c": "b", "d": "a", "e": "d"}
+    base = {"a": None, "a_log": "a", "b": "a", "c": "b", "d": "a", "e": "d", "f": "a"}
     rows = []
     for key, label in labels.items():
         r = results[key]
         ref = base[key]
         ratio = f"{r.rps / results[ref].rps:.2f}x ({ref})" if ref else ""
         cpu_ratio = f"{cpu_us(results[ref]) / cpu_us(r):.2f}x" if ref else ""
-        rows.append([label, fmt_int(r.rps), fmt_ms(r.p50_ms), fmt_ms(r.p99_ms), ratio,
-                     f"{r.cpu['server']:.0f} / {r.cpu['redis']:.0f} / {r.cpu['wrk']:.0f}",
-                     f"{cpu_us(r):.0f}", cpu_ratio,
-                     f"{per_req[key]:.2f}" if key in per_req else "", r.errors.replace("Socket errors: ", "")])
+        rows.append(
+            [
+                label,
+                fmt_int(r.rps),
+                fmt_ms(r.p50_ms),
+                fmt_ms(r.p99_ms),
+                ratio,
+                f"{r.cpu['server']:.0f} / {r.cpu['redis']:.0f} / {r.cpu['wrk']:.0f}",
+                f"{cpu_us(r):.0f}",
+                cpu_ratio,
+                f"{per_req[key]:.2f}" if key in per_req else "",
+                r.errors.replace("Socket errors: ", ""),
+            ]
+        )
     print()
     table(["case", "req/s", "p50 ms", "p99 ms", "ratio", "CPU% srv/redis/wrk", "srv us/req", "ratio(CPU)",
            "redis cmd/req", "socket errors"], rows,

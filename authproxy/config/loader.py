@@ -45,17 +45,63 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0
 
 FILE_KEYS: dict[str, set[str]] = {
     "": {"auth_mode", "server", "session", "throttle", "sites"},
-    "server": {"host", "port", "prefix", "data_dir", "https_enabled", "https_cert_file", "https_key_file",
-               "trust_proxy", "trusted_proxies", "allowed_redirect_domains", "access_log", "log_level",
-               "log_format", "audit_log_file", "max_header_size", "workers", "forward_auth_host",
-               "forward_auth_port", "forward_auth_secret", "forward_auth_secret_file", "hsts_max_age",
-               "hsts_include_subdomains", "service_api_keys", "service_api_keys_file", "background_check_interval"},
-    "session": {"idle_timeout", "max_age", "secret", "secret_file", "cookie_name", "cookie_domain", "redis_url_file",
-                "cache_ttl", "redis_url", "redis_prefix"},
+    "server": {
+        "host",
+        "port",
+        "prefix",
+        "data_dir",
+        "https_enabled",
+        "https_cert_file",
+        "https_key_file",
+        "trust_proxy",
+        "trusted_proxies",
+        "allowed_redirect_domains",
+        "access_log",
+        "log_level",
+        "log_format",
+        "audit_log_file",
+        "max_header_size",
+        "workers",
+        "forward_auth_host",
+        "forward_auth_port",
+        "forward_auth_secret",
+        "forward_auth_secret_file",
+        "hsts_max_age",
+        "hsts_include_subdomains",
+        "service_api_keys",
+        "service_api_keys_file",
+        "background_check_interval",
+    },
+    "session": {
+        "idle_timeout",
+        "max_age",
+        "secret",
+        "secret_file",
+        "cookie_name",
+        "cookie_domain",
+        "redis_url_file",
+        "cache_ttl",
+        "redis_url",
+        "redis_prefix",
+    },
     "throttle": {"max_failures", "window"},
-    "site": {"name", "upstream_url", "type", "hosts", "path_prefix", "service_token", "service_token_file",
-             "cluster_token", "cluster_token_file",
-             "options", "timeout", "connect_timeout", "allowed_users", "allowed_groups", "allow_methods"},
+    "site": {
+        "name",
+        "upstream_url",
+        "type",
+        "hosts",
+        "path_prefix",
+        "service_token",
+        "service_token_file",
+        "cluster_token",
+        "cluster_token_file",
+        "options",
+        "timeout",
+        "connect_timeout",
+        "allowed_users",
+        "allowed_groups",
+        "allow_methods",
+    },
 }
 
 
@@ -175,9 +221,14 @@ def _auth_mode(r: _Reader, file_mode: str | None) -> str:
         mode = found[1].lower()
         mode = AUTH_MODE_ALIASES.get(mode, mode)
         if mode not in AUTH_MODES:
-            r.problems.append(f"AUTH_MODE: must be one of {', '.join(AUTH_MODES)}, but it is set to {found[1]!r}"
-                              + ("; local accounts and one-time codes are not available in this version"
-                                 if mode in {"local", "otp"} else ""))
+            r.problems.append(
+                f"AUTH_MODE: must be one of {', '.join(AUTH_MODES)}, but it is set to {found[1]!r}"
+                + (
+                    "; local accounts and one-time codes are not available in this version"
+                    if mode in {"local", "otp"}
+                    else ""
+                )
+            )
             return DEFAULT_AUTH_MODE
         return mode
     if r.boolean("USE_HYBRID_AUTH", False):
@@ -261,10 +312,14 @@ def _forward_auth_listener(r: _Reader, fs: dict[str, Any]) -> tuple[str, int | N
         if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535:
             port = value
         else:
-            r.problems.append(f"[server].forward_auth_port: must be a port number (e.g. 9001), but it is {value!r}")
+            r.problems.append(
+                f"[server].forward_auth_port: must be a port number (e.g. 9001), but it is {value!r}"
+            )
     if port is None and (host or "forward_auth_host" in fs):
-        r.problems.append("FORWARD_AUTH_HOST: set without FORWARD_AUTH_PORT; set FORWARD_AUTH_PORT (e.g. 9001) "
-                          "to open the forward-auth listener there, or remove FORWARD_AUTH_HOST")
+        r.problems.append(
+            "FORWARD_AUTH_HOST: set without FORWARD_AUTH_PORT; set FORWARD_AUTH_PORT (e.g. 9001) "
+            "to open the forward-auth listener there, or remove FORWARD_AUTH_HOST"
+        )
     if not host_text:
         r.problems.append("FORWARD_AUTH_HOST: must be an address to listen on, e.g. 127.0.0.1")
     return host_text or _SERVER.forward_auth_host, port
@@ -363,34 +418,52 @@ def _server(r: _Reader, fs: dict[str, Any]) -> ServerConfig:
         prefix=(r.raw("AUTHPROXY_PREFIX") or ("", str(fs.get("prefix", _SERVER.prefix))))[1].rstrip("/"),
         data_dir=Path(data_dir[1] if data_dir else str(fs.get("data_dir", _SERVER.data_dir))),
         https_enabled=r.boolean("HTTPS_ENABLED", bool(fs.get("https_enabled", _SERVER.https_enabled))),
-        https_cert_file=Path(cert[1]) if cert else (Path(fs["https_cert_file"]) if "https_cert_file" in fs
-                                                      else None),
-        https_key_file=Path(key[1]) if key else (Path(fs["https_key_file"]) if "https_key_file" in fs else None),
+        https_cert_file=Path(cert[1])
+        if cert
+        else (Path(fs["https_cert_file"]) if "https_cert_file" in fs else None),
+        https_key_file=Path(key[1])
+        if key
+        else (Path(fs["https_key_file"]) if "https_key_file" in fs else None),
         trust_proxy=r.boolean("TRUST_PROXY", bool(fs.get("trust_proxy", _SERVER.trust_proxy))),
         trusted_proxies=trusted,
         allowed_redirect_domains=(
-            _split(redirect_domains[1]) if redirect_domains
-            else tuple(fs.get("allowed_redirect_domains", _SERVER.allowed_redirect_domains))),
+            _split(redirect_domains[1])
+            if redirect_domains
+            else tuple(fs.get("allowed_redirect_domains", _SERVER.allowed_redirect_domains))
+        ),
         access_log=r.boolean("ACCESS_LOG", bool(fs.get("access_log", _SERVER.access_log))),
         log_level=(r.raw("LOG_LEVEL") or ("", str(fs.get("log_level", _SERVER.log_level))))[1].upper(),
-        log_format=(r.raw("LOG_FORMAT")  # type: ignore[arg-type]
-                    or ("", str(fs.get("log_format", _SERVER.log_format))))[1].lower(),
-        audit_log_file=Path(audit_file[1]) if audit_file else (Path(fs["audit_log_file"])
-                                                               if "audit_log_file" in fs else None),
-        max_header_size=r.integer("MAX_HEADER_SIZE", int(fs.get("max_header_size", _SERVER.max_header_size)),
-                                  minimum=1024, maximum=65536),
+        log_format=(
+            r.raw("LOG_FORMAT")  # type: ignore[arg-type]
+            or ("", str(fs.get("log_format", _SERVER.log_format)))
+        )[1].lower(),
+        audit_log_file=Path(audit_file[1])
+        if audit_file
+        else (Path(fs["audit_log_file"]) if "audit_log_file" in fs else None),
+        max_header_size=r.integer(
+            "MAX_HEADER_SIZE",
+            int(fs.get("max_header_size", _SERVER.max_header_size)),
+            minimum=1024,
+            maximum=65536,
+        ),
         workers=r.integer("WORKERS", int(fs.get("workers", _SERVER.workers)), minimum=1, maximum=64),
-        forward_auth_host=fa_host, forward_auth_port=fa_port,
-        forward_auth_secret=(r.secret("FORWARD_AUTH_SECRET")
-                             or _file_secret(fs, "forward_auth_secret", "[server]", r.problems)),
-        hsts_max_age=round(r.duration("HSTS_MAX_AGE", r.file_duration(fs, "hsts_max_age", _SERVER.hsts_max_age,
-                                                                        "[server]"))),
-        hsts_include_subdomains=r.boolean("HSTS_INCLUDE_SUBDOMAINS",
-                                          bool(fs.get("hsts_include_subdomains", _SERVER.hsts_include_subdomains))),
+        forward_auth_host=fa_host,
+        forward_auth_port=fa_port,
+        forward_auth_secret=(
+            r.secret("FORWARD_AUTH_SECRET") or _file_secret(fs, "forward_auth_secret", "[server]", r.problems)
+        ),
+        hsts_max_age=round(
+            r.duration("HSTS_MAX_AGE", r.file_duration(fs, "hsts_max_age", _SERVER.hsts_max_age, "[server]"))
+        ),
+        hsts_include_subdomains=r.boolean(
+            "HSTS_INCLUDE_SUBDOMAINS",
+            bool(fs.get("hsts_include_subdomains", _SERVER.hsts_include_subdomains)),
+        ),
         service_api_keys=_service_keys(r, fs),
         background_check_interval=r.duration(
-            "BACKGROUND_CHECK_INTERVAL", r.file_duration(fs, "background_check_interval",
-                                                         _SERVER.background_check_interval, "[server]")),
+            "BACKGROUND_CHECK_INTERVAL",
+            r.file_duration(fs, "background_check_interval", _SERVER.background_check_interval, "[server]"),
+        ),
     )
 
 
@@ -414,8 +487,8 @@ def _service_keys(r: _Reader, fs: dict[str, Any]) -> tuple[ServiceKey, ...]:
         match = _SERVICE_KEY.match(entry)
         if match is None:
             shown = entry.split(":", 1)[0][:64]
-            r.problems.append(f"{where}: the entry for {shown!r} is not name:sha256:<64 hex digits>; make one with "
-                              "`authproxy service-key NAME` and paste the line it prints")
+            r.problems.append(f"{where}: the entry for {shown!r} is not name:sha256:<64 hex digits>; make "
+                              "one with `authproxy service-key NAME` and paste the line it prints")
             continue
         keys.append(ServiceKey(name=match.group(1), digest=bytes.fromhex(match.group(2))))
     return tuple(keys)

@@ -34,16 +34,20 @@ def _forward_auth(config: Config) -> list[str]:
         p.append("FORWARD_AUTH_PORT / FORWARD_AUTH_SECRET: forward auth answers only the proxies in "
                  "TRUSTED_PROXIES; set TRUST_PROXY=true (and name the proxy's address in TRUSTED_PROXIES)")
     if s.forward_auth_port and s.forward_auth_port == s.port:
-        p.append(f"FORWARD_AUTH_PORT: must differ from PORT ({s.port}); the forward-auth listener is a second "
-                 "one, e.g. FORWARD_AUTH_PORT=9001")
+        p.append(
+            f"FORWARD_AUTH_PORT: must differ from PORT ({s.port}); the forward-auth listener is a second "
+            "one, e.g. FORWARD_AUTH_PORT=9001"
+        )
     secret = s.forward_auth_secret
     if secret is not None:
         value = secret.reveal()
         if len(value) < 32:
             p.append(f"FORWARD_AUTH_SECRET: shorter than 32 characters; {_GENERATE}")
         elif _HEADER_TOKEN.fullmatch(value) is None:
-            p.append(f"FORWARD_AUTH_SECRET: must be printable ASCII without spaces (the proxy sends it in the "
-                     f"{FORWARD_AUTH_SECRET_HEADER} header); {_GENERATE}")
+            p.append(
+                f"FORWARD_AUTH_SECRET: must be printable ASCII without spaces (the proxy sends it in the "
+                f"{FORWARD_AUTH_SECRET_HEADER} header); {_GENERATE}"
+            )
     return p
 
 
@@ -57,9 +61,11 @@ def _https(config: Config) -> list[str]:
     p: list[str] = []
     s = config.server
     if config.session_mode and not (s.https_enabled or s.trust_proxy):
-        p.append(f"AUTH_MODE={config.auth_mode}: session cookies need HTTPS; set HTTPS_ENABLED=true (authproxy "
-                 "serves TLS, a self-signed certificate is created if HTTPS_CERT_FILE is unset) or "
-                 "TRUST_PROXY=true behind a TLS-terminating proxy")
+        p.append(
+            f"AUTH_MODE={config.auth_mode}: session cookies need HTTPS; set HTTPS_ENABLED=true (authproxy "
+            "serves TLS, a self-signed certificate is created if HTTPS_CERT_FILE is unset) or "
+            "TRUST_PROXY=true behind a TLS-terminating proxy"
+        )
     if (s.https_cert_file is None) != (s.https_key_file is None):
         p.append("HTTPS_CERT_FILE / HTTPS_KEY_FILE: set both or neither")
     for name, path in (("HTTPS_CERT_FILE", s.https_cert_file), ("HTTPS_KEY_FILE", s.https_key_file)):
@@ -93,7 +99,9 @@ def _redirect_domains(config: Config) -> list[str]:
         try:
             DomainRule.parse(domain)
         except ValueError as exc:
-            p.append(f"ALLOWED_REDIRECT_DOMAINS: {exc}; use host, .parent.domain, *.domain, host:port or host:*")
+            p.append(
+                f"ALLOWED_REDIRECT_DOMAINS: {exc}; use host, .parent.domain, *.domain, host:port or host:*"
+            )
     return p
 
 
@@ -161,21 +169,27 @@ def _sites(config: Config) -> list[str]:
         p.extend(_upstream(site, where))
         for method in site.allow_methods:
             if method not in ECHO_METHODS:
-                p.append(f"ALLOW_METHODS ({where}): {method!r} is forwarded anyway; list only methods authproxy "
-                         f"refuses by default ({', '.join(sorted(ECHO_METHODS))})")
+                p.append(
+                    f"ALLOW_METHODS ({where}): {method!r} is forwarded anyway; list only methods authproxy "
+                    f"refuses by default ({', '.join(sorted(ECHO_METHODS))})"
+                )
         if not site.path_prefix.startswith("/"):
             p.append(f"{where}: path_prefix must start with /, but it is {site.path_prefix!r}")
         for host in site.hosts or ("*",):
             key = (host, site.path_prefix)
             if key in routes:
-                p.append(f"{where}: host {host!r} with path {site.path_prefix!r} is already routed to another site")
+                p.append(
+                    f"{where}: host {host!r} with path {site.path_prefix!r} is already routed to another site"
+                )
             routes.add(key)
         # hybrid without a service credential is a migration in progress when the old admin token is there
-        if (config.auth_mode == "none" or (config.auth_mode == "hybrid" and site.cluster_token is None)) \
-                and site.service_token is None:
-            p.append(f"UPSTREAM_SERVICE_TOKEN ({where}): AUTH_MODE={config.auth_mode} needs a service credential "
-                     "(UPSTREAM_SERVICE_TOKEN, TECHNITIUM_BACKGROUND_TOKEN, TECHNITIUM_TOKEN or service_token "
-                     "in the site)")
+        migrating = config.auth_mode == "hybrid" and site.cluster_token is not None
+        if config.auth_mode in ("none", "hybrid") and site.service_token is None and not migrating:
+            p.append(
+                f"UPSTREAM_SERVICE_TOKEN ({where}): AUTH_MODE={config.auth_mode} needs a service credential "
+                "(UPSTREAM_SERVICE_TOKEN, TECHNITIUM_BACKGROUND_TOKEN, TECHNITIUM_TOKEN or service_token "
+                "in the site)"
+            )
     return p
 
 
@@ -184,8 +198,10 @@ def _hybrid(config: Config) -> list[str]:
     p: list[str] = []
     keys = config.server.service_api_keys
     if keys and config.auth_mode != "hybrid":
-        p.append(f"SERVICE_API_KEYS: service clients act with a site's service credential, which only "
-                 f"AUTH_MODE=hybrid uses for them (it is {config.auth_mode}); set AUTH_MODE=hybrid or remove them")
+        p.append(
+            "SERVICE_API_KEYS: service clients act with a site's service credential, which only "
+            f"AUTH_MODE=hybrid uses for them (it is {config.auth_mode}); set AUTH_MODE=hybrid or remove them"
+        )
     names = [k.name for k in keys]
     for name in sorted({n for n in names if names.count(n) > 1}):
         p.append(f"SERVICE_API_KEYS: the name {name!r} is used twice; give every key its own name")
@@ -198,8 +214,10 @@ def _hybrid(config: Config) -> list[str]:
         if site.type != "technitium":
             p.append(f"TECHNITIUM_CLUSTER_TOKEN ({where}): only a technitium site has one; remove it")
         elif not config.session_mode:
-            p.append(f"TECHNITIUM_CLUSTER_TOKEN ({where}): deprecated, and accepted only as the source of a migration "
-                     "in AUTH_MODE=session or hybrid; for AUTH_MODE=none set TECHNITIUM_TOKEN instead")
+            p.append(
+                f"TECHNITIUM_CLUSTER_TOKEN ({where}): deprecated, and accepted only as the source of a "
+                "migration in AUTH_MODE=session or hybrid; for AUTH_MODE=none set TECHNITIUM_TOKEN instead"
+            )
     return p
 
 

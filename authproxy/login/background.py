@@ -36,7 +36,7 @@ NAME_TTL = 3600.0
 MISS_TTL = 300.0
 LOOKUP_TIMEOUT = 2.0
 CHECK_TIMEOUT = 10.0
-STARTUP_WAIT = 3.0          # how long the start waits for the first check (it goes on after that)
+STARTUP_WAIT = 3.0  # how long the start waits for the first check (it goes on after that)
 NOT_CONFIGURED = "no background token is configured (TECHNITIUM_BACKGROUND_TOKEN)"
 NOT_CHECKED = "not checked yet"
 
@@ -55,18 +55,26 @@ class TokenState:
 
     def summary(self) -> dict[str, object]:
         """`backgroundPtrToken` of /me (the names existing scripts query)."""
-        return {"configured": self.configured, "validated": self.check.validated, "okForPtr": self.usable,
-                "reason": self.check.reason, "tooPrivilegedSections": list(self.check.too_privileged)}
+        return {
+            "configured": self.configured,
+            "validated": self.check.validated,
+            "okForPtr": self.usable,
+            "reason": self.check.reason,
+            "tooPrivilegedSections": list(self.check.too_privileged),
+        }
 
 
-UNCONFIGURED = TokenState(configured=False, check=TokenCheck(validated=False, ok=False, reason=NOT_CONFIGURED))
+UNCONFIGURED = TokenState(
+    configured=False, check=TokenCheck(validated=False, ok=False, reason=NOT_CONFIGURED)
+)
 
 
 class BackgroundWork:
     """The verdicts per site, the periodic check, and the PTR names."""
 
-    def __init__(self, sites: list[Site], *, interval: float, enabled: bool,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, sites: list[Site], *, interval: float, enabled: bool, clock: Callable[[], float] = time.time
+    ) -> None:
         self.interval = interval
         self.clock = clock
         self._credentials: dict[str, Credential] = {}
@@ -77,7 +85,8 @@ class BackgroundWork:
                 self._credentials[site.name] = site.adapter.service_credential(token.reveal())
         self._states: dict[str, TokenState] = {
             name: TokenState(configured=True, check=TokenCheck(validated=False, ok=False, reason=NOT_CHECKED))
-            for name in self._credentials}
+            for name in self._credentials
+        }
         self._names: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[str | None]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -101,17 +110,26 @@ class BackgroundWork:
             verdict = await asyncio.wait_for(self._adapters[site].check_background(credential), CHECK_TIMEOUT)
         except (UpstreamError, TimeoutError) as exc:
             verdict = TokenCheck(validated=False, ok=False, reason=f"unreadable: {type(exc).__name__}")
-        if verdict is None:   # the product cannot tell: used as configured
+        if verdict is None:  # the product cannot tell: used as configured
             verdict = TokenCheck(validated=False, ok=True, reason="not checked: this upstream cannot tell")
         before = self._states.get(site)
         self._states[site] = TokenState(configured=True, check=verdict, checked_at=self.clock())
         if before is None or before.check != verdict:
             outcome = "safe" if verdict.ok else ("unsafe" if verdict.validated else "unreadable")
-            audit("background_token", outcome=outcome, actor="service", user="background", site=site,
-                  reason=verdict.reason, too_privileged=list(verdict.too_privileged))
+            audit(
+                "background_token",
+                outcome=outcome,
+                actor="service",
+                user="background",
+                site=site,
+                reason=verdict.reason,
+                too_privileged=list(verdict.too_privileged),
+            )
             if not verdict.ok:
-                log.warning("background work disabled: the background token is not safe to use",
-                            extra={"fields": {"site": site, "reason": verdict.reason}})
+                log.warning(
+                    "background work disabled: the background token is not safe to use",
+                    extra={"fields": {"site": site, "reason": verdict.reason}},
+                )
         return self._states[site]
 
     async def check_all(self) -> None:
@@ -133,7 +151,7 @@ class BackgroundWork:
             await asyncio.sleep(self.interval)
             try:
                 await self.check_all()
-            except Exception:   # noqa: BLE001 - the loop must outlive any one round
+            except Exception:  # noqa: BLE001 - the loop must outlive any one round
                 log.exception("background token check failed")
 
     async def close(self) -> None:
@@ -178,9 +196,10 @@ class BackgroundWork:
     async def _lookup(self, site: str, address: str) -> str | None:
         try:
             name = await asyncio.wait_for(
-                self._adapters[site].reverse_name(self._credentials[site], address), LOOKUP_TIMEOUT)
+                self._adapters[site].reverse_name(self._credentials[site], address), LOOKUP_TIMEOUT
+            )
         except (UpstreamError, TimeoutError):
-            return None   # not cached: the next request may try again
+            return None  # not cached: the next request may try again
         self._names[address] = (name, self.clock() + (NAME_TTL if name else MISS_TTL))
         self._names.move_to_end(address)
         while len(self._names) > MAX_NAMES:

@@ -99,8 +99,10 @@ class UpstreamKeepalive:
         try:
             alive = await adapter.keepalive(credential)
         except UpstreamError as exc:
-            log.warning("upstream keepalive failed; retrying", extra={"fields": {"site": site,
-                                                                                 "error": type(exc).__name__}})
+            log.warning(
+                "upstream keepalive failed; retrying",
+                extra={"fields": {"site": site, "error": type(exc).__name__}},
+            )
             self._schedule(key, min(30.0, ttl / 4))
             return
         if not alive:

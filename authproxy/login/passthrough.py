@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -28,6 +29,30 @@ TOTP_REPLAY_WINDOW = 660.0
 BAD_CODE = "Invalid username, password or code."   # what a wrong code gets (upstreams/technitium.py)
 
 
+_UNPAIRED = "is not valid text (it holds an unpaired UTF-16 surrogate, such as \\ud800)"
+
+
+def _encodable(text: str) -> bool:
+    """Whether `text` is real Unicode: JSON's `\\ud800` escape gives a string no encoder accepts, and the
+    throttle key, the audit line and the upstream's request would each fail on it later."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _text_problem(name: str) -> str | None:
+    """What is wrong with a user name, said once here for every later use (throttle key, upstream form,
+    audit log): an unpaired surrogate, or a control character (C0, DEL, C1: a line break or an escape
+    sequence in someone's log)."""
+    if not _encodable(name):
+        return _UNPAIRED
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        return "contains a control character"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class LoginInput:
     username: str
@@ -38,18 +63,31 @@ class LoginInput:
     def parse(cls, data: object) -> LoginInput:
         if not isinstance(data, dict):
             raise AuthError("Send username and password.", code="bad_request", status=400)
-        username, password, totp = data.get("username", data.get("user")), data.get("password", data.get("pass")), \
-            data.get("totp")
-        if not isinstance(username, str) or not isinstance(password, str) or not username.strip() or not password:
+        username, password, totp = (
+            data.get("username", data.get("user")),
+            data.get("password", data.get("pass")),
+            data.get("totp"),
+        )
+        if (
+            not isinstance(username, str)
+            or not isinstance(password, str)
+            or not username.strip()
+            or not password
+        ):
             raise AuthError("Send username and password.", code="bad_request", status=400)
         if len(username) > MAX_USERNAME or len(password) > MAX_PASSWORD:
             raise AuthError("Username or password is too long.", code="bad_request", status=400)
-        if any(ord(c) < 32 or ord(c) == 127 for c in username):
-            raise AuthError("The username contains control characters.", code="bad_request", status=400)
+        problem = _text_problem(username)
+        if problem:
+            raise AuthError(f"The username {problem}.", code="bad_request", status=400)
+        if not _encodable(password):
+            raise AuthError(f"The password {_UNPAIRED}.", code="bad_request", status=400)
         if totp is not None and not isinstance(totp, (str, int)):
             raise AuthError("The code must be digits.", code="bad_request", status=400)
         totp_text = str(totp).strip() if totp not in (None, "") else None
-        if totp_text is not None and (not totp_text.isdigit() or len(totp_text) > 10):
+        if totp_text is not None and not (
+            totp_text.isascii() and totp_text.isdigit() and len(totp_text) <= 10
+        ):
             raise AuthError("The code must be digits.", code="bad_request", status=400)
         return cls(username=username.strip(), password=password, totp=totp_text)
 
@@ -79,8 +117,12 @@ class PassthroughLogin:
         attempt = await self.regulator.begin(site.name, form.username, client_ip)
         if attempt.retry_after is not None:
             audit("login", outcome="throttled", user=form.username, site=site.name, client_ip=client_ip)
-            raise AuthError("Too many failed sign-ins. Try again later.", code="too_many_attempts", status=429,
-                            retry_after=attempt.retry_after)
+            raise AuthError(
+                "Too many failed sign-ins. Try again later.",
+                code="too_many_attempts",
+                status=429,
+                retry_after=attempt.retry_after,
+            )
         used = None if form.totp is None else self._totp_key(site.name, form.username, form.totp)
         try:
             if used is not None and not await self.sessions.store.set_if_absent(used, b"1",
@@ -93,8 +135,12 @@ class PassthroughLogin:
                 raise AuthError(BAD_CODE, code="invalid_credentials", status=401)
             result = await self.source.verify(site, form.username, form.password, form.totp, client_ip)
             if result.status == "totp_required":
-                audit("login", outcome="totp_required", user=form.username, site=site.name, client_ip=client_ip)
-                raise AuthError(result.message or "Enter your one-time code.", code="totp_required", status=401)
+                audit(
+                    "login", outcome="totp_required", user=form.username, site=site.name, client_ip=client_ip
+                )
+                raise AuthError(
+                    result.message or "Enter your one-time code.", code="totp_required", status=401
+                )
             if result.status == "blocked":
                 audit("login", outcome="upstream_blocked", user=form.username, site=site.name,
                       client_ip=client_ip)
@@ -110,7 +156,9 @@ class PassthroughLogin:
             await attempt.succeeded()
             used = None  # spent: it stays remembered for the window
         finally:
-            await attempt.refund()  # neither failed nor succeeded: the upstream down, a prompt, a default probe
+            await (
+                attempt.refund()
+            )  # neither failed nor succeeded: the upstream down, a prompt, a default probe
             if used is not None:  # it opened no session (wrong password, upstream down): a retry may use it
                 with contextlib.suppress(StoreError):
                     await self.sessions.store.delete(used)

@@ -65,7 +65,7 @@ class ApiKeys(ServiceAuthenticator):
     def _match(self, presented: str) -> ServiceKey | None:
         given = digest(presented)
         found: ServiceKey | None = None
-        for key in self.keys:             # every digest compared, whichever matches
+        for key in self.keys:  # every digest compared, whichever matches
             if hmac.compare_digest(given, key.digest) and found is None:
                 found = key
         return found

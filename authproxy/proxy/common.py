@@ -49,7 +49,9 @@ def build_upstream_request(request: web.Request, site: Site) -> UpstreamRequest:
                            raw_query=rel.raw_query_string, headers=headers)
 
 
-async def credential_died(request: web.Request, site: Site, loaded: LoadedSession | None) -> web.StreamResponse:
+async def credential_died(
+    request: web.Request, site: Site, loaded: LoadedSession | None
+) -> web.StreamResponse:
     """The upstream says the token is dead: end it here too, then ask the person to sign in again."""
     if loaded is not None:
         await request.app[keys.SESSIONS].drop_credential(loaded, site.name, client_ip=client_ip(request))

@@ -97,8 +97,12 @@ def form_kind(content_types: list[str]) -> FormKind | None:
 def boundary(content_type: str) -> bytes:
     """The multipart boundary, or Refused when parsers could disagree about it: missing, repeated,
     a bare value with characters that end a MIME token, a quoted one with escapes."""
-    found = [str(value).strip() for key, value in _PARAM.findall(content_type) if str(key).lower() == "boundary"]
-    bad = Refused(400, "bad_multipart", "A multipart body needs one plain boundary parameter in its Content-Type.")
+    found = [
+        str(value).strip() for key, value in _PARAM.findall(content_type) if str(key).lower() == "boundary"
+    ]
+    bad = Refused(
+        400, "bad_multipart", "A multipart body needs one plain boundary parameter in its Content-Type."
+    )
     if len(found) != 1:
         raise bad
     value = found[0]
@@ -119,7 +123,9 @@ async def checked_body(content: aiohttp.StreamReader, content_types: list[str], 
     if kind is None:
         return Checked(content)
     if content_encoding.strip().lower() not in ("", "identity"):
-        raise Refused(415, "unsupported_media_type", "A compressed form cannot be checked; send it uncompressed.")
+        raise Refused(
+            415, "unsupported_media_type", "A compressed form cannot be checked; send it uncompressed."
+        )
     check: _Check = UrlencodedFilter(names) if kind == "urlencoded" else MultipartCheck(
         boundary(content_types[0]), names)
     head = await read_up_to(content, MAX_WHOLE + 1)

@@ -48,7 +48,7 @@ class FrameReader:
                  "close", "error", "max_message", "stop_at_boundary")
 
     def __init__(self, *, masked: bool, max_message: int) -> None:
-        self._masked = masked            # frames in this direction must (client) / must not (server) be masked
+        self._masked = masked  # frames in this direction must (client) / must not (server) be masked
         self.max_message = max_message
         self._head = b""                 # a header split across reads
         self._left = 0                   # payload bytes of the current frame still to come

@@ -79,9 +79,13 @@ class _Upstream:
 def _upstream(url: str, connect_timeout: float | None, read_timeout: float | None) -> _Upstream:
     parsed = URL(url, encoded=True)
     parts = urlsplit(url)
-    return _Upstream(base=url, parts=parts, url=parsed,
-                     lean=UpstreamPool.handles(parsed) and not parts.query and not parts.fragment,
-                     timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout))
+    return _Upstream(
+        base=url,
+        parts=parts,
+        url=parsed,
+        lean=UpstreamPool.handles(parsed) and not parts.query and not parts.fragment,
+        timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout),
+    )
 
 
 def setup(app: web.Application) -> None:
@@ -132,8 +136,13 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
         # The reserved prefix is authproxy's own: an unknown path or method there is not the upstream's.
         return no_endpoint(request)
     if has_dot_segments(path):
-        return error_response(request, 400, "bad_path", "The path has '.' or '..' segments; send it resolved, "
-                              "as browsers do.", title="Bad request")
+        return error_response(
+            request,
+            400,
+            "bad_path",
+            "The path has '.' or '..' segments; send it resolved, as browsers do.",
+            title="Bad request",
+        )
     site = app[keys.ROUTER].match(request.host, path)
     if site is None:
         return error_response(request, 404, "unknown_site", "No site is configured for this address.",
@@ -163,8 +172,13 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
     if (loaded is not None and (site.config.allowed_users or site.config.allowed_groups)
             and authz.decide(loaded.session, site.config, session_mode=True) == "deny"):
         # The same per-site allow lists as forward auth (authz.decide), for HTTP and WebSocket alike.
-        return error_response(request, 403, "forbidden",
-                              f"You are signed in, but this account may not use {site.name}.", title="Not allowed")
+        return error_response(
+            request,
+            403,
+            "forbidden",
+            f"You are signed in, but this account may not use {site.name}.",
+            title="Not allowed",
+        )
     if request.headers.get("Upgrade", "").lower() == "websocket":
         return await websocket.bridge(request, site, loaded, credential)
 
@@ -200,8 +214,10 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
                 allow_redirects=False, timeout=target.timeout, auto_decompress=False)
     except (aiohttp.ClientError, TimeoutError, UpstreamError) as exc:
         if checked is not None and checked.refused is not None:
-            return _body_refused(request, site, checked.refused)   # the body was broken off on purpose
-        log.warning("upstream unreachable", extra={"fields": {"site": site.name, "error": type(exc).__name__}})
+            return _body_refused(request, site, checked.refused)  # the body was broken off on purpose
+        log.warning(
+            "upstream unreachable", extra={"fields": {"site": site.name, "error": type(exc).__name__}}
+        )
         return error_response(request, 502, "upstream_unavailable",
                               f"{site.name} is not answering right now; try again in a moment.",
                               title="Upstream unavailable")
@@ -226,7 +242,10 @@ async def _relay(request: web.Request, site: Site, ureq: UpstreamRequest, upstre
             peeked = await read_up_to(upstream.content, MAX_PEEK + 1)
         except (aiohttp.ClientError, TimeoutError) as exc:
             # Nothing sent yet, and a body that must be checked or rewritten cannot go out in part.
-            log.warning("upstream answer broke off", extra={"fields": {"site": site.name, "error": type(exc).__name__}})
+            log.warning(
+                "upstream answer broke off",
+                extra={"fields": {"site": site.name, "error": type(exc).__name__}},
+            )
             return error_response(request, 502, "upstream_unavailable",
                                   f"{site.name} broke off its answer; try again in a moment.",
                                   title="Upstream unavailable")
@@ -293,7 +312,7 @@ def _answer_headers(response: web.StreamResponse, request: web.Request, site: Si
     if "Location" in headers:
         _rewrite_location(headers, site, request)
         headers["Location"] = location_without(headers["Location"], credential.secret)
-    drop_carrying(headers, credential.secret)   # anything else that echoes it (a Location left holding it too)
+    drop_carrying(headers, credential.secret)  # anything else that echoes it (a Location left holding it too)
     if "Set-Cookie" in headers:
         _rewrite_set_cookie_paths(headers, site)
 

@@ -50,9 +50,23 @@ class Outcome:
 class Leg(asyncio.Protocol):
     """One side's connection: reads that side's frames, writes the other side's."""
 
-    __slots__ = ("activity_due", "clean", "forwarding", "got_close", "lost", "on_activity", "original", "peer",
-                 "pending",
-                 "reader", "received", "relay", "sent_close", "side", "transport")
+    __slots__ = (
+        "activity_due",
+        "clean",
+        "forwarding",
+        "got_close",
+        "lost",
+        "on_activity",
+        "original",
+        "peer",
+        "pending",
+        "reader",
+        "received",
+        "relay",
+        "sent_close",
+        "side",
+        "transport",
+    )
 
     def __init__(self, relay: FrameRelay, side: Literal["client", "upstream"], *, max_message: int) -> None:
         self.relay = relay

@@ -53,8 +53,16 @@ class UpstreamResponse:
 
     __slots__ = ("_key", "_pool", "_proto", "content", "headers", "reason", "status")
 
-    def __init__(self, pool: UpstreamPool, key: tuple[str, int], proto: ResponseHandler, status: int, reason: str,
-                 headers: CIMultiDictProxy[str], content: aiohttp.StreamReader) -> None:
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        key: tuple[str, int],
+        proto: ResponseHandler,
+        status: int,
+        reason: str,
+        headers: CIMultiDictProxy[str],
+        content: aiohttp.StreamReader,
+    ) -> None:
         self.status = status
         self.reason = reason
         self.headers = headers
@@ -78,7 +86,9 @@ class UpstreamResponse:
 class UpstreamPool:
     """Keep-alive connections to plain-HTTP upstreams, most recently used first."""
 
-    def __init__(self, *, limit_per_host: int = LIMIT_PER_HOST, keepalive_timeout: float = KEEPALIVE_TIMEOUT) -> None:
+    def __init__(
+        self, *, limit_per_host: int = LIMIT_PER_HOST, keepalive_timeout: float = KEEPALIVE_TIMEOUT
+    ) -> None:
         self.limit_per_host = limit_per_host
         self.keepalive_timeout = keepalive_timeout
         self._hosts: dict[tuple[str, int], _Host] = {}
@@ -213,8 +223,9 @@ class UpstreamPool:
         except TimeoutError as exc:
             raise aiohttp.ConnectionTimeoutError(f"Connection timeout to host http://{host}:{port}") from exc
         except OSError as exc:
-            raise aiohttp.ClientOSError(exc.errno, f"Cannot connect to host {host}:{port} [{exc.strerror or exc}]") \
-                from exc
+            raise aiohttp.ClientOSError(
+                exc.errno, f"Cannot connect to host {host}:{port} [{exc.strerror or exc}]"
+            ) from exc
         return proto
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:

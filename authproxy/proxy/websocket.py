@@ -55,9 +55,11 @@ from authproxy.web.common import client_ip, error_response
 MAX_MSG_SIZE = 16 * 1024 * 1024
 
 # Written by ws_upstream itself (or meaningless upstream); Origin is replaced, protocols passed apart.
+# The handshake carries no body, so no Expect either: `Expect: 100-continue` made the upstream answer
+# `100 Continue` first, read as its refusal (a 502 for a client's odd header).
 _HANDSHAKE_HEADERS = ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
                       "Sec-WebSocket-Accept", "Sec-WebSocket-Protocol", "Origin", "Content-Length",
-                      "Content-Type")
+                      "Content-Type", "Expect")
 
 
 # ---- the handshake ---------------------------------------------------------------------------------
@@ -90,9 +92,13 @@ async def bridge(request: web.Request, site: Site, loaded: LoadedSession | None,
     """Answer an authenticated `Upgrade: websocket` request by bridging it to the site's upstream."""
     # aiohttp checks the handshake (method, Upgrade/Connection, version, key); offering it the client's
     # own subprotocols keeps it from logging a warning that none overlap (the upstream chooses).
-    offered = tuple(p.strip() for v in request.headers.getall("Sec-WebSocket-Protocol", ()) for p in v.split(","))
+    offered = tuple(
+        p.strip() for v in request.headers.getall("Sec-WebSocket-Protocol", ()) for p in v.split(",")
+    )
     if not web.WebSocketResponse(protocols=offered).can_prepare(request).ok:
-        return error_response(request, 400, "bad_websocket_handshake", "This is not a valid WebSocket request.")
+        return error_response(
+            request, 400, "bad_websocket_handshake", "This is not a valid WebSocket request."
+        )
     registry = request.app[keys.WEBSOCKETS]
     url, headers, protocols = build_handshake(request, site, credential)
     try:
@@ -112,7 +118,9 @@ async def bridge(request: web.Request, site: Site, loaded: LoadedSession | None,
                    expires_at=loaded.session.expires_at if loaded else None, loaded=loaded,
                    slide_every=request.app[keys.SESSIONS].touch_interval)
     relay = FrameRelay(max_message=MAX_MSG_SIZE, close_timeout=CLOSE_TIMEOUT)
-    relay.attach(relay.upstream, upstream.transport)   # still paused: nothing reaches the client before its 101
+    relay.attach(
+        relay.upstream, upstream.transport
+    )  # still paused: nothing reaches the client before its 101
     # No permessage-deflate towards the browser either (none upstream): frames pass through unchanged.
     switched = web.StreamResponse(status=101, reason="Switching Protocols", headers={
         "Upgrade": "websocket", "Connection": "Upgrade",
@@ -145,7 +153,9 @@ async def _run(request: web.Request, relay: FrameRelay, upstream: UpstreamSocket
     relay.attach(relay.client, transport)
     activity = _Activity(entry, relay.client) if entry.loaded is not None else None
     relay.start(early.data, upstream.early)
-    watch = asyncio.create_task(_watch(request, entry, request.app[keys.WEBSOCKETS]), name="authproxy-ws-watch")
+    watch = asyncio.create_task(
+        _watch(request, entry, request.app[keys.WEBSOCKETS]), name="authproxy-ws-watch"
+    )
     try:
         await asyncio.wait((relay.done, watch), return_when=asyncio.FIRST_COMPLETED)
         if watch.done() and not relay.done.done():

@@ -86,7 +86,9 @@ class _Opening(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.head.done():
-            self.head.set_exception(ConnectionResetError("the upstream closed the connection during the handshake"))
+            self.head.set_exception(
+                ConnectionResetError("the upstream closed the connection during the handshake")
+            )
 
 
 def _parse(head: bytes) -> tuple[int, CIMultiDictProxy[str]]:

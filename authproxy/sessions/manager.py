@@ -2,8 +2,10 @@
 
 Idle timeout is the store TTL (sliding, refreshed at most every `touch_interval`), the absolute
 lifetime is checked on every load. A short in-process cache of verified sessions keeps the store
-round trip off most requests; logout and revocation are broadcast through the store so every
-replica drops its cached copy at once.
+round trip off most requests. Logout, revocation and expiry delete the session and then `revoke` it
+through the store, which returns only once no process can serve its cached copy any more: each cache
+entry records the store's `generation()` from before its read and is used only while that is unchanged
+(see store.py), so a request that starts after a logout answered is never let in, on any worker.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class LoadedSession:
     session: Session
     ticket: Ticket
     store_key: str
+    generation: int = -1  # the store's generation() before the read that produced this copy
     fetched_at: float = 0.0
     touched_at: float = 0.0
 
@@ -83,10 +86,13 @@ class SessionManager:
         # Store key -> when this process last slid its idle TTL, kept apart from the cache so the
         # slide stays "at most every touch_interval" with the cache off too (not one EXPIRE per load).
         self._touched: dict[str, float] = {}
-        # Store key -> the one store read under way for it (with the cache on). When a cached entry
-        # goes stale under load, every concurrent request for that session would otherwise read the
-        # store at once (50 connections: 50 GETs and a 50-connection Redis pool every cache_ttl).
-        self._inflight: dict[str, tuple[Ticket, asyncio.Future[LoadedSession | None]]] = {}
+        # Store key -> the one store read under way for it (with the cache on), and the generation it
+        # started under: requests join it only while that holds (one that started before a revocation
+        # may have read the session before the delete). When a cached entry goes stale under load, every
+        # concurrent request for that session would otherwise read the store at once (50 connections:
+        # 50 GETs and a 50-connection Redis pool every cache_ttl).
+        self._inflight: dict[str, tuple[Ticket, asyncio.Future[LoadedSession | None], int]] = {}
+        self._generation = store.generation  # read on every cache hit: no I/O
         # Store key -> invalidations and destroys seen here. A store read that one overtook (a logout
         # elsewhere landed while the GET was on the wire) may hold a session that no longer exists: its
         # answer serves the request that asked, but is not cached. Per key, so other people's logins
@@ -152,6 +158,7 @@ class SessionManager:
         now = self.clock()
         cached = self._cache.get(store_key)
         if (cached is not None and now - cached.fetched_at < self.config.cache_ttl
+                and cached.generation == self._generation()
                 and hmac.compare_digest(cached.ticket.key, ticket.key)):
             if now >= cached.session.expires_at:
                 await self._expired(cached, client_ip)
@@ -162,11 +169,13 @@ class SessionManager:
                 return None
             return cached
         if self.config.cache_ttl <= 0:
-            return await self._fetch(ticket, store_key, cached, now, client_ip)
+            return await self._fetch(ticket, store_key, cached, now, client_ip, -1)
+        generation = self._generation()
         flight = self._inflight.get(store_key)
-        if flight is None or not hmac.compare_digest(flight[0].key, ticket.key):
-            task = asyncio.ensure_future(self._fetch(ticket, store_key, cached, now, client_ip))
-            self._inflight[store_key] = flight = (ticket, task)
+        if (flight is None or flight[2] != generation or generation < 0
+                or not hmac.compare_digest(flight[0].key, ticket.key)):
+            task = asyncio.ensure_future(self._fetch(ticket, store_key, cached, now, client_ip, generation))
+            self._inflight[store_key] = flight = (ticket, task, generation)
             task.add_done_callback(functools.partial(self._landed, store_key))
         # Shielded: a request that goes away must not cancel the read the others are waiting for.
         return await asyncio.shield(flight[1])
@@ -179,8 +188,11 @@ class SessionManager:
             done.exception()  # retrieved here, so an error nobody awaited any more is not reported as lost
 
     async def _fetch(self, ticket: Ticket, store_key: str, cached: LoadedSession | None, now: float,
-                     client_ip: ClientIP) -> LoadedSession | None:
-        """The store read behind `load` (a cache miss): unseal, decode, check expiry, slide, cache."""
+                     client_ip: ClientIP, generation: int) -> LoadedSession | None:
+        """The store read behind `load` (a cache miss): unseal, decode, check expiry, slide, cache.
+
+        `generation` was read before the store read: the copy is cached under it (never when negative),
+        so a revocation that lands meanwhile anywhere makes it stale at once."""
         epoch = (self._epochs_cleared, self._epochs.get(store_key))
         blob = await self.store.get(store_key)
         if blob is None:
@@ -196,7 +208,8 @@ class SessionManager:
             log.warning("dropping a session that does not decode", extra={"fields": {"reason": "decode"}})
             await self.store.delete(store_key)
             return None
-        loaded = LoadedSession(session=session, ticket=ticket, store_key=store_key, fetched_at=now,
+        loaded = LoadedSession(session=session, ticket=ticket, store_key=store_key, generation=generation,
+                               fetched_at=now,
                                touched_at=self._touched.get(store_key, cached.touched_at if cached else 0.0))
         if now >= session.expires_at:
             await self._expired(loaded, client_ip)
@@ -204,7 +217,8 @@ class SessionManager:
         if not await self._maybe_touch(loaded, now):
             await self._lapsed(ticket, now, client_ip)
             return None
-        if self.config.cache_ttl > 0 and epoch == (self._epochs_cleared, self._epochs.get(store_key)):
+        if (self.config.cache_ttl > 0 and generation >= 0
+                and epoch == (self._epochs_cleared, self._epochs.get(store_key))):
             if len(self._cache) >= MAX_CACHE_ENTRIES:
                 self._cache.clear()
             self._cache[store_key] = loaded
@@ -245,6 +259,7 @@ class SessionManager:
         await self.destroy(previous)
 
     async def destroy(self, loaded: LoadedSession) -> None:
+        """End the session on every worker and replica before returning (logout answers after this)."""
         self._bump(loaded.store_key)
         self._cache.pop(loaded.store_key, None)
         self._touched.pop(loaded.store_key, None)
@@ -252,7 +267,7 @@ class SessionManager:
         await self.store.delete(loaded.store_key, marker_key(loaded.store_key))
         for site, user in self._accounts(loaded.session):
             await self.store.index_remove(self._account_index(site, user), loaded.store_key)
-        await self.store.publish(CHANNEL, loaded.store_key)
+        await self.store.revoke(CHANNEL, loaded.store_key)
 
     async def destroy_everywhere(self, loaded: LoadedSession) -> int:
         """"Sign out everywhere": end every session signed in to an account this one holds, itself
@@ -274,7 +289,7 @@ class SessionManager:
         ended = await self.store.delete(*members)
         await self.store.delete(*(marker_key(m) for m in members), *indexes)
         for key in members:
-            await self.store.publish(CHANNEL, key)
+            await self.store.revoke(CHANNEL, key)
         return ended
 
     async def idle_expires_at(self, loaded: LoadedSession) -> float:
@@ -380,8 +395,13 @@ class SessionManager:
     # ---- cookies ---------------------------------------------------------------------------------
 
     def cookie_attributes(self) -> dict[str, str | int | bool]:
-        attrs: dict[str, str | int | bool] = {"path": "/", "secure": True, "httponly": True, "samesite": "Lax",
-                                              "max_age": int(self.config.max_age)}
+        attrs: dict[str, str | int | bool] = {
+            "path": "/",
+            "secure": True,
+            "httponly": True,
+            "samesite": "Lax",
+            "max_age": int(self.config.max_age),
+        }
         if self.config.cookie_domain:
             attrs["domain"] = self.config.cookie_domain
         return attrs

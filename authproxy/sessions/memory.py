@@ -2,7 +2,8 @@
 
 For tests and single-process deployments that accept losing sessions on restart. Expired entries are
 ignored on read and swept opportunistically (at most once a minute, on writes), so no task is needed.
-Publish calls this instance's subscribers synchronously: there is no other process to tell.
+Publish calls this instance's subscribers synchronously: there is no other process to tell, so a
+revocation is in effect when `revoke` returns and the generation never changes.
 """
 
 from __future__ import annotations
@@ -138,6 +139,12 @@ class MemoryStore:
 
     def subscribe(self, channel: str, callback: InvalidationCallback) -> None:
         self._subscribers.setdefault(channel, []).append(callback)
+
+    async def revoke(self, channel: str, message: str) -> None:
+        await self.publish(channel, message)
+
+    def generation(self) -> int:
+        return 0
 
     def _check(self) -> None:
         if self._closed:

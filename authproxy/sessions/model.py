@@ -91,11 +91,17 @@ class Session:
     def from_dict(cls, data: dict[str, Any]) -> Session:
         if data.get("v") != 1:
             raise ValueError("unknown session version")
-        return cls(user=str(data["user"]), site=str(data["site"]), identity=Identity.from_dict(data["identity"]),
-                   credentials={k: Credential.from_dict(v) for k, v in (data.get("credentials") or {}).items()},
-                   actor=data.get("actor", "user"), created_at=float(data["created_at"]),
-                   expires_at=float(data["expires_at"]), client_ip=str(data.get("client_ip", "")),
-                   auth_method=str(data.get("auth_method", "passthrough")))
+        return cls(
+            user=str(data["user"]),
+            site=str(data["site"]),
+            identity=Identity.from_dict(data["identity"]),
+            credentials={k: Credential.from_dict(v) for k, v in (data.get("credentials") or {}).items()},
+            actor=data.get("actor", "user"),
+            created_at=float(data["created_at"]),
+            expires_at=float(data["expires_at"]),
+            client_ip=str(data.get("client_ip", "")),
+            auth_method=str(data.get("auth_method", "passthrough")),
+        )
 
 
 def site_identity(session: Session, site_name: str) -> Identity | None:

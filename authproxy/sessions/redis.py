@@ -22,6 +22,17 @@ Why it looks like this:
 - Pub/sub: one background listener PSUBSCRIBEs to `prefix*` and dispatches locally, so `subscribe()` can
   stay synchronous. It reconnects with backoff after errors; messages published while it was
   disconnected are lost (Redis pub/sub has no history).
+- Revocation is confirmed, not just sent: pub/sub is asynchronous, and a replica that has not read the
+  message yet would serve its cached copy after the logout answered. `revoke` PUBLISHes the message and
+  a SYNC(nonce) behind it in one pipeline; Redis keeps each subscriber's messages in order, so a
+  listener that reads the SYNC has dispatched the message, and it answers ACK(nonce). The revoker waits
+  for as many ACKs as PUBLISH counted subscribers (its own listener too), at most `ack_timeout` s: two
+  round trips and the slowest replica's loop turn on the logout, nothing on the request path. One whose
+  listener is disconnected is not counted; its `generation()` is negative meanwhile (its cache holds
+  nothing, it cannot hear revocations) and new on reconnect (what it cached before is re-read). What
+  the guarantee cannot cover, and the timeout bounds (then a warning, and SESSION_CACHE_TTL is the
+  limit): a replica hung or cut off without its connection failing yet, and other programs (or an
+  older authproxy, during a rolling upgrade) subscribed to `prefix*`, which count but never confirm.
 - Error messages never contain the password from the URL.
 """
 
@@ -32,7 +43,10 @@ import builtins
 import contextlib
 import logging
 import math
+import secrets
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -78,6 +92,27 @@ return 1
 
 _STORE_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
 
+# `revoke`'s own channels (under the prefix, like every channel): a SYNC(nonce) follows the message, and
+# each listener that reads it answers ACK(nonce).
+SYNC_CHANNEL = "!sync"
+ACK_CHANNEL = "!ack"
+UNCONFIRMED_WARNING_EVERY = 60.0
+
+
+@dataclass(slots=True)
+class _Acks:
+    """The confirmations of one revocation: `expected` is PUBLISH's subscriber count, once it is known
+    (an ACK may arrive before PUBLISH's own reply)."""
+
+    seen: int = 0
+    expected: int | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def confirm(self) -> None:
+        self.seen += 1
+        if self.expected is not None and self.seen >= self.expected:
+            self.done.set()
+
 
 def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
@@ -93,9 +128,10 @@ class RedisStore:
     name = "redis"
 
     def __init__(self, url: str, *, prefix: str = DEFAULT_REDIS_PREFIX, timeout: float = 2.0,
-                 health_check_interval: int = 30) -> None:
+                 health_check_interval: int = 30, ack_timeout: float = 1.0) -> None:
         self.prefix = prefix
         self.timeout = timeout
+        self.ack_timeout = ack_timeout
         self._url = url
         self._health_check_interval = health_check_interval
         self._secrets: list[str] = []
@@ -125,6 +161,11 @@ class RedisStore:
         self._listener: asyncio.Task[None] | None = None
         self._subscribers: dict[str, list[InvalidationCallback]] = {}
         self._first_attempt = asyncio.Event()
+        self._generation = -1  # the listener's connection count while it is subscribed, else -1
+        self._connections = 0
+        self._acks: dict[str, _Acks] = {}  # revocations waiting for confirmations, by nonce
+        self._acking: set[asyncio.Future[Any]] = set()
+        self._warned_at = -math.inf
 
     def __repr__(self) -> str:
         return f"<RedisStore {self.safe_url!r} prefix={self.prefix!r}>"
@@ -141,7 +182,9 @@ class RedisStore:
         self._first_attempt = asyncio.Event()
         self._listener = asyncio.create_task(self._listen_forever(), name="authproxy-redis-pubsub")
         if self._endpoint is not None:
-            self._fast = RespClient(self._endpoint, label=f"redis store {self.safe_url}", timeout=self.timeout)
+            self._fast = RespClient(
+                self._endpoint, label=f"redis store {self.safe_url}", timeout=self.timeout
+            )
             with contextlib.suppress(StoreError):  # logged by the client; it retries on the next call
                 await self._fast.connect()
         with contextlib.suppress(TimeoutError):
@@ -154,6 +197,8 @@ class RedisStore:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
+        for task in list(self._acking):
+            task.cancel()
         fast, self._fast = self._fast, None
         if fast is not None:
             await fast.close()
@@ -236,6 +281,56 @@ class RedisStore:
     def subscribe(self, channel: str, callback: InvalidationCallback) -> None:
         self._subscribers.setdefault(channel, []).append(callback)
 
+    async def revoke(self, channel: str, message: str) -> None:
+        nonce = secrets.token_hex(8)
+        acks = self._acks[nonce] = _Acks()
+
+        async def publish_both(client: aioredis.Redis) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            pipe.publish(self.prefix + channel, message)
+            pipe.publish(self.prefix + SYNC_CHANNEL, nonce)
+            replies: list[Any] = await pipe.execute()
+            return replies
+
+        try:
+            replies = await self._do("revoke", publish_both)
+            acks.expected = int(replies[1])
+            if acks.seen < acks.expected:
+                try:
+                    async with asyncio.timeout(self.ack_timeout):
+                        await acks.done.wait()
+                except TimeoutError:
+                    self._unconfirmed(acks)
+        finally:
+            del self._acks[nonce]
+
+    def generation(self) -> int:
+        return self._generation
+
+    def _unconfirmed(self, acks: _Acks) -> None:
+        now = time.monotonic()
+        if now - self._warned_at < UNCONFIRMED_WARNING_EVERY:
+            return
+        self._warned_at = now
+        log.warning("redis store %s: %d of %d subscribers to %r did not confirm a revocation within %g s "
+                    "(an authproxy replica hung or cut off from Redis, an older authproxy, or another "
+                    "program subscribed there); "
+                    "such a replica may serve a signed-out session for up to SESSION_CACHE_TTL",
+                    self.safe_url, (acks.expected or 0) - acks.seen, acks.expected, self.prefix + "*",
+                    self.ack_timeout)
+
+    def _confirm(self, nonce: str) -> None:
+        """Answer a revocation's SYNC: everything published before it has been dispatched here."""
+        task = asyncio.ensure_future(self._do("ack", lambda c: c.publish(self.prefix + ACK_CHANNEL, nonce)))
+        self._acking.add(task)
+        task.add_done_callback(self._confirmed)
+
+    def _confirmed(self, task: asyncio.Future[Any]) -> None:
+        self._acking.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("redis store %s: could not confirm a revocation (the revoker stops waiting): %s",
+                      self.safe_url, task.exception())
+
     async def _listen_forever(self) -> None:
         """PSUBSCRIBE `prefix*` and dispatch; on any error log, back off, reconnect. Never dies."""
         pattern = _glob_escape(self.prefix) + "*"
@@ -254,6 +349,8 @@ class RedisStore:
                 if failing:
                     log.info("redis store %s: pub/sub listener reconnected", self.safe_url)
                 failing, backoff = False, 0.1
+                self._connections += 1
+                self._generation = self._connections  # what was cached while deaf is stale now
                 self._first_attempt.set()
                 while True:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
@@ -268,6 +365,7 @@ class RedisStore:
                 failing = True
                 self._first_attempt.set()
             finally:
+                self._generation = -1  # deaf to revocations until subscribed again: cache nothing
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
             await asyncio.sleep(backoff)
@@ -279,6 +377,14 @@ class RedisStore:
         if not channel.startswith(self.prefix):
             return
         channel = channel[len(self.prefix):]
+        if channel == SYNC_CHANNEL:
+            self._confirm(message)
+            return
+        if channel == ACK_CHANNEL:
+            acks = self._acks.get(message)
+            if acks is not None:
+                acks.confirm()
+            return
         for callback in list(self._subscribers.get(channel, ())):
             try:
                 callback(message)

@@ -81,7 +81,7 @@ def redact_url(url: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """Where and how to connect, read from a redis://, rediss:// or unix:// URL exactly as redis-py reads it."""
+    """Where and how to connect, read from a redis://, rediss:// or unix:// URL as redis-py reads it."""
 
     host: str = "localhost"
     port: int = 6379
@@ -93,7 +93,7 @@ class Endpoint:
 
     @classmethod
     def from_url(cls, url: str) -> Endpoint:
-        """Parse with redis-py's own `parse_url` (and its TLS defaults), so both clients reach the same server."""
+        """Parse with redis-py's own `parse_url` (and its TLS defaults): both clients reach one server."""
         try:
             kw: dict[str, Any] = dict(parse_url(url))
             context: ssl.SSLContext | None = None
@@ -349,10 +349,12 @@ class RespClient:
             self._watchdog = None
         if not self._closed and not self._failing:
             self._failing = True
-            log.warning("%s: hot-read connection dropped: %s (reconnecting on the next call)", self.label, detail)
+            log.warning(
+                "%s: hot-read connection dropped: %s (reconnecting on the next call)", self.label, detail
+            )
 
     def _tick(self) -> None:
-        """Every watchdog interval: drop the connection if its oldest request waited `timeout` s in silence."""
+        """Each watchdog interval: drop the connection if its oldest request waited `timeout` s unanswered."""
         assert self._loop is not None
         self._watchdog = None
         conn = self._conn
@@ -365,7 +367,9 @@ class RespClient:
                 self._watch_head, self._watch_progress, self._watch_since = head, conn.progress, now
             elif now - self._watch_since >= self.timeout - 1e-3:
                 self._watch_head = None
-                conn.fail(f"no reply within {self.timeout:g} s (Redis hung or overloaded); connection dropped")
+                conn.fail(
+                    f"no reply within {self.timeout:g} s (Redis hung or overloaded); connection dropped"
+                )
                 return
         else:
             self._watch_head = None

@@ -3,6 +3,12 @@
 The session manager owns tickets, crypto and cookies; a store only keeps sealed blobs, counters
 (throttling), small sets (the per-user index) and a broadcast channel (cache invalidation across
 replicas). One contract test suite (tests/contract) runs against every implementation.
+
+Revocation must be over everywhere before a logout answers, yet the session cache must not pay a round
+trip per request. So `revoke` is a `publish` that returns only when no process can still serve what it
+cached before: each store keeps that promise in the way its sharing allows (memory: its subscribers
+run synchronously; SQLite: a shared generation counter in a memory-mapped file that every cache hit
+reads; Redis: each subscriber confirms). `generation` is what a cache hit compares.
 """
 
 from __future__ import annotations
@@ -67,3 +73,15 @@ class SessionStore(Protocol):
 
     def subscribe(self, channel: str, callback: InvalidationCallback) -> None:
         """Call `callback(message)` for each message published on `channel` (after start())."""
+
+    async def revoke(self, channel: str, message: str) -> None:
+        """`publish`, in effect everywhere when it returns: in every process using this store, the
+        subscribers of `channel` have then been called with `message`, or `generation()` there no longer
+        returns what it returned before the call. Deleting a session and then revoking it means no process
+        serves its cached copy to a request that starts afterwards."""
+
+    def generation(self) -> int:
+        """What a session-cache entry records when it is read from the store and compares on every hit,
+        so no I/O (about 100 ns): it changes when a `revoke` anywhere may have left this process's
+        subscribers untold. Negative while this process cannot learn of revocations at all (Redis: its
+        listener is disconnected): then nothing may be cached."""

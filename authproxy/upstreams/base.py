@@ -177,10 +177,16 @@ class UpstreamAdapter(abc.ABC):
         authproxy's own answer."""
         return None
 
-    def ui_login_fields(self, query: list[tuple[str, str]], form: list[tuple[str, str]]) -> dict[str, str | None]:
+    def ui_login_fields(
+        self, query: list[tuple[str, str]], form: list[tuple[str, str]]
+    ) -> dict[str, str | None]:
         """The username/password/totp a UI's login form sent (`sign_in` calls), from its query and form."""
         values = dict(form) | dict(query)
-        return {"username": values.get("username"), "password": values.get("password"), "totp": values.get("totp")}
+        return {
+            "username": values.get("username"),
+            "password": values.get("password"),
+            "totp": values.get("totp"),
+        }
 
     async def ui_session(self, loaded: LoadedSession | None, client_ip: str) -> UiAnswer | None:
         """The UI's session call answered for `loaded` (None: the service actor of AUTH_MODE=none), and

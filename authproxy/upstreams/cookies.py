@@ -35,7 +35,9 @@ def request_cookies(headers: CIMultiDict[str]) -> list[tuple[str, str]]:
     return out
 
 
-def strip_request_cookies(headers: CIMultiDict[str], names: Iterable[str], prefixes: Iterable[str] = ()) -> None:
+def strip_request_cookies(
+    headers: CIMultiDict[str], names: Iterable[str], prefixes: Iterable[str] = ()
+) -> None:
     """Remove the named cookies from the Cookie header(s); other cookies are kept verbatim, in one header."""
     names, prefixes = set(names), tuple(prefixes)
     kept = []

@@ -220,7 +220,9 @@ class GenericAdapter(UpstreamAdapter):
         self._drop_set_cookies = set(s.hide.set_cookies) | (
             {s.credential.name} if s.credential.from_ == "cookie" else set()) | (
             {s.inject.name} if s.inject.as_ == "cookie" else set())
-        self._strip_headers = set(s.hide.request_headers) | ({s.inject.name} if s.inject.as_ == "header" else set())
+        self._strip_headers = set(s.hide.request_headers) | (
+            {s.inject.name} if s.inject.as_ == "header" else set()
+        )
         self._drop_headers = set(s.hide.response_headers) | (
             {s.credential.name} if s.credential.from_ == "header" else set())
         self._strip_params = FieldNames(set(s.hide.params) | ({s.inject.name} if s.inject.as_ == "query"
@@ -248,9 +250,15 @@ class GenericAdapter(UpstreamAdapter):
             return {"Cookie": f"{inj.name}={credential.secret}"}, {}
         return {}, {inj.name: credential.secret}
 
-    async def _request(self, method: str, path: str, *, headers: dict[str, str] | None = None,
-                       params: dict[str, str] | None = None, **kw: Any) -> tuple[int, CIMultiDictProxy[str],
-                                                                                 bytes, aiohttp.ClientResponse]:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+        **kw: Any,
+    ) -> tuple[int, CIMultiDictProxy[str], bytes, aiohttp.ClientResponse]:
         try:
             async with self.http.request(method, self.base + path, headers=headers, params=params,
                                          timeout=self.timeout, allow_redirects=False, **kw) as resp:
@@ -259,13 +267,19 @@ class GenericAdapter(UpstreamAdapter):
                 body = await read_limited(resp, MAX_LOGIN_ANSWER)
                 return resp.status, resp.headers, body, resp
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamUnavailable(f"{self.label} at {self.base} is unreachable ({type(exc).__name__})") from None
+            raise UpstreamUnavailable(
+                f"{self.label} at {self.base} is unreachable ({type(exc).__name__})"
+            ) from None
 
-    async def _authed(self, call: CallSpec, credential: Credential) -> tuple[int, CIMultiDictProxy[str], bytes]:
+    async def _authed(
+        self, call: CallSpec, credential: Credential
+    ) -> tuple[int, CIMultiDictProxy[str], bytes]:
         headers, params = self._auth_parts(credential)
         headers.setdefault("Accept", "application/json, text/plain, */*")
         headers["Accept-Encoding"] = "identity"
-        status, rheaders, body, _ = await self._request(call.method, call.path, headers=headers, params=params)
+        status, rheaders, body, _ = await self._request(
+            call.method, call.path, headers=headers, params=params
+        )
         return status, rheaders, body
 
     def _login_request(self, username: str, password: str, totp: str | None,
@@ -296,8 +310,11 @@ class GenericAdapter(UpstreamAdapter):
         status, rheaders, body, resp = await self._request(spec.method, spec.path, headers=headers, **body_kw)
         text = body.decode("utf-8", "replace")
         if status in spec.blocked_status:
-            return LoginResult("blocked", message=f"{self.label} refuses sign-ins for now (too many attempts); "
-                                                  "try again later.", retry_after=_retry_after(rheaders))
+            return LoginResult(
+                "blocked",
+                message=f"{self.label} refuses sign-ins for now (too many attempts); try again later.",
+                retry_after=_retry_after(rheaders),
+            )
         if spec.totp_required_text and spec.totp_required_text in text and \
                 (spec.totp_required_status in (0, status)):
             if totp:
@@ -330,7 +347,11 @@ class GenericAdapter(UpstreamAdapter):
             value = pointer_get(json.loads(body), cs.pointer)
         except ValueError:
             return None
-        return str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "" else None
+        return (
+            str(value)
+            if isinstance(value, (str, int)) and not isinstance(value, bool) and value != ""
+            else None
+        )
 
     def _ttl(self, body: bytes) -> float | None:
         cs = self.spec.credential
@@ -404,7 +425,7 @@ class GenericAdapter(UpstreamAdapter):
             req.raw_query = query_with(req.raw_query, inj.name, credential.secret)
 
     def credential_fields(self) -> FieldNames:
-        """`hide.params` and a query-injected name: cut from the query (above) and form bodies (proxy/forms.py)."""
+        """`hide.params` and a query-injected name: cut from the query (above) and from form bodies."""
         return self._strip_params
 
     def _must_read(self, path: str) -> bool:

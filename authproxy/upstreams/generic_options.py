@@ -135,15 +135,41 @@ _STR, _BOOL, _INT, _NUM, _INTS, _STRS, _TABLE, _ANY = "string", "true/false", "i
     "list of status codes", "list of strings", "table", "value"
 
 SCHEMA: dict[str, dict[str, str]] = {
-    "login": {"method": _STR, "path": _STR, "encoding": _STR, "username_field": _STR, "password_field": _STR,
-              "totp_field": _STR, "totp_number": _BOOL, "fields": _TABLE, "ok_status": _INTS,
-              "blocked_status": _INTS, "totp_required_status": _INT, "totp_required_text": _STR,
-              "success_text": _STR, "ui_answer": _STR, "ui_answer_type": _STR},
+    "login": {
+        "method": _STR,
+        "path": _STR,
+        "encoding": _STR,
+        "username_field": _STR,
+        "password_field": _STR,
+        "totp_field": _STR,
+        "totp_number": _BOOL,
+        "fields": _TABLE,
+        "ok_status": _INTS,
+        "blocked_status": _INTS,
+        "totp_required_status": _INT,
+        "totp_required_text": _STR,
+        "success_text": _STR,
+        "ui_answer": _STR,
+        "ui_answer_type": _STR,
+    },
     "credential": {"from": _STR, "name": _STR, "pointer": _STR, "ttl": _NUM, "ttl_pointer": _STR},
     "inject": {"as": _STR, "name": _STR, "template": _STR},
-    "expiry": {"status": _INTS, "paths": _STRS, "json_pointer": _STR, "json_value": _ANY, "redirect_to": _STRS},
-    "hide": {"json": _STRS, "json_paths": _STRS, "set_cookies": _STRS, "response_headers": _STRS,
-             "request_cookies": _STRS, "request_headers": _STRS, "params": _STRS},
+    "expiry": {
+        "status": _INTS,
+        "paths": _STRS,
+        "json_pointer": _STR,
+        "json_value": _ANY,
+        "redirect_to": _STRS,
+    },
+    "hide": {
+        "json": _STRS,
+        "json_paths": _STRS,
+        "set_cookies": _STRS,
+        "response_headers": _STRS,
+        "request_cookies": _STRS,
+        "request_headers": _STRS,
+        "params": _STRS,
+    },
     "logout": {"method": _STR, "path": _STR, "intercept": _BOOL},
     "keepalive": {"method": _STR, "path": _STR},
     "identity": {"username": _STR},
@@ -324,7 +350,9 @@ def _inject(it: dict[str, Any], c: _Checker, cred: CredentialSpec) -> InjectSpec
     inject = InjectSpec(as_=as_, name=it.get("name", default_name if as_ == default_as else ""),
                         template=it.get("template", _INJECT.template))
     if not inject.as_:
-        p.append(f"{where}.inject.as: required for from = {cred.from_ or 'json'!r}; say header, cookie or query")
+        p.append(
+            f"{where}.inject.as: required for from = {cred.from_ or 'json'!r}; say header, cookie or query"
+        )
     else:
         c.choice("inject.as", inject.as_, ("header", "cookie", "query"))
     if inject.as_ and not inject.name:
@@ -355,14 +383,18 @@ def _hide(ht: dict[str, Any], c: _Checker, login: LoginSpec, cred: CredentialSpe
     """[hide]: what the browser never sees (by default the login answer's JSON, basic's challenge)."""
     return HideSpec(
         json=tuple(c.pointer_ok("hide.json", v) for v in ht.get("json", _HIDE.json)),
-        json_paths=tuple(c.path_ok("hide.json_paths", v, prefix=True)
-                         for v in ht.get("json_paths", _HIDE.json_paths))
+        json_paths=tuple(
+            c.path_ok("hide.json_paths", v, prefix=True) for v in ht.get("json_paths", _HIDE.json_paths)
+        )
         or ((login.path,) if login.path else ()),
         set_cookies=tuple(ht.get("set_cookies", _HIDE.set_cookies)),
-        response_headers=tuple(ht.get("response_headers", ("WWW-Authenticate",) if cred.from_ == "basic" else ())),
+        response_headers=tuple(
+            ht.get("response_headers", ("WWW-Authenticate",) if cred.from_ == "basic" else ())
+        ),
         request_cookies=tuple(ht.get("request_cookies", _HIDE.request_cookies)),
         request_headers=tuple(ht.get("request_headers", _HIDE.request_headers)),
-        params=tuple(ht.get("params", _HIDE.params)))
+        params=tuple(ht.get("params", _HIDE.params)),
+    )
 
 
 def _calls(tables: dict[str, dict[str, Any]], c: _Checker) -> tuple[CallSpec, CallSpec]:

@@ -24,15 +24,34 @@ from typing import Any, ClassVar
 from authproxy.upstreams.generic import GenericAdapter
 
 PIHOLE: dict[str, Any] = {
-    "login": {"method": "POST", "path": "/api/auth", "encoding": "json", "username_field": "",
-              "password_field": "password", "totp_field": "totp", "totp_number": True,
-              "totp_required_status": 400, "totp_required_text": "No 2FA token", "blocked_status": [429]},
-    "credential": {"from": "json", "pointer": "/session/sid", "ttl_pointer": "/session/validity", "ttl": 1800},
+    "login": {
+        "method": "POST",
+        "path": "/api/auth",
+        "encoding": "json",
+        "username_field": "",
+        "password_field": "password",
+        "totp_field": "totp",
+        "totp_number": True,
+        "totp_required_status": 400,
+        "totp_required_text": "No 2FA token",
+        "blocked_status": [429],
+    },
+    "credential": {
+        "from": "json",
+        "pointer": "/session/sid",
+        "ttl_pointer": "/session/validity",
+        "ttl": 1800,
+    },
     "inject": {"as": "header", "name": "X-FTL-SID"},
     "expiry": {"status": [401], "paths": ["/api/"], "redirect_to": ["/admin/login"]},
-    "hide": {"json": ["/session/sid", "/session/csrf"], "json_paths": ["/api/auth"], "set_cookies": ["sid"],
-             "request_cookies": ["sid"], "request_headers": ["Authorization", "sid", "X-FTL-SID"],
-             "params": ["sid"]},
+    "hide": {
+        "json": ["/session/sid", "/session/csrf"],
+        "json_paths": ["/api/auth"],
+        "set_cookies": ["sid"],
+        "request_cookies": ["sid"],
+        "request_headers": ["Authorization", "sid", "X-FTL-SID"],
+        "params": ["sid"],
+    },
     "logout": {"method": "DELETE", "path": "/api/auth", "intercept": True},
     "keepalive": {"method": "GET", "path": "/api/auth"},
 }

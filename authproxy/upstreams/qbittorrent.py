@@ -190,8 +190,14 @@ class QBittorrentAdapter(UpstreamAdapter):
 
     # ---- upstream calls --------------------------------------------------------------------------
 
-    async def _call(self, path: str, *, credential: Credential | None = None, data: dict[str, str] | None = None,
-                    client_ip: str = "") -> tuple[int, bytes, aiohttp.ClientResponse]:
+    async def _call(
+        self,
+        path: str,
+        *,
+        credential: Credential | None = None,
+        data: dict[str, str] | None = None,
+        client_ip: str = "",
+    ) -> tuple[int, bytes, aiohttp.ClientResponse]:
         headers = {"Accept-Encoding": "identity"}
         if credential is not None:
             headers["Cookie"] = f"{credential.extra.get('cookie', COOKIE)}={credential.secret}"
@@ -204,17 +210,27 @@ class QBittorrentAdapter(UpstreamAdapter):
                     raise UpstreamUnavailable(f"qbittorrent answered HTTP {resp.status}")
                 return resp.status, await read_limited(resp, MAX_ANSWER), resp
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamUnavailable(f"qbittorrent at {self.base} is unreachable ({type(exc).__name__})") from None
+            raise UpstreamUnavailable(
+                f"qbittorrent at {self.base} is unreachable ({type(exc).__name__})"
+            ) from None
 
     async def login(self, username: str, password: str, totp: str | None, client_ip: str) -> LoginResult:
         refusal = await self.budget.begin()
         if refusal is not None and refusal.busy:
-            return LoginResult("blocked", retry_after=refusal.seconds, message="Several sign-ins to qBittorrent "
-                               "are under way and one more failure would get authproxy banned; try again "
-                               "in a moment.")
+            return LoginResult(
+                "blocked",
+                retry_after=refusal.seconds,
+                message="Several sign-ins to qBittorrent "
+                "are under way and one more failure would get authproxy banned; try again "
+                "in a moment.",
+            )
         if refusal is not None:
-            return LoginResult("blocked", retry_after=refusal.seconds, message="Too many failed sign-ins to "
-                               "qBittorrent; authproxy pauses before qBittorrent would ban it. Try again later.")
+            return LoginResult(
+                "blocked",
+                retry_after=refusal.seconds,
+                message="Too many failed sign-ins to "
+                "qBittorrent; authproxy pauses before qBittorrent would ban it. Try again later.",
+            )
         try:
             status, body, resp = await self._call(LOGIN, data={"username": username, "password": password},
                                                   client_ip=client_ip)
@@ -223,9 +239,14 @@ class QBittorrentAdapter(UpstreamAdapter):
             raise
         if status == 403:
             await self.budget.banned()
-            log.warning("qbittorrent has banned authproxy's address", extra={"fields": {"site": self.site.name}})
-            return LoginResult("blocked", retry_after=await self.budget.wait(),
-                               message="qBittorrent refuses sign-ins from this address for now; try again later.")
+            log.warning(
+                "qbittorrent has banned authproxy's address", extra={"fields": {"site": self.site.name}}
+            )
+            return LoginResult(
+                "blocked",
+                retry_after=await self.budget.wait(),
+                message="qBittorrent refuses sign-ins from this address for now; try again later.",
+            )
         morsel = resp.cookies.get(COOKIE)
         name = COOKIE
         if morsel is None:
@@ -298,7 +319,9 @@ class QBittorrentAdapter(UpstreamAdapter):
         if req.method in ("GET", "HEAD") and req.raw_path in UI_PAGES:
             req.headers["Accept-Encoding"] = "identity"  # read to spot the login page in its place
         if credential is not None:
-            cookies.add_request_cookie(req.headers, str(credential.extra.get("cookie", COOKIE)), credential.secret)
+            cookies.add_request_cookie(
+                req.headers, str(credential.extra.get("cookie", COOKIE)), credential.secret
+            )
 
     def forward_auth_headers(self, credential: Credential) -> dict[str, str]:
         return {"Cookie": f"{credential.extra.get('cookie', COOKIE)}={credential.secret}"}

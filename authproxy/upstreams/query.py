@@ -43,7 +43,12 @@ class FieldNames:
     def __contains__(self, raw_name: object) -> bool:
         if not isinstance(raw_name, str) or not self.lower:
             return False
-        if raw_name.isascii() and "%" not in raw_name and "+" not in raw_name and raw_name.strip() == raw_name:
+        if (
+            raw_name.isascii()
+            and "%" not in raw_name
+            and "+" not in raw_name
+            and raw_name.strip() == raw_name
+        ):
             return raw_name.lower() in self.lower   # the common case: one spelling only
         return any(r.lower() in self.lower or r.upper() in self.upper for r in _readings(raw_name))
 

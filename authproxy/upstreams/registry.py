@@ -16,8 +16,17 @@ from authproxy.upstreams.qbittorrent import QBittorrentAdapter
 from authproxy.upstreams.technitium import TechnitiumAdapter
 from authproxy.upstreams.transmission import TransmissionAdapter
 
-ADAPTERS: dict[str, type[UpstreamAdapter]] = {cls.name: cls for cls in (
-    AdGuardAdapter, GenericAdapter, PiholeAdapter, QBittorrentAdapter, TechnitiumAdapter, TransmissionAdapter)}
+ADAPTERS: dict[str, type[UpstreamAdapter]] = {
+    cls.name: cls
+    for cls in (
+        AdGuardAdapter,
+        GenericAdapter,
+        PiholeAdapter,
+        QBittorrentAdapter,
+        TechnitiumAdapter,
+        TransmissionAdapter,
+    )
+}
 
 
 def adapter_factory(type_name: str) -> type[UpstreamAdapter]:
@@ -25,4 +34,6 @@ def adapter_factory(type_name: str) -> type[UpstreamAdapter]:
         return ADAPTERS[type_name]
     except KeyError:
         known = ", ".join(sorted(ADAPTERS))
-        raise ConfigError([f"UPSTREAM_TYPE: unknown upstream type {type_name!r}; known types: {known}"]) from None
+        raise ConfigError(
+            [f"UPSTREAM_TYPE: unknown upstream type {type_name!r}; known types: {known}"]
+        ) from None

@@ -107,7 +107,9 @@ class TechnitiumAdapter(UpstreamAdapter):
                 problems.append(f"unknown technitium option {key!r}; known: api_version, token_mode")
         api = str(options.get("api_version", "auto")).lower()
         if api != "auto" and _major(api) is None:
-            problems.append(f"TECHNITIUM_API_VERSION: must be auto or a version like 14 or 15.2, but it is {api!r}")
+            problems.append(
+                f"TECHNITIUM_API_VERSION: must be auto or a version like 14 or 15.2, but it is {api!r}"
+            )
         mode = str(options.get("token_mode", "auto")).lower()
         if mode not in {"auto", "bearer", "query"}:
             problems.append(f"TECHNITIUM_TOKEN_MODE: must be auto, bearer or query, but it is {mode!r}")
@@ -132,8 +134,15 @@ class TechnitiumAdapter(UpstreamAdapter):
 
     # ---- upstream calls --------------------------------------------------------------------------
 
-    async def _call(self, path: str, *, params: dict[str, str] | None = None, data: dict[str, str] | None = None,
-                    credential: Credential | None = None, client_ip: str | None = None) -> dict[str, Any]:
+    async def _call(
+        self,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        data: dict[str, str] | None = None,
+        credential: Credential | None = None,
+        client_ip: str | None = None,
+    ) -> dict[str, Any]:
         headers: dict[str, str] = {"Accept": "application/json"}
         params = dict(params or {})
         if client_ip:
@@ -151,11 +160,15 @@ class TechnitiumAdapter(UpstreamAdapter):
                     raise UpstreamUnavailable(f"technitium answered HTTP {resp.status}")
                 body = await read_up_to(resp.content, MAX_ENVELOPE + 1)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamUnavailable(f"technitium at {self.base} is unreachable ({type(exc).__name__})") from None
+            raise UpstreamUnavailable(
+                f"technitium at {self.base} is unreachable ({type(exc).__name__})"
+            ) from None
         try:
             envelope = json.loads(body)
         except ValueError:
-            raise UpstreamProtocolError(f"technitium answered {path} with something that is not JSON") from None
+            raise UpstreamProtocolError(
+                f"technitium answered {path} with something that is not JSON"
+            ) from None
         if not isinstance(envelope, dict) or "status" not in envelope:
             raise UpstreamProtocolError(f"technitium answered {path} without a status envelope")
         return envelope
@@ -173,8 +186,11 @@ class TechnitiumAdapter(UpstreamAdapter):
             # Match the ban sentence itself: the failure message repeats the username, which may say "block".
             banned = _BLOCKED.match(message)
             if banned:
-                return LoginResult("blocked", message="Too many failed sign-ins from this network; try again later.",
-                                   retry_after=int(banned.group(1)))
+                return LoginResult(
+                    "blocked",
+                    message="Too many failed sign-ins from this network; try again later.",
+                    retry_after=int(banned.group(1)),
+                )
             if totp:
                 return LoginResult("invalid", message="Invalid username, password or code.")
             return LoginResult("invalid", message="Invalid username or password.")
@@ -238,7 +254,8 @@ class TechnitiumAdapter(UpstreamAdapter):
         return env.get("status") == "ok" and admin.may_administer(env)
 
     async def create_background_token(self, credential: Credential, *,
-                                      base_name: str = admin.DEFAULT_BACKGROUND_USER) -> admin.NewBackgroundToken:
+                                      base_name: str = admin.DEFAULT_BACKGROUND_USER
+                                      ) -> admin.NewBackgroundToken:
         """The migration, with an administrator's token: a dedicated DnsClient-View-only user and its API
         token, checked like any background token. Raises admin.MigrationError."""
         cred = admin.plain(credential)
@@ -253,12 +270,13 @@ class TechnitiumAdapter(UpstreamAdapter):
             username = str(admin.answer_of(env, "create a user").get("username") or name)
             break
         if not username:
-            raise admin.MigrationError("every name for the background user is taken", code="conflict", status=409)
+            raise admin.MigrationError("every name for the background user is taken", code="conflict",
+                                       status=409)
         # Only Everyone (which cannot be left): no group that could make it unsafe.
         admin.answer_of(await self._call("/api/admin/users/set", credential=cred,
                                    data={"user": username, "memberOfGroups": ""}), "set the user's groups")
-        section = admin.answer_of(await self._call("/api/admin/permissions/get", credential=cred,
-                                             params={"section": admin.BACKGROUND_SECTION}), "read permissions")
+        section = admin.answer_of(await self._call("/api/admin/permissions/get", credential=cred, params={
+            "section": admin.BACKGROUND_SECTION}), "read permissions")
         rows = section.get("userPermissions")
         table = admin.table_with(rows if isinstance(rows, list) else [], "username", username, view=True)
         admin.answer_of(await self._call("/api/admin/permissions/set", credential=cred, data={
@@ -386,7 +404,9 @@ class TechnitiumAdapter(UpstreamAdapter):
     def _service_key(self) -> bytes:
         """Placeholder key for the service token: one-way from it, so the placeholder reveals nothing."""
         token = self.site.service_token.reveal() if self.site.service_token is not None else ""
-        return hashlib.sha256(f"authproxy-service-placeholder\x00{self.site.name}\x00{token}".encode()).digest()
+        return hashlib.sha256(
+            f"authproxy-service-placeholder\x00{self.site.name}\x00{token}".encode()
+        ).digest()
 
     # ---- the UI's own sign-in calls (upstreams/ui.py; web/uicalls.py answers them) --------------
     #
@@ -419,7 +439,9 @@ class TechnitiumAdapter(UpstreamAdapter):
             return _envelope("ok")
         return None
 
-    def ui_login_fields(self, query: list[tuple[str, str]], form: list[tuple[str, str]]) -> dict[str, str | None]:
+    def ui_login_fields(
+        self, query: list[tuple[str, str]], form: list[tuple[str, str]]
+    ) -> dict[str, str | None]:
         params = _query_or_form(query, form)
         return {"user": params.get("user"), "pass": params.get("pass"), "totp": params.get("totp")}
 

@@ -57,19 +57,27 @@ def _allowed(permissions: dict[str, Any], section: str, flag: str) -> bool:
 
 def judge(permissions: dict[str, Any]) -> TokenCheck:
     """Safe means: DnsClient can view, nothing can be modified or deleted, Administration is not visible."""
-    too = [section for section, row in permissions.items()
-           if isinstance(row, dict) and (row.get("canModify") is True or row.get("canDelete") is True)]
+    too = [
+        section
+        for section, row in permissions.items()
+        if isinstance(row, dict) and (row.get("canModify") is True or row.get("canDelete") is True)
+    ]
     if _allowed(permissions, ADMIN_SECTION, "canView") and ADMIN_SECTION not in too:
         too.append(ADMIN_SECTION)
     too.sort()
     if too:
         what = ", ".join(_what(permissions, s) for s in too)
-        return TokenCheck(validated=True, ok=False, too_privileged=tuple(too),
-                          reason=f"too privileged for background work: {what}; give the token's user "
-                                 "DnsClient: View only (and check the groups it is in, Everyone included)")
+        return TokenCheck(
+            validated=True,
+            ok=False,
+            too_privileged=tuple(too),
+            reason=f"too privileged for background work: {what}; give the token's user "
+            "DnsClient: View only (and check the groups it is in, Everyone included)",
+        )
     if not _allowed(permissions, BACKGROUND_SECTION, "canView"):
-        return TokenCheck(validated=True, ok=False,
-                          reason="lacks DnsClient: View, which reverse (PTR) lookups need")
+        return TokenCheck(
+            validated=True, ok=False, reason="lacks DnsClient: View, which reverse (PTR) lookups need"
+        )
     return TokenCheck(validated=True, ok=True, reason="ok: DnsClient: View, nothing it can change")
 
 
@@ -116,12 +124,18 @@ def answer_of(envelope: dict[str, Any], what: str) -> dict[str, Any]:
         response = envelope.get("response")
         return response if isinstance(response, dict) else {}
     if envelope.get("status") == "invalid-token":
-        raise MigrationError("Technitium no longer accepts the administrator's token; sign in again.",
-                             code="session_expired", status=401)
+        raise MigrationError(
+            "Technitium no longer accepts the administrator's token; sign in again.",
+            code="session_expired",
+            status=401,
+        )
     message = str(envelope.get("errorMessage") or "error")[:200]
     if message == "Access was denied.":
-        raise MigrationError(f"Technitium refused to {what}: the account may not administer users.",
-                             code="forbidden", status=403)
+        raise MigrationError(
+            f"Technitium refused to {what}: the account may not administer users.",
+            code="forbidden",
+            status=403,
+        )
     raise MigrationError(f"Technitium could not {what}: {message}", code="upstream_error", status=502)
 
 
@@ -136,7 +150,12 @@ def table_with(rows: list[Any], key: str, name: str, *, view: bool) -> str:
     for row in rows:
         if not isinstance(row, dict) or not isinstance(row.get(key), str) or row[key].lower() == name.lower():
             continue
-        parts += [row[key], _flag(row.get("canView")), _flag(row.get("canModify")), _flag(row.get("canDelete"))]
+        parts += [
+            row[key],
+            _flag(row.get("canView")),
+            _flag(row.get("canModify")),
+            _flag(row.get("canDelete")),
+        ]
     if view:
         parts += [name, "true", "false", "false"]
     return "|".join(parts)

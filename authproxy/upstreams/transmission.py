@@ -90,9 +90,11 @@ class TransmissionAdapter(UpstreamAdapter):
         # every password, so this sign-in proved nothing. (Asked after the success, which reset
         # Transmission's failure count: the probe's 401 cannot bring a lockout near.)
         if await self._check(None) == "ok":
-            raise UpstreamProtocolError("transmission does not require a password (rpc-authentication-required "
-                                        "is false), so it cannot tell who is signing in; turn it on, or use "
-                                        "AUTH_MODE=none")
+            raise UpstreamProtocolError(
+                "transmission does not require a password (rpc-authentication-required "
+                "is false), so it cannot tell who is signing in; turn it on, or use "
+                "AUTH_MODE=none"
+            )
         return LoginResult("ok", credential=Credential(secret=value, kind="basic", extra={"user": username}),
                            identity=Identity(username=username))
 

@@ -50,7 +50,9 @@ class UiAnswer:
     def json(cls, doc: Any, *, status: int = 200, compact: bool = False,
              headers: dict[str, str] | None = None) -> UiAnswer:
         text = json.dumps(doc, separators=(",", ":")) if compact else json.dumps(doc)
-        return cls(status, text.encode(), {"Content-Type": "application/json; charset=utf-8", **(headers or {})})
+        return cls(
+            status, text.encode(), {"Content-Type": "application/json; charset=utf-8", **(headers or {})}
+        )
 
     @classmethod
     def text(cls, text: str, *, status: int = 200, content_type: str = "text/plain; charset=utf-8",

@@ -7,7 +7,6 @@ Errors are `{"error": <stable code>, "message": <human text>}`; never a trace, n
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 from urllib.parse import parse_qsl, quote
@@ -31,6 +30,7 @@ from authproxy.web.common import (
     client_ip,
     current_session,
     json_error,
+    parse_json,
 )
 from authproxy.web.portal import render_login, resolve_site
 
@@ -96,10 +96,7 @@ async def _read_login(request: web.Request, *, fields: str = "username and passw
     if len(raw) > MAX_LOGIN_BODY:
         raise AuthError("The request is too large.", code="bad_request", status=413)
     if ctype == "application/json":
-        try:
-            data = json.loads(raw or b"null")
-        except ValueError:
-            raise AuthError("The body is not valid JSON.", code="bad_json", status=400) from None
+        data = parse_json(raw or b"null")
         if not isinstance(data, dict):
             raise AuthError(f"Send a JSON object with {fields}.", code="bad_request", status=400)
         return data, False
@@ -135,7 +132,9 @@ async def login(request: web.Request) -> web.StreamResponse:
         if not config.session_mode:
             raise AuthError("Sign-in is not enabled (AUTH_MODE=none).", code="login_disabled", status=404)
         if not request.secure:
-            raise AuthError("Sign-in needs HTTPS; open this page over https://.", code="https_required", status=400)
+            raise AuthError(
+                "Sign-in needs HTTPS; open this page over https://.", code="https_required", status=400
+            )
         data, form_post = await _read_login(request)
         if form_post and crosssite.from_other_site(request):  # login CSRF (JSON needs CORS: it cannot)
             raise AuthError("Cross-site sign-in refused.", code="cross_site", status=403)
@@ -190,7 +189,9 @@ async def end_session(request: web.Request, loaded: LoadedSession, *, reason: st
         try:
             await asyncio.wait_for(site.adapter.logout(cred), UPSTREAM_LOGOUT_TIMEOUT)
         except (UpstreamError, TimeoutError) as exc:
-            log.warning("upstream logout failed", extra={"fields": {"site": name, "error": type(exc).__name__}})
+            log.warning(
+                "upstream logout failed", extra={"fields": {"site": name, "error": type(exc).__name__}}
+            )
     audit("logout", outcome=reason, user=loaded.session.user, site=loaded.session.site,
           client_ip=client_ip(request), session=loaded.public_id)
 
@@ -297,7 +298,8 @@ async def me(request: web.Request) -> web.StreamResponse:
         "trustProxy": config.server.trust_proxy,
         "authenticated": loaded is not None,
         "user": loaded.session.user if loaded else None,
-        "sites": [{"name": s.name, "type": s.config.type, "backgroundToken": background.state(s.name).summary()}
+        "sites": [{"name": s.name, "type": s.config.type,
+                   "backgroundToken": background.state(s.name).summary()}
                   for s in request.app[keys.ROUTER].sites],
         "loginUrl": f"{config.server.prefix}/login",
         # The names existing scripts already query (README "The background token").
@@ -343,7 +345,8 @@ async def migrate_background_token(request: web.Request) -> web.StreamResponse:
     sites = [s for s in request.app[keys.ROUTER].sites if s.config.type == "technitium"
              and (wanted is None or s.name == wanted) and s.name in loaded.session.credentials]
     if len(sites) != 1 or not isinstance(sites[0].adapter, TechnitiumAdapter):
-        return json_error(400, "bad_request", "Name the Technitium site you are signed in to: {\"site\": \"...\"}.")
+        return json_error(400, "bad_request",
+                          "Name the Technitium site you are signed in to: {\"site\": \"...\"}.")
     site, adapter = sites[0], sites[0].adapter
     credential = loaded.session.credentials[site.name]
     who = {"user": loaded.session.user, "site": site.name, "client_ip": client_ip(request)}

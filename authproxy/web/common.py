@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from authproxy import keys
+from authproxy.errors import AuthError
 from authproxy.sessions.manager import LoadedSession
 
 SECURITY_HEADERS = {
@@ -31,6 +33,36 @@ def hsts_value(max_age: int, include_subdomains: bool) -> str:
         return ""
     return f"max-age={max_age}" + ("; includeSubDomains" if include_subdomains else "")
 
+
+def parse_json(raw: bytes) -> Any:
+    """A client's JSON body: the one place one is parsed, so every way it can fail is a 400 `bad_json`.
+
+    `json.loads` fails with ValueError (bad syntax, bytes that are no UTF-8/16/32, an integer past
+    Python's 4,300-digit limit), but with RecursionError on deep nesting (15,000 `[` fit in a login
+    body): both are the client's mistake, neither may become a 500."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise AuthError("The body is not valid JSON.", code="bad_json", status=400) from None
+
+
+ExpectHandler = Callable[[web.Request], Coroutine[Any, Any, web.StreamResponse | None]]
+
+
+def plain_expect(default: ExpectHandler) -> ExpectHandler:
+    """A route's `Expect:` handling: `100-continue` as aiohttp does it, anything else a 417 quoting nothing.
+
+    aiohttp's own handler answers an unknown expectation with a 417 whose text quotes the header, and
+    fails with a 500 while building it when the header holds bytes that are no UTF-8 (aiohttp decodes
+    header bytes with surrogateescape, and the text cannot be encoded back). It runs before any middleware.
+    """
+    async def expect(request: web.Request) -> web.StreamResponse | None:
+        if request.version >= (1, 1) and request.headers.get("Expect", "").lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text="Only Expect: 100-continue is understood.",
+                                            headers=SECURITY_HEADERS)
+        return await default(request)
+
+    return expect
 
 
 def wants_html(request: web.Request) -> bool:
@@ -90,7 +122,8 @@ def json_error(status: int, code: str, message: str, *, headers: dict[str, str] 
 
 
 PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1">
 <title>{title}</title><link rel="stylesheet" href="{prefix}/static/portal.css"></head>
 <body><main class="card" role="main"><h1>{title}</h1><p>{message}</p>{extra}</main></body></html>"""
 

@@ -236,9 +236,13 @@ def _from_original(url: str | None, method: str | None) -> Target | None:
     scheme, authority, rest = match.groups()
     if rest and rest[0] == "?":
         rest = "/" + rest
-    return Target(method=_method(method, "X-Original-Method") if method else "GET",
-                  proto=_proto(scheme, "X-Original-URL's scheme"), host=_host(authority, "X-Original-URL's host"),
-                  uri=_uri(rest or "/", "X-Original-URL's path"), method_known=method is not None)
+    return Target(
+        method=_method(method, "X-Original-Method") if method else "GET",
+        proto=_proto(scheme, "X-Original-URL's scheme"),
+        host=_host(authority, "X-Original-URL's host"),
+        uri=_uri(rest or "/", "X-Original-URL's path"),
+        method_known=method is not None,
+    )
 
 
 def detect(headers: MultiMapping[str]) -> ProxyKind:
@@ -289,7 +293,9 @@ def _parse_target(kind: ProxyKind, fwd_uri: str | None, fwd_proto: str | None, f
         raise BadTarget("X-Original-* and X-Forwarded-* describe different requests")
     chosen = original or forwarded
     if chosen is None:
-        raise BadTarget("nginx must send X-Original-URL (or X-Forwarded-Proto/-Host/-Uri); see nginx/authproxy.conf")
+        raise BadTarget(
+            "nginx must send X-Original-URL (or X-Forwarded-Proto/-Host/-Uri); see nginx/authproxy.conf"
+        )
     return chosen
 
 
@@ -344,17 +350,25 @@ def _secret_ok(request: web.Request) -> bool:
 
 async def verify(request: web.Request) -> web.StreamResponse:  # noqa: C901 - /verify hot path, kept flat
     if not _secret_ok(request):
-        _warn_once(request, "secret", f"forward auth refused: the request did not carry the right "
-                   f"{FORWARD_AUTH_SECRET_HEADER} (FORWARD_AUTH_SECRET); the proxy must send it with each check",
-                   peer=request.remote or "")
+        _warn_once(
+            request,
+            "secret",
+            f"forward auth refused: the request did not carry the right "
+            f"{FORWARD_AUTH_SECRET_HEADER} (FORWARD_AUTH_SECRET); the proxy must send it with each check",
+            peer=request.remote or "",
+        )
         return json_error(403, "forward_auth_refused", "This endpoint answers only the front proxy.")
     config = request.app[keys.CONFIG]
     kind_name = request.match_info.get("proxy")
     if kind_name is not None and kind_name not in KINDS:
         return json_error(404, "unknown_proxy", f"Use one of /verify/{', /verify/'.join(KINDS)} or /verify.")
     if not config.server.trust_proxy or not request.app[keys.TRUSTED_PEERS](request):
-        _warn_once(request, "untrusted", "forward auth refused: TRUST_PROXY is off or the proxy is not in TRUSTED_PROXIES",
-                   peer=request.remote or "")
+        _warn_once(
+            request,
+            "untrusted",
+            "forward auth refused: TRUST_PROXY is off or the proxy is not in TRUSTED_PROXIES",
+            peer=request.remote or "",
+        )
         return json_error(403, "untrusted_proxy",
                           "Forward auth answers only proxies in TRUSTED_PROXIES (with TRUST_PROXY=true).")
     kind: ProxyKind = kind_name if kind_name is not None else detect(request.headers)
@@ -381,15 +395,21 @@ async def verify(request: web.Request) -> web.StreamResponse:  # noqa: C901 - /v
                               title="Request from another site refused")
     loaded = None
     if config.session_mode:
-        loaded = await request.app[keys.SESSIONS].load(cookie_value(request), client_ip=lambda: forwarded_client(
-            request.headers.getall("X-Forwarded-For", ()), request.remote or "", config.server.trusted_proxies))
+        loaded = await request.app[keys.SESSIONS].load(
+            cookie_value(request),
+            client_ip=lambda: forwarded_client(
+                request.headers.getall("X-Forwarded-For", ()),
+                request.remote or "",
+                config.server.trusted_proxies,
+            ),
+        )
     decision = authz.decide(loaded.session if loaded else None, site.config, session_mode=config.session_mode)
     service: Credential | None = None
     if decision == "login" and loaded is None:   # a service client's (hybrid), or an anonymous request
+        proxied_from = forwarded_client(request.headers.getall("X-Forwarded-For", ()), request.remote or "",
+                                        config.server.trusted_proxies)
         service, refused = service_credential(request, site, method=target.method, path=target.path,
-                                              client_ip=forwarded_client(request.headers.getall("X-Forwarded-For", ()),
-                                                                         request.remote or "",
-                                                                         config.server.trusted_proxies))
+                                              client_ip=proxied_from)
         if refused is not None:
             return refused
     if decision == "login" and service is None:
@@ -415,9 +435,14 @@ async def verify(request: web.Request) -> web.StreamResponse:  # noqa: C901 - /v
     if credential is not None:
         injected = site.adapter.forward_auth_headers(credential)
         if kind == "traefik" and "X-Authproxy-Token" in injected:
-            _warn_once(request, "traefik-token", "Traefik cannot move X-Authproxy-Token into the query: this upstream "
-                       "needs the Caddy or nginx recipe (e.g. Technitium v14), or a version that takes a "
-                       "Bearer header", site=site.name)
+            _warn_once(
+                request,
+                "traefik-token",
+                "Traefik cannot move X-Authproxy-Token into the query: this upstream "
+                "needs the Caddy or nginx recipe (e.g. Technitium v14), or a version that takes a "
+                "Bearer header",
+                site=site.name,
+            )
         headers.update({k: v for k, v in injected.items() if _header_safe(v)})
     return web.Response(status=200, headers=headers)
 
@@ -428,13 +453,23 @@ async def not_served(request: web.Request) -> web.StreamResponse:
     set up the proxy."""
     server = request.app[keys.CONFIG].server
     if server.forward_auth_listener:
-        _warn_once(request, "public", "a forward-auth check came to the public listener and got 404; point the "
-                   "proxy's check at the forward-auth listener (FORWARD_AUTH_HOST:FORWARD_AUTH_PORT)",
-                   peer=request.remote or "", listener=server.forward_auth_address())
+        _warn_once(
+            request,
+            "public",
+            "a forward-auth check came to the public listener and got 404; point the "
+            "proxy's check at the forward-auth listener (FORWARD_AUTH_HOST:FORWARD_AUTH_PORT)",
+            peer=request.remote or "",
+            listener=server.forward_auth_address(),
+        )
     else:
-        _warn_once(request, "off", "forward auth is not set up, so /verify* answers 404; set FORWARD_AUTH_PORT "
-                   f"(a listener of its own) or FORWARD_AUTH_SECRET (sent by the proxy in "
-                   f"{FORWARD_AUTH_SECRET_HEADER}); see `authproxy check-config`", peer=request.remote or "")
+        _warn_once(
+            request,
+            "off",
+            "forward auth is not set up, so /verify* answers 404; set FORWARD_AUTH_PORT "
+            f"(a listener of its own) or FORWARD_AUTH_SECRET (sent by the proxy in "
+            f"{FORWARD_AUTH_SECRET_HEADER}); see `authproxy check-config`",
+            peer=request.remote or "",
+        )
     return no_endpoint(request)  # the reserved prefix's "no such endpoint", as for any other path there
 
 
@@ -448,7 +483,9 @@ def setup(app: web.Application, prefix: str) -> None:
     """The public listener's /verify*: served there only with a shared secret and no listener of its own."""
     server = app[keys.CONFIG].server
     app[WARNED] = set()
-    app[SECRET] = server.forward_auth_secret.reveal().encode() if server.forward_auth_secret is not None else None
+    app[SECRET] = (
+        server.forward_auth_secret.reveal().encode() if server.forward_auth_secret is not None else None
+    )
     public = server.forward_auth_secret is not None and not server.forward_auth_listener
     _routes(app, prefix, verify if public else not_served)
 

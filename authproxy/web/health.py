@@ -69,7 +69,9 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 async def _upstream_ok(http: aiohttp.ClientSession, url: str) -> bool:
     try:
-        async with http.get(url, timeout=aiohttp.ClientTimeout(total=READY_TIMEOUT), allow_redirects=False) as resp:
+        async with http.get(
+            url, timeout=aiohttp.ClientTimeout(total=READY_TIMEOUT), allow_redirects=False
+        ) as resp:
             return resp.status < 500
     except (aiohttp.ClientError, TimeoutError):
         return False

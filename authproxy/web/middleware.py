@@ -72,19 +72,26 @@ class TrustedForwarded:
         self.skip_prefix = skip_prefix
 
     async def handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith(self.skip_prefix) or not self.peers(request):  # verify checks its peer itself
+        if request.path.startswith(self.skip_prefix) or not self.peers(
+            request
+        ):  # verify checks its peer itself
             return await handler(request)
-        proto = request.headers.get("X-Forwarded-Proto", "")
-        if proto.lower() in _WS_SCHEMES:  # Traefik says ws/wss for WebSocket upgrades (rare: copy is fine)
-            request = request.clone(headers=_replace(request, "X-Forwarded-Proto", _WS_SCHEMES[proto.lower()]))
-        if "X-Forwarded-For" not in request.headers:
-            scheme = request.headers["X-Forwarded-Proto"].split(",")[-1].strip() if proto else None
-            host = request.headers.get("X-Forwarded-Host", "").split(",")[-1].strip() or None
+        headers = request.headers
+        proto = headers.get("X-Forwarded-Proto", "")
+        if proto.lower() in _WS_SCHEMES:
+            # Traefik says ws/wss for WebSocket upgrades: read as http/https from a copy of the headers.
+            # Not request.clone(headers=...): it re-encodes every header and fails on bytes that are no UTF-8.
+            headers = _replace(request, "X-Forwarded-Proto", _WS_SCHEMES[proto.lower()])
+        if "X-Forwarded-For" not in headers:
+            scheme = headers["X-Forwarded-Proto"].split(",")[-1].strip() if proto else None
+            host = headers.get("X-Forwarded-Host", "").split(",")[-1].strip() or None
             if scheme or host:
                 peer = request.transport.get_extra_info("peername") if request.transport else None
-                amend(request, remote=str(peer[0]) if peer else request.remote or "", scheme=scheme, host=host)
+                amend(
+                    request, remote=str(peer[0]) if peer else request.remote or "", scheme=scheme, host=host
+                )
             return await handler(request)
-        return await self.filtered.middleware(cast(web.Request, _AmendInPlace(request)), handler)
+        return await self.filtered.middleware(cast(web.Request, _AmendInPlace(request, headers)), handler)
 
 
 def amend(request: web.Request, *, scheme: str | None = None, host: str | None = None,
@@ -107,12 +114,14 @@ def amend(request: web.Request, *, scheme: str | None = None, host: str | None =
 
 
 class _AmendInPlace:
-    """The request as aiohttp-remotes sees it: everything as is, but `clone` amends in place."""
+    """The request as aiohttp-remotes sees it: everything as is (but `headers`, which may be a copy that
+    reads ws/wss as http/https), and `clone` amends in place."""
 
-    __slots__ = ("_request",)
+    __slots__ = ("_request", "headers")
 
-    def __init__(self, request: web.Request) -> None:
+    def __init__(self, request: web.Request, headers: object) -> None:
         self._request = request
+        self.headers = headers
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._request, name)
@@ -175,7 +184,10 @@ def failure_page(request: web.Request, exc: Exception) -> web.StreamResponse:
         return error_response(request, 503, "store_unavailable",
                               "The session store is not reachable; try again in a moment.",
                               title="Temporarily unavailable", headers={"Retry-After": "5"})
-    log.error("unhandled error", extra={"fields": {"path": request.rel_url.path, "error": type(exc).__name__}},
-              exc_info=exc)
+    log.error(
+        "unhandled error",
+        extra={"fields": {"path": request.rel_url.path, "error": type(exc).__name__}},
+        exc_info=exc,
+    )
     return error_response(request, 500, "internal_error", "Something went wrong inside authproxy.",
                           title="Internal error")

@@ -19,7 +19,8 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'se
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
 LOGIN_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1">
 <title>Sign in{site_title}</title><link rel="stylesheet" href="{prefix}/static/portal.css">
 <script src="{prefix}/static/login.js" defer></script></head>
 <body><main class="card" role="main">
@@ -40,7 +41,8 @@ LOGIN_PAGE = """<!doctype html>
   </div>
   <div class="field" id="totp-field"{totp_hidden}>
     <label for="totp">One-time code</label>
-    <input id="totp" name="totp" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9]*" maxlength="10">
+    <input id="totp" name="totp" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9]*"
+           maxlength="10">
   </div>
   <button type="submit" id="submit">Sign in</button>
 </form>

@@ -17,8 +17,9 @@ from authproxy.sessions.model import Credential
 from authproxy.web.common import json_error
 
 
-def service_credential(request: web.Request, site: Site, *, client_ip: str, method: str,
-                       path: str) -> tuple[Credential | None, web.Response | None]:
+def service_credential(
+    request: web.Request, site: Site, *, client_ip: str, method: str, path: str
+) -> tuple[Credential | None, web.Response | None]:
     """(credential, None) for a service client that may act at `site`; (None, answer) when it is
     refused; (None, None) when the request is no service client's (an anonymous one)."""
     gate = request.app[keys.SERVICE_GATE]
@@ -28,19 +29,36 @@ def service_credential(request: web.Request, site: Site, *, client_ip: str, meth
     if outcome is None:
         return None, None
     if outcome == REFUSED:
-        audit("service_request", outcome="invalid_key", actor="service", site=site.name, client_ip=client_ip,
-              method=method, path=path)
+        audit(
+            "service_request",
+            outcome="invalid_key",
+            actor="service",
+            site=site.name,
+            client_ip=client_ip,
+            method=method,
+            path=path,
+        )
         return None, json_error(401, "invalid_api_key", "The API key is not valid.")
     credential = site.policy.for_service()
-    fields = {"actor": "service", "user": outcome.name, "via": outcome.via, "site": site.name,
-              "client_ip": client_ip, "method": method, "path": path}
+    fields = {
+        "actor": "service",
+        "user": outcome.name,
+        "via": outcome.via,
+        "site": site.name,
+        "client_ip": client_ip,
+        "method": method,
+        "path": path,
+    }
     if credential is None:
         audit("service_request", outcome="no_service_credential", **fields)
         return None, json_error(403, "service_not_allowed", f"Service clients are not served at {site.name}.")
     if not request.app[keys.BACKGROUND].usable(site.name):
         audit("service_request", outcome="service_credential_unsafe", **fields)
-        return None, json_error(503, "service_credential_unsafe",
-                                f"{site.name}'s service token failed its privilege check; see /me.")
+        return None, json_error(
+            503,
+            "service_credential_unsafe",
+            f"{site.name}'s service token failed its privilege check; see /me.",
+        )
     audit("service_request", outcome="allowed", **fields)
     request[keys.SERVICE_CLIENT] = outcome
     return credential, None

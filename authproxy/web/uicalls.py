@@ -66,7 +66,11 @@ async def _sign_in(request: web.Request, site: Site) -> web.StreamResponse:
         return _said(site, "refused", "Cross-site sign-in refused.")
     form: list[tuple[str, str]] = []
     if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        posted = await request.post()  # bounded by the app's client_max_size
+        try:
+            posted = await request.post()  # bounded by the app's client_max_size
+        except (ValueError, LookupError):  # a multipart body without its boundary, bytes not in the charset,
+            # an unknown charset: aiohttp raises these as they are (a 500), they are the client's mistake
+            return _said(site, "failed", "The form could not be read.")
         form = [(name, value) for name, value in posted.items() if isinstance(value, str)]
     try:
         fields = LoginInput.parse(site.adapter.ui_login_fields(list(request.query.items()), form))
@@ -77,7 +81,9 @@ async def _sign_in(request: web.Request, site: Site) -> web.StreamResponse:
     except UpstreamError:
         return _said(site, "failed", f"{site.name} is not answering right now; try again in a moment.")
     if site.adapter.ui_handoff is not None:
-        loaded.session.credentials[site.name].extra[HANDOFF_FLAG] = True  # this answer carries the placeholder
+        loaded.session.credentials[site.name].extra[HANDOFF_FLAG] = (
+            True  # this answer carries the placeholder
+        )
         await request.app[keys.SESSIONS].save(loaded)
     response = await _session_answer(request, site, loaded)
     set_session_cookie(request, response, cookie)
@@ -90,7 +96,9 @@ def _said(site: Site, outcome: Outcome, message: str) -> web.StreamResponse:
     return said if said is not None else json_error(403 if outcome == "refused" else 401, outcome, message)
 
 
-async def _session_answer(request: web.Request, site: Site, loaded: LoadedSession | None) -> web.StreamResponse:
+async def _session_answer(
+    request: web.Request, site: Site, loaded: LoadedSession | None
+) -> web.StreamResponse:
     said = await site.adapter.ui_session(loaded, client_ip(request))
     return reply(said) if said is not None else web.Response(status=204, headers=SECURITY_HEADERS)
 
@@ -128,8 +136,11 @@ async def _sign_out(request: web.Request, site: Site) -> web.StreamResponse:
             return early
     if _refused(request, site):  # a link on another site must not sign anyone out (GET logouts)
         refused = _words(site, "sign_out", "refused", "Cross-site sign-out refused.")
-        return refused or web.json_response({"error": "cross_site", "message": "Cross-site sign-out refused."},
-                                            status=403, headers={"Cache-Control": "no-store"})
+        return refused or web.json_response(
+            {"error": "cross_site", "message": "Cross-site sign-out refused."},
+            status=403,
+            headers={"Cache-Control": "no-store"},
+        )
     if loaded is not None:
         await end_session(request, loaded, reason="ui_logout")
     response: web.StreamResponse

@@ -335,7 +335,9 @@ async def test_another_sites_page_cannot_act_with_the_persons_sign_in(
                       'value="posted.example"></form><script>document.forms[0].submit();</script>')
     pages["/link"] = f'<a id="go" href="{ui_gw.url}/">DNS</a>'
     for name in ("/nav", "/post"):
-        async with page.expect_response(lambda r: r.url.startswith(ui_gw.url + "/api/zones/create")) as answer:
+        async with page.expect_response(
+            lambda r: r.url.startswith(ui_gw.url + "/api/zones/create")
+        ) as answer:
             await page.goto(evil + name)
         response = await answer.value
         assert response.status == 403, name

@@ -35,8 +35,12 @@ OPEN_AND_TALK = """async (url) => {
   const inbox = [];
   let waiting = null;
   ws.onmessage = (e) => { inbox.push(e.data); if (waiting) { waiting(); waiting = null; } };
-  window.wsClosed = new Promise((resolve) => { ws.onclose = (e) => resolve({code: e.code, reason: e.reason}); });
-  await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = () => reject(new Error("error")); });
+  window.wsClosed = new Promise((resolve) => {
+    ws.onclose = (e) => resolve({code: e.code, reason: e.reason});
+  });
+  await new Promise((resolve, reject) => {
+    ws.onopen = resolve; ws.onerror = () => reject(new Error("error"));
+  });
   const next = () => inbox.length ? Promise.resolve() : new Promise((resolve) => { waiting = resolve; });
   ws.send("héllo");
   await next();
@@ -85,13 +89,17 @@ async def test_chromium_talks_through_the_bridge_and_is_closed_on_logout(
     status = await page.evaluate("""async () => (await fetch("/_authproxy/api/auth/logout",
                                       {method: "POST", headers: {"Accept": "application/json"}})).status""")
     assert status == 200
-    closed = await page.evaluate("() => Promise.race([window.wsClosed, new Promise((r) => setTimeout(() => r(null), 5000))])")
+    closed = await page.evaluate(
+        "() => Promise.race([window.wsClosed, new Promise((r) => setTimeout(() => r(null), 5000))])"
+    )
     assert closed == {"code": 4001, "reason": "session ended"}
 
 
 TRY_SOCKET = """async (url) => {
   const ws = new WebSocket(url);
-  const opened = await new Promise((resolve) => { ws.onopen = () => resolve(true); ws.onerror = () => resolve(false); });
+  const opened = await new Promise((resolve) => {
+    ws.onopen = () => resolve(true); ws.onerror = () => resolve(false);
+  });
   if (!opened) return "refused";
   ws.send("what does the socket say?");
   return await new Promise((resolve) => { ws.onmessage = (e) => resolve("read: " + e.data); });
@@ -118,8 +126,9 @@ async def test_a_plain_http_page_on_the_sites_host_cannot_open_its_socket(
                                             UPSTREAM_SERVICE_TOKEN=service_token))
     ws_url = gw.url.replace("https://", "wss://") + "/ws"
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM,
-                                           args=[*CHROMIUM_ARGS, "--disable-features=LocalNetworkAccessChecks"])
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, "--disable-features=LocalNetworkAccessChecks"]
+        )
         try:
             context = await https_context(browser)
             own = await context.new_page()

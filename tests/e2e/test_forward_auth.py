@@ -73,8 +73,17 @@ FORGED = {
     "X-Original-Method": "DELETE",
     "X-Real-IP": "203.0.113.9",
 }
-FORGED_VALUES = {"mallory", "Mallory", "bWFsbG9yeTpldmls", "forged-token", "/spoofed", "DELETE", "evil.example",
-                 "/evil", "203.0.113.9"}
+FORGED_VALUES = {
+    "mallory",
+    "Mallory",
+    "bWFsbG9yeTpldmls",
+    "forged-token",
+    "/spoofed",
+    "DELETE",
+    "evil.example",
+    "/evil",
+    "203.0.113.9",
+}
 
 
 @dataclass
@@ -128,10 +137,13 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     gateways: list[Gateway] = []
     try:
         await asyncio.gather(technitium.start(), technitium_v14.start(), echo.start())
-        gateway = await _start_gateway(gateway_env(technitium.url, ALLOWED_USERS="alice", FORWARD_AUTH_PORT="0"),
-                                       base / "gw")
+        gateway = await _start_gateway(
+            gateway_env(technitium.url, ALLOWED_USERS="alice", FORWARD_AUTH_PORT="0"), base / "gw"
+        )
         gateways.append(gateway)
-        gateway_v14 = await _start_gateway(gateway_env(technitium_v14.url, FORWARD_AUTH_PORT="0"), base / "gw14")
+        gateway_v14 = await _start_gateway(
+            gateway_env(technitium_v14.url, FORWARD_AUTH_PORT="0"), base / "gw14"
+        )
         gateways.append(gateway_v14)
         gateway_secret = await _start_gateway(gateway_env(technitium.url, FORWARD_AUTH_SECRET=FA_SECRET),
                                               base / "gw-secret")
@@ -141,11 +153,16 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         secret = Check(secret=FA_SECRET, published=True)
         started = await asyncio.gather(
             *(pool.start(kind, gateway.url, echo.url, tls=True, check=gateway.check) for kind in KINDS),
-            *(pool.start(kind, gateway_v14.url, echo.url, recipe="technitium-v14", check=gateway_v14.check)
-              for kind in ("caddy", "nginx")),
+            *(
+                pool.start(kind, gateway_v14.url, echo.url, recipe="technitium-v14", check=gateway_v14.check)
+                for kind in ("caddy", "nginx")
+            ),
             *(pool.start(kind, dead_url, echo.url) for kind in KINDS),
             *(pool.start(kind, gateway.url, echo.url, tls=True, check=published) for kind in KINDS),
-            *(pool.start(kind, gateway_secret.url, echo.url, tls=True, check=secret) for kind in ("caddy", "nginx")),
+            *(
+                pool.start(kind, gateway_secret.url, echo.url, tls=True, check=secret)
+                for kind in ("caddy", "nginx")
+            ),
         )
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(),
                                          connector=aiohttp.TCPConnector(ssl=False)) as http:
@@ -181,7 +198,9 @@ async def _send(stack: Stack, method: str, url: str, *, headers: dict[str, str] 
     h = dict(headers or {})
     if cookie:
         h["Cookie"] = f"{COOKIE}={cookie}"
-    async with stack.http.request(method, URL(url, encoded=True), headers=h, allow_redirects=False, **kw) as resp:
+    async with stack.http.request(
+        method, URL(url, encoded=True), headers=h, allow_redirects=False, **kw
+    ) as resp:
         body = await resp.read()
         found = None
         for value in resp.headers.getall("Set-Cookie", ()):
@@ -281,8 +300,12 @@ async def test_browser_post_without_session(stack: Stack, kind: str) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 async def test_api_clients_without_session_get_401_json(stack: Stack, kind: str) -> None:
     proxy = stack.proxies[kind]
-    for headers in (API, {**BROWSER, "X-Requested-With": "XMLHttpRequest"}, {**BROWSER, "Sec-Fetch-Mode": "cors"},
-                    {"Cookie": f"{COOKIE}=v1.forged.ticket"}):
+    for headers in (
+        API,
+        {**BROWSER, "X-Requested-With": "XMLHttpRequest"},
+        {**BROWSER, "Sec-Fetch-Mode": "cors"},
+        {"Cookie": f"{COOKIE}=v1.forged.ticket"},
+    ):
         answer = await _send(stack, "GET", f"{proxy.url}/{kind}/api/items?a=1", headers=headers)
         assert answer.status == 401, (headers, answer.status, _log(stack, kind))
         assert "Location" not in answer.headers
@@ -331,7 +354,10 @@ async def test_the_verify_endpoint_is_not_published(stack: Stack, kind: str) -> 
                  "/_authproxy//verify/nginx"):
         answer = await _send(stack, "GET", proxy.url + path, cookie=alice.cookie,
                              headers={"X-Forwarded-Uri": "/", "X-Original-URL": f"{proxy.url}/"})
-        assert "Authorization" not in answer.headers and "X-Authproxy-Token" not in answer.headers, (path, answer)
+        assert "Authorization" not in answer.headers and "X-Authproxy-Token" not in answer.headers, (
+            path,
+            answer,
+        )
         if answer.status == 200:
             # Traefik: the path is not the portal's, so it goes to the app router like any other path
             # (checked, then to the protected app, which this echo upstream is).
@@ -366,12 +392,14 @@ async def test_a_browser_never_gets_a_credential_from_verify(stack: Stack, setup
     for path in ("/_authproxy/verify/caddy", "/_authproxy/verify/traefik", "/_authproxy/verify/nginx",
                  "/_authproxy/verify", "/_authproxy/%76erify/caddy", "/_authproxy//verify/nginx"):
         for guess in ({}, {"X-Authproxy-Secret": "guess"}):
-            answer = await _send(stack, "GET", proxy.url + path, cookie=alice.cookie, headers={**forged, **guess})
+            answer = await _send(
+                stack, "GET", proxy.url + path, cookie=alice.cookie, headers={**forged, **guess}
+            )
             what = (setup, kind, path, guess, answer.status)
             for name in ("Authorization", "X-Authproxy-Token", "Remote-User", "Cookie"):
                 assert name not in answer.headers, what
             if answer.status == 200:
-                # Shipped Traefik: not the portal's path, so the app router checks it and the (echoing) app answers.
+                # Shipped Traefik: not the portal's path, so the app router checks it; the echo app answers.
                 assert (setup, kind) == ("shipped", "traefik"), what
                 assert json.loads(answer.body)["path"].startswith("/_authproxy/"), what
                 continue

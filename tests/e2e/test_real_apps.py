@@ -48,7 +48,9 @@ class Wire:
 
     async def keep(self, resp: ClientResponse) -> ClientResponse:
         body = await resp.read()
-        self.seen.append(body.decode("latin-1") + "\n" + "\n".join(f"{k}: {v}" for k, v in resp.headers.items()))
+        self.seen.append(
+            body.decode("latin-1") + "\n" + "\n".join(f"{k}: {v}" for k, v in resp.headers.items())
+        )
         return resp
 
     def never_shows(self, *secrets: str) -> None:
@@ -79,8 +81,9 @@ async def never_banned(http: aiohttp.ClientSession, qbittorrent: QBittorrentApp)
     assert "banned" not in qbittorrent.log_path.read_text()
 
 
-async def replicas_and_people(make_gateway: MakeGateway, qbittorrent: QBittorrentApp, redis_url: str,
-                              client_for: ClientFor) -> tuple[list[Gateway], Callable[[Gateway, str], GatewayClient]]:
+async def replicas_and_people(
+    make_gateway: MakeGateway, qbittorrent: QBittorrentApp, redis_url: str, client_for: ClientFor
+) -> tuple[list[Gateway], Callable[[Gateway, str], GatewayClient]]:
     """Two replicas on one Redis, and a client for a person at an address on either of them."""
     env = gateway_env(qbittorrent.url, UPSTREAM_TYPE="qbittorrent", REDIS_URL=redis_url)
     replicas = [await make_gateway(env), await make_gateway(env)]
@@ -106,7 +109,9 @@ async def test_qbittorrent_sign_in_ui_and_api_without_the_sid_ever_leaving(
 
     # A link from another site (cross-site Referer) opens the UI: qBittorrent alone would answer 401.
     page = await wire.keep(await client.request("GET", "/", headers={**BROWSER, "Referer": "https://dash.example/"}))
-    assert page.status == 200 and "qBittorrent Web UI" in wire.seen[-1] and 'id="loginform"' not in wire.seen[-1]
+    assert (
+        page.status == 200 and "qBittorrent Web UI" in wire.seen[-1] and 'id="loginform"' not in wire.seen[-1]
+    )
     version = await wire.keep(await client.request("GET", "/api/v2/app/version"))
     assert (version.status, wire.seen[-1].split("\n")[0]) == (200, "v4.5.2")
     info = await wire.keep(await client.request("GET", "/api/v2/torrents/info"))
@@ -241,7 +246,9 @@ async def test_qbittorrent_under_a_sub_path(make_gateway: MakeGateway, qbittorre
     assert (await client.login(qbittorrent.username, qbittorrent.password, site="qbt")).status == 200
     page = await client.request("GET", "/qbt/", headers=BROWSER)
     assert page.status == 200 and "qBittorrent Web UI" in await page.text()
-    version = await client.request("GET", "/qbt/api/v2/app/version", headers={"Referer": client.origin + "/qbt/"})
+    version = await client.request(
+        "GET", "/qbt/api/v2/app/version", headers={"Referer": client.origin + "/qbt/"}
+    )
     assert (version.status, await version.text()) == (200, "v4.5.2")
 
 
@@ -279,8 +286,14 @@ async def test_transmission_sign_in_web_ui_and_rpc_through_the_409_dance(
     await wire.keep(first)
     session_id = first.headers["X-Transmission-Session-Id"]
     assert first.status == 409 and len(session_id) == 48
-    second = await wire.keep(await client.request("POST", "/transmission/rpc", data=b'{"method":"session-get"}',
-                                                  headers={"X-Transmission-Session-Id": session_id}))
+    second = await wire.keep(
+        await client.request(
+            "POST",
+            "/transmission/rpc",
+            data=b'{"method":"session-get"}',
+            headers={"X-Transmission-Session-Id": session_id},
+        )
+    )
     assert second.status == 200 and json.loads(wire.seen[-1].split("\n")[0])["result"] == "success"
     # A client's own Basic header (here a wrong one) never reaches Transmission: ours does.
     forged = "Basic " + base64.b64encode(b"admin:guess").decode()
@@ -331,7 +344,8 @@ async def test_transmission_password_changed_at_the_app_means_sign_in_again(
 
 
 async def test_transmission_under_a_sub_path_gets_public_redirects(
-        make_gateway: MakeGateway, transmission: TransmissionApp, client_for: ClientFor, tmp_path: Path) -> None:
+    make_gateway: MakeGateway, transmission: TransmissionApp, client_for: ClientFor, tmp_path: Path
+) -> None:
     config = tmp_path / "authproxy.toml"
     config.write_text(f'[[sites]]\nname = "tr"\ntype = "transmission"\nupstream_url = "{transmission.url}"\n'
                       'path_prefix = "/tr/"\n')
@@ -348,7 +362,8 @@ async def test_transmission_under_a_sub_path_gets_public_redirects(
 
 
 async def test_transmission_without_a_password_is_not_a_sign_in(
-        make_gateway: MakeGateway, client_for: ClientFor, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    make_gateway: MakeGateway, client_for: ClientFor, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # rpc-authentication-required false: Transmission takes any password, so "signed in as alice"
     # would prove nothing (and an allow list would compare against a name anyone can type).
     app = start_transmission(tmp_path, settings={"rpc-authentication-required": False})

@@ -114,8 +114,10 @@ async def test_a_signed_in_browser_behind_the_tls_proxy_gets_no_credential_from_
                        else (gw.url, {"X-Authproxy-Secret": FA_SECRET}))
         check = {**jar, **proof, "X-Forwarded-Method": "GET", "X-Forwarded-Proto": "https",
                  "X-Forwarded-Host": "127.0.0.1", "X-Forwarded-Uri": "/"}
-        async with (aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as proxy,
-                    proxy.get(base + "/_authproxy/verify/caddy", headers=check) as resp):
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as proxy,
+            proxy.get(base + "/_authproxy/verify/caddy", headers=check) as resp,
+        ):
             assert resp.status == 200, await resp.text()
             assert resp.headers["Authorization"].removeprefix("Bearer ") in tokens
 

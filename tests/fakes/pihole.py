@@ -575,7 +575,9 @@ class FakePihole(LoopbackServer):
             # FTL uses the *default* timeout here (config...timeout.d), not the configured one.
             cookie = self._refresh_cookie(auth.session, DEFAULT_TIMEOUT)
             padding: dict[str, Any] = {"padding": "." * self.auth_padding} if self.auth_padding else {}
-            return self._json(request, {**padding, "session": self._session_object(auth, message)}, cookie=cookie)
+            return self._json(
+                request, {**padding, "session": self._session_object(auth, message)}, cookie=cookie
+            )
         if request.method == "DELETE":
             if auth.session is not None:
                 self.seats[auth.session.id] = None

@@ -86,7 +86,8 @@ _GROUP_PERMISSIONS: dict[str, dict[str, int]] = {
     "Everyone": {s: VIEW for s in ("Dashboard", "Zones", "Cache", "Allowed", "Blocked", "Apps", "DnsClient",
                                    "DhcpServer", "Logs")},
 }
-_GROUP_DESCRIPTIONS = {"Administrators": "Super administrators", "DNS Administrators": "DNS service administrators",
+_GROUP_DESCRIPTIONS = {"Administrators": "Super administrators",
+                       "DNS Administrators": "DNS service administrators",
                        "DHCP Administrators": "DHCP service administrators", "Everyone": "All users"}
 ADMIN_GROUPS: tuple[str, ...] = ("Administrators", "Everyone")
 EVERYONE = "Everyone"
@@ -262,15 +263,17 @@ class FakeTechnitium:
         self.totp_secret: str | None = None              # convenience slot the fixtures fill
         self.users: dict[str, FakeUser] = {}
         self.groups: dict[str, FakeGroup] = {
-            name: FakeGroup(name, _GROUP_DESCRIPTIONS[name], dict(perms)) for name, perms in _GROUP_PERMISSIONS.items()}
+            name: FakeGroup(name, _GROUP_DESCRIPTIONS[name], dict(perms))
+            for name, perms in _GROUP_PERMISSIONS.items()}
         self.ptr_records: dict[str, str] = {}            # address -> name, for dnsClient/resolve type=PTR
         self.sessions: dict[str, FakeSession] = {}
         self.requests: list[RecordedRequest] = []
         self.issued_tokens: list[str] = []               # fake-only: every token minted, in order
         self.ui_dir = Path(ui_dir).resolve() if ui_dir is not None else None
         self.compress = compress
-        self.chunk_answers = 0       # >0: JSON answers go out chunked, in writes of this size (as Kestrel does)
+        self.chunk_answers = 0  # >0: JSON answers go out chunked, in writes of this size (as Kestrel does)
         self.echo_padding = 0        # fake-only: /api/echo answers carry this many bytes of padding
+        self.logout_fails = False    # fake-only: logout answers 503 and the token stays valid
         self.zones: dict[str, dict[str, Any]] = {}
         self.failed_attempts: dict[str, int] = {}        # network -> count
         self.blocked_networks: dict[str, float] = {}     # network -> unblock time
@@ -471,14 +474,18 @@ class FakeTechnitium:
         try:
             response = await self._api(ctx, path)
         except _ApiError as exc:
-            response = self._json({"server": self.server_domain, "status": exc.status, "errorMessage": str(exc)})
+            response = self._json(
+                {"server": self.server_domain, "status": exc.status, "errorMessage": str(exc)}
+            )
         response = self._maybe_compress(request, response)
         if self.chunk_answers and isinstance(response, web.Response) and isinstance(response.body, bytes):
             return await self._write_chunked(request, response, response.body)
         return response
 
-    async def _write_chunked(self, request: web.Request, whole: web.Response, body: bytes) -> web.StreamResponse:
-        """The answer without Content-Length, written piece by piece (Kestrel streams its JSON writer's output)."""
+    async def _write_chunked(
+        self, request: web.Request, whole: web.Response, body: bytes
+    ) -> web.StreamResponse:
+        """The answer without Content-Length, written piece by piece (as Kestrel streams its JSON writer)."""
         streamed = web.StreamResponse(status=whole.status, headers=whole.headers)
         streamed.headers.popall("Content-Length", None)
         streamed.enable_chunked_encoding()
@@ -577,7 +584,9 @@ class FakeTechnitium:
                     name = part.get_param("name", header="content-disposition")
                     if isinstance(name, str) and part.get_filename() is None:
                         payload = part.get_payload(decode=True)
-                        form.add(name, payload.decode("utf-8", "replace") if isinstance(payload, bytes) else "")
+                        form.add(
+                            name, payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+                        )
             return form
         return None
 
@@ -731,7 +740,9 @@ class FakeTechnitium:
                                                         valid_window=self.totp_valid_window):
                 self._mark_failure(net)
                 await self._failure_sleep()
-                raise _ApiError(f"Invalid time-based one-time password (TOTP) was attempted for user: {username}")
+                raise _ApiError(
+                    f"Invalid time-based one-time password (TOTP) was attempted for user: {username}"
+                )
         self.failed_attempts.pop(net, None)
         if user.disabled:
             raise _ApiError("User account is disabled. Please contact your administrator.")
@@ -764,13 +775,23 @@ class FakeTechnitium:
             out["token"] = session.token
         if include_info:
             out["info"] = {
-                "version": self.version, "uptimestamp": _iso(self._started_at),
-                "dnsServerDomain": self.server_domain, "defaultRecordTtl": 3600,
-                "defaultNsRecordTtl": 14400, "defaultSoaRecordTtl": 900, "useSoaSerialDateScheme": False,
-                "dnssecValidation": True, "clusterInitialized": False,
-                "permissions": {s: {"canView": user.permitted(s, VIEW, self.groups),
-                                    "canModify": user.permitted(s, MODIFY, self.groups),
-                                    "canDelete": user.permitted(s, DELETE, self.groups)} for s in PERMISSION_SECTIONS},
+                "version": self.version,
+                "uptimestamp": _iso(self._started_at),
+                "dnsServerDomain": self.server_domain,
+                "defaultRecordTtl": 3600,
+                "defaultNsRecordTtl": 14400,
+                "defaultSoaRecordTtl": 900,
+                "useSoaSerialDateScheme": False,
+                "dnssecValidation": True,
+                "clusterInitialized": False,
+                "permissions": {
+                    s: {
+                        "canView": user.permitted(s, VIEW, self.groups),
+                        "canModify": user.permitted(s, MODIFY, self.groups),
+                        "canDelete": user.permitted(s, DELETE, self.groups),
+                    }
+                    for s in PERMISSION_SECTIONS
+                },
             }
         return out
 
@@ -780,12 +801,16 @@ class FakeTechnitium:
         out: dict[str, Any] = {"displayName": user.display_name, "username": user.username}
         if self.api_version >= 15:
             out["isSsoUser"] = False
-        out.update({
-            "totpEnabled": bool(user.totp_secret), "disabled": user.disabled,
-            "previousSessionLoggedOn": _iso(user.previous_logon),
-            "previousSessionRemoteAddress": user.previous_address,
-            "recentSessionLoggedOn": _iso(user.recent_logon), "recentSessionRemoteAddress": user.recent_address,
-        })
+        out.update(
+            {
+                "totpEnabled": bool(user.totp_secret),
+                "disabled": user.disabled,
+                "previousSessionLoggedOn": _iso(user.previous_logon),
+                "previousSessionRemoteAddress": user.previous_address,
+                "recentSessionLoggedOn": _iso(user.recent_logon),
+                "recentSessionRemoteAddress": user.recent_address,
+            }
+        )
         if not more:
             return out
         out["sessionTimeoutSeconds"] = user.session_timeout
@@ -811,7 +836,9 @@ class FakeTechnitium:
         token_name = self._required(ctx, "tokenName") if type == "ApiToken" else None
         include_info = type == "Standard" and self._optional_bool(ctx, "includeInfo", False)
         user = await self._authenticate(username, password, totp, ctx.client_ip)
-        session = self._new_session(type, token_name, user, ctx.client_ip, ctx.request.headers.get("User-Agent"))
+        session = self._new_session(
+            type, token_name, user, ctx.client_ip, ctx.request.headers.get("User-Agent")
+        )
         self._save_config()
         return self._session_details(session, include_info)
 
@@ -826,10 +853,14 @@ class FakeTechnitium:
 
     async def _create_single_use_token(self, ctx: _Ctx) -> _Result:
         user = self._session_user(ctx, standard_only=True)
-        session = self._new_session("SingleUse", None, user, ctx.client_ip, ctx.request.headers.get("User-Agent"))
+        session = self._new_session(
+            "SingleUse", None, user, ctx.client_ip, ctx.request.headers.get("User-Agent")
+        )
         return self._session_details(session, False)
 
     async def _logout(self, ctx: _Ctx) -> _Result:
+        if self.logout_fails:
+            raise web.HTTPServiceUnavailable()
         token = self._token_from_request(ctx)
         if token is None:  # ConcurrentDictionary.TryRemove(null)
             raise _ApiError("Value cannot be null. (Parameter 'key')")
@@ -892,9 +923,19 @@ class FakeTechnitium:
             raise _ApiError("Domain name for a zone cannot contain wildcard character.")
         if name in self.zones:
             raise _ApiError(f"Zone already exists: {name}")
-        self.zones[name] = {"name": name, "type": zone_type, "lastModified": _iso(self.now()), "disabled": False,
-                            "soaSerial": 1, "internal": False, "catalog": None, "dnssecStatus": "Unsigned",
-                            "hasDnssecPrivateKeys": False, "notifyFailed": False, "notifyFailedFor": []}
+        self.zones[name] = {
+            "name": name,
+            "type": zone_type,
+            "lastModified": _iso(self.now()),
+            "disabled": False,
+            "soaSerial": 1,
+            "internal": False,
+            "catalog": None,
+            "dnssecStatus": "Unsigned",
+            "hasDnssecPrivateKeys": False,
+            "notifyFailed": False,
+            "notifyFailedFor": [],
+        }
         self._save_config()
         return {"domain": name or "."}
 
@@ -916,9 +957,13 @@ class FakeTechnitium:
             raise _ApiError(f"DNS application was not found: {name}")
         if class_path not in self.query_log_apps[name]:
             raise _ApiError(f"DNS application '{class_path}' class path was not found: {name}")
-        csv = ("\ufeffRowNumber,Timestamp,ClientIpAddress,Protocol,ResponseType,ResponseRtt,RCODE,Domain,Type,"
-               "Class,Answer\r\n1," + _iso(self.now()) + ",192.0.2.10,Udp,Recursive,1.5,NoError,example.com,A,IN,"
-               "93.184.216.34\r\n")
+        csv = (
+            "\ufeffRowNumber,Timestamp,ClientIpAddress,Protocol,ResponseType,ResponseRtt,RCODE,Domain,Type,"
+            "Class,Answer\r\n1,"
+            + _iso(self.now())
+            + ",192.0.2.10,Udp,Recursive,1.5,NoError,example.com,A,IN,"
+            "93.184.216.34\r\n"
+        )
         stamp = _dt.datetime.fromtimestamp(self.now(), _dt.UTC).strftime("_%Y-%m-%d_%H-%M-%S")
         return web.Response(body=csv.encode("utf-8"), content_type="text/csv", headers={
             "Content-Disposition": f"attachment;filename={self.server_domain}{stamp}_query_logs.csv"})
@@ -1023,7 +1068,8 @@ class FakeTechnitium:
             totp = self._qf(ctx, "totpEnabled")
             if totp:
                 if _parse_bool(totp):
-                    raise _ApiError("Time-based one-time password (TOTP) can be enabled only by the user themselves.")
+                    raise _ApiError("Time-based one-time password (TOTP) can be enabled only by the user "
+                                    "themselves.")
                 user.totp_secret = None
             new_pass = self._qf(ctx, "newPass")
             if new_pass and new_pass.strip():
@@ -1090,7 +1136,8 @@ class FakeTechnitium:
     def _permission_details(self, section: str, include_users_and_groups: bool) -> dict[str, Any]:
         """WritePermissionDetails: the section's user and group tables, each sorted by name."""
         def row(flags: int) -> dict[str, bool]:
-            return {"canView": bool(flags & VIEW), "canModify": bool(flags & MODIFY), "canDelete": bool(flags & DELETE)}
+            return {"canView": bool(flags & VIEW), "canModify": bool(flags & MODIFY),
+                    "canDelete": bool(flags & DELETE)}
         out: dict[str, Any] = {
             "section": section,
             "userPermissions": [{"username": u.username, **row(u.permissions[section])}
@@ -1133,7 +1180,8 @@ class FakeTechnitium:
         section = self._section(ctx)
         users_text = self._qf(ctx, "userPermissions")
         if users_text is not None:
-            table = {name.lower(): flags for name, flags in self._table_rows(users_text) if name.lower() in self.users}
+            table = {name.lower(): flags for name, flags in self._table_rows(users_text)
+                     if name.lower() in self.users}
             for user in self.users.values():
                 if user.username in table:
                     user.permissions[section] = table[user.username]
@@ -1142,7 +1190,8 @@ class FakeTechnitium:
         groups_text = self._qf(ctx, "groupPermissions")
         if groups_text is not None:
             by_lower = {g.lower(): g for g in self.groups}
-            gtable = {by_lower[n.lower()]: f for n, f in self._table_rows(groups_text) if n.lower() in by_lower}
+            gtable = {by_lower[n.lower()]: f for n, f in self._table_rows(groups_text)
+                      if n.lower() in by_lower}
             gtable["Administrators"] = ALL
             if section == "Zones":
                 gtable["DNS Administrators"] = ALL
@@ -1162,7 +1211,8 @@ class FakeTechnitium:
         username = self._required(ctx, "user")
         token_name = self._required(ctx, "tokenName")
         user = self._user_named(username)
-        session = self._new_session("ApiToken", token_name, user, ctx.client_ip, ctx.request.headers.get("User-Agent"))
+        session = self._new_session("ApiToken", token_name, user, ctx.client_ip,
+                                    ctx.request.headers.get("User-Agent"))
         self._save_config()
         return {"username": user.username, "tokenName": session.token_name, "token": session.token}
 

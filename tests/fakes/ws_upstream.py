@@ -53,8 +53,11 @@ class SocketUpstream:
         return set(self.fake.sessions)
 
     @web.middleware
-    async def _middleware(self, request: web.Request,  # noqa: C901 - one branch per scripted behaviour
-                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def _middleware(  # noqa: C901 - one branch per scripted behaviour
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
         if request.path not in ("/ws", "/ws-slow", "/ws-flood"):
             return await handler(request)
         self.handshakes.append(Handshake(CIMultiDict(request.headers), request.rel_url.raw_query_string))
@@ -105,7 +108,9 @@ class SocketUpstream:
 
 
 @contextlib.asynccontextmanager
-async def running_socket_upstream(user: tuple[str, str], *, ui_dir: Path | None = None) -> AsyncIterator[SocketUpstream]:
+async def running_socket_upstream(
+    user: tuple[str, str], *, ui_dir: Path | None = None
+) -> AsyncIterator[SocketUpstream]:
     """A started FakeTechnitium v15 (serving `ui_dir` when given) with `user` and the WebSocket endpoints."""
     fake = FakeTechnitium(api_version=15, ui_dir=ui_dir)
     fake.add_user(*user, display_name="Alice Example")

@@ -74,9 +74,16 @@ async def test_pihole_sign_in_and_use_it_with_only_the_injected_sid(
     seen.append(await text_and_headers(summary))
 
     # Every place a browser could slip in its own sid is cleaned; only X-FTL-SID: <real> arrives.
-    forged = await client.request("POST", "/api/echo?sid=forged-q&keep=1", data={"sid": "forged-form", "a": "b"},
-                                  headers={"sid": "forged-h", "X-FTL-SID": "forged-x",
-                                           "Cookie": f"{client.cookie_name}={client.cookie}; sid=forged-c; ui=1"})
+    forged = await client.request(
+        "POST",
+        "/api/echo?sid=forged-q&keep=1",
+        data={"sid": "forged-form", "a": "b"},
+        headers={
+            "sid": "forged-h",
+            "X-FTL-SID": "forged-x",
+            "Cookie": f"{client.cookie_name}={client.cookie}; sid=forged-c; ui=1",
+        },
+    )
     echo = await forged.json()
     assert forged.status == 200 and echo["sid_source"] == "header"
     assert echo["headers"]["X-FTL-SID"] == sid and "sid" not in {k.lower() for k in echo["headers"]}
@@ -179,7 +186,10 @@ async def test_pihole_sign_out_here_or_in_the_ui_deletes_the_upstream_session(
     cookie = second.cookie
     ui = await second.request("DELETE", "/api/auth")
     assert ui.status == 204 and pihole.session_by_sid(sid) is None
-    assert "Max-Age=0" in ui.headers.get("Set-Cookie", "") or "expires" in ui.headers.get("Set-Cookie", "").lower()
+    assert (
+        "Max-Age=0" in ui.headers.get("Set-Cookie", "")
+        or "expires" in ui.headers.get("Set-Cookie", "").lower()
+    )
     after = await second.request("GET", SESSION, headers={"Cookie": f"{second.cookie_name}={cookie}"})
     assert (await after.json())["authenticated"] is False
 
@@ -272,8 +282,11 @@ async def test_adguard_ui_sign_out_ends_both_sessions(
     token = (await held_credential(agh_gw, client)).secret
     cookie = client.cookie
     # A link on another site (SameSite=Lax lets the cookie ride along on a top-level GET) signs nobody out.
-    forged = await client.request("GET", "/control/logout",
-                                  headers={**BROWSER, "Referer": "https://evil.example/page", "Sec-Fetch-Site": "cross-site"})
+    forged = await client.request(
+        "GET",
+        "/control/logout",
+        headers={**BROWSER, "Referer": "https://evil.example/page", "Sec-Fetch-Site": "cross-site"},
+    )
     assert forged.status == 403 and token in adguard.sessions
     out = await client.request("GET", "/control/logout", headers=BROWSER)
     assert out.status == 302 and out.headers["Location"] == "/_authproxy/login?logged_out=1"
@@ -307,8 +320,10 @@ async def test_a_signed_in_person_cannot_call_the_upstreams_login_api_past_authp
         client_for: ClientFor) -> None:
     # Forwarded with the session's own cookie, these would skip authproxy's throttle and audit, test
     # other accounts' passwords, and add to the upstream's per-address count (authproxy's address).
-    for gw, upstream, path, body in ((agh_gw, adguard, "/control/login", {"name": "bob", "password": "guess"}),
-                                     (pihole_gw, pihole, "/api/auth", {"password": "guess"})):
+    for gw, upstream, path, body in (
+        (agh_gw, adguard, "/control/login", {"name": "bob", "password": "guess"}),
+        (pihole_gw, pihole, "/api/auth", {"password": "guess"}),
+    ):
         client = client_for(gw)
         password = adguard.password if upstream is adguard else pihole.password
         await signed_in(client, adguard.username if upstream is adguard else "whoever", password)

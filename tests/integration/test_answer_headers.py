@@ -74,7 +74,9 @@ PROXIED = [
 ]
 
 
-async def answers(c: GatewayClient, steps: list[tuple[str, str, dict[str, Any]]]) -> list[aiohttp.ClientResponse]:
+async def answers(
+    c: GatewayClient, steps: list[tuple[str, str, dict[str, Any]]]
+) -> list[aiohttp.ClientResponse]:
     out = []
     for method, path, kw in steps:
         resp = await c.request(method, path, **kw)
@@ -110,8 +112,13 @@ async def test_an_untrusted_peer_saying_https_gets_no_hsts(
     ({"HSTS_MAX_AGE": "0"}, None),
     ({"HSTS_MAX_AGE": "1d", "HSTS_INCLUDE_SUBDOMAINS": "true"}, "max-age=86400; includeSubDomains"),
 ])
-async def test_hsts_follows_its_settings(make_gateway: MakeGateway, client_for: ClientFor,
-                                         upstream: FakeTechnitium, env: dict[str, str], value: str | None) -> None:
+async def test_hsts_follows_its_settings(
+    make_gateway: MakeGateway,
+    client_for: ClientFor,
+    upstream: FakeTechnitium,
+    env: dict[str, str],
+    value: str | None,
+) -> None:
     c = await signed_in(make_gateway, client_for, upstream, **env)
     for resp in await answers(c, OWN + PROXIED):
         assert resp.headers.getall(HSTS, []) == ([value] if value else []), (resp.url, resp.status)
@@ -143,7 +150,11 @@ async def test_the_upstreams_hsts_and_server_never_pass(
         assert resp.headers.getall("Server") == ["authproxy"]
         c.headers = {}
         plain = await c.request("GET", f"{path}&size={size}")
-        assert plain.status == 200 and HSTS not in plain.headers and plain.headers.getall("Server") == ["authproxy"]
+        assert (
+            plain.status == 200
+            and HSTS not in plain.headers
+            and plain.headers.getall("Server") == ["authproxy"]
+        )
         c.headers = {"X-Forwarded-Proto": "https"}
 
 

@@ -4,8 +4,14 @@ no password, one-time code, upstream token or cookie value ever shows up in a lo
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
+import secrets
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +25,10 @@ from authproxy.config.loader import ensure_session_secrets, load_config
 from authproxy.log import AccessLogger, JsonFormatter, TextFormatter
 from tests.fakes.technitium import FakeTechnitium
 from tests.integration.conftest import BROWSER, HEARTBEAT, LOGIN, LOGOUT, ME, SESSION, Audit
+from tests.integration.test_cli import ROOT, base_env
+from tests.integration.test_cli import _wait_healthy as wait_healthy
 from tests.support.gateway import SECRET, Gateway, GatewayClient, MakeGateway, gateway_env
+from tests.support.procs import ManagedProcess, free_port
 
 AUDIT_KEYS = {"time", "event", "user", "site", "client_ip", "outcome"}
 
@@ -41,7 +50,7 @@ async def test_audit_lines_for_every_login_logout_and_expiry(
     await c.request("GET", "/api/zones/list")                                                # idle expiry
     await c.login("alice", "alice-pass")
     technitium.expire_all()
-    await c.request("GET", "/api/zones/list")                                                # upstream says no
+    await c.request("GET", "/api/zones/list")  # upstream says no
 
     lines = audit.lines()
     got = [(x["event"], x["outcome"], x["user"], x["client_ip"]) for x in lines]
@@ -187,7 +196,11 @@ async def test_no_secret_in_any_log_line_or_answer(  # noqa: C901 - one scenario
     haystacks = {"logs": "\n".join(logs), "answers": "\n".join(do.seen)}
     assert "audit" in haystacks["logs"] and "authproxy.access" in haystacks["logs"]
 
-    secrets: dict[str, str] = {"password": "totp-pass", "wrong password": "wrong-pass", "session secret": SECRET}
+    secrets: dict[str, str] = {
+        "password": "totp-pass",
+        "wrong password": "wrong-pass",
+        "session secret": SECRET,
+    }
     secrets.update({f"token {t[:6]}": t for t in tokens})
     for value in cookies:
         assert value is not None
@@ -208,3 +221,111 @@ async def test_no_secret_in_any_log_line_or_answer(  # noqa: C901 - one scenario
         if what != "session secret":
             assert value.encode() not in store, f"{what} found in the store"
     assert b"totpuser" not in store
+
+
+# ---- malformed requests to a real `authproxy run`: aiohttp's own error log ---------------------------
+
+def _malformed(cookie: str, bearer: str, query: str) -> dict[str, bytes]:
+    """Requests aiohttp's parser refuses, each carrying the session cookie, a Bearer token and secrets
+    in the query string where the refused part would be quoted (aiohttp's message quotes the line)."""
+    creds = f"Cookie: {cookie}\r\nAuthorization: Bearer {bearer}\r\n".encode()
+    return {
+        "bad request line": f"GET /api/zones/list?{query} HTTP/1.1 junk\r\nHost: x\r\n".encode()
+        + creds
+        + b"\r\n",
+        "oversized header": b"GET /api/zones/list?"
+        + query.encode()
+        + b" HTTP/1.1\r\nHost: x\r\n"
+        + f"Cookie: {cookie}; pad={'a' * 9000}\r\n".encode()
+        + creds
+        + b"\r\n",
+        "bad chunked encoding": f"POST /api/zones/list?{query} HTTP/1.1\r\nHost: x\r\n".encode()
+        + creds
+        + b"Transfer-Encoding: chunked\r\n\r\n"
+        + bearer.encode()
+        + b"\r\nabc\r\n0\r\n\r\n",
+        "invalid header bytes": f"GET /api/zones/list?{query} HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\x01\r\n"
+        f"Authorization: Bearer {bearer}\x7f\r\n\r\n".encode(),
+        "invalid URL byte": f"GET /api/zones/list?{query}\xff HTTP/1.1\r\nHost: x\r\n".encode()
+        + creds
+        + b"\r\n",
+    }
+
+
+async def _send_raw(port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.parametrize(("workers", "fmt"), [(1, "json"), (2, "text")])
+async def test_malformed_requests_leave_no_secret_in_the_log_of_authproxy_run(
+        workers: int, fmt: str, tmp_path: Path, technitium: FakeTechnitium,
+        process_factory: Callable[..., ManagedProcess]) -> None:
+    """aiohttp logs a request its parser refuses with a traceback whose message quotes the raw line
+    (cookie, Bearer token, query string). That record went to Python's fallback handler, unredacted, at
+    LOG_LEVEL=INFO. Every logger now ends in authproxy's handler, which logs exceptions as type and place."""
+    port = free_port()
+    env = base_env(UPSTREAM_URL=technitium.url, UPSTREAM_TYPE="technitium", TRUST_PROXY="true",
+                   AUTHPROXY_DATA_DIR=str(tmp_path / "data"), PORT=str(port), HOST="127.0.0.1",
+                   SESSION_SECRET="s" * 40, LOG_LEVEL="INFO", LOG_FORMAT=fmt, WORKERS=str(workers))
+    proc = process_factory([sys.executable, "-m", "authproxy", "run"], env=env, inherit_env=False, cwd=ROOT,
+                           name="authproxy-malformed")
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        await wait_healthy(http, f"{base}/_authproxy/healthz", proc)
+        async with http.post(base + LOGIN, json={"username": "alice", "password": "alice-pass"},
+                             headers={"X-Forwarded-Proto": "https"}) as resp:
+            assert resp.status == 200, await resp.text()
+            ticket = resp.cookies["__Host-authproxy"].value
+    bearer = secrets.token_hex(32)
+    query = f"token={secrets.token_hex(16)}&key={secrets.token_urlsafe(18)}&next=%2F{secrets.token_hex(12)}"
+    cases = _malformed(f"__Host-authproxy={ticket}", bearer, query)
+    for data in cases.values():
+        answer = await _send_raw(port, data)
+        assert answer.startswith(b"HTTP/1.") and b" 400 " in answer[:20], answer[:200]
+
+    deadline = time.monotonic() + 10
+    while proc.log_tail(1_000_000).count("Error handling request") < len(cases):  # each refusal was logged
+        assert time.monotonic() < deadline, proc.log_tail(5000)
+        await asyncio.sleep(0.05)
+    proc.stop()
+    log_text = proc.log_tail(1_000_000)
+    assert "Error handling request" in log_text
+    assert "Traceback" not in log_text and 'File "' not in log_text, log_text[-3000:]
+    values = {"cookie": ticket, "bearer": bearer, **{f"query {v[:4]}": v for v in
+                                                     (p.split("=", 1)[1] for p in query.split("&"))}}
+    values.update({f"cookie part {i}": part for i, part in enumerate(ticket.split("."))
+                   if len(part) >= 8})
+    for what, value in values.items():
+        assert value not in log_text, f"{what} found in the log:\n{log_text[-3000:]}"
+        assert value[:16] not in log_text, f"part of {what} found in the log"
+    if fmt == "json":
+        lines = [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
+        refused = [x for x in lines if x["logger"] == "aiohttp.server"]
+        assert sorted(x["exception"] for x in refused) == sorted(  # the type says what was wrong
+            ["BadStatusLine", "LineTooLong", "BadHttpMessage", "BadHttpMessage", "InvalidURLError"]), refused
+
+
+def test_a_worker_that_fails_is_logged_through_the_handler_too(tmp_path: Path) -> None:
+    """With WORKERS>1 an exception that ends a worker was printed by multiprocessing itself: a raw
+    traceback (its text may quote a URL with a password). Here the port is taken, so binding fails."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = base_env(UPSTREAM_URL="http://127.0.0.1:9", UPSTREAM_TYPE="technitium", TRUST_PROXY="true",
+                       AUTHPROXY_DATA_DIR=str(tmp_path / "data"), PORT=str(port), HOST="127.0.0.1",
+                       SESSION_SECRET="s" * 40, LOG_FORMAT="json", WORKERS="2")
+        result = subprocess.run([sys.executable, "-m", "authproxy", "run"], env=env, cwd=ROOT,
+                                capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode != 0
+    lines = [json.loads(line) for line in result.stderr.splitlines()]  # nothing but JSON lines
+    failed = [x for x in lines if x["message"] == "worker stopped on an unexpected error"]
+    assert failed and all(x["exception"] == "OSError" for x in failed), result.stderr
+    assert "Traceback" not in result.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -17,7 +18,7 @@ import aiohttp
 import pytest
 
 from tests.fakes.technitium import FakeTechnitium
-from tests.integration.conftest import LOGIN, SESSION
+from tests.integration.conftest import LOGIN, LOGOUT, SESSION
 from tests.support.procs import ManagedProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +69,9 @@ def test_check_config_ok(tmp_path: Path) -> None:
     assert "configuration OK" in result.stdout and "technitium" in result.stdout
 
 
-async def _wait_healthy(http: aiohttp.ClientSession, url: str, proc: ManagedProcess, timeout: float = 15) -> None:
+async def _wait_healthy(
+    http: aiohttp.ClientSession, url: str, proc: ManagedProcess, timeout: float = 15
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         assert proc.running, proc.log_tail()
@@ -169,3 +172,77 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0].lower()
     except (OSError, IndexError):
         return "zombie"
+
+
+def _pids_on(port: int, state: str) -> set[int]:
+    """The processes holding `port`'s sockets in `state`: `listening`, or `established` (which worker
+    took each client connection)."""
+    out = subprocess.run(["ss", "-Htnp", "state", state, f"( sport = :{port} )"], capture_output=True,
+                         text=True, check=False).stdout
+    return {int(pid) for pid in re.findall(r"pid=(\d+)", out)}
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+async def test_logout_on_one_worker_is_effective_on_every_worker_before_its_answer(
+        store: str, tmp_path: Path, technitium: FakeTechnitium, request: pytest.FixtureRequest,
+        process_factory: Callable[..., ManagedProcess]) -> None:
+    """Issue 8 W4: `run --workers 2`, an upstream whose logout fails (its token stays valid), and 16
+    clients hammering the API over connections spread across both workers while one signs out. Not one
+    request that started after the logout's answer arrived may succeed, on either worker."""
+    technitium.logout_fails = True
+    port = free_port()
+    env = base_env(UPSTREAM_URL=technitium.url, UPSTREAM_TYPE="technitium", TRUST_PROXY="true",
+                   AUTHPROXY_DATA_DIR=str(tmp_path / "data"), PORT=str(port), HOST="127.0.0.1",
+                   SESSION_SECRET="s" * 40, ACCESS_LOG="false")
+    if store == "redis":
+        env["REDIS_URL"] = request.getfixturevalue("redis_url")
+    base = f"http://127.0.0.1:{port}"
+    https = {"X-Forwarded-Proto": "https"}
+
+    async def hammer(headers: dict[str, str], stop: asyncio.Event, results: list[tuple[float, int]]) -> None:
+        """One client on its own keep-alive connection (SO_REUSEPORT gives it to one of the workers):
+        (when each request started, 200 for a served API call or the status it got)."""
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1),
+                                         cookie_jar=aiohttp.DummyCookieJar()) as own:
+            while not stop.is_set():
+                started = time.monotonic()
+                async with own.get(base + "/api/zones/list", headers=headers) as r:
+                    served = r.status == 200 and (await r.json())["status"] == "ok"
+                    results.append((started, 200 if served else r.status))
+
+    proc = process_factory([sys.executable, "-m", "authproxy", "run", "--workers", "2"], env=env,
+                           inherit_env=False, cwd=ROOT, name="authproxy-workers")
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        await _wait_healthy(http, f"{base}/_authproxy/healthz", proc)
+        workers = set(_children(proc.pid))
+        assert len(workers) == 2, proc.log_tail()
+        deadline = time.monotonic() + 15
+        while not workers <= _pids_on(
+            port, "listening"
+        ):  # the kernel spreads connections over listeners only
+            assert time.monotonic() < deadline, proc.log_tail()
+            await asyncio.sleep(0.05)
+        for cycle in range(3):
+            async with http.post(base + LOGIN, json={"username": "alice", "password": "alice-pass"},
+                                 headers=https) as resp:
+                assert resp.status == 200, await resp.text()
+                headers = {**https, "Cookie": f"__Host-authproxy={resp.cookies['__Host-authproxy'].value}"}
+            results: list[tuple[float, int]] = []
+            stop = asyncio.Event()
+            clients = [asyncio.create_task(hammer(headers, stop, results)) for _ in range(16)]
+            await asyncio.sleep(0.5)  # every client has been served: both workers have the session cached
+            assert _pids_on(port, "established") == workers, "the clients did not reach both workers"
+            async with http.post(base + LOGOUT, headers=headers) as resp:
+                assert resp.status == 200 and (await resp.json())["loggedOut"] is True
+            answered = time.monotonic()
+            await asyncio.sleep(1.0)  # twice the SQLite store's invalidation poll interval
+            stop.set()
+            await asyncio.gather(*clients)
+            assert len(technitium.sessions) == cycle + 1  # the upstream's logout failed: its token lives on
+            before = [status for started, status in results if started < answered]
+            after = [status for started, status in results if started >= answered]
+            assert before.count(200) > 20 and len(after) > 50, (len(before), len(after))
+            assert after.count(200) == 0, f"{after.count(200)} of {len(after)} requests that started after " \
+                                          f"the logout's answer were served (cycle {cycle})"
+            assert set(after) == {401}
+    assert "upstream logout failed" in proc.log_tail(200_000)

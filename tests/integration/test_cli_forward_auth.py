@@ -36,8 +36,16 @@ def test_check_config_says_forward_auth_is_off_and_what_to_set(tmp_path: Path) -
     text = _forward_auth_lines(result.stdout)
     assert text.startswith("forward auth: off. /_authproxy/verify* answers 404")
     assert "can get an upstream credential" in text
-    for hint in ("FORWARD_AUTH_PORT", "FORWARD_AUTH_HOST", "127.0.0.1", "FORWARD_AUTH_SECRET", "X-Authproxy-Secret",
-                 "Caddy forward_auth", "nginx auth_request", "Traefik ForwardAuth"):
+    for hint in (
+        "FORWARD_AUTH_PORT",
+        "FORWARD_AUTH_HOST",
+        "127.0.0.1",
+        "FORWARD_AUTH_SECRET",
+        "X-Authproxy-Secret",
+        "Caddy forward_auth",
+        "nginx auth_request",
+        "Traefik ForwardAuth",
+    ):
         assert hint in text, hint
 
 
@@ -126,4 +134,6 @@ async def test_every_worker_serves_both_listeners(
                 assert resp.status == 401 and (await resp.json())["error"] == "unauthenticated"
             async with http.get(f"{listener}/_authproxy/healthz") as resp:
                 assert resp.status == 404
-        assert "forward auth: /_authproxy/verify* is served only on its own listener" in proc.log_tail(100_000)
+        assert "forward auth: /_authproxy/verify* is served only on its own listener" in proc.log_tail(
+            100_000
+        )

@@ -31,7 +31,11 @@ def own(client: GatewayClient, path: str = "/") -> str:
 CASES = [
     ("curl -b jar (the README's script)", {"Accept": "*/*", "User-Agent": "curl/8.5.0"}, False),
     ("a script's JSON call", {"Accept": "application/json"}, False),
-    ("a client sending its own Bearer", {"Accept": "application/json", "Authorization": "Bearer " + "a" * 64}, False),
+    (
+        "a client sending its own Bearer",
+        {"Accept": "application/json", "Authorization": "Bearer " + "a" * 64},
+        False,
+    ),
     ("no header at all", {}, False),
     ("Safari < 16.4 following a link on a no-referrer page", PAGE, True),
     ("only an HTML Accept", {"Accept": PAGE["Accept"]}, True),
@@ -40,14 +44,27 @@ CASES = [
     ("Chromium navigating from another site", {**CHROMIUM_PAGE, "Sec-Fetch-Site": "cross-site"}, True),
     ("Chromium navigating from a sibling subdomain", {**CHROMIUM_PAGE, "Sec-Fetch-Site": "same-site"}, True),
     ("Chromium: the UI opens a download window", {**CHROMIUM_PAGE, "Sec-Fetch-Site": "same-origin"}, False),
-    ("Chromium: the UI's fetch", {"Accept": "*/*", "Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"},
-     False),
+    (
+        "Chromium: the UI's fetch",
+        {"Accept": "*/*", "Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"},
+        False,
+    ),
     ("Safari: the UI's link (its Referer)", lambda c: {**PAGE, "Referer": own(c, "/index.html")}, False),
     ("Safari: the UI's form (its Origin)", lambda c: {**PAGE, "Origin": own(c)}, False),
-    ("Safari: the UI's XHR", lambda c: {"Accept": "application/json, text/javascript, */*; q=0.01",
-                                        "X-Requested-With": "XMLHttpRequest", "Referer": own(c)}, False),
-    ("Safari: a link on the http:// site", lambda c: {**PAGE, "Referer": "http://" + c.base.split("://")[1] + "/"},
-     True),
+    (
+        "Safari: the UI's XHR",
+        lambda c: {
+            "Accept": "application/json, text/javascript, */*; q=0.01",
+            "X-Requested-With": "XMLHttpRequest",
+            "Referer": own(c),
+        },
+        False,
+    ),
+    (
+        "Safari: a link on the http:// site",
+        lambda c: {**PAGE, "Referer": "http://" + c.base.split("://")[1] + "/"},
+        True,
+    ),
     ("Safari: a link on another site", {**PAGE, "Referer": "https://evil.example/"}, True),
 ]
 
@@ -131,4 +148,8 @@ async def test_origins_are_compared_with_the_default_port_dropped(
     assert await create("d.example", "dns.example.com", Origin="http://dns.example.com") == 403
     assert await create("e.example", "dns.example.com:443", Origin="http://dns.example.com:443") == 403
     assert await create("f.example", "dns.example.com", Origin="https://dns.example.com:8443") == 403
-    assert sorted(z for z in technitium.zones if z.endswith(".example")) == ["a.example", "b.example", "c.example"]
+    assert sorted(z for z in technitium.zones if z.endswith(".example")) == [
+        "a.example",
+        "b.example",
+        "c.example",
+    ]

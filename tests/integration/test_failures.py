@@ -1,4 +1,4 @@
-"""Fail closed with a clear answer, never hang, recover by itself: Redis down, upstream down, health checks."""
+"""Fail closed with a clear answer, never hang, recover by itself: Redis down, upstream down, health."""
 
 from __future__ import annotations
 
@@ -80,8 +80,11 @@ async def timed(coro: object) -> tuple[float, object]:
 # ---- the session store -------------------------------------------------------------------------------
 
 async def test_redis_down_fails_closed_with_503_and_recovers(
-        make_gateway: MakeGateway, technitium: FakeTechnitium, redis_server_factory: Callable[..., RedisServer],
-        client_for: Callable[[Gateway], GatewayClient]) -> None:
+    make_gateway: MakeGateway,
+    technitium: FakeTechnitium,
+    redis_server_factory: Callable[..., RedisServer],
+    client_for: Callable[[Gateway], GatewayClient],
+) -> None:
     redis = redis_server_factory(appendonly=True)
     gw = await make_gateway(gateway_env(technitium.url, REDIS_URL=redis.url, SESSION_CACHE_TTL="0"))
     c = client_for(gw)
@@ -121,8 +124,11 @@ async def test_redis_down_fails_closed_with_503_and_recovers(
 
 
 async def test_a_hung_redis_answers_503_within_the_store_timeout(
-        make_gateway: MakeGateway, technitium: FakeTechnitium, redis_server_factory: Callable[..., RedisServer],
-        client_for: Callable[[Gateway], GatewayClient]) -> None:
+    make_gateway: MakeGateway,
+    technitium: FakeTechnitium,
+    redis_server_factory: Callable[..., RedisServer],
+    client_for: Callable[[Gateway], GatewayClient],
+) -> None:
     redis = redis_server_factory()
     gw = await make_gateway(gateway_env(technitium.url, REDIS_URL=redis.url, SESSION_CACHE_TTL="0"))
     c = client_for(gw)
@@ -199,10 +205,19 @@ async def test_an_unreachable_upstream_answers_within_the_connect_timeout(
 
 
 async def test_a_mute_upstream_answers_within_the_read_timeout(
-        make_gateway: MakeGateway, mute_upstream: str, client_for: Callable[[Gateway], GatewayClient]) -> None:
-    gw = await make_gateway({"AUTH_MODE": "none", "UPSTREAM_URL": mute_upstream, "UPSTREAM_TYPE": "technitium",
-                             "UPSTREAM_SERVICE_TOKEN": "s" * 64, "UPSTREAM_TIMEOUT": "0.5s",
-                             "SESSION_SECRET": "z" * 40, "ACCESS_LOG": "false"})
+    make_gateway: MakeGateway, mute_upstream: str, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    gw = await make_gateway(
+        {
+            "AUTH_MODE": "none",
+            "UPSTREAM_URL": mute_upstream,
+            "UPSTREAM_TYPE": "technitium",
+            "UPSTREAM_SERVICE_TOKEN": "s" * 64,
+            "UPSTREAM_TIMEOUT": "0.5s",
+            "SESSION_SECRET": "z" * 40,
+            "ACCESS_LOG": "false",
+        }
+    )
     c = client_for(gw)
     elapsed, resp = await timed(c.request("GET", "/api/zones/list"))
     assert resp.status == 502 and elapsed < 1.5  # type: ignore[attr-defined]

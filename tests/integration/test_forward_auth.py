@@ -54,8 +54,13 @@ def proxy_headers(kind: str, url: str, method: str = "GET") -> list[tuple[str, s
     only what the shipped config sets)."""
     parts = urlsplit(url)
     uri = parts.path + (f"?{parts.query}" if parts.query else "")
-    forwarded = [("X-Forwarded-Method", method), ("X-Forwarded-Proto", parts.scheme),
-                 ("X-Forwarded-Host", parts.netloc), ("X-Forwarded-Uri", uri), ("X-Forwarded-For", "127.0.0.1")]
+    forwarded = [
+        ("X-Forwarded-Method", method),
+        ("X-Forwarded-Proto", parts.scheme),
+        ("X-Forwarded-Host", parts.netloc),
+        ("X-Forwarded-Uri", uri),
+        ("X-Forwarded-For", "127.0.0.1"),
+    ]
     if kind == "caddy":
         return [*forwarded, ("Via", "1.1 Caddy")]
     if kind == "traefik":
@@ -257,7 +262,9 @@ async def test_allow_lists_are_per_site(two_sites: Asker, dns: FakeTechnitium) -
             denied = await ask.verify(kind, "https://dns.example.com/x", cookie=cookie, extra=accept)
             assert denied.status == 403, (kind, denied.status)
             assert "Location" not in denied.headers and "Authorization" not in denied.headers
-    assert b"<html" in (await ask.verify("caddy", "https://dns.example.com/", cookie=cookie, extra=BROWSER)).body
+    assert (
+        b"<html" in (await ask.verify("caddy", "https://dns.example.com/", cookie=cookie, extra=BROWSER)).body
+    )
 
 
 @pytest.mark.parametrize(("rd", "expected"), [
@@ -282,8 +289,11 @@ async def test_login_redirect_targets(two_sites: Asker, rd: str, expected: str) 
 
 async def test_the_login_page_and_form_honour_rd(two_sites: Asker) -> None:
     rd = "https://nas.example.com/shares?x=1"
-    page = await two_sites.request("GET", f"/_authproxy/login?rd={quote(rd, safe='')}",
-                                   {**BROWSER, "X-Forwarded-Proto": "https", "X-Forwarded-Host": "nas.example.com"})
+    page = await two_sites.request(
+        "GET",
+        f"/_authproxy/login?rd={quote(rd, safe='')}",
+        {**BROWSER, "X-Forwarded-Proto": "https", "X-Forwarded-Host": "nas.example.com"},
+    )
     assert page.status == 200 and b'value="https://nas.example.com/shares?x=1"' in page.body
     assert b'name="site" value="nas"' in page.body
     form = await two_sites.request(
@@ -313,8 +323,12 @@ async def test_not_signed_in(one_site: Asker, kind: str | None) -> None:
         else:
             assert reply.status == (302 if method in ("GET", "HEAD") else 303), (method, reply.status)
             assert reply.headers["Location"] == login
-    for extra in (API, {**BROWSER, "X-Requested-With": "XMLHttpRequest"}, {**BROWSER, "Sec-Fetch-Mode": "cors"},
-                  {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13"}):
+    for extra in (
+        API,
+        {**BROWSER, "X-Requested-With": "XMLHttpRequest"},
+        {**BROWSER, "Sec-Fetch-Mode": "cors"},
+        {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13"},
+    ):
         reply = await one_site.verify(kind, url, extra=extra, proxy_kind=proxy)
         assert reply.status == 401 and "Location" not in reply.headers, (extra, reply.status)
         assert reply.json()["error"] == "unauthenticated"
@@ -333,8 +347,13 @@ async def test_a_client_x_original_url_through_caddy_or_traefik_changes_nothing(
 ) -> None:
     cookie, _ = await one_site.sign_in("dns.example.com", ALICE)
     forged = {"X-Original-URL": "https://nas.example.com/admin", "X-Original-Method": "DELETE"}
-    reply = await one_site.verify(kind, "https://dns.example.com/x", cookie=cookie, extra={**forged, **BROWSER},
-                                  proxy_kind=kind or "caddy")
+    reply = await one_site.verify(
+        kind,
+        "https://dns.example.com/x",
+        cookie=cookie,
+        extra={**forged, **BROWSER},
+        proxy_kind=kind or "caddy",
+    )
     if kind is None:
         assert reply.status == 400  # auto-detect sees both families disagree: refused, not believed
     else:
@@ -372,7 +391,9 @@ async def test_websocket_upgrades(one_site: Asker, dns: FakeTechnitium) -> None:
                      "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
     # Caddy forwards the Upgrade headers to the auth service; the (kept-alive) connection must survive.
     for _ in range(3):
-        reply = await one_site.verify("caddy", "https://dns.example.com/ws", cookie=cookie, extra=caddy_upgrade)
+        reply = await one_site.verify(
+            "caddy", "https://dns.example.com/ws", cookie=cookie, extra=caddy_upgrade
+        )
         assert reply.status == 200 and bearer(reply) in tokens(dns, "alice")
     # Traefik drops them but says X-Forwarded-Proto: ws / wss.
     for proto in ("ws", "wss"):
@@ -396,7 +417,9 @@ async def test_traefik_preserve_request_method_is_fine(one_site: Asker) -> None:
     [("X-Forwarded-Host", "evil.example")],                       # a second X-Forwarded-Host
     [("X-Forwarded-Uri", "/other")],                              # a second X-Forwarded-Uri
 ])
-async def test_duplicate_forwarded_headers_are_refused(one_site: Asker, change: list[tuple[str, str]]) -> None:
+async def test_duplicate_forwarded_headers_are_refused(
+    one_site: Asker, change: list[tuple[str, str]]
+) -> None:
     h = proxy_headers("caddy", "https://dns.example.com/x") + change
     reply = await one_site.request("GET", "/_authproxy/verify/caddy", h)
     assert reply.status == 400  # aiohttp-remotes already refuses a repeated X-Forwarded-Host
@@ -404,11 +427,18 @@ async def test_duplicate_forwarded_headers_are_refused(one_site: Asker, change: 
         assert reply.json()["error"] == "bad_forwarded_request"
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("X-Forwarded-Uri", "//evil.example/x"), ("X-Forwarded-Uri", "https://evil.example/"),
-    ("X-Forwarded-Uri", "/a\\b"), ("X-Forwarded-Host", "evil.example/x"), ("X-Forwarded-Host", "a@evil.example"),
-    ("X-Forwarded-Proto", "javascript"), ("X-Forwarded-Method", "get /x"),
-])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("X-Forwarded-Uri", "//evil.example/x"),
+        ("X-Forwarded-Uri", "https://evil.example/"),
+        ("X-Forwarded-Uri", "/a\\b"),
+        ("X-Forwarded-Host", "evil.example/x"),
+        ("X-Forwarded-Host", "a@evil.example"),
+        ("X-Forwarded-Proto", "javascript"),
+        ("X-Forwarded-Method", "get /x"),
+    ],
+)
 async def test_malformed_forwarded_headers_are_refused(one_site: Asker, name: str, value: str) -> None:
     h = [(k, value if k == name else v) for k, v in proxy_headers("caddy", "https://dns.example.com/x")]
     reply = await one_site.request("GET", "/_authproxy/verify/caddy", h)
@@ -417,7 +447,9 @@ async def test_malformed_forwarded_headers_are_refused(one_site: Asker, name: st
 
 async def test_missing_forwarded_headers_are_refused_not_guessed(one_site: Asker) -> None:
     for kind in ("caddy", "traefik", "nginx"):
-        reply = await one_site.request("GET", f"/_authproxy/verify/{kind}", {"Host": "dns.example.com", **BROWSER})
+        reply = await one_site.request(
+            "GET", f"/_authproxy/verify/{kind}", {"Host": "dns.example.com", **BROWSER}
+        )
         assert reply.status == 400, kind
 
 
@@ -434,8 +466,13 @@ async def test_untrusted_peers_are_refused(make_gateway: MakeGateway, dns: FakeT
                                            http_client: aiohttp.ClientSession, env: dict[str, str]) -> None:
     """The listener or the secret come on top of TRUSTED_PROXIES, never instead of it."""
     gw = await make_gateway(gateway_env(dns.url, TRUSTED_PROXIES="10.0.0.0/8", **env))
-    ask = Asker(gw, http_client, "__Host-authproxy", verify_base=gw.url if "FORWARD_AUTH_SECRET" in env else "",
-                proof={"X-Authproxy-Secret": FA_SECRET})
+    ask = Asker(
+        gw,
+        http_client,
+        "__Host-authproxy",
+        verify_base=gw.url if "FORWARD_AUTH_SECRET" in env else "",
+        proof={"X-Authproxy-Secret": FA_SECRET},
+    )
     for kind in ("caddy", "traefik", "nginx", None):
         reply = await ask.verify(kind, "https://dns.example.com/x", extra=BROWSER, proxy_kind=kind or "nginx")
         assert reply.status == 403 and reply.json()["error"] == "untrusted_proxy", (kind, reply.status)
@@ -449,7 +486,9 @@ async def test_auth_mode_none_answers_with_the_service_credential(
                                         FORWARD_AUTH_PORT="0"))
     reply = await Asker(gw, http_client, "x").verify("caddy", "https://dns.example.com/x", extra=BROWSER)
     assert reply.status == 200
-    assert "svc-token-1234" in (reply.headers.get("Authorization", "") + reply.headers.get("X-Authproxy-Token", ""))
+    assert "svc-token-1234" in (
+        reply.headers.get("Authorization", "") + reply.headers.get("X-Authproxy-Token", "")
+    )
     assert "Remote-User" not in reply.headers
 
 
@@ -461,9 +500,18 @@ async def test_auth_mode_none_service_token_follows_the_configured_api_version(
     expected = {"15": ({"Authorization": "Bearer svc-token-1234"}, "X-Authproxy-Token"),
                 "14": ({"X-Authproxy-Token": "svc-token-1234"}, "Authorization")}
     for version, (present, absent) in expected.items():
-        gw = await make_gateway(gateway_env(dns.url, AUTH_MODE="none", UPSTREAM_SERVICE_TOKEN="svc-token-1234",
-                                            TECHNITIUM_API_VERSION=version, FORWARD_AUTH_PORT="0"))
-        reply = await Asker(gw, http_client, "x").verify("traefik", "https://dns.example.com/x", extra=BROWSER)
+        gw = await make_gateway(
+            gateway_env(
+                dns.url,
+                AUTH_MODE="none",
+                UPSTREAM_SERVICE_TOKEN="svc-token-1234",
+                TECHNITIUM_API_VERSION=version,
+                FORWARD_AUTH_PORT="0",
+            )
+        )
+        reply = await Asker(gw, http_client, "x").verify(
+            "traefik", "https://dns.example.com/x", extra=BROWSER
+        )
         assert reply.status == 200
         for name, value in present.items():
             assert reply.headers.get(name) == value, (version, name)
@@ -476,7 +524,8 @@ async def test_auth_mode_none_service_token_follows_the_configured_api_version(
 
 
 async def test_an_expiry_found_by_verify_is_audited_with_the_persons_address(
-        make_gateway: MakeGateway, dns: FakeTechnitium, http_client: aiohttp.ClientSession, audit: Audit) -> None:
+    make_gateway: MakeGateway, dns: FakeTechnitium, http_client: aiohttp.ClientSession, audit: Audit
+) -> None:
     gw = await make_gateway(gateway_env(dns.url, SESSION_IDLE_TIMEOUT="1s", SESSION_MAX_AGE="1h",
                                         FORWARD_AUTH_PORT="0"))
     asker = Asker(gw, http_client, "__Host-authproxy")
@@ -512,8 +561,12 @@ async def test_another_sites_page_gets_no_credential_through_forward_auth(one_si
         # A link from another site to the UI's page is fine, and so is the UI's own call.
         page = await one_site.verify(kind, "https://dns.example.com/", cookie=cookie, extra=nav)
         assert page.status == 200 and bearer(page) in tokens(dns, "alice")
-        own = await one_site.verify(kind, "https://dns.example.com/api/zones/delete?zone=example.com",
-                                    cookie=cookie, extra={"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"})
+        own = await one_site.verify(
+            kind,
+            "https://dns.example.com/api/zones/delete?zone=example.com",
+            cookie=cookie,
+            extra={"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"},
+        )
         assert own.status == 200
     # Cross-site WebSocket hijacking: a foreign page's socket gets nothing either.
     ws = await one_site.verify("caddy", "https://dns.example.com/api/ws", cookie=cookie,
@@ -527,13 +580,22 @@ async def test_the_api_is_the_api_however_its_path_is_spelt(one_site: Asker) -> 
     cookie, _ = await one_site.sign_in("dns.example.com", ALICE)
     nav = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Accept": "text/html"}
     for kind in ("caddy", "traefik", "nginx"):
-        for path in ("/api//zones/delete", "/./api/zones/delete", "/%2e/api/zones/delete", "/x/../api/zones/delete",
-                     "/%2E%2E/API//zones/delete", "/api/.//zones/delete"):
-            reply = await one_site.verify(kind, f"https://dns.example.com{path}?zone=example.com", cookie=cookie,
-                                          extra=nav)
+        for path in (
+            "/api//zones/delete",
+            "/./api/zones/delete",
+            "/%2e/api/zones/delete",
+            "/x/../api/zones/delete",
+            "/%2E%2E/API//zones/delete",
+            "/api/.//zones/delete",
+        ):
+            reply = await one_site.verify(
+                kind, f"https://dns.example.com{path}?zone=example.com", cookie=cookie, extra=nav
+            )
             assert reply.status == 403 and "Authorization" not in reply.headers, (kind, path, reply.status)
         # A target that starts with `//` stays refused as malformed, before any decision.
-        reply = await one_site.verify(kind, "https://dns.example.com//api/zones/delete", cookie=cookie, extra=nav)
+        reply = await one_site.verify(
+            kind, "https://dns.example.com//api/zones/delete", cookie=cookie, extra=nav
+        )
         assert reply.status == 400 and "Authorization" not in reply.headers, kind
         # The same spellings from the site itself pass.
         own = await one_site.verify(kind, "https://dns.example.com/./api//zones/list", cookie=cookie,
@@ -552,7 +614,9 @@ async def test_echoing_methods_get_no_credential_through_forward_auth(one_site: 
 PAGE_LOAD = {**BROWSER, "Upgrade-Insecure-Requests": "1"}   # a browser loading a page, without Sec-Fetch-*
 
 
-async def test_a_page_load_of_the_api_needs_a_same_origin_signal(one_site: Asker, dns: FakeTechnitium) -> None:
+async def test_a_page_load_of_the_api_needs_a_same_origin_signal(
+    one_site: Asker, dns: FakeTechnitium
+) -> None:
     """Safari before 16.4 sends no Sec-Fetch-*; from a `no-referrer` page no Origin or Referer either.
     Technitium's GET API changes state, so such a page load gets no credential; scripts still do."""
     cookie, _ = await one_site.sign_in("dns.example.com", ALICE)

@@ -30,15 +30,20 @@ KIND_OF = {"/_authproxy/verify/caddy": "caddy", "/_authproxy/verify/traefik": "t
 PATHS = tuple(KIND_OF)
 
 
-async def _get(http: aiohttp.ClientSession, url: str, headers: Any = None) -> tuple[int, CIMultiDict[str], bytes]:
+async def _get(
+    http: aiohttp.ClientSession, url: str, headers: Any = None
+) -> tuple[int, CIMultiDict[str], bytes]:
     async with http.get(url, headers=headers, allow_redirects=False) as resp:
         return resp.status, CIMultiDict(resp.headers), await resp.read()
 
 
 async def _signed_in(http: aiohttp.ClientSession, gw: Gateway) -> str:
     """alice's session, as a `Cookie` header value."""
-    async with http.post(gw.url + "/_authproxy/api/auth/login", json={"username": ALICE[0], "password": ALICE[1]},
-                         headers={"X-Forwarded-Proto": "https"}) as resp:
+    async with http.post(
+        gw.url + "/_authproxy/api/auth/login",
+        json={"username": ALICE[0], "password": ALICE[1]},
+        headers={"X-Forwarded-Proto": "https"},
+    ) as resp:
         assert resp.status == 200, await resp.text()
         cookie = resp.cookies["__Host-authproxy"].value
     return f"__Host-authproxy={cookie}"
@@ -49,7 +54,9 @@ def _check(cookie: str, *extra: tuple[str, str]) -> CIMultiDict[str]:
 
 
 def _no_credential(status: int, headers: CIMultiDict[str], body: bytes, technitium: FakeTechnitium) -> None:
-    assert "Authorization" not in headers and "X-Authproxy-Token" not in headers and "Remote-User" not in headers
+    assert (
+        "Authorization" not in headers and "X-Authproxy-Token" not in headers and "Remote-User" not in headers
+    )
     for token in technitium.sessions:
         assert token not in str(headers) and token.encode() not in body
     assert FA_SECRET.encode() not in body and HEADER.encode().lower() not in body.lower()
@@ -135,7 +142,12 @@ async def test_the_listener_alone_serves_verify(
     unknown = await _get(http_client, gw.url + "/_authproxy/no-such-endpoint", {"Accept": "application/json"})
     assert unknown[0] == 404
     # The public listener: the same 404 as any unknown authproxy endpoint, whatever the request proves.
-    for path in (*PATHS, "/_authproxy/verify/apache", "/_authproxy/%76erify/caddy", "/_authproxy//verify/nginx"):
+    for path in (
+        *PATHS,
+        "/_authproxy/verify/apache",
+        "/_authproxy/%76erify/caddy",
+        "/_authproxy//verify/nginx",
+    ):
         status, headers, body = await _get(http_client, gw.url + path, _check(cookie, *proof))
         assert (status, body) == (404, unknown[2]), (path, status, body)
         _no_credential(status, headers, body, technitium)
@@ -151,8 +163,13 @@ async def test_the_listener_alone_serves_verify(
         assert status == 403
         _no_credential(status, headers, body, technitium)
     # ...and nothing else: no portal, no API, no proxying there.
-    for path in ("/_authproxy/login", "/_authproxy/api/auth/session", "/_authproxy/healthz", "/api/zones/list",
-                 "/"):
+    for path in (
+        "/_authproxy/login",
+        "/_authproxy/api/auth/session",
+        "/_authproxy/healthz",
+        "/api/zones/list",
+        "/",
+    ):
         status, _, body = await _get(http_client, gw.forward_auth_url + path, {"Cookie": cookie})
         assert status == 404, (path, status, body)
 

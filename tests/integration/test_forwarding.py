@@ -36,7 +36,9 @@ FORGED = {
 }
 
 
-async def echo(client: GatewayClient, method: str = "GET", path: str = "/api/echo", **kw: Any) -> dict[str, Any]:
+async def echo(
+    client: GatewayClient, method: str = "GET", path: str = "/api/echo", **kw: Any
+) -> dict[str, Any]:
     resp = await client.request(method, path, **kw)
     body = await resp.json()
     assert resp.status == 200 and body["status"] == "ok", body
@@ -130,8 +132,9 @@ async def _placement(make_gateway: MakeGateway, client_for: Callable[[Gateway], 
     return seen.headers.get("Authorization"), seen.raw_query
 
 
-async def test_v15_is_detected_and_gets_a_bearer_header(make_gateway: MakeGateway, technitium: FakeTechnitium,
-                                                        client_for: Callable[[Gateway], GatewayClient]) -> None:
+async def test_v15_is_detected_and_gets_a_bearer_header(
+    make_gateway: MakeGateway, technitium: FakeTechnitium, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
     auth, query = await _placement(make_gateway, client_for, technitium)
     token = next(iter(technitium.sessions))
     assert auth == f"Bearer {token}" and query == "x=1"
@@ -159,8 +162,9 @@ async def test_token_mode_setting_forces_query_mode(make_gateway: MakeGateway, t
     assert auth is None and query.startswith("x=1&token=")
 
 
-async def test_token_mode_setting_forces_bearer_mode(make_gateway: MakeGateway, technitium_v14: FakeTechnitium,
-                                                     client_for: Callable[[Gateway], GatewayClient]) -> None:
+async def test_token_mode_setting_forces_bearer_mode(
+    make_gateway: MakeGateway, technitium_v14: FakeTechnitium, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
     auth, query = await _placement(make_gateway, client_for, technitium_v14, TECHNITIUM_TOKEN_MODE="bearer",
                                    TECHNITIUM_API_VERSION="14")
     assert auth is not None and auth.startswith("Bearer ") and query == "x=1"
@@ -193,7 +197,9 @@ async def test_site_allow_lists_apply_to_the_reverse_proxy_too(
     assert (await allowed.request("GET", "/api/echo")).status == 200
 
 
-async def _post_in_two_pieces(gw: Gateway, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+async def _post_in_two_pieces(
+    gw: Gateway, path: str, headers: dict[str, str], body: bytes
+) -> tuple[int, bytes]:
     """A request whose body arrives in two TCP writes 0.2 s apart (a single read() sees only the first)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
     head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\nContent-Length: {len(body)}\r\n"

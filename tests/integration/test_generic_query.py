@@ -77,8 +77,11 @@ pointer = "/sid"
 as = "query"
 name = "sid"
 """, encoding="utf-8")
-    client = client_for(await make_gateway({"TRUST_PROXY": "true", "SESSION_SECRET": SECRET, "ACCESS_LOG": "false"},
-                                           config_file=config))
+    client = client_for(
+        await make_gateway(
+            {"TRUST_PROXY": "true", "SESSION_SECRET": SECRET, "ACCESS_LOG": "false"}, config_file=config
+        )
+    )
     assert (await client.login("anyone", "right")).status == 200
     return client
 

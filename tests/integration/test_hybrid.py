@@ -49,22 +49,48 @@ async def me(c: GatewayClient) -> dict[str, Any]:
 
 def resolves(fake: FakeTechnitium) -> list[str]:
     """The token each dnsClient/resolve call came with."""
-    return [r.headers.get("Authorization", "")[7:] or r.query.get("token", "")
-            for r in fake.requests_to("/api/dnsClient/resolve")]
+    return [
+        r.headers.get("Authorization", "")[7:] or r.query.get("token", "")
+        for r in fake.requests_to("/api/dnsClient/resolve")
+    ]
 
 
 # ---- the check -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("setup", "sections", "words"), [
-    ("admin", ["Administration", "Allowed", "Apps", "Blocked", "Cache", "Dashboard", "DhcpServer", "DnsClient",
-               "Logs", "Settings", "Zones"], "Administration can modify and delete"),
-    ("zones-modify", ["Zones"], "Zones can modify"),
-    ("administration-view", ["Administration"], "Administration can view"),
-])
+@pytest.mark.parametrize(
+    ("setup", "sections", "words"),
+    [
+        (
+            "admin",
+            [
+                "Administration",
+                "Allowed",
+                "Apps",
+                "Blocked",
+                "Cache",
+                "Dashboard",
+                "DhcpServer",
+                "DnsClient",
+                "Logs",
+                "Settings",
+                "Zones",
+            ],
+            "Administration can modify and delete",
+        ),
+        ("zones-modify", ["Zones"], "Zones can modify"),
+        ("administration-view", ["Administration"], "Administration can view"),
+    ],
+)
 async def test_a_too_privileged_token_is_refused_with_the_reason_and_sections(
-        make_gateway: MakeGateway, technitium: FakeTechnitium, client_for: Callable[[Gateway], GatewayClient],
-        audit: Audit, setup: str, sections: list[str], words: str) -> None:
+    make_gateway: MakeGateway,
+    technitium: FakeTechnitium,
+    client_for: Callable[[Gateway], GatewayClient],
+    audit: Audit,
+    setup: str,
+    sections: list[str],
+    words: str,
+) -> None:
     if setup == "admin":
         technitium.add_user(BG, "bg-pass", groups=ADMIN_GROUPS)
         token = technitium.create_session(BG, type="ApiToken", token_name="authproxy")
@@ -93,7 +119,8 @@ async def test_a_too_privileged_token_is_refused_with_the_reason_and_sections(
 
 
 async def test_a_token_that_cannot_view_dns_client_is_refused(
-        make_gateway: MakeGateway, technitium: FakeTechnitium, client_for: Callable[[Gateway], GatewayClient]) -> None:
+    make_gateway: MakeGateway, technitium: FakeTechnitium, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
     technitium.set_group_permission("Everyone", "DnsClient", 0)
     gw = await hybrid(make_gateway, technitium, background_token(technitium))
     state = (await me(client_for(gw)))["backgroundPtrToken"]
@@ -102,24 +129,32 @@ async def test_a_token_that_cannot_view_dns_client_is_refused(
 
 
 async def test_an_unreadable_token_disables_background_work(
-        make_gateway: MakeGateway, technitium: FakeTechnitium, client_for: Callable[[Gateway], GatewayClient]) -> None:
-    gw = await hybrid(make_gateway, technitium, "f" * 64)    # no such session upstream
+    make_gateway: MakeGateway, technitium: FakeTechnitium, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    gw = await hybrid(make_gateway, technitium, "f" * 64)  # no such session upstream
     state = (await me(client_for(gw)))["backgroundPtrToken"]
     assert (state["configured"], state["validated"], state["okForPtr"]) == (True, False, False)
     assert "refused by Technitium" in state["reason"]
 
 
 async def test_a_safe_token_enables_ptr_names_cached_and_asked_with_that_token(
-        make_gateway: MakeGateway, technitium: FakeTechnitium, client_for: Callable[[Gateway], GatewayClient],
-        audit: Audit) -> None:
+    make_gateway: MakeGateway,
+    technitium: FakeTechnitium,
+    client_for: Callable[[Gateway], GatewayClient],
+    audit: Audit,
+) -> None:
     token = background_token(technitium)
     technitium.ptr_records["198.51.100.7"] = "laptop.lan"
     gw = await hybrid(make_gateway, technitium, token)
     c = client_for(gw)
     body = await me(c)
-    assert body["backgroundPtrToken"] == {"configured": True, "validated": True, "okForPtr": True,
-                                          "reason": "ok: DnsClient: View, nothing it can change",
-                                          "tooPrivilegedSections": []}
+    assert body["backgroundPtrToken"] == {
+        "configured": True,
+        "validated": True,
+        "okForPtr": True,
+        "reason": "ok: DnsClient: View, nothing it can change",
+        "tooPrivilegedSections": [],
+    }
     assert body["migrationRequired"] is False and body["authMode"] == "hybrid" and body["sessionAuthEnabled"]
     resp = await c.request("POST", LOGIN, headers=CLIENT, json={"username": ALICE[0], "password": ALICE[1]})
     assert resp.status == 200
@@ -128,18 +163,23 @@ async def test_a_safe_token_enables_ptr_names_cached_and_asked_with_that_token(
     for _ in range(3):
         info = await (await c.request("GET", SESSION)).json()
         assert (info["clientIp"], info["clientName"]) == ("198.51.100.7", "laptop.lan")
-    assert resolves(technitium) == [token]       # once (cached), with the background token, not alice's
+    assert resolves(technitium) == [token]  # once (cached), with the background token, not alice's
     # an address without a name is asked once too, and then remembered as none
     other = client_for(gw)
-    await other.request("POST", LOGIN, headers={"X-Forwarded-For": "203.0.113.9"},
-                        json={"username": ALICE[0], "password": ALICE[1]})
+    await other.request(
+        "POST",
+        LOGIN,
+        headers={"X-Forwarded-For": "203.0.113.9"},
+        json={"username": ALICE[0], "password": ALICE[1]},
+    )
     for _ in range(2):
         assert (await (await other.request("GET", SESSION)).json())["clientName"] is None
     assert resolves(technitium) == [token, token]
 
 
-async def test_the_ptr_cache_is_bounded(make_gateway: MakeGateway, technitium: FakeTechnitium,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_ptr_cache_is_bounded(
+    make_gateway: MakeGateway, technitium: FakeTechnitium, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from authproxy.login import background
 
     monkeypatch.setattr(background, "MAX_NAMES", 3)
@@ -149,19 +189,22 @@ async def test_the_ptr_cache_is_bounded(make_gateway: MakeGateway, technitium: F
         technitium.ptr_records[f"192.0.2.{i}"] = f"host{i}.lan"
         assert await work.name_for(f"192.0.2.{i}") == f"host{i}.lan"
     assert await work.name_for("192.0.2.9") == "host9.lan"
-    assert len(resolves(technitium)) == 10                   # the newest are still cached
+    assert len(resolves(technitium)) == 10  # the newest are still cached
     assert await work.name_for("192.0.2.0") == "host0.lan"
-    assert len(resolves(technitium)) == 11                   # the oldest was dropped: asked again
+    assert len(resolves(technitium)) == 11  # the oldest was dropped: asked again
     assert await work.name_for("not-an-address") is None and len(resolves(technitium)) == 11
 
 
 async def test_privileges_changed_upstream_are_noticed_at_the_next_check(
-        make_gateway: MakeGateway, technitium: FakeTechnitium, client_for: Callable[[Gateway], GatewayClient],
-        audit: Audit) -> None:
+    make_gateway: MakeGateway,
+    technitium: FakeTechnitium,
+    client_for: Callable[[Gateway], GatewayClient],
+    audit: Audit,
+) -> None:
     gw = await hybrid(make_gateway, technitium, background_token(technitium), BACKGROUND_CHECK_INTERVAL="1s")
     c = client_for(gw)
     assert (await me(c))["backgroundPtrToken"]["okForPtr"] is True
-    technitium.set_user_permission(BG, "Zones", 1 | MODIFY)    # an administrator widens it upstream
+    technitium.set_user_permission(BG, "Zones", 1 | MODIFY)  # an administrator widens it upstream
 
     async def state_until(ok: bool) -> dict[str, Any]:
         for _ in range(60):
@@ -176,7 +219,7 @@ async def test_privileges_changed_upstream_are_noticed_at_the_next_check(
     before = len(resolves(technitium))
     technitium.ptr_records["192.0.2.1"] = "box.lan"
     assert await gw.app[keys.BACKGROUND].name_for("192.0.2.1") is None and len(resolves(technitium)) == before
-    technitium.set_user_permission(BG, "Zones", 1)             # and narrows it again
+    technitium.set_user_permission(BG, "Zones", 1)  # and narrows it again
     await state_until(True)
     assert await gw.app[keys.BACKGROUND].name_for("192.0.2.1") == "box.lan"
     assert [x["outcome"] for x in audit.lines("background_token")] == ["safe", "unsafe", "safe"]
@@ -186,8 +229,11 @@ async def test_privileges_changed_upstream_are_noticed_at_the_next_check(
 
 
 async def test_anonymous_requests_in_hybrid_mode_are_refused_on_the_proxy_and_every_forward_auth_endpoint(
-        make_gateway: MakeGateway, technitium: FakeTechnitium, http_client: aiohttp.ClientSession,
-        client_for: Callable[[Gateway], GatewayClient]) -> None:
+    make_gateway: MakeGateway,
+    technitium: FakeTechnitium,
+    http_client: aiohttp.ClientSession,
+    client_for: Callable[[Gateway], GatewayClient],
+) -> None:
     token = background_token(technitium)
     _, entry = new_key("ci")
     gw = await hybrid(make_gateway, technitium, token, FORWARD_AUTH_PORT="0", SERVICE_API_KEYS=entry)
@@ -199,8 +245,12 @@ async def test_anonymous_requests_in_hybrid_mode_are_refused_on_the_proxy_and_ev
     post = await c.request("POST", "/api/zones/create?zone=x.example", headers={"Origin": c.origin})
     assert post.status == 401
     url = "https://dns.example.com/api/zones/list"
-    for path in ("/_authproxy/verify", "/_authproxy/verify/caddy", "/_authproxy/verify/traefik",
-                 "/_authproxy/verify/nginx"):
+    for path in (
+        "/_authproxy/verify",
+        "/_authproxy/verify/caddy",
+        "/_authproxy/verify/traefik",
+        "/_authproxy/verify/nginx",
+    ):
         kind = path.rsplit("/", 1)[1] if path.count("/") == 3 else "traefik"
         async with http_client.get(gw.forward_auth_url + path, headers=proxy_headers(kind, url)) as resp:
             assert resp.status == 401, path
@@ -210,39 +260,54 @@ async def test_anonymous_requests_in_hybrid_mode_are_refused_on_the_proxy_and_ev
         async with http_client.get(gw.forward_auth_url + path, headers=guess) as resp:
             assert resp.status == 401, path
     # upstream, the background token was only ever used for its own check
-    used = {r.path for r in technitium.requests if token in (r.headers.get("Authorization", "") + r.raw_query)}
+    used = {
+        r.path for r in technitium.requests if token in (r.headers.get("Authorization", "") + r.raw_query)
+    }
     assert used == {"/api/user/session/get"}
 
 
 async def test_service_clients_and_people_are_audited_apart(
-        make_gateway: MakeGateway, technitium: FakeTechnitium, http_client: aiohttp.ClientSession,
-        client_for: Callable[[Gateway], GatewayClient], audit: Audit) -> None:
+    make_gateway: MakeGateway,
+    technitium: FakeTechnitium,
+    http_client: aiohttp.ClientSession,
+    client_for: Callable[[Gateway], GatewayClient],
+    audit: Audit,
+) -> None:
     token = background_token(technitium)
     key, entry = new_key("backup-job")
     gw = await hybrid(make_gateway, technitium, token, FORWARD_AUTH_PORT="0", SERVICE_API_KEYS=entry)
     service = client_for(gw)
     echo = await service.request("GET", "/api/echo", headers={"X-API-Key": key})
     got = (await echo.json())["response"]
-    assert echo.status == 200 and got["session"] == {"username": BG, "type": "ApiToken", "tokenName": "authproxy"}
-    assert "x-api-key" not in got["headers"]            # the key is authproxy's: never sent upstream
+    assert echo.status == 200 and got["session"] == {
+        "username": BG,
+        "type": "ApiToken",
+        "tokenName": "authproxy",
+    }
+    assert "x-api-key" not in got["headers"]  # the key is authproxy's: never sent upstream
     bearer = await service.request("GET", "/api/echo", headers={"Authorization": f"Bearer {key}"})
     assert (await bearer.json())["response"]["session"]["username"] == BG
     person = client_for(gw)
     await person.login(*ALICE)
     mine = await (await person.request("GET", "/api/echo")).json()
-    assert mine["response"]["session"]["username"] == "alice"       # a person as themselves
+    assert mine["response"]["session"]["username"] == "alice"  # a person as themselves
     wrong = await service.request("GET", "/api/echo", headers={"X-API-Key": key + "x"})
     assert wrong.status == 401 and (await wrong.json())["error"] == "invalid_api_key"
     # forward auth: the service client's check answers with the service credential
     url = "https://dns.example.com/api/zones/list"
-    async with http_client.get(gw.forward_auth_url + "/_authproxy/verify/caddy",
-                               headers=[*proxy_headers("caddy", url), ("X-API-Key", key)]) as resp:
+    async with http_client.get(
+        gw.forward_auth_url + "/_authproxy/verify/caddy",
+        headers=[*proxy_headers("caddy", url), ("X-API-Key", key)],
+    ) as resp:
         assert resp.status == 200 and resp.headers["Authorization"] == f"Bearer {token}"
 
     service_lines = audit.lines("service_request")
     assert [(x["outcome"], x["actor"], x["user"]) for x in service_lines] == [
-        ("allowed", "service", "backup-job"), ("allowed", "service", "backup-job"),
-        ("invalid_key", "service", ""), ("allowed", "service", "backup-job")]
+        ("allowed", "service", "backup-job"),
+        ("allowed", "service", "backup-job"),
+        ("invalid_key", "service", ""),
+        ("allowed", "service", "backup-job"),
+    ]
     assert service_lines[0]["path"] == "/api/echo" and service_lines[0]["via"] == "api_key"
     logins = audit.lines("login")
     assert [(x["actor"], x["user"]) for x in logins] == [("user", "alice")]
@@ -260,12 +325,16 @@ async def test_service_clients_and_people_are_audited_apart(
 
 
 async def test_migration_end_to_end(
-        make_gateway: MakeGateway, technitium: FakeTechnitium, client_for: Callable[[Gateway], GatewayClient],
-        audit: Audit, caplog: pytest.LogCaptureFixture) -> None:
+    make_gateway: MakeGateway,
+    technitium: FakeTechnitium,
+    client_for: Callable[[Gateway], GatewayClient],
+    audit: Audit,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.DEBUG, logger="authproxy")
     cluster = technitium.create_session("alice", type="ApiToken", token_name="cluster")
-    technitium.add_user("authproxy-background", "taken")     # the name is taken: the new user gets a suffix
-    technitium.add_user("carol", "carol-pass", permissions={})   # may not administer users
+    technitium.add_user("authproxy-background", "taken")  # the name is taken: the new user gets a suffix
+    technitium.add_user("carol", "carol-pass", permissions={})  # may not administer users
     gw = await make_gateway(gateway_env(technitium.url, AUTH_MODE="hybrid", TECHNITIUM_CLUSTER_TOKEN=cluster))
     anon = client_for(gw)
     body = await me(anon)
@@ -278,7 +347,7 @@ async def test_migration_end_to_end(
     await carol.login("carol", "carol-pass")
     denied = await carol.request("POST", MIGRATE, json={})
     assert denied.status == 403 and (await denied.json())["error"] == "forbidden"
-    assert set(technitium.users) == {"alice", "totpuser", "authproxy-background", "carol"}   # nothing made
+    assert set(technitium.users) == {"alice", "totpuser", "authproxy-background", "carol"}  # nothing made
     # checked with carol's own token before anything is attempted
     assert [r.path for r in technitium.requests if r.path.startswith("/api/admin/")] == []
 
@@ -291,12 +360,20 @@ async def test_migration_end_to_end(
     assert made["username"] == "authproxy-background-2" and re.fullmatch(r"[0-9a-f]{64}", token)
     assert made["envLine"] == f"TECHNITIUM_BACKGROUND_TOKEN={token}" and made["check"]["okForPtr"] is True
     steps = [(r.path, dict(r.form or {})) for r in technitium.requests if r.path.startswith("/api/admin/")]
-    assert [p for p, _ in steps] == ["/api/admin/users/list", "/api/admin/users/create", "/api/admin/users/set",
-                                     "/api/admin/permissions/get", "/api/admin/permissions/set",
-                                     "/api/admin/sessions/createToken"]
-    assert steps[1][1]["user"] == "authproxy-background-2"                                # the name suffixed
-    assert steps[2][1] == {"user": "authproxy-background-2", "memberOfGroups": ""}     # out of every group
-    assert steps[4][1] == {"section": "DnsClient", "userPermissions": "authproxy-background-2|true|false|false"}
+    assert [p for p, _ in steps] == [
+        "/api/admin/users/list",
+        "/api/admin/users/create",
+        "/api/admin/users/set",
+        "/api/admin/permissions/get",
+        "/api/admin/permissions/set",
+        "/api/admin/sessions/createToken",
+    ]
+    assert steps[1][1]["user"] == "authproxy-background-2"  # the name suffixed
+    assert steps[2][1] == {"user": "authproxy-background-2", "memberOfGroups": ""}  # out of every group
+    assert steps[4][1] == {
+        "section": "DnsClient",
+        "userPermissions": "authproxy-background-2|true|false|false",
+    }
     user = technitium.users["authproxy-background-2"]
     assert user.groups == ["Everyone"] and user.permissions == {"DnsClient": 1}
     assert technitium.sessions[token].type == "ApiToken"
@@ -304,19 +381,27 @@ async def test_migration_end_to_end(
     admin_calls = [r for r in technitium.requests if r.path.startswith("/api/admin/")]
     assert admin_calls and all(cluster not in r.headers.get("Authorization", "") for r in admin_calls)
     # nothing of it logged or stored
-    assert all(token not in r.getMessage() and token not in str(getattr(r, "fields", "")) for r in caplog.records)
+    assert all(
+        token not in r.getMessage() and token not in str(getattr(r, "fields", "")) for r in caplog.records
+    )
     assert [x["outcome"] for x in audit.lines("background_token_migration")] == ["forbidden", "success"]
     assert all(token not in blob for blob in _store_blobs(gw))
 
     # the operator puts the line in the env file, removes the cluster token, restarts
-    after = await make_gateway(gateway_env(technitium.url, AUTH_MODE="hybrid", TECHNITIUM_BACKGROUND_TOKEN=token))
+    after = await make_gateway(
+        gateway_env(technitium.url, AUTH_MODE="hybrid", TECHNITIUM_BACKGROUND_TOKEN=token)
+    )
     c = client_for(after)
     assert (await c.login(*ALICE)).status == 200
     clean = await me(c)
     assert clean["migrationRequired"] is False and clean["authenticated"] is True
-    assert clean["backgroundPtrToken"] == {"configured": True, "validated": True, "okForPtr": True,
-                                           "reason": "ok: DnsClient: View, nothing it can change",
-                                           "tooPrivilegedSections": []}
+    assert clean["backgroundPtrToken"] == {
+        "configured": True,
+        "validated": True,
+        "okForPtr": True,
+        "reason": "ok: DnsClient: View, nothing it can change",
+        "tooPrivilegedSections": [],
+    }
     assert 'id="migration"' not in await (await c.request("GET", "/_authproxy/login")).text()
 
 
@@ -330,58 +415,107 @@ def _store_blobs(gw: Gateway) -> list[str]:
 
 
 async def test_migration_refuses_a_token_everyone_would_make_unsafe(
-        make_gateway: MakeGateway, technitium: FakeTechnitium, client_for: Callable[[Gateway], GatewayClient]) -> None:
-    technitium.set_group_permission("Everyone", "Zones", 1 | MODIFY)    # cannot be left: no safe user possible
+    make_gateway: MakeGateway, technitium: FakeTechnitium, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    technitium.set_group_permission("Everyone", "Zones", 1 | MODIFY)  # cannot be left: no safe user possible
     cluster = technitium.create_session("alice", type="ApiToken", token_name="cluster")
-    gw = await make_gateway(gateway_env(technitium.url, AUTH_SESSION_ENABLED="true", TECHNITIUM_CLUSTER_TOKEN=cluster))
+    gw = await make_gateway(
+        gateway_env(technitium.url, AUTH_SESSION_ENABLED="true", TECHNITIUM_CLUSTER_TOKEN=cluster)
+    )
     alice = client_for(gw)
     await alice.login(*ALICE)
     resp = await alice.request("POST", MIGRATE)
     body = await resp.json()
     assert resp.status == 409 and body["error"] == "unsafe_token" and "Zones can modify" in body["message"]
-    assert "token" not in body and "authproxy-background" not in technitium.users     # taken away again
+    assert "token" not in body and "authproxy-background" not in technitium.users  # taken away again
 
 
 async def test_migration_on_the_command_line(technitium: FakeTechnitium, tmp_path: Any) -> None:
     cluster = technitium.create_session("alice", type="ApiToken", token_name="cluster")
-    env = base_env(UPSTREAM_URL=technitium.url, UPSTREAM_TYPE="technitium", AUTH_MODE="hybrid", TRUST_PROXY="true",
-                   TECHNITIUM_CLUSTER_TOKEN=cluster, AUTHPROXY_DATA_DIR=str(tmp_path))
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "authproxy", "technitium", "migrate", env=env,
-                                                cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    env = base_env(
+        UPSTREAM_URL=technitium.url,
+        UPSTREAM_TYPE="technitium",
+        AUTH_MODE="hybrid",
+        TRUST_PROXY="true",
+        TECHNITIUM_CLUSTER_TOKEN=cluster,
+        AUTHPROXY_DATA_DIR=str(tmp_path),
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "authproxy",
+        "technitium",
+        "migrate",
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err
     [line] = out.decode().splitlines()
     token = line.removeprefix("TECHNITIUM_BACKGROUND_TOKEN=")
     assert re.fullmatch(r"[0-9a-f]{64}", token) and token not in err.decode()
-    assert "authproxy-background" in err.decode() and technitium.users["authproxy-background"].groups == ["Everyone"]
+    assert "authproxy-background" in err.decode() and technitium.users["authproxy-background"].groups == [
+        "Everyone"
+    ]
     # a token that may not administer users: refused, nothing made
     weak = technitium.create_session("authproxy-background", type="ApiToken", token_name="x")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "authproxy", "technitium", "migrate", env={**env, "TECHNITIUM_CLUSTER_TOKEN": weak},
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "authproxy",
+        "technitium",
+        "migrate",
+        env={**env, "TECHNITIUM_CLUSTER_TOKEN": weak},
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 1 and out == b"" and "may not administer users" in err.decode()
     assert "authproxy-background-2" not in technitium.users
 
 
 async def test_service_key_on_the_command_line(tmp_path: Any) -> None:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "authproxy", "service-key", "ci",
-                                                env=base_env(), cwd=ROOT, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "authproxy",
+        "service-key",
+        "ci",
+        env=base_env(),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     key, entry = out.decode().splitlines()
     from authproxy.config.loader import load_config
     from authproxy.login.service import ApiKeys, ServiceClient
 
-    config = load_config({"UPSTREAM_URL": "http://127.0.0.1:1", "UPSTREAM_TYPE": "technitium", "TRUST_PROXY": "1",
-                          "AUTH_MODE": "hybrid", "TECHNITIUM_BACKGROUND_TOKEN": "t" * 64, "SERVICE_API_KEYS": entry})
-    assert ApiKeys(config.server.service_api_keys).authenticate({"X-API-Key": key}) == ServiceClient("ci", "api_key")
+    config = load_config(
+        {
+            "UPSTREAM_URL": "http://127.0.0.1:1",
+            "UPSTREAM_TYPE": "technitium",
+            "TRUST_PROXY": "1",
+            "AUTH_MODE": "hybrid",
+            "TECHNITIUM_BACKGROUND_TOKEN": "t" * 64,
+            "SERVICE_API_KEYS": entry,
+        }
+    )
+    assert ApiKeys(config.server.service_api_keys).authenticate({"X-API-Key": key}) == ServiceClient(
+        "ci", "api_key"
+    )
     assert key not in entry
 
 
-async def test_a_hung_upstream_does_not_hold_up_the_start(make_gateway: MakeGateway, technitium: FakeTechnitium,
-                                                          monkeypatch: pytest.MonkeyPatch,
-                                                          client_for: Callable[[Gateway], GatewayClient]) -> None:
+async def test_a_hung_upstream_does_not_hold_up_the_start(
+    make_gateway: MakeGateway,
+    technitium: FakeTechnitium,
+    monkeypatch: pytest.MonkeyPatch,
+    client_for: Callable[[Gateway], GatewayClient],
+) -> None:
     """The first check is waited for only briefly; its verdict lands when the upstream answers."""
     from authproxy.login import background
 
@@ -409,18 +543,21 @@ async def test_a_hung_upstream_does_not_hold_up_the_start(make_gateway: MakeGate
     assert (await me(c))["backgroundPtrToken"]["okForPtr"] is True
 
 
-async def test_auth_mode_none_says_so_in_me(make_gateway: MakeGateway, technitium: FakeTechnitium,
-                                            client_for: Callable[[Gateway], GatewayClient]) -> None:
-    gw = await make_gateway(gateway_env(technitium.url, AUTH_MODE="apiKey", TECHNITIUM_TOKEN=background_token(technitium)))
+async def test_auth_mode_none_says_so_in_me(
+    make_gateway: MakeGateway, technitium: FakeTechnitium, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    gw = await make_gateway(
+        gateway_env(technitium.url, AUTH_MODE="apiKey", TECHNITIUM_TOKEN=background_token(technitium))
+    )
     body = await me(client_for(gw))
     assert body["authMode"] == "none" and body["sessionAuthEnabled"] is False
     assert "shared service credential" in body["warning"]
-    assert body["backgroundPtrToken"]["configured"] is False    # no background token apart from the requests'
+    assert body["backgroundPtrToken"]["configured"] is False  # no background token apart from the requests'
 
 
 async def test_technitium_v14_reads_the_token_from_the_query(
-        make_gateway: MakeGateway, technitium_v14: FakeTechnitium,
-        client_for: Callable[[Gateway], GatewayClient]) -> None:
+    make_gateway: MakeGateway, technitium_v14: FakeTechnitium, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
     token = background_token(technitium_v14)
     technitium_v14.ptr_records["192.0.2.5"] = "printer.lan"
     gw = await hybrid(make_gateway, technitium_v14, token)

@@ -95,8 +95,10 @@ async def world() -> AsyncIterator[World]:
     sessions.start()
     timers = ManualTimers(clock)
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
-        site = Site(config=SiteConfig(name="dns", upstream_url=fake.url, type="technitium"),
-                    adapter=TechnitiumAdapter(SiteConfig(name="dns", upstream_url=fake.url, type="technitium"), http))
+        site = Site(
+            config=SiteConfig(name="dns", upstream_url=fake.url, type="technitium"),
+            adapter=TechnitiumAdapter(SiteConfig(name="dns", upstream_url=fake.url, type="technitium"), http),
+        )
         keepalive = UpstreamKeepalive(sessions, lambda name: site.adapter, timer=timers)
         store.subscribe(CHANNEL, keepalive.invalidated)
         login = PassthroughLogin(sessions, Regulator(store, ThrottleConfig()), keepalive)

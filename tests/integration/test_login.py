@@ -60,7 +60,9 @@ async def test_totp_two_steps_through_the_json_api(client: GatewayClient, techni
     assert (await me.json())["user"] == "totpuser"
 
 
-async def test_totp_two_steps_through_the_html_form(client: GatewayClient, technitium: FakeTechnitium) -> None:
+async def test_totp_two_steps_through_the_html_form(
+    client: GatewayClient, technitium: FakeTechnitium
+) -> None:
     page = await client.request("GET", "/_authproxy/login?rd=/zones", headers=BROWSER)
     html = await page.text()
     assert page.status == 200 and 'name="rd" value="/zones"' in html
@@ -120,16 +122,33 @@ async def test_bad_json_and_wrong_content_types_get_clear_4xx(client: GatewayCli
         ({"Content-Type": "application/json"}, b"[1,2]", 400, "bad_request"),
         ({"Content-Type": "application/json"}, b'{"username": "alice"}', 400, "bad_request"),
         ({"Content-Type": "application/json"}, b'{"username": 5, "password": []}', 400, "bad_request"),
-        ({"Content-Type": "application/json"}, b'{"username": "a\\u0000b", "password": "x"}', 400,
-         "bad_request"),
-        ({"Content-Type": "application/json"}, b'{"username": "alice", "password": "x", "totp": "12ab"}', 400,
-         "bad_request"),
+        (
+            {"Content-Type": "application/json"},
+            b'{"username": "a\\u0000b", "password": "x"}',
+            400,
+            "bad_request",
+        ),
+        (
+            {"Content-Type": "application/json"},
+            b'{"username": "alice", "password": "x", "totp": "12ab"}',
+            400,
+            "bad_request",
+        ),
         ({"Content-Type": "application/json"}, b"\xff\xfe", 400, "bad_json"),
         ({"Content-Type": "text/plain"}, b"username=alice", 415, "unsupported_media_type"),
         ({}, b"", 415, "unsupported_media_type"),
-        ({"Content-Type": "application/x-www-form-urlencoded"}, b"username=%ff&password=x", 400, "bad_request"),
-        ({"Content-Type": "application/json"}, b'{"username":"alice","password":"' + b"x" * 20000 + b'"}', 413,
-         "bad_request"),
+        (
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            b"username=%ff&password=x",
+            400,
+            "bad_request",
+        ),
+        (
+            {"Content-Type": "application/json"},
+            b'{"username":"alice","password":"' + b"x" * 20000 + b'"}',
+            413,
+            "bad_request",
+        ),
     ]
     for headers, body, status, code in cases:
         resp = await client.request("POST", LOGIN, data=body, headers=headers)
@@ -141,6 +160,43 @@ async def test_bad_json_and_wrong_content_types_get_clear_4xx(client: GatewayCli
     assert technitium.requests_to("/api/user/login") == []  # nothing reached the upstream
 
 
+async def test_deep_json_and_names_that_are_not_text_get_400(client: GatewayClient,
+                                                             technitium: FakeTechnitium) -> None:
+    """Both were 500s: json.loads raises RecursionError (not ValueError) on deep nesting, and a lone
+    surrogate (`\\ud800`, valid JSON) broke the throttle key's `.encode()` after parsing."""
+    def login(name: str, password: str = "x") -> bytes:
+        return b'{"username": "' + name.encode() + b'", "password": "' + password.encode() + b'"}'
+
+    cases = [
+        (b"[" * 15000, "bad_json", "not valid JSON"),
+        (b"[" * 8000 + b"]" * 8000, "bad_json", "not valid JSON"),
+        (b'{"a":' * 1200 + b"1" + b"}" * 1200, "bad_json", "not valid JSON"),
+        (
+            b'{"username": "alice", "password": "x", "totp": ' + b"9" * 5000 + b"}",
+            "bad_json",
+            "not valid JSON",
+        ),
+        (login("\\ud800"), "bad_request", "username is not valid text"),
+        (login("ali\\udfffce"), "bad_request", "username is not valid text"),
+        (login("alice\\u0085"), "bad_request", "username contains a control character"),
+        (login("alice\\u009b2J"), "bad_request", "username contains a control character"),
+        (login("alice", "pa\\ud83dss"), "bad_request", "password is not valid text"),
+        (
+            b'{"username": "alice", "password": "x", "totp": "\\u0661\\u0662\\u0663\\u0664\\u0665\\u0666"}',
+            "bad_request",
+            "code must be digits",
+        ),
+    ]
+    for body, code, message in cases:
+        resp = await client.request("POST", LOGIN, data=body, headers={"Content-Type": "application/json"})
+        answer = await resp.json()
+        assert (resp.status, answer["error"]) == (400, code), (body[:60], answer)
+        assert message in answer["message"], answer
+    assert technitium.requests_to("/api/user/login") == []  # refused before the throttle and the upstream
+    ok = await client.login("alice", "alice-pass")  # and the address was not counted against
+    assert ok.status == 200
+
+
 async def test_open_redirect_rd_values_fall_back_to_root(client: GatewayClient) -> None:
     evil = ["https://evil.example/", "//evil.example", "/\\evil.example", "http://evil.example",
             "javascript:alert(1)", "/%2F%2Fevil.example", "/ok\r\nSet-Cookie: x=1", "https:evil.example",
@@ -149,8 +205,9 @@ async def test_open_redirect_rd_values_fall_back_to_root(client: GatewayClient) 
         resp = await client.login("alice", "alice-pass", rd=rd)
         assert resp.status == 200
         assert (await resp.json())["redirect"] == "/", rd
-        form = await client.request("POST", LOGIN, data={"username": "alice", "password": "alice-pass", "rd": rd},
-                                    headers=BROWSER)
+        form = await client.request(
+            "POST", LOGIN, data={"username": "alice", "password": "alice-pass", "rd": rd}, headers=BROWSER
+        )
         assert form.status == 303 and form.headers["Location"] == "/", rd
     good = await client.login("alice", "alice-pass", rd="/zones?x=1#top")
     assert (await good.json())["redirect"] == "/zones?x=1#top"

@@ -85,8 +85,13 @@ def standard_tokens(fake: FakeTechnitium, user: str) -> list[str]:
 async def ui_login(answers: Answers, client: GatewayClient, user: str, password: str,
                    totp: str = "", **kw: Any) -> dict[str, Any]:
     """The UI's own login call, exactly as its auth.js sends it (a urlencoded POST, totp always present)."""
-    return await answers.json(client, "POST", UI_LOGIN,
-                              data={"user": user, "pass": password, "totp": totp, "includeInfo": "true"}, **kw)
+    return await answers.json(
+        client,
+        "POST",
+        UI_LOGIN,
+        data={"user": user, "pass": password, "totp": totp, "includeInfo": "true"},
+        **kw,
+    )
 
 
 # ---------------------------------------------------------------- the pure part
@@ -106,9 +111,15 @@ def test_rewrite_replaces_every_real_token_and_the_token_fields() -> None:
     own = session_placeholder(key, "dns")
     body = json.dumps({"token": real, "note": f"x{real}y", "response": {"token": other}}).encode()
     out = json.loads(rewrite_tokens(body, key=key, site="dns", real=real))
-    assert out == {"token": own, "note": f"x{own}y", "response": {"token": derived_placeholder(key, "dns", other)}}
+    assert out == {
+        "token": own,
+        "note": f"x{own}y",
+        "response": {"token": derived_placeholder(key, "dns", other)},
+    }
     # Not JSON, or no token field: only the raw replacement, bytes otherwise untouched.
-    assert rewrite_tokens(b"plain " + real.encode(), key=key, site="dns", real=real) == b"plain " + own.encode()
+    assert (
+        rewrite_tokens(b"plain " + real.encode(), key=key, site="dns", real=real) == b"plain " + own.encode()
+    )
     untouched = b'{"status": "ok",  "zones": []}'
     assert rewrite_tokens(untouched, key=key, site="dns", real=real) is untouched
 

@@ -48,9 +48,14 @@ async def test_which_check_failed_is_told_only_to_trusted_peers_asking_for_thems
     gw = await make_gateway(gateway_env(technitium.url, TRUSTED_PROXIES="127.0.0.2/32"))
     checks = {"store": "ok", "upstream:technitium": "ok"}
     assert (await ready(gw.url, source="127.0.0.2"))[:2] == (200, {"status": "ok", "checks": checks})
-    assert (await ready(gw.url, source="127.0.0.1"))[:2] == (200, {"status": "ok"})          # not trusted
-    for relayed in ({"X-Forwarded-For": "203.0.113.9"}, {"X-Forwarded-Proto": "https"}, {"Forwarded": "for=x"},
-                    {"X-Real-IP": "203.0.113.9"}, {"Via": "1.1 caddy"}):
+    assert (await ready(gw.url, source="127.0.0.1"))[:2] == (200, {"status": "ok"})  # not trusted
+    for relayed in (
+        {"X-Forwarded-For": "203.0.113.9"},
+        {"X-Forwarded-Proto": "https"},
+        {"Forwarded": "for=x"},
+        {"X-Real-IP": "203.0.113.9"},
+        {"Via": "1.1 caddy"},
+    ):
         # the trusted proxy passing on a client's request: the client sees the status only
         assert (await ready(gw.url, source="127.0.0.2", headers=relayed))[:2] == (200, {"status": "ok"})
 

@@ -7,11 +7,20 @@ import asyncio
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
+import pytest
 from yarl import URL
 
 from authproxy import keys
+from authproxy.config.schema import SessionConfig
+from authproxy.crypto import Keyring, Secret
+from authproxy.sessions.manager import LoadedSession, SessionManager
+from authproxy.sessions.model import Credential, Identity
+from authproxy.sessions.redis import RedisStore
+from authproxy.sessions.sqlite import SQLiteStore
+from authproxy.sessions.store import SessionStore
 from tests.fakes.technitium import FakeClock, FakeTechnitium
 from tests.integration.conftest import BROWSER, HEARTBEAT, LOGOUT, SESSION, Audit
 from tests.support.gateway import Gateway, GatewayClient, MakeGateway, gateway_env
@@ -95,7 +104,9 @@ async def test_upstream_invalid_token_sends_the_browser_to_the_login_page(
     assert resp.status == 302
     location = URL(resp.headers["Location"])
     assert location.path == "/_authproxy/login"
-    assert location.query["rd"] == "/api/dashboard/stats/get?type=LastHour" and location.query["expired"] == "1"
+    assert (
+        location.query["rd"] == "/api/dashboard/stats/get?type=LastHour" and location.query["expired"] == "1"
+    )
     page = await client.request("GET", str(location), headers=BROWSER)
     assert "Your session has ended" in await page.text()
     # The session is gone, so the next navigation goes to the login page too (no loop through upstream).
@@ -168,8 +179,11 @@ async def test_sign_out_everywhere_ends_every_session_of_the_account(
         {"authenticated": False, "loggedOut": True}
     assert await authenticated(laptop)
     # Bad input changes nothing: 400, still signed in.
-    for body in ({"json": {"everywhere": "yes"}}, {"data": b"{", "headers": {"Content-Type": "application/json"}},
-                 {"data": {"everywhere": "maybe"}}):
+    for body in (
+        {"json": {"everywhere": "yes"}},
+        {"data": b"{", "headers": {"Content-Type": "application/json"}},
+        {"data": {"everywhere": "maybe"}},
+    ):
         resp = await phone.request("POST", LOGOUT, **body)
         assert resp.status == 400, body
         assert (await resp.json())["error"] in ("bad_request", "bad_json")
@@ -289,20 +303,105 @@ async def test_sessions_survive_a_restart_with_redis(
     assert await api_status(c2) == (200, "ok")
 
 
-async def test_logout_on_one_replica_ends_the_session_on_the_other(
-        make_gateway: MakeGateway, technitium: FakeTechnitium, client_for: Callable[[Gateway], GatewayClient],
-        redis_url: str) -> None:
-    env = gateway_env(technitium.url, REDIS_URL=redis_url)
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+async def test_logout_on_one_replica_ends_the_session_on_the_other_before_it_answers(
+        store: str, make_gateway: MakeGateway, technitium: FakeTechnitium,
+        client_for: Callable[[Gateway], GatewayClient], request: pytest.FixtureRequest) -> None:
+    """Two workers on one SQLite file (one data directory), or two replicas on one Redis; the upstream's
+    logout fails, so its token would still work: the very next request on the other one is refused."""
+    env = gateway_env(technitium.url)
+    if store == "redis":
+        env["REDIS_URL"] = request.getfixturevalue("redis_url")
     one, two = client_for(await make_gateway(env)), client_for(await make_gateway(env))
+    technitium.logout_fails = True
     await one.login("alice", "alice-pass")
     two.cookie = one.cookie
     assert await api_status(two) == (200, "ok")  # cached on replica two now
     assert (await one.request("POST", LOGOUT)).status == 200
-    for _ in range(40):  # pub/sub delivery, well within the 2 s the cached copy would otherwise live
-        if await api_status(two) == (401, "unauthenticated"):
-            break
-        await asyncio.sleep(0.025)
     assert await api_status(two) == (401, "unauthenticated")
+    assert len(technitium.sessions) == 1  # not thanks to the upstream
+
+
+# ---- revocation across workers, at the session manager ------------------------------------------------
+
+def _gated(store_class: type[SessionStore]) -> type[SessionStore]:
+    """`store_class` whose next session GET reads the row at once but hands it back only when `gate`
+    opens: a logout elsewhere can land between the two."""
+
+    class Gated(store_class):  # type: ignore[valid-type,misc]
+        gate: asyncio.Event | None = None
+        read = asyncio.Event()
+
+        async def get(self, key: str) -> bytes | None:
+            value: bytes | None = await super().get(key)
+            gate = self.gate
+            if gate is not None and key.startswith("s:"):
+                self.gate = None
+                self.read.set()
+                await gate.wait()
+            return value
+
+    return Gated
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def workers(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[list[SessionManager]]:
+    """Two session managers, each with its own store instance on one SQLite file (an event poll too
+    slow to matter) or one Redis; cached copies live 2 s on a fake clock. The second one's store is gated."""
+    if request.param == "sqlite":
+        path = tmp_path / "sessions.sqlite3"
+        stores = [SQLiteStore(path, poll_interval=60.0), _gated(SQLiteStore)(path, poll_interval=60.0)]
+    else:
+        url = request.getfixturevalue("redis_url")
+        stores = [RedisStore(url), _gated(RedisStore)(url)]
+    clock = FakeClock(1_000_000.0)
+    config = SessionConfig(idle_timeout=600, max_age=3600, cache_ttl=2.0)
+    managers = []
+    for store in stores:
+        await store.start()
+        manager = SessionManager(store=store, keyring=Keyring([Secret("k" * 40)]), config=config, clock=clock)
+        manager.start()
+        managers.append(manager)
+    yield managers
+    for store in stores:
+        await store.close()
+
+
+async def _sign_in(manager: SessionManager) -> tuple[LoadedSession, str]:
+    return await manager.create(user="alice", site="dns", identity=Identity(username="alice"),
+                                credential=Credential(secret="upstream-token"), client_ip="192.0.2.1")
+
+
+async def test_a_logout_or_revocation_is_in_effect_on_every_worker_when_it_returns(
+        workers: list[SessionManager]) -> None:
+    a, b = workers
+    loaded, cookie = await _sign_in(a)
+    assert await b.load(cookie) is not None            # cached on b
+    await a.destroy(loaded)                             # logout on a
+    assert await b.load(cookie) is None                 # no cached copy on b outlives it
+    (first, one), (_, two) = await _sign_in(a), await _sign_in(a)
+    assert await b.load(one) is not None and await b.load(two) is not None
+    assert await a.destroy_everywhere(first) == 2       # sign out everywhere
+    assert await b.load(one) is None and await b.load(two) is None
+
+
+async def test_a_read_under_way_before_a_logout_serves_no_request_that_starts_after_it(
+        workers: list[SessionManager]) -> None:
+    a, b = workers
+    _, cookie = await _sign_in(a)
+    assert await b.load(cookie) is not None
+    b.clock.advance(3)                                  # type: ignore[attr-defined]  # b's copy is stale
+    store = b.store
+    store.gate = gate = asyncio.Event()                 # type: ignore[attr-defined]
+    before = asyncio.create_task(b.load(cookie))        # a request on b re-reads the session...
+    await store.read.wait()                             # type: ignore[attr-defined]  # ...and has read it
+    victim = await a.load(cookie)
+    assert victim is not None
+    await a.destroy(victim)                             # then the logout on a answers
+    asyncio.get_running_loop().call_later(0.2, gate.set)
+    assert await b.load(cookie) is None                 # a request that starts now must not share that read
+    await before                                        # (concurrent with the logout: either answer is fair)
+    assert await b.load(cookie) is None
 
 
 async def test_a_save_after_a_logout_never_brings_the_session_back(
@@ -322,7 +421,9 @@ async def test_a_save_after_a_logout_never_brings_the_session_back(
     assert not await authenticated(client)
 
 
-async def test_a_heartbeat_for_a_session_gone_from_the_store_says_so(gw: Gateway, client: GatewayClient) -> None:
+async def test_a_heartbeat_for_a_session_gone_from_the_store_says_so(
+    gw: Gateway, client: GatewayClient
+) -> None:
     # Another replica's logout whose invalidation this one has not seen yet: the cache still holds the
     # session, but sliding its TTL finds nothing, and the heartbeat must not answer 200.
     await client.login("alice", "alice-pass")

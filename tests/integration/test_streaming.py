@@ -160,7 +160,9 @@ async def test_a_large_upload_streams_with_bounded_memory(bulk_client: GatewayCl
     assert rss.growth < 60 * MiB, f"RSS grew by {rss.growth / MiB:.1f} MiB"
 
 
-async def test_encoded_slashes_and_odd_bytes_stay_as_sent(bulk_client: GatewayClient, bulk: BulkUpstream) -> None:
+async def test_encoded_slashes_and_odd_bytes_stay_as_sent(
+    bulk_client: GatewayClient, bulk: BulkUpstream
+) -> None:
     token = "&token=" + "s" * 64  # AUTH_MODE=none, unknown version: the service token goes in the query
     for raw in ("/api/zones/records/get/a%2Fb?domain=x%2Fy&zone=%2F",
                 "/files/a%2Fb/%2e%2ex/c%252F?q=%20+%2B",  # (a real %2e%2e segment: 400, test_bad_input)

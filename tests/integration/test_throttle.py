@@ -18,7 +18,9 @@ def from_ip(ip: str) -> dict[str, str]:
     return {"X-Forwarded-For": ip}
 
 
-async def attempt(client: GatewayClient, user: str, password: str, ip: str = "198.51.100.7") -> tuple[int, dict[str, str], dict[str, object]]:
+async def attempt(
+    client: GatewayClient, user: str, password: str, ip: str = "198.51.100.7"
+) -> tuple[int, dict[str, str], dict[str, object]]:
     resp = await client.request("POST", LOGIN, json={"username": user, "password": password},
                                 headers=from_ip(ip))
     return resp.status, dict(resp.headers), await resp.json()
@@ -83,7 +85,9 @@ async def test_a_burst_of_parallel_guesses_gets_no_more_than_the_budget(
     assert statuses == [401] * 5 + [429] * 15
     assert len(technitium.requests_to("/api/user/login")) - asked == 5
     # Across usernames, one address gets the per-address budget and no more.
-    results = await asyncio.gather(*(attempt(client, f"user{i}", "wrong", ip="198.51.100.40") for i in range(20)))
+    results = await asyncio.gather(
+        *(attempt(client, f"user{i}", "wrong", ip="198.51.100.40") for i in range(20))
+    )
     assert sorted(status for status, _, _ in results) == [401] * 5 + [429] * 15
 
 
@@ -108,7 +112,11 @@ async def test_sign_ins_that_are_not_failures_give_their_count_back(
 def test_client_network_is_the_ipv4_address_or_the_ipv6_64() -> None:
     assert client_network("203.0.113.7") == "203.0.113.7"
     assert client_network("::ffff:203.0.113.7") == "203.0.113.7"
-    assert client_network("2001:db8:aa:bb:1:2:3:4") == client_network("2001:db8:aa:bb::9") == "2001:db8:aa:bb::/64"
+    assert (
+        client_network("2001:db8:aa:bb:1:2:3:4")
+        == client_network("2001:db8:aa:bb::9")
+        == "2001:db8:aa:bb::/64"
+    )
     assert client_network("fe80::1%eth0") == "fe80::/64"
     assert client_network("not-an-ip") == "not-an-ip"
 

@@ -59,7 +59,9 @@ async def test_a_code_opens_one_session_on_every_worker(
         assert again.status == 401 and await again.json() == WRONG_CODE
         assert worker is a or worker.cookie is None
     # Technitium's own UI signs in through authproxy too: the same refusal, in Technitium's envelope.
-    ui = await b.request("POST", "/api/user/login", data={"user": "totpuser", "pass": "totp-pass", "totp": code})
+    ui = await b.request(
+        "POST", "/api/user/login", data={"user": "totpuser", "pass": "totp-pass", "totp": code}
+    )
     assert await ui.json(content_type=None) == {"status": "error", "errorMessage": WRONG_CODE["message"]}
     assert len(technitium.requests_to("/api/user/login")) == asked   # refused before the upstream
     wrong = await b.login("totpuser", "totp-pass", totp="000000" if code != "000000" else "111111")

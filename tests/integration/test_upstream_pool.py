@@ -208,7 +208,9 @@ async def test_timeouts_refusals_and_garbage_raise_client_errors(
     raw = await start_answering(serve, b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n")
     with pytest.raises(aiohttp.ClientResponseError):
         await get(pool, raw)
-    raw = await start_answering(serve, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", close_after=True)
+    raw = await start_answering(
+        serve, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", close_after=True
+    )
     with pytest.raises(aiohttp.ClientPayloadError):
         await get(pool, raw)
     url = raw.url

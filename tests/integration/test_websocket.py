@@ -138,6 +138,20 @@ async def test_frames_round_trip_and_the_handshake_carries_only_the_real_credent
     assert [r.getMessage() for r in caplog.records if r.name.startswith("aiohttp")] == []
 
 
+async def test_a_handshake_with_expect_100_continue_still_opens(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        upstream: SocketUpstream) -> None:
+    """Expect went on to the upstream, which answered `100 Continue` first: read as its refusal, a 502
+    (found by tests/integration/test_fuzz.py). A handshake has no body, so it carries no Expect on."""
+    gw, client = await signed_in(make_gateway, client_for, upstream)
+    ws = await open_ws(gw, client, headers=ws_headers(client, Expect="100-continue"))
+    await ws.send_str("still here")
+    assert (await ws.receive(timeout=WAIT)).data == "still here"
+    assert "Expect" not in upstream.handshakes[-1].headers
+    await ws.close()
+    await assert_no_bridges(gw)
+
+
 async def test_close_codes_cross_the_bridge_both_ways(
         make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
         upstream: SocketUpstream) -> None:
@@ -169,7 +183,9 @@ async def test_an_upstream_that_vanishes_gets_the_client_a_1011(
 async def test_service_credential_in_auth_mode_none_goes_in_query_and_header(
         make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient], upstream: SocketUpstream,
         http_client: aiohttp.ClientSession) -> None:
-    async with http_client.post(upstream.url + "/api/user/login", data={"user": ALICE[0], "pass": ALICE[1]}) as r:
+    async with http_client.post(
+        upstream.url + "/api/user/login", data={"user": ALICE[0], "pass": ALICE[1]}
+    ) as r:
         service_token = (await r.json())["token"]
     gw = await make_gateway(gateway_env(upstream.url, AUTH_MODE="none", UPSTREAM_SERVICE_TOKEN=service_token))
     client = client_for(gw)

@@ -45,7 +45,9 @@ class Gateway:
         """The forward-auth listener (FORWARD_AUTH_PORT), where the proxies' checks go."""
         runner = self.app.get(forward_auth.LISTENER)
         if runner is None:
-            raise AssertionError("this gateway has no forward-auth listener; set FORWARD_AUTH_PORT (0: any port)")
+            raise AssertionError(
+                "this gateway has no forward-auth listener; set FORWARD_AUTH_PORT (0: any port)"
+            )
         host, port = runner.addresses[0][:2]
         return f"http://{host}:{port}"
 

@@ -125,7 +125,7 @@ class Check:
 
 
 def _edit(text: str, pattern: str, replacement: str, where: Path) -> str:
-    """`text` with the one match of the regex `pattern` replaced; the shipped file changed if there is not one."""
+    """`text` with the one match of the regex `pattern` replaced (none: the shipped file changed)."""
     edited, count = re.subn(pattern, lambda _: replacement, text, flags=re.MULTILINE)
     if count != 1:
         raise AssertionError(f"{where}: expected exactly one match of {pattern!r}, found {count}")
@@ -143,7 +143,8 @@ def find_binary(kind: str) -> Path:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
     pytest.fail(
-        f"{kind} binary not found (looked in {', '.join(map(str, candidates))}); install {_INSTALL_HINT[kind]}"
+        f"{kind} binary not found (looked in {', '.join(map(str, candidates))}); "
+        f"install {_INSTALL_HINT[kind]}"
     )
 
 
@@ -204,7 +205,11 @@ def launch_caddy(
     port = free_port()
     state = workdir / "state"
     state.mkdir(parents=True, exist_ok=True)
-    https = "\tlocal_certs\n\tskip_install_trust\n\tauto_https disable_redirects\n" if tls else "\tauto_https off\n"
+    https = (
+        "\tlocal_certs\n\tskip_install_trust\n\tauto_https disable_redirects\n"
+        if tls
+        else "\tauto_https off\n"
+    )
     global_options = (
         f"{{\n\tadmin off\n{https}\tpersist_config off\n\tdefault_bind 127.0.0.1\n"
         f"\tgrace_period 1s\n\tstorage file_system {state}\n}}\n"
@@ -216,7 +221,9 @@ def launch_caddy(
         if check.secret:
             text = _edit(text, r"# header_up X-Authproxy-Secret ", "header_up X-Authproxy-Secret ", shipped)
         if check.published:
-            text = _edit(text, r"^[ \t]*handle /_authproxy/verify\* \{\s*respond 404\s*\}[ \t]*\n", "", shipped)
+            text = _edit(
+                text, r"^[ \t]*handle /_authproxy/verify\* \{\s*respond 404\s*\}[ \t]*\n", "", shipped
+            )
         imported = workdir / f"shipped-{shipped.name}"
         imported.write_text(text, encoding="utf-8")
     if recipe == "default":
@@ -281,13 +288,17 @@ def launch_nginx(
         site = _edit(site, r'# proxy_set_header X-Authproxy-Secret "<FORWARD_AUTH_SECRET>";',
                      f'proxy_set_header X-Authproxy-Secret "{check.secret}";', shipped)
     if check.published:
-        site = _edit(site, r"^[ \t]*location \^~ /_authproxy/verify \{\s*return 404;\s*\}[ \t]*\n", "", shipped)
+        site = _edit(
+            site, r"^[ \t]*location \^~ /_authproxy/verify \{\s*return 404;\s*\}[ \t]*\n", "", shipped
+        )
     (workdir / "conf.d" / "authproxy.conf").write_text(site, encoding="utf-8")
     for snippet in ("authproxy-location.conf", "technitium-v14.conf"):
         (workdir / "snippets" / snippet).write_text(_render(NGINX_DIR / snippet, values), encoding="utf-8")
 
     proc, temp_root = _start_nginx(workdir, tls=tls)
-    return RunningProxy("nginx", recipe, f"{_scheme(tls)}://127.0.0.1:{port}", port, proc, workdir, [temp_root])
+    return RunningProxy(
+        "nginx", recipe, f"{_scheme(tls)}://127.0.0.1:{port}", port, proc, workdir, [temp_root]
+    )
 
 
 def _start_nginx(workdir: Path, *, tls: bool) -> tuple[ManagedProcess, Path]:
@@ -352,7 +363,9 @@ def launch_tls_terminator(workdir: Path, backend_url: str, *, bind: str = "127.0
         encoding="utf-8",
     )
     proc, temp_root = _start_nginx(workdir, tls=True)
-    return RunningProxy("nginx", "tls-terminator", f"https://127.0.0.1:{port}", port, proc, workdir, [temp_root])
+    return RunningProxy(
+        "nginx", "tls-terminator", f"https://127.0.0.1:{port}", port, proc, workdir, [temp_root]
+    )
 
 
 def _nginx_certificate(workdir: Path) -> str:
@@ -369,13 +382,17 @@ def launch_traefik(
     """Traefik from deploy/traefik/traefik.yml (placeholders filled) + dynamic.yml as shipped (env values)."""
     check = check or Check()
     if check.secret:
-        raise ValueError("Traefik's ForwardAuth cannot add a header to the check: no FORWARD_AUTH_SECRET recipe")
+        raise ValueError(
+            "Traefik's ForwardAuth cannot add a header to the check: no FORWARD_AUTH_SECRET recipe"
+        )
     binary = find_binary("traefik")
     port = free_port()
     static = workdir / "traefik.yml"
     dynamic = TRAEFIK_DIR / "dynamic.yml"
     if check.published:
-        rules = _edit(dynamic.read_text(encoding="utf-8"), r" && !PathPrefix\(`/_authproxy/verify`\)", "", dynamic)
+        rules = _edit(
+            dynamic.read_text(encoding="utf-8"), r" && !PathPrefix\(`/_authproxy/verify`\)", "", dynamic
+        )
         dynamic = workdir / "dynamic.yml"
         dynamic.write_text(rules, encoding="utf-8")
     text = _render(
@@ -386,7 +403,9 @@ def launch_traefik(
         # TLS for every router on the entryPoint, with Traefik's default certificate.
         anchor = "\n    http:\n"
         if text.count(anchor) != 1:
-            raise AssertionError("deploy/traefik/traefik.yml: expected one `http:` block under the entryPoint")
+            raise AssertionError(
+                "deploy/traefik/traefik.yml: expected one `http:` block under the entryPoint"
+            )
         text = text.replace(anchor, anchor + "      tls: {}\n")
     static.write_text(text, encoding="utf-8")
     env = {
@@ -418,7 +437,9 @@ async def _wait_traefik_routes(proxy: RunningProxy) -> None:
             if not proxy.process.running:
                 raise RuntimeError(f"traefik exited with {proxy.process.returncode}\n{proxy.log_tail()}")
             try:
-                async with session.get(f"{proxy.url}/_authproxy/login", allow_redirects=False, ssl=False) as resp:
+                async with session.get(
+                    f"{proxy.url}/_authproxy/login", allow_redirects=False, ssl=False
+                ) as resp:
                     body = await resp.read()
                     if not (resp.status == 404 and body == _TRAEFIK_NOT_FOUND):
                         return
@@ -433,7 +454,13 @@ _LAUNCHERS = {"caddy": launch_caddy, "nginx": launch_nginx, "traefik": launch_tr
 
 
 def launch_proxy(
-    kind: str, workdir: Path, authproxy_url: str, upstream_url: str, *, recipe: str = "default", tls: bool = False,
+    kind: str,
+    workdir: Path,
+    authproxy_url: str,
+    upstream_url: str,
+    *,
+    recipe: str = "default",
+    tls: bool = False,
     check: Check | None = None,
 ) -> RunningProxy:
     """Write the configs and spawn the binary (not yet ready: ``await wait_ready(proxy)``)."""
@@ -472,7 +499,8 @@ _ProxyPool = ProxyPool
 
 @pytest.fixture
 def forward_auth_proxy(tmp_path: Path) -> Iterator[StartProxy]:
-    """``await forward_auth_proxy(kind, authproxy_url, upstream_url, *, recipe="default", tls=False, check=None)``."""
+    """``await forward_auth_proxy(kind, authproxy_url, upstream_url, *, recipe="default", tls=False,
+    check=None)``."""
     pool = _ProxyPool(tmp_path / "proxies")
     yield pool.start
     pool.stop_all()

@@ -1,7 +1,8 @@
 """Start many processes on one fresh SQLite store at the same instant; print how many failed.
 
-Run as `python -m tests.support.sqlite_open_race DIR PROCESSES TRIALS` (it forks, so it must not run inside pytest's event loop): `--workers N` start
-together on a new file, and the switch to WAL is where they collide.
+Run as `python -m tests.support.sqlite_open_race DIR PROCESSES TRIALS` (it forks, so it must not run
+inside pytest's event loop): `--workers N` start together on a new file, and the switch to WAL is where
+they collide.
 """
 
 from __future__ import annotations

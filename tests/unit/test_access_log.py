@@ -73,11 +73,15 @@ def test_unexpected_errors_are_logged_by_type_and_place_never_by_message() -> No
     except KeyError:
         import sys
 
-        rec = logging.LogRecord("authproxy", logging.ERROR, __file__, 1, "unhandled error", (), sys.exc_info())
+        rec = logging.LogRecord(
+            "authproxy", logging.ERROR, __file__, 1, "unhandled error", (), sys.exc_info()
+        )
     line = json.loads(JsonFormatter().format(rec))
     assert line["exception"] == "KeyError" and line["where"].startswith("test_access_log.py:")
     assert secret not in json.dumps(line)
-    assert secret not in TextFormatter().format(rec) and "KeyError at test_access_log.py:" in TextFormatter().format(rec)
+    assert secret not in TextFormatter().format(
+        rec
+    ) and "KeyError at test_access_log.py:" in TextFormatter().format(rec)
 
 
 def test_field_values_are_redacted_like_messages_in_both_formats() -> None:

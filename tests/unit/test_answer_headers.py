@@ -66,8 +66,13 @@ def test_answers_made_with_a_credential_are_never_for_shared_caches(upstream: st
 
 
 def test_the_upstreams_server_and_hsts_do_not_pass() -> None:
-    items = [("Server", "Kestrel"), ("Strict-Transport-Security", "max-age=63072000; includeSubDomains; preload"),
-             ("strict-transport-security", "max-age=0"), ("Content-Type", "text/html"), ("X-Served-By", "a")]
+    items = [
+        ("Server", "Kestrel"),
+        ("Strict-Transport-Security", "max-age=63072000; includeSubDomains; preload"),
+        ("strict-transport-security", "max-age=0"),
+        ("Content-Type", "text/html"),
+        ("X-Served-By", "a"),
+    ]
     out: CIMultiDict[str] = CIMultiDict()
     downstream_response_headers(CIMultiDictProxy(CIMultiDict(items)), out)
     assert list(out.items()) == [("Content-Type", "text/html"), ("X-Served-By", "a")]

@@ -37,8 +37,13 @@ def test_defaults() -> None:
     config = load_config(OK)
     assert config.auth_mode == "session" and config.session_mode
     s, sess, t = config.server, config.session, config.throttle
-    assert (s.host, s.port, s.prefix, s.https_enabled, s.trust_proxy) == ("127.0.0.1", 8443, "/_authproxy", False,
-                                                                          True)
+    assert (s.host, s.port, s.prefix, s.https_enabled, s.trust_proxy) == (
+        "127.0.0.1",
+        8443,
+        "/_authproxy",
+        False,
+        True,
+    )
     assert s.trusted_proxies == (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
     assert (sess.idle_timeout, sess.max_age, sess.secrets, sess.redis_url) == (900.0, 86400.0, (), None)
     assert (t.max_failures, t.window) == (5, 900.0)
@@ -60,13 +65,22 @@ def test_auth_mode_and_legacy_switches(env: dict[str, str], mode: str) -> None:
 
 
 def test_legacy_technitium_names() -> None:
-    config = load_config({"TECHNITIUM_URL": "http://dns:5380/", "TECHNITIUM_TOKEN": "abc" * 20, "TRUST_PROXY": "1",
-                          "TECHNITIUM_API_VERSION": "14", "WHITELIST_DOMAINS": "a.example, .b.example"})
+    config = load_config(
+        {
+            "TECHNITIUM_URL": "http://dns:5380/",
+            "TECHNITIUM_TOKEN": "abc" * 20,
+            "TRUST_PROXY": "1",
+            "TECHNITIUM_API_VERSION": "14",
+            "WHITELIST_DOMAINS": "a.example, .b.example",
+        }
+    )
     [site] = config.sites
     assert site.type == "technitium" and site.upstream_url == "http://dns:5380"
     assert site.service_token == Secret("abc" * 20) and site.options == {"api_version": "14"}
     assert config.server.allowed_redirect_domains == ("a.example", ".b.example")
-    assert load_config({"TECHNITIUM_BASE_URL": "http://dns", "TRUST_PROXY": "1"}).sites[0].type == "technitium"
+    assert (
+        load_config({"TECHNITIUM_BASE_URL": "http://dns", "TRUST_PROXY": "1"}).sites[0].type == "technitium"
+    )
 
 
 @pytest.mark.parametrize(("text", "seconds"), [
@@ -83,8 +97,16 @@ def test_bad_durations(text: str | float) -> None:
 
 
 def test_durations_from_the_environment() -> None:
-    config = load_config({**OK, "SESSION_IDLE_TIMEOUT": "1s", "SESSION_MAX_AGE": "2s", "LOGIN_FAILURE_WINDOW": "1m",
-                          "UPSTREAM_TIMEOUT": "10", "UPSTREAM_CONNECT_TIMEOUT": "250ms"})
+    config = load_config(
+        {
+            **OK,
+            "SESSION_IDLE_TIMEOUT": "1s",
+            "SESSION_MAX_AGE": "2s",
+            "LOGIN_FAILURE_WINDOW": "1m",
+            "UPSTREAM_TIMEOUT": "10",
+            "UPSTREAM_CONNECT_TIMEOUT": "250ms",
+        }
+    )
     assert (config.session.idle_timeout, config.session.max_age, config.throttle.window) == (1.0, 2.0, 60.0)
     assert (config.sites[0].timeout, config.sites[0].connect_timeout) == (10.0, 0.25)
 
@@ -110,18 +132,36 @@ def test_trust_proxy_needs_trusted_networks_and_valid_ones() -> None:
     found = problems({**OK, "TRUSTED_PROXIES": "10.0.0.0/8, nonsense ,300.1.1.1"})
     assert len(found) == 2 and all("TRUSTED_PROXIES" in p for p in found)
     config = load_config({**OK, "TRUSTED_PROXIES": "10.1.2.3 fd00::/8"})
-    assert config.server.trusted_proxies == (ipaddress.ip_network("10.1.2.3/32"), ipaddress.ip_network("fd00::/8"))
+    assert config.server.trusted_proxies == (
+        ipaddress.ip_network("10.1.2.3/32"),
+        ipaddress.ip_network("fd00::/8"),
+    )
 
 
 # ---- every problem at once, each naming the variable -----------------------------------------------------
 
 def test_every_problem_is_reported_at_once() -> None:
-    found = problems({"AUTH_MODE": "local", "UPSTREAM_URL": "ftp://user:pw@dns", "UPSTREAM_TYPE": "nope",
-                      "PORT": "70000", "WORKERS": "many", "HTTPS_ENABLED": "perhaps",
-                      "SESSION_IDLE_TIMEOUT": "2h", "SESSION_MAX_AGE": "1h", "SESSION_SECRET": "short,also-short",
-                      "COOKIE_NAME": "bad name", "COOKIE_DOMAIN": "-bad-", "REDIS_URL": "http://redis",
-                      "LOG_LEVEL": "chatty", "LOG_FORMAT": "xml", "MAX_HEADER_SIZE": "10",
-                      "LOGIN_MAX_FAILURES": "0", "HTTPS_CERT_FILE": "/nonexistent/cert.pem"})
+    found = problems(
+        {
+            "AUTH_MODE": "local",
+            "UPSTREAM_URL": "ftp://user:pw@dns",
+            "UPSTREAM_TYPE": "nope",
+            "PORT": "70000",
+            "WORKERS": "many",
+            "HTTPS_ENABLED": "perhaps",
+            "SESSION_IDLE_TIMEOUT": "2h",
+            "SESSION_MAX_AGE": "1h",
+            "SESSION_SECRET": "short,also-short",
+            "COOKIE_NAME": "bad name",
+            "COOKIE_DOMAIN": "-bad-",
+            "REDIS_URL": "http://redis",
+            "LOG_LEVEL": "chatty",
+            "LOG_FORMAT": "xml",
+            "MAX_HEADER_SIZE": "10",
+            "LOGIN_MAX_FAILURES": "0",
+            "HTTPS_CERT_FILE": "/nonexistent/cert.pem",
+        }
+    )
     text = "\n".join(found)
     for name in ("AUTH_MODE", "UPSTREAM_URL", "UPSTREAM_TYPE", "PORT", "WORKERS", "HTTPS_ENABLED",
                  "SESSION_IDLE_TIMEOUT", "SESSION_SECRET", "COOKIE_NAME", "COOKIE_DOMAIN", "REDIS_URL",
@@ -168,10 +208,14 @@ def test_secret_files(tmp_path: Path) -> None:
     secret_file.write_text("s" * 40 + "\n")
     token_file = tmp_path / "token"
     token_file.write_text("t" * 64 + "\n")
-    config = load_config({**OK, "SESSION_SECRET_FILE": str(secret_file), "UPSTREAM_SERVICE_TOKEN_FILE": str(token_file)})
+    config = load_config(
+        {**OK, "SESSION_SECRET_FILE": str(secret_file), "UPSTREAM_SERVICE_TOKEN_FILE": str(token_file)}
+    )
     assert config.session.secrets == (Secret("s" * 40),)
     assert config.sites[0].service_token == Secret("t" * 64)
-    one_problem({**OK, "SESSION_SECRET_FILE": str(tmp_path / "missing")}, "SESSION_SECRET_FILE", "cannot read")
+    one_problem(
+        {**OK, "SESSION_SECRET_FILE": str(tmp_path / "missing")}, "SESSION_SECRET_FILE", "cannot read"
+    )
     (tmp_path / "empty").write_text("\n")
     one_problem({**OK, "SESSION_SECRET_FILE": str(tmp_path / "empty")}, "SESSION_SECRET_FILE", "empty")
     one_problem({**OK, "SESSION_SECRET_FILE": str(secret_file), "SESSION_SECRET": "x" * 40}, "not both")
@@ -227,7 +271,11 @@ options = { token_mode = "query" }
     config = load_config({}, path)
     assert config.server.port == 9000 and config.server.trust_proxy
     assert config.server.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"),)
-    assert (config.session.idle_timeout, config.session.max_age, config.throttle.max_failures) == (1800.0, 43200.0, 3)
+    assert (config.session.idle_timeout, config.session.max_age, config.throttle.max_failures) == (
+        1800.0,
+        43200.0,
+        3,
+    )
     dns, lab = config.sites
     assert dns.hosts == ("dns.example.com", "dns2.example.com") and dns.upstream_url == "http://dns:5380"
     assert lab.path_prefix == "/lab" and lab.options == {"token_mode": "query"}
@@ -257,7 +305,9 @@ upstream_url = "http://c"
     text = "\n".join(found)
     assert "unknown option 'colour'" in text and "unknown option 'prot'" in text
     assert "used twice" in text and "already routed" in text and "missing name, type" in text
-    assert "UPSTREAM_URL" in "\n".join(problems({"UPSTREAM_URL": "http://x", "UPSTREAM_TYPE": "technitium"}, path))
+    assert "UPSTREAM_URL" in "\n".join(
+        problems({"UPSTREAM_URL": "http://x", "UPSTREAM_TYPE": "technitium"}, path)
+    )
     (tmp_path / "broken.toml").write_text("[server\n")
     assert any("not valid TOML" in p for p in problems({**OK}, tmp_path / "broken.toml"))
     assert any("cannot read" in p for p in problems({**OK}, tmp_path / "missing.toml"))

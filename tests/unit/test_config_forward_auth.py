@@ -30,7 +30,11 @@ def test_off_by_default() -> None:
 def test_from_the_environment(tmp_path: Path) -> None:
     s = load_config({**OK, "FORWARD_AUTH_PORT": "9001", "FORWARD_AUTH_HOST": "10.0.0.5",
                      "FORWARD_AUTH_SECRET": GOOD}).server
-    assert (s.forward_auth_host, s.forward_auth_port, s.forward_auth_secret) == ("10.0.0.5", 9001, Secret(GOOD))
+    assert (s.forward_auth_host, s.forward_auth_port, s.forward_auth_secret) == (
+        "10.0.0.5",
+        9001,
+        Secret(GOOD),
+    )
     assert s.forward_auth_listener and s.forward_auth_enabled
     assert GOOD not in repr(s)
     (tmp_path / "fa").write_text(GOOD + "\n")
@@ -51,21 +55,34 @@ def test_from_the_config_file_and_the_environment_wins(tmp_path: Path) -> None:
     assert (s.forward_auth_host, s.forward_auth_port) == ("127.0.0.1", 9002)
 
 
-@pytest.mark.parametrize(("env", "needles"), [
-    ({"FORWARD_AUTH_HOST": "127.0.0.1"}, ("FORWARD_AUTH_HOST", "set FORWARD_AUTH_PORT")),
-    ({"FORWARD_AUTH_PORT": "nine"}, ("FORWARD_AUTH_PORT", "whole number")),
-    ({"FORWARD_AUTH_PORT": "70000"}, ("FORWARD_AUTH_PORT", "between 0 and 65535")),
-    ({"FORWARD_AUTH_PORT": "8443"}, ("FORWARD_AUTH_PORT", "must differ from PORT", "9001")),
-    ({"FORWARD_AUTH_PORT": "9001", "PORT": "9001"}, ("FORWARD_AUTH_PORT", "must differ from PORT")),
-    ({"FORWARD_AUTH_SECRET": "short-secret"}, ("FORWARD_AUTH_SECRET", "32 characters", "secrets.token_urlsafe")),
-    ({"FORWARD_AUTH_SECRET": "with spaces " * 4}, ("FORWARD_AUTH_SECRET", "printable ASCII", "X-Authproxy-Secret")),
-    ({"FORWARD_AUTH_SECRET": "é" * 40}, ("FORWARD_AUTH_SECRET", "printable ASCII")),
-    ({"FORWARD_AUTH_SECRET_FILE": "/nonexistent/fa"}, ("FORWARD_AUTH_SECRET_FILE", "cannot read")),
-    ({"FORWARD_AUTH_PORT": "9001", "TRUST_PROXY": "false", "HTTPS_ENABLED": "true"},
-     ("FORWARD_AUTH_PORT", "TRUST_PROXY=true")),
-    ({"FORWARD_AUTH_SECRET": GOOD, "TRUST_PROXY": "false", "HTTPS_ENABLED": "true"},
-     ("FORWARD_AUTH_SECRET", "TRUST_PROXY=true")),
-])
+@pytest.mark.parametrize(
+    ("env", "needles"),
+    [
+        ({"FORWARD_AUTH_HOST": "127.0.0.1"}, ("FORWARD_AUTH_HOST", "set FORWARD_AUTH_PORT")),
+        ({"FORWARD_AUTH_PORT": "nine"}, ("FORWARD_AUTH_PORT", "whole number")),
+        ({"FORWARD_AUTH_PORT": "70000"}, ("FORWARD_AUTH_PORT", "between 0 and 65535")),
+        ({"FORWARD_AUTH_PORT": "8443"}, ("FORWARD_AUTH_PORT", "must differ from PORT", "9001")),
+        ({"FORWARD_AUTH_PORT": "9001", "PORT": "9001"}, ("FORWARD_AUTH_PORT", "must differ from PORT")),
+        (
+            {"FORWARD_AUTH_SECRET": "short-secret"},
+            ("FORWARD_AUTH_SECRET", "32 characters", "secrets.token_urlsafe"),
+        ),
+        (
+            {"FORWARD_AUTH_SECRET": "with spaces " * 4},
+            ("FORWARD_AUTH_SECRET", "printable ASCII", "X-Authproxy-Secret"),
+        ),
+        ({"FORWARD_AUTH_SECRET": "é" * 40}, ("FORWARD_AUTH_SECRET", "printable ASCII")),
+        ({"FORWARD_AUTH_SECRET_FILE": "/nonexistent/fa"}, ("FORWARD_AUTH_SECRET_FILE", "cannot read")),
+        (
+            {"FORWARD_AUTH_PORT": "9001", "TRUST_PROXY": "false", "HTTPS_ENABLED": "true"},
+            ("FORWARD_AUTH_PORT", "TRUST_PROXY=true"),
+        ),
+        (
+            {"FORWARD_AUTH_SECRET": GOOD, "TRUST_PROXY": "false", "HTTPS_ENABLED": "true"},
+            ("FORWARD_AUTH_SECRET", "TRUST_PROXY=true"),
+        ),
+    ],
+)
 def test_each_mistake_names_the_variable_and_the_fix(env: dict[str, str], needles: tuple[str, ...]) -> None:
     found = problems({**OK, **env})
     assert len(found) == 1, found
@@ -75,7 +92,9 @@ def test_each_mistake_names_the_variable_and_the_fix(env: dict[str, str], needle
 
 def test_config_file_mistakes(tmp_path: Path) -> None:
     toml = tmp_path / "authproxy.toml"
-    toml.write_text('[server]\nforward_auth_port = "soon"\nforward_auth_secret = "tiny"\nforward_auth_listen = 1\n')
+    toml.write_text(
+        '[server]\nforward_auth_port = "soon"\nforward_auth_secret = "tiny"\nforward_auth_listen = 1\n'
+    )
     found = problems(OK, toml)
     text = "\n".join(found)
     assert "[server].forward_auth_port" in text and "port number" in text

@@ -115,7 +115,9 @@ def api(path: str) -> bool:
     return path.startswith("/api/")
 
 
-PAGE = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"   # what browsers accept on a page load
+PAGE = (
+    "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"  # what browsers accept on a page load
+)
 
 
 @pytest.mark.parametrize(("method", "headers", "expected"), [

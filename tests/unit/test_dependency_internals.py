@@ -134,6 +134,19 @@ def test_aiohttp_request_cache_holds_what_clone_overrides() -> None:
         assert str(request.url) == "https://public.example/p?q=1"
 
 
+def test_aiohttp_handle_error_is_where_its_own_error_answers_are_made() -> None:
+    used_by = "authproxy/app.py (quiet_protocol_errors: aiohttp's 400 quotes nothing of the request)"
+    from aiohttp import web_protocol
+
+    with internal(
+        "aiohttp", "web_protocol.RequestHandler.handle_error(request, status, exc, message)", used_by
+    ):
+        params = list(inspect.signature(web_protocol.RequestHandler.handle_error).parameters)
+        assert params == ["self", "request", "status", "exc", "message"], params
+        source = inspect.getsource(web_protocol.RequestHandler)
+        assert "self.handle_error(" in source or "_make_error_handler" in source
+
+
 async def test_aiohttp_set_parser_hands_over_the_upgraded_socket() -> None:
     used_by = "authproxy/proxy/websocket.py and proxy/relay.py (the WebSocket bridge)"
     received = asyncio.Event()
@@ -184,7 +197,9 @@ async def test_aiohttp_set_parser_hands_over_the_upgraded_socket() -> None:
 
 
 async def test_aiohttp_remotes_applies_what_it_found_through_clone_only() -> None:
-    used_by = "authproxy/web/middleware.py (TrustedForwarded hands it a request whose clone() amends in place)"
+    used_by = (
+        "authproxy/web/middleware.py (TrustedForwarded hands it a request whose clone() amends in place)"
+    )
     calls: list[dict[str, object]] = []
     request = make_mocked_request("GET", "/", headers={
         "X-Forwarded-For": "203.0.113.9, 127.0.0.1", "X-Forwarded-Proto": "https",
@@ -204,7 +219,10 @@ async def test_aiohttp_remotes_applies_what_it_found_through_clone_only() -> Non
     with internal("aiohttp-remotes", "XForwardedFiltered.middleware(request, handler) calling "
                                      "request.clone(scheme=, host=, remote=) once", used_by):
         from aiohttp_remotes import XForwardedFiltered
-        middleware: Callable[..., Awaitable[web.StreamResponse]] = XForwardedFiltered({"127.0.0.1"}).middleware
+
+        middleware: Callable[..., Awaitable[web.StreamResponse]] = XForwardedFiltered(
+            {"127.0.0.1"}
+        ).middleware
         response = await middleware(Recorder(), handler)
         assert response.status == 200
         assert calls == [{"remote": "203.0.113.9", "scheme": "https", "host": "public.example"}]

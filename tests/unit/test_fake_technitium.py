@@ -115,7 +115,9 @@ async def test_sliding_expiry_with_fake_clock(http: aiohttp.ClientSession) -> No
         assert (await call(http, fake, "/api/zones/list", bearer=forever))["status"] == "ok"
 
 
-async def test_v14_reads_only_token_field(technitium_v14: FakeTechnitium, http: aiohttp.ClientSession) -> None:
+async def test_v14_reads_only_token_field(
+    technitium_v14: FakeTechnitium, http: aiohttp.ClientSession
+) -> None:
     body = await login(http, technitium_v14, includeInfo="true")
     assert "isSsoUser" not in body and body["status"] == "ok"
     token = body["token"]
@@ -126,7 +128,9 @@ async def test_v14_reads_only_token_field(technitium_v14: FakeTechnitium, http: 
     assert (await call(http, technitium_v14, "/api/zones/list", token=token))["status"] == "ok"
     form = await call(http, technitium_v14, "/api/zones/list", method="POST", data={"token": token})
     assert form["status"] == "ok"
-    async with http.get(technitium_v14.url + "/api/user/createSingleUseToken", params={"token": token}) as resp:
+    async with http.get(
+        technitium_v14.url + "/api/user/createSingleUseToken", params={"token": token}
+    ) as resp:
         assert resp.status == 404  # v14 has no single-use tokens
 
 
@@ -135,7 +139,9 @@ async def test_v15_header_wins_over_field(technitium: FakeTechnitium, http: aioh
     assert (await call(http, technitium, "/api/zones/list", bearer=token, token="f" * 64))["status"] == "ok"
     assert await call(http, technitium, "/api/zones/list", bearer="f" * 64, token=token) == INVALID
     assert (await call(http, technitium, "/api/zones/list", token=token))["status"] == "ok"
-    assert (await call(http, technitium, "/api/zones/list", method="POST", data={"token": token}))["status"] == "ok"
+    assert (await call(http, technitium, "/api/zones/list", method="POST", data={"token": token}))[
+        "status"
+    ] == "ok"
     # repeated values are joined with "," by ASP.NET, so a smuggled second token breaks the first
     async with http.get(technitium.url + "/api/zones/list", params=[("token", token), ("token", token)]) as r:
         assert await r.json() == INVALID
@@ -166,7 +172,9 @@ async def test_admin_admin_not_counted(technitium: FakeTechnitium, http: aiohttp
     assert technitium.is_blocked("127.0.0.1")
 
 
-async def test_x_real_ip_only_from_private_peer(technitium: FakeTechnitium, http: aiohttp.ClientSession) -> None:
+async def test_x_real_ip_only_from_private_peer(
+    technitium: FakeTechnitium, http: aiohttp.ClientSession
+) -> None:
     for _ in range(5):
         await login(http, technitium, password="bad", headers={"X-Real-IP": "198.51.100.1"})
     assert technitium.is_blocked("198.51.100.1") and not technitium.is_blocked("127.0.0.1")
@@ -275,7 +283,8 @@ async def test_everyone_cannot_be_left_and_grants_what_it_grants(technitium: Fak
     assert list(made["response"]) == ["displayName", "username", "isSsoUser", "totpEnabled", "disabled",
                                       "previousSessionLoggedOn", "previousSessionRemoteAddress",
                                       "recentSessionLoggedOn", "recentSessionRemoteAddress"]
-    again = await call(http, technitium, "/api/admin/users/create", bearer=admin, user="bob", query={"pass": "y"})
+    again = await call(http, technitium, "/api/admin/users/create", bearer=admin, user="bob",
+                       query={"pass": "y"})
     assert again["errorMessage"] == "User already exists: bob"
     # memberOfGroups replaces the memberships, but Everyone is put back (and not listed)
     s = await call(http, technitium, "/api/admin/users/set", bearer=admin, user="bob",
@@ -284,7 +293,8 @@ async def test_everyone_cannot_be_left_and_grants_what_it_grants(technitium: Fak
     assert technitium.users["bob"].groups == ["DNS Administrators", "Everyone"]
     s = await call(http, technitium, "/api/admin/users/set", bearer=admin, user="bob", memberOfGroups="")
     assert s["response"]["memberOfGroups"] == [] and technitium.users["bob"].groups == ["Everyone"]
-    unknown = await call(http, technitium, "/api/admin/users/set", bearer=admin, user="bob", memberOfGroups="Ops")
+    unknown = await call(http, technitium, "/api/admin/users/set", bearer=admin, user="bob",
+                         memberOfGroups="Ops")
     assert unknown["errorMessage"] == "No such group exists: Ops"
     # effective permissions: Everyone's rows only
     bob = await login(http, technitium, "bob", "bob-pass", includeInfo="true")
@@ -294,7 +304,8 @@ async def test_everyone_cannot_be_left_and_grants_what_it_grants(technitium: Fak
     # a non-administrator is refused every admin call
     for path in ("/api/admin/users/list", "/api/admin/users/create", "/api/admin/permissions/get",
                  "/api/admin/sessions/createToken", "/api/admin/groups/list"):
-        assert await call(http, technitium, path, bearer=bob["token"], user="x", section="Zones") == DENIED, path
+        answer = await call(http, technitium, path, bearer=bob["token"], user="x", section="Zones")
+        assert answer == DENIED, path
 
 
 async def test_permission_tables_replace_whole_and_keep_administrators(technitium: FakeTechnitium,
@@ -313,7 +324,7 @@ async def test_permission_tables_replace_whole_and_keep_administrators(technitiu
     r = out["response"]
     assert r["userPermissions"] == [{"username": "carol", **flags(True)}]              # unknown user skipped
     assert r["groupPermissions"] == [{"name": "Administrators", **flags(True, True, True)},   # always all
-                                     {"name": "Everyone", **flags(False)}]            # DNS Administrators gone
+                                     {"name": "Everyone", **flags(False)}]    # DNS Administrators gone
     assert "users" not in r
     assert technitium.permitted("carol", "DnsClient", 1)
     # Administration: Delete is needed to set a table (Modify is not enough)
@@ -325,7 +336,8 @@ async def test_permission_tables_replace_whole_and_keep_administrators(technitiu
     assert bad["errorMessage"] == "Requested value 'Nope' was not found."
 
 
-async def test_admin_api_tokens_and_the_dns_client(technitium: FakeTechnitium, http: aiohttp.ClientSession) -> None:
+async def test_admin_api_tokens_and_the_dns_client(technitium: FakeTechnitium,
+                                                   http: aiohttp.ClientSession) -> None:
     admin = (await login(http, technitium))["token"]
     technitium.add_user("bg", "pw", permissions={})
     made = await call(http, technitium, "/api/admin/sessions/createToken", bearer=admin, user="bg",

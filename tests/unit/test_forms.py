@@ -53,8 +53,20 @@ def test_a_credential_field_after_a_long_value_or_a_long_name_is_still_cut() -> 
 
 def test_field_names_read_every_way_a_parser_may() -> None:
     sid = FieldNames(["sid", "X-Session"])
-    for spelled in ("sid", "SID", "%73id", "s%49d", "s%C4%B1d", "s\xc4\xb1d", "\u017fid", " sid", "sid+", "\tsid",
-                    "x-session", "X%2DSESSION"):
+    for spelled in (
+        "sid",
+        "SID",
+        "%73id",
+        "s%49d",
+        "s%C4%B1d",
+        "s\xc4\xb1d",
+        "\u017fid",
+        " sid",
+        "sid+",
+        "\tsid",
+        "x-session",
+        "X%2DSESSION",
+    ):
         assert spelled in sid, spelled
     for other in ("sids", "s_id", "id", "", "s%2569d", "xsession"):
         assert other not in sid, other
@@ -85,10 +97,15 @@ CLOSE = b"--XyZ--\r\n"
 
 def test_a_multipart_body_without_a_credential_field_passes_unchanged() -> None:
     upload = bytes(range(256)) * 64 + b"--XyY --Xy\r\n--xyz"
-    body = (part('Content-Disposition: form-data; name="zone"', b"example.com")
-            + part('Content-Disposition: form-data; name="file"; filename="token"\r\nContent-Type: text/plain',
-                   upload)
-            + part('Content-Disposition: form-data; name="tokens"') + CLOSE)
+    body = (
+        part('Content-Disposition: form-data; name="zone"', b"example.com")
+        + part(
+            'Content-Disposition: form-data; name="file"; filename="token"\r\nContent-Type: text/plain',
+            upload,
+        )
+        + part('Content-Disposition: form-data; name="tokens"')
+        + CLOSE
+    )
     assert checked(body) == "ok"
 
 
@@ -104,16 +121,23 @@ def test_a_multipart_body_without_a_credential_field_passes_unchanged() -> None:
     'Content-Disposition: form-data; name="token"; filename="upload.bin"',
 ])
 def test_a_part_named_like_the_credential_is_refused(head: str) -> None:
-    assert checked(part('Content-Disposition: form-data; name="a"') + part(head) + CLOSE) == "credential_field"
+    assert (
+        checked(part('Content-Disposition: form-data; name="a"') + part(head) + CLOSE) == "credential_field"
+    )
 
 
-@pytest.mark.parametrize("body", [
-    b'--XyZ\nContent-Disposition: form-data; name="token"\n\nx\n--XyZ--\n',                  # bare LF lines
-    (b'--XyZ\r\nContent-Disposition: form-data; name="a"\r\n\r\n1--XyZ\r\n'                 # mid-line
-     b'Content-Disposition: form-data; name=token\r\n\r\nx\r\n--XyZ--\r\n'),
-    CLOSE + part("Content-Disposition: form-data; name=token"),                             # after the close
-    b'--XyZ\r\nContent-Disposition: form-data; name="token"',                               # cut off at the end
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'--XyZ\nContent-Disposition: form-data; name="token"\n\nx\n--XyZ--\n',  # bare LF lines
+        (
+            b'--XyZ\r\nContent-Disposition: form-data; name="a"\r\n\r\n1--XyZ\r\n'  # mid-line
+            b"Content-Disposition: form-data; name=token\r\n\r\nx\r\n--XyZ--\r\n"
+        ),
+        CLOSE + part("Content-Disposition: form-data; name=token"),  # after the close
+        b'--XyZ\r\nContent-Disposition: form-data; name="token"',  # cut off at the end
+    ],
+)
 def test_every_place_a_lenient_parser_could_find_a_part_is_checked(body: bytes) -> None:
     assert checked(body) == "credential_field"
 

@@ -32,7 +32,9 @@ NGINX = {"X-Original-Method": "POST", "X-Original-URL": "https://dns.example.com
          "X-Forwarded-Uri": "/api/zones?x=1"}
 
 
-def headers(base: dict[str, str] | None = None, *extra: tuple[str, str], **replace: str | None) -> CIMultiDict[str]:
+def headers(
+    base: dict[str, str] | None = None, *extra: tuple[str, str], **replace: str | None
+) -> CIMultiDict[str]:
     h: CIMultiDict[str] = CIMultiDict(base or {})
     for name, value in replace.items():
         name = name.replace("_", "-")
@@ -88,7 +90,10 @@ def test_method_defaults_to_get_and_accepts_extension_methods() -> None:
 
 
 def test_non_ascii_in_the_uri_is_percent_encoded_like_a_browser_would() -> None:
-    assert read_target(headers(CADDY, X_Forwarded_Uri="/caf\u00e9?q=\u00fc"), "caddy").uri == "/caf%C3%A9?q=%C3%BC"
+    assert (
+        read_target(headers(CADDY, X_Forwarded_Uri="/caf\u00e9?q=\u00fc"), "caddy").uri
+        == "/caf%C3%A9?q=%C3%BC"
+    )
 
 
 # ---- refused: forged, malformed, ambiguous ---------------------------------------------------------
@@ -107,10 +112,27 @@ def test_forged_or_malformed_hosts_are_refused(host: str) -> None:
             read_target(headers({"X-Original-URL": f"https://{host}/x"}), "nginx")
 
 
-@pytest.mark.parametrize("uri", [
-    "//evil.example/x", "///evil.example", "http://evil.example/", "evil", "/a b", "/a\tb", "/a\\b", "/\\evil",
-    "/x#frag", "/a\r\nSet-Cookie: x=1", "/a\nb", "/a\x00b", "/a\x7fb", "/a\u2028b", "/" + "a" * 9000, "",
-])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "//evil.example/x",
+        "///evil.example",
+        "http://evil.example/",
+        "evil",
+        "/a b",
+        "/a\tb",
+        "/a\\b",
+        "/\\evil",
+        "/x#frag",
+        "/a\r\nSet-Cookie: x=1",
+        "/a\nb",
+        "/a\x00b",
+        "/a\x7fb",
+        "/a\u2028b",
+        "/" + "a" * 9000,
+        "",
+    ],
+)
 def test_forged_or_malformed_uris_are_refused(uri: str) -> None:
     with pytest.raises(BadTarget):
         read_target(headers(CADDY, X_Forwarded_Uri=uri or " "), "caddy")
@@ -125,13 +147,17 @@ def test_bad_protos_are_refused(proto: str) -> None:
 @pytest.mark.parametrize("method", ["get", "GET /x", "G\r\nET", "", "A" * 30, "GET,POST"])
 def test_bad_methods_are_refused(method: str) -> None:
     if method == "":
-        assert read_target(headers(CADDY, X_Forwarded_Method=method), "caddy").method == "GET"  # blank = unset
+        assert (
+            read_target(headers(CADDY, X_Forwarded_Method=method), "caddy").method == "GET"
+        )  # blank = unset
         return
     with pytest.raises(BadTarget):
         read_target(headers(CADDY, X_Forwarded_Method=method), "caddy")
 
 
-@pytest.mark.parametrize("name", ["X-Forwarded-Host", "X-Forwarded-Uri", "X-Forwarded-Proto", "X-Forwarded-Method"])
+@pytest.mark.parametrize(
+    "name", ["X-Forwarded-Host", "X-Forwarded-Uri", "X-Forwarded-Proto", "X-Forwarded-Method"]
+)
 def test_duplicate_forwarded_headers_are_refused(name: str) -> None:
     with pytest.raises(BadTarget, match="more than once"):
         read_target(headers(CADDY, (name, CADDY[name])), "caddy")
@@ -242,8 +268,14 @@ def test_decide() -> None:
     assert authz.decide(_session(), _site(allowed_users=("alice",)), session_mode=True) == "allow"
     assert authz.decide(_session("Alice"), _site(allowed_users=("alice",)), session_mode=True) == "allow"
     assert authz.decide(_session("bob"), _site(allowed_users=("alice",)), session_mode=True) == "deny"
-    assert authz.decide(_session(groups=("Admins",)), _site(allowed_groups=("admins",)), session_mode=True) == "allow"
-    assert authz.decide(_session(groups=("users",)), _site(allowed_groups=("admins",)), session_mode=True) == "deny"
+    assert (
+        authz.decide(_session(groups=("Admins",)), _site(allowed_groups=("admins",)), session_mode=True)
+        == "allow"
+    )
+    assert (
+        authz.decide(_session(groups=("users",)), _site(allowed_groups=("admins",)), session_mode=True)
+        == "deny"
+    )
     assert authz.decide(None, _site(), session_mode=False) == "deny"  # AUTH_MODE=none without a service token
 
 

@@ -82,26 +82,53 @@ def test_the_documented_configurations_are_valid() -> None:
     assert GenericAdapter.check_options(ADGUARD) == []
 
 
-@pytest.mark.parametrize(("options", "expected"), [
-    ({}, ["options.login: required", "options.credential: required"]),
-    ({"login": {}, "credential": {"from": "cookie", "name": "s"}}, ["options.login.path: required"]),
-    ({**BEARER, "extra": {}}, ["unknown table 'extra'"]),
-    ({**BEARER, "login": {**BEARER["login"], "pth": "/x"}}, ["options.login: unknown option 'pth'"]),
-    ({**BEARER, "login": {**BEARER["login"], "encoding": "xml"}}, ["options.login.encoding: must be one of form, json, basic"]),
-    ({**BEARER, "login": {**BEARER["login"], "path": "api/login"}}, ["options.login.path: must be a path"]),
-    ({**BEARER, "login": {**BEARER["login"], "method": "P OST"}}, ["options.login.method: must be an HTTP"]),
-    ({**BEARER, "login": {**BEARER["login"], "blocked_status": [4290]}}, ["options.login.blocked_status: must be a list"]),
-    ({**BEARER, "credential": {"from": "json"}}, ["options.credential.pointer: required for from = \"json\""]),
-    ({**BEARER, "credential": {"from": "cookie"}, "inject": {}}, ["options.credential.name: required"]),
-    ({**BEARER, "credential": {"from": "json", "pointer": "data/token"}}, ["options.credential.pointer: must be a JSON"]),
-    ({**BEARER, "inject": {}}, ["options.inject.as: required"]),
-    ({**BEARER, "inject": {"as": "header", "name": "X", "template": "Bearer"}}, ["must contain {credential}"]),
-    ({**BEARER, "inject": {"as": "query", "name": "t", "template": "x{credential}"}}, ["only headers take"]),
-    ({**BEARER, "expiry": {"json_pointer": "/status"}}, ["options.expiry.json_value: required"]),
-    ({**BEARER, "logout": {"intercept": True}}, ["options.logout.intercept: needs logout.path"]),
-    ({**BEARER, "credential": {"from": "basic"}}, ["\"basic\" needs login.encoding = \"basic\""]),
-    ({**BEARER, "hide": {"json": "/a"}}, ["options.hide.json: must be a list of strings"]),
-])
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, ["options.login: required", "options.credential: required"]),
+        ({"login": {}, "credential": {"from": "cookie", "name": "s"}}, ["options.login.path: required"]),
+        ({**BEARER, "extra": {}}, ["unknown table 'extra'"]),
+        ({**BEARER, "login": {**BEARER["login"], "pth": "/x"}}, ["options.login: unknown option 'pth'"]),
+        (
+            {**BEARER, "login": {**BEARER["login"], "encoding": "xml"}},
+            ["options.login.encoding: must be one of form, json, basic"],
+        ),
+        (
+            {**BEARER, "login": {**BEARER["login"], "path": "api/login"}},
+            ["options.login.path: must be a path"],
+        ),
+        (
+            {**BEARER, "login": {**BEARER["login"], "method": "P OST"}},
+            ["options.login.method: must be an HTTP"],
+        ),
+        (
+            {**BEARER, "login": {**BEARER["login"], "blocked_status": [4290]}},
+            ["options.login.blocked_status: must be a list"],
+        ),
+        (
+            {**BEARER, "credential": {"from": "json"}},
+            ['options.credential.pointer: required for from = "json"'],
+        ),
+        ({**BEARER, "credential": {"from": "cookie"}, "inject": {}}, ["options.credential.name: required"]),
+        (
+            {**BEARER, "credential": {"from": "json", "pointer": "data/token"}},
+            ["options.credential.pointer: must be a JSON"],
+        ),
+        ({**BEARER, "inject": {}}, ["options.inject.as: required"]),
+        (
+            {**BEARER, "inject": {"as": "header", "name": "X", "template": "Bearer"}},
+            ["must contain {credential}"],
+        ),
+        (
+            {**BEARER, "inject": {"as": "query", "name": "t", "template": "x{credential}"}},
+            ["only headers take"],
+        ),
+        ({**BEARER, "expiry": {"json_pointer": "/status"}}, ["options.expiry.json_value: required"]),
+        ({**BEARER, "logout": {"intercept": True}}, ["options.logout.intercept: needs logout.path"]),
+        ({**BEARER, "credential": {"from": "basic"}}, ['"basic" needs login.encoding = "basic"']),
+        ({**BEARER, "hide": {"json": "/a"}}, ["options.hide.json: must be a list of strings"]),
+    ],
+)
 def test_option_problems_name_the_option_and_the_fix(options: dict[str, Any], expected: list[str]) -> None:
     problems = GenericAdapter.check_options(options)
     for fragment in expected:
@@ -205,7 +232,9 @@ def test_expiry_by_status_only_on_the_configured_paths() -> None:
     assert a.wants_body(ureq("/api/x"), 401, hdrs()) and a.is_expired(401, hdrs(), b"")
     # A 401 outside /api/ is not about authproxy's credential: not read, never judged.
     assert not a.wants_body(ureq("/files/x"), 401, hdrs())
-    assert not a.wants_body(ureq("/api/x"), 200, hdrs(Content_Length=str(2 << 20), Content_Type="application/json"))
+    assert not a.wants_body(
+        ureq("/api/x"), 200, hdrs(Content_Length=str(2 << 20), Content_Type="application/json")
+    )
 
 
 def test_expiry_by_json_field_and_by_redirect() -> None:
@@ -214,7 +243,9 @@ def test_expiry_by_json_field_and_by_redirect() -> None:
     assert a.wants_body(ureq("/api/x"), 200, hdrs(Content_Type="application/json; charset=utf-8"))
     assert a.is_expired(200, hdrs(), body)
     assert not a.is_expired(200, hdrs(), b'{"status":"ok"}') and not a.is_expired(200, hdrs(), b"not json")
-    assert not a.wants_body(ureq("/api/x"), 200, hdrs(Content_Type="application/json", Content_Encoding="gzip"))
+    assert not a.wants_body(
+        ureq("/api/x"), 200, hdrs(Content_Type="application/json", Content_Encoding="gzip")
+    )
     g = adapter(ADGUARD, "adguard")
     assert g.wants_body(ureq("/"), 302, hdrs(Location="/login.html"))
     assert g.is_expired(302, hdrs(Location="/login.html"), b"")
@@ -249,8 +280,14 @@ def test_hidden_json_fields_become_null() -> None:
 
 def test_session_cookies_and_declared_headers_never_reach_the_browser() -> None:
     a = adapter({**ADGUARD, "hide": {**ADGUARD["hide"], "response_headers": ["X-Session"]}}, "adguard")
-    headers = CIMultiDict([("Set-Cookie", "agh_session=abc; Path=/; HttpOnly"), ("Set-Cookie", "lang=en; Path=/"),
-                           ("X-Session", "abc"), ("Content-Type", "text/plain")])
+    headers = CIMultiDict(
+        [
+            ("Set-Cookie", "agh_session=abc; Path=/; HttpOnly"),
+            ("Set-Cookie", "lang=en; Path=/"),
+            ("X-Session", "abc"),
+            ("Content-Type", "text/plain"),
+        ]
+    )
     a.filter_response_headers(headers)
     assert headers.getall("Set-Cookie") == ["lang=en; Path=/"] and "X-Session" not in headers
     basic = adapter({"login": {"path": "/rpc", "encoding": "basic"}, "credential": {"from": "basic"}})
@@ -284,12 +321,22 @@ async def test_login_outcomes_form_encoding_header_credential_and_ttl(aiohttp_se
     app = web.Application()
     app.router.add_post("/in", login)
     server = await aiohttp_server(app)
-    options = {"login": {"path": "/in", "username_field": "user", "password_field": "pass",
-                         "totp_field": "code", "totp_required_status": 401, "totp_required_text": "code required",
-                         "fields": {"remember": 1}},
-               "credential": {"from": "header", "name": "X-Token", "ttl_pointer": "/ttl"}}
+    options = {
+        "login": {
+            "path": "/in",
+            "username_field": "user",
+            "password_field": "pass",
+            "totp_field": "code",
+            "totp_required_status": 401,
+            "totp_required_text": "code required",
+            "fields": {"remember": 1},
+        },
+        "credential": {"from": "header", "name": "X-Token", "ttl_pointer": "/ttl"},
+    }
     assert GenericAdapter.check_options(options) == []
-    site = SiteConfig(name="s", upstream_url=str(server.make_url("")).rstrip("/"), type="generic", options=options)
+    site = SiteConfig(
+        name="s", upstream_url=str(server.make_url("")).rstrip("/"), type="generic", options=options
+    )
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
         a = GenericAdapter(site, http)
         assert (await a.login("bob", "bad", None, "198.51.100.7")).status == "invalid"
@@ -340,8 +387,13 @@ def test_location_headers_point_at_the_public_address(prefix: str, upstream: str
 
 
 def test_passed_through_cookies_get_public_paths_and_lose_the_upstream_domain() -> None:
-    headers = CIMultiDict([("Set-Cookie", "lang=en; Path=/; HttpOnly"), ("Set-Cookie", "a=1; path=/ui/x; Domain=10.0.0.5"),
-                           ("Set-Cookie", "b=2; Domain=.example.com")])
+    headers = CIMultiDict(
+        [
+            ("Set-Cookie", "lang=en; Path=/; HttpOnly"),
+            ("Set-Cookie", "a=1; path=/ui/x; Domain=10.0.0.5"),
+            ("Set-Cookie", "b=2; Domain=.example.com"),
+        ]
+    )
     _rewrite_set_cookie_paths(headers, site_at("/agh/"))
     assert headers.getall("Set-Cookie") == ["lang=en; Path=/agh; HttpOnly", "a=1; path=/agh/ui/x",
                                             "b=2; Domain=.example.com"]

@@ -28,20 +28,46 @@ TOKEN = "a1" * 32
 
 
 def test_strip_hop_by_hop_including_those_connection_names() -> None:
-    h = CIMultiDict([("Connection", "keep-alive, X-Secret-Hop"), ("connection", "Upgrade"), ("Keep-Alive", "5"),
-                     ("Transfer-Encoding", "chunked"), ("TE", "trailers"), ("Upgrade", "h2c"),
-                     ("Proxy-Authorization", "Basic eA=="), ("X-Secret-Hop", "1"), ("Proxy-Connection", "close"),
-                     ("Trailer", "x"), ("Accept", "*/*"), ("Content-Type", "text/plain")])
+    h = CIMultiDict(
+        [
+            ("Connection", "keep-alive, X-Secret-Hop"),
+            ("connection", "Upgrade"),
+            ("Keep-Alive", "5"),
+            ("Transfer-Encoding", "chunked"),
+            ("TE", "trailers"),
+            ("Upgrade", "h2c"),
+            ("Proxy-Authorization", "Basic eA=="),
+            ("X-Secret-Hop", "1"),
+            ("Proxy-Connection", "close"),
+            ("Trailer", "x"),
+            ("Accept", "*/*"),
+            ("Content-Type", "text/plain"),
+        ]
+    )
     assert sorted(upstream_request_headers(CIMultiDictProxy(h), drop_cookie="t").keys()) == \
         ["Accept", "Content-Type"]
 
 
 def test_identity_headers_cover_what_upstreams_trust() -> None:
-    for name in ("Remote-User", "Remote-Groups", "X-Forwarded-User", "X-Forwarded-Email", "X-Auth-Request-User",
-                 "X-Real-IP", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded",
-                 "X-Authproxy-Token", "X-Original-URL", "X-Forwarded-Prefix"):
+    for name in (
+        "Remote-User",
+        "Remote-Groups",
+        "X-Forwarded-User",
+        "X-Forwarded-Email",
+        "X-Auth-Request-User",
+        "X-Real-IP",
+        "X-Forwarded-For",
+        "X-Forwarded-Host",
+        "X-Forwarded-Proto",
+        "Forwarded",
+        "X-Authproxy-Token",
+        "X-Original-URL",
+        "X-Forwarded-Prefix",
+    ):
         assert name.lower() in IDENTITY_HEADERS, name
-    h = CIMultiDict([("REMOTE-USER", "admin"), ("remote-user", "root"), ("x-real-ip", "6.6.6.6"), ("Accept", "x")])
+    h = CIMultiDict(
+        [("REMOTE-USER", "admin"), ("remote-user", "root"), ("x-real-ip", "6.6.6.6"), ("Accept", "x")]
+    )
     assert list(upstream_request_headers(CIMultiDictProxy(h), drop_cookie="t").keys()) == ["Accept"]
     assert "connection" in HOP_BY_HOP and "authorization" not in HOP_BY_HOP
 
@@ -59,9 +85,15 @@ def test_client_address_and_identity_headers_never_go_upstream_in_any_spelling()
 
 def test_answer_headers_that_echo_the_credential_in_any_spelling_are_dropped() -> None:
     secret = "Zm9v+YmFy/c2lk=="
-    h = CIMultiDict([("Content-Location", "/p?sid=Zm9v%2bYmFy%2fc2lk%3d%3d"), ("Refresh", "0; url=/p?sid=" + secret),
-                     ("Link", "</p?sid=Zm9v%2BYmFy/c2lk%3D%3D>; rel=canonical"), ("Link", "</style.css>; rel=preload"),
-                     ("Content-Type", "text/html")])
+    h = CIMultiDict(
+        [
+            ("Content-Location", "/p?sid=Zm9v%2bYmFy%2fc2lk%3d%3d"),
+            ("Refresh", "0; url=/p?sid=" + secret),
+            ("Link", "</p?sid=Zm9v%2BYmFy/c2lk%3D%3D>; rel=canonical"),
+            ("Link", "</style.css>; rel=preload"),
+            ("Content-Type", "text/html"),
+        ]
+    )
     drop_carrying(h, secret)
     assert list(h.items()) == [("Content-Type", "text/html"), ("Link", "</style.css>; rel=preload")]
     assert location_without("/p?a=1&sid=Zm9v%2bYmFy%2fc2lk%3d%3d&b=2", secret) == "/p?a=1&b=2"
@@ -79,7 +111,9 @@ def test_answer_headers_that_echo_the_credential_in_any_spelling_are_dropped() -
     ("", ("token",), ""),
     ("a=1&b=2", ("a", "B"), ""),
 ])
-def test_query_without_keeps_everything_else_byte_for_byte(raw: str, names: tuple[str, ...], expected: str) -> None:
+def test_query_without_keeps_everything_else_byte_for_byte(
+    raw: str, names: tuple[str, ...], expected: str
+) -> None:
     assert query_without(raw, names) == expected
 
 
@@ -99,8 +133,12 @@ def test_cookie_without() -> None:
 def test_set_forwarded() -> None:
     h: dict[str, str] = {}
     set_forwarded(h, client_ip="192.0.2.1", proto="https", host="dns.example.com")
-    assert h == {"X-Forwarded-For": "192.0.2.1", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "dns.example.com",
-                 "X-Real-IP": "192.0.2.1"}
+    assert h == {
+        "X-Forwarded-For": "192.0.2.1",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "dns.example.com",
+        "X-Real-IP": "192.0.2.1",
+    }
 
 
 # ---- the Technitium adapter's part ------------------------------------------------------------------------
@@ -111,7 +149,9 @@ def adapter(**options: Any) -> TechnitiumAdapter:
 
 
 def request(query: str = "", **headers: str) -> UpstreamRequest:
-    return UpstreamRequest(method="GET", raw_path="/api/zones/list", raw_query=query, headers=CIMultiDict(headers))
+    return UpstreamRequest(
+        method="GET", raw_path="/api/zones/list", raw_query=query, headers=CIMultiDict(headers)
+    )
 
 
 def bearer() -> Credential:
@@ -145,11 +185,19 @@ def test_without_a_credential_nothing_client_supplied_survives() -> None:
     assert "Authorization" not in req.headers and req.raw_query == ""
 
 
-@pytest.mark.parametrize(("options", "version", "mode"), [
-    ({}, "15.2", "bearer"), ({}, "14.3", "query"), ({}, "", "query"), ({}, "garbage", "query"),
-    ({"api_version": "14"}, "15.2", "query"), ({"api_version": "15"}, "14.3", "bearer"),
-    ({"token_mode": "query"}, "15.2", "query"), ({"token_mode": "bearer", "api_version": "14"}, "14.3", "bearer"),
-])
+@pytest.mark.parametrize(
+    ("options", "version", "mode"),
+    [
+        ({}, "15.2", "bearer"),
+        ({}, "14.3", "query"),
+        ({}, "", "query"),
+        ({}, "garbage", "query"),
+        ({"api_version": "14"}, "15.2", "query"),
+        ({"api_version": "15"}, "14.3", "bearer"),
+        ({"token_mode": "query"}, "15.2", "query"),
+        ({"token_mode": "bearer", "api_version": "14"}, "14.3", "bearer"),
+    ],
+)
 def test_token_mode_follows_settings_then_the_reported_version(options: dict[str, str], version: str,
                                                                mode: str) -> None:
     assert adapter(**options)._mode_for(version) == mode

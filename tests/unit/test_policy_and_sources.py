@@ -19,7 +19,9 @@ from authproxy.sessions.memory import MemoryStore
 from authproxy.sessions.model import Credential, Identity, Session
 from authproxy.upstreams.base import LoginResult
 
-DNS = SiteConfig(name="dns", upstream_url="http://127.0.0.1:1", type="technitium", service_token=Secret("s" * 64))
+DNS = SiteConfig(
+    name="dns", upstream_url="http://127.0.0.1:1", type="technitium", service_token=Secret("s" * 64)
+)
 
 
 def test_auth_mode_none_sends_the_sites_service_credential_whoever_asks() -> None:
@@ -64,7 +66,9 @@ class Codes(IdentitySource):
             return LoginResult("invalid", message="Invalid username or password.")
         if totp is None:
             return LoginResult("totp_required", message="Send the code.")
-        return LoginResult("ok", credential=Credential(secret="t"), identity=Identity(username, groups=("ops",)))
+        return LoginResult(
+            "ok", credential=Credential(secret="t"), identity=Identity(username, groups=("ops",))
+        )
 
 
 async def test_every_identity_source_is_throttled_audited_and_recorded_the_same_way() -> None:

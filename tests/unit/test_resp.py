@@ -154,8 +154,10 @@ async def test_auth_with_password_and_acl_user(redis_server_factory: Factory, op
     user = open_client(f"redis://app:app-pw@{server.host}:{server.port}/0")
     assert await user.get(b"k") == b"v"
 
-    for url, why in ((f"redis://:wrong-{quote(PASSWORD, safe='')}@{server.host}:{server.port}/0", "WRONGPASS"),
-                     (f"redis://{server.host}:{server.port}/0", "NOAUTH")):
+    for url, why in (
+        (f"redis://:wrong-{quote(PASSWORD, safe='')}@{server.host}:{server.port}/0", "WRONGPASS"),
+        (f"redis://{server.host}:{server.port}/0", "NOAUTH"),
+    ):
         with pytest.raises(StoreError) as caught:
             await open_client(url).get(b"k")
         assert why in str(caught.value)
@@ -195,13 +197,19 @@ def _tls_files(dir: Path) -> tuple[Path, Path, Path]:
                    .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
         if not ca:
             builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
         return builder.sign(signer, hashes.SHA256())
 
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     files = dir / "ca.pem", dir / "cert.pem", dir / "key.pem"
-    files[0].write_bytes(cert("test ca", ca_key, "test ca", ca_key, ca=True).public_bytes(serialization.Encoding.PEM))
-    files[1].write_bytes(cert("redis", key, "test ca", ca_key, ca=False).public_bytes(serialization.Encoding.PEM))
+    files[0].write_bytes(
+        cert("test ca", ca_key, "test ca", ca_key, ca=True).public_bytes(serialization.Encoding.PEM)
+    )
+    files[1].write_bytes(
+        cert("redis", key, "test ca", ca_key, ca=False).public_bytes(serialization.Encoding.PEM)
+    )
     files[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return files
@@ -210,11 +218,35 @@ def _tls_files(dir: Path) -> tuple[Path, Path, Path]:
 async def test_tls_rediss_url(tmp_path: Path, open_client: Open) -> None:
     ca, cert, key = _tls_files(tmp_path)
     port = free_port()
-    proc = ManagedProcess([redis_binary(), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-                           "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
-                           "--tls-auth-clients", "no", "--requirepass", PASSWORD, "--save", "",
-                           "--appendonly", "no", "--dir", str(tmp_path)],
-                          name="redis-tls", log_path=tmp_path / "redis.log").start()
+    proc = ManagedProcess(
+        [
+            redis_binary(),
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(key),
+            "--tls-ca-cert-file",
+            str(ca),
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            PASSWORD,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        name="redis-tls",
+        log_path=tmp_path / "redis.log",
+    ).start()
     try:
         wait_for_port("127.0.0.1", port, timeout=10, process=proc)
         base = f"rediss://:{quote(PASSWORD, safe='')}@127.0.0.1:{port}/1"

@@ -56,9 +56,16 @@ def test_an_empty_secret_is_refused() -> None:
 
 def test_a_secret_is_found_in_every_url_spelling_across_pieces() -> None:
     secret = "Zm9v+YmFy/c2lk=="
-    assert url_spellings(secret) == [secret, "Zm9v%2BYmFy%2Fc2lk%3D%3D", "Zm9v%2bYmFy%2fc2lk%3d%3d",
-                                     "Zm9v%2BYmFy/c2lk%3D%3D", "Zm9v%2bYmFy/c2lk%3d%3d",
-                                     "Zm9v+YmFy\\/c2lk==", "Zm9v\\u002BYmFy/c2lk==", "Zm9v\\u002BYmFy\\/c2lk=="]
+    assert url_spellings(secret) == [
+        secret,
+        "Zm9v%2BYmFy%2Fc2lk%3D%3D",
+        "Zm9v%2bYmFy%2fc2lk%3d%3d",
+        "Zm9v%2BYmFy/c2lk%3D%3D",
+        "Zm9v%2bYmFy/c2lk%3d%3d",
+        "Zm9v+YmFy\\/c2lk==",
+        "Zm9v\\u002BYmFy/c2lk==",
+        "Zm9v\\u002BYmFy\\/c2lk==",
+    ]
     assert url_spellings("a1" * 32) == ["a1" * 32]       # hex: one replacer, no chain
     assert isinstance(scrubber("a1" * 32, "b2" * 32), StreamReplacer)
     body = ("<a href='/x?sid=" + "'>a</a> <a href='/x?sid=".join(url_spellings(secret)) + "'>b</a>").encode()

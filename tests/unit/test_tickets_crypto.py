@@ -1,4 +1,5 @@
-"""Secrets, signing keys, sealing, tickets, and the session manager's expiry rules (memory store, fake clock)."""
+"""Secrets, signing keys, sealing, tickets, and the session manager's expiry rules (memory store, fake
+clock)."""
 
 from __future__ import annotations
 
@@ -23,10 +24,17 @@ KEYS = Keyring([Secret("k" * 40)])
 
 def test_secret_never_shows_itself() -> None:
     s = Secret("hunter2-is-my-password")
-    assert "hunter2" not in repr(s) and "hunter2" not in str(s) and "hunter2" not in f"{s}" and "hunter2" not in f"{s!r}"
+    assert (
+        "hunter2" not in repr(s)
+        and "hunter2" not in str(s)
+        and "hunter2" not in f"{s}"
+        and "hunter2" not in f"{s!r}"
+    )
     assert "hunter2" not in repr([s]) and "hunter2" not in repr({"a": s})
     assert s.reveal() == "hunter2-is-my-password"
-    assert s == Secret("hunter2-is-my-password") and s != Secret("other") and hash(s) == hash(Secret(s.reveal()))
+    assert (
+        s == Secret("hunter2-is-my-password") and s != Secret("other") and hash(s) == hash(Secret(s.reveal()))
+    )
     assert not Secret("") and bool(s)
 
 
@@ -94,10 +102,24 @@ def test_bad_tickets_are_rejected() -> None:
     v, sid, key, sig = value.split(".")
     other_key = b64e(b"\x07" * 32)
     bad = [
-        None, "", "v1", value + ".x", value[:-1], value + "A", "v2" + value[2:], f"{v}.{sid}.{other_key}.{sig}",
-        f"{v}.{b64e(b'short')}.{key}.{sig}", f"{v}.{sid}.{b64e(b'short')}.{sig}", f"{v}.{sid}.{key}.{sig[:-2]}",
-        f"{v}.{sid}.{key}.{sig[:-1]}+", value.replace(".", ".."), value + "A" * MAX_TICKET_LENGTH,
-        value.upper(), ticket.encode(Keyring([Secret("z" * 40)])), "v1.\x00.\x00.\x00", "v1.é.é.é",
+        None,
+        "",
+        "v1",
+        value + ".x",
+        value[:-1],
+        value + "A",
+        "v2" + value[2:],
+        f"{v}.{sid}.{other_key}.{sig}",
+        f"{v}.{b64e(b'short')}.{key}.{sig}",
+        f"{v}.{sid}.{b64e(b'short')}.{sig}",
+        f"{v}.{sid}.{key}.{sig[:-2]}",
+        f"{v}.{sid}.{key}.{sig[:-1]}+",
+        value.replace(".", ".."),
+        value + "A" * MAX_TICKET_LENGTH,
+        value.upper(),
+        ticket.encode(Keyring([Secret("z" * 40)])),
+        "v1.\x00.\x00.\x00",
+        "v1.é.é.é",
     ]
     for item in bad:
         assert decode_ticket(item, KEYS) is None, item
@@ -105,10 +127,14 @@ def test_bad_tickets_are_rejected() -> None:
 
 # ---- the session manager (memory store, one fake clock for both) ------------------------------------------
 
-def manager(idle: float = 60, max_age: float = 3600, cache_ttl: float = 2.0) -> tuple[SessionManager, FakeClock]:
+def manager(
+    idle: float = 60, max_age: float = 3600, cache_ttl: float = 2.0
+) -> tuple[SessionManager, FakeClock]:
     clock = FakeClock(1_000_000.0)
     store = MemoryStore(clock=clock)
-    config = SessionConfig(idle_timeout=idle, max_age=max_age, cache_ttl=cache_ttl, secrets=(Secret("k" * 40),))
+    config = SessionConfig(
+        idle_timeout=idle, max_age=max_age, cache_ttl=cache_ttl, secrets=(Secret("k" * 40),)
+    )
     sm = SessionManager(store=store, keyring=KEYS, config=config, clock=clock)
     sm.start()
     return sm, clock
@@ -149,7 +175,10 @@ async def test_idle_timeout_slides_with_use_and_ends_without(cache_ttl: float,
     clock.advance(10.1)
     assert await sm.load(busy, client_ip="192.0.2.9") is None
     assert await sm.load(busy) is None
-    assert sorted(audit_lines(caplog)) == [("expiry", "idle_timeout", "alice"), ("expiry", "idle_timeout", "bob")]
+    assert sorted(audit_lines(caplog)) == [
+        ("expiry", "idle_timeout", "alice"),
+        ("expiry", "idle_timeout", "bob"),
+    ]
 
 
 async def test_absolute_lifetime(caplog: pytest.LogCaptureFixture) -> None:
