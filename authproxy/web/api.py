@@ -259,7 +259,7 @@ async def heartbeat(request: web.Request) -> web.StreamResponse:
     if not await manager.touch(loaded):  # ended elsewhere since this replica cached it
         return json_error(401, "session_expired", "Your session has ended; sign in again.")
     router = request.app[keys.ROUTER]
-    changed = False
+    used, dead = False, []
     for name, cred in list(loaded.session.credentials.items()):
         site = router.by_name.get(name)
         if site is None or cred.upstream_ttl is None:
@@ -272,17 +272,15 @@ async def heartbeat(request: web.Request) -> web.StreamResponse:
             continue  # transient: the next heartbeat tries again
         if alive:
             request.app[keys.KEEPALIVE].note_use(loaded, name)  # the upstream saw it just now
+            used = True
         else:
-            del loaded.session.credentials[name]
-            audit("expiry", outcome="upstream_invalid", user=loaded.session.user, site=name,
-                  client_ip=client_ip(request), session=loaded.public_id)
-        changed = True
-    if changed:
-        if not loaded.session.credentials:
-            await manager.destroy(loaded)
-            return json_error(401, "session_expired", "Your upstream session has ended; sign in again.")
-        if not await manager.save(loaded):  # signed out elsewhere while the upstream was asked
-            return json_error(401, "session_expired", "Your session has ended; sign in again.")
+            dead.append(name)
+    if dead:
+        if not await manager.drop_credential(loaded, *dead, client_ip=client_ip(request)):
+            ended = "upstream session" if not loaded.session.credentials else "session"
+            return json_error(401, "session_expired", f"Your {ended} has ended; sign in again.")
+    elif used and not await manager.save(loaded):  # signed out elsewhere while the upstream was asked
+        return json_error(401, "session_expired", "Your session has ended; sign in again.")
     idle = await manager.idle_expires_at(loaded)
     return web.json_response(session_json(request, loaded, idle), headers=SECURITY_HEADERS)
 

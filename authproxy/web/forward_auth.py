@@ -84,7 +84,6 @@ _HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 _SLASHES = re.compile(r"/{2,}")
 MAX_URI = 8192
 MAX_HOST = 260
-WS_SCHEMES = {"ws": "http", "wss": "https"}
 IDENTITY = ("Remote-User", "Remote-Groups", "Remote-Name", "Remote-Email")
 
 
@@ -168,7 +167,7 @@ def _method(value: str, source: str) -> str:
 
 def _proto(value: str, source: str) -> str:
     proto = value.lower()
-    proto = WS_SCHEMES.get(proto, proto)  # Traefik says ws/wss for WebSocket upgrades
+    proto = crosssite.WS_SCHEMES.get(proto, proto)  # Traefik says ws/wss for WebSocket upgrades
     if proto not in ("http", "https"):
         raise BadTarget(f"{source} must be http or https (or ws/wss)")
     return proto
