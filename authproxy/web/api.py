@@ -192,8 +192,10 @@ async def end_session(request: web.Request, loaded: LoadedSession, *, reason: st
             log.warning(
                 "upstream logout failed", extra={"fields": {"site": name, "error": type(exc).__name__}}
             )
+    address = client_ip(request)
+    named = await request.app[keys.BACKGROUND].name_for(address)   # the PTR name, when a safe token can tell
     audit("logout", outcome=reason, user=loaded.session.user, site=loaded.session.site,
-          client_ip=client_ip(request), session=loaded.public_id)
+          client_ip=address, session=loaded.public_id, **({"client_name": named} if named else {}))
 
 
 _FORM_BOOLEANS = {"1": True, "on": True, "true": True, "": False, "0": False, "off": False, "false": False}

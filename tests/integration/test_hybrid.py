@@ -22,6 +22,7 @@ from tests.integration.conftest import LOGIN, ME, SESSION, Audit
 from tests.integration.test_cli import ROOT, base_env
 from tests.integration.test_forward_auth import proxy_headers
 from tests.support.gateway import Gateway, GatewayClient, MakeGateway, gateway_env
+from tests.support.procs import ManagedProcess, free_port
 from tests.support.technitium import ALICE
 
 MIGRATE = "/_authproxy/api/auth/background-token/migrate"
@@ -164,6 +165,14 @@ async def test_a_safe_token_enables_ptr_names_cached_and_asked_with_that_token(
         info = await (await c.request("GET", SESSION)).json()
         assert (info["clientIp"], info["clientName"]) == ("198.51.100.7", "laptop.lan")
     assert resolves(technitium) == [token]  # once (cached), with the background token, not alice's
+    await c.request("POST", "/_authproxy/api/auth/logout", headers=CLIENT)
+    [logout] = audit.lines("logout")
+    assert (logout["client_ip"], logout["client_name"], logout["actor"]) == (
+        "198.51.100.7",
+        "laptop.lan",
+        "user",
+    )
+    assert resolves(technitium) == [token]  # still the one lookup
     # an address without a name is asked once too, and then remembered as none
     other = client_for(gw)
     await other.request(
@@ -565,3 +574,35 @@ async def test_technitium_v14_reads_the_token_from_the_query(
     assert await gw.app[keys.BACKGROUND].name_for("192.0.2.5") == "printer.lan"
     [asked] = technitium_v14.requests_to("/api/dnsClient/resolve")
     assert asked.query["token"] == token
+
+
+async def test_auth_mode_none_warns_loudly_at_start(
+    technitium: FakeTechnitium, tmp_path: Any, process_factory: Callable[..., ManagedProcess]
+) -> None:
+    token = background_token(technitium)
+    port = free_port()
+    env = base_env(
+        UPSTREAM_URL=technitium.url,
+        UPSTREAM_TYPE="technitium",
+        AUTH_MODE="apiKey",
+        PORT=str(port),
+        TECHNITIUM_TOKEN=token,
+        AUTHPROXY_DATA_DIR=str(tmp_path),
+        LOG_FORMAT="json",
+    )
+    proc = process_factory(
+        [sys.executable, "-m", "authproxy", "run"], env=env, inherit_env=False, cwd=ROOT, name="authproxy"
+    )
+    async with aiohttp.ClientSession() as http:
+        for _ in range(100):
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/_authproxy/api/auth/me") as resp:
+                    body = await resp.json()
+                    break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(proc.log_tail())
+    assert body["authMode"] == "none" and "warning" in body
+    log = proc.log_tail(100_000)
+    assert "AUTH_MODE=none: NOBODY SIGNS IN" in log and '"level": "warning"' in log and token not in log
