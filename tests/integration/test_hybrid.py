@@ -6,6 +6,7 @@ migration from a shared admin token (TECHNITIUM_CLUSTER_TOKEN), by API and on th
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import sys
@@ -281,7 +282,9 @@ async def test_service_clients_and_people_are_audited_apart(
     http_client: aiohttp.ClientSession,
     client_for: Callable[[Gateway], GatewayClient],
     audit: Audit,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="authproxy")
     token = background_token(technitium)
     key, entry = new_key("backup-job")
     gw = await hybrid(make_gateway, technitium, token, FORWARD_AUTH_PORT="0", SERVICE_API_KEYS=entry)
@@ -321,6 +324,11 @@ async def test_service_clients_and_people_are_audited_apart(
     logins = audit.lines("login")
     assert [(x["actor"], x["user"]) for x in logins] == [("user", "alice")]
     assert key not in str(audit.lines()) and token not in str(audit.lines())
+    for record in caplog.records:  # no log line at all, at DEBUG, names the key or the service token
+        text = record.getMessage() + str(getattr(record, "fields", ""))
+        assert key not in text and token not in text, record.getMessage()
+    # nor does the echo (the service token is a placeholder in answers, as in AUTH_MODE=none)
+    assert token not in json.dumps(got) and key not in json.dumps(got)
 
     # the same client once the token turns unsafe: refused, never the token
     technitium.set_user_permission(BG, "Settings", MODIFY)
