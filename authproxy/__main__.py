@@ -32,6 +32,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--config", type=Path, help="TOML file with [server], [session] and [[sites]]")
         if name == "run":
             p.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
+    key = sub.add_parser("service-key", help="make an API key for a service client (AUTH_MODE=hybrid)")
+    key.add_argument("name", help="the service's name, as audit lines will show it")
+    tech = sub.add_parser("technitium", help="Technitium helpers")
+    tech_sub = tech.add_subparsers(dest="technitium_command", required=True)
+    migrate = tech_sub.add_parser("migrate", help="replace TECHNITIUM_CLUSTER_TOKEN by a least-privileged "
+                                                  "TECHNITIUM_BACKGROUND_TOKEN")
+    migrate.add_argument("--config", type=Path, help="TOML file with [server], [session] and [[sites]]")
+    migrate.add_argument("--site", help="the Technitium site (default: the one with a cluster token)")
     return parser
 
 
@@ -193,6 +201,11 @@ def run(args: argparse.Namespace) -> int:
     elif config.session_mode:
         log.info("TLS is terminated by a trusted proxy: sign-in requires X-Forwarded-Proto: https from "
                  "TRUSTED_PROXIES")
+    if config.auth_mode == "none":
+        log.warning("AUTH_MODE=none: NOBODY SIGNS IN. Every request that reaches authproxy is sent to "
+                    "the upstream with the shared service credential, whoever sends it. Use it only on a "
+                    "network where everyone may have that power; AUTH_MODE=hybrid signs people in and keeps "
+                    "the service credential for background work and service clients")
     log.info(" ".join(forward_auth_summary(config)))
     workers = config.server.workers
     if workers == 1:
@@ -246,6 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return check_config(args)
+    if args.command == "service-key":
+        from authproxy.cli_hybrid import service_key
+
+        return service_key(args.name)
+    if args.command == "technitium":
+        from authproxy.cli_hybrid import technitium_migrate
+
+        config = _load(args, "")
+        return 2 if config is None else asyncio.run(technitium_migrate(config, args.site))
     return run(args)
 
 

@@ -17,9 +17,11 @@ from authproxy.config.schema import Config
 from authproxy.crypto import Keyring
 from authproxy.errors import ListenError
 from authproxy.log import AccessLogger
+from authproxy.login.background import BackgroundWork
 from authproxy.login.keepalive import UpstreamKeepalive
 from authproxy.login.passthrough import PassthroughLogin
 from authproxy.login.regulation import Regulator
+from authproxy.login.service import ApiKeys, ServiceGate
 from authproxy.proxy import http as proxy_http
 from authproxy.proxy import websocket as proxy_websocket
 from authproxy.redirects import RedirectPolicy
@@ -124,7 +126,11 @@ def create_app(config: Config, *, store: SessionStore | None = None) -> web.Appl
                                         config=config.session)
     app[keys.REGULATOR] = Regulator(app[keys.STORE], config.throttle)
     app[keys.KEEPALIVE] = UpstreamKeepalive(app[keys.SESSIONS], lambda name: _adapter(app, name))
-    app[keys.LOGIN] = PassthroughLogin(app[keys.SESSIONS], app[keys.REGULATOR], app[keys.KEEPALIVE])
+    app[keys.LOGIN] = PassthroughLogin(app[keys.SESSIONS], app[keys.REGULATOR], app[keys.KEEPALIVE],
+                                       names=lambda address: app[keys.BACKGROUND].name_for(address))
+    # Service clients (AUTH_MODE=hybrid): API keys today; a JWT authenticator joins the same gate.
+    service_keys = config.server.service_api_keys
+    app[keys.SERVICE_GATE] = ServiceGate([ApiKeys(service_keys)] if service_keys else [])
     app[keys.REDIRECTS] = redirect_policy(config)
     app.cleanup_ctx.append(_lifecycle)
     if config.server.forward_auth_listener:
@@ -151,10 +157,15 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     app[keys.ROUTER] = Router.build(config.sites, app[keys.HTTP], auth_mode=config.auth_mode)
     for site in app[keys.ROUTER].sites:   # adapters whose upstream-side state every replica must share
         site.adapter.bind_store(app[keys.STORE])
+    # Background tokens: read and judged once before serving, then every BACKGROUND_CHECK_INTERVAL.
+    app[keys.BACKGROUND] = BackgroundWork(app[keys.ROUTER].sites, enabled=config.session_mode,
+                                          interval=config.server.background_check_interval)
+    await app[keys.BACKGROUND].start()
     await app[keys.STORE].start()
     app[keys.SESSIONS].start()
     app[keys.STORE].subscribe(CHANNEL, app[keys.KEEPALIVE].invalidated)
     yield
+    await app[keys.BACKGROUND].close()
     await app[keys.KEEPALIVE].close()
     await app[keys.HTTP].close()
     await app[keys.STORE].close()

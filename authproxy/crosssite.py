@@ -46,6 +46,8 @@ outside the browser)."""
 FOREIGN_FETCH_SITES = ("cross-site", "same-site")
 SAFE_METHODS = ("GET", "HEAD")
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# A WebSocket URL's scheme as the page's origin has it (Traefik also says ws/wss in X-Forwarded-Proto).
+WS_SCHEMES = {"ws": "http", "wss": "https"}
 NAVIGATION_MODES = ("navigate", "nested-navigate")     # nested-navigate: Chromium 76-79's frames
 _OWN, _FOREIGN = 1, -1
 # Pre-folded names: `plainly_own` runs on every request, and istr lookups skip the case folding.

@@ -9,9 +9,11 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from authproxy.config.schema import Config
+    from authproxy.login.background import BackgroundWork
     from authproxy.login.keepalive import UpstreamKeepalive
     from authproxy.login.passthrough import PassthroughLogin
     from authproxy.login.regulation import Regulator
+    from authproxy.login.service import ServiceClient, ServiceGate
     from authproxy.proxy.bridges import BridgeRegistry
     from authproxy.redirects import RedirectPolicy
     from authproxy.routing import Router
@@ -31,8 +33,12 @@ REDIRECTS: web.AppKey[RedirectPolicy] = web.AppKey("redirects")
 WEBSOCKETS: web.AppKey[BridgeRegistry] = web.AppKey("websockets")
 KEEPALIVE: web.AppKey[UpstreamKeepalive] = web.AppKey("keepalive")
 TRUSTED_PEERS: web.AppKey[TrustedPeers] = web.AppKey("trusted_peers")
+SERVICE_GATE: web.AppKey[ServiceGate] = web.AppKey("service_gate")      # service clients (hybrid)
+BACKGROUND: web.AppKey[BackgroundWork] = web.AppKey("background")       # background tokens, checked
 
 # The request's session, loaded once and kept on the request (web.common.current_session): every later
 # step of the same request (a UI call, the credential for the proxy) reads it from here.
 SESSION: web.RequestKey[RequestSession] = web.RequestKey("authproxy.session")
+# The service client a request without a session was proven to be (web/service.py), if any.
+SERVICE_CLIENT: web.RequestKey[ServiceClient] = web.RequestKey("authproxy.service_client")
 HSTS: web.AppKey[str] = web.AppKey("hsts", str)   # the Strict-Transport-Security value, "" = off

@@ -177,9 +177,13 @@ def _log_exception(level: int, message: str, kind: type[BaseException], exc: Bas
 
 
 def audit(event: str, *, outcome: str, user: str = "", site: str = "", client_ip: str = "",
-          **extra: Any) -> None:
-    """One audit line. Only names and outcomes: callers must never pass secrets here."""
-    fields = {"event": event, "outcome": outcome, "user": user, "site": site, "client_ip": client_ip}
+          actor: str = "user", **extra: Any) -> None:
+    """One audit line. Only names and outcomes: callers must never pass secrets here.
+
+    `actor`: who acted, `user` (a person; `user` is their name) or `service` (a service client or
+    authproxy's own background work; `user` is the service's name)."""
+    fields = {"event": event, "outcome": outcome, "actor": actor, "user": user, "site": site,
+              "client_ip": client_ip}
     fields.update(extra)
     audit_log.info("%s %s", event, outcome, extra={"fields": fields})
 

@@ -4,9 +4,11 @@ The other half of who-is-who (login/sources.py says *who the person is*): whoeve
 site's policy picks the credential authproxy injects on the way to the upstream.
 
     OwnCredential      the person's own upstream credential for the site, from their session
-                       (AUTH_MODE=session, and hybrid for now)
-    ServiceCredential  the site's service credential, whoever asks (AUTH_MODE=none); later also for
-                       people who sign in at authproxy itself, for automation and background work
+                       (AUTH_MODE=session)
+    HybridCredential   people as in OwnCredential; the site's service credential only for a service
+                       client (an authproxy API key with the service role), never for an anonymous
+                       request (AUTH_MODE=hybrid)
+    ServiceCredential  the site's service credential, whoever asks (AUTH_MODE=none)
 
 The proxy and forward auth ask `site.policy.credential(session, site.name)` and nothing else, so a
 new policy (a resource credential a person may use, say) never touches them.
@@ -27,6 +29,11 @@ class CredentialPolicy(abc.ABC):
     def credential(self, session: Session | None, site: str) -> Credential | None:
         """The credential to inject for `session` (None: nobody signed in) at `site`; None: none."""
 
+    def for_service(self) -> Credential | None:
+        """The credential an authenticated service client's request gets (None: service clients are
+        not served here)."""
+        return None
+
 
 class OwnCredential(CredentialPolicy):
     """The person's own upstream credential, obtained when they signed in to this site."""
@@ -45,9 +52,21 @@ class ServiceCredential(CredentialPolicy):
         return self.service
 
 
+@dataclass(frozen=True, slots=True)
+class HybridCredential(OwnCredential):
+    """People with their own credential; the service credential only for service clients."""
+
+    service: Credential | None
+
+    def for_service(self) -> Credential | None:
+        return self.service
+
+
 OWN = OwnCredential()
 
 
 def policy_for(auth_mode: str, service: Credential | None) -> CredentialPolicy:
     """The policy AUTH_MODE implies for a site (`service`: its service credential, if configured)."""
-    return ServiceCredential(service) if auth_mode == "none" else OWN
+    if auth_mode == "none":
+        return ServiceCredential(service)
+    return HybridCredential(service) if auth_mode == "hybrid" else OWN

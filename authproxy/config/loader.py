@@ -19,11 +19,13 @@ from typing import Any
 
 from authproxy.config import validate
 from authproxy.config.schema import (
+    AUTH_MODE_ALIASES,
     AUTH_MODES,
     DEFAULT_AUTH_MODE,
     Config,
     IPNetwork,
     ServerConfig,
+    ServiceKey,
     SessionConfig,
     SiteConfig,
     ThrottleConfig,
@@ -66,6 +68,9 @@ FILE_KEYS: dict[str, set[str]] = {
         "forward_auth_secret_file",
         "hsts_max_age",
         "hsts_include_subdomains",
+        "service_api_keys",
+        "service_api_keys_file",
+        "background_check_interval",
     },
     "session": {
         "idle_timeout",
@@ -88,6 +93,8 @@ FILE_KEYS: dict[str, set[str]] = {
         "path_prefix",
         "service_token",
         "service_token_file",
+        "cluster_token",
+        "cluster_token_file",
         "options",
         "timeout",
         "connect_timeout",
@@ -213,6 +220,7 @@ def _auth_mode(r: _Reader, file_mode: str | None) -> str:
     found = r.raw("AUTH_MODE")
     if found:
         mode = found[1].lower()
+        mode = AUTH_MODE_ALIASES.get(mode, mode)
         if mode not in AUTH_MODES:
             r.problems.append(
                 f"AUTH_MODE: must be one of {', '.join(AUTH_MODES)}, but it is set to {found[1]!r}"
@@ -229,6 +237,7 @@ def _auth_mode(r: _Reader, file_mode: str | None) -> str:
     if r.boolean("AUTH_SESSION_ENABLED", False) or r.boolean("USE_SESSION_AUTH", False):
         return "session"
     if file_mode:
+        file_mode = AUTH_MODE_ALIASES.get(str(file_mode).lower(), file_mode)
         if file_mode not in AUTH_MODES:
             r.problems.append(f"auth_mode (config file): must be one of {', '.join(AUTH_MODES)}, "
                               f"but it is {file_mode!r}")
@@ -286,7 +295,8 @@ def _site_from_table(t: dict[str, Any], index: int, problems: list[str],
     return SiteConfig(
         name=str(t["name"]), upstream_url=str(t["upstream_url"]).rstrip("/"), type=str(t["type"]).lower(),
         hosts=tuple(h.lower() for h in hosts), path_prefix=str(t.get("path_prefix", _SITE.path_prefix)),
-        service_token=_file_secret(t, "service_token", where, problems), options=dict(options),
+        service_token=_file_secret(t, "service_token", where, problems),
+        cluster_token=_file_secret(t, "cluster_token", where, problems), options=dict(options),
         allowed_users=tuple(u.lower() for u in _list(t.get("allowed_users", ()))),
         allowed_groups=tuple(_list(t.get("allowed_groups", ()))),
         allow_methods=tuple(m.upper() for m in _list(t.get("allow_methods", ()))),
@@ -356,8 +366,7 @@ def _env_site(r: _Reader, defaults: SiteConfig) -> SiteConfig | None:
         upstream_url=url[1].rstrip("/"),
         type=site_type,
         hosts=tuple(h.lower() for h in _split(hosts[1])) if hosts else (),
-        service_token=service,
-        options=options,
+        service_token=service, cluster_token=r.secret("TECHNITIUM_CLUSTER_TOKEN"), options=options,
         allowed_users=tuple(u.lower() for u in _split((r.raw("ALLOWED_USERS") or ("", ""))[1])),
         allowed_groups=_split((r.raw("ALLOWED_GROUPS") or ("", ""))[1]),
         allow_methods=tuple(m.upper() for m in _split((r.raw("ALLOW_METHODS") or ("", ""))[1])),
@@ -467,7 +476,39 @@ def _server(r: _Reader, fs: dict[str, Any]) -> ServerConfig:
             "HSTS_INCLUDE_SUBDOMAINS",
             bool(fs.get("hsts_include_subdomains", _SERVER.hsts_include_subdomains)),
         ),
+        service_api_keys=_service_keys(r, fs),
+        background_check_interval=r.duration(
+            "BACKGROUND_CHECK_INTERVAL",
+            r.file_duration(fs, "background_check_interval", _SERVER.background_check_interval, "[server]"),
+        ),
     )
+
+
+_SERVICE_KEY = re.compile(r"^([A-Za-z0-9_.@-]{1,64}):sha256:([0-9a-fA-F]{64})$")
+
+
+def _service_keys(r: _Reader, fs: dict[str, Any]) -> tuple[ServiceKey, ...]:
+    """SERVICE_API_KEYS (or _FILE, or [server] service_api_keys): `name:sha256:<hex>` entries, as
+    `authproxy service-key NAME` prints them; the keys themselves are never configured."""
+    secret = r.secret("SERVICE_API_KEYS")
+    if secret is not None:
+        text, where = secret.reveal(), "SERVICE_API_KEYS"
+    elif isinstance(fs.get("service_api_keys"), list):
+        text, where = " ".join(str(v) for v in fs["service_api_keys"]), "[server].service_api_keys"
+    else:
+        from_file = _file_secret(fs, "service_api_keys", "[server]", r.problems)
+        text = from_file.reveal() if from_file is not None else ""
+        where = "[server].service_api_keys"
+    keys: list[ServiceKey] = []
+    for entry in _split(text):
+        match = _SERVICE_KEY.match(entry)
+        if match is None:
+            shown = entry.split(":", 1)[0][:64]
+            r.problems.append(f"{where}: the entry for {shown!r} is not name:sha256:<64 hex digits>; make "
+                              "one with `authproxy service-key NAME` and paste the line it prints")
+            continue
+        keys.append(ServiceKey(name=match.group(1), digest=bytes.fromhex(match.group(2))))
+    return tuple(keys)
 
 
 def _session(r: _Reader, fss: dict[str, Any]) -> SessionConfig:

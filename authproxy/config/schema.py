@@ -18,6 +18,8 @@ AuthMode = Literal["none", "session", "hybrid"]
 AUTH_MODES: tuple[str, ...] = ("none", "session", "hybrid")
 SESSION_MODES: frozenset[str] = frozenset({"session", "hybrid"})
 DEFAULT_AUTH_MODE: AuthMode = "session"
+# Names other tools' .env files use for the same modes (AUTH_MODE is read case-insensitively).
+AUTH_MODE_ALIASES: dict[str, AuthMode] = {"apikey": "none", "truenas": "session"}
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -37,6 +39,15 @@ FORWARD_AUTH_SECRET_HEADER = "X-Authproxy-Secret"
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceKey:
+    """An authproxy API key with the `service` role (SERVICE_API_KEYS): its name, and the SHA-256 of
+    the key (the key itself is shown once, when made, and never configured or stored)."""
+
+    name: str
+    digest: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class SiteConfig:
     """One protected upstream: where it is, how to talk to it, which public hosts map to it."""
 
@@ -46,6 +57,9 @@ class SiteConfig:
     hosts: tuple[str, ...] = ()          # public host names (lower case, no port); () = any host
     path_prefix: str = "/"               # public path prefix the UI is served under
     service_token: Secret | None = None  # shared credential for AUTH_MODE=none / background work
+    # TECHNITIUM_CLUSTER_TOKEN (deprecated): a shared admin token, accepted only as the source of a
+    # migration to a least-privileged background token (session/hybrid); never sent on a request.
+    cluster_token: Secret | None = None
     options: dict[str, Any] = field(default_factory=dict)  # adapter-specific, validated by the adapter
     allowed_users: tuple[str, ...] = ()  # () = anyone the upstream accepts; else only these (lower case)
     allowed_groups: tuple[str, ...] = () # () = no group rule; else one of these groups is required
@@ -116,6 +130,10 @@ class ServerConfig:
     # so the quick start is not locked in); 0 = authproxy sends none.
     hsts_max_age: int = 31_536_000
     hsts_include_subdomains: bool = False
+    # AUTH_MODE=hybrid: automation clients that authenticate to authproxy as a service (their requests
+    # use the site's service credential), and how often the background token's privileges are re-read.
+    service_api_keys: tuple[ServiceKey, ...] = ()
+    background_check_interval: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -182,10 +182,41 @@ def _sites(config: Config) -> list[str]:
                     f"{where}: host {host!r} with path {site.path_prefix!r} is already routed to another site"
                 )
             routes.add(key)
-        if config.auth_mode in ("none", "hybrid") and site.service_token is None:
+        # hybrid without a service credential is a migration in progress when the old admin token is there
+        migrating = config.auth_mode == "hybrid" and site.cluster_token is not None
+        if config.auth_mode in ("none", "hybrid") and site.service_token is None and not migrating:
             p.append(
                 f"UPSTREAM_SERVICE_TOKEN ({where}): AUTH_MODE={config.auth_mode} needs a service credential "
-                "(UPSTREAM_SERVICE_TOKEN, TECHNITIUM_TOKEN or service_token in the site)"
+                "(UPSTREAM_SERVICE_TOKEN, TECHNITIUM_BACKGROUND_TOKEN, TECHNITIUM_TOKEN or service_token "
+                "in the site)"
+            )
+    return p
+
+
+def _hybrid(config: Config) -> list[str]:
+    """Service API keys and the shared admin token a migration starts from."""
+    p: list[str] = []
+    keys = config.server.service_api_keys
+    if keys and config.auth_mode != "hybrid":
+        p.append(
+            "SERVICE_API_KEYS: service clients act with a site's service credential, which only "
+            f"AUTH_MODE=hybrid uses for them (it is {config.auth_mode}); set AUTH_MODE=hybrid or remove them"
+        )
+    names = [k.name for k in keys]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        p.append(f"SERVICE_API_KEYS: the name {name!r} is used twice; give every key its own name")
+    if config.server.background_check_interval < 1:
+        p.append("BACKGROUND_CHECK_INTERVAL: must be at least 1s (e.g. 5m, the default)")
+    for site in config.sites:
+        if site.cluster_token is None:
+            continue
+        where = f"site {site.name!r}"
+        if site.type != "technitium":
+            p.append(f"TECHNITIUM_CLUSTER_TOKEN ({where}): only a technitium site has one; remove it")
+        elif not config.session_mode:
+            p.append(
+                f"TECHNITIUM_CLUSTER_TOKEN ({where}): deprecated, and accepted only as the source of a "
+                "migration in AUTH_MODE=session or hybrid; for AUTH_MODE=none set TECHNITIUM_TOKEN instead"
             )
     return p
 
@@ -214,4 +245,4 @@ def _upstream(site: SiteConfig, where: str) -> list[str]:
 
 # The sections, in the order their problems are listed. A new setting's rules go in its section.
 SECTIONS: tuple[Callable[[Config], list[str]], ...] = (
-    _https, _server, _redirect_domains, _session, _cookie, _store, _throttle, _sites)
+    _https, _server, _redirect_domains, _session, _cookie, _store, _throttle, _sites, _hybrid)

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import hmac
 import unicodedata
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from authproxy.crypto import b64e
@@ -95,8 +96,10 @@ class PassthroughLogin:
     """Every sign-in, whatever the identity source: throttled before it is asked, audited after."""
 
     def __init__(self, sessions: SessionManager, regulator: Regulator,
-                 keepalive: UpstreamKeepalive | None = None, *, source: IdentitySource | None = None) -> None:
+                 keepalive: UpstreamKeepalive | None = None, *, source: IdentitySource | None = None,
+                 names: Callable[[str], Awaitable[str | None]] | None = None) -> None:
         self.sessions = sessions
+        self.names = names   # the reverse name of a client address (login/background.py), for the audit
         self.regulator = regulator
         self.keepalive = keepalive
         self.source = source if source is not None else UpstreamAccounts()
@@ -164,6 +167,7 @@ class PassthroughLogin:
                                                     client_ip=client_ip, auth_method=self.source.name)
         if self.keepalive is not None:
             self.keepalive.note_use(loaded, site.name)
+        named = await self.names(client_ip) if self.names is not None else None
         audit("login", outcome="success", user=result.identity.username, site=site.name, client_ip=client_ip,
-              session=loaded.public_id)
+              session=loaded.public_id, **({"client_name": named} if named else {}))
         return loaded, cookie

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from authproxy import keys
 from authproxy.log import log
+from authproxy.login.service import API_KEY_HEADER
 from authproxy.proxy.headers import upstream_request_headers
 from authproxy.routing import Site
 from authproxy.sessions.manager import LoadedSession
@@ -41,6 +42,11 @@ def signed_out(request: web.Request, site: Site, *, expired: bool = False) -> we
 
 def build_upstream_request(request: web.Request, site: Site) -> UpstreamRequest:
     headers = upstream_request_headers(request.headers, drop_cookie=request.app[keys.SESSIONS].cookie_name)
+    if request.app[keys.SERVICE_GATE]:
+        # A service client's key is authproxy's, never the upstream's (also when it came as a Bearer).
+        headers.popall(API_KEY_HEADER, None)
+        if keys.SERVICE_CLIENT in request:
+            headers.popall("Authorization", None)
     rel = request.rel_url
     return UpstreamRequest(method=request.method, raw_path=site.upstream_path(rel.raw_path),
                            raw_query=rel.raw_query_string, headers=headers)

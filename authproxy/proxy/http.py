@@ -48,6 +48,7 @@ from authproxy.upstreams.base import BodyRefused, UpstreamAdapter, UpstreamReque
 from authproxy.upstreams.substitute import ReplacerChain, StreamReplacer, scrubber
 from authproxy.web import uicalls
 from authproxy.web.common import client_ip, current_session, error_response, no_endpoint
+from authproxy.web.service import service_credential
 
 CHUNK = 64 * 1024
 MAX_PEEK = 1 << 20
@@ -164,13 +165,19 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
         if refusal is not None:
             return _cross_site_refused(request, site, refusal)
     loaded, credential = await credential_for(request, site)
-    # Without a credential only the calls the product answers for anyone (its adapter declares them) go
-    # on, without one: the UI gets the product's own answer.
-    if credential is None and (
-        request.headers.get("Upgrade", "").lower() == "websocket"
-        or not site.adapter.public_call(method, site.upstream_path(request.rel_url.raw_path))
-    ):
-        return signed_out(request, site)
+    if credential is None:
+        if loaded is None:   # nobody signed in: a service client's (hybrid), or an anonymous request
+            credential, refused = service_credential(request, site, client_ip=client_ip(request),
+                                                     method=request.method, path=request.rel_url.path)
+            if refused is not None:
+                return refused
+        # Without a credential only the calls the product answers for anyone (its adapter declares
+        # them) go on, without one: the UI gets the product's own answer.
+        if credential is None and (
+            request.headers.get("Upgrade", "").lower() == "websocket"
+            or not site.adapter.public_call(method, site.upstream_path(request.rel_url.raw_path))
+        ):
+            return signed_out(request, site)
     if (loaded is not None and (site.config.allowed_users or site.config.allowed_groups)
             and authz.decide(loaded.session, site.config, session_mode=True) == "deny"):
         # The same per-site allow lists as forward auth (authz.decide), for HTTP and WebSocket alike.

@@ -33,7 +33,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from authproxy import keys
+from authproxy import crosssite, keys
 from authproxy.errors import StoreError
 from authproxy.log import log
 from authproxy.proxy.bridges import CLOSE_TIMEOUT, SESSION_ENDED, Bridge, BridgeRegistry
@@ -68,7 +68,7 @@ _HANDSHAKE_HEADERS = ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSock
 
 def upstream_origin(upstream_url: str) -> str:
     parts = urlsplit(upstream_url)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    scheme = crosssite.WS_SCHEMES.get(parts.scheme, parts.scheme)
     return f"{scheme}://{parts.netloc}"
 
 

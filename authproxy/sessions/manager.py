@@ -235,12 +235,14 @@ class SessionManager:
         await self.store.publish(CHANNEL, loaded.store_key)
         return True
 
-    async def drop_credential(self, loaded: LoadedSession, site: str, *, client_ip: str = "") -> bool:
-        """The upstream says `site`'s credential is dead: remove it (audited); the session ends with its
-        last credential. True when the session lives on."""
-        loaded.session.credentials.pop(site, None)
-        audit("expiry", outcome="upstream_invalid", user=loaded.session.user, site=site,
-              client_ip=_resolve(client_ip), session=loaded.public_id)
+    async def drop_credential(self, loaded: LoadedSession, *sites: str, client_ip: str = "") -> bool:
+        """The upstream says these sites' credentials are dead: remove them (audited); the session ends
+        with its last credential. True when the session lives on. The one place a credential dies
+        (the proxy, a UI call, the keepalive and the heartbeat all come here)."""
+        for site in sites:
+            loaded.session.credentials.pop(site, None)
+            audit("expiry", outcome="upstream_invalid", user=loaded.session.user, site=site,
+                  client_ip=_resolve(client_ip), session=loaded.public_id)
         if loaded.session.credentials and await self.save(loaded):
             return True
         await self.destroy(loaded)

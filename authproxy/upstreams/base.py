@@ -54,6 +54,19 @@ class BodyRefused(Exception):
         self.message = message
 
 
+@dataclass(frozen=True, slots=True)
+class TokenCheck:
+    """What a background token may do, judged from its own session upstream (never the token itself).
+
+    `validated`: its privileges could be read; `ok`: safe for background work; `reason`: why not (or
+    what it may do); `too_privileged`: the sections it could change, or must not even see."""
+
+    validated: bool
+    ok: bool
+    reason: str
+    too_privileged: tuple[str, ...] = ()
+
+
 @dataclass(slots=True)
 class UpstreamRequest:
     """The request about to go upstream, mutable so the adapter can strip and inject.
@@ -130,6 +143,15 @@ class UpstreamAdapter(abc.ABC):
     def service_credential(self, secret: str) -> Credential:
         """The site's configured service token as a credential (AUTH_MODE=none/hybrid)."""
         return Credential(secret=secret, actor="service")
+
+    async def check_background(self, credential: Credential) -> TokenCheck | None:
+        """Whether `credential` (the site's background token) is least-privileged enough for background
+        work; None: the product cannot tell, and the token is used as configured."""
+        return None
+
+    async def reverse_name(self, credential: Credential, address: str) -> str | None:
+        """The reverse (PTR) name of `address`, asked with the background token; None: none known."""
+        return None
 
     def credential_fields(self) -> FieldNames:
         """Request field names that carry the credential: `prepare_request` cuts them from the query,

@@ -23,7 +23,8 @@ from authproxy.config.schema import SiteConfig
 from authproxy.errors import UpstreamProtocolError, UpstreamUnavailable
 from authproxy.sessions.manager import LoadedSession
 from authproxy.sessions.model import Credential, Identity
-from authproxy.upstreams.base import LoginResult, UpstreamAdapter, UpstreamRequest
+from authproxy.upstreams import technitium_admin as admin
+from authproxy.upstreams.base import LoginResult, TokenCheck, UpstreamAdapter, UpstreamRequest
 from authproxy.upstreams.query import FieldNames, query_with, query_without
 from authproxy.upstreams.substitute import rewrite_tokens, session_placeholder
 from authproxy.upstreams.ui import NO_STORE, Handoff, Outcome, UiAnswer, UiCall
@@ -229,6 +230,72 @@ class TechnitiumAdapter(UpstreamAdapter):
             credential.touched_at = time.time()
             return True
         return False
+
+    # ---- background work and the migration to a background token (upstreams/technitium_admin.py) ----
+
+    async def check_background(self, credential: Credential) -> TokenCheck | None:
+        """The token's own session, its effective permissions judged (groups included)."""
+        try:
+            env = await self._call("/api/user/session/get", credential=credential)
+        except (UpstreamUnavailable, UpstreamProtocolError) as exc:
+            return admin.unreadable(f"unreadable: {exc}")
+        if env.get("status") != "ok":
+            return admin.unreadable("refused by Technitium (invalid or expired token)")
+        permissions = admin.permissions_of(env)
+        if permissions is None:
+            return admin.unreadable("Technitium's session answer has no permissions")
+        return admin.judge(permissions)
+
+    async def reverse_name(self, credential: Credential, address: str) -> str | None:
+        env = await self._call("/api/dnsClient/resolve", credential=credential,
+                               params={"server": "this-server", "domain": address, "type": "PTR"})
+        return admin.ptr_from(env) if env.get("status") == "ok" else None
+
+    async def may_administer(self, credential: Credential) -> bool:
+        """Whether this (a person's own, or the shared admin) token may do every step of the migration."""
+        env = await self._call("/api/user/session/get", credential=admin.plain(credential))
+        return env.get("status") == "ok" and admin.may_administer(env)
+
+    async def create_background_token(self, credential: Credential, *,
+                                      base_name: str = admin.DEFAULT_BACKGROUND_USER
+                                      ) -> admin.NewBackgroundToken:
+        """The migration, with an administrator's token: a dedicated DnsClient-View-only user and its API
+        token, checked like any background token. Raises admin.MigrationError."""
+        cred = admin.plain(credential)
+        users = admin.answer_of(await self._call("/api/admin/users/list", credential=cred), "list users")
+        taken = {str(u.get("username", "")).lower() for u in users.get("users") or [] if isinstance(u, dict)}
+        username = ""
+        for name in admin.candidate_names(base_name, taken):
+            env = await self._call("/api/admin/users/create", credential=cred, data={
+                "user": name, "pass": admin.new_password(), "displayName": "authproxy background work (PTR)"})
+            if env.get("status") == "error" and "already exists" in str(env.get("errorMessage")):
+                continue  # taken since the list was read
+            username = str(admin.answer_of(env, "create a user").get("username") or name)
+            break
+        if not username:
+            raise admin.MigrationError("every name for the background user is taken", code="conflict",
+                                       status=409)
+        # Only Everyone (which cannot be left): no group that could make it unsafe.
+        admin.answer_of(await self._call("/api/admin/users/set", credential=cred,
+                                   data={"user": username, "memberOfGroups": ""}), "set the user's groups")
+        section = admin.answer_of(await self._call("/api/admin/permissions/get", credential=cred, params={
+            "section": admin.BACKGROUND_SECTION}), "read permissions")
+        rows = section.get("userPermissions")
+        table = admin.table_with(rows if isinstance(rows, list) else [], "username", username, view=True)
+        admin.answer_of(await self._call("/api/admin/permissions/set", credential=cred, data={
+            "section": admin.BACKGROUND_SECTION, "userPermissions": table}), "grant DnsClient: View")
+        made = admin.answer_of(await self._call("/api/admin/sessions/createToken", credential=cred, data={
+            "user": username, "tokenName": admin.TOKEN_NAME}), "create the API token")
+        token = admin.require_token(made)
+        check = await self.check_background(self.service_credential(token))
+        assert check is not None
+        if not check.ok:
+            # Not handed out: take the user away again (its token dies with it).
+            await self._call("/api/admin/users/delete", credential=cred, data={"user": username})
+            raise admin.MigrationError(f"the new token for {username} is not safe ({check.reason}); fix the "
+                                       "permissions of the Everyone group, then migrate again",
+                                       code="unsafe_token", status=409)
+        return admin.NewBackgroundToken(username=username, token=token, check=check)
 
     # ---- forwarding ------------------------------------------------------------------------------
 

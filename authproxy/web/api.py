@@ -15,12 +15,15 @@ from aiohttp import web
 
 from authproxy import crosssite, keys
 from authproxy.bodies import read_up_to
+from authproxy.config.schema import Config
 from authproxy.errors import AuthError, UpstreamError, UpstreamProtocolError
 from authproxy.log import audit, log
 from authproxy.login.passthrough import LoginInput
 from authproxy.redirects import RedirectPolicy
 from authproxy.routing import Site
 from authproxy.sessions.manager import LoadedSession
+from authproxy.upstreams.technitium import TechnitiumAdapter
+from authproxy.upstreams.technitium_admin import MigrationError
 from authproxy.web.common import (
     SECURITY_HEADERS,
     RequestSession,
@@ -207,8 +210,10 @@ async def end_session(request: web.Request, loaded: LoadedSession, *, reason: st
             log.warning(
                 "upstream logout failed", extra={"fields": {"site": name, "error": type(exc).__name__}}
             )
+    address = client_ip(request)
+    named = await request.app[keys.BACKGROUND].name_for(address)   # the PTR name, when a safe token can tell
     audit("logout", outcome=reason, user=loaded.session.user, site=loaded.session.site,
-          client_ip=client_ip(request), session=loaded.public_id)
+          client_ip=address, session=loaded.public_id, **({"client_name": named} if named else {}))
 
 
 _FORM_BOOLEANS = {"1": True, "on": True, "true": True, "": False, "0": False, "off": False, "false": False}
@@ -259,7 +264,11 @@ async def session_info(request: web.Request) -> web.StreamResponse:
     if loaded is None:
         return web.json_response({"authenticated": False}, headers=SECURITY_HEADERS)
     idle = await request.app[keys.SESSIONS].idle_expires_at(loaded)
-    return web.json_response(session_json(request, loaded, idle), headers=SECURITY_HEADERS)
+    body = session_json(request, loaded, idle)
+    # Where the session was opened from, with its reverse name when a safe background token can tell.
+    address = loaded.session.client_ip
+    body.update(clientIp=address, clientName=await request.app[keys.BACKGROUND].name_for(address))
+    return web.json_response(body, headers=SECURITY_HEADERS)
 
 
 async def heartbeat(request: web.Request) -> web.StreamResponse:
@@ -270,7 +279,7 @@ async def heartbeat(request: web.Request) -> web.StreamResponse:
     if not await manager.touch(loaded):  # ended elsewhere since this replica cached it
         return json_error(401, "session_expired", "Your session has ended; sign in again.")
     router = request.app[keys.ROUTER]
-    changed = False
+    used, dead = False, []
     for name, cred in list(loaded.session.credentials.items()):
         site = router.by_name.get(name)
         if site is None or cred.upstream_ttl is None:
@@ -283,17 +292,15 @@ async def heartbeat(request: web.Request) -> web.StreamResponse:
             continue  # transient: the next heartbeat tries again
         if alive:
             request.app[keys.KEEPALIVE].note_use(loaded, name)  # the upstream saw it just now
+            used = True
         else:
-            del loaded.session.credentials[name]
-            audit("expiry", outcome="upstream_invalid", user=loaded.session.user, site=name,
-                  client_ip=client_ip(request), session=loaded.public_id)
-        changed = True
-    if changed:
-        if not loaded.session.credentials:
-            await manager.destroy(loaded)
-            return json_error(401, "session_expired", "Your upstream session has ended; sign in again.")
-        if not await manager.save(loaded):  # signed out elsewhere while the upstream was asked
-            return json_error(401, "session_expired", "Your session has ended; sign in again.")
+            dead.append(name)
+    if dead:
+        if not await manager.drop_credential(loaded, *dead, client_ip=client_ip(request)):
+            ended = "upstream session" if not loaded.session.credentials else "session"
+            return json_error(401, "session_expired", f"Your {ended} has ended; sign in again.")
+    elif used and not await manager.save(loaded):  # signed out elsewhere while the upstream was asked
+        return json_error(401, "session_expired", "Your session has ended; sign in again.")
     idle = await manager.idle_expires_at(loaded)
     return web.json_response(session_json(request, loaded, idle), headers=SECURITY_HEADERS)
 
@@ -301,6 +308,7 @@ async def heartbeat(request: web.Request) -> web.StreamResponse:
 async def me(request: web.Request) -> web.StreamResponse:
     config = request.app[keys.CONFIG]
     loaded = await current_session(request)
+    background = request.app[keys.BACKGROUND]
     body: dict[str, Any] = {
         "authMode": config.auth_mode,
         "sessionAuthEnabled": config.session_mode,
@@ -308,10 +316,92 @@ async def me(request: web.Request) -> web.StreamResponse:
         "trustProxy": config.server.trust_proxy,
         "authenticated": loaded is not None,
         "user": loaded.session.user if loaded else None,
-        "sites": [{"name": s.name, "type": s.config.type} for s in request.app[keys.ROUTER].sites],
+        "sites": [{"name": s.name, "type": s.config.type,
+                   "backgroundToken": background.state(s.name).summary()}
+                  for s in request.app[keys.ROUTER].sites],
         "loginUrl": f"{config.server.prefix}/login",
+        # The names existing scripts already query (README "The background token").
+        "backgroundPtrToken": background.state(_background_site(request).name).summary(),
+        "migrationRequired": migration_required(config),
     }
+    if config.auth_mode == "none":
+        body["warning"] = ("AUTH_MODE=none: every request reaches the upstream with the shared service "
+                           "credential, whoever sends it")
     return web.json_response(body, headers=SECURITY_HEADERS)
+
+
+def _background_site(request: web.Request) -> Site:
+    """The site whose background token /me reports at the top: the first Technitium site with one,
+    else the first Technitium site, else the first site."""
+    sites = request.app[keys.ROUTER].sites
+    technitium = [s for s in sites if s.config.type == "technitium"]
+    with_token = [s for s in technitium if s.config.service_token is not None]
+    return (with_token or technitium or sites)[0]
+
+
+def migration_required(config: Config) -> bool:
+    """A shared admin token (TECHNITIUM_CLUSTER_TOKEN) is still configured where people sign in."""
+    return config.session_mode and any(s.cluster_token is not None for s in config.sites)
+
+
+async def migrate_background_token(request: web.Request) -> web.StreamResponse:
+    """POST .../background-token/migrate: with the signed-in person's own Technitium token (which must
+    administer users), create a DnsClient-View-only user and its API token, check it, and answer the
+    token once with the line for the env file. Nothing of it is logged or stored."""
+    config = request.app[keys.CONFIG]
+    if crosssite.from_other_site(request):
+        return json_error(403, "cross_site", "Cross-site request refused.")
+    if not config.session_mode:
+        return json_error(404, "not_available", "The migration needs AUTH_MODE=session or hybrid.")
+    loaded = await current_session(request)
+    if loaded is None:
+        return json_error(401, "unauthenticated", "Sign in first, with a Technitium administrator account.")
+    try:
+        wanted = await _migration_site_name(request)
+    except AuthError as exc:
+        return json_error(exc.status, exc.code, str(exc))
+    sites = [s for s in request.app[keys.ROUTER].sites if s.config.type == "technitium"
+             and (wanted is None or s.name == wanted) and s.name in loaded.session.credentials]
+    if len(sites) != 1 or not isinstance(sites[0].adapter, TechnitiumAdapter):
+        return json_error(400, "bad_request",
+                          "Name the Technitium site you are signed in to: {\"site\": \"...\"}.")
+    site, adapter = sites[0], sites[0].adapter
+    credential = loaded.session.credentials[site.name]
+    who = {"user": loaded.session.user, "site": site.name, "client_ip": client_ip(request)}
+    try:
+        if not await adapter.may_administer(credential):
+            audit("background_token_migration", outcome="forbidden", **who)
+            return json_error(403, "forbidden", "Your Technitium account may not administer users "
+                              "(Administration: View, Modify and Delete).")
+        made = await adapter.create_background_token(credential)
+    except MigrationError as exc:
+        audit("background_token_migration", outcome=exc.code, **who)
+        return json_error(exc.status, exc.code, str(exc))
+    except UpstreamError as exc:
+        log.warning("migration: upstream unavailable", extra={"fields": {"site": site.name,
+                                                                           "error": type(exc).__name__}})
+        return json_error(502, "upstream_unavailable", "Technitium is not answering; try again soon.")
+    audit("background_token_migration", outcome="success", background_user=made.username, **who)
+    return web.json_response({
+        "site": site.name, "username": made.username, "token": made.token,
+        "envLine": f"TECHNITIUM_BACKGROUND_TOKEN={made.token}",
+        "check": {"validated": made.check.validated, "okForPtr": made.check.ok, "reason": made.check.reason},
+        "shownOnce": True,
+        "next": ["Put envLine into the env file authproxy reads", "Remove TECHNITIUM_CLUSTER_TOKEN",
+                 ("Restart authproxy (Compose: docker compose up -d --force-recreate; systemd: systemctl "
+                  "restart authproxy)"), "Check: curl -s https://<host>/_authproxy/api/auth/me"],
+    }, headers=SECURITY_HEADERS)
+
+
+async def _migration_site_name(request: web.Request) -> str | None:
+    """`{"site": name}` from the body, or None (no body: the one Technitium site signed in to)."""
+    if request.content_length in (None, 0) and not request.body_exists:
+        return None
+    data, _ = await _read_login(request, fields='"site"')
+    site = data.get("site")
+    if site is not None and not isinstance(site, str):
+        raise AuthError("`site` must be a site name.", code="bad_request", status=400)
+    return site
 
 
 def login_location(request: web.Request, rd: str) -> str:
@@ -325,3 +415,4 @@ def setup(app: web.Application, prefix: str) -> None:
     app.router.add_get(f"{prefix}/api/auth/session", session_info)
     app.router.add_post(f"{prefix}/api/auth/heartbeat", heartbeat)
     app.router.add_get(f"{prefix}/api/auth/me", me)
+    app.router.add_post(f"{prefix}/api/auth/background-token/migrate", migrate_background_token)

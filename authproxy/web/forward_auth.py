@@ -64,6 +64,7 @@ from authproxy.web.common import (
     wants_html,
 )
 from authproxy.web.middleware import Handler, peer_in, request_rules
+from authproxy.web.service import service_credential
 
 __all__ = ["KINDS", "LISTENER", "BadTarget", "ProxyKind", "Target", "detect", "listener_app",
            "read_target", "setup"]
@@ -83,7 +84,6 @@ _HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 _SLASHES = re.compile(r"/{2,}")
 MAX_URI = 8192
 MAX_HOST = 260
-WS_SCHEMES = {"ws": "http", "wss": "https"}
 IDENTITY = ("Remote-User", "Remote-Groups", "Remote-Name", "Remote-Email")
 
 
@@ -167,7 +167,7 @@ def _method(value: str, source: str) -> str:
 
 def _proto(value: str, source: str) -> str:
     proto = value.lower()
-    proto = WS_SCHEMES.get(proto, proto)  # Traefik says ws/wss for WebSocket upgrades
+    proto = crosssite.WS_SCHEMES.get(proto, proto)  # Traefik says ws/wss for WebSocket upgrades
     if proto not in ("http", "https"):
         raise BadTarget(f"{source} must be http or https (or ws/wss)")
     return proto
@@ -403,7 +403,15 @@ async def verify(request: web.Request) -> web.StreamResponse:  # noqa: C901 - /v
             ),
         )
     decision = authz.decide(loaded.session if loaded else None, site.config, session_mode=config.session_mode)
-    if decision == "login":
+    service: Credential | None = None
+    if decision == "login" and loaded is None:   # a service client's (hybrid), or an anonymous request
+        proxied_from = forwarded_client(request.headers.getall("X-Forwarded-For", ()), request.remote or "",
+                                        config.server.trusted_proxies)
+        service, refused = service_credential(request, site, method=target.method, path=target.path,
+                                              client_ip=proxied_from)
+        if refused is not None:
+            return refused
+    if decision == "login" and service is None:
         if site.adapter.public_call(target.method, site.upstream_path(target.route_path)):
             # A call the product answers for anyone (e.g. Technitium's api/sso/status): let it through,
             # with no credential to add.
@@ -415,7 +423,9 @@ async def verify(request: web.Request) -> web.StreamResponse:  # noqa: C901 - /v
 
     headers: dict[str, str] = {"Cache-Control": "no-store"}
     credential: Credential | None
-    if loaded is not None:
+    if service is not None:
+        credential = service
+    elif loaded is not None:
         credential = site.policy.credential(loaded.session, site.name)
         identity = site_identity(loaded.session, site.name)
         if identity is not None:

@@ -10,13 +10,13 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from aiohttp_remotes import XForwardedFiltered
 
+from authproxy import crosssite
 from authproxy.config.schema import IPNetwork
 from authproxy.errors import StoreError
 from authproxy.log import log
 from authproxy.web.common import HSTS, error_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_WS_SCHEMES = {"ws": "http", "wss": "https"}
 
 
 class TrustedPeers:
@@ -78,10 +78,10 @@ class TrustedForwarded:
             return await handler(request)
         headers = request.headers
         proto = headers.get("X-Forwarded-Proto", "")
-        if proto.lower() in _WS_SCHEMES:
+        if proto.lower() in crosssite.WS_SCHEMES:
             # Traefik says ws/wss for WebSocket upgrades: read as http/https from a copy of the headers.
             # Not request.clone(headers=...): it re-encodes every header and fails on bytes that are no UTF-8.
-            headers = _replace(request, "X-Forwarded-Proto", _WS_SCHEMES[proto.lower()])
+            headers = _replace(request, "X-Forwarded-Proto", crosssite.WS_SCHEMES[proto.lower()])
         if "X-Forwarded-For" not in headers:
             scheme = headers["X-Forwarded-Proto"].split(",")[-1].strip() if proto else None
             host = headers.get("X-Forwarded-Host", "").split(",")[-1].strip() or None

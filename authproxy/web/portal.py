@@ -29,6 +29,7 @@ LOGIN_PAGE = """<!doctype html>
 <p class="hint">Use your {site_kind} account.</p>
 <div id="error" class="error" role="alert" aria-live="assertive"{error_hidden}>{error}</div>
 <div id="notice" class="notice" role="status"{notice_hidden}>{notice}</div>
+{migration}
 <form id="login" method="post" action="{prefix}/api/auth/login" novalidate>
   <input type="hidden" name="rd" value="{rd}">
   <input type="hidden" name="site" value="{site}">
@@ -47,6 +48,20 @@ LOGIN_PAGE = """<!doctype html>
   <button type="submit" id="submit">Sign in</button>
 </form>
 </main></body></html>"""
+
+
+# Shown while a shared Technitium admin token (TECHNITIUM_CLUSTER_TOKEN) is still configured.
+MIGRATION_NOTICE = """<div id="migration" class="notice" role="status"><strong>Migration required.</strong>
+This server still holds a shared Technitium admin token (TECHNITIUM_CLUSTER_TOKEN, deprecated). A Technitium
+administrator: sign in, then create the least-privileged background token with
+<code>POST {prefix}/api/auth/background-token/migrate</code> or <code>authproxy technitium migrate</code>,
+set TECHNITIUM_BACKGROUND_TOKEN and remove TECHNITIUM_CLUSTER_TOKEN (README: "Migrating from a shared admin
+token").</div>"""
+
+
+def _migration_required(request: web.Request) -> bool:
+    config = request.app[keys.CONFIG]
+    return config.session_mode and any(s.cluster_token is not None for s in config.sites)
 
 
 def resolve_site(request: web.Request, explicit: str | None = None, rd: str | None = None) -> Site | None:
@@ -77,6 +92,7 @@ def render_login(request: web.Request, *, status: int = 200, error: str = "", rd
         error=html.escape(error), error_hidden="" if error else " hidden",
         notice=html.escape(notice), notice_hidden="" if notice else " hidden",
         username=html.escape(username[:256]), cred_hidden="", totp_hidden="" if totp else " hidden",
+        migration=MIGRATION_NOTICE.format(prefix=html.escape(prefix)) if _migration_required(request) else "",
     )
     return web.Response(status=status, text=body, content_type="text/html",
                         headers={**SECURITY_HEADERS, "Content-Security-Policy": CSP, **(headers or {})})

@@ -177,18 +177,11 @@ async def _session(request: web.Request, site: Site) -> web.StreamResponse | Non
     return None
 
 
-def _navigation(request: web.Request) -> bool:
-    mode = request.headers.get("Sec-Fetch-Mode")
-    if mode is not None:
-        return mode.lower() == "navigate"
-    return "text/html" in request.headers.get("Accept", "")
-
-
 async def _entry(request: web.Request, site: Site) -> web.StreamResponse | None:
     """After a portal sign-in the UI has no token and would try admin/admin: once per credential, the
     page load gets a short-lived cookie holding the placeholder, as Technitium's SSO does."""
     handoff = site.adapter.ui_handoff
-    if handoff is None or not _navigation(request):
+    if handoff is None or not crosssite.navigation(request.method, request.headers):
         return None
     try:
         has_handoff = handoff.cookie in request.cookies

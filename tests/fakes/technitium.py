@@ -59,8 +59,10 @@ from multidict import CIMultiDict, MultiDict
 
 __all__ = [
     "ADMIN_GROUPS",
+    "EVERYONE",
     "PERMISSION_SECTIONS",
     "FakeClock",
+    "FakeGroup",
     "FakeSession",
     "FakeTechnitium",
     "FakeUser",
@@ -74,16 +76,21 @@ PERMISSION_SECTIONS: tuple[str, ...] = (
 VIEW, MODIFY, DELETE = 1, 2, 4
 ALL = VIEW | MODIFY | DELETE
 
-# Built-in groups and their default permissions (AuthManager.CreateDefaultConfig).
+# Built-in groups and their default permissions (AuthManager.CreateDefaultConfig); each fake starts from a
+# copy, which /api/admin/permissions/set (and `set_group_permission`) then changes.
 _GROUP_PERMISSIONS: dict[str, dict[str, int]] = {
     "Administrators": {s: ALL for s in PERMISSION_SECTIONS},
     "DNS Administrators": {s: ALL for s in ("Zones", "Cache", "Allowed", "Blocked", "Apps", "DnsClient",
                                             "Settings")},
     "DHCP Administrators": {"DhcpServer": ALL},
     "Everyone": {s: VIEW for s in ("Dashboard", "Zones", "Cache", "Allowed", "Blocked", "Apps", "DnsClient",
-                                   "DhcpServer")},
+                                   "DhcpServer", "Logs")},
 }
+_GROUP_DESCRIPTIONS = {"Administrators": "Super administrators",
+                       "DNS Administrators": "DNS service administrators",
+                       "DHCP Administrators": "DHCP service administrators", "Everyone": "All users"}
 ADMIN_GROUPS: tuple[str, ...] = ("Administrators", "Everyone")
+EVERYONE = "Everyone"
 
 MAX_LOGIN_ATTEMPTS = 5
 BLOCK_NETWORK_SECONDS = 300
@@ -132,8 +139,18 @@ class FakeClock:
 
 
 @dataclass(slots=True)
+class FakeGroup:
+    """A group and its row in each section's permission table (Group.cs, Permission.cs)."""
+
+    name: str
+    description: str = ""
+    permissions: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class FakeUser:
-    """One local account; `permissions` are the user's own flags, groups add theirs (upstream: OR)."""
+    """One local account; `permissions` are the user's own rows in each section's permission table,
+    its groups add theirs (upstream Permission.IsPermitted: the user's own flags OR any group's)."""
 
     username: str
     password: str = field(repr=False)
@@ -148,10 +165,10 @@ class FakeUser:
     recent_logon: float = 0.0
     recent_address: str = "0.0.0.0"
 
-    def permitted(self, section: str, flag: int) -> bool:
+    def permitted(self, section: str, flag: int, groups: Mapping[str, FakeGroup]) -> bool:
         if self.permissions.get(section, 0) & flag:
             return True
-        return any(_GROUP_PERMISSIONS.get(g, {}).get(section, 0) & flag for g in self.groups)
+        return any(groups[g].permissions.get(section, 0) & flag for g in self.groups if g in groups)
 
 
 @dataclass(slots=True)
@@ -245,6 +262,10 @@ class FakeTechnitium:
         self.peer_ip: str | None = None                  # fake-only: pretend the TCP peer is this
         self.totp_secret: str | None = None              # convenience slot the fixtures fill
         self.users: dict[str, FakeUser] = {}
+        self.groups: dict[str, FakeGroup] = {
+            name: FakeGroup(name, _GROUP_DESCRIPTIONS[name], dict(perms))
+            for name, perms in _GROUP_PERMISSIONS.items()}
+        self.ptr_records: dict[str, str] = {}            # address -> name, for dnsClient/resolve type=PTR
         self.sessions: dict[str, FakeSession] = {}
         self.requests: list[RecordedRequest] = []
         self.issued_tokens: list[str] = []               # fake-only: every token minted, in order
@@ -278,6 +299,17 @@ class FakeTechnitium:
             "/api/settings/backup": self._settings_backup,
             "/api/logs/export": self._logs_export,
             "/api/echo": self._echo,
+            "/api/dnsclient/resolve": self._dns_client_resolve,
+            "/api/resolvequery": self._dns_client_resolve,          # the obsolete path
+            "/api/admin/users/list": self._admin_users_list,
+            "/api/admin/users/create": self._admin_users_create,
+            "/api/admin/users/get": self._admin_users_get,
+            "/api/admin/users/set": self._admin_users_set,
+            "/api/admin/users/delete": self._admin_users_delete,
+            "/api/admin/groups/list": self._admin_groups_list,
+            "/api/admin/permissions/get": self._admin_permissions_get,
+            "/api/admin/permissions/set": self._admin_permissions_set,
+            "/api/admin/sessions/createtoken": self._admin_sessions_create_token,
         }
         if api_version >= 15:
             self._routes["/api/sso/status"] = self._sso_status
@@ -328,8 +360,9 @@ class FakeTechnitium:
         """Add a local user. No permissions and no groups given -> an administrator (all sections).
 
         `permissions` maps section -> {canView,canModify,canDelete} or View=1|Modify=2|Delete=4 flags.
-        `groups` defaults to ["Everyone"] when permissions are given (Everyone can view several
-        sections upstream; pass groups=[] for a user with only the listed permissions).
+        `groups` defaults to ["Everyone"] when permissions are given. Every user is in Everyone whatever
+        `groups` says (AuthManager.CreateUser adds it, users/set puts it back): Everyone can view
+        Dashboard, Zones, Cache, Allowed, Blocked, Apps, DnsClient, DhcpServer and Logs by default.
         """
         if not 0 <= session_timeout <= 604800:
             raise ValueError("Session timeout value must be between 0-604800 seconds.")
@@ -345,8 +378,36 @@ class FakeTechnitium:
                         totp_secret=totp_secret, session_timeout=session_timeout,
                         permissions={s: _flags(v) for s, v in (permissions or {}).items()},
                         groups=list(groups), disabled=disabled)
+        unknown_groups = set(user.groups) - set(self.groups)
+        if unknown_groups:
+            raise ValueError(f"unknown groups: {sorted(unknown_groups)}")
+        if EVERYONE not in user.groups:
+            user.groups.append(EVERYONE)
         self.users[user.username] = user
         return user
+
+    def set_group_permission(self, group: str, section: str, value: Mapping[str, bool] | int) -> None:
+        """Change one row of a section's group table directly, as an administrator would in the UI."""
+        if section not in PERMISSION_SECTIONS:
+            raise ValueError(f"unknown permission section: {section}")
+        self.groups[group].permissions[section] = _flags(value)
+
+    def set_user_permission(self, username: str, section: str, value: Mapping[str, bool] | int) -> None:
+        """Change the user's own row in a section's table directly."""
+        if section not in PERMISSION_SECTIONS:
+            raise ValueError(f"unknown permission section: {section}")
+        self.users[username.lower()].permissions[section] = _flags(value)
+
+    def add_group(self, name: str, description: str = "",
+                  permissions: Mapping[str, Mapping[str, bool] | int] | None = None) -> FakeGroup:
+        """A group of one's own (/api/admin/groups/create), with rows in the given sections."""
+        group = FakeGroup(name, description, {s: _flags(v) for s, v in (permissions or {}).items()})
+        self.groups[name] = group
+        return group
+
+    def permitted(self, username: str, section: str, flag: int) -> bool:
+        """The user's effective permission: its own row or any of its groups' (Permission.IsPermitted)."""
+        return self.users[username.lower()].permitted(section, flag, self.groups)
 
     def disable_user(self, username: str) -> None:
         """Like /api/admin/users/set?disabled=true: the account is off and its sessions are gone."""
@@ -725,17 +786,18 @@ class FakeTechnitium:
                 "clusterInitialized": False,
                 "permissions": {
                     s: {
-                        "canView": user.permitted(s, VIEW),
-                        "canModify": user.permitted(s, MODIFY),
-                        "canDelete": user.permitted(s, DELETE),
+                        "canView": user.permitted(s, VIEW, self.groups),
+                        "canModify": user.permitted(s, MODIFY, self.groups),
+                        "canDelete": user.permitted(s, DELETE, self.groups),
                     }
                     for s in PERMISSION_SECTIONS
                 },
             }
         return out
 
-    def _user_details(self, user: FakeUser, current: FakeSession | None) -> dict[str, Any]:
-        """WriteUserDetails(includeMoreDetails: true), as profile/get returns it."""
+    def _user_details(self, user: FakeUser, current: FakeSession | None, more: bool = True) -> dict[str, Any]:
+        """WriteUserDetails(includeMoreDetails: `more`): profile/get, admin users/get and users/set with
+        more, admin users/list and users/create without."""
         out: dict[str, Any] = {"displayName": user.display_name, "username": user.username}
         if self.api_version >= 15:
             out["isSsoUser"] = False
@@ -747,9 +809,11 @@ class FakeTechnitium:
                 "previousSessionRemoteAddress": user.previous_address,
                 "recentSessionLoggedOn": _iso(user.recent_logon),
                 "recentSessionRemoteAddress": user.recent_address,
-                "sessionTimeoutSeconds": user.session_timeout,
             }
         )
+        if not more:
+            return out
+        out["sessionTimeoutSeconds"] = user.session_timeout
         if self.api_version >= 15:
             out["ssoManagedGroups"] = False
         out["memberOfGroups"] = sorted(g for g in user.groups if g.lower() != "everyone")
@@ -831,7 +895,7 @@ class FakeTechnitium:
 
     def _check(self, ctx: _Ctx, section: str, flag: int) -> FakeUser:
         user = self._session_user(ctx)
-        if not user.permitted(section, flag):
+        if not user.permitted(section, flag, self.groups):
             raise _ApiError("Access was denied.")
         return user
 
@@ -924,3 +988,244 @@ class FakeTechnitium:
                         "tokenName": ctx.session.token_name},
         })
         return answer
+
+    # ---------------------------------------------------------------- DNS client and administration
+    #
+    # WebServiceApi.ResolveQueryAsync and WebServiceAuthApi's admin calls: each checks the caller's
+    # effective permission first and refuses with "Access was denied."; answers are wrapped in `response`.
+
+    async def _dns_client_resolve(self, ctx: _Ctx) -> _Result:
+        """dnsClient/resolve (DnsClient: View). PTR questions for an address are answered from
+        `ptr_records` (NXDomain when there is none); other types get an empty NoError answer."""
+        self._check(ctx, "DnsClient", VIEW)
+        self._required(ctx, "server")
+        domain = self._required(ctx, "domain").strip(". ")
+        rtype = self._required(ctx, "type").upper()
+        name = domain
+        address: str | None = None
+        try:
+            address = str(ipaddress.ip_address(domain))
+        except ValueError:
+            address = _address_of_reverse(domain)
+        if rtype == "PTR" and address is not None:
+            name = ipaddress.ip_address(address).reverse_pointer
+        target = self.ptr_records.get(address) if rtype == "PTR" and address is not None else None
+        answer = [] if target is None else [{
+            "Name": name, "Type": "PTR", "Class": "IN", "TTL": "3600 (1 hour)",
+            "RDLENGTH": f"{len(target) + 2} bytes", "RDATA": {"Domain": target}}]
+        rcode = "NoError" if target is not None or rtype != "PTR" else "NXDomain"
+        result = {
+            "Metadata": {"NameServer": "this-server", "Protocol": "Udp", "DatagramSize": "64 bytes",
+                         "RoundTripTime": "0.5 ms"},
+            "Identifier": 4242, "IsResponse": True, "OPCODE": "StandardQuery", "AuthoritativeAnswer": False,
+            "Truncation": False, "RecursionDesired": True, "RecursionAvailable": True, "Z": 0,
+            "AuthenticData": False, "CheckingDisabled": False, "RCODE": rcode, "QDCOUNT": 1,
+            "ANCOUNT": len(answer), "NSCOUNT": 0, "ARCOUNT": 0,
+            "Question": [{"Name": name, "Type": rtype, "Class": "IN"}], "Answer": answer, "Authority": [],
+            "Additional": []}
+        return {"result": result, "rawResponses": []}
+
+    def _user_named(self, username: str) -> FakeUser:
+        user = self.users.get(username.lower())
+        if user is None:
+            raise _ApiError("No such user exists: " + username)
+        return user
+
+    async def _admin_users_list(self, ctx: _Ctx) -> _Result:
+        self._check(ctx, "Administration", VIEW)
+        return {"users": [self._user_details(u, None, more=False)
+                          for u in sorted(self.users.values(), key=lambda u: u.username)]}
+
+    async def _admin_users_create(self, ctx: _Ctx) -> _Result:
+        """AuthManager.CreateUser: lower-cased name, "User already exists", always in Everyone."""
+        self._check(ctx, "Administration", MODIFY)
+        username = self._required(ctx, "user").lower()
+        password = self._required(ctx, "pass")
+        display_name = self._qf(ctx, "displayName") or username
+        if username in self.users:
+            raise _ApiError("User already exists: " + username)
+        user = self.add_user(username, password, display_name=display_name, groups=[EVERYONE], permissions={})
+        self._save_config()
+        return self._user_details(user, None, more=False)
+
+    async def _admin_users_get(self, ctx: _Ctx) -> _Result:
+        self._check(ctx, "Administration", VIEW)
+        user = self._user_named(self._required(ctx, "user"))
+        out = self._user_details(user, ctx.session)
+        if self._optional_bool(ctx, "includeGroups", False):
+            out["groups"] = sorted(g for g in self.groups if g != EVERYONE)
+        return out
+
+    async def _admin_users_set(self, ctx: _Ctx) -> _Result:  # noqa: C901 - one branch per parameter, as upstream
+        """SetUserDetails: memberOfGroups replaces the memberships (Everyone always put back; a caller
+        changing itself keeps Administrators); disabled=true ends its Standard and SingleUse sessions."""
+        caller = self._check(ctx, "Administration", MODIFY)
+        user = self._user_named(self._required(ctx, "user"))
+        try:
+            display_name = self._qf(ctx, "displayName")
+            if display_name is not None:
+                user.display_name = display_name
+            totp = self._qf(ctx, "totpEnabled")
+            if totp:
+                if _parse_bool(totp):
+                    raise _ApiError("Time-based one-time password (TOTP) can be enabled only by the user "
+                                    "themselves.")
+                user.totp_secret = None
+            new_pass = self._qf(ctx, "newPass")
+            if new_pass and new_pass.strip():
+                user.password = new_pass
+            groups = self._qf(ctx, "memberOfGroups")
+            if groups is not None:
+                wanted: list[str] = []
+                for part in (p.strip() for p in groups.split(",")):
+                    if not part:
+                        continue
+                    match = next((g for g in self.groups if g.lower() == part.lower()), None)
+                    if match is None:
+                        raise _ApiError("No such group exists: " + part)
+                    wanted.append(match)
+                wanted.append(EVERYONE)
+                if caller is user:
+                    wanted.append("Administrators")
+                user.groups = sorted(set(wanted))
+            disabled = self._qf(ctx, "disabled")
+            if disabled:
+                off = _parse_bool(disabled)
+                if off and caller is user:
+                    raise _ApiError("Cannot update user profile: cannot disable current user's account.")
+                user.disabled = off
+                if off:
+                    for token in [t for t, s in self.sessions.items()
+                                  if s.username == user.username and s.type in ("Standard", "SingleUse")]:
+                        del self.sessions[token]
+            timeout = self._qf(ctx, "sessionTimeoutSeconds")
+            if timeout:
+                try:
+                    user.session_timeout = int(timeout)
+                except ValueError:
+                    raise _ApiError(f"The input string '{timeout}' was not in a correct format.") from None
+        finally:
+            self._save_config()
+        return self._user_details(user, ctx.session)
+
+    async def _admin_users_delete(self, ctx: _Ctx) -> _Result:
+        """DeleteUser (Administration: Delete): the account, its rows and every session of it go."""
+        caller = self._check(ctx, "Administration", DELETE)
+        user = self._user_named(self._required(ctx, "user"))
+        if user is caller:
+            raise _ApiError("Invalid operation: cannot delete current user.")
+        del self.users[user.username]
+        for token in [t for t, s in self.sessions.items() if s.username == user.username]:
+            del self.sessions[token]
+        self._save_config()
+        return {}
+
+    async def _admin_groups_list(self, ctx: _Ctx) -> _Result:
+        self._check(ctx, "Administration", VIEW)
+        return {"groups": [{"name": g.name, "description": g.description}
+                           for g in sorted(self.groups.values(), key=lambda g: g.name) if g.name != EVERYONE]}
+
+    def _section(self, ctx: _Ctx) -> str:
+        """GetQueryOrFormEnum<PermissionSection>("section"): case-insensitive name."""
+        value = self._required(ctx, "section")
+        match = next((s for s in PERMISSION_SECTIONS if s.lower() == value.strip().lower()), None)
+        if match is None:
+            raise _ApiError(f"Requested value '{value}' was not found.")
+        return match
+
+    def _permission_details(self, section: str, include_users_and_groups: bool) -> dict[str, Any]:
+        """WritePermissionDetails: the section's user and group tables, each sorted by name."""
+        def row(flags: int) -> dict[str, bool]:
+            return {"canView": bool(flags & VIEW), "canModify": bool(flags & MODIFY),
+                    "canDelete": bool(flags & DELETE)}
+        out: dict[str, Any] = {
+            "section": section,
+            "userPermissions": [{"username": u.username, **row(u.permissions[section])}
+                                for u in sorted(self.users.values(), key=lambda u: u.username)
+                                if section in u.permissions],
+            "groupPermissions": [{"name": g.name, **row(g.permissions[section])}
+                                 for g in sorted(self.groups.values(), key=lambda g: g.name)
+                                 if section in g.permissions],
+        }
+        if include_users_and_groups:
+            out["users"] = sorted(self.users)
+            out["groups"] = sorted(self.groups)
+        return out
+
+    async def _admin_permissions_get(self, ctx: _Ctx) -> _Result:
+        self._check(ctx, "Administration", VIEW)
+        section = self._section(ctx)
+        return self._permission_details(section, self._optional_bool(ctx, "includeUsersAndGroups", False))
+
+    @staticmethod
+    def _table_rows(text: str) -> list[tuple[str, int]]:
+        """`name|view|modify|delete|name|...`: rows of four, empty names skipped, bool.Parse each flag."""
+        parts = text.split("|")
+        rows: list[tuple[str, int]] = []
+        for i in range(0, len(parts), 4):
+            if not parts[i]:
+                continue
+            if i + 3 >= len(parts):
+                raise _ApiError("Index was outside the bounds of the array.")
+            flags = ((VIEW if _parse_bool(parts[i + 1]) else 0) | (MODIFY if _parse_bool(parts[i + 2]) else 0)
+                     | (DELETE if _parse_bool(parts[i + 3]) else 0))
+            rows.append((parts[i], flags))
+        return rows
+
+    async def _admin_permissions_set(self, ctx: _Ctx) -> _Result:
+        """SetPermissionsDetails (Administration: Delete): each table given replaces the section's whole
+        table; unknown names are skipped; Administrators (and DNS/DHCP Administrators for Zones/DhcpServer)
+        always keep every permission."""
+        self._check(ctx, "Administration", DELETE)
+        section = self._section(ctx)
+        users_text = self._qf(ctx, "userPermissions")
+        if users_text is not None:
+            table = {name.lower(): flags for name, flags in self._table_rows(users_text)
+                     if name.lower() in self.users}
+            for user in self.users.values():
+                if user.username in table:
+                    user.permissions[section] = table[user.username]
+                else:
+                    user.permissions.pop(section, None)
+        groups_text = self._qf(ctx, "groupPermissions")
+        if groups_text is not None:
+            by_lower = {g.lower(): g for g in self.groups}
+            gtable = {by_lower[n.lower()]: f for n, f in self._table_rows(groups_text)
+                      if n.lower() in by_lower}
+            gtable["Administrators"] = ALL
+            if section == "Zones":
+                gtable["DNS Administrators"] = ALL
+            elif section == "DhcpServer":
+                gtable["DHCP Administrators"] = ALL
+            for group in self.groups.values():
+                if group.name in gtable:
+                    group.permissions[section] = gtable[group.name]
+                else:
+                    group.permissions.pop(section, None)
+        self._save_config()
+        return self._permission_details(section, False)
+
+    async def _admin_sessions_create_token(self, ctx: _Ctx) -> _Result:
+        """CreateApiToken (Administration: Modify): a non-expiring API token for `user`."""
+        self._check(ctx, "Administration", MODIFY)
+        username = self._required(ctx, "user")
+        token_name = self._required(ctx, "tokenName")
+        user = self._user_named(username)
+        session = self._new_session("ApiToken", token_name, user, ctx.client_ip,
+                                    ctx.request.headers.get("User-Agent"))
+        self._save_config()
+        return {"username": user.username, "tokenName": session.token_name, "token": session.token}
+
+
+def _address_of_reverse(name: str) -> str | None:
+    """The address a reverse name (`4.3.2.1.in-addr.arpa`, nibbles under `ip6.arpa`) stands for."""
+    low = name.lower()
+    try:
+        if low.endswith(".in-addr.arpa"):
+            return str(ipaddress.IPv4Address(".".join(reversed(low[: -len(".in-addr.arpa")].split(".")))))
+        if low.endswith(".ip6.arpa"):
+            nibbles = "".join(reversed(low[: -len(".ip6.arpa")].split(".")))
+            return str(ipaddress.IPv6Address(int(nibbles, 16)))
+    except ValueError:
+        return None
+    return None

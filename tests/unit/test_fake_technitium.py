@@ -227,7 +227,9 @@ async def test_permissions_and_echo(technitium: FakeTechnitium, http: aiohttp.Cl
     technitium.add_user("viewer", "pw", permissions={"Zones": {"canView": True}}, groups=[])
     viewer = (await login(http, technitium, "viewer", "pw", includeInfo="true"))
     assert viewer["info"]["permissions"]["Zones"] == {"canView": True, "canModify": False, "canDelete": False}
-    assert viewer["info"]["permissions"]["Dashboard"]["canView"] is False
+    # Every user is in Everyone (groups=[] or not), which views Dashboard but not Settings by default.
+    assert viewer["info"]["permissions"]["Dashboard"]["canView"] is True
+    assert viewer["info"]["permissions"]["Settings"]["canView"] is False
     denied = await call(http, technitium, "/api/zones/create", bearer=viewer["token"], zone="example.com")
     assert denied == {"server": "fake-technitium", "status": "error", "errorMessage": "Access was denied."}
     token = (await login(http, technitium))["token"]
@@ -260,3 +262,108 @@ async def test_expire_all_and_revoke(version: int, http: aiohttp.ClientSession) 
         assert fake.revoke(second) and not fake.revoke(second)
         fake.expire_all()
         assert await call(http, fake, "/api/zones/list", token=first) == INVALID
+
+
+# ---- users, groups, permission tables, admin calls and the DNS client (APIDOCS §Administration, §DNS Client;
+# WebServiceAuthApi.cs, AuthManager.cs, WebServiceApi.ResolveQueryAsync) ------------------------------------
+
+DENIED = {"server": "fake-technitium", "status": "error", "errorMessage": "Access was denied."}
+
+
+def flags(view: bool, modify: bool = False, delete: bool = False) -> dict[str, bool]:
+    return {"canView": view, "canModify": modify, "canDelete": delete}
+
+
+async def test_everyone_cannot_be_left_and_grants_what_it_grants(technitium: FakeTechnitium,
+                                                                 http: aiohttp.ClientSession) -> None:
+    admin = (await login(http, technitium))["token"]
+    made = await call(http, technitium, "/api/admin/users/create", bearer=admin, user="Bob",
+                      query={"pass": "bob-pass", "displayName": "Bob"})
+    assert made["status"] == "ok" and made["response"]["username"] == "bob"        # lower-cased, wrapped
+    assert list(made["response"]) == ["displayName", "username", "isSsoUser", "totpEnabled", "disabled",
+                                      "previousSessionLoggedOn", "previousSessionRemoteAddress",
+                                      "recentSessionLoggedOn", "recentSessionRemoteAddress"]
+    again = await call(http, technitium, "/api/admin/users/create", bearer=admin, user="bob",
+                       query={"pass": "y"})
+    assert again["errorMessage"] == "User already exists: bob"
+    # memberOfGroups replaces the memberships, but Everyone is put back (and not listed)
+    s = await call(http, technitium, "/api/admin/users/set", bearer=admin, user="bob",
+                   memberOfGroups="DNS Administrators")
+    assert s["response"]["memberOfGroups"] == ["DNS Administrators"]
+    assert technitium.users["bob"].groups == ["DNS Administrators", "Everyone"]
+    s = await call(http, technitium, "/api/admin/users/set", bearer=admin, user="bob", memberOfGroups="")
+    assert s["response"]["memberOfGroups"] == [] and technitium.users["bob"].groups == ["Everyone"]
+    unknown = await call(http, technitium, "/api/admin/users/set", bearer=admin, user="bob",
+                         memberOfGroups="Ops")
+    assert unknown["errorMessage"] == "No such group exists: Ops"
+    # effective permissions: Everyone's rows only
+    bob = await login(http, technitium, "bob", "bob-pass", includeInfo="true")
+    p = bob["info"]["permissions"]
+    assert p["DnsClient"] == p["Zones"] == p["Logs"] == flags(True)
+    assert p["Settings"] == p["Administration"] == flags(False)
+    # a non-administrator is refused every admin call
+    for path in ("/api/admin/users/list", "/api/admin/users/create", "/api/admin/permissions/get",
+                 "/api/admin/sessions/createToken", "/api/admin/groups/list"):
+        answer = await call(http, technitium, path, bearer=bob["token"], user="x", section="Zones")
+        assert answer == DENIED, path
+
+
+async def test_permission_tables_replace_whole_and_keep_administrators(technitium: FakeTechnitium,
+                                                                       http: aiohttp.ClientSession) -> None:
+    admin = (await login(http, technitium))["token"]
+    technitium.add_user("carol", "pw")
+    got = await call(http, technitium, "/api/admin/permissions/get", bearer=admin, section="dnsclient",
+                     includeUsersAndGroups="true")
+    r = got["response"]
+    assert r["section"] == "DnsClient" and r["userPermissions"] == []
+    assert [g["name"] for g in r["groupPermissions"]] == ["Administrators", "DNS Administrators", "Everyone"]
+    assert "carol" in r["users"] and "Everyone" in r["groups"]
+    out = await call(http, technitium, "/api/admin/permissions/set", bearer=admin, section="DnsClient",
+                     userPermissions="carol|true|false|false|ghost|true|true|true",
+                     groupPermissions="Everyone|false|false|false")
+    r = out["response"]
+    assert r["userPermissions"] == [{"username": "carol", **flags(True)}]              # unknown user skipped
+    assert r["groupPermissions"] == [{"name": "Administrators", **flags(True, True, True)},   # always all
+                                     {"name": "Everyone", **flags(False)}]    # DNS Administrators gone
+    assert "users" not in r
+    assert technitium.permitted("carol", "DnsClient", 1)
+    # Administration: Delete is needed to set a table (Modify is not enough)
+    technitium.add_user("mod", "pw", permissions={"Administration": 3})
+    mod = (await login(http, technitium, "mod", "pw"))["token"]
+    assert await call(http, technitium, "/api/admin/permissions/set", bearer=mod, section="Zones",
+                      userPermissions="") == DENIED
+    bad = await call(http, technitium, "/api/admin/permissions/get", bearer=admin, section="Nope")
+    assert bad["errorMessage"] == "Requested value 'Nope' was not found."
+
+
+async def test_admin_api_tokens_and_the_dns_client(technitium: FakeTechnitium,
+                                                   http: aiohttp.ClientSession) -> None:
+    admin = (await login(http, technitium))["token"]
+    technitium.add_user("bg", "pw", permissions={})
+    made = await call(http, technitium, "/api/admin/sessions/createToken", bearer=admin, user="bg",
+                      tokenName="authproxy")
+    assert made["status"] == "ok" and set(made["response"]) == {"username", "tokenName", "token"}
+    token = made["response"]["token"]
+    assert technitium.sessions[token].type == "ApiToken"
+    missing = await call(http, technitium, "/api/admin/sessions/createToken", bearer=admin, user="nobody",
+                         tokenName="t")
+    assert missing["errorMessage"] == "No such user exists: nobody"
+    technitium.ptr_records["192.0.2.10"] = "laptop.lan"
+    found = await call(http, technitium, "/api/dnsClient/resolve", bearer=token, server="this-server",
+                       domain="192.0.2.10", type="PTR")
+    result = found["response"]["result"]
+    assert result["RCODE"] == "NoError" and result["Question"][0]["Name"] == "10.2.0.192.in-addr.arpa"
+    assert result["Answer"][0]["RDATA"] == {"Domain": "laptop.lan"}
+    by_name = await call(http, technitium, "/api/dnsClient/resolve", bearer=token, server="this-server",
+                         domain="10.2.0.192.in-addr.arpa", type="PTR")
+    assert by_name["response"]["result"]["Answer"][0]["RDATA"]["Domain"] == "laptop.lan"
+    nx = await call(http, technitium, "/api/dnsClient/resolve", bearer=token, server="this-server",
+                    domain="192.0.2.11", type="PTR")
+    assert nx["response"]["result"]["RCODE"] == "NXDomain" and nx["response"]["result"]["Answer"] == []
+    # DnsClient: View is what it takes: without it (Everyone's row cleared), Access was denied.
+    technitium.set_group_permission("Everyone", "DnsClient", 0)
+    assert await call(http, technitium, "/api/dnsClient/resolve", bearer=token, server="this-server",
+                      domain="192.0.2.10", type="PTR") == DENIED
+    # deleting the user ends its API token too
+    await call(http, technitium, "/api/admin/users/delete", bearer=admin, user="bg")
+    assert await call(http, technitium, "/api/user/session/get", bearer=token) == INVALID

@@ -12,7 +12,7 @@ from authproxy.errors import AuthError
 from authproxy.login.passthrough import LoginInput, PassthroughLogin
 from authproxy.login.regulation import Regulator
 from authproxy.login.sources import IdentitySource, UpstreamAccounts
-from authproxy.policy import OWN, ServiceCredential
+from authproxy.policy import OWN, HybridCredential, ServiceCredential
 from authproxy.routing import Router, Site
 from authproxy.sessions.manager import SessionManager
 from authproxy.sessions.memory import MemoryStore
@@ -37,7 +37,13 @@ def test_auth_mode_none_sends_the_sites_service_credential_whoever_asks() -> Non
 @pytest.mark.parametrize("mode", ["session", "hybrid"])
 def test_session_modes_send_the_persons_own_credential_for_that_site(mode: str) -> None:
     (site,) = Router.build((DNS,), cast(Any, None), auth_mode=mode).sites
-    assert site.policy is OWN
+    if mode == "session":
+        assert site.policy is OWN and site.policy.for_service() is None   # no service clients at all
+    else:
+        # hybrid: the service credential exists, but only for an authenticated service client
+        assert isinstance(site.policy, HybridCredential)
+        service = site.policy.for_service()
+        assert service is not None and service.secret == "s" * 64 and service.actor == "service"
     own = Credential(secret="alice-token")
     session = Session(user="alice", site="dns", identity=Identity("alice"), credentials={"dns": own})
     assert site.policy.credential(session, "dns") is own
