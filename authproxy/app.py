@@ -116,7 +116,8 @@ async def _forward_auth_listener(app: web.Application) -> AsyncIterator[None]:
     server = config.server
     runner = web.AppRunner(
         forward_auth.listener_app(app), handle_signals=False, access_log_class=AccessLogger,
-        access_log=logging.getLogger("authproxy.access") if server.access_log else None, **handler_options(config))
+        access_log=logging.getLogger("authproxy.access") if server.access_log else None,
+        shutdown_timeout=server.drain_timeout, **handler_options(config))
     await runner.setup()
     try:
         await web.TCPSite(runner, server.forward_auth_host, server.forward_auth_port,

@@ -44,7 +44,8 @@ FILE_KEYS: dict[str, set[str]] = {
     "server": {"host", "port", "prefix", "data_dir", "https_enabled", "https_cert_file", "https_key_file",
                "trust_proxy", "trusted_proxies", "allowed_redirect_domains", "access_log", "log_level",
                "log_format", "audit_log_file", "max_header_size", "workers", "forward_auth_host",
-               "forward_auth_port", "forward_auth_secret", "forward_auth_secret_file"},
+               "forward_auth_port", "forward_auth_secret", "forward_auth_secret_file",
+               "shutdown_timeout"},
     "session": {"idle_timeout", "max_age", "secret", "secret_file", "cookie_name", "cookie_domain", "redis_url_file",
                 "cache_ttl", "redis_url", "redis_prefix"},
     "throttle": {"max_failures", "window"},
@@ -373,6 +374,8 @@ def _server(r: _Reader, fs: dict[str, Any]) -> ServerConfig:
         max_header_size=r.integer("MAX_HEADER_SIZE", int(fs.get("max_header_size", _SERVER.max_header_size)),
                                   minimum=1024, maximum=65536),
         workers=r.integer("WORKERS", int(fs.get("workers", _SERVER.workers)), minimum=1, maximum=64),
+        shutdown_timeout=r.duration("SHUTDOWN_TIMEOUT", r.file_duration(
+            fs, "shutdown_timeout", _SERVER.shutdown_timeout, "[server]")),
         forward_auth_host=fa_host, forward_auth_port=fa_port,
         forward_auth_secret=(r.secret("FORWARD_AUTH_SECRET")
                              or _file_secret(fs, "forward_auth_secret", "[server]", r.problems)),
