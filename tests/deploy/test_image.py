@@ -33,7 +33,7 @@ def container(podman: Podman) -> Iterator[str]:
     try:
         yield name
     finally:
-        podman.run("rm", "-f", "-t", "0", name, check=False)
+        podman.run("rm", "-f", "-v", "-t", "0", name, check=False)   # -v: the anonymous /data volume too
 
 
 def test_image_metadata_and_contents(podman: Podman, authproxy_image: str, base_image: str) -> None:

@@ -124,7 +124,7 @@ class Podman:
         label = f"label=io.podman.compose.project={project}"
         ids = self.run("ps", "-aq", "--filter", label, check=False).stdout.split()
         if ids:
-            self.run("rm", "-f", "-t", "0", *ids, check=False)
+            self.run("rm", "-f", "-v", "-t", "0", *ids, check=False)
         for volume in self.run("volume", "ls", "-q", "--filter", label, check=False).stdout.split():
             self.run("volume", "rm", "-f", volume, check=False)
         for network in self.networks():
