@@ -114,14 +114,14 @@ async def test_forward_auth_stack_caddy_redis_authproxy(
     (checkout / "app.json").write_text(json.dumps(_app_service(authproxy_image, "edge")))
     subnet = free_subnet(podman)
     https_port, http_port = free_port(), free_port()
-    podman.env.update({**standin_env(standin_images), "AUTHPROXY_IMAGE": authproxy_image,
-                       "UPSTREAM_URL": f"http://app:{APP_PORT}", "UPSTREAM_TYPE": "technitium",
-                       "AUTHPROXY_SITE": SITE, "PUBLISH_ADDRESS": "127.0.0.1", "HTTPS_PORT": str(https_port),
-                       "HTTP_PORT": str(http_port), "EDGE_SUBNET": subnet})
+    env = {**standin_env(standin_images), "AUTHPROXY_IMAGE": authproxy_image,
+           "UPSTREAM_URL": f"http://app:{APP_PORT}", "UPSTREAM_TYPE": "technitium", "AUTHPROXY_SITE": SITE,
+           "PUBLISH_ADDRESS": "127.0.0.1", "HTTPS_PORT": str(https_port), "HTTP_PORT": str(http_port),
+           "EDGE_SUBNET": subnet}
     # podman-compose 1.0.3 ignores ipam: the edge network is made first, as the README says.
     podman.run("network", "create", "--subnet", subnet, f"{project}_edge")
     files = ("-p", project, "-f", "compose.yaml", "-f", "app.json")
-    podman.compose(*files, "up", "-d", cwd=checkout)
+    podman.compose(*files, "up", "-d", cwd=checkout, env=env)
     names = {service: str(info["Name"]) for service, info in _containers(podman, project).items()}
     assert set(names) == {"authproxy", "redis", "caddy", "app"}
     for service in ("redis", "app", "authproxy", "caddy"):
@@ -158,7 +158,7 @@ async def test_forward_auth_stack_caddy_redis_authproxy(
 
     logs = podman.run("logs", names["authproxy"]).stderr
     assert cookie not in logs and ALICE[1] not in logs and password not in logs
-    podman.compose(*files, "down", "-v", cwd=checkout)
+    _tear_down(podman, project, files, checkout, env)
     print(f"\ncompose.yaml stack: {time.monotonic() - started:.0f} s", flush=True)
 
 
@@ -167,10 +167,10 @@ async def test_single_container_stack(
     started = time.monotonic()
     (checkout / "app.json").write_text(json.dumps(_app_service(authproxy_image, "default")))
     port = free_port()
-    podman.env.update({"AUTHPROXY_IMAGE": authproxy_image, "UPSTREAM_URL": f"http://app:{APP_PORT}",
-                       "PUBLISH_ADDRESS": "127.0.0.1", "HTTPS_PORT": str(port)})
+    env = {"AUTHPROXY_IMAGE": authproxy_image, "UPSTREAM_URL": f"http://app:{APP_PORT}",
+           "PUBLISH_ADDRESS": "127.0.0.1", "HTTPS_PORT": str(port)}
     files = ("-p", project, "-f", "compose.single.yaml", "-f", "app.json")
-    podman.compose(*files, "up", "-d", cwd=checkout)
+    podman.compose(*files, "up", "-d", cwd=checkout, env=env)
     names = {service: str(info["Name"]) for service, info in _containers(podman, project).items()}
     assert set(names) == {"authproxy", "app"}
     for service in ("app", "authproxy"):
@@ -184,8 +184,20 @@ async def test_single_container_stack(
         await _until_ok(http, base, cookie)
     data = podman.run("exec", names["authproxy"], "ls", "/data").stdout.split()
     assert {"session_secret", "sessions.sqlite3", "selfsigned.crt"} <= set(data)
-    podman.compose(*files, "down", "-v", cwd=checkout)
+    _tear_down(podman, project, files, checkout, env)
     print(f"\ncompose.single.yaml stack: {time.monotonic() - started:.0f} s", flush=True)
+
+
+def _tear_down(podman: Podman, project: str, files: tuple[str, ...], checkout: Path, env: dict[str, str]) -> None:
+    """`down -v` (containers and volumes), then the networks podman-compose 1.0.3 leaves; nothing remains."""
+    podman.compose(*files, "down", "-v", cwd=checkout, env=env)
+    for network in podman.networks():
+        if network.startswith(f"{project}_"):
+            podman.run("network", "rm", network)
+    label = f"label=io.podman.compose.project={project}"
+    assert podman.run("ps", "-aq", "--filter", label).stdout.strip() == ""
+    assert podman.run("volume", "ls", "-q", "--filter", label).stdout.strip() == ""
+    assert not [n for n in podman.networks() if n.startswith(f"{project}_")]
 
 
 async def _until_ok(http: aiohttp.ClientSession, base: str, cookie: str, timeout: float = 20) -> None:

