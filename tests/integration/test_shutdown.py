@@ -145,7 +145,7 @@ async def test_sigterm_finishes_requests_and_closes_websockets(
     assert await asyncio.wait_for(slow, 5) == (200, b"started and finished")
     elapsed = await running.exited_within(5.0)
     assert running.proc.returncode == 0, running.proc.log_tail()
-    assert elapsed < 2.0, f"exited {elapsed:.1f} s after the last request ended"
+    assert elapsed < 3.0, f"exited {elapsed:.1f} s after the last request ended"
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -158,8 +158,10 @@ async def test_a_request_that_never_ends_is_cut_at_shutdown_timeout(
     os.kill(running.proc.pid, signal.SIGTERM)
     signalled = time.monotonic()
     elapsed = await running.exited_within(10.0)
-    assert 1.8 <= elapsed < 3.5, f"exited {elapsed:.1f} s after SIGTERM with SHUTDOWN_TIMEOUT=2s"
+    # Not before SHUTDOWN_TIMEOUT (the request had all of it), and not much after (an old build: 60 s
+    # with one process, 10 s and more with workers).
+    assert 1.8 <= elapsed < 4.5, f"exited {elapsed:.1f} s after SIGTERM with SHUTDOWN_TIMEOUT=2s"
     assert running.proc.returncode == 0, running.proc.log_tail()
     with pytest.raises(aiohttp.ClientPayloadError):    # cut, not passed off as complete
         await asyncio.wait_for(hung, 5)
-    assert time.monotonic() - signalled < 4.0
+    assert time.monotonic() - signalled < 5.0
