@@ -8,7 +8,8 @@
 # (default), or plain Debian bookworm with python3, python3-venv and ca-certificates (Python at
 # /usr/bin/python3). Both stages start from it, so the venv's interpreter is the same in both.
 # Python packages come from requirements/*.lock, pinned with hashes: the image runs the versions the
-# tests ran. `podman build` needs `--format docker` to keep HEALTHCHECK (the OCI format has none).
+# tests ran. `podman build` needs `--format docker` to keep HEALTHCHECK (the OCI format has none);
+# Docker needs BuildKit (its default builder since 23.0) for RUN --mount.
 ARG BASE=python:3.11-slim
 
 # ---- 1: the wheels: authproxy's own (built here) and every pinned dependency ----------------------
@@ -36,6 +37,7 @@ LABEL org.opencontainers.image.title="authproxy" \
       org.opencontainers.image.base.name="${BASE}"
 ENV PATH=/opt/authproxy/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    LANG=C.UTF-8 \
     AUTHPROXY_DATA_DIR=/data \
     HOST=0.0.0.0 \
     PORT=8443

