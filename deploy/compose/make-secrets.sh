@@ -1,7 +1,8 @@
 #!/bin/sh
 # Writes the secrets compose.yaml reads into ./secrets (next to this script), once: a session signing
 # secret, and a Redis password as authproxy's REDIS_URL and as Redis' ACL file (a SHA-256 of it only).
-# Existing files are kept, so running it again changes nothing. Needs only sh, od, tr, sha256sum.
+# Existing files are kept, so running it again changes nothing. Needs only sh, od, tr, sha256sum
+# (or shasum).
 set -eu
 cd "$(dirname "$0")"
 umask 077
@@ -17,7 +18,8 @@ write session_secret "$(random)"
 if [ ! -s secrets/redis_url ] || [ ! -s secrets/redis_acl ]; then
   rm -f secrets/redis_url secrets/redis_acl
   password=$(random)
-  hash=$(printf '%s' "$password" | sha256sum | cut -d' ' -f1)
+  if command -v sha256sum >/dev/null; then sha=sha256sum; else sha="shasum -a 256"; fi   # macOS: shasum
+  hash=$(printf '%s' "$password" | $sha | cut -d' ' -f1)
   write redis_url "redis://:$password@redis:6379/0"
   write redis_acl "user default on #$hash ~* &* +@all
 user healthcheck on nopass -@all +ping"

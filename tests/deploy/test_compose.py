@@ -114,10 +114,11 @@ async def test_forward_auth_stack_caddy_redis_authproxy(
     (checkout / "app.json").write_text(json.dumps(_app_service(authproxy_image, "edge")))
     subnet = free_subnet(podman)
     https_port, http_port = free_port(), free_port()
-    env = {**standin_env(standin_images), "AUTHPROXY_IMAGE": authproxy_image,
-           "UPSTREAM_URL": f"http://app:{APP_PORT}", "UPSTREAM_TYPE": "technitium", "AUTHPROXY_SITE": SITE,
-           "PUBLISH_ADDRESS": "127.0.0.1", "HTTPS_PORT": str(https_port), "HTTP_PORT": str(http_port),
-           "EDGE_SUBNET": subnet}
+    # The README's .env; what only the test needs (images, loopback ports, a free subnet) from its environment.
+    (checkout / ".env").write_text(f"AUTHPROXY_SITE={SITE}\nUPSTREAM_URL=http://app:{APP_PORT}\n"
+                                   "UPSTREAM_TYPE=technitium\n")
+    env = {**standin_env(standin_images), "AUTHPROXY_IMAGE": authproxy_image, "PUBLISH_ADDRESS": "127.0.0.1",
+           "HTTPS_PORT": str(https_port), "HTTP_PORT": str(http_port), "EDGE_SUBNET": subnet}
     # podman-compose 1.0.3 ignores ipam: the edge network is made first, as the README says.
     podman.run("network", "create", "--subnet", subnet, f"{project}_edge")
     files = ("-p", project, "-f", "compose.yaml", "-f", "app.json")
