@@ -183,6 +183,7 @@ async def _forward_auth_listener(app: web.Application) -> AsyncIterator[None]:
         handle_signals=False,
         access_log_class=AccessLogger,
         access_log=logging.getLogger("authproxy.access") if server.access_log else None,
+        shutdown_timeout=server.drain_timeout,
         **handler_options(config),
     )
     await runner.setup()
