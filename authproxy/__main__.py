@@ -1,4 +1,4 @@
-"""Command line: `authproxy run`, `authproxy check-config`."""
+"""Command line: `authproxy run`, `authproxy check-config`, `authproxy healthcheck`."""
 
 from __future__ import annotations
 
@@ -12,13 +12,16 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from authproxy.config.loader import ensure_session_secrets, load_config
 from authproxy.config.schema import FORWARD_AUTH_SECRET_HEADER, Config
 from authproxy.errors import ConfigError
 from authproxy.log import AccessLogger, log, setup_logging
+from authproxy.notify import sd_notify
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,11 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_ in (("run", "check the configuration, then serve"),
-                        ("check-config", "print every configuration problem and exit")):
+                        ("check-config", "print every configuration problem and exit"),
+                        ("healthcheck", "exit 0 if the running server answers its liveness check, else 1")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--config", type=Path, help="TOML file with [server], [session] and [[sites]]")
         if name == "run":
             p.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
+        if name == "healthcheck":
+            p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
     key = sub.add_parser("service-key", help="make an API key for a service client (AUTH_MODE=hybrid)")
     key.add_argument("name", help="the service's name, as audit lines will show it")
     tech = sub.add_parser("technitium", help="Technitium helpers")
@@ -67,6 +73,20 @@ def check_config(args: argparse.Namespace) -> int:
     for line in forward_auth_summary(config):
         print(line)
     return 0
+
+
+def healthcheck(args: argparse.Namespace) -> int:
+    """For HEALTHCHECK: 0 when {prefix}/healthz on the configured HOST/PORT answers 200 (over TLS with
+    HTTPS_ENABLED), else 1 (Docker's "unhealthy"; 2 is reserved there, so not even a bad config gives 2)."""
+    from authproxy.healthcheck import probe
+
+    config = _load(args, "healthcheck: ")
+    if config is None:
+        return 1
+    healthy, detail = probe(config.server, timeout=args.timeout)
+    print(f"authproxy healthcheck: {'ok' if healthy else 'FAILED'}: {detail}",
+          file=sys.stdout if healthy else sys.stderr)
+    return 0 if healthy else 1
 
 
 def forward_auth_summary(config: Config) -> list[str]:
@@ -120,7 +140,13 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def _serve(config: Config, ssl_paths: tuple[Path, Path] | None, reuse_port: bool) -> None:
+def _serve(config: Config, ssl_paths: tuple[Path, Path] | None, ready: Callable[[], object], *,
+           worker: bool) -> None:
+    """Serve until SIGTERM/SIGINT, then stop gracefully within SHUTDOWN_TIMEOUT: no new connections,
+    every WebSocket bridge gets 1001 "server shutting down", in-flight requests may finish, and what is
+    still running after SHUTDOWN_TIMEOUT is cancelled. `ready()` runs once every listener accepts.
+    A `worker` (WORKERS > 1) shares the port and leaves SIGINT to the supervisor: Ctrl-C reaches the
+    whole process group, and the supervisor answers it with one SIGTERM to each worker."""
     from aiohttp import web
 
     from authproxy.app import create_app, handler_options
@@ -132,7 +158,7 @@ def _serve(config: Config, ssl_paths: tuple[Path, Path] | None, reuse_port: bool
         uvloop.install()
     except ImportError:  # optional: the `fast` extra
         pass
-    from authproxy.app import listen_problem, ready
+    from authproxy.app import listen_problem, log_ready
     from authproxy.errors import ListenError
 
     ssl_ctx = server_context(*ssl_paths) if ssl_paths else None
@@ -145,6 +171,14 @@ def _serve(config: Config, ssl_paths: tuple[Path, Path] | None, reuse_port: bool
     # +3-5% req/s on the bench machine (A/B, same load, alternating runs), p99 unchanged.
     gc.set_threshold(20_000, 20, 20)
     app = create_app(config)
+    app.on_shutdown.insert(0, _draining)
+    if worker:
+        app.on_startup.append(_ignore_sigint)
+
+    def listening(_banner: str) -> None:  # run_app's `print`: called once every listener accepts
+        log_ready(app, "https" if ssl_paths else "http")   # "authproxy ready" is said then, never before
+        ready()
+
     try:
         web.run_app(
             app,
@@ -153,9 +187,9 @@ def _serve(config: Config, ssl_paths: tuple[Path, Path] | None, reuse_port: bool
             ssl_context=ssl_ctx,
             access_log_class=AccessLogger,
             access_log=logging.getLogger("authproxy.access") if config.server.access_log else None,
-            reuse_port=reuse_port,
-            # run_app "prints" once every listener is open: that, and only that, is "ready".
-            print=lambda *_: ready(app, "https" if ssl_paths else "http"),
+            reuse_port=worker,
+            shutdown_timeout=config.server.drain_timeout,
+            print=listening,
             # Passed through AppRunner to each RequestHandler. (Not `handler_args=`: run_app forwards that
             # name as a RequestHandler kwarg, which raises TypeError, and aiohttp then silently drops
             # access_log, keepalive_timeout and these limits, logging a warning on every new connection.)
@@ -171,6 +205,23 @@ def _serve(config: Config, ssl_paths: tuple[Path, Path] | None, reuse_port: bool
         address = f"{f'[{host}]' if ':' in host else host}:{config.server.port}"
         log.error(f"HOST/PORT: cannot listen on {address}: {listen_problem(exc)}")
         raise SystemExit(1) from None
+
+
+async def _draining(app: object) -> None:
+    """First step of a graceful stop: a second SIGTERM (systemd's KillMode=control-group signals every
+    process, and the supervisor forwards its own) would abort aiohttp's drain half-way, so it is ignored
+    from now on; a second Ctrl-C (SIGINT) still stops at once, as someone pressing it twice expects."""
+    loop = asyncio.get_running_loop()
+    loop.remove_signal_handler(signal.SIGINT)   # back to KeyboardInterrupt (a worker: stays ignored)
+    loop.remove_signal_handler(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sd_notify("STOPPING=1")
+
+
+async def _ignore_sigint(app: object) -> None:
+    """on_startup of a worker: runs after run_app installed its signal handlers, and removes SIGINT's."""
+    asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -209,26 +260,20 @@ def run(args: argparse.Namespace) -> int:
     log.info(" ".join(forward_auth_summary(config)))
     workers = config.server.workers
     if workers == 1:
-        _serve(config, ssl_paths, reuse_port=False)
+        _serve(config, ssl_paths, lambda: sd_notify("READY=1"), worker=False)
         return 0
-    return _supervise(workers, lambda: _serve(config, ssl_paths, reuse_port=True))
+    return _supervise(workers, lambda ready: _serve(config, ssl_paths, ready, worker=True),
+                      config.server.shutdown_timeout)
 
 
-def _worker(serve: Callable[[], None]) -> None:
-    """One worker process. An exception that escapes would be printed by multiprocessing itself, a raw
-    traceback on stderr (its message may quote a URL with credentials): log it, redacted, and exit 1."""
-    try:
-        serve()
-    except Exception:  # noqa: BLE001 - the last place to catch it before multiprocessing prints it
-        log.critical("worker stopped on an unexpected error", exc_info=True)
-        sys.exit(1)
-
-
-def _supervise(workers: int, serve: Callable[[], None]) -> int:
+def _supervise(workers: int, serve: Callable[[Callable[[], object]], None], shutdown_timeout: float) -> int:
     """Run `workers` processes sharing the port; SIGTERM/SIGINT to this one stops them all (systemd,
-    docker stop), and one that dies takes the others down so the service manager sees the failure."""
+    docker stop) within `shutdown_timeout` (SIGKILL for one still there 2 s later), and one that dies
+    takes the others down so the service manager sees the failure. READY=1 once all of them listen."""
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_worker, args=(serve,), name=f"authproxy-worker-{i}") for i in range(workers)]
+    listening = ctx.Semaphore(0)
+    procs = [ctx.Process(target=_worker, args=(serve, listening), name=f"authproxy-worker-{i}")
+             for i in range(workers)]
     for p in procs:
         p.start()
 
@@ -236,23 +281,54 @@ def _supervise(workers: int, serve: Callable[[], None]) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    code = 0
     try:
-        while all(p.is_alive() for p in procs):
-            procs[0].join(0.5)
-        code = next((p.exitcode or 1 for p in procs if not p.is_alive()), 0)
+        code = _watch(procs, listening)
         log.error("a worker exited; stopping the others", extra={"fields": {"exitcode": code}})
     except KeyboardInterrupt:
         code = 0
     finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()  # SIGTERM: aiohttp's run_app shuts down gracefully
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
+        _stop_workers(procs, shutdown_timeout)
     return code
+
+
+def _watch(procs: list[Any], listening: Any) -> int:
+    """Say READY=1 once every worker listens; return the exit code of the first worker that ends."""
+    starting = len(procs)
+    while all(p.is_alive() for p in procs):
+        if not starting:
+            procs[0].join(0.5)
+        elif listening.acquire(timeout=0.5):
+            starting -= 1
+            if not starting:
+                sd_notify("READY=1")
+    return next((p.exitcode or 1 for p in procs if not p.is_alive()), 0)
+
+
+def _stop_workers(procs: list[Any], shutdown_timeout: float) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal must not orphan the workers
+        signal.signal(sig, signal.SIG_IGN)
+    sd_notify("STOPPING=1")
+    for p in procs:
+        if p.is_alive():
+            p.terminate()  # SIGTERM: each worker stops gracefully (_serve)
+    deadline = time.monotonic() + shutdown_timeout + 2.0
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+
+
+def _worker(serve: Callable[[Callable[[], object]], None], listening: Any) -> None:
+    """One worker process: serves, and tells the supervisor (not systemd, which listens to the main
+    process only) when it accepts connections. An exception that escapes would be printed by
+    multiprocessing itself, a raw traceback on stderr (its message may quote a URL with credentials):
+    it is logged, redacted, and the worker exits 1."""
+    os.environ.pop("NOTIFY_SOCKET", None)
+    try:
+        serve(listening.release)
+    except Exception:  # noqa: BLE001 - the last place to catch it before multiprocessing prints it
+        log.critical("worker stopped on an unexpected error", exc_info=True)
+        sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
 
         config = _load(args, "")
         return 2 if config is None else asyncio.run(technitium_migrate(config, args.site))
+    if args.command == "healthcheck":
+        return healthcheck(args)
     return run(args)
 
 

@@ -182,6 +182,7 @@ async def _forward_auth_listener(app: web.Application) -> AsyncIterator[None]:
         handle_signals=False,
         access_log_class=AccessLogger,
         access_log=logging.getLogger("authproxy.access") if server.access_log else None,
+        shutdown_timeout=server.drain_timeout,
         **handler_options(config),
     )
     await runner.setup()
@@ -214,7 +215,7 @@ def listen_problem(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def ready(app: web.Application, scheme: str = "http") -> None:
+def log_ready(app: web.Application, scheme: str = "http") -> None:
     """Said once every listener is open (`authproxy run` calls it then, never before)."""
     config = app[keys.CONFIG]
     server = config.server

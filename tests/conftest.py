@@ -18,6 +18,7 @@ pytest_plugins = [
     "tests.support.apps",
     "tests.support.fakes_misc",
     "tests.support.browser",
+    "tests.support.containers",
 ]
 
 

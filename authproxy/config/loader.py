@@ -71,6 +71,7 @@ FILE_KEYS: dict[str, set[str]] = {
         "service_api_keys",
         "service_api_keys_file",
         "background_check_interval",
+        "shutdown_timeout",
     },
     "session": {
         "idle_timeout",
@@ -464,6 +465,9 @@ def _server(r: _Reader, fs: dict[str, Any]) -> ServerConfig:
             maximum=65536,
         ),
         workers=r.integer("WORKERS", int(fs.get("workers", _SERVER.workers)), minimum=1, maximum=64),
+        shutdown_timeout=r.duration(
+            "SHUTDOWN_TIMEOUT", r.file_duration(fs, "shutdown_timeout", _SERVER.shutdown_timeout, "[server]")
+        ),
         forward_auth_host=fa_host,
         forward_auth_port=fa_port,
         forward_auth_secret=(

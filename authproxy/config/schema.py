@@ -105,6 +105,9 @@ class ServerConfig:
     audit_log_file: Path | None = None   # None -> the "authproxy.audit" logger on stderr
     max_header_size: int = 8190
     workers: int = 1
+    # After SIGTERM/SIGINT: how long in-flight requests and WebSocket close handshakes get before the
+    # process exits. Below the 10 s that `docker stop`/`podman stop` wait before SIGKILL.
+    shutdown_timeout: float = 8.0
     # Forward auth (/verify*): its 200 answer carries the upstream credential, so it is served only on a
     # listener of its own (port set) and/or to a caller that sends the shared secret; with neither it
     # is not served at all (a TLS proxy in front of the public listener forwards every path).
@@ -119,6 +122,14 @@ class ServerConfig:
     @property
     def forward_auth_enabled(self) -> bool:
         return self.forward_auth_port is not None or self.forward_auth_secret is not None
+
+    @property
+    def drain_timeout(self) -> float:
+        """aiohttp's `shutdown_timeout` for SHUTDOWN_TIMEOUT: aiohttp waits that long for the requests in
+        flight, then cancels their body reads and waits that long again before cancelling the handlers;
+        half each keeps the whole stop within SHUTDOWN_TIMEOUT (a request not reading its body gets all
+        of it)."""
+        return self.shutdown_timeout / 2
 
     def forward_auth_address(self, port: int | None = None) -> str:
         """`host:port` of the forward-auth listener as a URL writes it (IPv6 in brackets)."""

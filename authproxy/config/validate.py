@@ -15,6 +15,7 @@ _GENERATE = "generate one with `python -c 'import secrets; print(secrets.token_u
 _COOKIE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _HOST = re.compile(r"^\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
+MAX_SHUTDOWN_TIMEOUT = 3600.0  # more is a unit mistake (an hour of draining is no graceful stop)
 
 
 def _without_userinfo(url: str) -> str:
@@ -88,6 +89,10 @@ def _server(config: Config) -> list[str]:
         p.append(f"LOG_FORMAT: must be json or text, but it is {s.log_format!r}")
     if s.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         p.append(f"LOG_LEVEL: must be DEBUG, INFO, WARNING or ERROR, but it is {s.log_level!r}")
+    if not 0 < s.shutdown_timeout <= MAX_SHUTDOWN_TIMEOUT:
+        p.append(f"SHUTDOWN_TIMEOUT: must be more than 0 and at most {MAX_SHUTDOWN_TIMEOUT:.0f}s (e.g. 8s), "
+                 f"but it is {s.shutdown_timeout:g}s; keep it below the stop timeout of what stops authproxy "
+                 "(docker/podman stop: 10s, Compose stop_grace_period, systemd TimeoutStopSec)")
     return p
 
 

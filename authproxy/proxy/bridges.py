@@ -14,7 +14,6 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from authproxy.log import log
 from authproxy.sessions.manager import LoadedSession
 
 CLOSE_TIMEOUT = 5.0          # how long a close handshake may wait for the peer's CLOSE
@@ -74,17 +73,12 @@ class BridgeRegistry:
         for bridge in self._by_key.get(store_key, ()):
             bridge.wake.set()
 
-    async def close_all(self, code: int = SHUTDOWN[0], reason: str = SHUTDOWN[1],
-                        timeout: float = CLOSE_TIMEOUT + 1.0) -> None:
-        bridges = list(self)
-        for bridge in bridges:
+    def close_all(self, code: int = SHUTDOWN[0], reason: str = SHUTDOWN[1]) -> None:
+        """Ask every bridge to close (client gets `code`); returns at once. At shutdown aiohttp then waits
+        for their handlers together with every other request in flight, all within SHUTDOWN_TIMEOUT,
+        so slow close handshakes and a slow request do not add up."""
+        for bridge in list(self):
             bridge.end(code, reason)
-        try:
-            async with asyncio.timeout(timeout):
-                for bridge in bridges:
-                    await bridge.done.wait()
-        except TimeoutError:
-            log.warning("websocket bridges still open at shutdown", extra={"fields": {"count": len(self)}})
 
     @property
     def ssl_context(self) -> ssl.SSLContext:

@@ -297,7 +297,7 @@ def setup(app: web.Application) -> None:
         app[keys.STORE].subscribe(CHANNEL, app[keys.WEBSOCKETS].invalidated)
 
     async def close_all(app: web.Application) -> None:
-        await app[keys.WEBSOCKETS].close_all()
+        app[keys.WEBSOCKETS].close_all()
 
     async def release(app: web.Application) -> None:
         await app[keys.WEBSOCKETS].aclose()

@@ -344,4 +344,4 @@ def test_a_worker_that_fails_is_logged_through_the_handler_too(tmp_path: Path) -
     lines = [json.loads(line) for line in result.stderr.splitlines()]
     busy = [x for x in lines if f"cannot listen on 127.0.0.1:{port}" in x["message"]]
     assert busy and "Traceback" not in result.stderr, result.stderr
-    assert not [x for x in lines if x["message"] == "authproxy ready"]
+    assert not [x for x in lines if "authproxy ready" in x["message"]]
