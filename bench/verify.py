@@ -150,11 +150,11 @@ def run() -> None:
         label = "(f) authproxy verify, cache on, SQLite store"
         sqlite_headers = nginx_subrequest_headers(sign_in(None, bench.tmp / "data").header)
         ap = bench.authproxy(upstream_url=upstream, redis_url=None, name="authproxy-f")
-        got, _ = probe(ap.url + VERIFY_PATH, sqlite_headers, what=label)
+        got, _ = probe(ap.verify_url + VERIFY_PATH, sqlite_headers, what=label)
         if got.get("Remote-User") != "alice":
             raise BenchError(f"{label}: 200 without Remote-User: alice ({got})")
         print(f"-- {label}", flush=True)
-        results["f"] = wrk(args, ap.url + VERIFY_PATH, sqlite_headers,
+        results["f"] = wrk(args, ap.verify_url + VERIFY_PATH, sqlite_headers,
                            meters={"server": lambda: descendants(ap.proc.pid), "redis": list})
         bench.stop(ap.proc)
 
