@@ -13,12 +13,15 @@ import aiohttp.web_response
 from aiohttp import web, web_protocol
 
 from authproxy import keys
+from authproxy.accounts.bootstrap import ensure_admin
+from authproxy.accounts.store import AccountStore
 from authproxy.config.schema import Config
 from authproxy.crypto import Keyring
 from authproxy.errors import ListenError
 from authproxy.log import AccessLogger
 from authproxy.login.background import BackgroundWork
 from authproxy.login.keepalive import UpstreamKeepalive
+from authproxy.login.local import LocalAccounts
 from authproxy.login.passthrough import PassthroughLogin
 from authproxy.login.regulation import Regulator
 from authproxy.login.service import ApiKeys, ServiceGate
@@ -30,7 +33,7 @@ from authproxy.sessions.manager import CHANNEL, SessionManager
 from authproxy.sessions.registry import create_store
 from authproxy.sessions.store import SessionStore
 from authproxy.upstreams.base import UpstreamAdapter
-from authproxy.web import api, forward_auth, health, portal
+from authproxy.web import accounts_api, api, forward_auth, health, portal
 from authproxy.web.common import hsts_value, plain_expect
 from authproxy.web.middleware import TrustedForwarded, TrustedPeers, request_rules
 
@@ -126,8 +129,10 @@ def create_app(config: Config, *, store: SessionStore | None = None) -> web.Appl
                                         config=config.session)
     app[keys.REGULATOR] = Regulator(app[keys.STORE], config.throttle)
     app[keys.KEEPALIVE] = UpstreamKeepalive(app[keys.SESSIONS], lambda name: _adapter(app, name))
+    app[keys.ACCOUNTS] = AccountStore(app[keys.STORE], Keyring(config.session.secrets))
     app[keys.LOGIN] = PassthroughLogin(app[keys.SESSIONS], app[keys.REGULATOR], app[keys.KEEPALIVE],
-                                       names=lambda address: app[keys.BACKGROUND].name_for(address))
+                                       names=lambda address: app[keys.BACKGROUND].name_for(address),
+                                       local=LocalAccounts(app[keys.ACCOUNTS]))
     # Service clients (AUTH_MODE=hybrid): API keys today; a JWT authenticator joins the same gate.
     service_keys = config.server.service_api_keys
     app[keys.SERVICE_GATE] = ServiceGate([ApiKeys(service_keys)] if service_keys else [])
@@ -139,6 +144,7 @@ def create_app(config: Config, *, store: SessionStore | None = None) -> web.Appl
     prefix = config.server.prefix
     health.setup(app, prefix)
     api.setup(app, prefix)
+    accounts_api.setup(app, prefix)
     forward_auth.setup(app, prefix)
     portal.setup(app, prefix)
     proxy_http.setup(app)
@@ -163,6 +169,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await app[keys.BACKGROUND].start()
     await app[keys.STORE].start()
     app[keys.SESSIONS].start()
+    if config.local_accounts:   # no default password: the first admin, printed once or from the env
+        await ensure_admin(app[keys.ACCOUNTS], config.server.admin_password)
     app[keys.STORE].subscribe(CHANNEL, app[keys.KEEPALIVE].invalidated)
     yield
     await app[keys.BACKGROUND].close()

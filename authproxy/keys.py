@@ -8,6 +8,7 @@ import aiohttp
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from authproxy.accounts.store import AccountStore
     from authproxy.config.schema import Config
     from authproxy.login.background import BackgroundWork
     from authproxy.login.keepalive import UpstreamKeepalive
@@ -35,6 +36,7 @@ KEEPALIVE: web.AppKey[UpstreamKeepalive] = web.AppKey("keepalive")
 TRUSTED_PEERS: web.AppKey[TrustedPeers] = web.AppKey("trusted_peers")
 SERVICE_GATE: web.AppKey[ServiceGate] = web.AppKey("service_gate")      # service clients (hybrid)
 BACKGROUND: web.AppKey[BackgroundWork] = web.AppKey("background")       # background tokens, checked
+ACCOUNTS: web.AppKey[AccountStore] = web.AppKey("accounts")             # authproxy's own accounts (local)
 
 # The request's session, loaded once and kept on the request (web.common.current_session): every later
 # step of the same request (a UI call, the credential for the proxy) reads it from here.

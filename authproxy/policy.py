@@ -62,11 +62,29 @@ class HybridCredential(OwnCredential):
         return self.service
 
 
+@dataclass(frozen=True, slots=True)
+class LocalCredential(CredentialPolicy):
+    """A site people sign in to with authproxy's own accounts: whoever holds the site's local sign-in
+    gets the site's service credential (or, without one, only the per-request key the local gate
+    injects). The sign-in's marker credential (kind "local") carries no secret."""
+
+    service: Credential | None
+
+    def credential(self, session: Session | None, site: str) -> Credential | None:
+        marker = session.credentials.get(site) if session is not None else None
+        if marker is None or marker.kind != LOCAL_KIND:
+            return None
+        return self.service if self.service is not None else marker
+
+
 OWN = OwnCredential()
+LOCAL_KIND = "local"   # accounts/claims.py KIND (policy sits beside accounts, and imports nothing of it)
 
 
-def policy_for(auth_mode: str, service: Credential | None) -> CredentialPolicy:
+def policy_for(auth_mode: str, service: Credential | None, *, local: bool = False) -> CredentialPolicy:
     """The policy AUTH_MODE implies for a site (`service`: its service credential, if configured)."""
+    if local:
+        return LocalCredential(service)
     if auth_mode == "none":
         return ServiceCredential(service)
     return HybridCredential(service) if auth_mode == "hybrid" else OWN

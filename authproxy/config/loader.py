@@ -24,6 +24,7 @@ from authproxy.config.schema import (
     DEFAULT_AUTH_MODE,
     Config,
     IPNetwork,
+    LocalRules,
     ServerConfig,
     ServiceKey,
     SessionConfig,
@@ -103,6 +104,19 @@ FILE_KEYS: dict[str, set[str]] = {
         "allowed_users",
         "allowed_groups",
         "allow_methods",
+        "auth",
+        "local",
+    },
+    "local": {
+        "read_methods",
+        "read_paths",
+        "read_rpc_methods",
+        "key_header",
+        "key_param",
+        "zone_param",
+        "zone_keys",
+        "inject",
+        "strip_headers",
     },
 }
 
@@ -225,11 +239,7 @@ def _auth_mode(r: _Reader, file_mode: str | None) -> str:
         if mode not in AUTH_MODES:
             r.problems.append(
                 f"AUTH_MODE: must be one of {', '.join(AUTH_MODES)}, but it is set to {found[1]!r}"
-                + (
-                    "; local accounts and one-time codes are not available in this version"
-                    if mode in {"local", "otp"}
-                    else ""
-                )
+                + ("; one-time codes are not available in this version" if mode == "otp" else "")
             )
             return DEFAULT_AUTH_MODE
         return mode
@@ -302,7 +312,63 @@ def _site_from_table(t: dict[str, Any], index: int, problems: list[str],
         allowed_groups=tuple(_list(t.get("allowed_groups", ()))),
         allow_methods=tuple(m.upper() for m in _list(t.get("allow_methods", ()))),
         timeout=timeout or defaults.timeout, connect_timeout=connect_timeout or defaults.connect_timeout,
-        idle_timeout=idle_timeout or defaults.idle_timeout)
+        idle_timeout=idle_timeout or defaults.idle_timeout, auth=str(t.get("auth", "")).lower(),
+        local=_local_rules(t.get("local", {}), f"{where}.local", problems))
+
+
+def _pairs(value: Any, where: str, problems: list[str]) -> tuple[tuple[str, str], ...]:
+    """A table of names to names (`zone_keys`, `inject`), or `a=b,c=d` from the environment."""
+    if isinstance(value, str):
+        found = [part.partition("=") for part in _split(value)]
+        if any(not sep or not a or not b for a, sep, b in found):
+            problems.append(f"{where}: write name=value pairs separated by commas, "
+                            "e.g. x-dns-key-value=secret")
+        return tuple((a, b) for a, sep, b in found if sep and a and b)
+    if not isinstance(value, dict):
+        problems.append(f"{where}: must be a table of names to names")
+        return ()
+    return tuple((str(k), str(v)) for k, v in value.items())
+
+
+KEY_FIELDS = ("id", "name", "algorithm", "secret")
+
+
+def _local_rules(t: Any, where: str, problems: list[str]) -> LocalRules:
+    """A site's `[sites.local]` table (or the LOCAL_* variables): reads, and where keys come and go."""
+    t = _check_keys(t, "local", problems, where)
+    base = LocalRules()
+    pairs = _pairs(t.get("inject", {}), f"{where}.inject", problems)
+    inject = tuple((h.lower(), f.lower()) for h, f in pairs)
+    for header, what in inject:
+        if what not in KEY_FIELDS:
+            problems.append(f"{where}.inject: {header!r} takes {what!r}, but a key has only "
+                            f"{', '.join(KEY_FIELDS)}")
+    header = str(t.get("key_header", "")).strip().lower()
+    strip = {h.lower() for h in _list(t.get("strip_headers", ()))} | {h for h, _ in inject}
+    if header:
+        strip.add(header)
+    return LocalRules(
+        read_methods=tuple(m.upper() for m in _list(t.get("read_methods", base.read_methods))),
+        read_paths=_list(t.get("read_paths", ())),
+        read_rpc_methods=_list(t.get("read_rpc_methods", ())),
+        key_header=header, key_param=str(t.get("key_param", "")).strip(),
+        zone_param=str(t.get("zone_param", "")).strip(),
+        zone_keys=tuple((z.lower().rstrip("."), k) for z, k in
+                        _pairs(t.get("zone_keys", {}), f"{where}.zone_keys", problems)),
+        inject=inject, strip_headers=tuple(sorted(strip)))
+
+
+_LOCAL_ENV = {"read_methods": "LOCAL_READ_METHODS", "read_paths": "LOCAL_READ_PATHS",
+              "read_rpc_methods": "LOCAL_READ_RPC_METHODS", "key_header": "LOCAL_KEY_HEADER",
+              "key_param": "LOCAL_KEY_PARAM", "zone_param": "LOCAL_ZONE_PARAM",
+              "zone_keys": "LOCAL_ZONE_KEYS", "inject": "LOCAL_KEY_INJECT",
+              "strip_headers": "LOCAL_STRIP_HEADERS"}
+
+
+def _env_local_rules(r: _Reader) -> LocalRules:
+    """LOCAL_* for the one site of UPSTREAM_URL (the same names as a `[sites.local]` table)."""
+    table = {key: found[1] for key, name in _LOCAL_ENV.items() if (found := r.raw(name))}
+    return _local_rules(table, "LOCAL_*", r.problems)
 
 
 def _site_timeouts(r: _Reader) -> SiteConfig:
@@ -374,6 +440,7 @@ def _env_site(r: _Reader, defaults: SiteConfig) -> SiteConfig | None:
         timeout=defaults.timeout,
         connect_timeout=defaults.connect_timeout,
         idle_timeout=defaults.idle_timeout,
+        local=_env_local_rules(r),
     )
 
 
@@ -393,6 +460,8 @@ def load_config(env: Mapping[str, str] | None = None, config_file: Path | None =
     sites = _sites(r, file_data)
     config = Config(auth_mode=_auth_mode(r, file_data.get("auth_mode")),  # type: ignore[arg-type]
                     server=server, session=session, throttle=throttle, sites=sites)
+    if config.auth_mode == "local":   # every site signs in with authproxy's own accounts
+        config = replace(config, sites=tuple(replace(s, auth="local") for s in config.sites))
     problems = r.problems + validate.check(config)
     if problems:
         raise ConfigError(problems)
@@ -485,6 +554,7 @@ def _server(r: _Reader, fs: dict[str, Any]) -> ServerConfig:
             "BACKGROUND_CHECK_INTERVAL",
             r.file_duration(fs, "background_check_interval", _SERVER.background_check_interval, "[server]"),
         ),
+        admin_password=r.secret("AUTHPROXY_ADMIN_PASSWORD"),
     )
 
 

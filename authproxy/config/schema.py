@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 from authproxy.crypto import Secret
 
-AuthMode = Literal["none", "session", "hybrid"]
-AUTH_MODES: tuple[str, ...] = ("none", "session", "hybrid")
-SESSION_MODES: frozenset[str] = frozenset({"session", "hybrid"})
+AuthMode = Literal["none", "session", "hybrid", "local"]
+AUTH_MODES: tuple[str, ...] = ("none", "session", "hybrid", "local")
+SESSION_MODES: frozenset[str] = frozenset({"session", "hybrid", "local"})
 DEFAULT_AUTH_MODE: AuthMode = "session"
 # Names other tools' .env files use for the same modes (AUTH_MODE is read case-insensitively).
 AUTH_MODE_ALIASES: dict[str, AuthMode] = {"apikey": "none", "truenas": "session"}
@@ -48,6 +48,26 @@ class ServiceKey:
 
 
 @dataclass(frozen=True, slots=True)
+class LocalRules:
+    """A site signed in to with authproxy's own accounts (AUTH_MODE=local, or `auth = "local"`): what
+    counts as a read (a viewer may only read), and how a request names the upstream key it uses."""
+
+    read_methods: tuple[str, ...] = ("GET", "HEAD", "OPTIONS")
+    read_paths: tuple[str, ...] = ()       # upstream path prefixes that are reads whatever the method
+    read_rpc_methods: tuple[str, ...] = () # JSON-RPC method names that are reads (a POSTed JSON body)
+    key_header: str = ""                   # the request header that names the key (e.g. x-dns-key-name)
+    key_param: str = ""                    # or a query parameter naming the key
+    zone_param: str = ""                   # a query parameter naming a zone, looked up in zone_keys
+    zone_keys: tuple[tuple[str, str], ...] = ()   # zone -> key name (or id)
+    inject: tuple[tuple[str, str], ...] = ()      # header -> key field (name, secret, algorithm, id)
+    strip_headers: tuple[str, ...] = ()    # client headers that may carry key material (lower case)
+
+    @property
+    def uses_keys(self) -> bool:
+        return bool(self.inject)
+
+
+@dataclass(frozen=True, slots=True)
 class SiteConfig:
     """One protected upstream: where it is, how to talk to it, which public hosts map to it."""
 
@@ -67,6 +87,12 @@ class SiteConfig:
     timeout: float = 30.0                # seconds until the answer's headers (authproxy's own calls: whole)
     connect_timeout: float = 5.0
     idle_timeout: float = 300.0  # seconds of silence allowed between body chunks of a forwarded answer
+    auth: str = ""                       # "local": authproxy's own accounts sign in here ("": AUTH_MODE)
+    local: LocalRules = field(default_factory=LocalRules)
+
+    @property
+    def local_accounts(self) -> bool:
+        return self.auth == "local"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +171,9 @@ class ServerConfig:
     # use the site's service credential), and how often the background token's privileges are re-read.
     service_api_keys: tuple[ServiceKey, ...] = ()
     background_check_interval: float = 300.0
+    # Local accounts: the first admin's password (AUTHPROXY_ADMIN_PASSWORD[_FILE]); None: a random one,
+    # printed once on the console.
+    admin_password: Secret | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,3 +187,8 @@ class Config:
     @property
     def session_mode(self) -> bool:
         return self.auth_mode in SESSION_MODES
+
+    @property
+    def local_accounts(self) -> bool:
+        """Whether any site signs people in with authproxy's own accounts."""
+        return any(site.local_accounts for site in self.sites)

@@ -189,7 +189,8 @@ def _sites(config: Config) -> list[str]:
             routes.add(key)
         # hybrid without a service credential is a migration in progress when the old admin token is there
         migrating = config.auth_mode == "hybrid" and site.cluster_token is not None
-        if config.auth_mode in ("none", "hybrid") and site.service_token is None and not migrating:
+        if (config.auth_mode in ("none", "hybrid") and site.service_token is None and not migrating
+                and not site.local_accounts):
             p.append(
                 f"UPSTREAM_SERVICE_TOKEN ({where}): AUTH_MODE={config.auth_mode} needs a service credential "
                 "(UPSTREAM_SERVICE_TOKEN, TECHNITIUM_BACKGROUND_TOKEN, TECHNITIUM_TOKEN or service_token "
@@ -248,6 +249,28 @@ def _upstream(site: SiteConfig, where: str) -> list[str]:
     return p
 
 
+def _local(config: Config) -> list[str]:
+    """Sites signed in to with authproxy's own accounts (AUTH_MODE=local, or `auth = "local"`)."""
+    p: list[str] = []
+    for site in config.sites:
+        where = f"site {site.name!r}"
+        if site.auth not in ("", "local"):
+            p.append(f"auth ({where}): must be \"local\" (authproxy's own accounts) or left out (AUTH_MODE "
+                     f"decides), but it is {site.auth!r}")
+        elif site.local_accounts and not config.session_mode:
+            p.append(f"auth ({where}): local accounts sign in with a session; AUTH_MODE=none has none "
+                     "(set AUTH_MODE=session, hybrid or local)")
+        rules = site.local
+        if (rules.key_header or rules.key_param or rules.zone_keys) and not rules.inject:
+            p.append(f"LOCAL_KEY_INJECT ({where}): a key is chosen but never injected; say in which headers "
+                     "the upstream expects it, e.g. x-dns-key-name=name,x-dns-key-value=secret")
+    admin = config.server.admin_password
+    if admin is not None and len(admin.reveal()) < 12:
+        p.append("AUTHPROXY_ADMIN_PASSWORD: shorter than 12 characters; choose a longer one (or leave it "
+                 "unset: a random one is printed once at the first start)")
+    return p
+
+
 # The sections, in the order their problems are listed. A new setting's rules go in its section.
 SECTIONS: tuple[Callable[[Config], list[str]], ...] = (
-    _https, _server, _redirect_domains, _session, _cookie, _store, _throttle, _sites, _hybrid)
+    _https, _server, _redirect_domains, _session, _cookie, _store, _throttle, _sites, _hybrid, _local)

@@ -97,8 +97,10 @@ class PassthroughLogin:
 
     def __init__(self, sessions: SessionManager, regulator: Regulator,
                  keepalive: UpstreamKeepalive | None = None, *, source: IdentitySource | None = None,
-                 names: Callable[[str], Awaitable[str | None]] | None = None) -> None:
+                 names: Callable[[str], Awaitable[str | None]] | None = None,
+                 local: IdentitySource | None = None) -> None:
         self.sessions = sessions
+        self.local = local   # authproxy's own accounts (login/local.py), for sites with auth = "local"
         self.names = names   # the reverse name of a client address (login/background.py), for the audit
         self.regulator = regulator
         self.keepalive = keepalive
@@ -133,7 +135,8 @@ class PassthroughLogin:
                 audit("login", outcome="totp_reused", user=form.username, site=site.name, client_ip=client_ip,
                       totp=True)
                 raise AuthError(BAD_CODE, code="invalid_credentials", status=401)
-            result = await self.source.verify(site, form.username, form.password, form.totp, client_ip)
+            source = self.local if site.config.local_accounts and self.local is not None else self.source
+            result = await source.verify(site, form.username, form.password, form.totp, client_ip)
             if result.status == "totp_required":
                 audit(
                     "login", outcome="totp_required", user=form.username, site=site.name, client_ip=client_ip
@@ -164,7 +167,7 @@ class PassthroughLogin:
                     await self.sessions.store.delete(used)
         loaded, cookie = await self.sessions.create(user=result.identity.username, site=site.name,
                                                     identity=result.identity, credential=result.credential,
-                                                    client_ip=client_ip, auth_method=self.source.name)
+                                                    client_ip=client_ip, auth_method=source.name)
         if self.keepalive is not None:
             self.keepalive.note_use(loaded, site.name)
         named = await self.names(client_ip) if self.names is not None else None

@@ -26,6 +26,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from authproxy import authz, crosssite, keys
+from authproxy.accounts.claims import KIND as LOCAL_KIND
 from authproxy.bodies import read_up_to
 from authproxy.config.schema import ECHO_METHODS
 from authproxy.errors import UpstreamError
@@ -46,7 +47,7 @@ from authproxy.sessions.manager import LoadedSession
 from authproxy.sessions.model import Credential
 from authproxy.upstreams.base import BodyRefused, UpstreamAdapter, UpstreamRequest
 from authproxy.upstreams.substitute import ReplacerChain, StreamReplacer, scrubber
-from authproxy.web import uicalls
+from authproxy.web import local, uicalls
 from authproxy.web.common import client_ip, current_session, error_response, no_endpoint
 from authproxy.web.service import service_credential
 
@@ -188,12 +189,20 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
             f"You are signed in, but this account may not use {site.name}.",
             title="Not allowed",
         )
+    gated: local.Passed | None = None
+    if site.config.local_accounts and loaded is not None:   # roles and keys of authproxy's own accounts
+        passed = await local.gate_proxied(request, site, loaded)
+        if not isinstance(passed, local.Passed):
+            return passed
+        gated = passed
     if request.headers.get("Upgrade", "").lower() == "websocket" and credential is not None:
         return await websocket.bridge(request, site, loaded, credential)
 
     ureq = build_upstream_request(request, site)
     checked: Checked | None = None
-    if request.body_exists:
+    if gated is not None and gated.head is not None:   # read to find JSON-RPC methods: it goes on whole
+        checked = Checked(_chained(gated.head, request.content))
+    elif request.body_exists:
         try:
             checked = await checked_body(request.content, request.headers.getall("Content-Type", []),
                                          request.headers.get("Content-Encoding", ""),
@@ -202,7 +211,10 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
             return _body_refused(request, site, exc)
         if not checked.same_length:
             ureq.headers.popall("Content-Length", None)
-    site.adapter.prepare_request(ureq, credential)
+    site.adapter.prepare_request(ureq, None if credential is not None and credential.kind == LOCAL_KIND
+                                 else credential)
+    if gated is not None:
+        ureq.raw_query = local.strip_and_inject(site.config.local, ureq.headers, ureq.raw_query, gated.key)
     body = checked.data if checked is not None else None
     if checked is not None and credential is not None and site.adapter.restores_body(ureq):
         try:
@@ -307,6 +319,7 @@ async def _relay(request: web.Request, site: Site, ureq: UpstreamRequest, upstre
         if (
             len(peeked) <= MAX_PEEK
             and credential is not None
+            and not site.config.local_accounts   # a local sign-in is not the upstream's to end
             and adapter.is_expired(status, up_headers, peeked)
         ):
             return await credential_died(request, site, loaded)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from authproxy.config.schema import SessionConfig
 from authproxy.crypto import Keyring, b64e, seal, unseal
 from authproxy.log import audit, log
+from authproxy.sessions.directory import Entry, SessionDirectory
 from authproxy.sessions.model import OWNER, Credential, Identity, Session, owner_record, site_identity
 from authproxy.sessions.store import SessionStore
 from authproxy.sessions.ticket import Ticket, decode_ticket, new_ticket
@@ -99,6 +100,7 @@ class SessionManager:
         # and logouts never stop this session's reads from being cached.
         self._epochs: dict[str, int] = {}
         self._epochs_cleared = 0
+        self.directory = SessionDirectory(store, keyring)   # who is signed in where (admin listing)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -134,6 +136,9 @@ class SessionManager:
         await self._write(loaded)
         await self._write_marker(loaded, now)
         await self.store.index_add(self._account_index(site, user), loaded.store_key, self.config.max_age)
+        entry = Entry(id=loaded.public_id, store_key=loaded.store_key, user=user, site=site,
+                      client_ip=client_ip, created_at=now, auth_method=auth_method)
+        await self.directory.record(entry, self.config.max_age)
         return loaded, ticket.encode(self.keyring)
 
     async def load(self, cookie_value: str | None, *, client_ip: ClientIP = "") -> LoadedSession | None:
@@ -291,6 +296,31 @@ class SessionManager:
         ended = await self.store.delete(*members)
         await self.store.delete(*(marker_key(m) for m in members), *indexes)
         for key in members:
+            await self.store.revoke(CHANNEL, key)
+        return ended
+
+    async def end_account(self, site: str, user: str, *, keep: str | None = None) -> int:
+        """End every session signed in as `user` at `site` but `keep` (a store key), on every worker and
+        replica before returning (a password change, a role change, an account disabled); how many."""
+        index = self._account_index(site, user)
+        members = await self.store.index_members(index) - {keep}
+        return await self.end_keys(members, index=index)
+
+    async def end_keys(self, members: set[str], *, index: str | None = None) -> int:
+        """End these sessions (store keys), wherever they are cached; how many were still alive."""
+        if not members:
+            return 0
+        for key in members:
+            self._bump(key)
+            self._cache.pop(key, None)
+            self._touched.pop(key, None)
+            self._inflight.pop(key, None)
+        ended = await self.store.delete(*members)
+        await self.store.delete(*(marker_key(m) for m in members))
+        for key in members:
+            if index is not None:
+                await self.store.index_remove(index, key)
+            await self.directory.forget(public_id(key))
             await self.store.revoke(CHANNEL, key)
         return ended
 

@@ -24,6 +24,7 @@ from authproxy.routing import Site
 from authproxy.sessions.manager import LoadedSession
 from authproxy.upstreams.technitium import TechnitiumAdapter
 from authproxy.upstreams.technitium_admin import MigrationError
+from authproxy.web import local
 from authproxy.web.common import (
     SECURITY_HEADERS,
     RequestSession,
@@ -83,7 +84,8 @@ def session_json(request: web.Request, loaded: LoadedSession, idle_expires_at: f
     s = loaded.session
     return {"authenticated": True, "user": s.user, "displayName": s.identity.display_name, "site": s.site,
             "sites": sorted(s.credentials), "permissions": s.identity.permissions,
-            "idleExpiresAt": round(idle_expires_at, 3), "expiresAt": round(s.expires_at, 3)}
+            "idleExpiresAt": round(idle_expires_at, 3), "expiresAt": round(s.expires_at, 3),
+            **local.user_fields(s)}   # a local account: `user` is the account object
 
 
 async def _read_login(request: web.Request, *, fields: str = "username and password"
@@ -243,6 +245,8 @@ async def logout(request: web.Request) -> web.StreamResponse:
         return json_error(exc.status, exc.code, str(exc))
     loaded = await current_session(request)
     answer: dict[str, Any] = {"authenticated": False, "loggedOut": loaded is not None}
+    if request.app[keys.CONFIG].local_accounts:   # what local-account clients read
+        answer.update(success=True, message="Logged out successfully")
     if loaded is not None:
         await end_session(request, loaded, reason="success")
         if everywhere:

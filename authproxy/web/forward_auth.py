@@ -52,9 +52,11 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from authproxy import authz, crosssite, keys
+from authproxy.accounts.claims import KIND as LOCAL_KIND
 from authproxy.config.schema import ECHO_METHODS, FORWARD_AUTH_SECRET_HEADER, IPNetwork
 from authproxy.log import log
 from authproxy.sessions.model import Credential, site_identity
+from authproxy.web import local
 from authproxy.web.common import (
     SECURITY_HEADERS,
     cookie_value,
@@ -421,6 +423,16 @@ async def verify(request: web.Request) -> web.StreamResponse:  # noqa: C901 - /v
         return error_response(request, 403, "forbidden", "You are signed in, but this account may not use "
                               f"{site.name}.", title="Not allowed")
 
+    gated: local.Passed | None = None
+    if site.config.local_accounts and loaded is not None and service is None:
+        # Roles and keys of authproxy's own accounts. Without the method header a request cannot be told
+        # from a write: it needs the editor role. The body is not sent here: a JSON-RPC read by POST too.
+        passed = await local.gate(request, site, loaded, method=target.method if target.method_known else "",
+                                  upstream_path=site.upstream_path(target.route_path),
+                                  raw_query=target.uri.partition("?")[2], headers=request.headers)
+        if not isinstance(passed, local.Passed):
+            return passed
+        gated = passed
     headers: dict[str, str] = {"Cache-Control": "no-store"}
     credential: Credential | None
     if service is not None:
@@ -435,7 +447,9 @@ async def verify(request: web.Request) -> web.StreamResponse:  # noqa: C901 - /v
                     headers[name] = value
     else:
         credential = site.policy.credential(None, site.name)
-    if credential is not None:
+    if gated is not None:   # every key header, empty without a key: the proxy overwrites the client's
+        headers.update(local.injected_headers(site.config.local, gated.key))
+    if credential is not None and credential.kind != LOCAL_KIND:
         injected = site.adapter.forward_auth_headers(credential)
         if kind == "traefik" and "X-Authproxy-Token" in injected:
             _warn_once(
