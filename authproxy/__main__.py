@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
                                                   "TECHNITIUM_BACKGROUND_TOKEN")
     migrate.add_argument("--config", type=Path, help="TOML file with [server], [session] and [[sites]]")
     migrate.add_argument("--site", help="the Technitium site (default: the one with a cluster token)")
+    from authproxy.cli_accounts import add_parsers
+
+    add_parsers(sub, lambda p: p.add_argument("--config", type=Path,
+                                              help="TOML file with [server], [session] and [[sites]]"))
     return parser
 
 
@@ -344,6 +348,14 @@ def main(argv: list[str] | None = None) -> int:
 
         config = _load(args, "")
         return 2 if config is None else asyncio.run(technitium_migrate(config, args.site))
+    if args.command in ("users", "keys"):
+        from authproxy import cli_accounts
+
+        config = _load(args, "")
+        if config is None:
+            return 2
+        config, _ = ensure_session_secrets(config)   # the same secret the server seals accounts with
+        return (cli_accounts.users if args.command == "users" else cli_accounts.keys)(config, args)
     if args.command == "healthcheck":
         return healthcheck(args)
     return run(args)
