@@ -74,7 +74,7 @@ TRAEFIK_DIR = PROJECT_ROOT / "deploy" / "traefik"
 
 RECIPES: dict[str, tuple[str, ...]] = {
     "caddy": ("default", "technitium-v14"),
-    "nginx": ("default", "technitium-v14"),
+    "nginx": ("default", "technitium-v14", "authproxy-keys"),
     "traefik": ("default",),
 }
 _INSTALL_HINT = {
@@ -281,7 +281,11 @@ def launch_nginx(
             raise AssertionError(
                 "nginx/authproxy.conf: the protected location no longer has the two generic lines"
             )
-        site = site.replace(generic, f"include snippets/{recipe}.conf;")
+        if recipe == "authproxy-keys":   # local accounts' keys: one more include, as its comment says
+            keys = ";\n        include snippets/authproxy-keys.conf;\n"
+            site = site.replace(generic, generic.replace(";\n", keys, 1))
+        else:
+            site = site.replace(generic, f"include snippets/{recipe}.conf;")
     shipped = NGINX_DIR / "authproxy.conf"
     if check.secret:  # the alternative the check location describes: the public listener plus the secret
         site = _edit(site, r"proxy_pass http://authproxy_verify/", "proxy_pass http://authproxy/", shipped)
@@ -292,7 +296,7 @@ def launch_nginx(
             site, r"^[ \t]*location \^~ /_authproxy/verify \{\s*return 404;\s*\}[ \t]*\n", "", shipped
         )
     (workdir / "conf.d" / "authproxy.conf").write_text(site, encoding="utf-8")
-    for snippet in ("authproxy-location.conf", "technitium-v14.conf"):
+    for snippet in ("authproxy-location.conf", "technitium-v14.conf", "authproxy-keys.conf"):
         (workdir / "snippets" / snippet).write_text(_render(NGINX_DIR / snippet, values), encoding="utf-8")
 
     proc, temp_root = _start_nginx(workdir, tls=tls)
