@@ -121,7 +121,8 @@ async def gate(request: web.Request, site: Site, loaded: LoadedSession, *, metho
     shown = name[:MAX_KEY_NAME]
     resource = (await request.app[keys.ACCOUNTS].find_key(name, site.name) if len(name) <= MAX_KEY_NAME
                 else None)
-    if resource is None or not (claim.role == "admin" or resource.id in claim.allowed_key_ids):
+    allowed = claim.allowed_key_ids
+    if resource is None or not (claim.role == "admin" or resource.id in allowed or resource.name in allowed):
         audit("key_use", outcome="refused", key=shown, **who)
         return json_error(403, "key_access_denied", f"You may not use the key {shown!r}.", key=shown)
     return Passed(resource)
