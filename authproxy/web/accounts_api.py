@@ -46,11 +46,11 @@ class Refused(Exception):
         self.response = response
 
 
-def _ok(body: dict[str, Any], status: int = 200) -> web.Response:
+def ok(body: dict[str, Any], status: int = 200) -> web.Response:
     return web.json_response({"success": True, **body}, status=status, headers=SECURITY_HEADERS)
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def read_body(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise Refused(json_error(415, "unsupported_media_type", "Send JSON (application/json)."))
     raw = await read_up_to(request.content, MAX_BODY + 1)
@@ -65,7 +65,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return data
 
 
-async def _caller(request: web.Request, *, admin: bool = False, changing_password: bool = False) -> Caller:
+async def signed_in(request: web.Request, *, admin: bool = False, changing_password: bool = False) -> Caller:
     if request.method not in ("GET", "HEAD") and crosssite.from_other_site(request):
         raise Refused(json_error(403, "cross_site", "Cross-site request refused."))
     loaded = await current_session(request)
@@ -103,8 +103,8 @@ def handler(fn: Any) -> Any:
 
 @handler
 async def change_password(request: web.Request) -> web.StreamResponse:
-    caller = await _caller(request, changing_password=True)
-    data = await _body(request)
+    caller = await signed_in(request, changing_password=True)
+    data = await read_body(request)
     current, new = data.get("currentPassword"), data.get("newPassword")
     if not isinstance(current, str) or not isinstance(new, str) or not current or not new:
         return json_error(400, "bad_request", "Send currentPassword and newPassword.")
@@ -138,23 +138,23 @@ async def change_password(request: web.Request) -> web.StreamResponse:
     claims.clear_must_change(caller.loaded.session, account.id)
     await request.app[keys.SESSIONS].save(caller.loaded)
     audit("password", outcome="changed", other_sessions_ended=ended, **who)
-    return _ok({"message": "Password changed", "otherSessionsEnded": ended})
+    return ok({"message": "Password changed", "otherSessionsEnded": ended})
 
 
 @handler
 async def my_sessions(request: web.Request) -> web.StreamResponse:
-    caller = await _caller(request)
-    return _ok({"sessions": await _sessions(request, lambda e: e.user == caller.claim.username, caller)})
+    caller = await signed_in(request)
+    return ok({"sessions": await _sessions(request, lambda e: e.user == caller.claim.username, caller)})
 
 
 @handler
 async def logout_everywhere(request: web.Request) -> web.StreamResponse:
-    caller = await _caller(request, changing_password=True)
+    caller = await signed_in(request, changing_password=True)
     ended = await end_sessions_of(request, caller.claim.username)
     await request.app[keys.SESSIONS].destroy(caller.loaded)
     audit("logout", outcome="everywhere", user=caller.claim.username, client_ip=client_ip(request),
           sessions_ended=ended)
-    response = _ok({"message": "Logged out everywhere", "sessionsEnded": ended})
+    response = ok({"message": "Logged out everywhere", "sessionsEnded": ended})
     clear_session_cookie(request, response)
     return response
 
@@ -186,14 +186,14 @@ def _email(value: object) -> str:
 
 @handler
 async def list_users(request: web.Request) -> web.StreamResponse:
-    await _caller(request, admin=True)
-    return _ok({"users": [a.public() for a in await request.app[keys.ACCOUNTS].all()]})
+    await signed_in(request, admin=True)
+    return ok({"users": [a.public() for a in await request.app[keys.ACCOUNTS].all()]})
 
 
 @handler
 async def create_user(request: web.Request) -> web.StreamResponse:
-    caller = await _caller(request, admin=True)
-    data = await _body(request)
+    caller = await signed_in(request, admin=True)
+    data = await read_body(request)
     username, password = data.get("username"), data.get("password")
     if not isinstance(username, str) or USERNAME.fullmatch(username) is None:
         return json_error(400, "bad_request", "username: 1 to 64 letters, digits, and . _ @ - "
@@ -212,7 +212,7 @@ async def create_user(request: web.Request) -> web.StreamResponse:
     except NameTaken:
         return json_error(409, "user_exists", f"There is already an account named {username!r}.")
     caller.audit(request, "user_created", target=username, role=account.role)
-    return _ok({"user": account.public()}, status=201)
+    return ok({"user": account.public()}, status=201)
 
 
 async def _target(request: web.Request) -> Account:
@@ -229,9 +229,9 @@ async def _keeps_an_admin(request: web.Request, account: Account) -> bool:
 
 @handler
 async def update_user(request: web.Request) -> web.StreamResponse:
-    caller = await _caller(request, admin=True)
+    caller = await signed_in(request, admin=True)
     account = await _target(request)
-    data = await _body(request)
+    data = await read_body(request)
     role = _role(data["role"]) if "role" in data else account.role
     disabled = data.get("disabled", account.disabled)
     if not isinstance(disabled, bool):
@@ -266,12 +266,12 @@ async def update_user(request: web.Request) -> web.StreamResponse:
     ended = await end_sessions_of(request, account.username) if rights_changed else 0
     caller.audit(request, "user_updated", target=account.username, role=account.role,
                  disabled=account.disabled, sessions_ended=ended)
-    return _ok({"user": account.public(), "sessionsEnded": ended})
+    return ok({"user": account.public(), "sessionsEnded": ended})
 
 
 @handler
 async def delete_user(request: web.Request) -> web.StreamResponse:
-    caller = await _caller(request, admin=True)
+    caller = await signed_in(request, admin=True)
     account = await _target(request)
     if account.id == caller.claim.id:
         return json_error(409, "self_protection", "You cannot delete yourself.")
@@ -280,21 +280,21 @@ async def delete_user(request: web.Request) -> web.StreamResponse:
     await request.app[keys.ACCOUNTS].delete(account)
     ended = await end_sessions_of(request, account.username)
     caller.audit(request, "user_deleted", target=account.username, sessions_ended=ended)
-    return _ok({"sessionsEnded": ended})
+    return ok({"sessionsEnded": ended})
 
 
 # ---- keys (admin) ---------------------------------------------------------------------------------
 
 @handler
 async def list_keys(request: web.Request) -> web.StreamResponse:
-    await _caller(request, admin=True)
-    return _ok({"keys": [k.public() for k in await request.app[keys.ACCOUNTS].keys()]})
+    await signed_in(request, admin=True)
+    return ok({"keys": [k.public() for k in await request.app[keys.ACCOUNTS].keys()]})
 
 
 @handler
 async def create_key(request: web.Request) -> web.StreamResponse:
-    caller = await _caller(request, admin=True)
-    data = await _body(request)
+    caller = await signed_in(request, admin=True)
+    data = await read_body(request)
     try:
         resource = new_resource(data, {s.name for s in request.app[keys.ROUTER].sites})
     except ValueError as exc:
@@ -304,7 +304,7 @@ async def create_key(request: web.Request) -> web.StreamResponse:
     except NameTaken:
         return json_error(409, "key_exists", f"There is already a key named {resource.name!r}.")
     caller.audit(request, "key_created", key=resource.name, key_id=resource.id)
-    return _ok({"key": resource.public()}, status=201)
+    return ok({"key": resource.public()}, status=201)
 
 
 def new_resource(data: dict[str, Any], sites: set[str]) -> Resource:
@@ -326,13 +326,13 @@ def new_resource(data: dict[str, Any], sites: set[str]) -> Resource:
 
 @handler
 async def delete_key(request: web.Request) -> web.StreamResponse:
-    caller = await _caller(request, admin=True)
+    caller = await signed_in(request, admin=True)
     key_id = request.match_info["id"]
     found = await request.app[keys.ACCOUNTS].key(key_id)
     if found is None or not await request.app[keys.ACCOUNTS].delete_key(key_id):
         return json_error(404, "not_found", "No such key.")
     caller.audit(request, "key_deleted", key=found.name, key_id=key_id)
-    return _ok({})
+    return ok({})
 
 
 # ---- sessions -------------------------------------------------------------------------------------
@@ -352,19 +352,19 @@ async def _sessions(request: web.Request, wanted: Any, caller: Caller) -> list[d
 
 @handler
 async def all_sessions(request: web.Request) -> web.StreamResponse:
-    caller = await _caller(request, admin=True)
-    return _ok({"sessions": await _sessions(request, lambda e: True, caller)})
+    caller = await signed_in(request, admin=True)
+    return ok({"sessions": await _sessions(request, lambda e: True, caller)})
 
 
 @handler
 async def end_session(request: web.Request) -> web.StreamResponse:
-    caller = await _caller(request, admin=True)
+    caller = await signed_in(request, admin=True)
     manager = request.app[keys.SESSIONS]
     entry = await manager.directory.get(request.match_info["id"])
     if entry is None or not await manager.end_keys({entry.store_key}):
         return json_error(404, "not_found", "No such session (it may have ended already).")
     caller.audit(request, "session_ended", target=entry.user, site=entry.site, session=entry.id)
-    return _ok({})
+    return ok({})
 
 
 def setup(app: web.Application, prefix: str) -> None:
