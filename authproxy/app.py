@@ -33,7 +33,7 @@ from authproxy.sessions.manager import CHANNEL, SessionManager
 from authproxy.sessions.registry import create_store
 from authproxy.sessions.store import SessionStore
 from authproxy.upstreams.base import UpstreamAdapter
-from authproxy.web import accounts_api, accounts_totp, api, forward_auth, health, portal
+from authproxy.web import accounts_api, accounts_totp, admin_page, api, forward_auth, health, portal
 from authproxy.web.common import hsts_value, plain_expect
 from authproxy.web.middleware import TrustedForwarded, TrustedPeers, request_rules
 
@@ -146,6 +146,7 @@ def create_app(config: Config, *, store: SessionStore | None = None) -> web.Appl
     api.setup(app, prefix)
     accounts_api.setup(app, prefix)
     accounts_totp.setup(app, prefix)
+    admin_page.setup(app, prefix)
     forward_auth.setup(app, prefix)
     portal.setup(app, prefix)
     proxy_http.setup(app)
