@@ -16,8 +16,11 @@ The session was created through authproxy's own login API against the faithful F
     (d)  authproxy, cache on (default SESSION_CACHE_TTL)
     (e)  (d) with ACCESS_LOG=true (authproxy's own cheap access logger, JSON lines to stderr -> a file)
     (f)  (d) on the embedded SQLite store instead of Redis (no REDIS_URL; the session signed in there)
+    (g)  (d) with AUTH_MODE=local: a local account's session (a viewer, signed in through the login API),
+         and the role decision for the GET (issue #11)
 
-Targets: (c) >= 0.9x (b); (d) >= 0.6x (a); (e) >= 0.5x (d) (logging must not halve throughput).
+Targets: (c) >= 0.9x (b); (d) >= 0.6x (a); (e) >= 0.5x (d) (logging must not halve throughput);
+(g) >= 0.9x (d) (the session check with a role decision costs at most 10% more than today's).
 Also printed: Redis commands per request for (b), (c), (d), and the size of the real session blob.
 
     python bench/verify.py [--duration 5] [--connections 50] [--runs 1] [--threads 1] [--quick]
@@ -25,6 +28,7 @@ Also printed: Redis commands per request for (b), (c), (d), and the size of the 
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -32,9 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (
     ORIGINAL_HOST,
+    SECRET,
     Bench,
     BenchError,
     Load,
+    SignedIn,
     Target,
     descendants,
     finish_args,
@@ -52,6 +58,7 @@ from bench._common import (
     wrk,
 )
 from tests.support.procs import ManagedProcess
+from tests.support.redis_server import RedisServer
 
 VERIFY_PATH = "/_authproxy/verify/nginx"
 
@@ -74,6 +81,52 @@ def nginx_subrequest_headers(cookie_header: str) -> list[str]:
         "X-Forwarded-For: 127.0.0.1",
         "X-Real-IP: 127.0.0.1",
     ]
+
+
+LOCAL_USER, LOCAL_PASSWORD = "vic", "vic-the-viewer-password"
+LOCAL_ADMIN_PASSWORD = "bench-first-admin-password"
+
+
+def sign_in_local(redis: RedisServer, data_dir: Path) -> SignedIn:
+    """A local viewer (made in the store, the way the admin API makes one) signed in through authproxy's
+    login API with AUTH_MODE=local, on the same Redis and secret the measured process uses."""
+    return asyncio.run(_sign_in_local(redis, data_dir))
+
+
+async def _sign_in_local(redis: RedisServer, data_dir: Path) -> SignedIn:
+    import aiohttp
+    from aiohttp import web
+
+    from authproxy import keys
+    from authproxy.accounts import passwords
+    from authproxy.accounts.model import Account, new_id
+    from authproxy.app import create_app
+    from authproxy.config.loader import ensure_session_secrets, load_config
+
+    env = {"UPSTREAM_URL": "http://127.0.0.1:9", "UPSTREAM_TYPE": "technitium", "TRUST_PROXY": "true",
+           "SESSION_SECRET": SECRET, "ACCESS_LOG": "false", "AUTH_MODE": "local", "REDIS_URL": redis.url,
+           "AUTHPROXY_ADMIN_PASSWORD": LOCAL_ADMIN_PASSWORD, "AUTHPROXY_DATA_DIR": str(data_dir)}
+    config, _ = ensure_session_secrets(load_config(env))
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        await app[keys.ACCOUNTS].create(Account(id=new_id(), username=LOCAL_USER, role="viewer",
+                                                password_hash=passwords.hash_password(LOCAL_PASSWORD)))
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}{config.server.prefix}/api/auth/login"
+        cookie_name = app[keys.SESSIONS].cookie_name
+        async with (aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
+                    http.post(base, json={"username": LOCAL_USER, "password": LOCAL_PASSWORD},
+                              headers={"X-Forwarded-Proto": "https"}) as resp):
+            if resp.status != 200:
+                raise BenchError(f"local login failed: HTTP {resp.status} {(await resp.text())[:300]}")
+            morsel = resp.cookies.get(cookie_name)
+            if morsel is None:
+                raise BenchError("local login answered 200 without a session cookie")
+            return SignedIn(cookie_name, morsel.value, "", 0)
+    finally:
+        await runner.cleanup()
 
 
 def run() -> None:
@@ -158,6 +211,24 @@ def run() -> None:
                            meters={"server": lambda: descendants(ap.proc.pid), "redis": list})
         bench.stop(ap.proc)
 
+        # (g) authproxy, AUTH_MODE=local: a local viewer's session, the role decided on every check
+        label = "(g) authproxy verify, cache on, AUTH_MODE=local (role decision)"
+        local_env = {"AUTH_MODE": "local", "AUTHPROXY_ADMIN_PASSWORD": LOCAL_ADMIN_PASSWORD}
+        local_headers = nginx_subrequest_headers(sign_in_local(redis, bench.tmp / "data").header)
+        ap = bench.authproxy(upstream_url=upstream, redis_url=redis.url, name="authproxy-g",
+                             extra_env=local_env)
+        got, _ = probe(ap.verify_url + VERIFY_PATH, local_headers, what=label)
+        if got.get("Remote-User") != LOCAL_USER:
+            raise BenchError(f"{label}: 200 without Remote-User: {LOCAL_USER} ({got})")
+        print(f"-- {label}", flush=True)
+        before = redis_commands(redis.url)
+        results["g"] = wrk(args, ap.verify_url + VERIFY_PATH, local_headers,
+                           meters={"server": lambda: descendants(ap.proc.pid),
+                                   "redis": lambda: [redis.pid] if redis.pid else []})
+        per_req["g"] = (redis_commands(redis.url) - before) / (results["g"].requests
+                                                               + results["g"].warmup_requests)
+        bench.stop(ap.proc)
+
     labels = {
         "a": "(a) bare aiohttp handler",
         "a_log": "(a') bare aiohttp + default access logger",
@@ -166,8 +237,9 @@ def run() -> None:
         "d": "(d) authproxy verify, cache on",
         "e": "(e) authproxy verify, cache on + access log",
         "f": "(f) authproxy verify, cache on, SQLite store",
+        "g": "(g) authproxy verify, cache on, AUTH_MODE=local",
     }
-    base = {"a": None, "a_log": "a", "b": "a", "c": "b", "d": "a", "e": "d", "f": "a"}
+    base = {"a": None, "a_log": "a", "b": "a", "c": "b", "d": "a", "e": "d", "f": "a", "g": "d"}
     rows = []
     for key, label in labels.items():
         r = results[key]
@@ -199,6 +271,8 @@ def run() -> None:
         Target("(c) cache off / (b) redis-py GET+decrypt", results["c"].rps / results["b"].rps, ">=", 0.9),
         Target("(d) cache on / (a) bare aiohttp", results["d"].rps / results["a"].rps, ">=", 0.6),
         Target("(e) access log on / (d) off", results["e"].rps / results["d"].rps, ">=", 0.5),
+        Target("(g) local accounts + role / (d) today's check", results["g"].rps / results["d"].rps, ">=",
+               0.9),
     ])
     print(f"reference: aiohttp's default access logger costs the bare handler "
           f"{results['a_log'].rps / results['a'].rps:.2f}x (README: 0.41x); authproxy's logger costs "

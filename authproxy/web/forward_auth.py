@@ -428,7 +428,7 @@ async def verify(request: web.Request) -> web.StreamResponse:  # noqa: C901 - /v
         # Roles and keys of authproxy's own accounts. Without the method header a request cannot be told
         # from a write: it needs the editor role. The body is not sent here: a JSON-RPC read by POST too.
         passed = await local.gate(request, site, loaded, method=target.method if target.method_known else "",
-                                  upstream_path=site.upstream_path(target.route_path),
+                                  upstream_path=lambda: site.upstream_path(target.route_path),
                                   raw_query=target.uri.partition("?")[2], headers=request.headers)
         if not isinstance(passed, local.Passed):
             return passed

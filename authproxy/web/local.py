@@ -16,6 +16,7 @@ else it is refused: the upstream could read the other one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
@@ -35,6 +36,7 @@ from authproxy.upstreams.query import query_without
 from authproxy.web.common import client_ip, error_response, json_error
 
 MAX_KEY_NAME = 128
+READERS = frozenset({"viewer", "editor", "admin"})   # every role reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,26 +85,30 @@ async def gate_proxied(request: web.Request, site: Site,
     head = None
     if request.body_exists and roles.wants_rpc_peek(site.config.local, request.method, request.content_type):
         head = await read_up_to(request.content, roles.RPC_PEEK + 1)
-    passed = await gate(request, site, loaded, method=request.method,
-                        upstream_path=site.upstream_path(request.rel_url.raw_path),
+    passed = await gate(request, site, loaded, method=request.method.upper(),
+                        upstream_path=lambda: site.upstream_path(request.rel_url.raw_path),
                         raw_query=request.rel_url.raw_query_string, headers=request.headers,
                         body_head=head if head is not None and len(head) <= roles.RPC_PEEK else None)
     return Passed(passed.key, head) if isinstance(passed, Passed) and head is not None else passed
 
 
-async def gate(request: web.Request, site: Site, loaded: LoadedSession, *, method: str, upstream_path: str,
-               raw_query: str, headers: CIMultiDictProxy[str], body_head: bytes | None = None
-               ) -> web.StreamResponse | Passed:
+async def gate(request: web.Request, site: Site, loaded: LoadedSession, *, method: str,
+               upstream_path: Callable[[], str], raw_query: str, headers: CIMultiDictProxy[str],
+               body_head: bytes | None = None) -> web.StreamResponse | Passed:
+    """`upstream_path` is asked only when the site has read paths (on every check, its cost counts)."""
     rules = site.config.local
     claim = claims.claim(loaded.session, site.name)
-    who = {"user": loaded.session.user, "site": site.name, "client_ip": client_ip(request)}
     if claim is None:   # signed in here some other way: the site is local, so that cannot decide
         return error_response(request, 403, "forbidden", f"Sign in to {site.name} with an authproxy account.")
     if claim.must_change_password:
         return password_change_required(request)
+    if method in rules.read_methods and claim.role in READERS:   # the common case, decided at once
+        return Passed(None) if not rules.uses_keys else await _key(request, site, loaded, claim, headers,
+                                                                    raw_query)
     rpc = roles.rpc_methods(body_head) if body_head is not None else None
-    needed = roles.needed_role(rules, method, upstream_path, rpc)
+    needed = roles.needed_role(rules, method, upstream_path() if rules.read_paths else "", rpc)
     if not at_least(claim.role, needed):
+        who = {"user": loaded.session.user, "site": site.name, "client_ip": client_ip(request)}
         audit("access", outcome="insufficient_permissions", required_role=needed, role=claim.role,
               method=method, **who)
         return json_error(403, "insufficient_permissions",
@@ -110,6 +116,14 @@ async def gate(request: web.Request, site: Site, loaded: LoadedSession, *, metho
                           role=claim.role)
     if not rules.uses_keys:
         return Passed(None)
+    return await _key(request, site, loaded, claim, headers, raw_query)
+
+
+async def _key(request: web.Request, site: Site, loaded: LoadedSession, claim: claims.Claim,
+               headers: CIMultiDictProxy[str], raw_query: str) -> web.StreamResponse | Passed:
+    """The key the request names, if the person may use it (see the module docstring)."""
+    rules = site.config.local
+    who = {"user": loaded.session.user, "site": site.name, "client_ip": client_ip(request)}
     names = _named_keys(rules, headers, raw_query)
     if names is None:
         return Passed(None)
