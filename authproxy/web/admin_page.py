@@ -15,6 +15,7 @@ from aiohttp import web
 from authproxy import keys
 from authproxy.accounts import claims
 from authproxy.accounts.model import ROLES
+from authproxy.web.api import safe_redirect
 from authproxy.web.common import SECURITY_HEADERS, current_session, html_error
 from authproxy.web.portal import CSP
 
@@ -63,7 +64,8 @@ PAGE = """<!doctype html>
 </main></body></html>"""
 
 CHANGE = """<section aria-labelledby="pw-h"><h2 id="pw-h">Change your password</h2>
-<form id="change-password"><fieldset><legend>Your password must be changed before anything else works</legend>
+<form id="change-password"><fieldset>
+<legend>Choose a new password (a first or reset one must be changed before anything else works)</legend>
 <label for="current-password">Current password</label>
 <input id="current-password" name="currentPassword" type="password" required
  autocomplete="current-password">
@@ -89,6 +91,35 @@ async def admin_page(request: web.Request) -> web.StreamResponse:
                         headers={**SECURITY_HEADERS, "Content-Security-Policy": CSP})
 
 
+PASSWORD_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1">
+<title>authproxy: change your password</title><link rel="icon" href="{prefix}/static/favicon.ico">
+<link rel="stylesheet" href="{prefix}/static/portal.css">
+<script src="{prefix}/static/admin.js" defer></script></head>
+<body data-api="{prefix}/api/auth" data-rd="{rd}"><main class="card" role="main">
+<div id="status" class="notice" role="status" aria-live="polite" hidden></div>
+<div id="error" class="error" role="alert" aria-live="assertive" hidden></div>
+<p>Signed in as <strong>{user}</strong>.</p>
+{change}</main></body></html>"""
+
+
+async def password_page(request: web.Request) -> web.StreamResponse:
+    """The forced (or any) password change of a local account, for a browser; then back to `rd`."""
+    prefix = request.app[keys.CONFIG].server.prefix
+    loaded = await current_session(request)
+    claim = claims.any_claim(loaded.session) if loaded is not None else None
+    if claim is None:
+        raise web.HTTPSeeOther(f"{prefix}/login?rd={quote(request.rel_url.raw_path_qs, safe='')}",
+                               headers=SECURITY_HEADERS)
+    body = PASSWORD_PAGE.format(prefix=html.escape(prefix), user=html.escape(claim.username),
+                                rd=html.escape(safe_redirect(request, request.query.get("rd"))),
+                                change=CHANGE)
+    return web.Response(text=body, content_type="text/html",
+                        headers={**SECURITY_HEADERS, "Content-Security-Policy": CSP})
+
+
 def setup(app: web.Application, prefix: str) -> None:
     if app[keys.CONFIG].local_accounts:
         app.router.add_get(f"{prefix}/admin", admin_page)
+        app.router.add_get(f"{prefix}/password", password_page)

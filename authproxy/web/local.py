@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -33,7 +33,7 @@ from authproxy.routing import Site
 from authproxy.sessions.manager import LoadedSession
 from authproxy.sessions.model import Session
 from authproxy.upstreams.query import query_without
-from authproxy.web.common import client_ip, error_response, json_error
+from authproxy.web.common import SECURITY_HEADERS, client_ip, error_response, json_error, wants_html
 
 MAX_KEY_NAME = 128
 READERS = frozenset({"viewer", "editor", "admin"})   # every role reads
@@ -49,7 +49,12 @@ class Passed:
 
 
 def password_change_required(request: web.Request) -> web.Response:
+    """403 for scripts; a browser's page load goes to the change-password page, and back after."""
     prefix = request.app[keys.CONFIG].server.prefix
+    if wants_html(request) and request.method in ("GET", "HEAD"):
+        back = quote(request.rel_url.raw_path_qs if request.path.startswith("/") else "/", safe="")
+        return web.Response(status=303,
+                            headers={**SECURITY_HEADERS, "Location": f"{prefix}/password?rd={back}"})
     return json_error(403, "password_change_required",
                       "Change your password first: POST {\"currentPassword\", \"newPassword\"} to "
                       f"{prefix}/api/auth/change-password.")

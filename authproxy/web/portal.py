@@ -86,6 +86,8 @@ def render_login(request: web.Request, *, status: int = 200, error: str = "", rd
     rd = rd if rd is not None else request.query.get("rd", "")
     site = resolve_site(request, request.query.get("site"), rd)
     site_kind = site.config.type.capitalize() if site else "upstream"
+    if site is not None and site.config.local_accounts:
+        site_kind = "authproxy"   # README "Local accounts"
     body = LOGIN_PAGE.format(
         prefix=html.escape(prefix), rd=html.escape(rd or ""), site=html.escape(site.name if site else ""),
         site_title=html.escape(f" to {site.name}") if site else "", site_kind=html.escape(site_kind),

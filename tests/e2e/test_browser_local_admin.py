@@ -11,7 +11,7 @@ from collections.abc import Callable
 from playwright.async_api import BrowserContext, ConsoleMessage, Error, Response
 
 from tests.fakes.echo import EchoUpstream
-from tests.integration.local_support import API, FIRST, body, local_env
+from tests.integration.local_support import API, FIRST, body, local_env, start_local
 from tests.support.gateway import Gateway, GatewayClient, MakeGateway
 
 KEY_SECRET = "a2V5LXNlY3JldC1mb3ItdGhlLXBhZ2U="
@@ -113,3 +113,26 @@ async def test_admin_page_manages_users_keys_and_sessions(
     assert (await landed.value).status == 403
     assert "admin role" in (await viewer_page.text_content("main") or "")
     await viewer_page.context.close()
+
+
+async def test_a_reset_password_is_changed_in_the_browser_then_the_page_opens(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        echo_upstream: EchoUpstream, context: BrowserContext) -> None:
+    local = await start_local(make_gateway, client_for, echo_upstream)
+    resp = await local.admin.request("POST", f"{API}/users", json={
+        "username": "fay", "password": "fay-temporary-pass", "role": "viewer", "mustChangePassword": True})
+    assert resp.status == 201
+    page = await context.new_page()
+    await page.goto(local.gw.url + "/reports/today?x=1")
+    assert "/_authproxy/login" in page.url
+    assert "authproxy account" in (await page.text_content("main") or "")
+    await page.fill("#username", "fay")
+    await page.fill("#password", "fay-temporary-pass")
+    await page.click("#submit")
+    await page.wait_for_url("**/_authproxy/password?rd=*")
+    assert echo_upstream.requests == []
+    await page.fill("#current-password", "fay-temporary-pass")
+    await page.fill("#next-password", "fay's very own password")
+    await page.click("#change-password button")
+    await page.wait_for_url("**/reports/today?x=1")
+    assert echo_upstream.last.raw_path == "/reports/today?x=1"

@@ -153,3 +153,28 @@ async def test_an_imported_bcrypt_hash_signs_in_and_is_upgraded_to_argon2id(
     assert stored is not None and stored.password_hash.startswith("$argon2id$")
     assert (await client_for(local.gw).login("carol", "carol-old-password")).status == 200
     assert ADMIN != FIRST
+
+
+async def test_my_sessions_sign_out_everywhere_and_the_lockout(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        echo_upstream: EchoUpstream, audit: Audit) -> None:
+    local = await start_local(make_gateway, client_for, echo_upstream)
+    _, phone = await local.user("erin", "viewer")
+    laptop = client_for(local.gw)
+    assert (await laptop.login("erin", "erin-password-123")).status == 200
+    mine = await body(await phone.request("GET", f"{API}/sessions/mine"))
+    assert len(mine["sessions"]) == 2 and sum(s["current"] for s in mine["sessions"]) == 1
+    assert {s["user"] for s in mine["sessions"]} == {"erin"}
+    everyone = await body(await local.admin.request("GET", f"{API}/sessions"))
+    assert {s["user"] for s in everyone["sessions"]} == {"admin", "erin"}
+    resp = await phone.request("POST", f"{API}/logout-everywhere")
+    assert resp.status == 200 and (await body(resp))["sessionsEnded"] == 2
+    for device in (phone, laptop):
+        assert (await body(await device.request("GET", f"{API}/session")))["authenticated"] is False
+    # Five wrong passwords: the sixth try is refused before the password is even checked.
+    thief = client_for(local.gw)
+    for _ in range(5):
+        assert (await thief.login("erin", "guessing-password")).status == 401
+    resp = await thief.login("erin", "erin-password-123")
+    assert resp.status == 429 and resp.headers.get("Retry-After")
+    assert any(line["outcome"] == "throttled" and line["user"] == "erin" for line in audit.lines("login"))

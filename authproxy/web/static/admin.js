@@ -145,6 +145,9 @@
   }
 
   async function refresh() {
+    if (!document.getElementById("users")) {
+      return;
+    }
     const [users, keys, sessions] = await Promise.all([call("GET", "/users"), call("GET", "/keys"),
                                                        call("GET", "/sessions")]);
     renderUsers(users.users);
@@ -187,7 +190,12 @@
     await call("POST", "/change-password", d);
     const section = document.getElementById("change-password").closest("section");
     section.hidden = true;
+    if (!document.getElementById("users")) {   // the password page: back where the person was going
+      window.location.assign(document.body.dataset.rd || "/");
+    }
   }, () => "Password changed.");
 
-  refresh().catch((e) => say(e.message, true));
+  if (document.getElementById("users")) {
+    refresh().catch((e) => say(e.message, true));
+  }
 })();
