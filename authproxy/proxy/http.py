@@ -196,7 +196,10 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
             return passed
         gated = passed
     if request.headers.get("Upgrade", "").lower() == "websocket" and credential is not None:
-        return await websocket.bridge(request, site, loaded, credential)
+        # A local sign-in's marker carries no secret: the handshake goes with none (or the service one).
+        return await websocket.bridge(request, site, loaded,
+                                      None if credential.kind == LOCAL_KIND else credential,
+                                      key=gated.key if gated is not None else None)
 
     ureq = build_upstream_request(request, site)
     checked: Checked | None = None

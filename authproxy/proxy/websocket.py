@@ -34,6 +34,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from authproxy import crosssite, keys
+from authproxy.accounts.model import Resource
 from authproxy.errors import StoreError
 from authproxy.log import log
 from authproxy.proxy.bridges import CLOSE_TIMEOUT, SESSION_ENDED, Bridge, BridgeRegistry
@@ -50,6 +51,7 @@ from authproxy.proxy.ws_upstream import (
 from authproxy.routing import Site
 from authproxy.sessions.manager import CHANNEL, LoadedSession
 from authproxy.sessions.model import Credential
+from authproxy.web import local
 from authproxy.web.api import end_session
 from authproxy.web.common import client_ip, error_response
 
@@ -72,15 +74,18 @@ def upstream_origin(upstream_url: str) -> str:
     return f"{scheme}://{parts.netloc}"
 
 
-def build_handshake(request: web.Request, site: Site,
-                    credential: Credential | None) -> tuple[str, CIMultiDict[str], list[str]]:
-    """(upstream URL, headers, offered subprotocols) for the upstream handshake."""
+def build_handshake(request: web.Request, site: Site, credential: Credential | None, *,
+                    key: Resource | None = None) -> tuple[str, CIMultiDict[str], list[str]]:
+    """(upstream URL, headers, offered subprotocols) for the upstream handshake; at a local-accounts
+    site without the client's key material, with the key the gate allowed (`key`)."""
     ureq = build_upstream_request(request, site)
     protocols = [p.strip() for value in ureq.headers.getall("Sec-WebSocket-Protocol", ())
                  for p in value.split(",") if p.strip()]
     for name in _HANDSHAKE_HEADERS:
         ureq.headers.popall(name, None)
     site.adapter.prepare_request(ureq, credential)
+    if site.config.local_accounts:
+        ureq.raw_query = local.strip_and_inject(site.config.local, ureq.headers, ureq.raw_query, key)
     ureq.headers["Origin"] = upstream_origin(site.config.upstream_url)
     set_forwarded(ureq.headers, client_ip=client_ip(request), proto="https" if request.secure else "http",
                   host=request.host)
@@ -89,7 +94,7 @@ def build_handshake(request: web.Request, site: Site,
 
 
 async def bridge(request: web.Request, site: Site, loaded: LoadedSession | None,
-                 credential: Credential | None) -> web.StreamResponse:
+                 credential: Credential | None, *, key: Resource | None = None) -> web.StreamResponse:
     """Answer an authenticated `Upgrade: websocket` request by bridging it to the site's upstream."""
     # aiohttp checks the handshake (method, Upgrade/Connection, version, key); offering it the client's
     # own subprotocols keeps it from logging a warning that none overlap (the upstream chooses).
@@ -101,7 +106,7 @@ async def bridge(request: web.Request, site: Site, loaded: LoadedSession | None,
             request, 400, "bad_websocket_handshake", "This is not a valid WebSocket request."
         )
     registry = request.app[keys.WEBSOCKETS]
-    url, headers, protocols = build_handshake(request, site, credential)
+    url, headers, protocols = build_handshake(request, site, credential, key=key)
     try:
         async with asyncio.timeout(site.config.connect_timeout):
             upstream = await open_upstream(URL(url, encoded=True), headers, protocols,

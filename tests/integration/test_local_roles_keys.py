@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import pytest
 from multidict import CIMultiDict
 
@@ -195,3 +196,21 @@ async def test_admins_use_every_key_and_a_deleted_key_is_gone(local: Local,
     resp = await local.admin.request("PATCH", f"{API}/users/{made['id']}", json={"allowedKeyIds": [key_a]})
     assert resp.status == 200 and (await body(resp))["sessionsEnded"] == 1
     assert (await bob.request("GET", "/x")).status in (302, 401)
+
+
+async def test_a_viewer_opens_a_websocket_and_the_upgrade_carries_no_key(local: Local,
+                                                                         echo_upstream: EchoUpstream) -> None:
+    key_a, _ = await _keys(local)
+    _, vic = await local.user("vic", "viewer", allowedKeyIds=[key_a])
+    for extra, expected in (({}, None), ({"x-dns-key-name": "tsig-a"}, SECRET_A)):
+        headers = vic._headers({"x-dns-key-value": "forged", **extra})
+        ws = await vic.http.ws_connect(local.gw.url + "/ws", headers=headers)
+        await ws.send_str("hello")
+        assert (await ws.receive(timeout=5)).data == "hello"
+        await ws.close()
+        handshake = echo_upstream.last
+        assert handshake.websocket and handshake.header_values("x-dns-key-value") == (
+            [expected] if expected else [])
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await vic.http.ws_connect(local.gw.url + "/ws", headers=vic._headers({"x-dns-key-name": "tsig-b"}))
+    assert refused.value.status == 403
