@@ -7,7 +7,8 @@ throttling before it is asked, the audit line after, a new session on success. T
 the upstream is sent, is the site's credential policy (policy.py).
 
     UpstreamAccounts  the site's own login API, through its adapter: the person's account there, and
-                      the upstream token it hands out (today's only source)
+                      the upstream token it hands out
+    LocalAccounts     authproxy's own accounts (login/local.py), for sites with auth = "local"
 
 Next sources (authproxy's own accounts, one-time codes by webhook) answer the same `LoginResult`:
 `ok`, `totp_required` (the next step: send the code too), `invalid` or `blocked`.

@@ -11,6 +11,7 @@ whom, never with a password or a key.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from authproxy.accounts.store import NameTaken
 from authproxy.bodies import read_up_to
 from authproxy.errors import AuthError
 from authproxy.log import audit
+from authproxy.sessions.directory import Entry
 from authproxy.sessions.manager import LoadedSession
 from authproxy.web.api import clear_session_cookie
 from authproxy.web.common import SECURITY_HEADERS, client_ip, current_session, json_error, parse_json
@@ -90,10 +92,14 @@ async def end_sessions_of(request: web.Request, username: str, *, keep: str | No
     return sum([await manager.end_account(site, username, keep=keep) for site in _local_sites(request)])
 
 
-def handler(fn: Any) -> Any:
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def handler(fn: Handler) -> Handler:
+    """A handler whose checks raise Refused with the answer to give."""
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
-            return await fn(request)  # type: ignore[no-any-return]
+            return await fn(request)
         except Refused as exc:
             return exc.response
     return wrapped
@@ -337,7 +343,8 @@ async def delete_key(request: web.Request) -> web.StreamResponse:
 
 # ---- sessions -------------------------------------------------------------------------------------
 
-async def _sessions(request: web.Request, wanted: Any, caller: Caller) -> list[dict[str, Any]]:
+async def _sessions(request: web.Request, wanted: Callable[[Entry], bool],
+                    caller: Caller) -> list[dict[str, Any]]:
     manager = request.app[keys.SESSIONS]
     now = manager.clock()
     idle = manager.config.idle_timeout
