@@ -190,7 +190,8 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
             title="Not allowed",
         )
     gated: local.Passed | None = None
-    if site.config.local_accounts and loaded is not None:   # roles and keys of authproxy's own accounts
+    if (site.config.local_accounts and loaded is not None   # roles and keys of authproxy's own accounts
+            and not local.plain_read(site, loaded.session, method)):
         passed = await local.gate_proxied(request, site, loaded)
         if not isinstance(passed, local.Passed):
             return passed

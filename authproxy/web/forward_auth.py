@@ -424,7 +424,8 @@ async def verify(request: web.Request) -> web.StreamResponse:  # noqa: C901 - /v
                               f"{site.name}.", title="Not allowed")
 
     gated: local.Passed | None = None
-    if site.config.local_accounts and loaded is not None and service is None:
+    if (site.config.local_accounts and loaded is not None and service is None
+            and not local.plain_read(site, loaded.session, target.method if target.method_known else "")):
         # Roles and keys of authproxy's own accounts. Without the method header a request cannot be told
         # from a write: it needs the editor role. The body is not sent here: a JSON-RPC read by POST too.
         passed = await local.gate(request, site, loaded, method=target.method if target.method_known else "",
@@ -447,7 +448,8 @@ async def verify(request: web.Request) -> web.StreamResponse:  # noqa: C901 - /v
                     headers[name] = value
     else:
         credential = site.policy.credential(None, site.name)
-    if gated is not None:   # every key header, empty without a key: the proxy overwrites the client's
+    if gated is not None and site.config.local.inject:
+        # every key header, empty without a key: the proxy overwrites the client's
         headers.update(local.injected_headers(site.config.local, gated.key))
     if credential is not None and credential.kind != LOCAL_KIND:
         injected = site.adapter.forward_auth_headers(credential)

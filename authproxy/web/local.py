@@ -48,6 +48,22 @@ class Passed:
     head: bytes | None = None
 
 
+NO_KEY = Passed(None)
+
+
+def plain_read(site: Site, session: Session, method: str) -> bool:
+    """The common case, decided without building anything: a read method, by anyone with a role, at a
+    site whose requests name no keys. (Every check of such a site pays this; bench/verify.py (g).)"""
+    rules = site.config.local
+    if rules.strip_headers or rules.key_param or method not in rules.read_methods:
+        return False
+    credential = session.credentials.get(site.name)
+    if credential is None or credential.kind != claims.KIND:
+        return False
+    data = credential.extra.get(claims.CLAIM)
+    return isinstance(data, dict) and data.get("role") in READERS and data.get("mustChange") is not True
+
+
 def password_change_required(request: web.Request) -> web.Response:
     """403 for scripts; a browser's page load goes to the change-password page, and back after."""
     prefix = request.app[keys.CONFIG].server.prefix
@@ -108,8 +124,7 @@ async def gate(request: web.Request, site: Site, loaded: LoadedSession, *, metho
     if claim.must_change_password:
         return password_change_required(request)
     if method in rules.read_methods and claim.role in READERS:   # the common case, decided at once
-        return Passed(None) if not rules.uses_keys else await _key(request, site, loaded, claim, headers,
-                                                                    raw_query)
+        return NO_KEY if not rules.uses_keys else await _key(request, site, loaded, claim, headers, raw_query)
     rpc = roles.rpc_methods(body_head) if body_head is not None else None
     needed = roles.needed_role(rules, method, upstream_path() if rules.read_paths else "", rpc)
     if not at_least(claim.role, needed):
@@ -120,7 +135,7 @@ async def gate(request: web.Request, site: Site, loaded: LoadedSession, *, metho
                           f"This needs the {needed} role; you are {claim.role}.", requiredRole=needed,
                           role=claim.role)
     if not rules.uses_keys:
-        return Passed(None)
+        return NO_KEY
     return await _key(request, site, loaded, claim, headers, raw_query)
 
 
@@ -131,7 +146,7 @@ async def _key(request: web.Request, site: Site, loaded: LoadedSession, claim: c
     who = {"user": loaded.session.user, "site": site.name, "client_ip": client_ip(request)}
     names = _named_keys(rules, headers, raw_query)
     if names is None:
-        return Passed(None)
+        return NO_KEY
     if len(names) > 1:
         audit("key_use", outcome="ambiguous", **who)
         return json_error(403, "key_access_denied", "The request names more than one key; name one.",

@@ -130,9 +130,10 @@ async def test_a_reset_password_is_changed_in_the_browser_then_the_page_opens(
     await page.fill("#password", "fay-temporary-pass")
     await page.click("#submit")
     await page.wait_for_url("**/_authproxy/password?rd=*")
-    assert echo_upstream.requests == []
+    assert [r.raw_path for r in echo_upstream.requests if r.raw_path != "/favicon.ico"] == []
     await page.fill("#current-password", "fay-temporary-pass")
     await page.fill("#next-password", "fay's very own password")
     await page.click("#change-password button")
     await page.wait_for_url("**/reports/today?x=1")
-    assert echo_upstream.last.raw_path == "/reports/today?x=1"
+    # (the browser may ask the upstream for /favicon.ico too, once signed in)
+    assert "/reports/today?x=1" in [r.raw_path for r in echo_upstream.requests]
