@@ -10,8 +10,10 @@ import ipaddress
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -262,8 +264,16 @@ def run(args: argparse.Namespace) -> int:
     if workers == 1:
         _serve(config, ssl_paths, lambda: sd_notify("READY=1"), worker=False)
         return 0
-    return _supervise(workers, lambda ready: _serve(config, ssl_paths, ready, worker=True),
-                      config.server.shutdown_timeout)
+    # Each run's metrics in a directory of its own (a scrape adds up every worker's files there).
+    from authproxy.metrics import use_multiprocess
+
+    metrics_dir = tempfile.mkdtemp(prefix="authproxy-metrics-")
+    use_multiprocess(metrics_dir)
+    try:
+        return _supervise(workers, lambda ready: _serve(config, ssl_paths, ready, worker=True),
+                          config.server.shutdown_timeout)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _supervise(workers: int, serve: Callable[[Callable[[], object]], None], shutdown_timeout: float) -> int:

@@ -22,10 +22,12 @@ from authproxy.login.keepalive import UpstreamKeepalive
 from authproxy.login.passthrough import PassthroughLogin
 from authproxy.login.regulation import Regulator
 from authproxy.login.service import ApiKeys, ServiceGate
+from authproxy.metrics import Metrics, flushing
 from authproxy.proxy import http as proxy_http
 from authproxy.proxy import websocket as proxy_websocket
 from authproxy.redirects import RedirectPolicy
 from authproxy.routing import Router
+from authproxy.sessions.instrumented import InstrumentedStore
 from authproxy.sessions.manager import CHANNEL, SessionManager
 from authproxy.sessions.registry import create_store
 from authproxy.sessions.store import SessionStore
@@ -106,8 +108,9 @@ def quiet_protocol_errors() -> None:
     web_protocol.RequestHandler.handle_error = handle_error  # type: ignore[method-assign]
 
 
-def create_app(config: Config, *, store: SessionStore | None = None) -> web.Application:
-    """Compose the gateway. `store` may be injected (tests); by default it follows REDIS_URL."""
+def create_app(config: Config, *, store: SessionStore | None = None, metrics: bool = True) -> web.Application:
+    """Compose the gateway. `store` may be injected (tests); by default it follows REDIS_URL. `metrics`
+    off (bench/verify.py measures their cost) leaves out app[keys.METRICS] and every hook with it."""
     if not config.session.secrets:
         raise ValueError("create_app needs signing secrets; call config.loader.ensure_session_secrets first")
     name_the_server()
@@ -122,6 +125,10 @@ def create_app(config: Config, *, store: SessionStore | None = None) -> web.Appl
     app[keys.HSTS] = hsts
     app[keys.TRUSTED_PEERS] = peers
     app[keys.STORE] = store if store is not None else create_store(config)
+    if metrics:
+        app[keys.METRICS] = Metrics()
+        app[keys.STORE] = InstrumentedStore(app[keys.STORE], app[keys.METRICS])
+        app.cleanup_ctx.append(flushing)
     app[keys.SESSIONS] = SessionManager(store=app[keys.STORE], keyring=Keyring(config.session.secrets),
                                         config=config.session)
     app[keys.REGULATOR] = Regulator(app[keys.STORE], config.throttle)

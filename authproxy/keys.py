@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from authproxy.login.passthrough import PassthroughLogin
     from authproxy.login.regulation import Regulator
     from authproxy.login.service import ServiceClient, ServiceGate
+    from authproxy.metrics import Metrics
     from authproxy.proxy.bridges import BridgeRegistry
     from authproxy.redirects import RedirectPolicy
     from authproxy.routing import Router
@@ -35,6 +36,7 @@ KEEPALIVE: web.AppKey[UpstreamKeepalive] = web.AppKey("keepalive")
 TRUSTED_PEERS: web.AppKey[TrustedPeers] = web.AppKey("trusted_peers")
 SERVICE_GATE: web.AppKey[ServiceGate] = web.AppKey("service_gate")      # service clients (hybrid)
 BACKGROUND: web.AppKey[BackgroundWork] = web.AppKey("background")       # background tokens, checked
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")                    # absent: metrics off
 
 # The request's session, loaded once and kept on the request (web.common.current_session): every later
 # step of the same request (a UI call, the credential for the proxy) reads it from here.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
@@ -221,6 +222,7 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
     path_qs = ureq.raw_path + ("?" + ureq.raw_query if ureq.raw_query else "")
     pool = app.get(POOL) if body is None and target.lean else None
     upstream: _Answer
+    started = time.perf_counter()
     try:
         if pool is not None:
             timeout = target.timeout
@@ -233,12 +235,16 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
     except (aiohttp.ClientError, TimeoutError, UpstreamError) as exc:
         if checked is not None and checked.refused is not None:
             return _body_refused(request, site, checked.refused)  # the body was broken off on purpose
+        if (metrics := app.get(keys.METRICS)) is not None:
+            metrics.on_upstream_error(site.name, exc)
         log.warning(
             "upstream unreachable", extra={"fields": {"site": site.name, "error": type(exc).__name__}}
         )
         return error_response(request, 502, "upstream_unavailable",
                               f"{site.name} is not answering right now; try again in a moment.",
                               title="Upstream unavailable")
+    if (metrics := app.get(keys.METRICS)) is not None:
+        metrics.on_upstream(site.name, upstream.status, time.perf_counter() - started)
     if loaded is not None:
         app[keys.KEEPALIVE].note_use(loaded, site.name)  # the upstream just saw the token
     if target.idle is not None:

@@ -99,6 +99,9 @@ class SessionManager:
         # and logouts never stop this session's reads from being cached.
         self._epochs: dict[str, int] = {}
         self._epochs_cleared = 0
+        # Plain counts for authproxy_session_cache_* (metrics.py moves them into the registry).
+        self.cache_hits = 0
+        self.cache_misses = 0
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -167,7 +170,9 @@ class SessionManager:
                 self._cache.pop(store_key, None)
                 await self._lapsed(ticket, now, client_ip)
                 return None
+            self.cache_hits += 1
             return cached
+        self.cache_misses += 1
         if self.config.cache_ttl <= 0:
             return await self._fetch(ticket, store_key, cached, now, client_ip, -1)
         generation = self._generation()

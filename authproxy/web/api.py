@@ -16,7 +16,7 @@ from aiohttp import web
 from authproxy import crosssite, keys
 from authproxy.bodies import read_up_to
 from authproxy.config.schema import Config
-from authproxy.errors import AuthError, UpstreamError, UpstreamProtocolError
+from authproxy.errors import AuthError, AuthProxyError, UpstreamError, UpstreamProtocolError
 from authproxy.log import audit, log
 from authproxy.login.passthrough import LoginInput
 from authproxy.redirects import RedirectPolicy
@@ -116,7 +116,15 @@ async def sign_in(request: web.Request, site: Site, fields: LoginInput) -> tuple
     sites; the new session and its cookie value, or AuthError/UpstreamError. The one sign-in of the
     login API and of a UI's own login form (web/uicalls.py)."""
     previous = await current_session(request)
-    loaded, cookie = await request.app[keys.LOGIN].sign_in(site, fields, client_ip(request))
+    metrics = request.app.get(keys.METRICS)
+    try:
+        loaded, cookie = await request.app[keys.LOGIN].sign_in(site, fields, client_ip(request))
+    except AuthProxyError as exc:
+        if metrics is not None:
+            metrics.on_sign_in(site.name, exc.code)
+        raise
+    if metrics is not None:
+        metrics.on_sign_in(site.name, "success")
     if previous is not None:
         await request.app[keys.SESSIONS].adopt(loaded, previous)
     request[keys.SESSION] = RequestSession(loaded)

@@ -54,6 +54,7 @@ from multidict import MultiMapping
 from authproxy import authz, crosssite, keys
 from authproxy.config.schema import ECHO_METHODS, FORWARD_AUTH_SECRET_HEADER, IPNetwork
 from authproxy.log import log
+from authproxy.metrics import CONTENT_TYPE, observe_verify
 from authproxy.sessions.model import Credential, site_identity
 from authproxy.web.common import (
     SECURITY_HEADERS,
@@ -478,8 +479,22 @@ async def not_served(request: web.Request) -> web.StreamResponse:
 
 def _routes(app: web.Application, prefix: str, handler: Handler) -> None:
     # Any method: Traefik's preserveRequestMethod sends the original one; the decision ignores it.
+    if handler is verify:
+        handler = observe_verify(handler)
+        # The metrics are served where /verify is, to whoever may ask it (README "Metrics").
+        app.router.add_get(f"{prefix}/metrics", metrics_page)
     app.router.add_route("*", f"{prefix}/verify", handler)
     app.router.add_route("*", f"{prefix}/verify/{{proxy}}", handler)
+
+
+async def metrics_page(request: web.Request) -> web.StreamResponse:
+    """Prometheus text format: the forward-auth listener, or FORWARD_AUTH_SECRET in its header (a
+    browser gets the same 404 as for any unknown endpoint)."""
+    metrics = request.app.get(keys.METRICS)
+    if metrics is None or not _secret_ok(request):
+        return no_endpoint(request)
+    body = await metrics.exposition(request.app)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
 
 
 def setup(app: web.Application, prefix: str) -> None:
