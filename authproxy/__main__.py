@@ -1,4 +1,4 @@
-"""Command line: `authproxy run`, `authproxy check-config`, `authproxy healthcheck`."""
+"""Command line: `authproxy run`, `check-config`, `healthcheck`, `version`, `sessions`, `probe`, ..."""
 
 from __future__ import annotations
 
@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
         if name == "healthcheck":
             p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+    from authproxy.cli_ops import add_parsers
+
+    add_parsers(sub, "TOML file with [server], [session] and [[sites]]")
+    probe = sub.add_parser("probe", help="recognise the upstream at URL; print a configuration to start from")
+    probe.add_argument("url", help="the upstream's own address, e.g. http://192.168.1.5:8080")
+    probe.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each answer")
     key = sub.add_parser("service-key", help="make an API key for a service client (AUTH_MODE=hybrid)")
     key.add_argument("name", help="the service's name, as audit lines will show it")
     tech = sub.add_parser("technitium", help="Technitium helpers")
@@ -356,7 +362,30 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if config is None else asyncio.run(technitium_migrate(config, args.site))
     if args.command == "healthcheck":
         return healthcheck(args)
+    if args.command in ("version", "sessions", "probe"):
+        return operator_command(args)
     return run(args)
+
+
+def operator_command(args: argparse.Namespace) -> int:
+    """`authproxy version`, `authproxy probe URL` and `authproxy sessions ...` (cli_ops.py, probe.py)."""
+    if args.command == "version":
+        from authproxy.cli_ops import version_text
+
+        print(version_text())
+        return 0
+    if args.command == "probe":
+        from authproxy.probe import probe_command
+
+        return asyncio.run(probe_command(args.url, timeout=args.timeout))
+    from authproxy.cli_ops import sessions
+
+    config = _load(args, "")
+    if config is None:
+        return 2
+    if not config.session.secrets and (config.server.data_dir / "session_secret").exists():
+        config, _ = ensure_session_secrets(config)   # the one `authproxy run` generated (read, not made)
+    return asyncio.run(sessions(config, args))
 
 
 if __name__ == "__main__":
