@@ -4,7 +4,10 @@ label ever carries a user name, an address or a path. Parsed with prometheus-cli
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
 from multidict import CIMultiDict
@@ -157,3 +160,69 @@ async def test_served_only_where_verify_is(
     unknown = await _get(http_client, gw.url + "/_authproxy/no-such-endpoint", json_accept)
     assert await _get(http_client, gw.url + "/_authproxy/metrics", json_accept) == unknown
     await asyncio.sleep(0)
+
+
+# ---- the dashboard and the README name what is exported ----------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+_PROMQL_STRIP = (r'"[^"]*"', r"\{[^}]*\}", r"\b(by|without)\s*\([^)]*\)", r"\[[^\]]*\]")
+
+
+def exported_names(text: str) -> tuple[set[str], set[str]]:
+    """(every series name a scrape can carry, every family but the `_created` timestamps) from the
+    exposition's TYPE lines."""
+    names: set[str] = set()
+    families: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, family, kind = line.split()
+            if family.endswith("_created"):
+                continue
+            families.add(family)
+            names |= {family + s for s in ("_bucket", "_sum", "_count")} if kind == "histogram" else {family}
+    return names, families
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads: what is left once strings, label matchers, groupings
+    and ranges are gone, and identifiers that call (functions) or are numbers are dropped."""
+    for pattern in _PROMQL_STRIP:
+        expr = re.sub(pattern, " ", expr)
+    return {m.group(1) for m in re.finditer(r"(?<![\w:.])([A-Za-z_:][\w:]*+)(?!\s*\()", expr)
+            if not re.fullmatch(r"\d.*|e\d+", m.group(1))}
+
+
+async def test_the_dashboard_and_the_readme_name_only_what_is_exported(
+        make_gateway: MakeGateway, technitium: FakeTechnitium, http_client: aiohttp.ClientSession) -> None:
+    gw = await make_gateway(gateway_env(technitium.url, FORWARD_AUTH_PORT="0"))
+    async with http_client.get(gw.forward_auth_url + "/_authproxy/metrics") as resp:
+        text = await resp.text()
+    names, families = exported_names(text)
+    assert len(families) >= 14, families
+    dashboard = json.loads((ROOT / "deploy/grafana/authproxy.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len(exprs) >= 13
+    read: set[str] = set()
+    for expr in exprs:
+        found = metric_names(expr)
+        assert found and found <= names, (expr, found - names)
+        read |= found
+    # Sign-ins, decisions, latency and errors are all on it.
+    for needed in ("authproxy_sign_ins_total", "authproxy_verify_decisions_total",
+                   "authproxy_upstream_latency_seconds_bucket", "authproxy_upstream_errors_total",
+                   "authproxy_store_errors_total", "authproxy_store_latency_seconds_bucket"):
+        assert needed in read, needed
+    # The README's "Metrics" section names every family authproxy exports, and none it does not.
+    section = README_SECTION.search((ROOT / "README.md").read_text())
+    assert section is not None
+    documented = {n.removesuffix("_total") for n in re.findall(r"`(authproxy_[a-z_]+)", section.group(0))}
+    assert documented == {f.removesuffix("_total") for f in families}
+
+
+README_SECTION = re.compile(r"^## Metrics\n.*?(?=^## )", re.MULTILINE | re.DOTALL)
+
+
+def test_metric_names_reads_promql_as_meant() -> None:
+    assert metric_names('histogram_quantile(0.99, sum by (op, le) (rate(x_bucket{job=~"$job"}[5m])))') == {
+        "x_bucket"}
+    assert metric_names("a / clamp_min(b + c, 1e-9)") == {"a", "b", "c"}
