@@ -108,9 +108,9 @@ def quiet_protocol_errors() -> None:
     web_protocol.RequestHandler.handle_error = handle_error  # type: ignore[method-assign]
 
 
-def create_app(config: Config, *, store: SessionStore | None = None, metrics: bool = True) -> web.Application:
-    """Compose the gateway. `store` may be injected (tests); by default it follows REDIS_URL. `metrics`
-    off (bench/verify.py measures their cost) leaves out app[keys.METRICS] and every hook with it."""
+def create_app(config: Config, *, store: SessionStore | None = None) -> web.Application:
+    """Compose the gateway. `store` may be injected (tests); by default it follows REDIS_URL. METRICS=false
+    leaves out app[keys.METRICS] and every hook with it (bench/verify.py measures their cost)."""
     if not config.session.secrets:
         raise ValueError("create_app needs signing secrets; call config.loader.ensure_session_secrets first")
     name_the_server()
@@ -125,7 +125,7 @@ def create_app(config: Config, *, store: SessionStore | None = None, metrics: bo
     app[keys.HSTS] = hsts
     app[keys.TRUSTED_PEERS] = peers
     app[keys.STORE] = store if store is not None else create_store(config)
-    if metrics:
+    if config.server.metrics:
         app[keys.METRICS] = Metrics()
         app[keys.STORE] = InstrumentedStore(app[keys.STORE], app[keys.METRICS])
         app.cleanup_ctx.append(flushing)

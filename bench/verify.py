@@ -16,8 +16,11 @@ The session was created through authproxy's own login API against the faithful F
     (d)  authproxy, cache on (default SESSION_CACHE_TTL)
     (e)  (d) with ACCESS_LOG=true (authproxy's own cheap access logger, JSON lines to stderr -> a file)
     (f)  (d) on the embedded SQLite store instead of Redis (no REDIS_URL; the session signed in there)
+    (g)  (d) with METRICS=false (no registry, no hooks), against (d) again in alternated runs (two
+         servers; on, off, off, on, ...): what the session check pays for its metrics
 
-Targets: (c) >= 0.9x (b); (d) >= 0.6x (a); (e) >= 0.5x (d) (logging must not halve throughput).
+Targets: (c) >= 0.9x (b); (d) >= 0.6x (a); (e) >= 0.5x (d) (logging must not halve throughput);
+(d) >= 0.9x (g) (metrics on vs off).
 Also printed: Redis commands per request for (b), (c), (d), and the size of the real session blob.
 
     python bench/verify.py [--duration 5] [--connections 50] [--runs 1] [--threads 1] [--quick]
@@ -25,7 +28,11 @@ Also printed: Redis commands per request for (b), (c), (d), and the size of the 
 
 from __future__ import annotations
 
+import argparse
+import re
+import statistics
 import sys
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -52,6 +59,7 @@ from bench._common import (
     wrk,
 )
 from tests.support.procs import ManagedProcess
+from tests.support.redis_server import RedisServer
 
 VERIFY_PATH = "/_authproxy/verify/nginx"
 
@@ -59,6 +67,50 @@ VERIFY_PATH = "/_authproxy/verify/nginx"
 def cpu_us(load: Load) -> float:
     """Server CPU time per request, in microseconds."""
     return load.cpu["server"] / 100 / load.rps * 1e6 if load.rps else float("nan")
+
+
+def _metrics_on_and_off(bench: Bench, args: argparse.Namespace, upstream: str, redis: RedisServer,
+                        headers: list[str]) -> dict[str, list[Load]]:
+    """(g): METRICS=false against (d) again: two servers, runs alternated (on, off, off, on, ...) so the
+    load other programs put on the machine falls on both alike. METRICS value -> its runs."""
+    pair = {m: bench.authproxy(upstream_url=upstream, redis_url=redis.url, name=f"authproxy-metrics-{m}",
+                               extra_env={"METRICS": m}) for m in ("true", "false")}
+    for ap in pair.values():
+        probe(ap.verify_url + VERIFY_PATH, headers, what="(d)/(g) pair")
+    one = argparse.Namespace(**{**vars(args), "runs": 1})
+    print("-- (g) authproxy verify, cache on, METRICS=false, alternated with (d)", flush=True)
+    runs: dict[str, list[Load]] = {"true": [], "false": []}
+    for i in range(max(3, args.runs)):
+        for m in (("true", "false") if i % 2 == 0 else ("false", "true")):
+            ap = pair[m]
+            runs[m].append(wrk(one, ap.verify_url + VERIFY_PATH, headers,
+                               meters={"server": lambda ap=ap: descendants(ap.proc.pid),
+                                       "redis": lambda: [redis.pid] if redis.pid else []}))
+    _counted(pair["true"].verify_url, runs["true"][-1])
+    for ap in pair.values():
+        bench.stop(ap.proc)
+    return runs
+
+
+def _median_load(loads: list[Load]) -> Load:
+    med = statistics.median
+    return Load(rps=med(x.rps for x in loads), p50_ms=med(x.p50_ms for x in loads),
+                p99_ms=med(x.p99_ms for x in loads), mb_s=med(x.mb_s for x in loads),
+                requests=sum(x.requests for x in loads), errors="", samples=[x.rps for x in loads],
+                cpu={k: med(x.cpu[k] for x in loads) for k in loads[0].cpu})
+
+
+def _counted(verify_url: str, load: Load) -> None:
+    """The metrics-on server counted at least the checks of its last run (warm-up included): the hooks
+    ran, or the comparison with (g) would mean nothing."""
+    with urllib.request.urlopen(verify_url + "/_authproxy/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    line = r'^authproxy_verify_decisions_total\{outcome="allow",proxy="nginx"\} (\S+)$'
+    found = re.search(line, text, re.MULTILINE)
+    counted = float(found.group(1)) if found else 0.0
+    if counted < load.requests + load.warmup_requests:
+        raise BenchError(f"(d): the metrics counted {counted:.0f} checks, wrk made "
+                         f"{load.requests + load.warmup_requests}")
 
 
 def nginx_subrequest_headers(cookie_header: str) -> list[str]:
@@ -146,6 +198,9 @@ def run() -> None:
                 )
             bench.stop(ap.proc)
 
+        alternated = _metrics_on_and_off(bench, args, upstream, redis, headers)
+        results["g"] = _median_load(alternated["false"])
+
         # (f) authproxy on the embedded SQLite store (a session signed in there)
         label = "(f) authproxy verify, cache on, SQLite store"
         sqlite_headers = nginx_subrequest_headers(sign_in(None, bench.tmp / "data").header)
@@ -166,8 +221,9 @@ def run() -> None:
         "d": "(d) authproxy verify, cache on",
         "e": "(e) authproxy verify, cache on + access log",
         "f": "(f) authproxy verify, cache on, SQLite store",
+        "g": "(g) authproxy verify, cache on, METRICS=false",
     }
-    base = {"a": None, "a_log": "a", "b": "a", "c": "b", "d": "a", "e": "d", "f": "a"}
+    base = {"a": None, "a_log": "a", "b": "a", "c": "b", "d": "a", "e": "d", "f": "a", "g": "a"}
     rows = []
     for key, label in labels.items():
         r = results[key]
@@ -195,11 +251,19 @@ def run() -> None:
     print("CPU% = share of one core over the measured runs; srv us/req = server CPU time per request, and "
           "ratio(CPU) = the baseline's us/req over this case's: less sensitive to other load on the machine "
           "than req/s.\n")
+    metrics_ratio = (statistics.median(x.rps for x in alternated["true"])
+                     / statistics.median(x.rps for x in alternated["false"]))
     print_targets([
         Target("(c) cache off / (b) redis-py GET+decrypt", results["c"].rps / results["b"].rps, ">=", 0.9),
         Target("(d) cache on / (a) bare aiohttp", results["d"].rps / results["a"].rps, ">=", 0.6),
         Target("(e) access log on / (d) off", results["e"].rps / results["d"].rps, ">=", 0.5),
+        Target("(d) metrics on / (g) off, alternated runs", metrics_ratio, ">=", 0.9),
     ])
+    on_cpu = statistics.median(cpu_us(x) for x in alternated["true"])
+    off_cpu = statistics.median(cpu_us(x) for x in alternated["false"])
+    print(f"metrics: alternated runs, req/s on {[round(x.rps) for x in alternated['true']]} vs off "
+          f"{[round(x.rps) for x in alternated['false']]}; server CPU {on_cpu:.1f} vs {off_cpu:.1f} us/req "
+          f"({off_cpu / on_cpu:.2f}x)")
     print(f"reference: aiohttp's default access logger costs the bare handler "
           f"{results['a_log'].rps / results['a'].rps:.2f}x (README: 0.41x); authproxy's logger costs "
           f"{results['e'].rps / results['d'].rps:.2f}x")

@@ -57,6 +57,7 @@ FILE_KEYS: dict[str, set[str]] = {
         "trusted_proxies",
         "allowed_redirect_domains",
         "access_log",
+        "metrics",
         "log_level",
         "log_format",
         "audit_log_file",
@@ -450,6 +451,7 @@ def _server(r: _Reader, fs: dict[str, Any]) -> ServerConfig:
             else tuple(fs.get("allowed_redirect_domains", _SERVER.allowed_redirect_domains))
         ),
         access_log=r.boolean("ACCESS_LOG", bool(fs.get("access_log", _SERVER.access_log))),
+        metrics=r.boolean("METRICS", bool(fs.get("metrics", _SERVER.metrics))),
         log_level=(r.raw("LOG_LEVEL") or ("", str(fs.get("log_level", _SERVER.log_level))))[1].upper(),
         log_format=(
             r.raw("LOG_FORMAT")  # type: ignore[arg-type]

@@ -100,6 +100,7 @@ class ServerConfig:
     trusted_proxies: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in DEFAULT_TRUSTED_PROXIES)
     allowed_redirect_domains: tuple[str, ...] = ()
     access_log: bool = True
+    metrics: bool = True   # METRICS: /_authproxy/metrics and its hooks (README "Metrics")
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
     audit_log_file: Path | None = None   # None -> the "authproxy.audit" logger on stderr

@@ -13,6 +13,7 @@ import aiohttp
 from multidict import CIMultiDict
 from prometheus_client.parser import text_string_to_metric_families
 
+from authproxy import keys
 from authproxy.metrics import version
 from tests.fakes.technitium import FakeTechnitium
 from tests.integration.test_forward_auth import proxy_headers
@@ -159,6 +160,10 @@ async def test_served_only_where_verify_is(
     gw = await make_gateway(gateway_env(technitium.url))
     unknown = await _get(http_client, gw.url + "/_authproxy/no-such-endpoint", json_accept)
     assert await _get(http_client, gw.url + "/_authproxy/metrics", json_accept) == unknown
+    # METRICS=false: not served on the listener either, and no hooks run.
+    gw = await make_gateway(gateway_env(technitium.url, FORWARD_AUTH_PORT="0", METRICS="false"))
+    assert (await _get(http_client, gw.forward_auth_url + "/_authproxy/metrics"))[0] == 404
+    assert keys.METRICS not in gw.app
     await asyncio.sleep(0)
 
 
