@@ -16,8 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from authproxy import keys
 from authproxy.metrics import version
 from tests.fakes.technitium import FakeTechnitium
+from tests.fakes.ws_upstream import running_socket_upstream
 from tests.integration.test_forward_auth import proxy_headers
+from tests.integration.test_hybrid import background_token
+from tests.integration.test_websocket import open_ws, until
 from tests.support.gateway import Gateway, GatewayClient, MakeGateway, gateway_env
+from tests.support.redis_server import RedisServer
 from tests.support.technitium import ALICE
 
 FA_SECRET = "forward-auth-secret-" + "m" * 40
@@ -231,3 +235,59 @@ def test_metric_names_reads_promql_as_meant() -> None:
     assert metric_names('histogram_quantile(0.99, sum by (op, le) (rate(x_bucket{job=~"$job"}[5m])))') == {
         "x_bucket"}
     assert metric_names("a / clamp_min(b + c, 1e-9)") == {"a", "b", "c"}
+
+
+# ---- errors, WebSockets, background tokens ---------------------------------------------------------------
+
+
+async def test_a_store_that_goes_away_is_counted(
+        make_gateway: MakeGateway, technitium: FakeTechnitium, http_client: aiohttp.ClientSession,
+        redis_server_factory: Callable[..., RedisServer],
+        client_for: Callable[[Gateway], GatewayClient]) -> None:
+    redis = redis_server_factory()
+    gw = await make_gateway(gateway_env(technitium.url, REDIS_URL=redis.url, SESSION_CACHE_TTL="0",
+                                        FORWARD_AUTH_PORT="0"))
+    client = client_for(gw)
+    assert (await client.login(*ALICE)).status == 200
+    redis.stop()
+    assert (await client.request("GET", "/api/zones/list")).status == 503
+    samples = await scrape(http_client, gw.forward_auth_url)   # the scrape itself still answers
+    assert value(samples, "authproxy_store_errors_total", op="get") == 1
+    assert value(samples, "authproxy_store_latency_seconds_count", op="get") >= 1
+    assert "authproxy_sessions_live" not in {name for name, _ in samples}   # unknown, not 0
+
+
+async def test_open_websockets_are_a_gauge(
+        make_gateway: MakeGateway, http_client: aiohttp.ClientSession,
+        client_for: Callable[[Gateway], GatewayClient]) -> None:
+    async with running_socket_upstream(ALICE) as upstream:
+        gw = await make_gateway(gateway_env(upstream.url, FORWARD_AUTH_PORT="0"))
+        client = client_for(gw)
+        assert (await client.login(*ALICE)).status == 200
+        sockets = [await open_ws(gw, client) for _ in range(2)]
+        for ws in sockets:
+            await ws.send_str("hello")
+            assert (await ws.receive(timeout=5)).data == "hello"
+        assert value(await scrape(http_client, gw.forward_auth_url), "authproxy_websockets_open") == 2
+        await sockets[0].close()
+        await until(lambda: len(gw.app[keys.WEBSOCKETS]) == 1)
+        assert value(await scrape(http_client, gw.forward_auth_url), "authproxy_websockets_open") == 1
+        await sockets[1].close()
+
+
+async def test_background_token_state(
+        make_gateway: MakeGateway, technitium: FakeTechnitium, http_client: aiohttp.ClientSession) -> None:
+    safe = await make_gateway(gateway_env(technitium.url, FORWARD_AUTH_PORT="0", AUTH_MODE="hybrid",
+                                          TECHNITIUM_BACKGROUND_TOKEN=background_token(technitium)))
+    samples = await scrape(http_client, safe.forward_auth_url)
+    assert [(dict(labels)["state"], v) for (name, labels), v in samples.items()
+            if name == "authproxy_background_token_state" and v == 1] == [("safe", 1)]
+    admin = technitium.create_session("alice", type="ApiToken", token_name="too-much")
+    unsafe = await make_gateway(gateway_env(technitium.url, FORWARD_AUTH_PORT="0", AUTH_MODE="hybrid",
+                                            TECHNITIUM_BACKGROUND_TOKEN=admin))
+    samples = await scrape(http_client, unsafe.forward_auth_url)
+    assert value(samples, "authproxy_background_token_state", site="technitium", state="unsafe") == 1
+    assert value(samples, "authproxy_background_token_state", site="technitium", state="safe") == 0
+    none = await make_gateway(gateway_env(technitium.url, FORWARD_AUTH_PORT="0"))
+    samples = await scrape(http_client, none.forward_auth_url)
+    assert not [k for k in samples if k[0] == "authproxy_background_token_state"]
