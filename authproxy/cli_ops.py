@@ -36,6 +36,11 @@ def _admin(config: Config) -> SessionAdmin:
 
 
 async def sessions(config: Config, args: argparse.Namespace) -> int:
+    database = config.server.data_dir / "sessions.sqlite3"
+    if config.session.redis_url is None and not database.exists():   # never create one by looking
+        print(f"authproxy sessions: no session store at {database} (AUTHPROXY_DATA_DIR); nothing has "
+              "signed in there yet, or this is not the server's data directory", file=sys.stderr)
+        return 1
     admin = _admin(config)
     await admin.store.start()
     try:

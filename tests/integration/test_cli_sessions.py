@@ -135,6 +135,15 @@ async def test_revoke_on_redis_reaches_the_running_gateway(
     assert not (tmp_path / "cli-data").exists()   # the command wrote nothing of its own
 
 
+async def test_a_data_directory_without_a_store_is_said_and_left_alone(tmp_path: Path) -> None:
+    env = base_env(UPSTREAM_URL="http://127.0.0.1:5380", UPSTREAM_TYPE="technitium", TRUST_PROXY="true",
+                   AUTHPROXY_DATA_DIR=str(tmp_path / "nowhere"))
+    for args in (("sessions", "list"), ("sessions", "revoke", "--all")):
+        result = await cli(env, *args)
+        assert result.returncode == 1 and "no session store at" in result.stderr, result
+    assert not (tmp_path / "nowhere").exists()
+
+
 async def test_version() -> None:
     result = await cli(base_env(), "version")
     assert result.returncode == 0 and result.stdout.startswith(f"authproxy {version()} (Python 3.")
