@@ -270,11 +270,12 @@ def run(args: argparse.Namespace) -> int:
     if workers == 1:
         _serve(config, ssl_paths, lambda: sd_notify("READY=1"), worker=False)
         return 0
-    # Each run's metrics in a directory of its own (a scrape adds up every worker's files there).
-    from authproxy.metrics import use_multiprocess
-
+    # Each run's metrics in a directory of its own, where every worker writes its values and a scrape
+    # adds them up (README "Metrics"). prometheus-client reads it when first imported: in each worker.
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before the workers' metrics directory was set")
     metrics_dir = tempfile.mkdtemp(prefix="authproxy-metrics-")
-    use_multiprocess(metrics_dir)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         return _supervise(workers, lambda ready: _serve(config, ssl_paths, ready, worker=True),
                           config.server.shutdown_timeout)

@@ -15,7 +15,6 @@ import time
 
 from authproxy.config.schema import Config
 from authproxy.crypto import Keyring
-from authproxy.metrics import version as authproxy_version
 from authproxy.sessions.admin import SessionAdmin, SessionInfo
 from authproxy.sessions.manager import MARKER_PURPOSE
 from authproxy.sessions.registry import create_store
@@ -25,6 +24,8 @@ MIN_PREFIX = 4
 
 def version_text() -> str:
     import aiohttp
+
+    from authproxy.metrics import version as authproxy_version
 
     return (f"authproxy {authproxy_version()} (Python {platform.python_version()}, "
             f"aiohttp {aiohttp.__version__})")

@@ -28,7 +28,7 @@ from importlib import metadata
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -62,18 +62,10 @@ def version() -> str:
 
 
 def multiprocess() -> bool:
-    """Whether this process writes its values for a multiprocess scrape (decided when prometheus-client
-    was first imported, from PROMETHEUS_MULTIPROC_DIR)."""
-    return bool(os.environ.get(MULTIPROC_ENV)) and values.ValueClass is not values.MutexValue
-
-
-def use_multiprocess(directory: str) -> None:
-    """Before the workers fork (`authproxy run` with WORKERS > 1): every metric created from now on
-    writes to memory-mapped files in `directory`, which a scrape adds up. prometheus-client chooses its
-    value class when first imported, from PROMETHEUS_MULTIPROC_DIR; the choice is made again here, so it
-    holds whatever was imported first."""
-    os.environ[MULTIPROC_ENV] = directory
-    setattr(values, "ValueClass", values.MultiProcessValue())  # type: ignore[no-untyped-call]  # noqa: B010
+    """Whether this process writes its values for a multiprocess scrape: prometheus-client decides it
+    when first imported, from PROMETHEUS_MULTIPROC_DIR (`authproxy run` sets it before the workers fork
+    and before anything imports prometheus-client)."""
+    return bool(os.environ.get(MULTIPROC_ENV))
 
 
 def status_class(status: int) -> str:
