@@ -92,6 +92,39 @@ def _metrics_on_and_off(bench: Bench, args: argparse.Namespace, upstream: str, r
     return runs
 
 
+def _hook_cost_us(n: int = 200_000) -> float:
+    """The verify hook alone (wrapper + counter), per call: the floor under (d) vs (g), free of the
+    machine's other load that moves req/s."""
+    import asyncio
+    import time
+    import types
+
+    from aiohttp import web
+
+    from authproxy import keys
+    from authproxy.metrics import Metrics, observe_verify
+
+    app = web.Application()
+    app[keys.METRICS] = Metrics()
+    answer = web.Response()
+
+    request = types.SimpleNamespace(app=app, match_info={"proxy": "nginx"})
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return answer
+
+    async def calls(h: object) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            await h(request)  # type: ignore[operator]
+        return time.perf_counter() - start
+
+    observed = observe_verify(handler)
+    with_hook = min(asyncio.run(calls(observed)) for _ in range(3))
+    bare = min(asyncio.run(calls(handler)) for _ in range(3))
+    return (with_hook - bare) / n * 1e6
+
+
 def _median_load(loads: list[Load]) -> Load:
     med = statistics.median
     return Load(rps=med(x.rps for x in loads), p50_ms=med(x.p50_ms for x in loads),
@@ -263,7 +296,8 @@ def run() -> None:
     off_cpu = statistics.median(cpu_us(x) for x in alternated["false"])
     print(f"metrics: alternated runs, req/s on {[round(x.rps) for x in alternated['true']]} vs off "
           f"{[round(x.rps) for x in alternated['false']]}; server CPU {on_cpu:.1f} vs {off_cpu:.1f} us/req "
-          f"({off_cpu / on_cpu:.2f}x)")
+          f"({off_cpu / on_cpu:.2f}x); what the hooks add to one check, timed in-process: "
+          f"{_hook_cost_us():.2f} us")
     print(f"reference: aiohttp's default access logger costs the bare handler "
           f"{results['a_log'].rps / results['a'].rps:.2f}x (README: 0.41x); authproxy's logger costs "
           f"{results['e'].rps / results['d'].rps:.2f}x")
