@@ -283,14 +283,13 @@ async def flushing(app: web.Application) -> AsyncIterator[None]:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def observe_verify(handler: Handler) -> Handler:
+def observe_verify(handler: Handler, metrics: Metrics) -> Handler:
     """Count each /verify answer by proxy kind and decision."""
+    count = metrics.on_verify
 
     async def observed(request: web.Request) -> web.StreamResponse:
         response = await handler(request)
-        metrics = request.app.get(keys.METRICS)
-        if metrics is not None:
-            metrics.on_verify(request.match_info.get("proxy"), response.status)
+        count(request.match_info.get("proxy"), response.status)
         return response
 
     return observed

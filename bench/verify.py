@@ -119,7 +119,7 @@ def _hook_cost_us(n: int = 200_000) -> float:
             await h(request)  # type: ignore[operator]
         return time.perf_counter() - start
 
-    observed = observe_verify(handler)
+    observed = observe_verify(handler, app[keys.METRICS])
     with_hook = min(asyncio.run(calls(observed)) for _ in range(3))
     bare = min(asyncio.run(calls(handler)) for _ in range(3))
     return (with_hook - bare) / n * 1e6

@@ -120,8 +120,8 @@ class SessionManager:
         self._epochs_cleared = 0
         # Plain counts for authproxy_session_cache_* (metrics.py moves them into the registry).
         self.cache_hits = 0
-        self.marker_keys = keyring.derive_all(MARKER_PURPOSE)
         self.cache_misses = 0
+        self.marker_keys = keyring.derive_all(MARKER_PURPOSE)   # open_marker: newest first
 
     # ---- lifecycle -------------------------------------------------------------------------------
 

@@ -479,9 +479,9 @@ async def not_served(request: web.Request) -> web.StreamResponse:
 
 def _routes(app: web.Application, prefix: str, handler: Handler) -> None:
     # Any method: Traefik's preserveRequestMethod sends the original one; the decision ignores it.
-    if handler is verify:
-        handler = observe_verify(handler)
-        # The metrics are served where /verify is, to whoever may ask it (README "Metrics").
+    if handler is verify and keys.METRICS in app:
+        handler = observe_verify(handler, app[keys.METRICS])
+        # The metrics are served where /verify is (README "Metrics"); METRICS=false: nowhere.
         app.router.add_get(f"{prefix}/metrics", metrics_page)
     app.router.add_route("*", f"{prefix}/verify", handler)
     app.router.add_route("*", f"{prefix}/verify/{{proxy}}", handler)
@@ -490,10 +490,9 @@ def _routes(app: web.Application, prefix: str, handler: Handler) -> None:
 async def metrics_page(request: web.Request) -> web.StreamResponse:
     """Prometheus text format: the forward-auth listener, or FORWARD_AUTH_SECRET in its header (a
     browser gets the same 404 as for any unknown endpoint)."""
-    metrics = request.app.get(keys.METRICS)
-    if metrics is None or not _secret_ok(request):
+    if not _secret_ok(request):
         return no_endpoint(request)
-    body = await metrics.exposition(request.app)
+    body = await request.app[keys.METRICS].exposition(request.app)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
 
 
