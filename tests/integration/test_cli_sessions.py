@@ -148,3 +148,53 @@ async def test_version() -> None:
     result = await cli(base_env(), "version")
     assert result.returncode == 0 and result.stdout.startswith(f"authproxy {version()} (Python 3.")
     assert "aiohttp" in result.stdout
+
+
+async def test_user_finds_a_later_session_that_holds_their_account(
+        make_gateway: MakeGateway, technitium: FakeTechnitium, tmp_path: Path) -> None:
+    """alice signs in at dns, then bob at nas in the same browser: the new session is bob's and carries
+    alice's dns account, so `--user alice` lists it and revoking alice's sessions ends it."""
+    technitium.add_user(*BOB)
+    config = tmp_path / "authproxy.toml"
+    config.write_text(f"""
+auth_mode = "session"
+[server]
+trust_proxy = true
+[session]
+cookie_domain = ".example.com"
+[[sites]]
+name = "dns"
+type = "technitium"
+upstream_url = "{technitium.url}"
+hosts = ["dns.example.com"]
+[[sites]]
+name = "nas"
+type = "technitium"
+upstream_url = "{technitium.url}"
+hosts = ["nas.example.com"]
+""", encoding="utf-8")
+    data = tmp_path / "data"
+    gw = await make_gateway({"SESSION_SECRET": SECRET, "ACCESS_LOG": "false",
+                             "AUTHPROXY_DATA_DIR": str(data)}, config_file=config)
+    https = {"X-Forwarded-Proto": "https"}
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        async with http.post(gw.url + "/_authproxy/api/auth/login", headers=https,
+                             json={"site": "dns", "username": ALICE[0], "password": ALICE[1]}) as resp:
+            assert resp.status == 200, await resp.text()
+            first = resp.cookies["authproxy"].value
+        async with http.post(gw.url + "/_authproxy/api/auth/login",
+                             headers={**https, "Cookie": f"authproxy={first}"},
+                             json={"site": "nas", "username": BOB[0], "password": BOB[1]}) as resp:
+            assert resp.status == 200, await resp.text()
+            second = resp.cookies["authproxy"].value
+    env = base_env(SESSION_SECRET=SECRET, AUTHPROXY_DATA_DIR=str(data))
+    rows = json.loads((await cli(env, "sessions", "list", "--config", str(config), "--json")).stdout)
+    assert [(r["user"], r["site"]) for r in rows] == [("bob", "nas")]   # the first one ended on adoption
+    held = json.loads((await cli(env, "sessions", "list", "--user", "alice", "--config", str(config),
+                                 "--json")).stdout)
+    assert [r["id"] for r in held] == [rows[0]["id"]]
+    result = await cli(env, "sessions", "revoke", "--user", "alice", "--config", str(config))
+    assert "revoked 1 session(s)" in result.stdout, result
+    async with (aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
+                http.get(gw.url + SESSION, headers={**https, "Cookie": f"authproxy={second}"}) as resp):
+        assert (await resp.json())["authenticated"] is False
