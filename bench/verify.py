@@ -24,6 +24,7 @@ Targets: (c) >= 0.9x (b); (d) >= 0.6x (a); (e) >= 0.5x (d) (logging must not hal
 Also printed: Redis commands per request for (b), (c), (d), and the size of the real session blob.
 
     python bench/verify.py [--duration 5] [--connections 50] [--runs 1] [--threads 1] [--quick]
+    python bench/verify.py --metrics-only --runs 10 --duration 2     # case (g) alone, 10 rounds
 """
 
 from __future__ import annotations
@@ -161,8 +162,40 @@ def nginx_subrequest_headers(cookie_header: str) -> list[str]:
     ]
 
 
+def metrics_only(args: argparse.Namespace) -> None:
+    """`--metrics-only`: case (g) alone, for as many alternated rounds as --runs asks."""
+    with Bench(args, "verify-metrics") as bench:
+        redis = bench.redis()
+        headers = nginx_subrequest_headers(sign_in(redis, bench.tmp / "data").header)
+        runs = _metrics_on_and_off(bench, args, "http://127.0.0.1:9", redis, headers)
+    _metrics_summary(runs)
+    print_targets([Target("(d) metrics on / (g) off, alternated runs", _metrics_ratio(runs), ">=", 0.9)])
+
+
+def _metrics_ratio(runs: dict[str, list[Load]]) -> float:
+    """The median of each round's on/off req/s: a round's two runs are seconds apart, so what else
+    loads the machine weighs on both alike."""
+    return statistics.median(on.rps / off.rps for on, off in zip(runs["true"], runs["false"], strict=True))
+
+
+def _metrics_summary(runs: dict[str, list[Load]]) -> None:
+    on_cpu = statistics.median(cpu_us(x) for x in runs["true"])
+    off_cpu = statistics.median(cpu_us(x) for x in runs["false"])
+    pairs = sorted(on.rps / off.rps for on, off in zip(runs["true"], runs["false"], strict=True))
+    print(f"metrics: alternated runs, req/s on {[round(x.rps) for x in runs['true']]} vs off "
+          f"{[round(x.rps) for x in runs['false']]} (per-round on/off, sorted: "
+          f"{', '.join(f'{r:.2f}' for r in pairs)}); server CPU {on_cpu:.1f} vs {off_cpu:.1f} us/req "
+          f"({off_cpu / on_cpu:.2f}x); what the hooks add to one check, timed in-process: "
+          f"{_hook_cost_us():.2f} us")
+
+
 def run() -> None:
-    args = finish_args(parser(__doc__ or "").parse_args())
+    p = parser(__doc__ or "")
+    p.add_argument("--metrics-only", action="store_true", help="only case (g): metrics on vs off")
+    args = finish_args(p.parse_args())
+    if args.metrics_only:
+        metrics_only(args)
+        return
     print("bench/verify.py — issue #2: the session check path")
     print_machine(
         {
@@ -284,20 +317,14 @@ def run() -> None:
     print("CPU% = share of one core over the measured runs; srv us/req = server CPU time per request, and "
           "ratio(CPU) = the baseline's us/req over this case's: less sensitive to other load on the machine "
           "than req/s.\n")
-    metrics_ratio = (statistics.median(x.rps for x in alternated["true"])
-                     / statistics.median(x.rps for x in alternated["false"]))
+    metrics_ratio = _metrics_ratio(alternated)
     print_targets([
         Target("(c) cache off / (b) redis-py GET+decrypt", results["c"].rps / results["b"].rps, ">=", 0.9),
         Target("(d) cache on / (a) bare aiohttp", results["d"].rps / results["a"].rps, ">=", 0.6),
         Target("(e) access log on / (d) off", results["e"].rps / results["d"].rps, ">=", 0.5),
         Target("(d) metrics on / (g) off, alternated runs", metrics_ratio, ">=", 0.9),
     ])
-    on_cpu = statistics.median(cpu_us(x) for x in alternated["true"])
-    off_cpu = statistics.median(cpu_us(x) for x in alternated["false"])
-    print(f"metrics: alternated runs, req/s on {[round(x.rps) for x in alternated['true']]} vs off "
-          f"{[round(x.rps) for x in alternated['false']]}; server CPU {on_cpu:.1f} vs {off_cpu:.1f} us/req "
-          f"({off_cpu / on_cpu:.2f}x); what the hooks add to one check, timed in-process: "
-          f"{_hook_cost_us():.2f} us")
+    _metrics_summary(alternated)
     print(f"reference: aiohttp's default access logger costs the bare handler "
           f"{results['a_log'].rps / results['a'].rps:.2f}x (README: 0.41x); authproxy's logger costs "
           f"{results['e'].rps / results['d'].rps:.2f}x")
