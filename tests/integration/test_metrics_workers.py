@@ -1,6 +1,6 @@
 """WORKERS=2 for real (`authproxy run`, two processes sharing both ports): whichever worker answers a
 scrape, it reports the totals of both (prometheus-client multiprocess mode in a per-run directory,
-removed when the run ends)."""
+removed when the run ends), open WebSockets included."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from tests.fakes.technitium import FakeTechnitium
+from tests.fakes.ws_upstream import running_socket_upstream
 from tests.integration.test_cli import ROOT, _wait_healthy, base_env
 from tests.integration.test_forward_auth import proxy_headers
 from tests.integration.test_metrics import Samples, parse, total, value
@@ -33,6 +34,35 @@ async def _fresh(method: str, url: str, **kw: object) -> tuple[int, str, str]:
         return resp.status, await resp.text(), cookie
 
 
+async def _websockets_add_up(base: str, fa: str, cookies: list[str]) -> None:
+    """Bridges opened on connections of their own (so on both workers) are one sum; closed, none."""
+    sessions = [aiohttp.ClientSession() for _ in cookies]
+    try:
+        sockets = [await http.ws_connect(base + "/ws", headers={"X-Forwarded-Proto": "https",
+                                                                 "Cookie": f"__Host-authproxy={cookie}"})
+                   for http, cookie in zip(sessions, cookies, strict=True)]
+        for ws in sockets:
+            await ws.send_str("hello")
+            assert (await ws.receive(timeout=5)).data == "hello"
+        await _until_every_scrape_says(fa, len(sockets))
+        for ws in sockets:
+            await ws.close()
+        await _until_every_scrape_says(fa, 0)
+    finally:
+        for http in sessions:
+            await http.close()
+
+
+async def _until_every_scrape_says(fa: str, open_: int) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        seen = [value(await _scrape(fa), "authproxy_websockets_open") for _ in range(6)]
+        if seen == [open_] * 6:
+            return
+        assert time.monotonic() < deadline, (seen, open_)
+        await asyncio.sleep(0.3)
+
+
 async def _scrape(url: str) -> Samples:
     status, text, _ = await _fresh("GET", url + "/_authproxy/metrics")
     assert status == 200, text
@@ -40,7 +70,13 @@ async def _scrape(url: str) -> Samples:
 
 
 async def test_two_workers_report_the_totals_of_both(
-        tmp_path: Path, technitium: FakeTechnitium, process_factory: Callable[..., ManagedProcess]) -> None:
+        tmp_path: Path, process_factory: Callable[..., ManagedProcess]) -> None:
+    async with running_socket_upstream(ALICE) as upstream:
+        await _two_workers(tmp_path, upstream.fake, process_factory)
+
+
+async def _two_workers(tmp_path: Path, technitium: FakeTechnitium,
+                       process_factory: Callable[..., ManagedProcess]) -> None:
     port, fa_port = free_port(), free_port()
     tmp = tmp_path / "tmp"
     tmp.mkdir()
@@ -90,6 +126,7 @@ async def test_two_workers_report_the_totals_of_both(
             break
         assert time.monotonic() < deadline, checks
         await asyncio.sleep(0.3)
+    await _websockets_add_up(base, fa, cookies[:4])
     # Both workers wrote their own files (one per process and kind), and build info is said once.
     files = list(run_dir.glob("counter_*.db"))
     assert len({p.name.rsplit("_", 1)[-1] for p in files}) == 2, list(run_dir.iterdir())
