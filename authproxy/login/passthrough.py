@@ -9,6 +9,8 @@ import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from yarl import URL
+
 from authproxy.crypto import b64e
 from authproxy.errors import AuthError, StoreError
 from authproxy.log import audit
@@ -51,6 +53,14 @@ def _text_problem(name: str) -> str | None:
     if any(unicodedata.category(c) == "Cc" for c in name):
         return "contains a control character"
     return None
+
+
+def verifier(site: Site) -> str:
+    """The upstream that checks a site's one-time codes, as one string: its URL's scheme, host
+    (lower case), port and path (no trailing slash)."""
+    url = URL(site.config.upstream_url)
+    path = url.path.rstrip("/")
+    return f"{url.scheme.lower()}://{(url.host or '').lower()}:{url.port}{path}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +115,13 @@ class PassthroughLogin:
         self.source = source if source is not None else UpstreamAccounts()
         self._totp_hash_key = sessions.keyring.derive("authproxy-totp-used")
 
-    def _totp_key(self, site: str, username: str, code: str) -> str:
-        """Where a one-time code that opened a session is remembered: a keyed hash of site, user and code
-        (six digits hash to one of a million values, so an unkeyed hash would give the code away)."""
-        message = f"{site}\x00{username.lower()}\x00{code}".encode("utf-8", "surrogatepass")
+    def _totp_key(self, site: Site, username: str, code: str) -> str:
+        """Where a one-time code that opened a session is remembered: a keyed hash of the upstream that
+        checks it, the user and the code (six digits hash to one of a million values, so an unkeyed hash
+        would give the code away). The upstream is its URL, not the site's name: two sites in front of
+        one upstream share its accounts (a code used at one is spent at the other), while two
+        deployments sharing a store may both call their site `default` for different upstreams."""
+        message = f"{verifier(site)}\x00{username.lower()}\x00{code}".encode("utf-8", "surrogatepass")
         return "totp:" + b64e(hmac.new(self._totp_hash_key, message, hashlib.sha256).digest()[:18])
 
     async def sign_in(self, site: Site, form: LoginInput, client_ip: str) -> tuple[LoadedSession, str]:
@@ -123,7 +136,7 @@ class PassthroughLogin:
                 status=429,
                 retry_after=attempt.retry_after,
             )
-        used = None if form.totp is None else self._totp_key(site.name, form.username, form.totp)
+        used = None if form.totp is None else self._totp_key(site, form.username, form.totp)
         try:
             if used is not None and not await self.sessions.store.set_if_absent(used, b"1",
                                                                                 TOTP_REPLAY_WINDOW):

@@ -338,6 +338,71 @@ async def test_service_clients_and_people_are_audited_apart(
     assert audit.lines("service_request")[-1]["outcome"] == "service_credential_unsafe"
 
 
+async def test_wrong_api_keys_are_throttled_per_address_like_failed_sign_ins(
+    make_gateway: MakeGateway,
+    technitium: FakeTechnitium,
+    http_client: aiohttp.ClientSession,
+    client_for: Callable[[Gateway], GatewayClient],
+    audit: Audit,
+) -> None:
+    key, entry = new_key("ci")
+    gw = await hybrid(make_gateway, technitium, background_token(technitium), FORWARD_AUTH_PORT="0",
+                      SERVICE_API_KEYS=entry, LOGIN_MAX_FAILURES="3")
+    c = client_for(gw)
+    guesser = {"X-Forwarded-For": "198.51.100.66"}
+    for i in range(3):
+        wrong = await c.request("GET", "/api/echo", headers={**guesser, "X-API-Key": f"apk_guess{i}"})
+        assert wrong.status == 401 and (await wrong.json())["error"] == "invalid_api_key"
+    for presented in ("apk_guess9", key):   # spent: refused before any key is compared, the right one too
+        over = await c.request("GET", "/api/echo", headers={**guesser, "X-API-Key": presented})
+        assert over.status == 429 and (await over.json())["error"] == "too_many_attempts"
+        assert 0 < int(over.headers["Retry-After"]) <= 15 * 60
+    # through forward auth, the address the proxy names counts the same
+    url = "https://dns.example.com/api/zones/list"
+    async with http_client.get(
+        gw.forward_auth_url + "/_authproxy/verify/caddy",
+        headers=[*proxy_headers("caddy", url), ("X-Forwarded-For", "198.51.100.66"), ("X-API-Key", key)],
+    ) as resp:
+        assert resp.status == 429 and "Authorization" not in resp.headers
+    # another address is not held up, and a right key is not counted
+    other = {"X-Forwarded-For": "203.0.113.5", "X-API-Key": key}
+    for _ in range(5):
+        assert (await c.request("GET", "/api/echo", headers=other)).status == 200
+    outcomes = [x["outcome"] for x in audit.lines("service_request") if x["client_ip"] == "198.51.100.66"]
+    assert outcomes == ["invalid_key"] * 3 + ["throttled"] * 3
+
+
+async def test_ptr_names_that_are_no_host_names_are_not_shown_or_logged(
+    make_gateway: MakeGateway,
+    technitium: FakeTechnitium,
+    client_for: Callable[[Gateway], GatewayClient],
+    audit: Audit,
+) -> None:
+    """A PTR record is whatever the owner of the reverse zone wrote: a line break with a forged audit
+    line, an escape sequence, a space or an overlong name is no name; a proper one still is."""
+    gw = await hybrid(make_gateway, technitium, background_token(technitium))
+    bad = {
+        "192.0.2.21": 'evil.lan\r\n{"event": "login", "outcome": "success", "user": "admin"}',
+        "192.0.2.22": "evil\x1b[2J.lan",
+        "192.0.2.23": "two words.lan",
+        "192.0.2.24": ".".join(["a" * 63] * 4) + ".lan",          # 260 characters
+        "192.0.2.25": "x" * 64 + ".lan",                            # a label over 63
+        "192.0.2.26": "caf\u00e9.lan",
+    }
+    technitium.ptr_records.update(bad)
+    technitium.ptr_records["192.0.2.27"] = "Printer-2.LAN."
+    for address in [*bad, "192.0.2.27"]:
+        c = client_for(gw)
+        resp = await c.request("POST", LOGIN, headers={"X-Forwarded-For": address},
+                               json={"username": ALICE[0], "password": ALICE[1]})
+        assert resp.status == 200
+        info = await (await c.request("GET", SESSION)).json()
+        assert info["clientName"] == ("printer-2.lan" if address == "192.0.2.27" else None), address
+    named = {x["client_ip"]: x.get("client_name") for x in audit.lines("login") if x["outcome"] == "success"}
+    assert named == {**dict.fromkeys(bad), "192.0.2.27": "printer-2.lan"}
+    assert not any("evil" in str(line) or "words" in str(line) for line in audit.lines())
+
+
 # ---- the migration from a shared admin token -------------------------------------------------------------
 
 
