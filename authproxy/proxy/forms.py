@@ -24,14 +24,25 @@ with bounded memory:
 
 A compressed form (`Content-Encoding`) could hide a field: 415. A request with two Content-Types, or
 a multipart one whose boundary is missing, repeated or spelt so that parsers may disagree: 400.
+
+Charsets, as the upstream decodes them: an urlencoded body with a `charset` that is not ASCII-based
+(`utf-16`: ASP.NET Core, and so Technitium, reads the form in the Content-Type's charset, where
+`t\0o\0k\0e\0n\0` is `token`) is refused (400 `unsupported_charset`): no byte filter can read it. A
+multipart part name is also read as RFC 2047 encoded-words (`=?utf-8?q?token?=`, `=?utf-8?b?...?=`,
+which ASP.NET decodes) and as RFC 2231 `name*=charset'lang'...` in its declared charset; a charset
+Python does not know there is refused (400 `bad_multipart`) rather than guessed.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import codecs
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
+from urllib.parse import unquote_to_bytes
 
 import aiohttp
 
@@ -50,6 +61,11 @@ _PARAM = re.compile(r';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"?|[^;]*)')
 _TOKEN = re.compile(r"[0-9A-Za-z'+_.\-!#$%&*^`{|}~]{1,200}")
 _BCHARS = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,199}[0-9A-Za-z'()+_,\-./:=?]")
 _CONTINUATION = re.compile(r"\*(\d{1,3})\*?")
+# RFC 2047 encoded-word: =?charset(*language)?B|Q?text?=
+_ENCODED_WORD = re.compile(r"=\?([^?*\s]+)(?:\*[^?\s]*)?\?([bBqQ])\?([^?\s]*)\?=")
+# Charsets in which every ASCII character is the byte it is and no other byte sequence reads as one:
+# a byte-level filter reads such a form as the upstream does.
+_ASCII_BASED = frozenset({"utf-8", "ascii", "iso8859-1", "iso8859-15", "cp1252"})
 
 
 class Refused(Exception):
@@ -115,6 +131,22 @@ def boundary(content_type: str) -> bytes:
     return value.encode("ascii")
 
 
+def require_ascii_based(content_type: str) -> None:
+    """Refused unless every `charset` of an urlencoded Content-Type is one the byte filter reads as
+    the upstream will (none at all: UTF-8, as every parser defaults)."""
+    for key, value in _PARAM.findall(content_type):
+        if str(key).lower() != "charset":
+            continue
+        name = str(value).strip().strip('"')
+        try:
+            known = codecs.lookup(name).name
+        except LookupError:
+            known = ""
+        if known not in _ASCII_BASED:
+            raise Refused(400, "unsupported_charset", "A form in this charset cannot be checked; send it "
+                          "as UTF-8 (application/x-www-form-urlencoded; charset=utf-8).")
+
+
 async def checked_body(content: aiohttp.StreamReader, content_types: list[str], content_encoding: str,
                        names: FieldNames) -> Checked:
     """The request body as it may go upstream (see the module docstring); raises Refused for what
@@ -126,6 +158,8 @@ async def checked_body(content: aiohttp.StreamReader, content_types: list[str], 
         raise Refused(
             415, "unsupported_media_type", "A compressed form cannot be checked; send it uncompressed."
         )
+    if kind == "urlencoded":
+        require_ascii_based(content_types[0])
     check: _Check = UrlencodedFilter(names) if kind == "urlencoded" else MultipartCheck(
         boundary(content_types[0]), names)
     head = await read_up_to(content, MAX_WHOLE + 1)
@@ -321,4 +355,40 @@ def _param_spellings(raw: str, *, extended: bool) -> list[str]:
         parts = out[-1].split("'", 2)
         if len(parts) == 3:
             out.append(parts[2])
-    return out
+            if parts[0]:
+                out.append(_decoded(unquote_to_bytes(parts[2]), parts[0]))
+    words = [_encoded_words(text) for text in out if "=?" in text]
+    return out + [w for w in words if w is not None]
+
+
+def _decoded(data: bytes, charset: str) -> str:
+    """`data` in `charset`, as the upstream would read it; Refused for a charset Python does not know."""
+    try:
+        return data.decode(charset, "replace")
+    except LookupError:
+        raise Refused(400, "bad_multipart", "A multipart part name is in a charset authproxy cannot read; "
+                      "send field names in UTF-8.") from None
+
+
+def _encoded_words(text: str) -> str | None:
+    """An RFC 2047 reading of `text` (`=?utf-8?q?token?=`): each encoded-word decoded, the blanks
+    between two of them dropped; None when there is none."""
+    pieces: list[str] = []
+    last = 0
+    for match in _ENCODED_WORD.finditer(text):
+        between = text[last:match.start()]
+        if not (pieces and not between.strip()):
+            pieces.append(between)
+        charset, kind, payload = match.groups()
+        if kind in "bB":
+            try:
+                data = base64.b64decode(payload + "=" * (-len(payload) % 4))
+            except (binascii.Error, ValueError):
+                data = payload.encode("latin-1", "replace")
+        else:
+            data = unquote_to_bytes(payload.replace("_", " ").replace("=", "%"))
+        pieces.append(_decoded(data, charset))
+        last = match.end()
+    if not last:
+        return None
+    return "".join(pieces) + text[last:]
