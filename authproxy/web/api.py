@@ -305,25 +305,56 @@ async def heartbeat(request: web.Request) -> web.StreamResponse:
     return web.json_response(session_json(request, loaded, idle), headers=SECURITY_HEADERS)
 
 
+# What /me tells whom (README "What /me answers"). Everyone: the mode, whether sign-in is on, the
+# caller's own identity, and whether the background token is usable (the booleans scripts check).
+# Administrators (a signed-in person whose own upstream account may administer it, asked with their
+# own token, as the migration asks): also why the token is (not) safe, each site and the proxy setup.
+PUBLIC_TOKEN_FIELDS = ("configured", "validated", "okForPtr")
+ADMIN_CHECK_TIMEOUT = 5.0
+
+
+async def is_admin(request: web.Request, loaded: LoadedSession | None) -> bool:
+    """Whether the signed-in person may administer an upstream they are signed in to (Technitium:
+    Administration View, Modify and Delete), asked with their own credential; False when it cannot
+    be told (no session, no such upstream, the upstream not answering)."""
+    if loaded is None:
+        return False
+    for site in request.app[keys.ROUTER].sites:
+        credential = loaded.session.credentials.get(site.name)
+        if (credential is None or credential.actor != "user"
+                or not isinstance(site.adapter, TechnitiumAdapter)):
+            continue
+        try:
+            if await asyncio.wait_for(site.adapter.may_administer(credential), ADMIN_CHECK_TIMEOUT):
+                return True
+        except (UpstreamError, TimeoutError):
+            continue
+    return False
+
+
 async def me(request: web.Request) -> web.StreamResponse:
     config = request.app[keys.CONFIG]
     loaded = await current_session(request)
     background = request.app[keys.BACKGROUND]
+    admin = await is_admin(request, loaded)
+    token = background.state(_background_site(request).name).summary()
     body: dict[str, Any] = {
         "authMode": config.auth_mode,
         "sessionAuthEnabled": config.session_mode,
         "httpsDetected": request.secure,
-        "trustProxy": config.server.trust_proxy,
         "authenticated": loaded is not None,
         "user": loaded.session.user if loaded else None,
-        "sites": [{"name": s.name, "type": s.config.type,
-                   "backgroundToken": background.state(s.name).summary()}
-                  for s in request.app[keys.ROUTER].sites],
+        "admin": admin,
         "loginUrl": f"{config.server.prefix}/login",
         # The names existing scripts already query (README "The background token").
-        "backgroundPtrToken": background.state(_background_site(request).name).summary(),
+        "backgroundPtrToken": token if admin else {k: token[k] for k in PUBLIC_TOKEN_FIELDS},
         "migrationRequired": migration_required(config),
     }
+    if admin:
+        body["trustProxy"] = config.server.trust_proxy
+        body["sites"] = [{"name": s.name, "type": s.config.type,
+                          "backgroundToken": background.state(s.name).summary()}
+                         for s in request.app[keys.ROUTER].sites]
     if config.auth_mode == "none":
         body["warning"] = ("AUTH_MODE=none: every request reaches the upstream with the shared service "
                            "credential, whoever sends it")

@@ -43,6 +43,12 @@ async def hybrid(make_gateway: MakeGateway, fake: FakeTechnitium, token: str | N
     return await make_gateway(gateway_env(fake.url, AUTH_MODE="hybrid", **extra, **env))
 
 
+async def signed_in(c: GatewayClient) -> GatewayClient:
+    """`c` signed in as alice, a Technitium administrator: /me then says why a token is (not) safe."""
+    assert (await c.login(*ALICE)).status == 200
+    return c
+
+
 async def me(c: GatewayClient) -> dict[str, Any]:
     resp = await c.request("GET", ME)
     body: dict[str, Any] = await resp.json()
@@ -106,6 +112,7 @@ async def test_a_too_privileged_token_is_refused_with_the_reason_and_sections(
     technitium.ptr_records["198.51.100.7"] = "laptop.lan"
     gw = await hybrid(make_gateway, technitium, token)
     c = client_for(gw)
+    await c.login(*ALICE)  # an administrator sees why (README "What /me answers")
     state = (await me(c))["backgroundPtrToken"]
     assert state["configured"] is True and state["validated"] is True and state["okForPtr"] is False
     assert state["tooPrivilegedSections"] == sections and words in state["reason"]
@@ -125,7 +132,7 @@ async def test_a_token_that_cannot_view_dns_client_is_refused(
 ) -> None:
     technitium.set_group_permission("Everyone", "DnsClient", 0)
     gw = await hybrid(make_gateway, technitium, background_token(technitium))
-    state = (await me(client_for(gw)))["backgroundPtrToken"]
+    state = (await me(await signed_in(client_for(gw))))["backgroundPtrToken"]
     assert (state["validated"], state["okForPtr"], state["tooPrivilegedSections"]) == (True, False, [])
     assert "lacks DnsClient: View" in state["reason"]
 
@@ -134,7 +141,7 @@ async def test_an_unreadable_token_disables_background_work(
     make_gateway: MakeGateway, technitium: FakeTechnitium, client_for: Callable[[Gateway], GatewayClient]
 ) -> None:
     gw = await hybrid(make_gateway, technitium, "f" * 64)  # no such session upstream
-    state = (await me(client_for(gw)))["backgroundPtrToken"]
+    state = (await me(await signed_in(client_for(gw))))["backgroundPtrToken"]
     assert (state["configured"], state["validated"], state["okForPtr"]) == (True, False, False)
     assert "refused by Technitium" in state["reason"]
 
@@ -149,6 +156,8 @@ async def test_a_safe_token_enables_ptr_names_cached_and_asked_with_that_token(
     technitium.ptr_records["198.51.100.7"] = "laptop.lan"
     gw = await hybrid(make_gateway, technitium, token)
     c = client_for(gw)
+    resp = await c.request("POST", LOGIN, headers=CLIENT, json={"username": ALICE[0], "password": ALICE[1]})
+    assert resp.status == 200
     body = await me(c)
     assert body["backgroundPtrToken"] == {
         "configured": True,
@@ -158,8 +167,6 @@ async def test_a_safe_token_enables_ptr_names_cached_and_asked_with_that_token(
         "tooPrivilegedSections": [],
     }
     assert body["migrationRequired"] is False and body["authMode"] == "hybrid" and body["sessionAuthEnabled"]
-    resp = await c.request("POST", LOGIN, headers=CLIENT, json={"username": ALICE[0], "password": ALICE[1]})
-    assert resp.status == 200
     [success] = [x for x in audit.lines("login") if x["outcome"] == "success"]
     assert success["client_name"] == "laptop.lan" and success["actor"] == "user"
     for _ in range(3):
@@ -212,7 +219,7 @@ async def test_privileges_changed_upstream_are_noticed_at_the_next_check(
     audit: Audit,
 ) -> None:
     gw = await hybrid(make_gateway, technitium, background_token(technitium), BACKGROUND_CHECK_INTERVAL="1s")
-    c = client_for(gw)
+    c = await signed_in(client_for(gw))
     assert (await me(c))["backgroundPtrToken"]["okForPtr"] is True
     technitium.set_user_permission(BG, "Zones", 1 | MODIFY)  # an administrator widens it upstream
 
@@ -233,6 +240,34 @@ async def test_privileges_changed_upstream_are_noticed_at_the_next_check(
     await state_until(True)
     assert await gw.app[keys.BACKGROUND].name_for("192.0.2.1") == "box.lan"
     assert [x["outcome"] for x in audit.lines("background_token")] == ["safe", "unsafe", "safe"]
+
+
+PUBLIC_ME = {"authMode", "sessionAuthEnabled", "httpsDetected", "authenticated", "user", "admin", "loginUrl",
+             "backgroundPtrToken", "migrationRequired"}
+
+
+async def test_me_tells_a_person_only_their_own_identity_and_an_administrator_the_rest(
+    make_gateway: MakeGateway, technitium: FakeTechnitium, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    token = background_token(technitium, Zones=1 | MODIFY)   # unsafe: there is a reason to tell
+    technitium.add_user("carol", "carol-pass", permissions={})  # Everyone only: no administrator
+    gw = await hybrid(make_gateway, technitium, token)
+    anon, carol, alice = client_for(gw), client_for(gw), client_for(gw)
+    await carol.login("carol", "carol-pass")
+    await alice.login(*ALICE)
+    for who, c in (("anonymous", anon), ("carol", carol)):
+        body = await me(c)
+        assert set(body) == PUBLIC_ME, who
+        assert body["backgroundPtrToken"] == {"configured": True, "validated": True, "okForPtr": False}, who
+        assert body["admin"] is False and body["user"] == (None if c is anon else "carol")
+        assert "Zones" not in json.dumps(body) and "technitium" not in json.dumps(body), who
+    admin = await me(alice)
+    assert set(admin) == PUBLIC_ME | {"trustProxy", "sites"} and admin["admin"] is True
+    assert admin["backgroundPtrToken"]["tooPrivilegedSections"] == ["Zones"]
+    assert admin["sites"] == [{"name": "technitium", "type": "technitium",
+                               "backgroundToken": admin["backgroundPtrToken"]}]
+    for body in (await me(anon), await me(carol), admin):
+        assert token not in json.dumps(body)
 
 
 # ---- who may use the service credential ------------------------------------------------------------------
@@ -615,8 +650,8 @@ async def test_a_hung_upstream_does_not_hold_up_the_start(
     gw = await hybrid(make_gateway, technitium, token)
     assert asyncio.get_running_loop().time() - started < 2
     c = client_for(gw)
-    state = (await me(c))["backgroundPtrToken"]
-    assert (state["validated"], state["okForPtr"], state["reason"]) == (False, False, "not checked yet")
+    state = (await me(c))["backgroundPtrToken"]   # anonymous: the booleans only
+    assert state == {"configured": True, "validated": False, "okForPtr": False}
     release.set()
     for _ in range(50):
         if (await me(c))["backgroundPtrToken"]["okForPtr"]:
