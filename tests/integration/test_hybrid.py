@@ -462,7 +462,7 @@ async def test_migration_end_to_end(
 
     carol = client_for(gw)
     await carol.login("carol", "carol-pass")
-    denied = await carol.request("POST", MIGRATE, json={})
+    denied = await carol.request("POST", MIGRATE, json={"password": "carol-pass"})
     assert denied.status == 403 and (await denied.json())["error"] == "forbidden"
     assert set(technitium.users) == {"alice", "totpuser", "authproxy-background", "carol"}  # nothing made
     # checked with carol's own token before anything is attempted
@@ -470,7 +470,8 @@ async def test_migration_end_to_end(
 
     alice = client_for(gw)
     await alice.login(*ALICE)
-    resp = await alice.request("POST", MIGRATE, json={"site": "technitium"})
+    sessions_before = {t for t, x in technitium.sessions.items() if x.username == "alice"}
+    resp = await alice.request("POST", MIGRATE, json={"site": "technitium", "password": ALICE[1]})
     assert resp.status == 200 and resp.headers["Cache-Control"] == "no-store"
     made = await resp.json()
     token = made["token"]
@@ -494,9 +495,11 @@ async def test_migration_end_to_end(
     user = technitium.users["authproxy-background-2"]
     assert user.groups == ["Everyone"] and user.permissions == {"DnsClient": 1}
     assert technitium.sessions[token].type == "ApiToken"
-    # done with alice's own token, never the cluster token
+    # done with the token alice's password step-up just got (never the cluster token), signed out after
     admin_calls = [r for r in technitium.requests if r.path.startswith("/api/admin/")]
     assert admin_calls and all(cluster not in r.headers.get("Authorization", "") for r in admin_calls)
+    assert all(r.headers["Authorization"][7:] not in sessions_before for r in admin_calls)
+    assert {t for t, x in technitium.sessions.items() if x.username == "alice"} == sessions_before
     # nothing of it logged or stored
     assert all(
         token not in r.getMessage() and token not in str(getattr(r, "fields", "")) for r in caplog.records
@@ -522,6 +525,61 @@ async def test_migration_end_to_end(
     assert 'id="migration"' not in await (await c.request("GET", "/_authproxy/login")).text()
 
 
+async def test_migration_only_while_pending_and_only_after_a_password_step_up(
+    make_gateway: MakeGateway,
+    technitium: FakeTechnitium,
+    client_for: Callable[[Gateway], GatewayClient],
+    audit: Audit,
+) -> None:
+    cluster = technitium.create_session("alice", type="ApiToken", token_name="cluster")
+    # no cluster token: nothing to migrate, whoever asks and whatever they send; Technitium not asked
+    done = await hybrid(make_gateway, technitium, background_token(technitium))
+    alice = client_for(done)
+    await alice.login(*ALICE)
+    logins = len(technitium.requests_to("/api/user/login"))
+    resp = await alice.request("POST", MIGRATE, json={"password": ALICE[1]})
+    assert resp.status == 409 and (await resp.json())["error"] == "migration_not_pending"
+    assert len(technitium.requests_to("/api/user/login")) == logins
+
+    gw = await make_gateway(gateway_env(technitium.url, AUTH_MODE="hybrid", TECHNITIUM_CLUSTER_TOKEN=cluster,
+                                        LOGIN_MAX_FAILURES="2"))
+    alice = client_for(gw)
+    await alice.login(*ALICE)
+    # a session cookie is not enough: the password again, checked by Technitium
+    for body in ({}, {"password": ""}, {"site": "technitium"}):
+        resp = await alice.request("POST", MIGRATE, json=body)
+        assert resp.status == 401 and (await resp.json())["error"] == "step_up_required", body
+    for _ in range(2):
+        resp = await alice.request("POST", MIGRATE, json={"password": "not-her-password"})
+        assert resp.status == 401 and (await resp.json())["error"] == "invalid_credentials"
+    # throttled like a sign-in (one budget): now even the right password waits
+    resp = await alice.request("POST", MIGRATE, json={"password": ALICE[1]})
+    assert resp.status == 429 and (await resp.json())["error"] == "too_many_attempts"
+    assert int(resp.headers["Retry-After"]) > 0
+    assert (await client_for(gw).login(*ALICE)).status == 429   # the sign-in shares it
+    assert [r for r in technitium.requests if r.path.startswith("/api/admin/")] == []
+    assert "authproxy-background" not in technitium.users
+    steps = [(x["outcome"], x["user"]) for x in audit.lines("step_up")]
+    assert steps == [("failure", "alice"), ("failure", "alice"), ("throttled", "alice")]
+
+
+async def test_a_step_up_with_a_one_time_code_and_no_replay_of_the_sign_in_code(
+    make_gateway: MakeGateway, technitium: FakeTechnitium, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    cluster = technitium.create_session("alice", type="ApiToken", token_name="cluster")
+    gw = await make_gateway(gateway_env(technitium.url, AUTH_MODE="hybrid", TECHNITIUM_CLUSTER_TOKEN=cluster))
+    admin = client_for(gw)
+    code = technitium.totp_now()
+    assert (await admin.login("totpuser", "totp-pass", totp=code)).status == 200
+    resp = await admin.request("POST", MIGRATE, json={"password": "totp-pass"})
+    assert resp.status == 401 and (await resp.json())["error"] == "totp_required"
+    resp = await admin.request("POST", MIGRATE, json={"password": "totp-pass", "totp": code})
+    assert resp.status == 401 and (await resp.json())["error"] == "invalid_credentials"   # spent at sign-in
+    technitium.advance(30)
+    resp = await admin.request("POST", MIGRATE, json={"password": "totp-pass", "totp": technitium.totp_now()})
+    assert resp.status == 200 and (await resp.json())["username"] == "authproxy-background"
+
+
 def _store_blobs(gw: Gateway) -> list[str]:
     store = gw.app[keys.STORE]
     data = getattr(store, "_data", None)
@@ -541,7 +599,7 @@ async def test_migration_refuses_a_token_everyone_would_make_unsafe(
     )
     alice = client_for(gw)
     await alice.login(*ALICE)
-    resp = await alice.request("POST", MIGRATE)
+    resp = await alice.request("POST", MIGRATE, json={"password": ALICE[1]})
     body = await resp.json()
     assert resp.status == 409 and body["error"] == "unsafe_token" and "Zones can modify" in body["message"]
     assert "token" not in body and "authproxy-background" not in technitium.users  # taken away again
@@ -592,6 +650,17 @@ async def test_migration_on_the_command_line(technitium: FakeTechnitium, tmp_pat
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 1 and out == b"" and "may not administer users" in err.decode()
     assert "authproxy-background-2" not in technitium.users
+    # no cluster token configured: no migration is pending, and nothing is asked
+    pending = {k: v for k, v in env.items() if k != "TECHNITIUM_CLUSTER_TOKEN"}
+    pending["TECHNITIUM_BACKGROUND_TOKEN"] = token   # migrated: the line is in the env file
+    asked = len(technitium.requests)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "authproxy", "technitium", "migrate", env=pending, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2 and out == b"" and "no migration is pending" in err.decode()
+    assert len(technitium.requests) == asked
 
 
 async def test_service_key_on_the_command_line(tmp_path: Any) -> None:
