@@ -34,6 +34,7 @@ MARKER_GRACE = 300.0
 # "Sign out everywhere" leaves a tombstone per session it ends, for this long: a sign-in that indexed
 # and wrote its session meanwhile finds it when it checks, a few store round trips later.
 TOMBSTONE_TTL = 600.0
+MAX_REVOKE_ROUNDS = 16
 
 
 def public_id(store_key: str) -> str:
@@ -335,25 +336,37 @@ class SessionManager:
         # after (create, adopt). Each round tombstones, then deletes, then reads the indexes again, so
         # a session indexed before the last read is ended here, and one written after its tombstone
         # ends itself. (Deleting the index would also drop a sign-in indexed after the last read.)
-        while batch:
-            for key in batch:
-                self._bump(key)
-                self._cache.pop(key, None)
-                self._touched.pop(key, None)
-                self._inflight.pop(key, None)
-                await self.store.set(tombstone_key(key), b"1", TOMBSTONE_TTL)
-            ended += await self.store.delete(*batch)
-            await self.store.delete(*(marker_key(m) for m in batch))
+        for _ in range(MAX_REVOKE_ROUNDS):   # a cap against a flood of sign-ins
+            ended += await self._end(batch)
             done |= batch
             batch = set()
             for index in indexes:
                 batch |= await self.store.index_members(index)
             batch -= done
+            if not batch:
+                break
+        else:   # what the last read found is ended too; sign-ins indexed after it stay
+            ended += await self._end(batch)
+            done |= batch
+            log.warning("sign out everywhere: sign-ins kept coming; the latest stay",
+                        extra={"fields": {"rounds": MAX_REVOKE_ROUNDS}})
         for index in indexes:
             for key in done:
                 await self.store.index_remove(index, key)
         for key in done:
             await self.store.revoke(CHANNEL, key)
+        return ended
+
+    async def _end(self, batch: set[str]) -> int:
+        """Tombstone, then delete, these sessions (destroy_everywhere); how many were alive."""
+        for key in batch:
+            self._bump(key)
+            self._cache.pop(key, None)
+            self._touched.pop(key, None)
+            self._inflight.pop(key, None)
+            await self.store.set(tombstone_key(key), b"1", TOMBSTONE_TTL)
+        ended = await self.store.delete(*batch)
+        await self.store.delete(*(marker_key(m) for m in batch))
         return ended
 
     async def idle_expires_at(self, loaded: LoadedSession) -> float:
