@@ -389,6 +389,9 @@ async def migrate_background_token(request: web.Request) -> web.StreamResponse:
         return json_error(403, "cross_site", "Cross-site request refused.")
     if not config.session_mode:
         return json_error(404, "not_available", "The migration needs AUTH_MODE=session or hybrid.")
+    if not migration_required(config):
+        return json_error(409, "migration_not_pending", "No migration is pending: no site has "
+                          "TECHNITIUM_CLUSTER_TOKEN (see /me: migrationRequired).")
     loaded = await current_session(request)
     if loaded is None:
         return json_error(401, "unauthenticated", "Sign in first, with a Technitium administrator account.")

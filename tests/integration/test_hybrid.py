@@ -537,8 +537,9 @@ async def test_migration_only_while_pending_and_only_after_a_password_step_up(
     alice = client_for(done)
     await alice.login(*ALICE)
     logins = len(technitium.requests_to("/api/user/login"))
-    resp = await alice.request("POST", MIGRATE, json={"password": ALICE[1]})
-    assert resp.status == 409 and (await resp.json())["error"] == "migration_not_pending"
+    for who in (alice, client_for(done)):   # signed in or not: nothing is pending
+        resp = await who.request("POST", MIGRATE, json={"password": ALICE[1]})
+        assert resp.status == 409 and (await resp.json())["error"] == "migration_not_pending"
     assert len(technitium.requests_to("/api/user/login")) == logins
 
     gw = await make_gateway(gateway_env(technitium.url, AUTH_MODE="hybrid", TECHNITIUM_CLUSTER_TOKEN=cluster,
@@ -561,6 +562,40 @@ async def test_migration_only_while_pending_and_only_after_a_password_step_up(
     assert "authproxy-background" not in technitium.users
     steps = [(x["outcome"], x["user"]) for x in audit.lines("step_up")]
     assert steps == [("failure", "alice"), ("failure", "alice"), ("throttled", "alice")]
+
+
+async def test_migration_of_a_site_without_a_cluster_token_is_not_pending(
+    make_gateway: MakeGateway, technitium: FakeTechnitium, technitium_v14: FakeTechnitium,
+    client_for: Callable[[Gateway], GatewayClient], tmp_path: Any,
+) -> None:
+    """Two Technitium sites, only `dns` still on a cluster token: migrating `nas` is refused."""
+    cluster = technitium.create_session("alice", type="ApiToken", token_name="cluster")
+    config = tmp_path / "authproxy.toml"
+    config.write_text(f"""
+auth_mode = "session"
+[server]
+trust_proxy = true
+[[sites]]
+name = "dns"
+type = "technitium"
+upstream_url = "{technitium.url}"
+hosts = ["dns.example.com"]
+cluster_token = "{cluster}"
+[[sites]]
+name = "nas"
+type = "technitium"
+upstream_url = "{technitium_v14.url}"
+hosts = ["nas.example.com"]
+""", encoding="utf-8")
+    gw = await make_gateway({"SESSION_SECRET": "s" * 40, "ACCESS_LOG": "false"}, config_file=config)
+    alice = client_for(gw)
+    for site in ("dns", "nas"):
+        resp = await alice.request("POST", LOGIN,
+                                   json={"username": ALICE[0], "password": ALICE[1], "site": site})
+        assert resp.status == 200, await resp.text()
+    resp = await alice.request("POST", MIGRATE, json={"site": "nas", "password": ALICE[1]})
+    assert resp.status == 409 and (await resp.json())["error"] == "migration_not_pending"
+    assert technitium_v14.requests_to("/api/admin/users/create") == []
 
 
 async def test_a_step_up_with_a_one_time_code_and_no_replay_of_the_sign_in_code(
