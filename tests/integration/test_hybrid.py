@@ -373,16 +373,20 @@ async def test_service_clients_and_people_are_audited_apart(
     assert audit.lines("service_request")[-1]["outcome"] == "service_credential_unsafe"
 
 
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
 async def test_wrong_api_keys_are_throttled_per_address_like_failed_sign_ins(
     make_gateway: MakeGateway,
     technitium: FakeTechnitium,
     http_client: aiohttp.ClientSession,
     client_for: Callable[[Gateway], GatewayClient],
     audit: Audit,
+    request: pytest.FixtureRequest,
+    store: str,
 ) -> None:
     key, entry = new_key("ci")
+    redis = {"REDIS_URL": request.getfixturevalue("redis_url")} if store == "redis" else {}
     gw = await hybrid(make_gateway, technitium, background_token(technitium), FORWARD_AUTH_PORT="0",
-                      SERVICE_API_KEYS=entry, LOGIN_MAX_FAILURES="3")
+                      SERVICE_API_KEYS=entry, LOGIN_MAX_FAILURES="3", **redis)
     c = client_for(gw)
     guesser = {"X-Forwarded-For": "198.51.100.66"}
     for i in range(3):
