@@ -329,6 +329,7 @@ def _disposition_names(head: str) -> list[str]:
         if not sep or field.strip().lower() != "content-disposition":
             continue
         pieces: dict[int, str] = {}
+        raw_pieces: dict[int, tuple[str, bool]] = {}
         for key, raw in _PARAM.findall(";" + value):
             key = key.lower()
             if key == "name" or key.startswith("name*"):
@@ -336,8 +337,11 @@ def _disposition_names(head: str) -> list[str]:
                 found.extend(spellings)
                 if piece := _CONTINUATION.fullmatch(key[4:]):
                     pieces[int(piece.group(1))] = spellings[-1]
+                    raw_pieces[int(piece.group(1))] = (_unquoted(raw), key.endswith("*"))
         if pieces:
             found.append("".join(pieces[i] for i in sorted(pieces)))
+        if any(extended for _, extended in raw_pieces.values()):
+            found.append(_joined_extended([raw_pieces[i] for i in sorted(raw_pieces)]))
         for item in value.split(";"):
             key, eq, raw = item.partition("=")
             if eq and key.strip().lower().startswith("name"):
@@ -359,6 +363,26 @@ def _param_spellings(raw: str, *, extended: bool) -> list[str]:
                 out.append(_decoded(unquote_to_bytes(parts[2]), parts[0]))
     words = [_encoded_words(text) for text in out if "=?" in text]
     return out + [w for w in words if w is not None]
+
+
+def _unquoted(raw: str) -> str:
+    value = raw.strip()
+    if value.startswith('"'):
+        inner = value[1:-1] if len(value) > 1 and value.endswith('"') else value[1:]
+        return re.sub(r"\\(.)", r"\1", inner)
+    return value
+
+
+def _joined_extended(pieces: list[tuple[str, bool]]) -> str:
+    """RFC 2231 continuations (`name*0*=utf-16le''t%00o%00; name*1*=k%00...`) as a parser reads them:
+    the percent-encoded pieces joined as bytes, then decoded in the first piece's charset as a whole."""
+    text, extended = pieces[0]
+    charset = "utf-8"
+    if extended and len(parts := text.split("'", 2)) == 3:
+        charset, text = parts[0] or "utf-8", parts[2]
+    data = b"".join(unquote_to_bytes(t) if e else t.encode("latin-1", "replace")
+                    for t, e in [(text, extended), *pieces[1:]])
+    return _decoded(data, charset)
 
 
 def _decoded(data: bytes, charset: str) -> str:

@@ -137,6 +137,8 @@ def test_a_multipart_body_without_a_credential_field_passes_unchanged() -> None:
     "Content-Disposition: form-data; name*=utf-8''token",
     "Content-Disposition: form-data; name*=utf-16le''t%00o%00k%00e%00n%00",
     "Content-Disposition: form-data; name*=UTF-16''%FF%FEt%00o%00k%00e%00n%00",
+    "Content-Disposition: form-data; name*0*=utf-16le''t%00o%00; name*1*=k%00e%00n%00",   # continued
+    "Content-Disposition: form-data; name*0*=utf-8''to; name*1=\"ken\"",
 ])
 def test_a_part_named_like_the_credential_is_refused(head: str) -> None:
     assert (
