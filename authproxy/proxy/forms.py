@@ -135,9 +135,10 @@ def require_ascii_based(content_type: str) -> None:
     """Refused unless every `charset` of an urlencoded Content-Type is one the byte filter reads as
     the upstream will (none at all: UTF-8, as every parser defaults)."""
     for key, value in _PARAM.findall(content_type):
-        if str(key).lower() != "charset":
+        if not str(key).lower().startswith("charset"):
             continue
-        name = str(value).strip().strip('"')
+        # `charset*=utf-16''` or `charset*0=`: a spelling some parser may read; not ours to guess
+        name = str(value).strip().strip('"') if str(key).lower() == "charset" else "?"
         try:
             known = codecs.lookup(name).name
         except LookupError:

@@ -183,6 +183,7 @@ def test_encoded_part_names_that_are_not_the_credential_pass() -> None:
     'application/x-www-form-urlencoded; charset="utf-16be"',
     "application/x-www-form-urlencoded; charset=x-no-such-charset",
     "application/x-www-form-urlencoded; charset=utf-8; charset=utf-16",
+    "application/x-www-form-urlencoded; charset*=utf-16''",
 ])
 def test_an_urlencoded_form_in_a_charset_that_is_not_ascii_based_is_refused(value: str) -> None:
     with pytest.raises(Refused) as refused:
