@@ -83,7 +83,9 @@ async def _revoke(config: Config, admin: SessionAdmin, args: argparse.Namespace)
     if args.all:
         ids = [s.id for s in await admin.sessions()]
     elif args.user is not None:
-        ids = [s.id for s in await admin.sessions(args.user, tuple(s.name for s in config.sites))]
+        ended = await admin.revoke_user(args.user, tuple(s.name for s in config.sites))
+        print(f"revoked {ended} session(s); they are signed out on every worker and replica now")
+        return 0
     else:
         prefix = args.id.strip().lower()
         if len(prefix) < MIN_PREFIX or any(c not in "0123456789abcdef" for c in prefix):

@@ -5,9 +5,10 @@ reads is the session's marker (user, site, times, client, how it signed in), sea
 from SESSION_SECRET (manager.open_marker). A session is shown by `public_id`, the short hash of its store
 key that the audit lines carry: never the ticket, and nothing a ticket can be made from.
 
-Revoking deletes the session and its marker and then `revoke`s it through the store, exactly as sign-out
-does: when it returns, no worker or replica still serves a cached copy (SQLite: the shared generation;
-Redis: every listener confirmed).
+Revoking takes "sign out everywhere"'s steps (manager.destroy_everywhere): a tombstone (so a sign-in
+racing with it that would carry the session's credentials over ends too), the session and its marker
+deleted, then `revoke` through the store: when it returns, no worker or replica still serves a cached
+copy (SQLite: the shared generation; Redis: every listener confirmed).
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
-from authproxy.sessions.manager import CHANNEL, SessionManager, marker_key, open_marker, public_id
+from authproxy.sessions.manager import (
+    CHANNEL,
+    MAX_REVOKE_ROUNDS,
+    TOMBSTONE_TTL,
+    SessionManager,
+    marker_key,
+    open_marker,
+    public_id,
+    tombstone_key,
+)
 from authproxy.sessions.store import SessionStore
 
 UNKNOWN = "?"
@@ -81,12 +91,34 @@ class SessionAdmin:
 
     async def revoke(self, ids: list[str]) -> int:
         """End these sessions (public ids from `sessions`/`find`) everywhere; how many were alive."""
+        return await self._end([self._store_keys[pid] for pid in ids if pid in self._store_keys])
+
+    async def revoke_user(self, user: str, sites: tuple[str, ...]) -> int:
+        """End every session of `user` (as `sessions(user, sites)` lists them) and, as "sign out
+        everywhere" does, any that a sign-in racing with this indexed under their account meanwhile:
+        the indexes are read again after each round (a sign-in indexes before it writes, and checks for
+        the tombstone after)."""
+        indexes = [SessionManager._account_index(site, user) for site in sites]
+        batch = {self._store_keys[s.id] for s in await self.sessions(user, sites)}
+        done: set[str] = set()
         ended = 0
-        for pid in ids:
-            store_key = self._store_keys.get(pid)
-            if store_key is None:
-                continue
+        for _ in range(MAX_REVOKE_ROUNDS):
+            ended += await self._end(sorted(batch))
+            done |= batch
+            batch = set()
+            for index in indexes:
+                batch |= await self.store.index_members(index)
+            batch -= done
+            if not batch:
+                break
+        return ended
+
+    async def _end(self, store_keys: list[str]) -> int:
+        """Tombstone, delete and revoke (manager.destroy_everywhere's steps); how many were alive."""
+        ended = 0
+        for store_key in store_keys:
             info = await self._marker(store_key)
+            await self.store.set(tombstone_key(store_key), b"1", TOMBSTONE_TTL)
             ended += await self.store.delete(store_key)
             await self.store.delete(marker_key(store_key))
             if "user" in info and "site" in info:
