@@ -46,10 +46,10 @@ UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 SIGN_IN_OUTCOMES = frozenset({"success", "failure", "totp_required", "throttled", "upstream_blocked",
-                              "bad_request", "upstream_unavailable", "store_unavailable", "error"})
-# AuthError codes (login/passthrough.py, web/api.py) -> the sign-in outcome they are counted as.
+                              "revoked", "upstream_unavailable", "store_unavailable", "error"})
+# AuthError codes (login/passthrough.py, sessions/manager.py) -> the sign-in outcome they are counted as.
 _SIGN_IN_CODES = {"invalid_credentials": "failure", "too_many_attempts": "throttled",
-                  "unsupported_media_type": "bad_request"}
+                  "signed_out_everywhere": "revoked"}
 VERIFY_OUTCOMES = ("allow", "sign_in", "deny", "bad_request", "not_found", "error")
 PROXY_KINDS = frozenset({"caddy", "traefik", "nginx"})
 

@@ -121,14 +121,14 @@ async def sign_in(request: web.Request, site: Site, fields: LoginInput) -> tuple
     metrics = request.app.get(keys.METRICS)
     try:
         loaded, cookie = await request.app[keys.LOGIN].sign_in(site, fields, client_ip(request))
+        if previous is not None:
+            await request.app[keys.SESSIONS].adopt(loaded, previous)
     except AuthProxyError as exc:
         if metrics is not None:
             metrics.on_sign_in(site.name, exc.code)
         raise
     if metrics is not None:
         metrics.on_sign_in(site.name, "success")
-    if previous is not None:
-        await request.app[keys.SESSIONS].adopt(loaded, previous)
     request[keys.SESSION] = RequestSession(loaded)
     return loaded, cookie
 

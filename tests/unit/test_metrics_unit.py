@@ -31,6 +31,7 @@ def test_sign_in_outcomes_are_bounded() -> None:
     assert sign_in_outcome("too_many_attempts") == "throttled"
     assert sign_in_outcome("totp_required") == "totp_required"
     assert sign_in_outcome("store_unavailable") == "store_unavailable"
+    assert sign_in_outcome("signed_out_everywhere") == "revoked"
     for anything in ("upstream_protocol_error", "alice", "/etc/passwd", ""):
         assert sign_in_outcome(anything) in SIGN_IN_OUTCOMES and sign_in_outcome(anything) == "error"
 
