@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from authproxy.config import validate
+from authproxy.config import passwordless, validate
 from authproxy.config.schema import (
     AUTH_MODE_ALIASES,
     AUTH_MODES,
@@ -392,7 +392,8 @@ def load_config(env: Mapping[str, str] | None = None, config_file: Path | None =
     throttle = _throttle(r, ft)
     sites = _sites(r, file_data)
     config = Config(auth_mode=_auth_mode(r, file_data.get("auth_mode")),  # type: ignore[arg-type]
-                    server=server, session=session, throttle=throttle, sites=sites)
+                    server=server, session=session, throttle=throttle, sites=sites,
+                    otp=passwordless.read_otp(r), jwt=passwordless.read_jwt(r))
     problems = r.problems + validate.check(config)
     if problems:
         raise ConfigError(problems)

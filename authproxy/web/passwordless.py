@@ -1,0 +1,134 @@
+"""The endpoints of one-time codes and JWTs: request and verify a code, revoke a bearer token, the JWKS.
+
+    POST {prefix}/api/auth/otp/request   {"username"?}          -> {"message": "OTP sent..."}
+    POST {prefix}/api/auth/otp/verify    {"otp", "username"?}   -> {"token", "expires_at"} + cookie
+    GET  {prefix}/.well-known/jwks.json                          -> the public signing keys
+    POST /api/v1/auth/login, /api/v1/auth/verify                 -> the same two, with OTP_LEGACY_PATHS
+
+`setup` builds the parts (login/otp.py, login/tokens.py, login/webhook.py) on the application and
+starts the revocation listener once the store runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from authproxy import crosssite, keys
+from authproxy.errors import AuthError
+from authproxy.log import audit
+from authproxy.login.otp import ROLES, CodeRequest, DeliveryFailed, OneTimeCodes, parse_code, parse_username
+from authproxy.login.tokens import JwtTokens
+from authproxy.login.webhook import webhook_for
+from authproxy.web.api import _read_login, safe_redirect, see_other, set_session_cookie
+from authproxy.web.common import SECURITY_HEADERS, RequestSession, client_ip, current_session, json_error
+from authproxy.web.portal import resolve_site
+
+LEGACY_REQUEST = "/api/v1/auth/login"
+LEGACY_VERIFY = "/api/v1/auth/verify"
+
+
+def rfc3339(when: float) -> str:
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _refused(exc: AuthError) -> web.Response:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    return json_error(exc.status, exc.code, str(exc), headers=headers)
+
+
+async def _fields(request: web.Request, codes: OneTimeCodes | None
+                  ) -> tuple[OneTimeCodes, dict[str, Any], bool]:
+    """The code endpoints' common guards, then the body (optional: no body is `{}`)."""
+    if codes is None:
+        raise AuthError("One-time codes need AUTH_MODE=otp.", code="not_available", status=404)
+    if not request.secure:
+        raise AuthError("Sign-in needs HTTPS; open this page over https://.", code="https_required",
+                        status=400)
+    if not request.body_exists or request.content_length == 0:
+        return codes, {}, False
+    data, form_post = await _read_login(request, fields='"username"')
+    if form_post and crosssite.from_other_site(request):
+        raise AuthError("Cross-site sign-in refused.", code="cross_site", status=403)
+    return codes, data, form_post
+
+
+async def request_code(request: web.Request) -> web.StreamResponse:
+    try:
+        codes, data, _ = await _fields(request, request.app[keys.OTP])
+        message = await codes.request(CodeRequest(parse_username(data.get("username")), client_ip(request)))
+    except AuthError as exc:
+        return _refused(exc)
+    except DeliveryFailed:
+        return json_error(502, "otp_delivery_failed", "The code could not be delivered; try again later.")
+    return web.json_response({"message": message}, headers=SECURITY_HEADERS)
+
+
+async def verify_code(request: web.Request) -> web.StreamResponse:
+    tokens = request.app[keys.TOKENS]
+    try:
+        codes, data, form_post = await _fields(request, request.app[keys.OTP])
+        username = parse_username(data.get("username"))
+        code = parse_code(data.get("otp", data.get("code")))
+        address = client_ip(request)
+        identity = await codes.verify(username, code, address)
+    except AuthError as exc:
+        return _refused(exc)
+    assert tokens is not None  # AUTH_MODE=otp requires JWT keys (config/passwordless.py)
+    token, claims = tokens.mint(identity.username, ROLES, method="otp")
+    rd = data.get("rd") if isinstance(data.get("rd"), str) else None
+    site = resolve_site(request, data.get("site") if isinstance(data.get("site"), str) else None, rd)
+    site = site or request.app[keys.ROUTER].sites[0]
+    previous = await current_session(request)
+    manager = request.app[keys.SESSIONS]
+    loaded, cookie = await manager.create(user=identity.username, site=site.name, identity=identity,
+                                          credential=None, client_ip=address, auth_method="otp")
+    if previous is not None:
+        await manager.destroy(previous)
+    request[keys.SESSION] = RequestSession(loaded)
+    audit("login", outcome="success", user=identity.username, site=site.name, client_ip=address,
+          session=loaded.public_id, method="otp")
+    response: web.StreamResponse
+    if form_post:
+        response = see_other(safe_redirect(request, rd))
+    else:
+        response = web.json_response({"token": token, "expires_at": rfc3339(claims.exp)},
+                                     headers=SECURITY_HEADERS)
+    set_session_cookie(request, response, cookie)
+    return response
+
+
+async def jwks(request: web.Request) -> web.StreamResponse:
+    tokens = request.app[keys.TOKENS]
+    if tokens is None:
+        return json_error(404, "not_found", "No JWT signing keys are configured.")
+    return web.json_response(tokens.jwks(), headers={**SECURITY_HEADERS, "Cache-Control": "max-age=300"})
+
+
+def setup(app: web.Application, prefix: str) -> None:
+    config = app[keys.CONFIG]
+    store = app[keys.STORE]
+    app[keys.TOKENS] = (JwtTokens(config.jwt, store, cache_ttl=config.session.cache_ttl)
+                        if config.jwt.enabled else None)
+    webhook = webhook_for(config.otp, lambda: app[keys.HTTP])
+    app[keys.OTP] = None
+    if config.auth_mode == "otp" and webhook is not None:
+        app[keys.OTP] = OneTimeCodes(store, app[keys.REGULATOR],
+                                     app[keys.SESSIONS].keyring.derive("authproxy-otp"), config.otp, webhook)
+    app.router.add_post(f"{prefix}/api/auth/otp/request", request_code)
+    app.router.add_post(f"{prefix}/api/auth/otp/verify", verify_code)
+    app.router.add_get(f"{prefix}/.well-known/jwks.json", jwks)
+    if config.otp.legacy_paths:
+        app.router.add_post(LEGACY_REQUEST, request_code)
+        app.router.add_post(LEGACY_VERIFY, verify_code)
+
+    async def listen(app: web.Application) -> AsyncIterator[None]:
+        tokens = app[keys.TOKENS]
+        if tokens is not None:
+            tokens.start()   # the store has started (this context runs after app._lifecycle)
+        yield
+
+    app.cleanup_ctx.append(listen)
