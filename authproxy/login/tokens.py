@@ -185,7 +185,9 @@ class JwtTokens:
         """Refused on every replica until it expires, when this returns."""
         ttl = max(1.0, claims.exp - self.clock() + CLOCK_SKEW)
         await self.store.set(revocation_key(claims.jti), b"1", ttl)
-        await self.store.revoke(CHANNEL, f"{claims.jti} {claims.exp}")
+        message = f"{claims.jti} {claims.exp}"
+        await self.store.revoke(CHANNEL, message)
+        self._on_revoked(message)   # here too, whether or not this process listens
 
     def jwks(self) -> dict[str, Any]:
         """The public keys (RS256/EdDSA) as a JWK Set, for services that verify tokens themselves;

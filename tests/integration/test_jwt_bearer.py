@@ -1,0 +1,204 @@
+"""`Authorization: Bearer <JWT>` through the reverse proxy and every forward-auth endpoint: the exact
+error messages, the upstream never sees the JWT, and a bearer sign-out revokes the token on every
+process sharing one Redis (two real `authproxy run` processes)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+
+from authproxy.config.passwordless import kid_for
+from tests.fakes.technitium import FakeTechnitium
+from tests.fakes.webhook import WebhookReceiver
+from tests.integration.test_cli import ROOT, _wait_healthy, base_env
+from tests.integration.test_forward_auth import proxy_headers
+from tests.integration.test_otp import JWT_SECRET, REQUEST, VERIFY, otp_env, post
+from tests.support.gateway import Gateway, GatewayClient, MakeGateway
+from tests.support.procs import ManagedProcess, free_port
+
+MISSING = {"error": "missing_authorization", "message": "Missing authorization header"}
+BAD_HEADER = {"error": "invalid_authorization", "message": "Invalid authorization header"}
+BAD_TOKEN = {"error": "invalid_token", "message": "Invalid or expired token"}
+LOGOUT = "/_authproxy/api/auth/logout"
+API = "/api/zones/list"
+
+
+@pytest.fixture
+async def gw(
+    make_gateway: MakeGateway, technitium: FakeTechnitium, webhook_receiver: WebhookReceiver
+) -> Gateway:
+    return await make_gateway(otp_env(technitium, webhook_receiver.discord_url, FORWARD_AUTH_PORT="0"))
+
+
+async def sign_in(c: GatewayClient, webhook: WebhookReceiver) -> str:
+    assert (await post(c, REQUEST))[0] == 200
+    status, body = await post(c, VERIFY, {"otp": webhook.code()})
+    assert status == 200, body
+    c.cookie = None  # a script: the bearer only
+    return str(body["token"])
+
+
+def forged(**claims: Any) -> str:
+    now = int(time.time())
+    payload = {
+        "sub": "admin",
+        "iat": now,
+        "exp": now + 600,
+        "jti": "forged",
+        "iss": "authproxy",
+        "aud": "authproxy",
+        "roles": ["admin"],
+        **claims,
+    }
+    return jwt.encode(
+        payload, JWT_SECRET, algorithm="HS256", headers={"kid": kid_for(JWT_SECRET.encode(), "hs")}
+    )
+
+
+async def answer(resp: aiohttp.ClientResponse) -> tuple[int, Any]:
+    return resp.status, await resp.json()
+
+
+async def test_bearer_through_the_proxy_and_the_exact_errors(
+    gw: Gateway,
+    client_for: Callable[[Gateway], GatewayClient],
+    webhook_receiver: WebhookReceiver,
+    technitium: FakeTechnitium,
+) -> None:
+    c = client_for(gw)
+    token = await sign_in(c, webhook_receiver)
+    ok = await c.request("GET", API, headers={"Authorization": f"Bearer {token}"})
+    assert ok.status == 200 and (await ok.json())["status"] == "ok"
+    upstream = technitium.requests_to(API)[-1]
+    assert token not in str(dict(upstream.headers)) and token not in upstream.raw_query
+    assert (
+        forged().count(".") == 2
+        and (await answer(await c.request("GET", API, headers={"Authorization": f"Bearer {forged()}"})))[0]
+        == 200
+    )  # same key: a real token
+
+    assert await answer(await c.request("GET", API)) == (401, MISSING)
+    for bad in (
+        "Bearer",
+        f"Bearer  {token}",
+        f"bearer {token}",
+        f"Token {token}",
+        "Basic YWRtaW46YWRtaW4=",
+        f"Bearer {token} extra",
+        f"Bearer\t{token}",
+        f"{token}",
+    ):
+        assert await answer(await c.request("GET", API, headers={"Authorization": bad})) == (
+            401,
+            BAD_HEADER,
+        ), bad
+    for tampered in (
+        token[:-2] + ("AA" if not token.endswith("AA") else "BB"),
+        forged(aud="other"),
+        forged(exp=int(time.time()) - 5),
+        forged(iss="someone"),
+        jwt.encode({"sub": "admin"}, JWT_SECRET, algorithm="HS256"),
+    ):
+        resp = await c.request("GET", API, headers={"Authorization": f"Bearer {tampered}"})
+        assert await answer(resp) == (401, BAD_TOKEN)
+    # A browser without a session still goes to the login page.
+    resp = await c.request("GET", "/", headers={"Accept": "text/html"})
+    assert resp.status == 302 and "/_authproxy/login" in resp.headers["Location"]
+
+
+@pytest.mark.parametrize("kind", ["caddy", "nginx", "traefik"])
+async def test_every_forward_auth_endpoint_takes_the_bearer(
+    kind: str,
+    gw: Gateway,
+    client_for: Callable[[Gateway], GatewayClient],
+    webhook_receiver: WebhookReceiver,
+    http_client: aiohttp.ClientSession,
+) -> None:
+    token = await sign_in(client_for(gw), webhook_receiver)
+    target = proxy_headers(kind, "https://dns.example.com/api/zones/list")
+    for path in ("/_authproxy/verify", f"/_authproxy/verify/{kind}"):
+        url = gw.forward_auth_url + path
+        async with http_client.get(url, headers=[*target, ("Authorization", f"Bearer {token}")]) as resp:
+            assert resp.status == 200, await resp.text()
+            assert resp.headers["Remote-User"] == "admin" and resp.headers["Remote-Groups"] == "admin"
+            assert token not in str(dict(resp.headers))
+            assert (
+                resp.headers.get("Authorization", "").startswith("Bearer ")
+                or "X-Authproxy-Token" in resp.headers
+            )
+        async with http_client.get(url, headers=target) as resp:
+            assert (resp.status, (await resp.json())["message"]) == (401, MISSING["message"])
+        async with http_client.get(url, headers=[*target, ("Authorization", f"Bearer  {token}")]) as resp:
+            assert await answer(resp) == (401, BAD_HEADER)
+        async with http_client.get(
+            url, headers=[*target, ("Authorization", f"Bearer {forged(aud='x')}")]
+        ) as resp:
+            assert await answer(resp) == (401, BAD_TOKEN)
+
+
+async def test_logout_with_the_bearer_revokes_that_token_only(
+    gw: Gateway, client_for: Callable[[Gateway], GatewayClient], webhook_receiver: WebhookReceiver
+) -> None:
+    c = client_for(gw)
+    first, second = await sign_in(c, webhook_receiver), await sign_in(c, webhook_receiver)
+    resp = await c.request("POST", LOGOUT, headers={"Authorization": f"Bearer {first}"})
+    assert await answer(resp) == (200, {"authenticated": False, "loggedOut": True, "revoked": True})
+    for path in (API, LOGOUT):
+        method = "POST" if path == LOGOUT else "GET"
+        resp = await c.request(method, path, headers={"Authorization": f"Bearer {first}"})
+        assert await answer(resp) == (401, BAD_TOKEN)
+    assert (await c.request("GET", API, headers={"Authorization": f"Bearer {second}"})).status == 200
+
+
+async def test_revocation_across_two_processes_on_one_redis(
+    tmp_path: Path,
+    technitium: FakeTechnitium,
+    webhook_receiver: WebhookReceiver,
+    redis_url: str,
+    process_factory: Callable[..., ManagedProcess],
+) -> None:
+    env = otp_env(technitium, webhook_receiver.discord_url, REDIS_URL=redis_url)
+    bases = []
+    procs = []
+    for name in ("one", "two"):
+        port = free_port()
+        procs.append(
+            process_factory(
+                [sys.executable, "-m", "authproxy", "run"],
+                env=base_env(
+                    **env, PORT=str(port), HOST="127.0.0.1", AUTHPROXY_DATA_DIR=str(tmp_path / name)
+                ),
+                inherit_env=False,
+                cwd=ROOT,
+                name=f"authproxy-{name}",
+            )
+        )
+        bases.append(f"http://127.0.0.1:{port}")
+    https = {"X-Forwarded-Proto": "https"}
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        for base, proc in zip(bases, procs, strict=True):
+            await _wait_healthy(http, base + "/_authproxy/healthz", proc)
+        async with http.post(bases[0] + REQUEST, headers=https) as resp:
+            assert resp.status == 200, await resp.text()
+        async with http.post(bases[0] + VERIFY, headers=https, json={"otp": webhook_receiver.code()}) as resp:
+            token = (await resp.json())["token"]
+        bearer = {**https, "Authorization": f"Bearer {token}"}
+        for _ in range(3):  # both processes have it verified (and cached)
+            for base in bases:
+                async with http.get(base + API, headers=bearer) as resp:
+                    assert resp.status == 200
+        async with http.post(bases[0] + LOGOUT, headers=bearer) as resp:
+            assert (await resp.json())["revoked"] is True
+        async with http.get(bases[1] + API, headers=bearer) as resp:  # at once, the other process
+            assert await answer(resp) == (401, BAD_TOKEN)
+        async with http.get(bases[0] + API, headers=bearer) as resp:
+            assert await answer(resp) == (401, BAD_TOKEN)
+    for proc in procs:
+        assert token not in proc.log_tail(200_000)
