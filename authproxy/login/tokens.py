@@ -15,10 +15,12 @@ check costs about what a cached cookie check costs and a logout is in effect eve
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import jwt
@@ -50,8 +52,28 @@ class TokenClaims:
     method: str = ""        # how its holder proved who they are (otp, passthrough, local)
 
 
+def rfc3339(when: float) -> str:
+    """`expires_at` as the JSON answers write it: RFC 3339, UTC, whole seconds."""
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _hashed(jti: str) -> str:
+    return b64e(hashlib.sha256(jti.encode("utf-8", "surrogatepass")).digest()[:18])
+
+
 def revocation_key(jti: str) -> str:
-    return "jwt:rev:" + b64e(hashlib.sha256(jti.encode("utf-8", "surrogatepass")).digest()[:18])
+    return "jwt:rev:" + _hashed(jti)
+
+
+def _meta_key(jti: str) -> str:
+    return "jwt:meta:" + _hashed(jti)
+
+
+def _owner_index(sub: str) -> str:
+    return "jwt:owner:" + _hashed(sub)
+
+
+ALL_INDEX = "jwt:all"
 
 
 def _verifying_key(key: JwtKey) -> Any:
@@ -188,6 +210,43 @@ class JwtTokens:
         message = f"{claims.jti} {claims.exp}"
         await self.store.revoke(CHANNEL, message)
         self._on_revoked(message)   # here too, whether or not this process listens
+        await self.forget(claims)
+
+    # ---- the list of minted tokens (so their holders and admins can see and revoke them) -----------
+
+    async def record(self, claims: TokenClaims) -> None:
+        """Remember a minted token's public facts (never the token) until it expires."""
+        ttl = max(1.0, claims.exp - self.clock())
+        facts = {"jti": claims.jti, "sub": claims.sub, "name": claims.name, "roles": list(claims.roles),
+                 "iat": claims.iat, "exp": claims.exp, "method": claims.method}
+        await self.store.set(_meta_key(claims.jti), json.dumps(facts).encode(), ttl)
+        await self.store.index_add(_owner_index(claims.sub), claims.jti, ttl)
+        await self.store.index_add(ALL_INDEX, claims.jti, ttl)
+
+    async def find(self, jti: str) -> TokenClaims | None:
+        raw = await self.store.get(_meta_key(jti))
+        if raw is None:
+            return None
+        facts = json.loads(raw)
+        return TokenClaims(sub=facts["sub"], jti=facts["jti"], exp=facts["exp"], iat=facts["iat"],
+                           roles=tuple(facts["roles"]), name=facts["name"], method=facts["method"])
+
+    async def listed(self, sub: str | None) -> list[TokenClaims]:
+        """The live tokens minted for `sub` (None: everyone's), newest first."""
+        index = ALL_INDEX if sub is None else _owner_index(sub)
+        found = []
+        for jti in await self.store.index_members(index):
+            claims = await self.find(jti)
+            if claims is None or claims.exp <= self.clock():
+                await self.store.index_remove(index, jti)
+                continue
+            found.append(claims)
+        return sorted(found, key=lambda c: c.iat, reverse=True)
+
+    async def forget(self, claims: TokenClaims) -> None:
+        await self.store.delete(_meta_key(claims.jti))
+        await self.store.index_remove(_owner_index(claims.sub), claims.jti)
+        await self.store.index_remove(ALL_INDEX, claims.jti)
 
     def jwks(self) -> dict[str, Any]:
         """The public keys (RS256/EdDSA) as a JWK Set, for services that verify tokens themselves;

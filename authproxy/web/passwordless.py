@@ -12,7 +12,6 @@ starts the revocation listener once the store runs.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -20,19 +19,26 @@ from aiohttp import web
 from authproxy import crosssite, keys
 from authproxy.errors import AuthError
 from authproxy.log import audit
-from authproxy.login.otp import ROLES, CodeRequest, DeliveryFailed, OneTimeCodes, parse_code, parse_username
-from authproxy.login.tokens import JwtTokens
+from authproxy.login.otp import (
+    DEFAULT_USER,
+    ROLES,
+    CodeRequest,
+    DeliveryFailed,
+    OneTimeCodes,
+    parse_code,
+    parse_username,
+)
+from authproxy.login.tokens import JwtTokens, rfc3339
 from authproxy.login.webhook import webhook_for
+from authproxy.web import tokens_api
 from authproxy.web.api import _read_login, safe_redirect, see_other, set_session_cookie
 from authproxy.web.common import SECURITY_HEADERS, RequestSession, client_ip, current_session, json_error
+from authproxy.web.otp_page import render_otp_login
 from authproxy.web.portal import resolve_site
 
 LEGACY_REQUEST = "/api/v1/auth/login"
 LEGACY_VERIFY = "/api/v1/auth/verify"
-
-
-def rfc3339(when: float) -> str:
-    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+DELIVERY_FAILED = "The code could not be delivered; try again later."
 
 
 def _refused(exc: AuthError) -> web.Response:
@@ -56,19 +62,40 @@ async def _fields(request: web.Request, codes: OneTimeCodes | None
     return codes, data, form_post
 
 
+def _form_answer(request: web.Request, data: dict[str, Any], *, status: int = 200, error: str = "",
+                 notice: str = "", sent: bool = False, headers: dict[str, str] | None = None) -> web.Response:
+    """The sign-in page again, for a plain form post (no script)."""
+    rd = data.get("rd") if isinstance(data.get("rd"), str) else None
+    given = data.get("username")
+    username = given if isinstance(given, str) and given.isprintable() else DEFAULT_USER
+    return render_otp_login(request, status=status, error=error, notice=notice, rd=rd, username=username,
+                            sent=sent, headers=headers)
+
+
 async def request_code(request: web.Request) -> web.StreamResponse:
+    data: dict[str, Any] = {}
+    form_post = False
     try:
-        codes, data, _ = await _fields(request, request.app[keys.OTP])
+        codes, data, form_post = await _fields(request, request.app[keys.OTP])
         message = await codes.request(CodeRequest(parse_username(data.get("username")), client_ip(request)))
     except AuthError as exc:
+        if form_post:
+            retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+            return _form_answer(request, data, status=exc.status, error=str(exc), headers=retry)
         return _refused(exc)
     except DeliveryFailed:
-        return json_error(502, "otp_delivery_failed", "The code could not be delivered; try again later.")
+        if form_post:
+            return _form_answer(request, data, status=502, error=DELIVERY_FAILED)
+        return json_error(502, "otp_delivery_failed", DELIVERY_FAILED)
+    if form_post:
+        return _form_answer(request, data, notice=f"{message}. Enter the code below.", sent=True)
     return web.json_response({"message": message}, headers=SECURITY_HEADERS)
 
 
 async def verify_code(request: web.Request) -> web.StreamResponse:
     tokens = request.app[keys.TOKENS]
+    data: dict[str, Any] = {}
+    form_post = False
     try:
         codes, data, form_post = await _fields(request, request.app[keys.OTP])
         username = parse_username(data.get("username"))
@@ -76,9 +103,13 @@ async def verify_code(request: web.Request) -> web.StreamResponse:
         address = client_ip(request)
         identity = await codes.verify(username, code, address)
     except AuthError as exc:
+        if form_post:
+            retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+            return _form_answer(request, data, status=exc.status, error=str(exc), sent=True, headers=retry)
         return _refused(exc)
     assert tokens is not None  # AUTH_MODE=otp requires JWT keys (config/passwordless.py)
     token, claims = tokens.mint(identity.username, ROLES, method="otp")
+    await tokens.record(claims)   # listed and revocable (web/tokens_api.py)
     rd = data.get("rd") if isinstance(data.get("rd"), str) else None
     site = resolve_site(request, data.get("site") if isinstance(data.get("site"), str) else None, rd)
     site = site or request.app[keys.ROUTER].sites[0]
@@ -121,6 +152,7 @@ def setup(app: web.Application, prefix: str) -> None:
     app.router.add_post(f"{prefix}/api/auth/otp/request", request_code)
     app.router.add_post(f"{prefix}/api/auth/otp/verify", verify_code)
     app.router.add_get(f"{prefix}/.well-known/jwks.json", jwks)
+    tokens_api.setup(app, prefix)
     if config.otp.legacy_paths:
         app.router.add_post(LEGACY_REQUEST, request_code)
         app.router.add_post(LEGACY_VERIFY, verify_code)
