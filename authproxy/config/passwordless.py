@@ -58,6 +58,7 @@ def read_otp(r: Reader) -> OtpConfig:
                                         maximum=120)),
         users=tuple(u.lower() for u in _split(users[1])) if users else _OTP.users,
         max_attempts=r.integer("OTP_MAX_ATTEMPTS", _OTP.max_attempts, minimum=1, maximum=20),
+        max_requests=r.integer("OTP_MAX_REQUESTS", _OTP.max_requests, minimum=1, maximum=1000),
         legacy_paths=r.boolean("OTP_LEGACY_PATHS", _OTP.legacy_paths),
         notify=r.boolean("OTP_NOTIFY", _OTP.notify),
     )

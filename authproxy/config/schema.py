@@ -186,6 +186,7 @@ class OtpConfig:
     webhook_timeout: float = 10.0
     users: tuple[str, ...] = ("admin",)    # OTP_USERS: who may ask for a code (lower case)
     max_attempts: int = 5                  # OTP_MAX_ATTEMPTS: wrong guesses one code survives
+    max_requests: int = 5                  # OTP_MAX_REQUESTS: codes per user and per address a window
     legacy_paths: bool = False             # OTP_LEGACY_PATHS: /api/v1/auth/login and /verify
     notify: bool = True                    # OTP_NOTIFY: system notices over the same webhook
 

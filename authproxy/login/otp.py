@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from authproxy.config.schema import OtpConfig
 from authproxy.crypto import b64d, b64e
 from authproxy.errors import AuthError, StoreError
 from authproxy.log import audit, log
-from authproxy.login.regulation import Regulator
+from authproxy.login.regulation import Regulator, client_network
 from authproxy.login.webhook import DeliveryError, Webhook
 from authproxy.sessions.model import Identity
 from authproxy.sessions.store import SessionStore
@@ -93,12 +94,11 @@ class OneTimeCodes:
     async def request(self, req: CodeRequest) -> str:
         """Make and send a code for a known user (unknown: nothing is sent, the same answer); the
         answer's message. AuthError 429 when over the budget; DeliveryFailed when the webhook failed."""
-        attempt = await self.regulator.begin("otp-request", req.username, req.client_ip)
-        if attempt.retry_after is not None:
+        retry_after = await self._over_request_budget(req)
+        if retry_after is not None:
             audit("otp_request", outcome="throttled", user=req.username, client_ip=req.client_ip)
             raise AuthError("Too many code requests. Try again later.", code="too_many_attempts", status=429,
-                            retry_after=attempt.retry_after)
-        attempt.failed()   # every request counts: each one may post to the channel
+                            retry_after=retry_after)
         if not self.known(req.username):
             audit("otp_request", outcome="unknown_user", user=req.username, client_ip=req.client_ip)
             return self.webhook.sent
@@ -126,6 +126,19 @@ class OneTimeCodes:
         audit("otp_request", outcome="sent", user=req.username, client_ip=req.client_ip,
               webhook=self.webhook.kind)
         return self.webhook.sent
+
+    async def _over_request_budget(self, req: CodeRequest) -> int | None:
+        """Every request counts (each one may post to the channel), per user and per address, apart from
+        the sign-in failures (asking for codes must not lock anyone out of using one). Seconds to wait
+        when either budget is spent, else None."""
+        window = self.regulator.config.window
+        worst = None
+        for kind, value in (("u", req.username), ("ip", client_network(req.client_ip))):
+            key = f"otp:req:{kind}:" + b64e(hashlib.sha256(value.encode()).digest()[:18])
+            if await self.store.incr(key, window) > self.config.max_requests:
+                left = await self.store.ttl(key)
+                worst = max(worst or 1, math.ceil(left if left is not None else window))
+        return worst
 
     async def _withdraw(self, key: str, nonce: str) -> None:
         """No usable code is left behind: spend its nonce, then drop it unless a newer one replaced it."""

@@ -18,7 +18,8 @@ from aiohttp import web
 
 from authproxy import crosssite, keys
 from authproxy.errors import AuthError
-from authproxy.log import audit
+from authproxy.log import audit, audit_log
+from authproxy.login.notices import Notices
 from authproxy.login.otp import (
     DEFAULT_USER,
     ROLES,
@@ -157,10 +158,27 @@ def setup(app: web.Application, prefix: str) -> None:
         app.router.add_post(LEGACY_REQUEST, request_code)
         app.router.add_post(LEGACY_VERIFY, verify_code)
 
+    # System notices over the same webhook, read off the audit log (login/notices.py): listening from
+    # before the start-up checks (first context), sending once the store runs (`listen`).
+    notices = Notices(webhook, store) if webhook is not None and config.otp.notify else None
+
+    async def hear(app: web.Application) -> AsyncIterator[None]:
+        if notices is not None:
+            audit_log.addHandler(notices)
+        yield
+        if notices is not None:
+            audit_log.removeHandler(notices)
+
     async def listen(app: web.Application) -> AsyncIterator[None]:
         tokens = app[keys.TOKENS]
         if tokens is not None:
             tokens.start()   # the store has started (this context runs after app._lifecycle)
+        if notices is not None:
+            notices.ready.set()
         yield
+        if notices is not None:
+            await notices.drain()
+
+    app.cleanup_ctx.insert(0, hear)
 
     app.cleanup_ctx.append(listen)

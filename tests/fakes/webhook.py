@@ -63,12 +63,19 @@ class WebhookReceiver(LoopbackServer):
         return [p for p in self.posts if 200 <= p.answered < 300]
 
     def code(self) -> str:
-        """The code in the last delivered message (Discord's `content`, or anywhere in a generic body)."""
-        posts = self.delivered()
-        assert posts, "no message was delivered"
-        found = re.findall(r"\b\d{6}\b", json.dumps(posts[-1].body))
-        assert found, f"no code in {posts[-1].body!r}"
-        return str(found[0])
+        """The code in the last delivered message that holds one (Discord's `content`, or anywhere in a
+        generic body); system notices, which hold none, are passed over."""
+        for post in reversed(self.delivered()):
+            found = re.findall(r"\b\d{6}\b", json.dumps(post.body))
+            if found:
+                return str(found[0])
+        raise AssertionError(f"no code was delivered: {[p.body for p in self.posts]!r}")
+
+    def notices(self) -> list[str]:
+        """The texts of the system notices delivered (messages that start with `authproxy: `)."""
+        texts = [str(p.body.get("content") or p.body.get("text") or p.body.get("message") or "")
+                 for p in self.delivered()]
+        return [t for t in texts if t.startswith("authproxy: ")]
 
     async def _post(self, request: web.Request) -> web.StreamResponse:
         body = json.loads(await request.read())

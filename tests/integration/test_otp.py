@@ -268,3 +268,18 @@ def test_configuration_problems_name_the_variable(technitium_url: str = "http://
 async def test_sign_in_needs_https_and_otp_mode(otp_gw: Gateway, http_client: aiohttp.ClientSession) -> None:
     resp = await http_client.post(otp_gw.url + REQUEST)   # no X-Forwarded-Proto: plain HTTP
     assert resp.status == 400 and (await resp.json())["error"] == "https_required"
+
+
+async def test_code_requests_have_their_own_budget(
+        make_gateway: MakeGateway, technitium: FakeTechnitium, webhook_receiver: WebhookReceiver,
+        client_for: Callable[[Gateway], GatewayClient]) -> None:
+    c = client_for(await make_gateway(otp_env(technitium, webhook_receiver.discord_url, OTP_MAX_REQUESTS="2",
+                                              LOGIN_MAX_FAILURES="1", OTP_NOTIFY="false")))
+    for _ in range(2):
+        assert (await post(c, REQUEST))[0] == 200
+    for body in ({}, {"username": "mallory"}):   # the address's budget is spent, whoever is named
+        resp = await c.request("POST", REQUEST, json=body)
+        assert resp.status == 429 and 0 < int(resp.headers["Retry-After"]) <= 900
+    assert len(webhook_receiver.posts) == 2
+    # Asking for codes spent none of the sign-in budget: the code still works.
+    assert (await post(c, VERIFY, {"otp": webhook_receiver.code()}))[0] == 200
