@@ -75,24 +75,30 @@ class HybridCredential(OwnCredential):
 
 @dataclass(frozen=True, slots=True)
 class SignedInService(CredentialPolicy):
-    """The service credential for whoever proved who they are to authproxy; none for anyone else."""
+    """The service credential for whoever proved who they are to authproxy here (the session's marker
+    for the site: a one-time code's sign-in, which carries no secret); none for anyone else."""
 
     service: Credential | None
 
     def credential(self, session: Session | None, site: str) -> Credential | None:
-        return self.service if session is not None else None
+        marker = session.credentials.get(site) if session is not None else None
+        return self.service if marker is not None and marker.kind == OTP_KIND else None
 
     def for_token(self, roles: Sequence[str]) -> Credential | None:
         return self.service
 
 
 OWN = OwnCredential()
+# The kind of the marker credential a one-time code's sign-in leaves for each site it opens (no secret;
+# login/otp.py makes it): the site's own "credential" is then the service credential.
+OTP_KIND = "otp"
 
 
-def policy_for(auth_mode: str, service: Credential | None) -> CredentialPolicy:
-    """The policy AUTH_MODE implies for a site (`service`: its service credential, if configured)."""
+def policy_for(auth_mode: str, service: Credential | None, *, otp: bool = False) -> CredentialPolicy:
+    """The policy AUTH_MODE implies for a site (`service`: its service credential, if configured;
+    `otp`: the site signs in with one-time codes, `auth = "otp"`)."""
     if auth_mode == "none":
         return ServiceCredential(service)
-    if auth_mode == "otp":
+    if auth_mode == "otp" or otp:
         return SignedInService(service)
     return HybridCredential(service) if auth_mode == "hybrid" else OWN

@@ -103,6 +103,7 @@ FILE_KEYS: dict[str, set[str]] = {
         "allowed_users",
         "allowed_groups",
         "allow_methods",
+        "auth",
     },
 }
 
@@ -302,7 +303,7 @@ def _site_from_table(t: dict[str, Any], index: int, problems: list[str],
         allowed_groups=tuple(_list(t.get("allowed_groups", ()))),
         allow_methods=tuple(m.upper() for m in _list(t.get("allow_methods", ()))),
         timeout=timeout or defaults.timeout, connect_timeout=connect_timeout or defaults.connect_timeout,
-        idle_timeout=idle_timeout or defaults.idle_timeout)
+        idle_timeout=idle_timeout or defaults.idle_timeout, auth=str(t.get("auth", "")).lower())
 
 
 def _site_timeouts(r: _Reader) -> SiteConfig:

@@ -27,6 +27,7 @@ _PLACEHOLDERS = re.compile(
 )
 TEMPLATE_FIELDS = ("code", "minutes", "time", "username", "message", "client_ip")
 DEFAULT_TEMPLATE = '{"text": "{{message}}"}'
+SITE_AUTH = ("", "otp")   # a [[sites]] table's `auth`: "" follows AUTH_MODE
 
 
 class Reader(Protocol):
@@ -208,10 +209,23 @@ def _webhook_problems(otp: OtpConfig) -> list[str]:
     return p
 
 
+def _site_auth(config: Config) -> list[str]:
+    p: list[str] = []
+    for site in config.sites:
+        if site.auth not in SITE_AUTH:
+            p.append(f"sites[{site.name!r}].auth: must be one of {', '.join(repr(a) for a in SITE_AUTH)}, "
+                     f"but it is {site.auth!r}")
+        elif site.auth == "otp" and config.auth_mode not in ("session", "hybrid", "otp"):
+            p.append(f"sites[{site.name!r}].auth = \"otp\": people sign in there, which AUTH_MODE="
+                     f"{config.auth_mode} does not do; set auth_mode to session, hybrid or otp")
+    return p
+
+
 def check(config: Config) -> list[str]:
-    """AUTH_MODE=otp needs a webhook, signing keys and a service credential per site."""
-    p = _webhook_problems(config.otp)
-    if config.auth_mode != "otp":
+    """One-time codes (AUTH_MODE=otp, or `auth = "otp"` at a site) need a webhook, signing keys and a
+    service credential at each such site."""
+    p = _webhook_problems(config.otp) + _site_auth(config)
+    if not config.otp_codes:
         if config.otp.legacy_paths:
             p.append("OTP_LEGACY_PATHS: the aliases sign in with one-time codes; set AUTH_MODE=otp too")
         return p
@@ -223,7 +237,7 @@ def check(config: Config) -> list[str]:
     elif config.jwt.keys[0].alg == "HS256" and config.jwt.keys[0].secret is None:
         p.append("JWT_SECRET: the signing key has no secret")
     for site in config.sites:
-        if site.service_token is None:
+        if config.otp_site(site) and site.service_token is None:
             p.append(f"UPSTREAM_SERVICE_TOKEN (site {site.name!r}): AUTH_MODE=otp sends the upstream the "
                      "site's service credential; set UPSTREAM_SERVICE_TOKEN (or service_token in the site)")
     return p

@@ -67,6 +67,7 @@ class SiteConfig:
     timeout: float = 30.0                # seconds until the answer's headers (authproxy's own calls: whole)
     connect_timeout: float = 5.0
     idle_timeout: float = 300.0  # seconds of silence allowed between body chunks of a forwarded answer
+    auth: str = ""                       # "otp": one-time codes sign in here ("": as AUTH_MODE says)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,3 +209,11 @@ class Config:
     @property
     def session_mode(self) -> bool:
         return self.auth_mode in SESSION_MODES
+
+    def otp_site(self, site: SiteConfig) -> bool:
+        """Whether one-time codes sign people in at `site` (AUTH_MODE=otp, or `auth = "otp"` there)."""
+        return self.auth_mode == "otp" or site.auth == "otp"
+
+    @property
+    def otp_codes(self) -> bool:
+        return any(self.otp_site(site) for site in self.sites)

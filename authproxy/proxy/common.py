@@ -8,6 +8,7 @@ from aiohttp import web
 from authproxy import keys
 from authproxy.log import log
 from authproxy.login.service import API_KEY_HEADER
+from authproxy.policy import OTP_KIND
 from authproxy.proxy.headers import upstream_request_headers
 from authproxy.routing import Site
 from authproxy.sessions.manager import LoadedSession
@@ -60,7 +61,8 @@ async def credential_died(
     request: web.Request, site: Site, loaded: LoadedSession | None
 ) -> web.StreamResponse:
     """The upstream says the token is dead: end it here too, then ask the person to sign in again."""
-    if loaded is not None and site.name in loaded.session.credentials:   # (otp: the service's, below)
+    own = loaded.session.credentials.get(site.name) if loaded is not None else None
+    if loaded is not None and own is not None and own.kind != OTP_KIND:   # (otp: the service's, below)
         await request.app[keys.SESSIONS].drop_credential(loaded, site.name, client_ip=client_ip(request))
         return signed_out(request, site, expired=True)
     log.error("the service credential was refused by the upstream", extra={"fields": {"site": site.name}})

@@ -104,16 +104,11 @@ class Session:
         )
 
 
-# Sign-in methods that prove who a person is to authproxy, not to one site's upstream.
-SITE_WIDE_METHODS = frozenset({"otp"})
-
-
 def site_identity(session: Session, site_name: str) -> Identity | None:
     """The account behind the session's credential for `site_name` (None when there is no credential)."""
     cred = session.credentials.get(site_name)
     if cred is None:
-        # A session proven to authproxy itself (a one-time code) is the same person at every site.
-        return session.identity if session.auth_method in SITE_WIDE_METHODS else None
+        return None
     owner = cred.extra.get(OWNER)
     if isinstance(owner, dict) and isinstance(owner.get("username"), str) and owner["username"]:
         groups = owner.get("groups")

@@ -31,6 +31,9 @@ from authproxy.login.otp import (
 )
 from authproxy.login.tokens import JwtTokens, rfc3339
 from authproxy.login.webhook import webhook_for
+from authproxy.policy import OTP_KIND
+from authproxy.sessions.manager import LoadedSession
+from authproxy.sessions.model import Credential, Identity
 from authproxy.web import tokens_api
 from authproxy.web.api import _read_login, safe_redirect, see_other, set_session_cookie
 from authproxy.web.common import SECURITY_HEADERS, RequestSession, client_ip, current_session, json_error
@@ -112,16 +115,8 @@ async def verify_code(request: web.Request) -> web.StreamResponse:
     token, claims = tokens.mint(identity.username, ROLES, method="otp")
     await tokens.record(claims)   # listed and revocable (web/tokens_api.py)
     rd = data.get("rd") if isinstance(data.get("rd"), str) else None
-    site = resolve_site(request, data.get("site") if isinstance(data.get("site"), str) else None, rd)
-    site = site or request.app[keys.ROUTER].sites[0]
-    previous = await current_session(request)
-    manager = request.app[keys.SESSIONS]
-    loaded, cookie = await manager.create(user=identity.username, site=site.name, identity=identity,
-                                          credential=None, client_ip=address, auth_method="otp")
-    if previous is not None:
-        await manager.destroy(previous)
-    request[keys.SESSION] = RequestSession(loaded)
-    audit("login", outcome="success", user=identity.username, site=site.name, client_ip=address,
+    loaded, cookie = await _open_session(request, identity, address, data, rd)
+    audit("login", outcome="success", user=identity.username, site=loaded.session.site, client_ip=address,
           session=loaded.public_id, method="otp")
     response: web.StreamResponse
     if form_post:
@@ -131,6 +126,35 @@ async def verify_code(request: web.Request) -> web.StreamResponse:
                                      headers=SECURITY_HEADERS)
     set_session_cookie(request, response, cookie)
     return response
+
+
+async def _open_session(request: web.Request, identity: Identity, address: str, data: dict[str, Any],
+                        rd: str | None) -> tuple[LoadedSession, str]:
+    """A new session (the person's other sites kept, under the new id) with a marker for every site
+    one-time codes sign in to: there, the site's policy sends the service credential."""
+    config = request.app[keys.CONFIG]
+    router = request.app[keys.ROUTER]
+    sites = [s for s in router.sites if config.otp_site(s.config)]
+    named = resolve_site(request, data.get("site") if isinstance(data.get("site"), str) else None, rd)
+    site = named if named is not None and named in sites else sites[0]
+    manager = request.app[keys.SESSIONS]
+    loaded, cookie = await manager.create(user=identity.username, site=site.name, identity=identity,
+                                          credential=otp_marker(), client_ip=address, auth_method="otp")
+    for other in sites:
+        loaded.session.credentials.setdefault(other.name, otp_marker())
+    previous = await current_session(request)
+    if previous is not None:
+        await manager.adopt(loaded, previous)
+    elif len(sites) > 1:
+        await manager.save(loaded)
+    request[keys.SESSION] = RequestSession(loaded)
+    return loaded, cookie
+
+
+def otp_marker() -> Credential:
+    """What a one-time code's sign-in holds for a site: no secret, only the proof (policy.OTP_KIND);
+    `service` so nothing tries to sign it out upstream."""
+    return Credential(secret="", kind=OTP_KIND, actor="service")
 
 
 async def jwks(request: web.Request) -> web.StreamResponse:
@@ -147,7 +171,7 @@ def setup(app: web.Application, prefix: str) -> None:
                         if config.jwt.enabled else None)
     webhook = webhook_for(config.otp, lambda: app[keys.HTTP])
     app[keys.OTP] = None
-    if config.auth_mode == "otp" and webhook is not None:
+    if config.otp_codes and webhook is not None:
         app[keys.OTP] = OneTimeCodes(store, app[keys.REGULATOR],
                                      app[keys.SESSIONS].keyring.derive("authproxy-otp"), config.otp, webhook)
     app.router.add_post(f"{prefix}/api/auth/otp/request", request_code)

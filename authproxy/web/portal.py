@@ -103,8 +103,10 @@ async def login_page(request: web.Request) -> web.StreamResponse:
     notice = "You have signed out." if request.query.get("logged_out") else ""
     if request.query.get("expired"):
         notice = "Your session has ended. Sign in again."
-    if request.app[keys.CONFIG].auth_mode == "otp":   # "send me a code", then the code
-        return render_otp_login(request, notice=notice)
+    site = resolve_site(request, request.query.get("site"), request.query.get("rd"))
+    config = request.app[keys.CONFIG]
+    if config.auth_mode == "otp" or (site is not None and config.otp_site(site.config)):
+        return render_otp_login(request, notice=notice)   # "send me a code", then the code
     return render_login(request, notice=notice)
 
 

@@ -21,6 +21,7 @@ from tests.support.technitium import ALICE
 TOKENS = "/_authproxy/api/auth/tokens"
 JWKS = "/_authproxy/.well-known/jwks.json"
 BAD_TOKEN = {"error": "invalid_token", "message": "Invalid or expired token"}
+BROWSER = {"Accept": "text/html"}
 
 
 async def test_legacy_paths_serve_the_old_scripts_unchanged(
@@ -207,3 +208,83 @@ async def test_asymmetric_tokens_verify_with_the_published_jwks(
     forged = jwt.encode({**claims}, JWT_SECRET, algorithm="HS256", headers={"kid": public["kid"]})
     resp = await c.request("GET", "/api/zones/list", headers={"Authorization": f"Bearer {forged}"})
     assert (resp.status, await resp.json()) == (401, BAD_TOKEN)
+
+
+async def test_auth_otp_at_one_site_beside_a_site_with_its_own_sign_in(
+    tmp_path: Path,
+    make_gateway: MakeGateway,
+    technitium: FakeTechnitium,
+    technitium_v14: FakeTechnitium,
+    webhook_receiver: WebhookReceiver,
+    client_for: Callable[[Gateway], GatewayClient],
+) -> None:
+    service = technitium_v14.create_session(ALICE[0], type="ApiToken", token_name="backup")
+    config = tmp_path / "authproxy.toml"
+    config.write_text(
+        'auth_mode = "session"\n'
+        f'[[sites]]\nname = "dns"\ntype = "technitium"\nupstream_url = "{technitium.url}"\n'
+        'hosts = ["dns.test"]\n'
+        f'[[sites]]\nname = "backup"\ntype = "technitium"\nupstream_url = "{technitium_v14.url}"\n'
+        f'hosts = ["backup.test"]\nauth = "otp"\nservice_token = "{service}"\n',
+        encoding="utf-8",
+    )
+    env = {
+        "TRUST_PROXY": "true",
+        "SESSION_SECRET": "s" * 48,
+        "ACCESS_LOG": "false",
+        "JWT_SECRET": JWT_SECRET,
+        "DISCORD_WEBHOOK_URL": webhook_receiver.discord_url,
+    }
+    gw = await make_gateway(env, config_file=config)
+    backup, dns = {"Host": "backup.test"}, {"Host": "dns.test"}
+    page = await (
+        await client_for(gw).request("GET", "/_authproxy/login", headers={**backup, **BROWSER})
+    ).text()
+    assert "Send me a code" in page
+    page = await (await client_for(gw).request("GET", "/_authproxy/login", headers={**dns, **BROWSER})).text()
+    assert 'name="password"' in page and "Send me a code" not in page
+
+    c = client_for(gw)
+    assert (await c.request("POST", REQUEST, headers=backup)).status == 200
+    resp = await c.request("POST", VERIFY, headers=backup, json={"otp": webhook_receiver.code()})
+    token = (await resp.json())["token"]
+    assert (await c.request("GET", "/api/zones/list", headers=backup)).status == 200  # the cookie
+    assert technitium_v14.requests_to("/api/zones/list")[-1].query.get("token") == service
+    # The code's session and token open the backup site only: never the other site's upstream.
+    resp = await c.request("GET", "/api/zones/list", headers=dns)
+    assert resp.status == 401 and not technitium.requests_to("/api/zones/list")
+    script = client_for(gw)
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert (await script.request("GET", "/api/zones/list", headers={**backup, **bearer})).status == 200
+    resp = await script.request("GET", "/api/zones/list", headers={**dns, **bearer})
+    assert resp.status == 403 and (await resp.json())["error"] == "token_not_served"
+    # A person signed in at the other site gets nothing of the backup site's service credential.
+    alice = client_for(gw)
+    resp = await alice.request(
+        "POST",
+        "/_authproxy/api/auth/login",
+        headers=dns,
+        json={"username": ALICE[0], "password": ALICE[1], "site": "dns"},
+    )
+    assert resp.status == 200
+    before = len(technitium_v14.requests_to("/api/zones/list"))
+    assert (await alice.request("GET", "/api/zones/list", headers=backup)).status == 401
+    assert len(technitium_v14.requests_to("/api/zones/list")) == before
+
+
+def test_site_auth_is_checked(tmp_path: Path) -> None:
+    from authproxy.config.loader import load_config
+    from authproxy.errors import ConfigError
+
+    def problems(mode: str, auth: str, token: str = 'service_token = "t"\n') -> str:
+        path = tmp_path / "c.toml"
+        path.write_text(f'auth_mode = "{mode}"\n[[sites]]\nname = "b"\ntype = "technitium"\n'
+                        f'upstream_url = "http://127.0.0.1:1"\nauth = "{auth}"\n{token}', encoding="utf-8")
+        env = {"TRUST_PROXY": "true", "JWT_SECRET": JWT_SECRET, "DISCORD_WEBHOOK_URL": "https://x.test/h"}
+        with pytest.raises(ConfigError) as caught:
+            load_config(env, path)
+        return str(caught.value)
+
+    assert "sites['b'].auth: must be one of '', 'otp', but it is 'magic'" in problems("session", "magic")
+    assert "AUTH_MODE=none does not do" in problems("none", "otp")
+    assert "UPSTREAM_SERVICE_TOKEN (site 'b'): AUTH_MODE=otp sends" in problems("session", "otp", token="")
