@@ -13,6 +13,7 @@ one code, on any replicas sharing the store, exactly one wins.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -38,6 +39,7 @@ DIGITS = 6
 MAX_USERNAME = 256
 DEFAULT_USER = "admin"
 ROLES = ("admin",)   # the owner of a single-owner box
+_RANDOM = secrets.SystemRandom()
 
 
 class DeliveryFailed(Exception):
@@ -81,6 +83,7 @@ class OneTimeCodes:
         self.webhook = webhook
         self.clock = clock
         self._key = hash_key
+        self._delivery_time = 0.3   # seconds a delivery takes, a moving average (unknown users wait as long)
 
     def _user_key(self, username: str) -> str:
         return "otp:code:" + b64e(hmac.new(self._key, username.encode(), hashlib.sha256).digest()[:18])
@@ -101,6 +104,8 @@ class OneTimeCodes:
                             retry_after=retry_after)
         if not self.known(req.username):
             audit("otp_request", outcome="unknown_user", user=req.username, client_ip=req.client_ip)
+            # As long as a delivery takes, give or take: the answer's time does not tell who exists.
+            await asyncio.sleep(self._delivery_time * _RANDOM.uniform(0.8, 1.2))
             return self.webhook.sent
         code = f"{secrets.randbelow(10**DIGITS):0{DIGITS}d}"
         nonce = secrets.token_urlsafe(12)
@@ -115,8 +120,10 @@ class OneTimeCodes:
                    f"It expires in {minutes} minutes. Requested at {when} from {req.client_ip or 'unknown'}.")
         fields = {"code": code, "minutes": str(minutes), "time": when, "username": req.username,
                   "client_ip": req.client_ip, "message": message}
+        started = time.monotonic()
         try:
             await self.webhook.send(fields)
+            self._delivery_time += (min(time.monotonic() - started, 5.0) - self._delivery_time) / 4
         except DeliveryError as exc:
             await self._withdraw(key, nonce)
             log.warning("otp: the code could not be delivered; it was withdrawn",

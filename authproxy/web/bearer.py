@@ -92,6 +92,15 @@ async def bearer_credential(
               method=method, path=path)
         return None, json_error(403, "token_not_served",
                                 f"A token does not carry what {site.name}'s upstream needs; sign in there.")
+    if request.app[keys.CONFIG].auth_mode == "hybrid":
+        # A token with the `service` role is a service client: the same privilege check and audit line.
+        fields = {"actor": "service", "user": found.sub, "via": "jwt", "site": site.name,
+                  "client_ip": client_ip, "method": method, "path": path}
+        if not request.app[keys.BACKGROUND].usable(site.name):
+            audit("service_request", outcome="service_credential_unsafe", **fields)
+            return None, json_error(503, "service_credential_unsafe",
+                                    f"{site.name}'s service token failed its privilege check; see /me.")
+        audit("service_request", outcome="allowed", **fields)
     return credential, None
 
 

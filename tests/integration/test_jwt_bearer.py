@@ -20,7 +20,7 @@ from tests.fakes.webhook import WebhookReceiver
 from tests.integration.test_cli import ROOT, _wait_healthy, base_env
 from tests.integration.test_forward_auth import proxy_headers
 from tests.integration.test_otp import JWT_SECRET, REQUEST, VERIFY, otp_env, post
-from tests.support.gateway import Gateway, GatewayClient, MakeGateway
+from tests.support.gateway import Gateway, GatewayClient, MakeGateway, gateway_env
 from tests.support.procs import ManagedProcess, free_port
 
 MISSING = {"error": "missing_authorization", "message": "Missing authorization header"}
@@ -202,3 +202,35 @@ async def test_revocation_across_two_processes_on_one_redis(
             assert await answer(resp) == (401, BAD_TOKEN)
     for proc in procs:
         assert token not in proc.log_tail(200_000)
+
+
+async def test_hybrid_a_service_role_token_is_a_service_client_under_the_privilege_check(
+    make_gateway: MakeGateway,
+    technitium: FakeTechnitium,
+    client_for: Callable[[Gateway], GatewayClient],
+) -> None:
+    from tests.integration.test_hybrid import background_token
+
+    safe = background_token(technitium)
+    c = client_for(
+        await make_gateway(
+            gateway_env(
+                technitium.url, AUTH_MODE="hybrid", JWT_SECRET=JWT_SECRET, TECHNITIUM_BACKGROUND_TOKEN=safe
+            )
+        )
+    )
+    resp = await c.request("GET", API, headers={"Authorization": f"Bearer {forged(roles=['service'])}"})
+    assert resp.status == 200
+    assert technitium.requests_to(API)[-1].headers["Authorization"] == f"Bearer {safe}"
+    resp = await c.request("GET", API, headers={"Authorization": f"Bearer {forged(roles=['admin'])}"})
+    assert resp.status == 403 and (await resp.json())["error"] == "token_not_served"
+    technitium.set_user_permission("bgptr", "Zones", 2)  # the token's user may now modify zones
+    gw2 = await make_gateway(
+        gateway_env(
+            technitium.url, AUTH_MODE="hybrid", JWT_SECRET=JWT_SECRET, TECHNITIUM_BACKGROUND_TOKEN=safe
+        )
+    )
+    resp = await client_for(gw2).request(
+        "GET", API, headers={"Authorization": f"Bearer {forged(roles=['service'])}"}
+    )
+    assert resp.status == 503 and (await resp.json())["error"] == "service_credential_unsafe"

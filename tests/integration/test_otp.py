@@ -283,3 +283,14 @@ async def test_code_requests_have_their_own_budget(
     assert len(webhook_receiver.posts) == 2
     # Asking for codes spent none of the sign-in budget: the code still works.
     assert (await post(c, VERIFY, {"otp": webhook_receiver.code()}))[0] == 200
+
+
+async def test_an_unknown_user_waits_as_long_as_a_delivery_takes(
+        otp: GatewayClient, webhook_receiver: WebhookReceiver) -> None:
+    webhook_receiver.delay = 0.4
+    for _ in range(4):   # the moving average of deliveries learns 0.4 s
+        assert (await post(otp, REQUEST))[0] == 200
+    started = time.monotonic()
+    answer = await post(otp, REQUEST, {"username": "nobody"})
+    assert answer == (200, {"message": "OTP sent to Discord webhook"})
+    assert time.monotonic() - started >= 0.25
