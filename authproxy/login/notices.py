@@ -31,21 +31,30 @@ def _key(*parts: str) -> str:
     return b64e(hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).digest()[:18])
 
 
+def shown(text: str, limit: int = 64) -> str:
+    """A name as a notice shows it: whoever typed it chose it (a throttled sign-in's user name), so no
+    markup reaches the chat (inline code: Discord and Slack render no link or mention in it), no line
+    break, no more than `limit` characters."""
+    clean = "".join(c for c in text if c.isprintable() and c != "`")[:limit]
+    return f"`{clean}`"
+
+
 def notice_for(fields: dict[str, Any]) -> tuple[str, str, str] | None:
     """(kind, subject, text) for an audit line that deserves a notice; None for the rest."""
     event, outcome = fields.get("event"), fields.get("outcome")
     user, ip = str(fields.get("user", "")), str(fields.get("client_ip", ""))
     site = str(fields.get("site", ""))
     if event == "login" and outcome == "success":
-        return "new_address", f"{user}\x00{client_network(ip)}", f"New sign-in for {user} from {ip}" + (
-            f" at {site}." if site else ".")
+        return "new_address", f"{user}\x00{client_network(ip)}", (
+            f"New sign-in for {shown(user)} from {shown(ip)}" + (f" at {shown(site)}." if site else "."))
     if event in ("login", "otp_request") and outcome == "throttled":
         return "lockout", f"{user}\x00{client_network(ip)}", (
-            f"Lockout: too many attempts for {user} from {ip}; refused for now.")
+            f"Lockout: too many attempts for {shown(user)} from {shown(ip)}; refused for now.")
     if event == "background_token" and outcome in ("unsafe", "unreadable"):
         why = "too privileged" if outcome == "unsafe" else "unreadable"
-        return "service_credential", site, (f"The service credential of {site} is {why}: background work and "
-                                            "service clients there are off until it is fixed (see /me).")
+        return "service_credential", site, (
+            f"The service credential of {shown(site)} is {why}: background work and service clients there "
+            "are off until it is fixed (see /me).")
     return None
 
 

@@ -41,11 +41,11 @@ async def test_new_address_and_lockout_notices_rate_limited_without_secrets(
         assert status == 200
         tokens.append(body["token"])
     [first] = await notices(webhook_receiver, 1)  # the second sign-in is from a known address
-    assert first == "authproxy: New sign-in for admin from 127.0.0.1 at technitium."
+    assert first == "authproxy: New sign-in for `admin` from `127.0.0.1` at `technitium`."
     for _ in range(5):
         await post(c, VERIFY, {"otp": "000000"})
     found = await notices(webhook_receiver, 2)
-    assert found[1] == "authproxy: Lockout: too many attempts for admin from 127.0.0.1; refused for now."
+    assert found[1] == "authproxy: Lockout: too many attempts for `admin` from `127.0.0.1`; refused for now."
     assert len(found) == 2  # three throttled answers, one notice
     for post_ in webhook_receiver.posts:
         for secret in (*tokens, JWT_SECRET):
@@ -68,7 +68,7 @@ async def test_a_too_privileged_service_credential_is_told_at_start(
         )
     )
     [notice] = await notices(webhook_receiver, 1)
-    assert notice.startswith("authproxy: The service credential of technitium is too privileged")
+    assert notice.startswith("authproxy: The service credential of `technitium` is too privileged")
     assert token not in str([p.body for p in webhook_receiver.posts])
 
 
@@ -84,3 +84,17 @@ async def test_notices_can_be_turned_off(
     assert (await post(c, VERIFY, {"otp": webhook_receiver.code()}))[0] == 200
     await asyncio.sleep(0.3)
     assert webhook_receiver.notices() == [] and len(webhook_receiver.posts) == 1
+
+
+def test_a_typed_name_reaches_the_chat_as_inert_text() -> None:
+    from authproxy.login.notices import notice_for
+
+    hostile = "[click](https://evil.example) @everyone `x`\n<https://evil.example|login>" + "a" * 100
+    found = notice_for(
+        {"event": "login", "outcome": "throttled", "user": hostile, "client_ip": "203.0.113.9"}
+    )
+    assert found is not None
+    text = found[2]
+    name = text.split("for ", 1)[1].split(" from", 1)[0]
+    assert name.startswith("`") and name.endswith("`") and name.count("`") == 2
+    assert "\n" not in text and len(name) <= 66
