@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from authproxy.config import passwordless
 from authproxy.config.loader import ensure_session_secrets, load_config
 from authproxy.config.schema import FORWARD_AUTH_SECRET_HEADER, Config
 from authproxy.errors import ConfigError
@@ -71,6 +72,8 @@ def check_config(args: argparse.Namespace) -> int:
     print(f"configuration OK: AUTH_MODE={config.auth_mode}, store={store}, "
           f"sites={', '.join(f'{s.name}={s.type}@{s.upstream_url}' for s in config.sites)}")
     for line in forward_auth_summary(config):
+        print(line)
+    for line in passwordless.summary(config):   # one-time codes and JWTs, when configured
         print(line)
     return 0
 

@@ -209,6 +209,24 @@ def _webhook_problems(otp: OtpConfig) -> list[str]:
     return p
 
 
+def summary(config: Config) -> list[str]:
+    """What `check-config` says about codes and tokens (never a secret: the kinds, counts and key ids)."""
+    lines = []
+    if config.otp_codes:
+        hook = ("Discord webhook" if config.otp.discord_webhook_url is not None
+                else "webhook (OTP_WEBHOOK_URL)" if config.otp.webhook_url is not None else "no webhook")
+        sites = ", ".join(s.name for s in config.sites if config.otp_site(s))
+        lines.append(f"one-time codes: at {sites}; sent by {hook}; valid {round(config.otp.expiration / 60)} "
+                     f"min, {config.otp.max_attempts} tries; users {', '.join(config.otp.users)}"
+                     + ("; legacy paths /api/v1/auth/login and /verify" if config.otp.legacy_paths else ""))
+    if config.jwt.enabled:
+        keys = ", ".join(f"{k.kid} ({k.alg})" for k in config.jwt.keys)
+        jwt = config.jwt
+        lines.append(f"JWTs: signed by {jwt.keys[0].kid}; verified with {keys}; "
+                     f"{round(jwt.expiration / 3600)} h; iss={jwt.issuer} aud={jwt.audience}")
+    return lines
+
+
 def _site_auth(config: Config) -> list[str]:
     p: list[str] = []
     for site in config.sites:
