@@ -11,6 +11,7 @@ from aiohttp import web
 from authproxy import keys
 from authproxy.web.common import SECURITY_HEADERS
 
+# The password page's policy (web/portal.py CSP, which imports this module; a test holds them equal).
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
