@@ -1,7 +1,7 @@
 """The README's shell script (section "One-time codes and JWTs", "The script"), run as written with sh,
 curl and jq: ask for a code, read it from the webhook (as the owner reads the chat), type it in, get a JWT,
-call the API, sign out. Once against authproxy serving TLS itself, once through real nginx with forward
-auth in front of the app."""
+call the API, sign out. Once against authproxy serving TLS itself, and through real nginx, Caddy and
+Traefik with forward auth in front of the app."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import re
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+import pytest
 
 from tests.fakes.technitium import FakeTechnitium
 from tests.fakes.webhook import WebhookReceiver
@@ -78,16 +80,21 @@ async def test_the_readme_script_against_authproxy(
     upstream_saw_the_service_token(technitium, env["TECHNITIUM_TOKEN"])
 
 
-async def test_the_readme_script_through_nginx_forward_auth(
+@pytest.mark.parametrize("kind", ["nginx", "caddy", "traefik"])
+async def test_the_readme_script_through_forward_auth(
+    kind: str,
     tmp_path: Path,
     make_gateway: MakeGateway,
     technitium: FakeTechnitium,
     webhook_receiver: WebhookReceiver,
-    nginx_proxy: Callable[..., Awaitable[RunningProxy]],
+    forward_auth_proxy: Callable[..., Awaitable[RunningProxy]],
 ) -> None:
+    """Through the shipped proxy configs (nginx auth_request, Caddy forward_auth, Traefik ForwardAuth):
+    each drops the client's Authorization (the JWT) and copies authproxy's answer in its place."""
     env = otp_env(technitium, webhook_receiver.discord_url, FORWARD_AUTH_PORT="0")
     gw = await make_gateway(env)
-    proxy = await nginx_proxy(gw.url, technitium.url, tls=True, check=Check(url=gw.forward_auth_url))
+    proxy = await forward_auth_proxy(kind, gw.url, technitium.url, tls=True,
+                                     check=Check(url=gw.forward_auth_url))
     body, err = await run_script(tmp_path, proxy.url, webhook_receiver)
     assert body["status"] == "ok" and '"revoked": true' in err
     upstream_saw_the_service_token(technitium, env["TECHNITIUM_TOKEN"])
