@@ -4,6 +4,7 @@ process sharing one Redis (two real `authproxy run` processes)."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections.abc import Callable
@@ -234,3 +235,36 @@ async def test_hybrid_a_service_role_token_is_a_service_client_under_the_privile
         "GET", API, headers={"Authorization": f"Bearer {forged(roles=['service'])}"}
     )
     assert resp.status == 503 and (await resp.json())["error"] == "service_credential_unsafe"
+
+
+async def test_redis_down_codes_and_bearers_fail_closed_with_503(
+    make_gateway: MakeGateway,
+    technitium: FakeTechnitium,
+    webhook_receiver: WebhookReceiver,
+    redis_server_factory: Callable[..., Any],
+    client_for: Callable[[Gateway], GatewayClient],
+) -> None:
+    redis = redis_server_factory()
+    c = client_for(
+        await make_gateway(
+            otp_env(technitium, webhook_receiver.discord_url, REDIS_URL=redis.url, SESSION_CACHE_TTL="0")
+        )
+    )
+    token = await sign_in(c, webhook_receiver)
+    redis.stop()
+    for method, path, kw in (
+        ("POST", REQUEST, {}),
+        ("POST", VERIFY, {"json": {"otp": "123456"}}),
+        ("GET", API, {"headers": {"Authorization": f"Bearer {token}"}}),
+    ):
+        resp = await c.request(method, path, **kw)
+        assert resp.status == 503, (path, resp.status, await resp.text())
+        assert (await resp.json())["error"] == "store_unavailable"
+    assert len(webhook_receiver.posts) == 1  # no code was sent that could not be kept
+    redis.start()
+    for _ in range(50):
+        resp = await c.request("GET", API, headers={"Authorization": f"Bearer {token}"})
+        if resp.status == 200:
+            break
+        await asyncio.sleep(0.1)
+    assert resp.status == 200
