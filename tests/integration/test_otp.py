@@ -278,8 +278,8 @@ async def test_no_secret_reaches_a_log_or_an_answer(
     assert "api/webhooks" not in await failed.text()
 
 
-def test_configuration_problems_name_the_variable(technitium_url: str = "http://127.0.0.1:1") -> None:
-    base = gateway_env(technitium_url, AUTH_MODE="otp", TECHNITIUM_TOKEN="t" * 20)
+def test_configuration_problems_name_the_variable() -> None:
+    base = gateway_env("http://127.0.0.1:1", AUTH_MODE="otp", TECHNITIUM_TOKEN="t" * 20)
 
     def problems(**env: str) -> str:
         with pytest.raises(ConfigError) as caught:
