@@ -194,5 +194,8 @@ class OneTimeCodes:
             return "failure"
         if not await self.store.set_if_absent(f"otp:used:{nonce}", b"1", self.config.expiration):
             return "reused"
-        await self._withdraw(key, nonce)
+        current = await self.store.get(key)
+        if current is None or json.loads(current).get("n") != nonce:
+            return "replaced"   # a newer request (or the expiry) ended this code while it was checked
+        await self.store.delete(key)
         return "ok"
