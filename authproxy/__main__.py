@@ -261,6 +261,8 @@ def run(args: argparse.Namespace) -> int:
                     "network where everyone may have that power; AUTH_MODE=hybrid signs people in and keeps "
                     "the service credential for background work and service clients")
     log.info(" ".join(forward_auth_summary(config)))
+    for line in passwordless.summary(config):   # one-time codes and JWTs, when configured
+        log.info(line)
     workers = config.server.workers
     if workers == 1:
         _serve(config, ssl_paths, lambda: sd_notify("READY=1"), worker=False)
