@@ -11,6 +11,7 @@ no JWT may be a UI's own header or an API key, and is left to the rest of the ch
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -78,24 +79,29 @@ async def claims_of(request: web.Request) -> TokenClaims | web.Response | None:
     return claims
 
 
+def _address(client_ip: str | Callable[[], str]) -> str:
+    return client_ip if isinstance(client_ip, str) else client_ip()
+
+
 async def bearer_credential(
-    request: web.Request, site: Site, *, client_ip: str, method: str, path: str
+    request: web.Request, site: Site, *, client_ip: str | Callable[[], str], method: str, path: str
 ) -> tuple[Credential | None, web.Response | None]:
     """(credential, None) for a valid JWT the site serves; (None, answer) when refused; (None, None)
-    when the request carries no JWT (an anonymous one)."""
+    when the request carries no JWT (an anonymous one). `client_ip` (or how to find it) is for the
+    audit lines only, so a served request in AUTH_MODE=otp never works it out."""
     found = await claims_of(request)
     if found is None or isinstance(found, web.Response):
         return None, found
     credential = site.policy.for_token(found.roles)
     if credential is None:
-        audit("token_request", outcome="not_served", user=found.sub, site=site.name, client_ip=client_ip,
-              method=method, path=path)
+        audit("token_request", outcome="not_served", user=found.sub, site=site.name,
+              client_ip=_address(client_ip), method=method, path=path)
         return None, json_error(403, "token_not_served",
                                 f"A token does not carry what {site.name}'s upstream needs; sign in there.")
     if request.app[keys.CONFIG].auth_mode == "hybrid":
         # A token with the `service` role is a service client: the same privilege check and audit line.
         fields = {"actor": "service", "user": found.sub, "via": "jwt", "site": site.name,
-                  "client_ip": client_ip, "method": method, "path": path}
+                  "client_ip": _address(client_ip), "method": method, "path": path}
         if not request.app[keys.BACKGROUND].usable(site.name):
             audit("service_request", outcome="service_credential_unsafe", **fields)
             return None, json_error(503, "service_credential_unsafe",
