@@ -65,7 +65,9 @@ def revocation_key(jti: str) -> str:
     return "jwt:rev:" + _hashed(jti)
 
 
-def _meta_key(jti: str) -> str:
+def record_key(jti: str) -> str:
+    """Where a minted token's public facts live until it expires or is revoked (what a WebSocket
+    opened with the token watches, as a cookie's socket watches its session)."""
     return "jwt:meta:" + _hashed(jti)
 
 
@@ -207,10 +209,10 @@ class JwtTokens:
         """Refused on every replica until it expires, when this returns."""
         ttl = max(1.0, claims.exp - self.clock() + CLOCK_SKEW)
         await self.store.set(revocation_key(claims.jti), b"1", ttl)
+        await self.forget(claims)   # first: what the announcement wakes (a socket's watch) finds it gone
         message = f"{claims.jti} {claims.exp}"
         await self.store.revoke(CHANNEL, message)
         self._on_revoked(message)   # here too, whether or not this process listens
-        await self.forget(claims)
 
     # ---- the list of minted tokens (so their holders and admins can see and revoke them) -----------
 
@@ -219,12 +221,12 @@ class JwtTokens:
         ttl = max(1.0, claims.exp - self.clock())
         facts = {"jti": claims.jti, "sub": claims.sub, "name": claims.name, "roles": list(claims.roles),
                  "iat": claims.iat, "exp": claims.exp, "method": claims.method}
-        await self.store.set(_meta_key(claims.jti), json.dumps(facts).encode(), ttl)
+        await self.store.set(record_key(claims.jti), json.dumps(facts).encode(), ttl)
         await self.store.index_add(_owner_index(claims.sub), claims.jti, ttl)
         await self.store.index_add(ALL_INDEX, claims.jti, ttl)
 
     async def find(self, jti: str) -> TokenClaims | None:
-        raw = await self.store.get(_meta_key(jti))
+        raw = await self.store.get(record_key(jti))
         if raw is None:
             return None
         facts = json.loads(raw)
@@ -244,7 +246,7 @@ class JwtTokens:
         return sorted(found, key=lambda c: c.iat, reverse=True)
 
     async def forget(self, claims: TokenClaims) -> None:
-        await self.store.delete(_meta_key(claims.jti))
+        await self.store.delete(record_key(claims.jti))
         await self.store.index_remove(_owner_index(claims.sub), claims.jti)
         await self.store.index_remove(ALL_INDEX, claims.jti)
 

@@ -29,7 +29,8 @@ from authproxy.login.otp import (
     parse_code,
     parse_username,
 )
-from authproxy.login.tokens import JwtTokens, rfc3339
+from authproxy.login.tokens import CHANNEL as TOKENS_CHANNEL
+from authproxy.login.tokens import JwtTokens, record_key, rfc3339
 from authproxy.login.webhook import webhook_for
 from authproxy.policy import OTP_KIND
 from authproxy.sessions.manager import LoadedSession
@@ -197,6 +198,9 @@ def setup(app: web.Application, prefix: str) -> None:
         tokens = app[keys.TOKENS]
         if tokens is not None:
             tokens.start()   # the store has started (this context runs after app._lifecycle)
+            # A revoked token's WebSockets re-check its record at once (proxy/bridges.py).
+            app[keys.STORE].subscribe(TOKENS_CHANNEL, lambda message: app[keys.WEBSOCKETS].invalidated(
+                record_key(message.partition(" ")[0])))
         if notices is not None:
             notices.ready.set()
         yield

@@ -268,3 +268,32 @@ async def test_redis_down_codes_and_bearers_fail_closed_with_503(
             break
         await asyncio.sleep(0.1)
     assert resp.status == 200
+
+
+async def test_a_websocket_opened_with_a_token_closes_when_the_token_is_revoked(
+    make_gateway: MakeGateway,
+    webhook_receiver: WebhookReceiver,
+    client_for: Callable[[Gateway], GatewayClient],
+) -> None:
+    from aiohttp import WSMsgType
+
+    from tests.fakes.ws_upstream import running_socket_upstream
+    from tests.support.technitium import ALICE
+
+    async with running_socket_upstream(ALICE) as up:
+        env = otp_env(up.fake, webhook_receiver.discord_url)
+        c = client_for(await make_gateway(env))
+        token = await sign_in(c, webhook_receiver)
+        headers = {"X-Forwarded-Proto": "https", "Authorization": f"Bearer {token}"}
+        ws = await c.http.ws_connect(c.base + "/ws", headers=headers, autoping=False)
+        await ws.send_str("hello")
+        assert (await ws.receive(timeout=5)).data == "hello"
+        assert up.handshakes[-1].headers["Authorization"] == f"Bearer {env['TECHNITIUM_TOKEN']}"
+        assert token not in str(dict(up.handshakes[-1].headers))
+        started = time.monotonic()
+        resp = await c.request("POST", LOGOUT, headers={"Authorization": f"Bearer {token}"})
+        assert (await resp.json())["revoked"] is True
+        closed = await ws.receive(timeout=5)
+        assert closed.type == WSMsgType.CLOSE and closed.data == 4001
+        assert time.monotonic() - started < 2  # at once, not at the next 5-second re-check
+        await ws.close()
