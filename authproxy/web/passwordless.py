@@ -5,8 +5,9 @@
     GET  {prefix}/.well-known/jwks.json                          -> the public signing keys
     POST /api/v1/auth/login, /api/v1/auth/verify                 -> the same two, with OTP_LEGACY_PATHS
 
-`setup` builds the parts (login/otp.py, login/tokens.py, login/webhook.py) on the application and
-starts the revocation listener once the store runs.
+`setup` builds the parts (login/otp.py, login/tokens.py, login/webhook.py, login/notices.py) on the
+application, adds the token endpoints (web/tokens_api.py), and starts the revocation listener once the
+store runs.
 """
 
 from __future__ import annotations
