@@ -295,5 +295,5 @@ async def test_a_websocket_opened_with_a_token_closes_when_the_token_is_revoked(
         assert (await resp.json())["revoked"] is True
         closed = await ws.receive(timeout=5)
         assert closed.type == WSMsgType.CLOSE and closed.data == 4001
-        assert time.monotonic() - started < 2  # at once, not at the next 5-second re-check
+        assert time.monotonic() - started < 3  # at once, not at the next 5-second re-check
         await ws.close()
