@@ -156,6 +156,14 @@ class JwtTokens:
                            headers={"kid": self._signer.kid, "typ": "JWT"})
         return token, claims
 
+    def ours(self, token: str) -> bool:
+        """Whether the token names one of authproxy's keys (its `kid`; nothing is verified here)."""
+        try:
+            kid = jwt.get_unverified_header(token).get("kid") if len(token) <= MAX_TOKEN else None
+        except jwt.PyJWTError:
+            return False
+        return isinstance(kid, str) and kid in self._by_kid
+
     def _decode(self, token: str) -> TokenClaims:
         if len(token) > MAX_TOKEN:
             raise TokenError("too long")

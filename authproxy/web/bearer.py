@@ -18,7 +18,7 @@ from aiohttp import web
 from authproxy import keys
 from authproxy.errors import StoreError
 from authproxy.log import audit
-from authproxy.login.tokens import TokenClaims, TokenError
+from authproxy.login.tokens import JwtTokens, TokenClaims, TokenError
 from authproxy.routing import Site
 from authproxy.sessions.model import Credential
 from authproxy.web.common import SECURITY_HEADERS, client_ip, json_error
@@ -27,7 +27,6 @@ MISSING = "Missing authorization header"
 INVALID_HEADER = "Invalid authorization header"
 INVALID_TOKEN = "Invalid or expired token"
 _BEARER = re.compile(r"Bearer ([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*)")
-_JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
 def missing() -> web.Response:
@@ -42,22 +41,18 @@ def invalid_token() -> web.Response:
     return json_error(401, "invalid_token", INVALID_TOKEN)
 
 
-def presented(request: web.Request) -> str | web.Response | None:
-    """The JWT the request presents; None when it presents none (or, outside AUTH_MODE=otp, something
-    that is no JWT); the 401 for a malformed header in AUTH_MODE=otp."""
+def presented(request: web.Request, tokens: JwtTokens) -> str | web.Response | None:
+    """The JWT the request presents; the 401 for a malformed header in AUTH_MODE=otp; None when it
+    presents none, or, outside AUTH_MODE=otp, none that authproxy signed (by its `kid`): an app behind
+    authproxy may use Bearer JWTs of its own, and a UI its own placeholder or an API key."""
     values = request.headers.getall("Authorization", ())
     if not values:
         return None
     strict = request.app[keys.CONFIG].auth_mode == "otp"
-    if len(values) == 1:
-        match = _BEARER.fullmatch(values[0])
-        if match is not None:
-            return match.group(1)
-    if not strict:
-        value = values[0]
-        scheme, _, rest = value.partition(" ")
-        return invalid_header() if scheme.lower() == "bearer" and _JWT_SHAPE.search(rest) else None
-    return invalid_header()
+    match = _BEARER.fullmatch(values[0]) if len(values) == 1 else None
+    if strict:
+        return match.group(1) if match is not None else invalid_header()
+    return match.group(1) if match is not None and tokens.ours(match.group(1)) else None
 
 
 async def claims_of(request: web.Request) -> TokenClaims | web.Response | None:
@@ -66,7 +61,7 @@ async def claims_of(request: web.Request) -> TokenClaims | web.Response | None:
     tokens = request.app[keys.TOKENS]
     if tokens is None:
         return None
-    token = presented(request)
+    token = presented(request, tokens)
     if token is None or isinstance(token, web.Response):
         return token
     try:

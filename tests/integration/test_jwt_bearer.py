@@ -297,3 +297,26 @@ async def test_a_websocket_opened_with_a_token_closes_when_the_token_is_revoked(
         assert closed.type == WSMsgType.CLOSE and closed.data == 4001
         assert time.monotonic() - started < 3  # at once, not at the next 5-second re-check
         await ws.close()
+
+
+async def test_outside_otp_mode_only_authproxys_own_tokens_are_read(
+    make_gateway: MakeGateway,
+    technitium: FakeTechnitium,
+    client_for: Callable[[Gateway], GatewayClient],
+) -> None:
+    """An app behind authproxy may use Bearer JWTs of its own: without a session such a request gets what
+    any Bearer the product's UI sends gets (here Technitium's own "session expired"), not a token error;
+    a token naming authproxy's key is checked."""
+    c = client_for(await make_gateway(gateway_env(technitium.url, JWT_SECRET=JWT_SECRET)))
+    theirs = jwt.encode(
+        {"sub": "x"}, "an-app-of-its-own-" + "k" * 20, algorithm="HS256", headers={"kid": "app-1"}
+    )
+    placeholder = await c.request("GET", API, headers={"Authorization": "Bearer " + "ab" * 32})
+    expected = (placeholder.status, await placeholder.text())  # what a UI's own (dead) Bearer gets
+    for header in (f"Bearer {theirs}", f"Bearer  {theirs}"):
+        resp = await c.request("GET", API, headers={"Authorization": header})
+        assert (resp.status, await resp.text()) == expected, header
+    resp = await c.request("GET", API, headers={"Authorization": "Basic YWRtaW46YWRtaW4="})
+    assert "invalid_token" not in await resp.text() and "invalid_authorization" not in await resp.text()
+    resp = await c.request("GET", API, headers={"Authorization": f"Bearer {forged(aud='elsewhere')}"})
+    assert (resp.status, await resp.json()) == (401, BAD_TOKEN)
