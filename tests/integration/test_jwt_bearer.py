@@ -201,8 +201,11 @@ async def test_revocation_across_two_processes_on_one_redis(
             assert await answer(resp) == (401, BAD_TOKEN)
         async with http.get(bases[0] + API, headers=bearer) as resp:
             assert await answer(resp) == (401, BAD_TOKEN)
-    for proc in procs:
-        assert token not in proc.log_tail(200_000)
+    # INFO logs with the audit lines: no token, code, webhook URL or signing secret
+    logged = "".join(proc.log_tail(200_000) for proc in procs)
+    assert "otp_request" in logged and "token_revoked" in logged
+    for secret in (token, webhook_receiver.code(), "wh-token-SECRET-d1sc0rd", JWT_SECRET):
+        assert secret not in logged
 
 
 async def test_hybrid_a_service_role_token_is_a_service_client_under_the_privilege_check(
