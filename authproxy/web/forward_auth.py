@@ -417,8 +417,8 @@ async def verify(request: web.Request) -> web.StreamResponse:  # noqa: C901 - /v
         proxied_from = functools.partial(forwarded_client, request.headers.getall("X-Forwarded-For", ()),
                                          request.remote or "", config.server.trusted_proxies)
         if request.app[keys.SERVICE_GATE]:
-            service, refused = service_credential(request, site, method=target.method, path=target.path,
-                                                  client_ip=proxied_from())
+            service, refused = await service_credential(request, site, method=target.method,
+                                                        path=target.path, client_ip=proxied_from())
             if refused is not None:
                 return refused
         if service is None and request.app[keys.TOKENS] is not None:   # a JWT bearer's (web/bearer.py)
