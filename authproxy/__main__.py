@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from authproxy.config import passwordless
 from authproxy.config.loader import ensure_session_secrets, load_config
 from authproxy.config.schema import FORWARD_AUTH_SECRET_HEADER, Config
 from authproxy.errors import ConfigError
@@ -79,6 +80,8 @@ def check_config(args: argparse.Namespace) -> int:
     print(f"configuration OK: AUTH_MODE={config.auth_mode}, store={store}, "
           f"sites={', '.join(f'{s.name}={s.type}@{s.upstream_url}' for s in config.sites)}")
     for line in forward_auth_summary(config):
+        print(line)
+    for line in passwordless.summary(config):   # one-time codes and JWTs, when configured
         print(line)
     return 0
 
@@ -266,6 +269,8 @@ def run(args: argparse.Namespace) -> int:
                     "network where everyone may have that power; AUTH_MODE=hybrid signs people in and keeps "
                     "the service credential for background work and service clients")
     log.info(" ".join(forward_auth_summary(config)))
+    for line in passwordless.summary(config):   # one-time codes and JWTs, when configured
+        log.info(line)
     workers = config.server.workers
     if workers == 1:
         _serve(config, ssl_paths, lambda: sd_notify("READY=1"), worker=False)

@@ -32,7 +32,7 @@ from authproxy.sessions.manager import CHANNEL, SessionManager
 from authproxy.sessions.registry import create_store
 from authproxy.sessions.store import SessionStore
 from authproxy.upstreams.base import UpstreamAdapter
-from authproxy.web import api, forward_auth, health, portal
+from authproxy.web import api, forward_auth, health, passwordless, portal
 from authproxy.web.common import hsts_value, plain_expect
 from authproxy.web.middleware import TrustedForwarded, TrustedPeers, request_rules
 
@@ -146,6 +146,7 @@ def create_app(config: Config, *, store: SessionStore | None = None) -> web.Appl
     prefix = config.server.prefix
     health.setup(app, prefix)
     api.setup(app, prefix)
+    passwordless.setup(app, prefix)   # one-time codes, JWTs (before the proxy's catch-all: legacy paths)
     forward_auth.setup(app, prefix)
     portal.setup(app, prefix)
     proxy_http.setup(app)
@@ -165,7 +166,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     for site in app[keys.ROUTER].sites:   # adapters whose upstream-side state every replica must share
         site.adapter.bind_store(app[keys.STORE])
     # Background tokens: read and judged once before serving, then every BACKGROUND_CHECK_INTERVAL.
-    app[keys.BACKGROUND] = BackgroundWork(app[keys.ROUTER].sites, enabled=config.session_mode,
+    app[keys.BACKGROUND] = BackgroundWork(app[keys.ROUTER].sites,
+                                          enabled=config.auth_mode in ("session", "hybrid"),
                                           interval=config.server.background_check_interval)
     await app[keys.BACKGROUND].start()
     await app[keys.STORE].start()

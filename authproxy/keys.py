@@ -11,10 +11,12 @@ if TYPE_CHECKING:
     from authproxy.config.schema import Config
     from authproxy.login.background import BackgroundWork
     from authproxy.login.keepalive import UpstreamKeepalive
+    from authproxy.login.otp import OneTimeCodes
     from authproxy.login.passthrough import PassthroughLogin
     from authproxy.login.regulation import Regulator
     from authproxy.login.service import ServiceClient, ServiceGate
     from authproxy.metrics import Metrics
+    from authproxy.login.tokens import JwtTokens, TokenClaims
     from authproxy.proxy.bridges import BridgeRegistry
     from authproxy.redirects import RedirectPolicy
     from authproxy.routing import Router
@@ -44,3 +46,8 @@ SESSION: web.RequestKey[RequestSession] = web.RequestKey("authproxy.session")
 # The service client a request without a session was proven to be (web/service.py), if any.
 SERVICE_CLIENT: web.RequestKey[ServiceClient] = web.RequestKey("authproxy.service_client")
 HSTS: web.AppKey[str] = web.AppKey("hsts", str)   # the Strict-Transport-Security value, "" = off
+# JWT bearer tokens (None: not configured) and one-time codes (AUTH_MODE=otp only); the claims of the
+# bearer token a request was let in with (web/bearer.py).
+TOKENS: web.AppKey[JwtTokens | None] = web.AppKey("tokens")
+OTP: web.AppKey[OneTimeCodes | None] = web.AppKey("otp")
+BEARER: web.RequestKey[TokenClaims] = web.RequestKey("authproxy.bearer")

@@ -18,9 +18,11 @@ The session was created through authproxy's own login API against the faithful F
     (f)  (d) on the embedded SQLite store instead of Redis (no REDIS_URL; the session signed in there)
     (g)  (d) with METRICS=false (no registry, no hooks), against (d) again in alternated runs (two
          servers; on, off, off, on, ...): what the session check pays for its metrics
+    (h)  authproxy verify with `Authorization: Bearer <JWT>` instead of the cookie (AUTH_MODE=otp, HS256,
+         Redis, default cache): the bearer check of issue 12
 
 Targets: (c) >= 0.9x (b); (d) >= 0.6x (a); (e) >= 0.5x (d) (logging must not halve throughput);
-(d) >= 0.9x (g) (metrics on vs off).
+(d) >= 0.9x (g) (metrics on vs off); (h) >= 0.8x (d) (a bearer check costs about what a cookie check costs).
 Also printed: Redis commands per request for (b), (c), (d), and the size of the real session blob.
 
     python bench/verify.py [--duration 5] [--connections 50] [--runs 1] [--threads 1] [--quick]
@@ -34,10 +36,14 @@ import re
 import statistics
 import sys
 import urllib.request
+import time
 from pathlib import Path
+
+import jwt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from authproxy.config.passwordless import kid_for
 from bench._common import (
     ORIGINAL_HOST,
     Bench,
@@ -63,6 +69,16 @@ from tests.support.procs import ManagedProcess
 from tests.support.redis_server import RedisServer
 
 VERIFY_PATH = "/_authproxy/verify/nginx"
+JWT_SECRET = "bench-" + "Kq7vP2wZ9rT4mY8nB1xC6jH3lF5dS0gA"   # 38 random-looking characters, no placeholder
+
+
+def bearer_token() -> str:
+    """A token as authproxy mints it after a one-time code (HS256, its kid, claims), an hour long."""
+    now = int(time.time())
+    claims = {"sub": "admin", "iat": now, "exp": now + 3600, "jti": "bench", "iss": "authproxy",
+              "aud": "authproxy", "roles": ["admin"], "amr": "otp"}
+    kid = kid_for(JWT_SECRET.encode(), "hs")
+    return jwt.encode(claims, JWT_SECRET, algorithm="HS256", headers={"kid": kid})
 
 
 def cpu_us(load: Load) -> float:
@@ -150,7 +166,7 @@ def _counted(verify_url: str, load: Load) -> None:
 def nginx_subrequest_headers(cookie_header: str) -> list[str]:
     """What nginx/authproxy.conf's internal verify location sends (plus the client's cookie)."""
     return [
-        cookie_header,
+        cookie_header,   # or the Authorization header of a bearer token
         "X-Original-Method: GET",
         f"X-Original-URL: https://{ORIGINAL_HOST}/dashboard?x=1",
         "X-Forwarded-Method: GET",
@@ -279,6 +295,18 @@ def run() -> None:
                            meters={"server": lambda: descendants(ap.proc.pid), "redis": list})
         bench.stop(ap.proc)
 
+        # (h) authproxy verify with a JWT bearer (AUTH_MODE=otp), the same Redis, cache on
+        label = "(h) authproxy verify, JWT bearer, cache on"
+        otp = {"AUTH_MODE": "otp", "JWT_SECRET": JWT_SECRET, "TECHNITIUM_TOKEN": "bench-service-" + "s" * 20,
+               "DISCORD_WEBHOOK_URL": "http://127.0.0.1:9/api/webhooks/1/unused", "OTP_NOTIFY": "false"}
+        ap = bench.authproxy(upstream_url=upstream, redis_url=redis.url, name="authproxy-h", extra_env=otp)
+        bearer_headers = nginx_subrequest_headers(f"Authorization: Bearer {bearer_token()}")
+        got, _ = probe(ap.verify_url + VERIFY_PATH, bearer_headers, what=label)
+        if got.get("Remote-User") != "admin":
+            raise BenchError(f"{label}: 200 without Remote-User: admin ({got})")
+        measure("h", label, ap.verify_url + VERIFY_PATH, ap.proc, count_redis=True)
+        bench.stop(ap.proc)
+
     labels = {
         "a": "(a) bare aiohttp handler",
         "a_log": "(a') bare aiohttp + default access logger",
@@ -288,8 +316,9 @@ def run() -> None:
         "e": "(e) authproxy verify, cache on + access log",
         "f": "(f) authproxy verify, cache on, SQLite store",
         "g": "(g) authproxy verify, cache on, METRICS=false",
+        "h": "(h) authproxy verify, JWT bearer, cache on",
     }
-    base = {"a": None, "a_log": "a", "b": "a", "c": "b", "d": "a", "e": "d", "f": "a", "g": "a"}
+    base = {"a": None, "a_log": "a", "b": "a", "c": "b", "d": "a", "e": "d", "f": "a", "g": "a", "h": "d"}
     rows = []
     for key, label in labels.items():
         r = results[key]
@@ -323,6 +352,7 @@ def run() -> None:
         Target("(d) cache on / (a) bare aiohttp", results["d"].rps / results["a"].rps, ">=", 0.6),
         Target("(e) access log on / (d) off", results["e"].rps / results["d"].rps, ">=", 0.5),
         Target("(d) metrics on / (g) off, alternated runs", metrics_ratio, ">=", 0.9),
+        Target("(h) JWT bearer / (d) cookie", results["h"].rps / results["d"].rps, ">=", 0.8),
     ])
     _metrics_summary(alternated)
     print(f"reference: aiohttp's default access logger costs the bare handler "

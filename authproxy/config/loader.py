@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from authproxy.config import validate
+from authproxy.config import passwordless, validate
 from authproxy.config.schema import (
     AUTH_MODE_ALIASES,
     AUTH_MODES,
@@ -104,6 +104,7 @@ FILE_KEYS: dict[str, set[str]] = {
         "allowed_users",
         "allowed_groups",
         "allow_methods",
+        "auth",
     },
 }
 
@@ -303,7 +304,7 @@ def _site_from_table(t: dict[str, Any], index: int, problems: list[str],
         allowed_groups=tuple(_list(t.get("allowed_groups", ()))),
         allow_methods=tuple(m.upper() for m in _list(t.get("allow_methods", ()))),
         timeout=timeout or defaults.timeout, connect_timeout=connect_timeout or defaults.connect_timeout,
-        idle_timeout=idle_timeout or defaults.idle_timeout)
+        idle_timeout=idle_timeout or defaults.idle_timeout, auth=str(t.get("auth", "")).lower())
 
 
 def _site_timeouts(r: _Reader) -> SiteConfig:
@@ -393,7 +394,8 @@ def load_config(env: Mapping[str, str] | None = None, config_file: Path | None =
     throttle = _throttle(r, ft)
     sites = _sites(r, file_data)
     config = Config(auth_mode=_auth_mode(r, file_data.get("auth_mode")),  # type: ignore[arg-type]
-                    server=server, session=session, throttle=throttle, sites=sites)
+                    server=server, session=session, throttle=throttle, sites=sites,
+                    otp=passwordless.read_otp(r), jwt=passwordless.read_jwt(r))
     problems = r.problems + validate.check(config)
     if problems:
         raise ConfigError(problems)

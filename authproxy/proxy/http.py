@@ -48,6 +48,7 @@ from authproxy.sessions.model import Credential
 from authproxy.upstreams.base import BodyRefused, UpstreamAdapter, UpstreamRequest
 from authproxy.upstreams.substitute import ReplacerChain, StreamReplacer, scrubber
 from authproxy.web import uicalls
+from authproxy.web.bearer import bearer_credential
 from authproxy.web.common import client_ip, current_session, error_response, no_endpoint
 from authproxy.web.service import service_credential
 
@@ -172,6 +173,12 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
                                                      method=request.method, path=request.rel_url.path)
             if refused is not None:
                 return refused
+            if credential is None and app[keys.TOKENS] is not None:   # a JWT bearer's (web/bearer.py)
+                credential, refused = await bearer_credential(
+                    request, site, client_ip=client_ip(request), method=request.method,
+                    path=request.rel_url.path)
+                if refused is not None:
+                    return refused
         # Without a credential only the calls the product answers for anyone (its adapter declares
         # them) go on, without one: the UI gets the product's own answer.
         if credential is None and (

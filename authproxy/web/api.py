@@ -26,6 +26,7 @@ from authproxy.sessions.manager import LoadedSession
 from authproxy.sessions.model import Credential, site_identity
 from authproxy.upstreams.technitium import TechnitiumAdapter
 from authproxy.upstreams.technitium_admin import MigrationError
+from authproxy.web import bearer
 from authproxy.web.common import (
     SECURITY_HEADERS,
     RequestSession,
@@ -247,6 +248,9 @@ async def _sign_out_everywhere(request: web.Request) -> bool:
 async def logout(request: web.Request) -> web.StreamResponse:
     if crosssite.from_other_site(request):
         return json_error(403, "cross_site", "Cross-site sign-out refused.")
+    revoked = await bearer.bearer_logout(request)   # a JWT's sign-out: its jti, everywhere
+    if revoked is not None:
+        return revoked
     try:
         everywhere = await _sign_out_everywhere(request)
     except AuthError as exc:
