@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     from authproxy.login.passthrough import PassthroughLogin
     from authproxy.login.regulation import Regulator
     from authproxy.login.service import ServiceClient, ServiceGate
-    from authproxy.metrics import Metrics
     from authproxy.login.tokens import JwtTokens, TokenClaims
+    from authproxy.metrics import Metrics
     from authproxy.proxy.bridges import BridgeRegistry
     from authproxy.redirects import RedirectPolicy
     from authproxy.routing import Router

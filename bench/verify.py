@@ -35,8 +35,8 @@ import argparse
 import re
 import statistics
 import sys
-import urllib.request
 import time
+import urllib.request
 from pathlib import Path
 
 import jwt
