@@ -14,8 +14,10 @@ Why it looks like this:
 - Keys, index sets and channels all get `prefix`, so one Redis can serve several deployments. Keys and
   index names share Redis's one keyspace: never use one name for both.
 - Short socket timeouts, one quick retry (it heals connections left stale by a Redis restart) and an
-  overall deadline per call, so a dead or hung Redis fails fast with `StoreError` (→ 503) instead of
-  hanging requests; the next call after Redis returns simply works. (The hot-read client gets the same
+  overall deadline per call (DEFAULT_TIMEOUT, 0.7 s), so a dead or hung Redis fails fast with `StoreError`
+  (→ 503) instead of hanging requests. The first timeout or lost connection opens a circuit breaker
+  (breaker.py): later calls fail at once while a background PING probes every 0.1 s, and the first call
+  after Redis answers it simply works. (The hot-read client gets the same
   from one connection-wide watchdog, a retry of its idempotent commands and a short reconnect backoff.)
 - `incr` and `index_add` are small Lua scripts: atomic and one round trip, so a counter can never be left
   without its expiry (which would lock someone out forever) and an index keeps the longer TTL.
@@ -58,7 +60,8 @@ from redis.backoff import ExponentialBackoff
 
 from authproxy.config.schema import DEFAULT_REDIS_PREFIX
 from authproxy.errors import ConfigError, StoreError
-from authproxy.sessions.resp import Endpoint, RespClient
+from authproxy.sessions.breaker import CircuitBreaker
+from authproxy.sessions.resp import Endpoint, RedisReplyError, RespClient
 from authproxy.sessions.resp import redact_url as _redact_url
 from authproxy.sessions.store import InvalidationCallback
 
@@ -91,6 +94,11 @@ return 1
 """
 
 _STORE_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
+# Failures that say "Redis is not answering" (they open the circuit), unlike an error reply.
+_UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, TimeoutError)
+# How long one call may wait for Redis. Redis answers in well under a millisecond; this is what a hung
+# Redis costs the requests already waiting, before the circuit opens and the next ones get 503 at once.
+DEFAULT_TIMEOUT = 0.7
 
 # `revoke`'s own channels (under the prefix, like every channel): a SYNC(nonce) follows the message, and
 # each listener that reads it answers ACK(nonce).
@@ -127,7 +135,7 @@ class RedisStore:
 
     name = "redis"
 
-    def __init__(self, url: str, *, prefix: str = DEFAULT_REDIS_PREFIX, timeout: float = 2.0,
+    def __init__(self, url: str, *, prefix: str = DEFAULT_REDIS_PREFIX, timeout: float = DEFAULT_TIMEOUT,
                  health_check_interval: int = 30, ack_timeout: float = 1.0) -> None:
         self.prefix = prefix
         self.timeout = timeout
@@ -166,6 +174,7 @@ class RedisStore:
         self._acks: dict[str, _Acks] = {}  # revocations waiting for confirmations, by nonce
         self._acking: set[asyncio.Future[Any]] = set()
         self._warned_at = -math.inf
+        self._breaker = CircuitBreaker(self._probe, label=f"redis store {self.safe_url}")
 
     def __repr__(self) -> str:
         return f"<RedisStore {self.safe_url!r} prefix={self.prefix!r}>"
@@ -199,6 +208,7 @@ class RedisStore:
                 await listener
         for task in list(self._acking):
             task.cancel()
+        await self._breaker.close()
         fast, self._fast = self._fast, None
         if fast is not None:
             await fast.close()
@@ -212,14 +222,31 @@ class RedisStore:
                     await sentinel_client.aclose()
 
     async def ping(self) -> None:
-        await self._do("ping", lambda c: c.ping())
+        """Asks Redis even while the circuit is open (readiness wants the truth); an answer closes it."""
+        if self._client is None:
+            raise StoreError(f"redis store {self.safe_url} is not started (or already closed)")
+        try:
+            await self._probe()
+        except _STORE_ERRORS as exc:
+            detail = self._scrub(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            if isinstance(exc, _UNREACHABLE):
+                self._breaker.trip(detail)
+            raise StoreError(f"redis store {self.safe_url}: ping failed: {detail}") from None
+        self._breaker.answered()
 
     # -- key/value -------------------------------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
         fast = self._fast
         if fast is not None:
-            return await fast.get((self.prefix + key).encode())
+            self._breaker.check("get")
+            try:
+                return await fast.get((self.prefix + key).encode())
+            except RedisReplyError:
+                raise
+            except StoreError as exc:
+                self._breaker.trip(str(exc))
+                raise
         value = await self._do("get", lambda c: c.get(self.prefix + key))
         return value if isinstance(value, bytes) or value is None else value.encode()
 
@@ -238,7 +265,14 @@ class RedisStore:
     async def expire(self, key: str, ttl: float) -> bool:
         fast = self._fast
         if fast is not None:
-            return bool(await fast.pexpire((self.prefix + key).encode(), _ms(ttl)))
+            self._breaker.check("expire")
+            try:
+                return bool(await fast.pexpire((self.prefix + key).encode(), _ms(ttl)))
+            except RedisReplyError:
+                raise
+            except StoreError as exc:
+                self._breaker.trip(str(exc))
+                raise
         return bool(await self._do("expire", lambda c: c.pexpire(self.prefix + key, _ms(ttl))))
 
     async def delete(self, *keys: str) -> int:
@@ -253,7 +287,14 @@ class RedisStore:
     async def ttl(self, key: str) -> float | None:
         fast = self._fast
         if fast is not None:
-            ms = int(await fast.pttl((self.prefix + key).encode()))
+            self._breaker.check("ttl")
+            try:
+                ms = int(await fast.pttl((self.prefix + key).encode()))
+            except RedisReplyError:
+                raise
+            except StoreError as exc:
+                self._breaker.trip(str(exc))
+                raise
         else:
             ms = int(await self._do("ttl", lambda c: c.pttl(self.prefix + key)))
         if ms == -2:
@@ -417,12 +458,27 @@ class RedisStore:
         client = self._client
         if client is None:
             raise StoreError(f"redis store {self.safe_url} is not started (or already closed)")
+        self._breaker.check(op)
         try:
-            async with asyncio.timeout(self.timeout + 0.5):
+            async with asyncio.timeout(self.timeout):
                 return await call(client)
         except _STORE_ERRORS as exc:
             detail = self._scrub(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            if isinstance(exc, _UNREACHABLE):
+                self._breaker.trip(detail)
             raise StoreError(f"redis store {self.safe_url}: {op} failed: {detail}") from None
+
+    async def _probe(self) -> None:
+        """The circuit breaker's probe: one PING past the breaker, under the usual deadline."""
+        client = self._client
+        if client is None:
+            raise StoreError("not started")
+        async with asyncio.timeout(self.timeout):
+            await client.ping()
+            fast = self._fast
+            if fast is not None:  # the hot-read connection too, at once rather than after its back-off
+                fast.retry_now()
+                await fast.execute("PING", idempotent=True)
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:

@@ -9,6 +9,7 @@ TTLs are short (0.2-0.4 s) to keep the suite fast; margins are generous against 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -559,9 +560,14 @@ async def test_redis_down_fails_fast_without_password_then_recovers(
                 await asyncio.sleep(0.02)
 
         server.start()
+        async with asyncio.timeout(1.0):  # the circuit breaker's probe (every 0.1 s) finds it back
+            while True:
+                with contextlib.suppress(StoreError):
+                    await store.ping()
+                    break
+                await asyncio.sleep(0.02)
         await store.set("k", b"again", 60)
         assert await store.get("k") == b"again"
-        await store.ping()
         async with asyncio.timeout(8):  # the listener reconnects on its own (backoff <= 5 s)
             while not inbox.messages:
                 await store.publish("inv", "back")
@@ -621,10 +627,19 @@ async def test_redis_hung_server_times_out(redis_server_factory: Callable[..., R
         with pytest.raises(StoreError):
             await store.get("k")
         assert time.monotonic() - started < 1.5
+        started = time.monotonic()  # the circuit is open now: the next call fails without waiting
+        with pytest.raises(StoreError, match="not tried"):
+            await store.set("k", b"w", 60)
+        assert time.monotonic() - started < 0.05
     finally:
         server.process.signal(signal.SIGCONT)
     try:
-        assert await store.get("k") == b"v"
+        async with asyncio.timeout(1.0):  # the background probe closes it as soon as Redis answers
+            while True:
+                with contextlib.suppress(StoreError):
+                    assert await store.get("k") == b"v"
+                    break
+                await asyncio.sleep(0.02)
     finally:
         await store.close()
 
