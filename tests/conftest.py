@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.support.proxies",
     "tests.fakes.echo",
     "tests.support.redis_server",
+    "tests.support.redis_cluster",
     "tests.support.technitium",
     "tests.support.gateway",
     "tests.support.apps",

@@ -54,6 +54,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
@@ -61,6 +62,7 @@ from redis.backoff import ExponentialBackoff
 from authproxy.config.schema import DEFAULT_REDIS_PREFIX
 from authproxy.errors import ConfigError, StoreError
 from authproxy.sessions.breaker import CircuitBreaker
+from authproxy.sessions.redis_cluster import CLUSTER_SCHEMES, ClusterSpec, acked_write, pubsub_client
 from authproxy.sessions.resp import Endpoint, RedisReplyError, RespClient
 from authproxy.sessions.resp import redact_url as _redact_url
 from authproxy.sessions.store import InvalidationCallback
@@ -145,9 +147,16 @@ class RedisStore:
         self._secrets: list[str] = []
         self._sentinel_spec: _SentinelSpec | None = None
         self._endpoint: Endpoint | None = None
+        self._cluster_spec: ClusterSpec | None = None
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
-        if scheme == "redis+sentinel":
+        if scheme in CLUSTER_SCHEMES:
+            self._cluster_spec = ClusterSpec.parse(url)
+            self._secrets += [s for s in (self._cluster_spec.password,) if s]
+            if "{" in prefix:
+                raise ConfigError([(f"session: REDIS_PREFIX '{prefix}' holds a '{{': on a Redis Cluster "
+                                    "that hash tag puts every key in one slot, on one master; remove it")])
+        elif scheme == "redis+sentinel":
             self._sentinel_spec = _SentinelSpec.parse(url)
             self._secrets += [s for s in (self._sentinel_spec.password,
                                           self._sentinel_spec.sentinel_password) if s]
@@ -156,12 +165,14 @@ class RedisStore:
                 self._secrets.append(unquote(parts.password))
             self._endpoint = Endpoint.from_url(url)
         else:
-            raise ConfigError([(f"session: REDIS_URL must start with redis://, rediss://, unix:// or "
-                                f"redis+sentinel:// but it's configured as '{_redact_url(url)}'")])
+            raise ConfigError([(f"session: REDIS_URL must start with redis://, rediss://, unix://, "
+                                f"redis+sentinel://, redis+cluster:// or rediss+cluster:// but it's "
+                                f"configured as '{_redact_url(url)}'")])
         self._secrets += [quote(s, safe="") for s in self._secrets]
         self._secrets.sort(key=len, reverse=True)
         self.safe_url = _redact_url(url)
-        self._client: aioredis.Redis | None = None
+        self._client: aioredis.Redis | RedisCluster | None = None
+        self._pub: aioredis.Redis | None = None  # pub/sub's client: _client, or (Cluster) one node's
         self._fast: RespClient | None = None  # hot reads; None with Sentinel and when not started
         self._sentinel: Sentinel | None = None
         self._incr: Any = None
@@ -186,6 +197,7 @@ class RedisStore:
         if self._client is not None:
             return
         self._client = self._make_client()
+        self._pub = self._client if isinstance(self._client, aioredis.Redis) else None
         self._incr = self._client.register_script(INCR_SCRIPT)
         self._index_add = self._client.register_script(INDEX_ADD_SCRIPT)
         self._first_attempt = asyncio.Event()
@@ -213,10 +225,13 @@ class RedisStore:
         if fast is not None:
             await fast.close()
         client, self._client = self._client, None
+        pub, self._pub = self._pub, None
         sentinel, self._sentinel = self._sentinel, None
         with contextlib.suppress(*_STORE_ERRORS):
             if client is not None:
                 await client.aclose()
+            if pub is not None and pub is not client:
+                await pub.aclose()
             if sentinel is not None:
                 for sentinel_client in sentinel.sentinels:
                     await sentinel_client.aclose()
@@ -251,13 +266,22 @@ class RedisStore:
         return value if isinstance(value, bytes) or value is None else value.encode()
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
+        if self._cluster_spec is not None:
+            await self._acked("set", key, "SET", self.prefix + key, value, "PX", _ms(ttl))
+            return
         await self._do("set", lambda c: c.set(self.prefix + key, value, px=_ms(ttl)))
 
     async def replace(self, key: str, value: bytes, ttl: float) -> bool:
+        if self._cluster_spec is not None:
+            return bool(await self._acked("replace", key, "SET", self.prefix + key, value, "PX", _ms(ttl),
+                                          "XX"))
         written = await self._do("replace", lambda c: c.set(self.prefix + key, value, px=_ms(ttl), xx=True))
         return bool(written)
 
     async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
+        if self._cluster_spec is not None:
+            return bool(await self._acked("set_if_absent", key, "SET", self.prefix + key, value, "PX",
+                                          _ms(ttl), "NX"))
         created = await self._do("set_if_absent",
                                  lambda c: c.set(self.prefix + key, value, px=_ms(ttl), nx=True))
         return bool(created)
@@ -278,9 +302,14 @@ class RedisStore:
     async def delete(self, *keys: str) -> int:
         if not keys:
             return 0
+        if self._cluster_spec is not None:  # one key at a time: they live in different slots
+            return sum([int(await self._acked("delete", k, "DEL", self.prefix + k)) for k in keys])
         return int(await self._do("delete", lambda c: c.delete(*(self.prefix + k for k in keys))))
 
     async def incr(self, key: str, window: float, amount: int = 1) -> int:
+        if self._cluster_spec is not None:  # EVAL, not EVALSHA: a new master has no script cache
+            return int(await self._acked("incr", key, "EVAL", INCR_SCRIPT, 1, self.prefix + key,
+                                         _ms(window), amount))
         return int(await self._do("incr", lambda c: self._incr(keys=[self.prefix + key],
                                                                 args=[_ms(window), amount])))
 
@@ -304,10 +333,17 @@ class RedisStore:
     # -- index sets ------------------------------------------------------------------------------
 
     async def index_add(self, index: str, member: str, ttl: float) -> None:
+        if self._cluster_spec is not None:
+            await self._acked("index_add", index, "EVAL", INDEX_ADD_SCRIPT, 1, self.prefix + index, member,
+                              _ms(ttl))
+            return
         await self._do("index_add",
                        lambda c: self._index_add(keys=[self.prefix + index], args=[member, _ms(ttl)]))
 
     async def index_remove(self, index: str, member: str) -> None:
+        if self._cluster_spec is not None:
+            await self._acked("index_remove", index, "SREM", self.prefix + index, member)
+            return
         await self._do("index_remove", lambda c: c.srem(self.prefix + index, member))
 
     async def index_members(self, index: str) -> builtins.set[str]:
@@ -317,7 +353,7 @@ class RedisStore:
     # -- pub/sub ---------------------------------------------------------------------------------
 
     async def publish(self, channel: str, message: str) -> None:
-        await self._do("publish", lambda c: c.publish(self.prefix + channel, message))
+        await self._do("publish", lambda c: c.publish(self.prefix + channel, message), pub=True)
 
     def subscribe(self, channel: str, callback: InvalidationCallback) -> None:
         self._subscribers.setdefault(channel, []).append(callback)
@@ -334,7 +370,7 @@ class RedisStore:
             return replies
 
         try:
-            replies = await self._do("revoke", publish_both)
+            replies = await self._do("revoke", publish_both, pub=True)
             acks.expected = int(replies[1])
             if acks.seen < acks.expected:
                 try:
@@ -362,7 +398,8 @@ class RedisStore:
 
     def _confirm(self, nonce: str) -> None:
         """Answer a revocation's SYNC: everything published before it has been dispatched here."""
-        task = asyncio.ensure_future(self._do("ack", lambda c: c.publish(self.prefix + ACK_CHANNEL, nonce)))
+        task = asyncio.ensure_future(self._do("ack", lambda c: c.publish(self.prefix + ACK_CHANNEL, nonce),
+                                              pub=True))
         self._acking.add(task)
         task.add_done_callback(self._confirmed)
 
@@ -378,9 +415,9 @@ class RedisStore:
         backoff = 0.1
         failing = False
         while True:
-            assert self._client is not None
-            pubsub = self._client.pubsub()
+            pubsub = None
             try:
+                pubsub = (await self._pub_client()).pubsub()
                 await pubsub.psubscribe(pattern)
                 async with asyncio.timeout(self.timeout + 0.5):
                     while True:  # wait for the confirmation: only then are publishes seen
@@ -407,8 +444,9 @@ class RedisStore:
                 self._first_attempt.set()
             finally:
                 self._generation = -1  # deaf to revocations until subscribed again: cache nothing
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
@@ -434,14 +472,40 @@ class RedisStore:
 
     # -- plumbing --------------------------------------------------------------------------------
 
-    def _make_client(self) -> aioredis.Redis:
-        common: dict[str, Any] = {
+    async def _pub_client(self) -> aioredis.Redis:
+        """The client pub/sub goes through; on a Cluster, (re)chosen on each listener (re)connection."""
+        client = self._client
+        if isinstance(client, aioredis.Redis):
+            return client
+        assert client is not None and self._cluster_spec is not None
+        async with asyncio.timeout(self.timeout * 2):
+            if self._pub is not None:  # reconnecting: the node may have failed over
+                await client.nodes_manager.initialize()
+            chosen = await pubsub_client(client, self.prefix, self._cluster_spec, self._common())
+        old, self._pub = self._pub, chosen
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.aclose()
+        return chosen
+
+    async def _acked(self, op: str, key: str, *args: Any) -> Any:
+        spec = self._cluster_spec
+        assert spec is not None
+        return await self._do(op, lambda c: acked_write(c, self.prefix + key, args, spec))
+
+    def _common(self) -> dict[str, Any]:
+        return {
             "socket_timeout": self.timeout,
             "socket_connect_timeout": self.timeout,
             # One fast retry: heals a pooled connection that died with a restarted Redis.
             "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
             "health_check_interval": self._health_check_interval,
         }
+
+    def _make_client(self) -> aioredis.Redis | RedisCluster:
+        common = self._common()
+        if self._cluster_spec is not None:
+            return self._cluster_spec.client(common)
         spec = self._sentinel_spec
         if spec is None:
             return aioredis.Redis.from_url(self._url, **common)
@@ -453,9 +517,10 @@ class RedisStore:
             spec.service_name, db=spec.db, username=spec.username, password=spec.password)
         return master
 
-    async def _do(self, op: str, call: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
-        """Run one command under the overall deadline; every failure becomes a password-free StoreError."""
-        client = self._client
+    async def _do(self, op: str, call: Callable[[Any], Awaitable[T]], *, pub: bool = False) -> T:
+        """Run one command under the overall deadline; every failure becomes a password-free StoreError.
+        `pub`: on pub/sub's client (the same one, except on a Cluster)."""
+        client = self._pub if pub else self._client
         if client is None:
             raise StoreError(f"redis store {self.safe_url} is not started (or already closed)")
         self._breaker.check(op)

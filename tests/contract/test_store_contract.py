@@ -48,7 +48,7 @@ class Backend:
     opened: list[SessionStore] = field(default_factory=list)
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     kind: str = request.param
     if kind == "memory":
@@ -56,7 +56,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if kind == "sqlite":
         db = tmp_path / "state" / "sessions.sqlite3"
         return Backend(kind, lambda **kw: SQLiteStore(db, **{"poll_interval": 0.1, **kw}), shared=True)
-    url: str = request.getfixturevalue("redis_url")
+    url: str = request.getfixturevalue("redis_cluster_url" if kind == "redis-cluster" else "redis_url")
     return Backend(kind, lambda **kw: RedisStore(url, **kw), shared=True)
 
 
@@ -104,7 +104,7 @@ class Inbox:
 
 async def test_implements_protocol(store: SessionStore, backend: Backend) -> None:
     assert isinstance(store, SessionStore)
-    assert store.name == backend.kind
+    assert store.name == backend.kind.removesuffix("-cluster")
 
 
 async def test_get_set_overwrite(store: SessionStore) -> None:
