@@ -46,7 +46,9 @@ class UpstreamKeepalive:
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.prove_every = PROVE_EVERY
-        self._proven: dict[Key, float] = {}  # insertion-ordered: the oldest proof first
+        # store key -> {site: when the upstream last proved that credential}; only for credentials /verify
+        # handed out, forgotten when the session is saved or ended anywhere; insertion-ordered (LRU).
+        self._proven: dict[str, dict[str, float]] = {}
         self._proving: set[Key] = set()
 
     def needed(self, ttl: float | None) -> bool:
@@ -56,7 +58,8 @@ class UpstreamKeepalive:
     def note_use(self, loaded: LoadedSession, site: str) -> None:
         """The credential for `site` was just used (login, forwarded request, heartbeat)."""
         credential = loaded.session.credentials.get(site)
-        self._proved((loaded.store_key, site), self.sessions.clock())
+        if loaded.store_key in self._proven:
+            self._proved((loaded.store_key, site), self.sessions.clock())
         if credential is None or not self.needed(credential.upstream_ttl):
             return
         key = (loaded.store_key, site)
@@ -70,7 +73,7 @@ class UpstreamKeepalive:
         upstream still takes it: prove it in the background when no answer has for `prove_every` s."""
         key = (loaded.store_key, site)
         now = self.sessions.clock()
-        proven = self._proven.get(key)
+        proven = self._proven.get(loaded.store_key, {}).get(site)
         if proven is None:
             credential = loaded.session.credentials.get(site)
             proven = credential.touched_at if credential is not None else now
@@ -83,8 +86,10 @@ class UpstreamKeepalive:
         task.add_done_callback(self._tasks.discard)
 
     def _proved(self, key: Key, when: float) -> None:
-        self._proven.pop(key, None)
-        self._proven[key] = when
+        store_key, site = key
+        sites = self._proven.pop(store_key, None) or {}
+        sites[site] = when
+        self._proven[store_key] = sites
         if len(self._proven) > PROVEN_MAX:
             del self._proven[next(iter(self._proven))]
 
@@ -105,7 +110,7 @@ class UpstreamKeepalive:
                 return
             log.info("forward auth: the upstream no longer takes a credential; it is dropped",
                      extra={"fields": {"site": site}})
-            self._proven.pop(key, None)
+            self._proven.get(key[0], {}).pop(site, None)
             self._forget(key)
             with contextlib.suppress(StoreError):
                 await self.sessions.drop_credential(loaded, site)
@@ -117,6 +122,7 @@ class UpstreamKeepalive:
 
     def invalidated(self, store_key: str) -> None:
         """A session was saved or destroyed somewhere: re-check its credentials now."""
+        self._proven.pop(store_key, None)  # a saved one starts again from its credentials' touched_at
         for key in [k for k in self._timers if k[0] == store_key]:
             self._timers.pop(key).cancel()
             self._fire(key)
