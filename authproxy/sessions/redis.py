@@ -2,7 +2,9 @@
 
 URL forms: `redis://[[user]:password@]host[:port][/db]`, `rediss://...` (TLS), `unix://[:password@]/path?db=N`
 and Sentinel `redis+sentinel://[[user]:password@]host:port[,host2:port2]/service_name[/db]` (the password is
-the master's; add `?sentinel_password=...` when the sentinels require one too).
+the master's; add `?sentinel_password=...` when the sentinels require one too), and Redis Cluster
+`redis+cluster://[[user]:password@]h1:p1[,h2:p2,...]` (`rediss+cluster://`; see redis_cluster.py: writes
+wait for a replica, pub/sub on one agreed node, hot reads through redis-py's cluster client).
 
 Why it looks like this:
 - Two clients. The hot reads of the session check — `get`, `expire` (PEXPIRE) and `ttl` (PTTL) — go
@@ -17,8 +19,10 @@ Why it looks like this:
   overall deadline per call (DEFAULT_TIMEOUT, 0.7 s), so a dead or hung Redis fails fast with `StoreError`
   (→ 503) instead of hanging requests. The first timeout or lost connection opens a circuit breaker
   (breaker.py): later calls fail at once while a background PING probes every 0.1 s, and the first call
-  after Redis answers it simply works. (The hot-read client gets the same
-  from one connection-wide watchdog, a retry of its idempotent commands and a short reconnect backoff.)
+  after Redis answers it simply works. Not on a Cluster: there a failure is one master's, and the
+  sessions on the others must go on being served (its failover bounds the wait for its own slots).
+  (The hot-read client gets the same from one connection-wide watchdog, a retry of its idempotent
+  commands and a short reconnect backoff.)
 - `incr` and `index_add` are small Lua scripts: atomic and one round trip, so a counter can never be left
   without its expiry (which would lock someone out forever) and an index keeps the longer TTL.
 - Pub/sub: one background listener PSUBSCRIBEs to `prefix*` and dispatches locally, so `subscribe()` can
@@ -244,7 +248,7 @@ class RedisStore:
             await self._probe()
         except _STORE_ERRORS as exc:
             detail = self._scrub(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-            if isinstance(exc, _UNREACHABLE):
+            if isinstance(exc, _UNREACHABLE) and self._cluster_spec is None:  # one node of a Cluster: not all
                 self._breaker.trip(detail)
             raise StoreError(f"redis store {self.safe_url}: ping failed: {detail}") from None
         self._breaker.answered()
@@ -529,7 +533,7 @@ class RedisStore:
                 return await call(client)
         except _STORE_ERRORS as exc:
             detail = self._scrub(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-            if isinstance(exc, _UNREACHABLE):
+            if isinstance(exc, _UNREACHABLE) and self._cluster_spec is None:  # one node of a Cluster: not all
                 self._breaker.trip(detail)
             raise StoreError(f"redis store {self.safe_url}: {op} failed: {detail}") from None
 
