@@ -66,7 +66,13 @@ from redis.backoff import ExponentialBackoff
 from authproxy.config.schema import DEFAULT_REDIS_PREFIX
 from authproxy.errors import ConfigError, StoreError
 from authproxy.sessions.breaker import CircuitBreaker
-from authproxy.sessions.redis_cluster import CLUSTER_SCHEMES, ClusterSpec, acked_write, pubsub_client
+from authproxy.sessions.redis_cluster import (
+    CLUSTER_SCHEMES,
+    ClusterSpec,
+    acked_write,
+    pubsub_client,
+    wait_options,
+)
 from authproxy.sessions.resp import Endpoint, RedisReplyError, RespClient
 from authproxy.sessions.resp import redact_url as _redact_url
 from authproxy.sessions.store import InvalidationCallback
@@ -152,16 +158,19 @@ class RedisStore:
         self._sentinel_spec: _SentinelSpec | None = None
         self._endpoint: Endpoint | None = None
         self._cluster_spec: ClusterSpec | None = None
+        self._acknowledged = False  # writes wait for replicas (WAIT): Cluster, or Sentinel with wait_replicas
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme in CLUSTER_SCHEMES:
             self._cluster_spec = ClusterSpec.parse(url)
+            self._acknowledged = self._cluster_spec.wait_replicas > 0
             self._secrets += [s for s in (self._cluster_spec.password,) if s]
             if "{" in prefix:
                 raise ConfigError([(f"session: REDIS_PREFIX '{prefix}' holds a '{{': on a Redis Cluster "
                                     "that hash tag puts every key in one slot, on one master; remove it")])
         elif scheme == "redis+sentinel":
             self._sentinel_spec = _SentinelSpec.parse(url)
+            self._acknowledged = self._sentinel_spec.wait_replicas > 0
             self._secrets += [s for s in (self._sentinel_spec.password,
                                           self._sentinel_spec.sentinel_password) if s]
         elif scheme in ("redis", "rediss", "unix"):
@@ -270,20 +279,20 @@ class RedisStore:
         return value if isinstance(value, bytes) or value is None else value.encode()
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
-        if self._cluster_spec is not None:
+        if self._acknowledged:
             await self._acked("set", key, "SET", self.prefix + key, value, "PX", _ms(ttl))
             return
         await self._do("set", lambda c: c.set(self.prefix + key, value, px=_ms(ttl)))
 
     async def replace(self, key: str, value: bytes, ttl: float) -> bool:
-        if self._cluster_spec is not None:
+        if self._acknowledged:
             return bool(await self._acked("replace", key, "SET", self.prefix + key, value, "PX", _ms(ttl),
                                           "XX"))
         written = await self._do("replace", lambda c: c.set(self.prefix + key, value, px=_ms(ttl), xx=True))
         return bool(written)
 
     async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
-        if self._cluster_spec is not None:
+        if self._acknowledged:
             return bool(await self._acked("set_if_absent", key, "SET", self.prefix + key, value, "PX",
                                           _ms(ttl), "NX"))
         created = await self._do("set_if_absent",
@@ -308,10 +317,12 @@ class RedisStore:
             return 0
         if self._cluster_spec is not None:  # one key at a time: they live in different slots
             return sum([int(await self._acked("delete", k, "DEL", self.prefix + k)) for k in keys])
+        if self._acknowledged:
+            return int(await self._acked("delete", keys[0], "DEL", *(self.prefix + k for k in keys)))
         return int(await self._do("delete", lambda c: c.delete(*(self.prefix + k for k in keys))))
 
     async def incr(self, key: str, window: float, amount: int = 1) -> int:
-        if self._cluster_spec is not None:  # EVAL, not EVALSHA: a new master has no script cache
+        if self._acknowledged:  # EVAL, not EVALSHA: a promoted replica has no script cache
             return int(await self._acked("incr", key, "EVAL", INCR_SCRIPT, 1, self.prefix + key,
                                          _ms(window), amount))
         return int(await self._do("incr", lambda c: self._incr(keys=[self.prefix + key],
@@ -337,7 +348,7 @@ class RedisStore:
     # -- index sets ------------------------------------------------------------------------------
 
     async def index_add(self, index: str, member: str, ttl: float) -> None:
-        if self._cluster_spec is not None:
+        if self._acknowledged:
             await self._acked("index_add", index, "EVAL", INDEX_ADD_SCRIPT, 1, self.prefix + index, member,
                               _ms(ttl))
             return
@@ -345,7 +356,7 @@ class RedisStore:
                        lambda c: self._index_add(keys=[self.prefix + index], args=[member, _ms(ttl)]))
 
     async def index_remove(self, index: str, member: str) -> None:
-        if self._cluster_spec is not None:
+        if self._acknowledged:
             await self._acked("index_remove", index, "SREM", self.prefix + index, member)
             return
         await self._do("index_remove", lambda c: c.srem(self.prefix + index, member))
@@ -493,9 +504,24 @@ class RedisStore:
         return chosen
 
     async def _acked(self, op: str, key: str, *args: Any) -> Any:
-        spec = self._cluster_spec
-        assert spec is not None
-        return await self._do(op, lambda c: acked_write(c, self.prefix + key, args, spec))
+        """A write that returns once `wait_replicas` replicas hold it (Cluster, or Sentinel when asked)."""
+        cluster = self._cluster_spec
+        if cluster is not None:
+            return await self._do(op, lambda c: acked_write(c, self.prefix + key, args, cluster))
+        sentinel = self._sentinel_spec
+        assert sentinel is not None
+
+        async def with_wait(client: aioredis.Redis) -> Any:
+            pipe = client.pipeline(transaction=False)  # one connection: WAIT counts this write
+            pipe.execute_command(*args)
+            pipe.execute_command("WAIT", sentinel.wait_replicas, sentinel.wait_timeout_ms)
+            reply, acked = await pipe.execute()
+            if int(acked) < sentinel.wait_replicas:
+                raise StoreError(f"written, but {acked} of {sentinel.wait_replicas} replica(s) confirmed "
+                                 f"within {sentinel.wait_timeout_ms} ms (wait_replicas in REDIS_URL)")
+            return reply
+
+        return await self._do(op, with_wait)
 
     def _common(self) -> dict[str, Any]:
         return {
@@ -556,16 +582,20 @@ class RedisStore:
 
 
 class _SentinelSpec:
-    """`redis+sentinel://[[user]:password@]h1:p1[,h2:p2]/service_name[/db][?sentinel_password=...]`."""
+    """`redis+sentinel://[[user]:password@]h1:p1[,h2:p2]/service_name[/db][?sentinel_password=...]`
+    (`&wait_replicas=N&wait_timeout_ms=M`: writes return once N replicas hold them, as on a Cluster)."""
 
     def __init__(self, sentinels: list[tuple[str, int]], service_name: str, db: int,
-                 username: str | None, password: str | None, sentinel_password: str | None) -> None:
+                 username: str | None, password: str | None, sentinel_password: str | None,
+                 wait_replicas: int = 0, wait_timeout_ms: int = 500) -> None:
         self.sentinels = sentinels
         self.service_name = service_name
         self.db = db
         self.username = username
         self.password = password
         self.sentinel_password = sentinel_password
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
 
     @classmethod
     def parse(cls, url: str) -> _SentinelSpec:
@@ -606,8 +636,10 @@ class _SentinelSpec:
         except ValueError:
             raise problem("has a db that is not a number") from None
         query = parse_qs(parts.query)
-        unknown = set(query) - {"sentinel_password"}
+        unknown = set(query) - {"sentinel_password", "wait_replicas", "wait_timeout_ms"}
         if unknown:
             raise problem(f"has unknown query options {sorted(unknown)}")
         sentinel_password = query.get("sentinel_password", [None])[-1]
-        return cls(sentinels, path[0], db, username, password, sentinel_password)
+        wait_replicas, wait_timeout_ms = wait_options(query, problem, default_replicas=0)
+        return cls(sentinels, path[0], db, username, password, sentinel_password, wait_replicas,
+                   wait_timeout_ms)

@@ -25,7 +25,7 @@ Why it looks like this:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -88,13 +88,7 @@ class ClusterSpec:
         unknown = set(query) - {"wait_replicas", "wait_timeout_ms"}
         if unknown:
             raise problem(f"has unknown query options {sorted(unknown)}")
-        try:
-            wait_replicas = int(query.get("wait_replicas", ["1"])[-1])
-            wait_timeout_ms = int(query.get("wait_timeout_ms", ["500"])[-1])
-        except ValueError:
-            raise problem("has a wait option that is not a number") from None
-        if wait_replicas < 0 or wait_timeout_ms < 1:
-            raise problem("needs wait_replicas >= 0 and wait_timeout_ms >= 1")
+        wait_replicas, wait_timeout_ms = wait_options(query, problem, default_replicas=1)
         return cls(nodes, parts.scheme.lower() == "rediss+cluster", username, password, wait_replicas,
                    wait_timeout_ms)
 
@@ -105,6 +99,19 @@ class ClusterSpec:
                             # MOVED after a failover or a resharding: re-read the slots and retry,
                             # quickly; a failover itself takes longer than the store's deadline (503).
                             retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=2), **kwargs)
+
+
+def wait_options(query: dict[str, list[str]], problem: Callable[[str], ConfigError], *,
+                 default_replicas: int) -> tuple[int, int]:
+    """`wait_replicas` and `wait_timeout_ms` of a REDIS_URL's query (Cluster, Sentinel)."""
+    try:
+        wait_replicas = int(query.get("wait_replicas", [str(default_replicas)])[-1])
+        wait_timeout_ms = int(query.get("wait_timeout_ms", ["500"])[-1])
+    except ValueError:
+        raise problem("has a wait option that is not a number") from None
+    if wait_replicas < 0 or wait_timeout_ms < 1:
+        raise problem("needs wait_replicas >= 0 and wait_timeout_ms >= 1")
+    return wait_replicas, wait_timeout_ms
 
 
 async def pubsub_client(cluster: RedisCluster, prefix: str, spec: ClusterSpec,

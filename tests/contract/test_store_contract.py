@@ -704,9 +704,12 @@ def test_redis_sentinel_url_parsing() -> None:
     assert (spec.service_name, spec.db, spec.password, spec.username) == ("svc", 3, "p@ss", None)
     assert spec.sentinel_password == "x"
     spec = _SentinelSpec.parse("redis+sentinel://user:pw@h1:1/svc")
-    assert (spec.username, spec.password, spec.db) == ("user", "pw", 0)
+    assert (spec.username, spec.password, spec.db, spec.wait_replicas) == ("user", "pw", 0, 0)
+    spec = _SentinelSpec.parse("redis+sentinel://h1:1/svc?wait_replicas=1&wait_timeout_ms=200")
+    assert (spec.wait_replicas, spec.wait_timeout_ms) == (1, 200)
     for bad in ("redis+sentinel://h1:1", "redis+sentinel://:pw@/svc", "redis+sentinel://h:x/svc",
-                "redis+sentinel://h:1/svc/notadb", "redis+sentinel://h:1/svc?bogus=1"):
+                "redis+sentinel://h:1/svc/notadb", "redis+sentinel://h:1/svc?bogus=1",
+                "redis+sentinel://:pw@h:1/svc?wait_replicas=x"):
         with pytest.raises(ConfigError) as caught:
             _SentinelSpec.parse(bad)
         assert "pw" not in str(caught.value).replace("password", "")

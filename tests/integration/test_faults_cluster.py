@@ -148,7 +148,7 @@ async def test_sentinel_failover_under_load(
                     "sentinel failover-timeout mymaster 5000\n")
     sentinel = process_factory([master.binary, str(conf), "--sentinel"], name="redis-sentinel")
     wait_for_port("127.0.0.1", port, timeout=10, process=sentinel)
-    url = f"redis+sentinel://:{PASSWORD}@127.0.0.1:{port}/mymaster"
+    url = f"redis+sentinel://:{PASSWORD}@127.0.0.1:{port}/mymaster?wait_replicas=1"  # writes: WAIT 1
     await replicas.start(2, technitium.url, REDIS_URL=url, SESSION_CACHE_TTL="0")
     live: list[str] = []
     for i in range(10):
