@@ -70,7 +70,9 @@ from authproxy.sessions.redis_cluster import (
     CLUSTER_SCHEMES,
     ClusterSpec,
     acked_write,
+    connected_replicas,
     pubsub_client,
+    short_of_replicas,
     wait_options,
 )
 from authproxy.sessions.resp import Endpoint, RedisReplyError, RespClient
@@ -198,6 +200,7 @@ class RedisStore:
         self._acks: dict[str, _Acks] = {}  # revocations waiting for confirmations, by nonce
         self._acking: set[asyncio.Future[Any]] = set()
         self._warned_at = -math.inf
+        self._degraded_at = -math.inf
         self._breaker = CircuitBreaker(self._probe, label=f"redis store {self.safe_url}")
 
     def __repr__(self) -> str:
@@ -507,7 +510,8 @@ class RedisStore:
         """A write that returns once `wait_replicas` replicas hold it (Cluster, or Sentinel when asked)."""
         cluster = self._cluster_spec
         if cluster is not None:
-            return await self._do(op, lambda c: acked_write(c, self.prefix + key, args, cluster))
+            return await self._do(op, lambda c: acked_write(c, self.prefix + key, args, cluster,
+                                                            self._degraded))
         sentinel = self._sentinel_spec
         assert sentinel is not None
 
@@ -517,11 +521,20 @@ class RedisStore:
             pipe.execute_command("WAIT", sentinel.wait_replicas, sentinel.wait_timeout_ms)
             reply, acked = await pipe.execute()
             if int(acked) < sentinel.wait_replicas:
-                raise StoreError(f"written, but {acked} of {sentinel.wait_replicas} replica(s) confirmed "
-                                 f"within {sentinel.wait_timeout_ms} ms (wait_replicas in REDIS_URL)")
+                connected = connected_replicas(await client.info("replication"))
+                short_of_replicas(int(acked), connected, sentinel.wait_replicas, sentinel.wait_timeout_ms)
+                self._degraded(connected)
             return reply
 
         return await self._do(op, with_wait)
+
+    def _degraded(self, replicas: int) -> None:
+        """A write was kept by a master with fewer replicas than wait_replicas (say so once a minute)."""
+        now = time.monotonic()
+        if now - self._degraded_at >= UNCONFIRMED_WARNING_EVERY:
+            self._degraded_at = now
+            log.warning("redis store %s: a master has %d replica(s), fewer than wait_replicas: writes there "
+                        "are kept by that master alone until a replica is back", self.safe_url, replicas)
 
     def _common(self) -> dict[str, Any]:
         return {

@@ -12,8 +12,11 @@ Why it looks like this:
   loses that write when its replica takes over. Writes that matter (sessions, their index, throttle
   counters, deletes, i.e. revocations) go out as `<command>` + `WAIT <wait_replicas> <timeout>` on one
   connection to the key's master, and the store returns only once `wait_replicas` replicas have it.
-  When they do not confirm in time (no replica up), the write stands but the call fails (503): the
-  caller never tells someone "signed in" or "signed out" on a write a failover could undo.
+  When a connected replica does not confirm in time, the write stands but the call fails (503): the
+  caller never tells someone "signed in" or "signed out" on a write a failover could undo. A master
+  with fewer replicas than that (after a failover, until the old master returns as a replica) has
+  nobody to fail over to: its writes are accepted once all the replicas it has confirmed (a warning
+  a minute says so).
 - Classic pub/sub, not sharded: the store needs one pattern subscription (`prefix*`), which sharded
   pub/sub (SSUBSCRIBE) cannot do, and classic messages reach every node. Every replica of authproxy
   listens and publishes on the same node — the master of the slot of `prefix + "!pubsub"` — because
@@ -124,7 +127,8 @@ async def pubsub_client(cluster: RedisCluster, prefix: str, spec: ClusterSpec,
                           password=spec.password, **common)
 
 
-async def acked_write(cluster: RedisCluster, key: str, args: Sequence[Any], spec: ClusterSpec) -> Any:
+async def acked_write(cluster: RedisCluster, key: str, args: Sequence[Any], spec: ClusterSpec,
+                      degraded: Callable[[int], None]) -> Any:
     """`args` on the master of `key`, then WAIT on the same connection: the reply once `wait_replicas`
     replicas hold it. After MOVED/ASK or a lost connection the slot map is read again and the pair is
     sent once more (to the new master after a failover): a lost reply may mean a counter counts one
@@ -139,7 +143,10 @@ async def acked_write(cluster: RedisCluster, key: str, args: Sequence[Any], spec
                                                                ("WAIT", spec.wait_replicas,
                                                                 spec.wait_timeout_ms)]))
             reply = await conn.read_response()
-            acked = await conn.read_response()
+            acked = int(await conn.read_response())
+            if acked < spec.wait_replicas:  # how many could have confirmed?
+                await conn.send_command("INFO", "replication")
+                replicas = connected_replicas(await conn.read_response())
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError,
                 redis.exceptions.MovedError, redis.exceptions.AskError, redis.exceptions.ClusterDownError,
                 redis.exceptions.TryAgainError, redis.exceptions.ReadOnlyError):
@@ -154,11 +161,32 @@ async def acked_write(cluster: RedisCluster, key: str, args: Sequence[Any], spec
             node.release(conn)
             raise
         node.release(conn)
-        if int(acked) < spec.wait_replicas:
-            raise StoreError(f"written, but {acked} of {spec.wait_replicas} replica(s) confirmed within "
-                             f"{spec.wait_timeout_ms} ms (wait_replicas in REDIS_URL)")
+        if acked < spec.wait_replicas:
+            short_of_replicas(acked, replicas, spec.wait_replicas, spec.wait_timeout_ms)
+            degraded(replicas)
         return reply
     raise AssertionError("unreachable")
+
+
+def connected_replicas(info: object) -> int:
+    """connected_slaves from INFO replication (raw text, or redis-py's parsed dict)."""
+    if isinstance(info, dict):
+        return int(info.get("connected_slaves", 0))
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    for line in text.splitlines():
+        if line.startswith("connected_slaves:"):
+            return int(line.split(":", 1)[1])
+    return 0
+
+
+def short_of_replicas(acked: int, connected: int, wanted: int, timeout_ms: int) -> None:
+    """Fewer replicas confirmed than `wanted`. When every replica the master has confirmed (none left
+    after a failover, until the old master returns as a replica), no failover can undo the write: it
+    stands (the caller warns). When a connected replica did not confirm in time, it could: StoreError."""
+    if acked >= connected:
+        return
+    raise StoreError(f"written, but {acked} of {connected} connected replica(s) confirmed within "
+                     f"{timeout_ms} ms (wait_replicas={wanted} in REDIS_URL)")
 
 
 def _master(cluster: RedisCluster, key: str) -> ClusterNode:

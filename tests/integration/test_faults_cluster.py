@@ -1,8 +1,8 @@
 """Three authproxy replicas on a real Redis Cluster (3 masters + 3 replicas, cluster-node-timeout 1 s):
-a master is killed (SIGKILL) under steady load. authproxy answers 503 for the sessions whose slot it
-served until its replica takes over, then serves again; nothing else is ever answered (no 500, no
-"signed out" for a live session), and every sign-in and sign-out it acknowledged survives the failover
-(writes wait for a replica: WAIT)."""
+a master (the one holding a sign-in failure count) is killed (SIGKILL) under steady load. authproxy
+answers 503 for the sessions whose slot it served until its replica takes over, then serves again;
+nothing else is ever answered (no 500, no "signed out" for a live session), and every sign-in, sign-out
+and failure count it acknowledged survives the failover (writes wait for a replica: WAIT)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,18 @@ from tests.support.replicas import Replicas
 from tests.support.technitium import ALICE
 
 PASSWORD = "sentinel-s3cret"
+BOB = ("bob", "bob-pass")
 FAILOVER_BOUND = 10.0  # cluster-node-timeout 1 s + election + rediscovery, on a loaded 2-core machine
+
+
+def _keys(cluster: RedisCluster, node: RedisServer, pattern: str) -> list[bytes]:
+    """The keys matching `pattern` on one node, if it is a master that still runs."""
+    if not node.running:
+        return []
+    with cluster.client(node) as c:
+        if c.info("replication")["role"] != "master":
+            return []
+        return list(c.keys(pattern))
 
 
 def _replication(server: RedisServer) -> dict[str, Any]:
@@ -59,8 +70,10 @@ async def under_load(replicas: Replicas, live: list[str], fault: Callable[[], No
         for n in itertools.count():
             if stop.is_set():
                 return
-            status, cookie = await replicas.sign_in(n % count, ALICE)
-            assert status in (200, 503), status
+            # A sign-in the failover cut short (503) keeps its attempt counted (the refund could not be
+            # written): after LOGIN_MAX_FAILURES of them, 429 until the window ends. Fail-safe, allowed.
+            status, cookie = await replicas.sign_in(n % count, ALICE, client_ip=f"198.51.100.{n % 250 + 1}")
+            assert status in (200, 503, 429), status
             if cookie:
                 live.append(cookie)
             await asyncio.sleep(0.05)
@@ -92,10 +105,15 @@ async def replicas(process_factory: Callable[..., ManagedProcess], tmp_path: Pat
 
 async def test_a_master_killed_under_load_costs_503s_for_the_failover_only(
         redis_cluster: RedisCluster, technitium: FakeTechnitium, replicas: Replicas) -> None:
-    await replicas.start(3, technitium.url, REDIS_URL=redis_cluster.url, SESSION_CACHE_TTL="0")
+    await replicas.start(3, technitium.url, REDIS_URL=redis_cluster.url, SESSION_CACHE_TTL="0",
+                         LOGIN_MAX_FAILURES="3")
+    technitium.add_user(*BOB)
+    wrong = (BOB[0], "not-his-password")
+    bob_ip = "203.0.113.7"
+    assert [(await replicas.sign_in(i, wrong, client_ip=bob_ip))[0] for i in (0, 1)] == [401, 401]  # 2 of 3
     acked: list[str] = []
     for i in range(24):
-        status, cookie = await replicas.sign_in(i % 3, ALICE)
+        status, cookie = await replicas.sign_in(i % 3, ALICE, client_ip=f"192.0.2.{i + 1}")
         assert status == 200 and cookie
         acked.append(cookie)
     signed_out = acked[:4]
@@ -103,7 +121,10 @@ async def test_a_master_killed_under_load_costs_503s_for_the_failover_only(
         assert await replicas.sign_out(i % 3, cookie) == 200
     live = acked[4:]
 
-    victim = redis_cluster.master_of("authproxy:!pubsub")  # pub/sub's node too
+    # The master that holds bob's failure count: a failover must not forget it.
+    counters = [k.decode() for n in redis_cluster.nodes for k in _keys(redis_cluster, n, "authproxy:t:u:*")]
+    assert len(set(counters)) == 1, counters
+    victim = redis_cluster.master_of(counters[0])
     assert victim.process is not None
     process = victim.process
     killed_at, log = await under_load(replicas, live, lambda: process.signal(signal.SIGKILL), sign_ins=True)
@@ -122,6 +143,8 @@ async def test_a_master_killed_under_load_costs_503s_for_the_failover_only(
             assert await replicas.check(i, cookie) == (200, True)
     for cookie in signed_out:
         assert await replicas.check(0, cookie) == (200, False)
+    assert (await replicas.sign_in(2, wrong, client_ip=bob_ip))[0] == 401  # the third failure
+    assert (await replicas.sign_in(0, BOB, client_ip=bob_ip))[0] == 429    # locked out: the count held
     print(f"cluster master killed: {len(bad)} of {len(after)} checks answered 503, the last "
           f"{outage:.2f} s after the kill; {len(live)} acknowledged sessions all kept")
 

@@ -58,9 +58,13 @@ class Replicas:
         assert self.http is not None
         return self.http
 
-    async def sign_in(self, i: int, user: tuple[str, str]) -> tuple[int, str | None]:
+    async def sign_in(self, i: int, user: tuple[str, str], *,
+                      client_ip: str | None = None) -> tuple[int, str | None]:
+        """`client_ip`: the address the front proxy says the person has (X-Forwarded-For; the throttle
+        counts per address too)."""
         body = {"username": user[0], "password": user[1]}
-        async with self.client.post(self.bases[i] + LOGIN, json=body, headers=FORWARDED) as resp:
+        headers = {**FORWARDED, **({"X-Forwarded-For": client_ip} if client_ip else {})}
+        async with self.client.post(self.bases[i] + LOGIN, json=body, headers=headers) as resp:
             cookie = resp.cookies.get(COOKIE)
             return resp.status, cookie.value if cookie is not None and resp.status == 200 else None
 

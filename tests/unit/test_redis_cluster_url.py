@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from authproxy.config.loader import load_config
-from authproxy.errors import ConfigError
+from authproxy.errors import ConfigError, StoreError
 from authproxy.sessions.redis import RedisStore
-from authproxy.sessions.redis_cluster import ClusterSpec
+from authproxy.sessions.redis_cluster import ClusterSpec, connected_replicas, short_of_replicas
 
 
 def test_hosts_password_tls_and_wait_options() -> None:
@@ -43,3 +43,12 @@ def test_the_configuration_accepts_the_cluster_schemes() -> None:
         config = load_config({"UPSTREAM_URL": "http://127.0.0.1:9", "UPSTREAM_TYPE": "technitium",
                               "REDIS_URL": url, "SESSION_SECRET": "s" * 40, "TRUST_PROXY": "true"})
         assert config.session.redis_url is not None
+
+
+def test_a_write_stands_only_when_every_connected_replica_confirmed() -> None:
+    short_of_replicas(0, 0, 1, 500)   # no replica left (after a failover): nothing could undo it
+    short_of_replicas(1, 1, 2, 500)   # the only replica confirmed
+    with pytest.raises(StoreError, match="0 of 1 connected replica"):
+        short_of_replicas(0, 1, 1, 500)   # a replica that could be promoted does not have it
+    assert connected_replicas(b"# Replication\r\nrole:master\r\nconnected_slaves:2\r\n") == 2
+    assert connected_replicas({"role": "master", "connected_slaves": 1}) == 1
