@@ -1,11 +1,11 @@
 """Issue #16: what the session check's hot read costs on a Redis Cluster, against one Redis, same run.
 
-On one Redis (and Sentinel) the store's hot reads (GET/PEXPIRE/PTTL) go through its small pipelined client;
-on a Cluster they go through redis-py's cluster client (slot lookup, a connection pool per node). This
-measures `RedisStore.get` of a real-sized blob (1.3 KB) from one process with --concurrency calls in
-flight: gets per second and the client's CPU time per get, one Redis vs a 3-master + 3-replica cluster of
-real redis-server processes (started here; redis-cli needed). Also the cost of an acknowledged write on the
-Cluster (SET + WAIT 1) against a plain SET on one Redis.
+On one Redis the store's hot reads (GET/PEXPIRE/PTTL) go through its small pipelined client; on a Cluster
+through one such client per master, found from redis-py's slot map (redis-py's cluster client only after
+a MOVED or a failing node). This measures `RedisStore.get` of a real-sized blob (1.3 KB) from one process
+with --concurrency calls in flight: gets per second and the client's CPU time per get, one Redis vs a
+3-master + 3-replica cluster of real redis-server processes (started here; redis-cli needed). Also the
+cost of an acknowledged write on the Cluster (SET + WAIT 1) against a plain SET on one Redis.
 
     python bench/cluster_reads.py [--duration 5] [--concurrency 50]
 """
@@ -95,8 +95,9 @@ def run() -> None:
         for name, result in (("one Redis", one), ("Cluster 3+3", many)):
             rows.append([label, name, f"{result[op][0]:,.0f}", f"{result[op][1]:.0f}"])
     table(["call", "store", "calls/s", "client CPU µs/call"], rows, title="RedisStore from one process")
-    print("one Redis: GET through the small pipelined client, SET through redis-py; Cluster: both through "
-          "redis-py's cluster client, SET followed by WAIT 1 on the master's connection.\n")
+    print("one Redis: GET through the small pipelined client, SET through redis-py; Cluster: GET through a "
+          "small client per master (slot-aware), SET through redis-py's cluster client + WAIT 1 on the "
+          "master's connection.\n")
     get_rate, get_cpu = many["get"][0] / one["get"][0], many["get"][1] / one["get"][1]
     print(f"Cluster / one Redis: GET {get_rate:.2f}x the calls/s at {get_cpu:.1f}x the CPU per call; "
           f"SET {many['set'][0] / one['set'][0]:.2f}x the calls/s")

@@ -4,7 +4,7 @@ URL forms: `redis://[[user]:password@]host[:port][/db]`, `rediss://...` (TLS), `
 and Sentinel `redis+sentinel://[[user]:password@]host:port[,host2:port2]/service_name[/db]` (the password is
 the master's; add `?sentinel_password=...` when the sentinels require one too), and Redis Cluster
 `redis+cluster://[[user]:password@]h1:p1[,h2:p2,...]` (`rediss+cluster://`; see redis_cluster.py: writes
-wait for a replica, pub/sub on one agreed node, hot reads through redis-py's cluster client).
+wait for a replica, pub/sub on one agreed node, slot-aware hot reads).
 
 Why it looks like this:
 - Two clients. The hot reads of the session check — `get`, `expire` (PEXPIRE) and `ttl` (PTTL) — go
@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import logging
 import math
 import secrets
@@ -160,12 +161,17 @@ class RedisStore:
         self._sentinel_spec: _SentinelSpec | None = None
         self._endpoint: Endpoint | None = None
         self._cluster_spec: ClusterSpec | None = None
+        self._node_template: Endpoint | None = None  # Cluster: TLS and credentials of its hot-read clients
         self._acknowledged = False  # writes wait for replicas (WAIT): Cluster, or Sentinel with wait_replicas
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme in CLUSTER_SCHEMES:
             self._cluster_spec = ClusterSpec.parse(url)
             self._acknowledged = self._cluster_spec.wait_replicas > 0
+            spec = self._cluster_spec
+            self._node_template = dataclasses.replace(
+                Endpoint.from_url(f"{'rediss' if spec.tls else 'redis'}://localhost/0"),
+                username=spec.username, password=spec.password)
             self._secrets += [s for s in (self._cluster_spec.password,) if s]
             if "{" in prefix:
                 raise ConfigError([(f"session: REDIS_PREFIX '{prefix}' holds a '{{': on a Redis Cluster "
@@ -188,6 +194,7 @@ class RedisStore:
         self.safe_url = _redact_url(url)
         self._client: aioredis.Redis | RedisCluster | None = None
         self._pub: aioredis.Redis | None = None  # pub/sub's client: _client, or (Cluster) one node's
+        self._node_fast: dict[str, RespClient] = {}  # Cluster: a hot-read client per master, by host:port
         self._fast: RespClient | None = None  # hot reads; None with Sentinel and when not started
         self._sentinel: Sentinel | None = None
         self._incr: Any = None
@@ -240,6 +247,9 @@ class RedisStore:
         fast, self._fast = self._fast, None
         if fast is not None:
             await fast.close()
+        for node_fast in self._node_fast.values():
+            await node_fast.close()
+        self._node_fast.clear()
         client, self._client = self._client, None
         pub, self._pub = self._pub, None
         sentinel, self._sentinel = self._sentinel, None
@@ -278,7 +288,11 @@ class RedisStore:
             except StoreError as exc:
                 self._breaker.trip(str(exc))
                 raise
-        value = await self._do("get", lambda c: c.get(self.prefix + key))
+        if self._cluster_spec is not None:
+            value = await self._node_read("get", key, lambda f, k: f.get(k),
+                                          lambda c: c.get(self.prefix + key))
+        else:
+            value = await self._do("get", lambda c: c.get(self.prefix + key))
         return value if isinstance(value, bytes) or value is None else value.encode()
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
@@ -313,6 +327,10 @@ class RedisStore:
             except StoreError as exc:
                 self._breaker.trip(str(exc))
                 raise
+        if self._cluster_spec is not None:
+            ms = _ms(ttl)
+            return bool(await self._node_read("expire", key, lambda f, k: f.pexpire(k, ms),
+                                              lambda c: c.pexpire(self.prefix + key, ms)))
         return bool(await self._do("expire", lambda c: c.pexpire(self.prefix + key, _ms(ttl))))
 
     async def delete(self, *keys: str) -> int:
@@ -342,6 +360,9 @@ class RedisStore:
             except StoreError as exc:
                 self._breaker.trip(str(exc))
                 raise
+        elif self._cluster_spec is not None:
+            ms = int(await self._node_read("ttl", key, lambda f, k: f.pttl(k),
+                                           lambda c: c.pttl(self.prefix + key)))
         else:
             ms = int(await self._do("ttl", lambda c: c.pttl(self.prefix + key)))
         if ms == -2:
@@ -505,6 +526,30 @@ class RedisStore:
             with contextlib.suppress(Exception):
                 await old.aclose()
         return chosen
+
+    async def _node_read(self, op: str, key: str, fast: Callable[[RespClient, bytes], Awaitable[Any]],
+                         slow: Callable[[Any], Awaitable[T]]) -> Any:
+        """A hot read on a Cluster: straight to the key's master through a small client of its own (the
+        slot map is redis-py's); on MOVED/ASK, a node that fails or one not known yet, through redis-py's
+        cluster client, which follows the cluster (and its failovers) and answers or fails properly."""
+        client = self._client
+        bkey = (self.prefix + key).encode()
+        if isinstance(client, RedisCluster) and self._node_template is not None:
+            node = client.get_node_from_key(self.prefix + key) if client.get_nodes() else None
+            if node is not None:
+                resp = self._node_fast.get(node.name)
+                if resp is None:
+                    endpoint = dataclasses.replace(self._node_template, host=node.host, port=int(node.port))
+                    resp = self._node_fast[node.name] = RespClient(
+                        endpoint, label=f"redis store {self.safe_url} node {node.name}", timeout=self.timeout)
+                try:
+                    return await fast(resp, bkey)
+                except RedisReplyError as exc:
+                    if not exc.reply.startswith(("MOVED", "ASK")):
+                        raise
+                except StoreError:
+                    pass
+        return await self._do(op, slow)
 
     async def _acked(self, op: str, key: str, *args: Any) -> Any:
         """A write that returns once `wait_replicas` replicas hold it (Cluster, or Sentinel when asked)."""

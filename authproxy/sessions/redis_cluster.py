@@ -22,8 +22,10 @@ Why it looks like this:
   listens and publishes on the same node — the master of the slot of `prefix + "!pubsub"` — because
   PUBLISH counts only that node's subscribers, and the revocation handshake (redis.py) waits for as
   many confirmations as PUBLISH counted. After a failover all follow the slot to its new master.
-- The hot reads (GET, PEXPIRE, PTTL) go through redis-py's cluster client, not the small pipelined
-  client: its cost is measured in bench/verify.py and the README.
+- The hot reads (GET, PEXPIRE, PTTL) are slot-aware: the store finds the key's master in redis-py's slot
+  map and sends them through a small pipelined client of that master's own (resp.py); a MOVED/ASK reply,
+  a failing node or one not known yet sends that read through redis-py's cluster client, which follows
+  the cluster. bench/cluster_reads.py measures both paths.
 """
 
 from __future__ import annotations
