@@ -16,7 +16,7 @@ Why it looks like this:
 - Keys, index sets and channels all get `prefix`, so one Redis can serve several deployments. Keys and
   index names share Redis's one keyspace: never use one name for both.
 - Short socket timeouts, one quick retry (it heals connections left stale by a Redis restart) and an
-  overall deadline per call (DEFAULT_TIMEOUT, 0.7 s), so a dead or hung Redis fails fast with `StoreError`
+  overall deadline per call (DEFAULT_TIMEOUT, 0.5 s), so a dead or hung Redis fails fast with `StoreError`
   (→ 503) instead of hanging requests. The first timeout or lost connection opens a circuit breaker
   (breaker.py): later calls fail at once while a background PING probes every 0.1 s, and the first call
   after Redis answers it simply works. Not on a Cluster: there a failure is one master's, and the
@@ -113,7 +113,7 @@ _STORE_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
 _UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, TimeoutError)
 # How long one call may wait for Redis. Redis answers in well under a millisecond; this is what a hung
 # Redis costs the requests already waiting, before the circuit opens and the next ones get 503 at once.
-DEFAULT_TIMEOUT = 0.7
+DEFAULT_TIMEOUT = 0.5
 
 # `revoke`'s own channels (under the prefix, like every channel): a SYNC(nonce) follows the message, and
 # each listener that reads it answers ACK(nonce).

@@ -129,7 +129,7 @@ async def test_a_hung_redis_answers_503_within_a_second(
     redis_server_factory: Callable[..., RedisServer],
     client_for: Callable[[Gateway], GatewayClient],
 ) -> None:
-    """The first request waits the store timeout (0.7 s); the circuit is open after it, so the next
+    """The first request waits the store timeout (0.5 s); the circuit is open after it, so the next
     ones, a sign-in (several store calls) included, get their 503 at once."""
     redis = redis_server_factory()
     gw = await make_gateway(gateway_env(technitium.url, REDIS_URL=redis.url, SESSION_CACHE_TTL="0"))

@@ -82,10 +82,10 @@ async def _session_probe(replicas: Replicas, i: int, cookie: str) -> tuple[Outco
 
 
 async def measure(row: Row, replicas: Replicas, cookies: list[str], inject: Callable[[], Awaitable[None]],
-                  heal: Callable[[], Awaitable[None]], *, probe: Probe | None = None, hold: float = 1.0,
+                  heal: Callable[[], Awaitable[None]], *, probe: Probe | None = None, hold: float = 0.5,
                   fails: bool = True) -> list[tuple[float, Outcome, bool | None]]:
-    """Load (4 checkers) for 0.5 s, inject, wait for the first failure (when `fails`), hold the fault
-    `hold` s, heal, wait for 1 s of nothing but 200, then count the sessions that no longer check out."""
+    """Load (4 checkers) for 0.3 s, inject, wait for the first failure (when `fails`), hold the fault
+    `hold` s, heal, wait for 0.6 s of nothing but 200, then count the sessions that no longer check out."""
     ask = probe or (lambda i, c: _session_probe(replicas, i, c))
     log: list[tuple[float, Outcome, bool | None]] = []
     stop = asyncio.Event()
@@ -102,7 +102,7 @@ async def measure(row: Row, replicas: Replicas, cookies: list[str], inject: Call
 
     tasks = [asyncio.create_task(checker(k)) for k in range(4)]
     try:
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.3)
         t_fault = time.monotonic()
         await inject()
         deadline = t_fault + 5
@@ -117,7 +117,7 @@ async def measure(row: Row, replicas: Replicas, cookies: list[str], inject: Call
         while time.monotonic() < deadline:
             await asyncio.sleep(0.05)
             last_bad = max((t for t, o, _ in log if o != 200), default=0.0)
-            if time.monotonic() - max(last_bad, t_heal) > 1.0:
+            if time.monotonic() - max(last_bad, t_heal) > 0.6:
                 break
         last_bad = max((t for t, o, _ in log if o != 200), default=t_heal)
         good_after = min((t for t, o, _ in log if t > max(last_bad, t_heal) and o == 200), default=None)
@@ -226,7 +226,7 @@ async def test_authproxy_killed(store: str, workers: int, redis_server_factory: 
 
     row = Row("authproxy killed (SIGKILL), then started",
               f"{'SQLite' if store == 'sqlite' else 'Redis (AOF)'}, WORKERS={workers}")
-    await measure(row, replicas, cookies, kill, start, hold=0.5)
+    await measure(row, replicas, cookies, kill, start, hold=0.3)
     assert row.answers == {"refused"}, row
 
 
@@ -255,7 +255,7 @@ async def test_upstream_faults(technitium: FakeTechnitium, replicas: Replicas) -
 
         setup = "upstream behind a relay, UPSTREAM_TIMEOUT=1s"
         row = Row("upstream hung (no answer)", setup)
-        await measure(row, replicas, cookies, hang, flowing, probe=proxied, hold=1.5)
+        await measure(row, replicas, cookies, hang, flowing, probe=proxied, hold=1.2)
         assert row.answers <= {502, 504}, row
         row = Row("upstream gone (connections refused)", setup)
         await measure(row, replicas, cookies, relay.down, relay.up, probe=proxied)
