@@ -167,7 +167,7 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
     loaded, credential = await credential_for(request, site)
     if credential is None:
         if loaded is None:   # nobody signed in: a service client's (hybrid), or an anonymous request
-            credential, refused = service_credential(request, site, client_ip=client_ip(request),
+            credential, refused = await service_credential(request, site, client_ip=client_ip(request),
                                                      method=request.method, path=request.rel_url.path)
             if refused is not None:
                 return refused

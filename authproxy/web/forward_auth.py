@@ -407,7 +407,7 @@ async def verify(request: web.Request) -> web.StreamResponse:  # noqa: C901 - /v
     if decision == "login" and loaded is None:   # a service client's (hybrid), or an anonymous request
         proxied_from = forwarded_client(request.headers.getall("X-Forwarded-For", ()), request.remote or "",
                                         config.server.trusted_proxies)
-        service, refused = service_credential(request, site, method=target.method, path=target.path,
+        service, refused = await service_credential(request, site, method=target.method, path=target.path,
                                               client_ip=proxied_from)
         if refused is not None:
             return refused
