@@ -363,7 +363,7 @@ def _port_taken(host: str, port: int) -> str | None:
         try:
             probe.bind((host.strip("[]"), port))
         except OSError as exc:
-            if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+            if exc.errno != errno.EADDRINUSE:
                 return None  # e.g. an address not on this host: the workers will say it in their words
             address = f"{f'[{host}]' if ':' in host else host}:{port}"
             return (f"HOST/PORT: cannot listen on {address}: it is in use (by another authproxy, or workers "
