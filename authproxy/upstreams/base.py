@@ -132,6 +132,16 @@ class UpstreamAdapter(abc.ABC):
         return []
 
     @classmethod
+    def check_site(cls, site: SiteConfig) -> list[str]:
+        """Problems of the site as a whole (its URL with its service credential, say); none by default."""
+        return []
+
+    def in_band(self, upstream_path: str) -> bool:
+        """True when WebSockets at this path are answered message by message (the product's session is
+        the socket itself: proxy/truenas_bridge.py), not relayed as bytes."""
+        return False
+
+    @classmethod
     def typed_names(cls, options: dict[str, Any]) -> bool:
         """True when the identity is the name the person typed, unchecked (the product checks only a
         password), so an allow list of names could not hold."""

@@ -1,0 +1,382 @@
+"""TrueNAS through authproxy, against the middleware fake (tests/fakes/truenas.py): sign-in with and
+without OTP on one upstream socket, the token chain kept instead of the password, the in-band bridge
+at /api/current (as the signed-in person, as an in-band password login, API keys refused), a
+read-only person's write refused by TrueNAS, sign-out closing sockets, ENOTAUTHENTICATED, hybrid mode
+with the service key, and the key refused over an insecure transport."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from authproxy.config.loader import load_config
+from authproxy.errors import ConfigError
+from authproxy.login.service import new_key
+from tests.fakes.clock import OffsetClock
+from tests.fakes.truenas import FakeTrueNAS
+from tests.integration.conftest import ME, Audit
+from tests.support.gateway import Gateway, GatewayClient, MakeGateway, gateway_env
+
+LOGOUT = "/_authproxy/api/auth/logout"
+
+
+@pytest.fixture
+async def nas() -> AsyncIterator[FakeTrueNAS]:
+    async with FakeTrueNAS(clock=OffsetClock()) as fake:
+        fake.add_user("alice", "alice-pw")
+        fake.add_user("olga", "olga-pw", otp=True)
+        fake.add_user("reader", "reader-pw", roles=["READONLY_ADMIN"])
+        fake.add_user("noapi", "noapi-pw", roles=[], api_access=False)
+        fake.add_user("old", "old-pw", expired=True)
+        fake.add_user("svc", "svc-pw", roles=["READONLY_ADMIN"])
+        yield fake
+
+
+def truenas_env(nas: FakeTrueNAS, **overrides: str) -> dict[str, str]:
+    env = gateway_env(nas.ws_url, UPSTREAM_TYPE="truenas")
+    env.pop("UPSTREAM_URL")
+    env["TRUENAS_URL"] = nas.ws_url
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture
+async def gw(make_gateway: MakeGateway, nas: FakeTrueNAS) -> Gateway:
+    return await make_gateway(truenas_env(nas))
+
+
+class Rpc:
+    """A JSON-RPC 2.0 client like the libraries': answers matched by id, events kept apart."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.ids = itertools.count(1)
+
+    async def call(self, method: str, *params: Any) -> dict[str, Any]:
+        id_ = next(self.ids)
+        await self.ws.send_str(
+            json.dumps({"jsonrpc": "2.0", "id": id_, "method": method, "params": list(params)})
+        )
+        while True:
+            answer: dict[str, Any] = await self.ws.receive_json(timeout=10)
+            if answer.get("id") == id_:
+                return answer
+
+    async def result(self, method: str, *params: Any) -> Any:
+        answer = await self.call(method, *params)
+        assert "error" not in answer, answer
+        return answer["result"]
+
+
+async def connect(c: GatewayClient, **headers: str) -> Rpc:
+    ws = await c.http.ws_connect(c.base + "/api/current", headers=c._headers(headers))
+    return Rpc(ws)
+
+
+def pw(user: str, password: str, **options: Any) -> dict[str, Any]:
+    return {
+        "mechanism": "PASSWORD_PLAIN",
+        "username": user,
+        "password": password,
+        "login_options": {"user_info": True, **options},
+    }
+
+
+async def test_sign_in_keeps_a_token_never_the_password(
+    gw: Gateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient], audit: Audit
+) -> None:
+    c = client_for(gw)
+    resp = await c.login("alice", "alice-pw")
+    assert resp.status == 200, await resp.text()
+    assert audit.lines("login")[-1]["outcome"] == "success"
+    assert nas.sessions_of("alice") == []  # the sign-in socket is closed again
+    tokens = [t for t in nas.live_tokens() if t.username == "alice"]
+    assert len(tokens) == 1 and not tokens[0].single_use and tokens[0].origin == "127.0.0.1"
+    assert [call.method for call in nas.calls if call.user is None] == ["auth.login_ex"]
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "expected"),
+    [
+        ("alice", "wrong", "Invalid username or password."),
+        ("old", "old-pw", "expired"),
+        ("noapi", "noapi-pw", "may not use the TrueNAS API"),
+    ],
+)
+async def test_refusals_are_mapped(
+    gw: Gateway, client_for: Callable[[Gateway], GatewayClient], user: str, password: str, expected: str
+) -> None:
+    resp = await client_for(gw).login(user, password)
+    assert resp.status == 401
+    assert expected in (await resp.json())["message"]
+
+
+async def test_sign_in_with_otp_on_one_socket(
+    gw: Gateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    c = client_for(gw)
+    first = await c.login("olga", "olga-pw")
+    assert first.status == 401 and (await first.json())["error"] == "totp_required"
+    wrong = await c.login("olga", "olga-pw", totp="000000")
+    assert wrong.status == 401 and "code" in (await wrong.json())["message"]
+    nas.calls.clear()
+    ok = await c.login("olga", "olga-pw", totp=nas.code_for("olga"))
+    assert ok.status == 200
+    steps = [call.method for call in nas.calls]
+    assert steps[:2] == ["auth.login_ex", "auth.login_ex_continue"]
+
+
+async def test_standby_controller_is_a_clear_503(
+    make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    async with FakeTrueNAS(ha_standby_urls=["10.0.0.2"]) as standby:
+        gw = await make_gateway(truenas_env(standby))
+        resp = await client_for(gw).login("alice", "x")
+        assert resp.status in (502, 503)
+
+
+async def test_the_socket_as_the_signed_in_person(
+    gw: Gateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    c = client_for(gw)
+    assert (await c.login("alice", "alice-pw")).status == 200
+    rpc = await connect(c)
+    assert await rpc.result("core.set_options", {"py_exceptions": False}) is None
+    refused = await rpc.call("system.info")
+    assert refused["error"]["data"]["errname"] == "ENOTAUTHENTICATED"
+    choices = await rpc.result("auth.mechanism_choices")
+    assert "SCRAM" not in choices and "API_KEY_PLAIN" not in choices
+    ok = await rpc.result("auth.login_ex", pw("alice", "", reconnect_token=True))
+    assert ok["response_type"] == "SUCCESS" and ok["user_info"]["pw_name"] == "alice"
+    assert "provisioning_uri" not in ok["user_info"]["two_factor_config"]
+    placeholder = ok["reconnect_token"]
+    assert (await rpc.result("system.info"))["hostname"] == "fake-nas"
+    assert nas.calls[-1].user == "alice" and nas.calls[-1].kind == "TOKEN"
+    generated = await rpc.result("auth.generate_token", 300)
+    assert generated == placeholder and generated not in nas.issued_tokens
+    me = await rpc.result("auth.me")
+    assert me["pw_name"] == "alice" and "provisioning_uri" not in me["two_factor_config"]
+    # A second socket logs in with the placeholder, as the UI does after a reload.
+    again = await connect(c)
+    assert await again.result("auth.login_with_token", placeholder) is True
+    assert (await again.result("pool.dataset.query"))[0]["name"] == "tank"
+    assert await again.result("auth.login_with_token", "not-the-placeholder") is False
+    # Out-of-order answers are matched by id.
+    await rpc.ws.send_str(json.dumps({"jsonrpc": "2.0", "id": 100, "method": "core.sleep", "params": [0.3]}))
+    await rpc.ws.send_str(json.dumps({"jsonrpc": "2.0", "id": 101, "method": "core.ping", "params": []}))
+    first, second = await rpc.ws.receive_json(timeout=5), await rpc.ws.receive_json(timeout=5)
+    assert (first["id"], second["id"]) == (101, 100)
+    for token in nas.issued_tokens:  # no real token ever reached the client
+        assert token not in json.dumps([ok, generated, me])
+
+
+async def test_a_read_only_persons_write_is_refused_by_truenas(
+    gw: Gateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    c = client_for(gw)
+    assert (await c.login("reader", "reader-pw")).status == 200
+    rpc = await connect(c)
+    await rpc.result("auth.login_ex", pw("reader", ""))
+    assert await rpc.result("pool.dataset.query")
+    refused = await rpc.call("pool.dataset.create", {"name": "tank/x"})
+    assert refused["error"]["data"]["errname"] == "EACCES"
+    assert refused["error"]["data"]["reason"] == "[EACCES] Not authorized"
+    assert nas.calls[-1].user == "reader"
+
+
+async def test_in_band_password_login_opens_a_session_for_the_socket(
+    gw: Gateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient], audit: Audit
+) -> None:
+    c = client_for(gw)
+    rpc = await connect(c)
+    bad = await rpc.result("auth.login_ex", pw("alice", "nope"))
+    assert bad == {"response_type": "AUTH_ERR"}
+    assert audit.lines("login")[-1]["outcome"] == "failure"
+    ok = await rpc.result("auth.login_ex", pw("alice", "alice-pw"))
+    assert ok["response_type"] == "SUCCESS"
+    assert audit.lines("login")[-1]["outcome"] == "success"
+    assert (await rpc.result("system.info"))["hostname"] == "fake-nas"
+    assert nas.calls[-1].user == "alice"
+    # With OTP, on the same socket.
+    otp = await connect(c)
+    assert (await otp.result("auth.login_ex", pw("olga", "olga-pw")))["response_type"] == "OTP_REQUIRED"
+    done = await otp.result(
+        "auth.login_ex_continue", {"mechanism": "OTP_TOKEN", "otp_token": nas.code_for("olga")}
+    )
+    assert done["response_type"] == "SUCCESS" and done["user_info"]["pw_name"] == "olga"
+    # Legacy boolean login.
+    legacy = await connect(c)
+    assert await legacy.result("auth.login", "reader", "reader-pw") is True
+    # Closing the socket ends its session.
+    await rpc.ws.close()
+    for _ in range(50):
+        if any(line["outcome"] == "socket_closed" for line in audit.lines("logout")):
+            break
+        await asyncio.sleep(0.05)
+    assert any(line["outcome"] == "socket_closed" for line in audit.lines("logout"))
+
+
+async def test_in_band_logins_are_throttled(
+    make_gateway: MakeGateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    gw = await make_gateway(truenas_env(nas, LOGIN_MAX_FAILURES="2"))
+    rpc = await connect(client_for(gw))
+    answers = [await rpc.call("auth.login_ex", pw("alice", f"bad{i}")) for i in range(4)]
+    assert any("error" in a and a["error"]["data"]["errname"] == "EBUSY" for a in answers), answers
+    upstream = [call for call in nas.calls if call.method == "auth.login_ex"]
+    assert len(upstream) <= 3
+
+
+async def test_client_api_keys_refused_unless_allowed(
+    make_gateway: MakeGateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient], audit: Audit
+) -> None:
+    key = nas.add_api_key("svc")
+    gw = await make_gateway(truenas_env(nas))
+    rpc = await connect(client_for(gw))
+    refused = await rpc.call(
+        "auth.login_ex", {"mechanism": "API_KEY_PLAIN", "username": "svc", "api_key": key.wire}
+    )
+    assert refused["error"]["data"]["errname"] == "EACCES"
+    assert await rpc.call("auth.login_with_api_key", key.wire) != {"result": True}
+    assert not any(
+        call.method == "auth.login_ex" and call.params and "api_key" in call.params[0] for call in nas.calls
+    )
+    allowed = await make_gateway(truenas_env(nas, TRUENAS_ALLOW_CLIENT_API_KEYS="true"))
+    rpc = await connect(client_for(allowed))
+    assert "API_KEY_PLAIN" in await rpc.result("auth.mechanism_choices")
+    assert await rpc.result("auth.login_with_api_key", key.wire) is True
+    assert (await rpc.result("system.info"))["hostname"] == "fake-nas"
+    assert nas.calls[-1].user == "svc" and nas.calls[-1].kind == "API_KEY"
+    line = audit.lines("login")[-1]
+    assert line["outcome"] == "success" and line["actor"] == "service"
+
+
+async def test_sign_out_closes_the_sockets_and_ends_upstream(
+    gw: Gateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    c = client_for(gw)
+    assert (await c.login("alice", "alice-pw")).status == 200
+    rpc = await connect(c)
+    await rpc.result("auth.login_ex", pw("alice", ""))
+    assert nas.sessions_of("alice")
+    resp = await c.request("POST", LOGOUT, headers={"Origin": c.origin})
+    assert resp.status in (200, 204, 303)
+    msg = await rpc.ws.receive(timeout=10)
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4001
+    for _ in range(50):
+        if not nas.sessions_of("alice"):
+            break
+        await asyncio.sleep(0.05)
+    assert nas.sessions_of("alice") == []
+    assert [t for t in nas.live_tokens() if t.username == "alice"] == []
+
+
+async def test_enotauthenticated_means_sign_in_again(
+    gw: Gateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    c = client_for(gw)
+    assert (await c.login("alice", "alice-pw")).status == 200
+    rpc = await connect(c)
+    await rpc.result("auth.login_ex", pw("alice", ""))
+    for conn in nas.sessions_of("alice"):  # TrueNAS ended the session (terminate_session, AAL limits)
+        conn.user = None
+    gone = await rpc.call("system.info")
+    assert gone["error"]["data"]["errname"] == "ENOTAUTHENTICATED"
+    msg = await rpc.ws.receive(timeout=5)
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4001
+
+
+async def test_keepalive_renews_the_token_chain(
+    gw: Gateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    c = client_for(gw)
+    assert (await c.login("alice", "alice-pw")).status == 200
+    before = [t.value for t in nas.live_tokens() if t.username == "alice"]
+    rpc = await connect(c)
+    await rpc.result("auth.login_ex", pw("alice", ""))
+    await rpc.ws.close()
+    await asyncio.sleep(0.1)
+    after = [t.value for t in nas.live_tokens() if t.username == "alice"]
+    assert after and set(after).isdisjoint(before)  # used, destroyed, the next one kept
+    again = await connect(c)  # and the next socket opens with it
+    assert (await again.result("auth.login_ex", pw("alice", "")))["response_type"] == "SUCCESS"
+
+
+async def test_hybrid_service_key_checked_reported_and_audited_apart(
+    make_gateway: MakeGateway,
+    nas: FakeTrueNAS,
+    client_for: Callable[[Gateway], GatewayClient],
+    audit: Audit,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    key = nas.add_api_key("svc")
+    client_key, entry = new_key("nas-manager")
+    gw = await make_gateway(
+        truenas_env(
+            nas, AUTH_MODE="hybrid", TRUENAS_API_KEY=key.wire, TRUENAS_USERNAME="svc", SERVICE_API_KEYS=entry
+        )
+    )
+    c = client_for(gw)
+    body = await (await c.request("GET", ME)).json()
+    state = body["sites"][0]["backgroundToken"]
+    assert state["validated"] and state["okForPtr"] and "account svc" in state["reason"]
+    assert "READONLY_ADMIN" in state["reason"]
+    service = await connect(c, **{"X-API-Key": client_key})
+    assert (await service.result("system.info"))["hostname"] == "fake-nas"
+    assert nas.calls[-1].user == "svc" and nas.calls[-1].kind == "API_KEY"
+    assert audit.lines("service_request")[-1]["actor"] == "service"
+    person = client_for(gw)
+    assert (await person.login("alice", "alice-pw")).status == 200
+    rpc = await connect(person)
+    await rpc.result("auth.login_ex", pw("alice", ""))
+    await rpc.result("system.info")
+    assert nas.calls[-1].user == "alice"
+    assert audit.lines("login")[-1]["user"] == "alice"
+    anonymous = await connect(client_for(gw))
+    assert (await anonymous.call("system.info"))["error"]["data"]["errname"] == "ENOTAUTHENTICATED"
+    text = caplog.text
+    assert key.key not in text and client_key not in text
+    for token in nas.issued_tokens:
+        assert token not in text
+
+
+def test_api_key_over_insecure_transport_refused_at_start() -> None:
+    env = {
+        "TRUENAS_URL": "ws://192.0.2.1/api/current",
+        "TRUENAS_API_KEY": "1-abc",
+        "AUTH_MODE": "hybrid",
+        "SESSION_SECRET": "x" * 64,
+        "TRUST_PROXY": "true",
+    }
+    with pytest.raises(ConfigError) as caught:
+        load_config(env)
+    assert "TRUENAS_API_KEY: refusing to send an API key over plain ws://" in str(caught.value)
+    assert "1-abc" not in str(caught.value)
+    ok = load_config(env | {"TRUENAS_URL": "wss://192.0.2.1/api/current"})
+    assert ok.sites[0].upstream_url == "https://192.0.2.1" and ok.sites[0].type == "truenas"
+    assert (
+        load_config(env | {"TRUENAS_ALLOW_INSECURE_API_KEY": "true"}).sites[0].upstream_url
+        == "http://192.0.2.1"
+    )
+
+
+async def test_legacy_rest_gets_the_key_as_bearer(
+    make_gateway: MakeGateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    key = nas.add_api_key("svc")
+    gw = await make_gateway(truenas_env(nas, AUTH_MODE="apiKey", TRUENAS_API_KEY=key.wire))
+    resp = await client_for(gw).request("GET", "/api/v2.0/system/info")
+    assert resp.status == 200 and (await resp.json())["hostname"] == "fake-nas"
+    person_gw = await make_gateway(truenas_env(nas))
+    person = client_for(person_gw)
+    assert (await person.login("alice", "alice-pw")).status == 200
+    resp = await person.request("GET", "/api/v2.0/pool/dataset")
+    assert resp.status == 200 and (await resp.json())[0]["name"] == "tank"
