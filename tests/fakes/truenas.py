@@ -97,6 +97,7 @@ ANY_ACCOUNT = frozenset(
         "auth.mechanism_choices",
     }
 )
+_ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 MECHANISMS = ["PASSWORD_PLAIN", "API_KEY_PLAIN", "TOKEN_PLAIN", "OTP_TOKEN", "SCRAM"]
 
 
@@ -216,7 +217,7 @@ class FakeTrueNAS(LoopbackServer):
         return account
 
     def add_api_key(self, username: str) -> ApiKey:
-        key = ApiKey(len(self.api_keys) + 1, username, secrets.token_urlsafe(48))
+        key = ApiKey(len(self.api_keys) + 1, username, "".join(secrets.choice(_ALNUM) for _ in range(64)))
         self.api_keys[key.id] = key
         return key
 

@@ -1,0 +1,97 @@
+"""A real TrueNAS client library from PyPI (pytruenas, a synchronous JSON-RPC 2.0 client over
+`websocket-client`) talking to authproxy's /api/current as it would to TrueNAS: its login is answered
+in band by authproxy (checked against the TrueNAS fake, throttled, audited), its calls relayed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import pytruenas
+from pytruenas.exceptions import TrueNASError
+
+from tests.fakes.clock import OffsetClock
+from tests.fakes.truenas import FakeTrueNAS
+from tests.integration.conftest import Audit
+from tests.integration.test_truenas import truenas_env
+from tests.support.gateway import Gateway, MakeGateway
+
+
+@pytest.fixture
+async def nas() -> AsyncIterator[FakeTrueNAS]:
+    async with FakeTrueNAS(clock=OffsetClock()) as fake:
+        fake.add_user("alice", "alice-pw")
+        fake.add_user("olga", "olga-pw", otp=True)
+        fake.add_user("reader", "reader-pw", roles=["READONLY_ADMIN"])
+        fake.add_user("svc", "svc-pw", roles=["READONLY_ADMIN"])
+        yield fake
+
+
+def target(gw: Gateway) -> str:
+    return gw.url.replace("http://", "ws://") + "/api/current"
+
+
+async def using(gw: Gateway, credentials: str, work: Callable[[Any], Any]) -> Any:
+    """Run `work(client)` with a pytruenas client on a thread (it is synchronous), closing it after."""
+
+    def run() -> Any:
+        client = pytruenas.TrueNASClient(target(gw), credentials=credentials)
+        try:
+            return work(client)
+        finally:
+            client.close()
+
+    return await asyncio.to_thread(run)
+
+
+async def test_pytruenas_signs_in_through_authproxy_and_works_as_that_person(
+    make_gateway: MakeGateway, nas: FakeTrueNAS, audit: Audit
+) -> None:
+    gw = await make_gateway(truenas_env(nas))
+    info = await using(gw, "alice:alice-pw", lambda c: c.api.system.info())
+    assert info["hostname"] == "fake-nas"
+    assert [(c.user, c.method) for c in nas.calls if c.method == "system.info"] == [("alice", "system.info")]
+    assert nas.calls[-1].kind == "TOKEN"  # authproxy's own upstream socket, opened with the token chain
+    login = audit.lines("login")[-1]
+    assert login["outcome"] == "success" and login["user"] == "alice"
+
+
+async def test_pytruenas_with_otp_and_a_wrong_password(make_gateway: MakeGateway, nas: FakeTrueNAS) -> None:
+    gw = await make_gateway(truenas_env(nas))
+    code = nas.code_for("olga")
+    me = await using(gw, f"olga:olga-pw\n{code}", lambda c: c.api.auth.me())
+    assert me["pw_name"] == "olga" and "provisioning_uri" not in me["two_factor_config"]
+    with pytest.raises(TrueNASError):
+        await using(gw, "alice:wrong", lambda c: c.api.system.info())
+
+
+async def test_pytruenas_read_only_person_write_refused_by_truenas(
+    make_gateway: MakeGateway, nas: FakeTrueNAS
+) -> None:
+    gw = await make_gateway(truenas_env(nas))
+
+    def work(c: Any) -> tuple[Any, str]:
+        rows = c.api.pool.dataset.query()
+        try:
+            c.api.pool.dataset.create({"name": "tank/x"})
+        except TrueNASError as exc:
+            return rows, str(exc)
+        return rows, "written"
+
+    rows, refusal = await using(gw, "reader:reader-pw", work)
+    assert rows[0]["name"] == "tank"
+    assert "Not authorized" in refusal
+    assert [d["name"] for d in nas.datasets] == ["tank"]
+
+
+async def test_pytruenas_api_key_refused_unless_allowed(make_gateway: MakeGateway, nas: FakeTrueNAS) -> None:
+    key = nas.add_api_key("svc")
+    gw = await make_gateway(truenas_env(nas))
+    with pytest.raises(TrueNASError):
+        await using(gw, key.wire, lambda c: c.api.system.info())
+    assert not [c for c in nas.calls if c.method == "auth.login_with_api_key"]
+    allowed = await make_gateway(truenas_env(nas, TRUENAS_ALLOW_CLIENT_API_KEYS="true"))
+    assert (await using(allowed, key.wire, lambda c: c.api.system.info()))["hostname"] == "fake-nas"
+    assert nas.calls[-1].user == "svc"
