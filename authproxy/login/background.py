@@ -59,6 +59,7 @@ class TokenState:
             "configured": self.configured,
             "validated": self.check.validated,
             "okForPtr": self.usable,
+            "okForBackground": self.usable,
             "reason": self.check.reason,
             "tooPrivilegedSections": list(self.check.too_privileged),
         }
