@@ -199,6 +199,7 @@ class FakeTrueNAS(LoopbackServer):
         self.app.router.add_get("/api/v25.10.0", self._rpc)
         self.app.router.add_get("/websocket", self._ddp)
         self.app.router.add_route("*", "/api/v2.0/{tail:.*}", self._rest)
+        self.app.router.add_get("/ui/", self._ui)
 
     # ---- set-up helpers ------------------------------------------------------------------------
 
@@ -235,6 +236,10 @@ class FakeTrueNAS(LoopbackServer):
 
     def live_tokens(self) -> list[Token]:
         return [t for t in self.tokens.values() if self.clock() < t.last_used + t.ttl]
+
+    async def _ui(self, request: web.Request) -> web.StreamResponse:
+        """A small page that speaks /api/current the way TrueNAS's web UI does (fake-only)."""
+        return web.Response(text=UI_PAGE, content_type="text/html")
 
     async def close(self) -> None:
         """Close the open sockets first: the server would otherwise wait for their handlers."""
@@ -805,3 +810,57 @@ async def _rest(self: FakeTrueNAS, request: web.Request) -> web.StreamResponse:
 
 FakeTrueNAS._ddp = _ddp  # type: ignore[attr-defined]
 FakeTrueNAS._rest = _rest  # type: ignore[attr-defined]
+
+
+# The web UI's way (truenas/webui websocket-handler.service.ts, auth.service.ts): connect to
+# (wss|ws)://<host>/api/current, auth.login_ex PASSWORD_PLAIN with user_info and reconnect_token,
+# refuse when privilege.webui_access is false, keep the token in localStorage["ngx-webstorage|token"]
+# (JSON-encoded), then the dashboard's calls; auth.generate_token is asked for the next reload.
+UI_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>TrueNAS</title></head><body>
+<form id="signin"><input id="username"><input id="password" type="password"><input id="otp">
+<button id="submit" type="submit">Log In</button></form><div id="status"></div><pre id="dashboard"></pre>
+<script>
+let ws, nextId = 1; const waiting = new Map();
+function open() {
+  return new Promise((resolve, reject) => {
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    ws = new WebSocket(scheme + location.host + "/api/current");
+    ws.onopen = resolve; ws.onerror = () => reject(new Error("socket error"));
+    ws.onmessage = (e) => { const m = JSON.parse(e.data); const w = waiting.get(m.id);
+      if (w) { waiting.delete(m.id); w(m); } };
+    ws.onclose = (e) => { document.getElementById("status").textContent = "closed " + e.code; };
+  });
+}
+function call(method, params) {
+  const id = "ui-" + (nextId++);
+  ws.send(JSON.stringify({jsonrpc: "2.0", id: id, method: method, params: params || []}));
+  return new Promise((resolve) => waiting.set(id, resolve));
+}
+document.getElementById("signin").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const status = document.getElementById("status");
+  if (!ws || ws.readyState !== 1) await open();
+  let r = await call("auth.login_ex", [{mechanism: "PASSWORD_PLAIN",
+      username: document.getElementById("username").value,
+      password: document.getElementById("password").value,
+      login_options: {user_info: true, reconnect_token: true}}]);
+  if (r.result && r.result.response_type === "OTP_REQUIRED") {
+    const code = document.getElementById("otp").value;
+    r = await call("auth.login_ex_continue", [{mechanism: "OTP_TOKEN", otp_token: code}]);
+  }
+  if (!r.result || r.result.response_type !== "SUCCESS") {
+    status.textContent = "failed " + JSON.stringify(r); return;
+  }
+  if (!r.result.user_info.privilege.webui_access) { status.textContent = "no web UI access"; return; }
+  localStorage.setItem("ngx-webstorage|token", JSON.stringify(r.result.reconnect_token));
+  const info = await call("system.info");
+  const pools = await call("pool.dataset.query");
+  const write = await call("pool.dataset.create", [{name: "tank/from-ui"}]);
+  const token = await call("auth.generate_token", [300, {}, true, true]);
+  localStorage.setItem("ngx-webstorage|token", JSON.stringify(token.result));
+  const written = write.error ? write.error.data.errname : "ok";
+  document.getElementById("dashboard").textContent = JSON.stringify({user: r.result.user_info.pw_name,
+      host: info.result.hostname, datasets: pools.result.length, write: written});
+  document.body.dataset.state = "dashboard";
+});
+</script></body></html>"""
