@@ -380,3 +380,26 @@ async def test_legacy_rest_gets_the_key_as_bearer(
     assert (await person.login("alice", "alice-pw")).status == 200
     resp = await person.request("GET", "/api/v2.0/pool/dataset")
     assert resp.status == 200 and (await resp.json())[0]["name"] == "tank"
+
+
+async def test_escaped_method_names_are_still_answered_by_authproxy(
+    gw: Gateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    c = client_for(gw)
+    assert (await c.login("alice", "alice-pw")).status == 200
+    rpc = await connect(c)
+    ok = await rpc.result("auth.login_ex", pw("alice", "", reconnect_token=True))
+    minted = len(nas.issued_tokens)
+    raw = '{"jsonrpc": "2.0", "id": 7, "method": "\\u0061uth.generate_token", "params": []}'
+    await rpc.ws.send_str(raw)
+    answer = await rpc.ws.receive_json(timeout=5)
+    assert answer == {"jsonrpc": "2.0", "id": 7, "result": ok["reconnect_token"]}
+    assert len(nas.issued_tokens) == minted
+    relogin = '{"jsonrpc": "2.0", "id": 8, "method": "auth\\u002elogin_ex", "params": [%s]}' % json.dumps(
+        pw("reader", "reader-pw")
+    )
+    await rpc.ws.send_str(relogin)
+    assert (await rpc.ws.receive_json(timeout=5))["result"]["response_type"] == "SUCCESS"
+    await rpc.result("system.info")
+    assert nas.calls[-1].user == "reader"  # authproxy signed reader in (audited), not TrueNAS directly
+    assert not [call for call in nas.calls if call.method == "auth.login_ex" and call.user == "alice"]
