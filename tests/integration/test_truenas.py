@@ -395,9 +395,8 @@ async def test_escaped_method_names_are_still_answered_by_authproxy(
     answer = await rpc.ws.receive_json(timeout=5)
     assert answer == {"jsonrpc": "2.0", "id": 7, "result": ok["reconnect_token"]}
     assert len(nas.issued_tokens) == minted
-    relogin = '{"jsonrpc": "2.0", "id": 8, "method": "auth\\u002elogin_ex", "params": [%s]}' % json.dumps(
-        pw("reader", "reader-pw")
-    )
+    body = json.dumps(pw("reader", "reader-pw"))
+    relogin = '{"jsonrpc": "2.0", "id": 8, "method": "auth\\u002elogin_ex", "params": [' + body + "]}"
     await rpc.ws.send_str(relogin)
     assert (await rpc.ws.receive_json(timeout=5))["result"]["response_type"] == "SUCCESS"
     await rpc.result("system.info")
