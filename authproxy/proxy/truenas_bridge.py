@@ -419,6 +419,11 @@ class InBand:
             opened = await self.adapter.reopen(credential)
         except UpstreamError:
             raise _Refused(14, "EFAULT", "TrueNAS cannot be reached from authproxy right now") from None
+        except RpcError as exc:   # TrueNAS refused the call itself (its rate limit: EBUSY)
+            log.warning("truenas refused an upstream login", extra={"fields": {
+                "site": self.site.name, "errname": exc.errname, "reason": exc.reason}})
+            reason = exc.reason.split("] ", 1)[-1]
+            raise _Refused(16 if exc.errname == "EBUSY" else 14, exc.errname or "EFAULT", reason) from None
         if opened is None:
             if self.loaded is not None:
                 with contextlib.suppress(StoreError):
@@ -512,7 +517,7 @@ async def bridge(
     request: web.Request, site: Site, loaded: LoadedSession | None, credential: Credential | None
 ) -> web.StreamResponse:
     """Answer a WebSocket handshake at TrueNAS's JSON-RPC path (with or without a session)."""
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, autoping=True)
+    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, autoping=True, compress=False)
     if not ws.can_prepare(request).ok:
         return error_response(
             request, 400, "bad_websocket_handshake", "This is not a valid WebSocket request."

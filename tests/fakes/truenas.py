@@ -178,12 +178,14 @@ class FakeTrueNAS(LoopbackServer):
         remote_peer: bool = False,
         ha_standby_urls: list[str] | None = None,
         rest_api: bool = True,
+        rate_calls: int = RATE_CALLS,
     ) -> None:
         self.clock = clock
         self.rate_limit_sleep = rate_limit_sleep
         self.remote_peer = remote_peer
         self.ha_standby_urls = ha_standby_urls
         self.rest_api = rest_api
+        self.rate_calls = rate_calls
         self.accounts: dict[str, Account] = {}
         self.api_keys: dict[int, ApiKey] = {}
         self.tokens: dict[str, Token] = {}
@@ -351,7 +353,7 @@ class FakeTrueNAS(LoopbackServer):
         stamps = [t for t in self.rate.get((method, peer), []) if now - t < RATE_PERIOD]
         stamps.append(now)
         self.rate[(method, peer)] = stamps
-        return len(stamps) <= RATE_CALLS
+        return len(stamps) <= self.rate_calls
 
     def _authorized(self, conn: Conn, method: str) -> bool:
         if method in ANY_ACCOUNT:
