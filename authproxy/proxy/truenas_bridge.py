@@ -113,6 +113,7 @@ class InBand:
         self.entry: Bridge | None = None
         self.watch: asyncio.Task[tuple[int, str]] | None = None
         self.closing: tuple[int, str] | None = None
+        self.subscribed = False   # the client asked for events: its upstream socket is not reused
         self.ip = client_ip(request)
 
     # ---- the loop ---------------------------------------------------------------------------------
@@ -122,7 +123,7 @@ class InBand:
         try:
             await self._client_loop()
         finally:
-            await self._drop_upstream()
+            await self._drop_upstream(park=not self.owns_session and self.closing is None)
             if self.watch is not None:
                 self.watch.cancel()
                 await asyncio.gather(self.watch, return_exceptions=True)
@@ -148,6 +149,8 @@ class InBand:
                 await self.ws.close(code=code, message=why)
                 return
             if self.authed and self.upstream is not None and _plain_call(text):
+                if not self.subscribed and "subscribe" in text:
+                    self.subscribed = True
                 await self.upstream.ws.send_str(text)   # the hot path: no call authproxy answers
                 continue
             await self._message(text)
@@ -187,6 +190,8 @@ class InBand:
         if not self.authed or self.upstream is None:
             await self.ws.send_str(_error(id_, ENOTAUTHENTICATED, "ENOTAUTHENTICATED", "Not authenticated"))
             return
+        if "subscribe" in method:
+            self.subscribed = True
         await self.upstream.ws.send_str(text)
 
     async def _from_upstream(self, text: str) -> None:
@@ -408,9 +413,10 @@ class InBand:
         return await self._authenticated(options)
 
     async def _open_upstream(self) -> None:
-        credential = self.service
-        if credential is None and self.loaded is not None:
-            credential = self.loaded.session.credentials.get(self.site.name)
+        credential = self._credential()
+        if credential is not None and (parked := self.adapter.unpark(credential)) is not None:
+            self.upstream = parked   # already logged in as this person: no login call upstream
+            return
         if credential is None:
             raise _Refused(
                 ENOTAUTHENTICATED, "ENOTAUTHENTICATED", "Your session has no TrueNAS sign-in; sign in again"
@@ -460,11 +466,22 @@ class InBand:
             "reconnect_token": self._placeholder() if options.get("reconnect_token") else None,
         }
 
-    async def _drop_upstream(self) -> None:
+    async def _drop_upstream(self, *, park: bool = False) -> None:
+        """Close the upstream socket; `park`: keep it for the person's next client socket instead, when
+        it is logged in as them and carries nothing of this client's (no event subscription)."""
         if self.upstream is not None:
             upstream, self.upstream = self.upstream, None
             upstream.on_message = None
+            credential = self._credential()
+            if (park and self.authed and not self.subscribed and credential is not None
+                    and credential.kind != KEY_KIND and self.adapter.park(credential, upstream)):
+                return
             await upstream.close()
+
+    def _credential(self) -> Credential | None:
+        if self.service is not None:
+            return self.service
+        return self.loaded.session.credentials.get(self.site.name) if self.loaded is not None else None
 
     # ---- the session watch (sign-out anywhere closes this socket) ---------------------------------
 

@@ -18,7 +18,9 @@ unless `allow_insecure_api_key` says so. Older releases' REST API (`/api/v2.0`) 
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import secrets
 import time
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -33,6 +35,8 @@ from authproxy.upstreams.base import LoginResult, TokenCheck, UpstreamAdapter, U
 from authproxy.upstreams.truenas_rpc import RpcError, RpcSocket, ws_endpoint
 
 DEFAULT_TOKEN_TTL = 600
+PARK_SECONDS = 30.0     # an idle upstream socket kept for the person's next client socket (a UI reload)
+PARK_MAX = 4            # per person
 OPTIONS = ("api_username", "token_ttl", "allow_client_api_keys", "allow_insecure_api_key")
 TOKEN_KIND = "truenas_token"
 KEY_KIND = "truenas_api_key"
@@ -108,6 +112,10 @@ class TrueNASAdapter(UpstreamAdapter):
         self.allow_client_api_keys = _flag(site.options.get("allow_client_api_keys", False))
         self.allow_insecure_key = _flag(site.options.get("allow_insecure_api_key", False))
         self.timeout = float(site.timeout or 30.0)
+        # Logged-in upstream sockets a closed client socket left, by token chain: the next client socket
+        # of the same person takes one instead of logging in again (TrueNAS rate-limits logins per
+        # address, and everyone behind authproxy shares its address).
+        self._parked: dict[str, list[tuple[RpcSocket, asyncio.TimerHandle]]] = {}
 
     # ---- configuration ---------------------------------------------------------------------------
 
@@ -199,6 +207,40 @@ class TrueNASAdapter(UpstreamAdapter):
             return isinstance(answer, dict) and answer.get("response_type") == "SUCCESS"
         return await sock.call("auth.login_with_api_key", credential.secret) is True
 
+    def park(self, credential: Credential, sock: RpcSocket) -> bool:
+        """Keep `sock` (logged in as `credential`'s person, no subscriptions) for PARK_SECONDS."""
+        chain = credential.extra.get("chain")
+        parked = self._parked.setdefault(str(chain), []) if chain else None
+        if parked is None or sock.closed or len(parked) >= PARK_MAX:
+            return False
+        sock.on_message = None
+        timer = asyncio.get_running_loop().call_later(PARK_SECONDS, self._expire, str(chain), sock)
+        parked.append((sock, timer))
+        return True
+
+    def unpark(self, credential: Credential) -> RpcSocket | None:
+        """A parked socket of this person still open, or None."""
+        parked = self._parked.get(str(credential.extra.get("chain")), [])
+        while parked:
+            sock, timer = parked.pop()
+            timer.cancel()
+            if not sock.closed:
+                return sock
+            asyncio.ensure_future(sock.close())
+        return None
+
+    def _expire(self, chain: str, sock: RpcSocket) -> None:
+        parked = self._parked.get(chain, [])
+        self._parked[chain] = [(s, t) for s, t in parked if s is not sock]
+        if not self._parked[chain]:
+            del self._parked[chain]
+        asyncio.ensure_future(sock.close())
+
+    async def _close_parked(self, credential: Credential) -> None:
+        for sock, timer in self._parked.pop(str(credential.extra.get("chain")), []):
+            timer.cancel()
+            await sock.close()
+
     # ---- sign-in ---------------------------------------------------------------------------------
 
     async def login(self, username: str, password: str, totp: str | None, client_ip: str) -> LoginResult:
@@ -240,7 +282,8 @@ class TrueNASAdapter(UpstreamAdapter):
                 f"truenas refused the sign-in call ({exc.errname or exc.code})"
             ) from None
         info = answer.get("user_info")
-        credential = Credential(secret=token, kind=TOKEN_KIND, upstream_ttl=float(self.token_ttl))
+        credential = Credential(secret=token, kind=TOKEN_KIND, upstream_ttl=float(self.token_ttl),
+                                extra={"chain": secrets.token_urlsafe(12)})
         return LoginResult("ok", credential=credential, identity=self.identity(info, username))
 
     @staticmethod
@@ -258,6 +301,7 @@ class TrueNASAdapter(UpstreamAdapter):
         """`auth.logout` on a socket logged in with the session's token (which that destroys)."""
         if credential.kind != TOKEN_KIND:
             return
+        await self._close_parked(credential)
         sock = await self.connect()
         try:
             answer = await sock.call(

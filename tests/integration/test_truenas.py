@@ -16,9 +16,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from authproxy import keys
 from authproxy.config.loader import load_config
 from authproxy.errors import ConfigError
 from authproxy.login.service import new_key
+from authproxy.upstreams.truenas import TrueNASAdapter
 from tests.fakes.clock import OffsetClock
 from tests.fakes.truenas import FakeTrueNAS
 from tests.integration.conftest import ME, Audit
@@ -293,20 +295,23 @@ async def test_enotauthenticated_means_sign_in_again(
     assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4001
 
 
-async def test_keepalive_renews_the_token_chain(
-    gw: Gateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
-) -> None:
-    c = client_for(gw)
-    assert (await c.login("alice", "alice-pw")).status == 200
-    before = [t.value for t in nas.live_tokens() if t.username == "alice"]
-    rpc = await connect(c)
-    await rpc.result("auth.login_ex", pw("alice", ""))
-    await rpc.ws.close()
-    await asyncio.sleep(0.1)
-    after = [t.value for t in nas.live_tokens() if t.username == "alice"]
-    assert after and set(after).isdisjoint(before)  # used, destroyed, the next one kept
-    again = await connect(c)  # and the next socket opens with it
-    assert (await again.result("auth.login_ex", pw("alice", "")))["response_type"] == "SUCCESS"
+async def test_keepalive_renews_the_token_chain(gw: Gateway, nas: FakeTrueNAS) -> None:
+    """Logging in with a token destroys it when that socket ends, so every renewal mints the next one
+    first; a token left unused past its TTL is gone, and the keepalive says so."""
+    adapter = gw.app[keys.ROUTER].sites[0].adapter
+    assert isinstance(adapter, TrueNASAdapter)
+    result = await adapter.login("alice", "alice-pw", None, "198.51.100.7")
+    assert result.status == "ok" and result.credential is not None
+    credential = result.credential
+    first = credential.secret
+    assert credential.upstream_ttl == 600 and "alice-pw" not in json.dumps(credential.to_dict())
+    assert await adapter.keepalive(credential)
+    await asyncio.sleep(0.05)
+    assert credential.secret != first and credential.secret in nas.tokens and first not in nas.tokens
+    clock = nas.clock
+    assert isinstance(clock, OffsetClock)
+    clock.advance(601)
+    assert not await adapter.keepalive(credential)
 
 
 async def test_hybrid_service_key_checked_reported_and_audited_apart(
@@ -402,3 +407,36 @@ async def test_escaped_method_names_are_still_answered_by_authproxy(
     await rpc.result("system.info")
     assert nas.calls[-1].user == "reader"  # authproxy signed reader in (audited), not TrueNAS directly
     assert not [call for call in nas.calls if call.method == "auth.login_ex" and call.user == "alice"]
+
+
+async def test_a_reload_reuses_the_parked_upstream_socket(
+    gw: Gateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    """TrueNAS rate-limits logins per address, shared by everyone behind authproxy: a client socket
+    that closes leaves its logged-in upstream socket for the person's next one (a UI reload)."""
+    c = client_for(gw)
+    assert (await c.login("alice", "alice-pw")).status == 200
+    first = await connect(c)
+    await first.result("auth.login_ex", pw("alice", ""))
+    await first.ws.close()
+    await asyncio.sleep(0.1)
+    logins = len([call for call in nas.calls if call.method == "auth.login_ex"])
+    second = await connect(c)
+    assert (await second.result("auth.login_ex", pw("alice", "")))["response_type"] == "SUCCESS"
+    assert (await second.result("system.info"))["hostname"] == "fake-nas"
+    assert len([call for call in nas.calls if call.method == "auth.login_ex"]) == logins
+    # A socket that subscribed to events is not reused; sign-out closes whatever is parked.
+    await second.result("core.subscribe", "alert.list")
+    await second.ws.close()
+    third = await connect(c)
+    await third.result("auth.login_ex", pw("alice", ""))
+    assert len([call for call in nas.calls if call.method == "auth.login_ex"]) == logins + 1
+    await third.ws.close()
+    await asyncio.sleep(0.1)
+    assert nas.sessions_of("alice")
+    await c.request("POST", LOGOUT, headers={"Origin": c.origin})
+    for _ in range(50):
+        if not nas.sessions_of("alice"):
+            break
+        await asyncio.sleep(0.05)
+    assert nas.sessions_of("alice") == []
