@@ -147,6 +147,9 @@ class UpstreamAdapter(abc.ABC):
         password), so an allow list of names could not hold."""
         return False
 
+    async def aclose(self) -> None:  # noqa: B027 - optional: doing nothing is the default
+        """Release connections the adapter holds itself (called once at shutdown)."""
+
     def bind_store(self, store: SessionStore) -> None:  # noqa: B027 - optional: doing nothing is the default
         """Keep upstream-side state every replica must share in `store` (called once at start-up)."""
 

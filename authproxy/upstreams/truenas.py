@@ -116,6 +116,8 @@ class TrueNASAdapter(UpstreamAdapter):
         # of the same person takes one instead of logging in again (TrueNAS rate-limits logins per
         # address, and everyone behind authproxy shares its address).
         self._parked: dict[str, list[tuple[RpcSocket, asyncio.TimerHandle]]] = {}
+        self._service: RpcSocket | None = None   # the service key's one shared socket (reconnected)
+        self._service_lock = asyncio.Lock()
 
     # ---- configuration ---------------------------------------------------------------------------
 
@@ -339,23 +341,15 @@ class TrueNASAdapter(UpstreamAdapter):
         return Credential(secret=secret, kind=KEY_KIND, actor="service", extra=extra)
 
     async def check_background(self, credential: Credential) -> TokenCheck | None:
-        """The key is validated with `auth.me` on its own socket: whose account, which roles."""
+        """The key is validated with `auth.me` on the shared service socket: whose account, which roles."""
         refusal = self.key_refusal()
         if refusal is not None:
             return TokenCheck(validated=False, ok=False, reason=refusal)
         try:
-            opened = await self.reopen(credential)
-            if opened is None:
-                return TokenCheck(
-                    validated=False,
-                    ok=False,
-                    reason="refused by TrueNAS (invalid, expired or revoked API key)",
-                )
-            sock, _ = opened
-            try:
-                me = await sock.call("auth.me")
-            finally:
-                await sock.close()
+            me = await self.service_call(credential, "auth.me")
+        except _KeyRefused:
+            return TokenCheck(validated=False, ok=False,
+                              reason="refused by TrueNAS (invalid, expired or revoked API key)")
         except (UpstreamUnavailable, UpstreamProtocolError, RpcError) as exc:
             return TokenCheck(validated=False, ok=False, reason=f"unreadable: {exc}")
         roles = roles_of(me)
@@ -366,6 +360,41 @@ class TrueNASAdapter(UpstreamAdapter):
             reason=f"account {account}; roles {', '.join(roles) or 'none'}",
             too_privileged=("FULL_ADMIN",) if "FULL_ADMIN" in roles else (),
         )
+
+    async def service_call(self, credential: Credential, method: str, *params: Any) -> Any:
+        """`method` on the service key's one shared socket, opened (or reopened, once, when TrueNAS
+        or the network closed it) on demand: authproxy's own background calls cost no login each."""
+        for attempt in (1, 2):
+            async with self._service_lock:
+                if self._service is None or self._service.closed:
+                    if self._service is not None:
+                        await self._service.close()
+                    self._service = None
+                    opened = await self.reopen(credential)
+                    if opened is None:
+                        raise _KeyRefused()
+                    self._service = opened[0]
+                sock = self._service
+            try:
+                return await sock.call(method, *params)
+            except UpstreamUnavailable:
+                if attempt == 2:
+                    raise
+            except RpcError as exc:
+                if exc.errname != "ENOTAUTHENTICATED" or attempt == 2:
+                    raise
+            await sock.close()   # closed, or TrueNAS ended that session: log in again
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        """Close the shared service socket and every parked one (at shutdown)."""
+        if self._service is not None:
+            await self._service.close()
+            self._service = None
+        for chain in list(self._parked):
+            for sock, timer in self._parked.pop(chain):
+                timer.cancel()
+                await sock.close()
 
     # ---- HTTP forwarding (the UI's files, legacy REST /api/v2.0) ----------------------------------
 
@@ -408,3 +437,7 @@ class TrueNASAdapter(UpstreamAdapter):
             and upstream_path[6:7].isdigit()
             and not upstream_path.startswith(REST_PREFIX)
         )
+
+
+class _KeyRefused(Exception):
+    """TrueNAS refused the service API key."""

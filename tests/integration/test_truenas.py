@@ -440,3 +440,68 @@ async def test_a_reload_reuses_the_parked_upstream_socket(
             break
         await asyncio.sleep(0.05)
     assert nas.sessions_of("alice") == []
+
+
+async def test_the_service_key_uses_one_shared_reconnecting_socket(
+    make_gateway: MakeGateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    key = nas.add_api_key("svc")
+    gw = await make_gateway(
+        truenas_env(
+            nas,
+            AUTH_MODE="hybrid",
+            TRUENAS_API_KEY=key.wire,
+            TRUENAS_USERNAME="svc",
+            BACKGROUND_CHECK_INTERVAL="1s",
+        )
+    )
+
+    def key_logins() -> int:
+        return len(
+            [
+                c
+                for c in nas.calls
+                if c.method == "auth.login_ex"
+                and c.params
+                and c.params[0].get("mechanism") == "API_KEY_PLAIN"
+            ]
+        )
+
+    for _ in range(60):
+        if len([c for c in nas.calls if c.method == "auth.me" and c.user == "svc"]) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert key_logins() == 1
+    for conn in nas.sessions_of("svc"):  # TrueNAS ends that session: the next check logs in again
+        conn.user = None
+    before = len([c for c in nas.calls if c.method == "auth.me"])
+    for _ in range(60):
+        if len([c for c in nas.calls if c.method == "auth.me"]) > before + 1:
+            break
+        await asyncio.sleep(0.05)
+    assert key_logins() == 2
+    state = (await (await client_for(gw).request("GET", ME)).json())["sites"][0]["backgroundToken"]
+    assert state["okForBackground"] is True
+
+
+@pytest.mark.parametrize(
+    ("env", "mode"),
+    [
+        ({"AUTH_MODE": "apiKey"}, "none"),
+        ({"AUTH_MODE": "truenas"}, "session"),
+        ({"AUTH_MODE": "hybrid"}, "hybrid"),
+        ({"AUTH_MODE": "none"}, "none"),
+        ({"USE_HYBRID_AUTH": "true"}, "hybrid"),
+        ({"USE_SESSION_AUTH": "true"}, "session"),
+    ],
+)
+def test_auth_mode_names_people_already_use(env: dict[str, str], mode: str) -> None:
+    base = {
+        "TRUENAS_URL": "ws://127.0.0.1/api/current",
+        "TRUENAS_API_KEY": "1-abc",
+        "TRUST_PROXY": "true",
+        "SESSION_SECRET": "x" * 64,
+    }
+    config = load_config(base | env)
+    assert config.auth_mode == mode and config.sites[0].type == "truenas"
+    assert config.sites[0].upstream_url == "http://127.0.0.1"
