@@ -5,13 +5,14 @@ its `auth.*` calls itself and relays every other call, as is, to an upstream soc
 itself:
 
     auth.login_ex / login_ex_continue / login / login_with_token
-        with an authproxy session: success as the signed-in person (TOKEN_PLAIN with this session's
+        with an authproxy session: success as the signed-in person (TOKEN_PLAIN with one of this session's
         placeholder, or PASSWORD_PLAIN naming the same account), no second password;
         without one: PASSWORD_PLAIN (and OTP_TOKEN on the same socket) is an authproxy sign-in --
         throttled, audited, checked by TrueNAS -- and the new session belongs to this socket
         (it ends when the socket closes); API_KEY_PLAIN / login_with_api_key only when the site allows
         client API keys, checked upstream and audited as `actor: service`
-    auth.generate_token, reconnect_token   this session's placeholder, never a real token
+    auth.generate_token, reconnect_token   a placeholder (the session, sealed, for the ttl asked), never a
+                                           real token; TOKEN_PLAIN with it is this session on any socket
     auth.me                                TrueNAS's answer without the TOTP provisioning URI
     auth.logout                            ends the upstream socket and the authproxy session
     auth.mechanism_choices                 only what works through authproxy (no SCRAM)
@@ -33,6 +34,7 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from authproxy import keys
+from authproxy.crypto import b64d, b64e, seal, unseal
 from authproxy.errors import AuthError, StoreError, UpstreamError
 from authproxy.log import audit, log
 from authproxy.login.passthrough import LoginInput
@@ -41,12 +43,13 @@ from authproxy.proxy.websocket import _watch
 from authproxy.routing import Site
 from authproxy.sessions.manager import LoadedSession
 from authproxy.sessions.model import Credential
-from authproxy.upstreams.substitute import session_placeholder
 from authproxy.upstreams.truenas import KEY_KIND, MESSAGES, TrueNASAdapter, without_secrets
 from authproxy.upstreams.truenas_rpc import RpcError, RpcSocket
 from authproxy.web.api import end_session
 from authproxy.web.common import client_ip, error_response
 
+HANDOFF_PREFIX = "authproxy_"
+DEFAULT_HANDOFF = 600    # seconds a placeholder stands for its session, unless the client asks for other
 UNAUTH_LIMIT = 8192  # TrueNAS's own limits (utils/limits.py), applied before anything goes upstream
 AUTH_LIMIT = 65536
 ENOTAUTHENTICATED = 207
@@ -223,7 +226,7 @@ class InBand:
         if method == "auth.generate_token":
             if not self.authed:
                 return _error(id_, ENOTAUTHENTICATED, "ENOTAUTHENTICATED", "Not authenticated")
-            return _result(id_, self._placeholder())
+            return _result(id_, self._placeholder(params[0] if params else None))
         if method == "auth.me":
             return await self._me(id_)
         if method == "auth.logout":
@@ -231,10 +234,39 @@ class InBand:
             return _result(id_, True)
         return None
 
-    def _placeholder(self) -> str:
-        if self.loaded is not None:
-            return session_placeholder(self.loaded.ticket.key, self.site.name)
-        return "authproxy-service-session"
+    def _placeholder(self, ttl: Any = None) -> str:
+        """What the client gets instead of a TrueNAS token: this session's cookie value and an expiry
+        (the `ttl` asked, 60 s to a day, never past the session), sealed with a key only authproxy
+        holds. `TOKEN_PLAIN` with it, on any socket, within that time, is this session again (the
+        UI's reload, a library given it); it tells nothing and opens nothing once the session ends."""
+        if self.loaded is None:
+            return "authproxy-service-session"
+        sessions = self.request.app[keys.SESSIONS]
+        seconds = min(max(int(ttl) if isinstance(ttl, int) else DEFAULT_HANDOFF, 60), 86400)
+        until = min(sessions.clock() + seconds, self.loaded.session.expires_at)
+        plain = json.dumps([self.loaded.ticket.encode(sessions.keyring), until]).encode()
+        return HANDOFF_PREFIX + b64e(seal(self._handoff_key(), plain, self.site.name.encode()))
+
+    def _handoff_key(self) -> bytes:
+        return self.request.app[keys.SESSIONS].keyring.derive("authproxy-truenas-handoff")
+
+    async def _from_placeholder(self, token: str) -> LoadedSession | None:
+        """The live session a placeholder stands for (None: not one of ours, expired, or signed out)."""
+        if not token.startswith(HANDOFF_PREFIX) or len(token) > 2048:
+            return None
+        try:
+            plain = unseal(self._handoff_key(), b64d(token[len(HANDOFF_PREFIX):]), self.site.name.encode())
+            cookie, until = json.loads(plain) if plain is not None else (None, 0)
+        except ValueError:
+            return None
+        sessions = self.request.app[keys.SESSIONS]
+        if not isinstance(cookie, str) or not isinstance(until, (int, float)) or sessions.clock() > until:
+            return None
+        try:
+            loaded = await sessions.load(cookie, client_ip=self.ip)
+        except StoreError:
+            return None
+        return loaded if loaded is not None and self.site.name in loaded.session.credentials else None
 
     async def _me(self, id_: Any) -> str:
         if not self.authed or self.upstream is None:
@@ -304,9 +336,12 @@ class InBand:
                 return await self._as_session(options)
             return await self._sign_in(username, password, None, options)
         if mechanism == "TOKEN_PLAIN":
-            if self.service is not None or (
-                self.loaded is not None and data.get("token") == self._placeholder()
-            ):
+            if self.service is not None:
+                return await self._as_session(options)
+            found = await self._from_placeholder(str(data.get("token") or ""))
+            if found is not None:
+                if self.loaded is None or found.store_key != self.loaded.store_key:
+                    await self._adopt(found, owns=False)
                 return await self._as_session(options)
             audit(
                 "login",

@@ -16,7 +16,7 @@ from tests.fakes.clock import OffsetClock
 from tests.fakes.truenas import FakeTrueNAS
 from tests.integration.conftest import Audit
 from tests.integration.test_truenas import truenas_env
-from tests.support.gateway import Gateway, MakeGateway
+from tests.support.gateway import Gateway, GatewayClient, MakeGateway
 
 
 @pytest.fixture
@@ -95,3 +95,34 @@ async def test_pytruenas_api_key_refused_unless_allowed(make_gateway: MakeGatewa
     allowed = await make_gateway(truenas_env(nas, TRUENAS_ALLOW_CLIENT_API_KEYS="true"))
     assert (await using(allowed, key.wire, lambda c: c.api.system.info()))["hostname"] == "fake-nas"
     assert nas.calls[-1].user == "svc"
+
+
+async def test_pytruenas_as_the_signed_in_person_with_a_placeholder(
+    make_gateway: MakeGateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    """A person signed in at authproxy hands a library one of their session's placeholders (what the
+    UI's generate_token gets): the library logs in with it as a token, as that person; once they sign
+    out, it opens nothing."""
+    gw = await make_gateway(truenas_env(nas))
+    c = client_for(gw)
+    assert (await c.login("alice", "alice-pw")).status == 200
+    ws = await c.http.ws_connect(c.base + "/api/current", headers=c._headers(None))
+    await ws.send_json(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "auth.login_ex",
+            "params": [{"mechanism": "PASSWORD_PLAIN", "username": "alice", "password": ""}],
+        }
+    )
+    assert (await ws.receive_json(timeout=5))["result"]["response_type"] == "SUCCESS"
+    await ws.send_json({"jsonrpc": "2.0", "id": 2, "method": "auth.generate_token", "params": [600]})
+    placeholder = (await ws.receive_json(timeout=5))["result"]
+    await ws.close()
+    assert placeholder not in nas.issued_tokens
+    me = await using(gw, placeholder, lambda client: client.api.auth.me())
+    assert me["pw_name"] == "alice"
+    assert nas.calls[-1].user == "alice"
+    await c.request("POST", "/_authproxy/api/auth/logout", headers={"Origin": c.origin})
+    with pytest.raises(TrueNASError):
+        await using(gw, placeholder, lambda client: client.api.auth.me())
