@@ -126,6 +126,8 @@ class InBand:
         try:
             await self._client_loop()
         finally:
+            if self.authed:
+                self._audit("closed")
             await self._drop_upstream(park=not self.owns_session and self.closing is None)
             if self.watch is not None:
                 self.watch.cancel()
@@ -484,6 +486,8 @@ class InBand:
     async def _authenticated(self, options: dict[str, Any]) -> dict[str, Any]:
         assert self.upstream is not None
         self.upstream.on_message = self._from_upstream
+        if not self.authed:
+            self._audit("authenticated")
         self.authed = True
         if self.options:
             with contextlib.suppress(RpcError):
@@ -500,6 +504,18 @@ class InBand:
             "authenticator": "LEVEL_1",
             "reconnect_token": self._placeholder() if options.get("reconnect_token") else None,
         }
+
+    def _audit(self, outcome: str) -> None:
+        """Who this socket acts as, audited when it signs in and when it ends: a person (`actor: user`)
+        or the service key (`actor: service`, with the service client's name when it gave one)."""
+        fields: dict[str, Any] = {"site": self.site.name, "client_ip": self.ip}
+        if self.service is not None:
+            client = self.request.get(keys.SERVICE_CLIENT)
+            fields |= {"actor": "service", "user": client.name if client is not None else "service",
+                       "account": self.service.extra.get("username") or ""}
+        elif self.loaded is not None:
+            fields |= {"actor": "user", "user": self.loaded.session.user, "session": self.loaded.public_id}
+        audit("truenas_socket", outcome=outcome, **fields)
 
     async def _drop_upstream(self, *, park: bool = False) -> None:
         """Close the upstream socket; `park`: keep it for the person's next client socket instead, when

@@ -339,6 +339,8 @@ async def test_hybrid_service_key_checked_reported_and_audited_apart(
     assert (await service.result("system.info"))["hostname"] == "fake-nas"
     assert nas.calls[-1].user == "svc" and nas.calls[-1].kind == "API_KEY"
     assert audit.lines("service_request")[-1]["actor"] == "service"
+    opened = audit.lines("truenas_socket")[-1]
+    assert (opened["outcome"], opened["actor"], opened["user"]) == ("authenticated", "service", "nas-manager")
     person = client_for(gw)
     assert (await person.login("alice", "alice-pw")).status == 200
     rpc = await connect(person)
@@ -346,6 +348,8 @@ async def test_hybrid_service_key_checked_reported_and_audited_apart(
     await rpc.result("system.info")
     assert nas.calls[-1].user == "alice"
     assert audit.lines("login")[-1]["user"] == "alice"
+    opened = audit.lines("truenas_socket")[-1]
+    assert (opened["outcome"], opened["actor"], opened["user"]) == ("authenticated", "user", "alice")
     anonymous = await connect(client_for(gw))
     assert (await anonymous.call("system.info"))["error"]["data"]["errname"] == "ENOTAUTHENTICATED"
     text = caplog.text
@@ -506,3 +510,37 @@ def test_auth_mode_names_people_already_use(env: dict[str, str], mode: str) -> N
     config = load_config(base | env)
     assert config.auth_mode == mode and config.sites[0].type == "truenas"
     assert config.sites[0].upstream_url == "http://127.0.0.1"
+
+
+async def test_no_secret_reaches_the_logs(
+    gw: Gateway,
+    nas: FakeTrueNAS,
+    client_for: Callable[[Gateway], GatewayClient],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    c = client_for(gw)
+    await c.login("olga", "olga-pw")
+    assert (await c.login("olga", "olga-pw", totp=nas.code_for("olga"))).status == 200
+    rpc = await connect(c)
+    ok = await rpc.result("auth.login_ex", pw("olga", "", reconnect_token=True))
+    placeholder = await rpc.result("auth.generate_token")
+    inband = await connect(client_for(gw))
+    await inband.result("auth.login_ex", pw("alice", "wrong-alice-pw"))
+    await inband.result("auth.login_ex", pw("alice", "alice-pw"))
+    await c.request("POST", LOGOUT, headers={"Origin": c.origin})
+    await asyncio.sleep(0.1)
+    text = caplog.text
+    secret = nas.accounts["olga"].otp_secret
+    assert secret is not None
+    for value in [
+        "olga-pw",
+        "alice-pw",
+        "wrong-alice-pw",
+        secret,
+        "provisioning_uri",
+        placeholder,
+        ok["reconnect_token"],
+        *nas.issued_tokens,
+    ]:
+        assert value not in text
