@@ -80,10 +80,10 @@ def _error(id_: Any, errnum: int, errname: str, reason: str) -> str:
     )
 
 
-def _plain_call(text: str) -> bool:
+def _plain_call(text: bytes) -> bool:
     """True when `text` cannot name a method authproxy answers: no `"auth.` and no `core.set_options`
     as written, and no backslash (so no escape can spell one). Anything else is parsed."""
-    return '"auth.' not in text and "core.set_options" not in text and "\\" not in text
+    return b'"auth.' not in text and b"core.set_options" not in text and b"\\" not in text
 
 
 def _result(id_: Any, result: Any) -> str:
@@ -144,8 +144,8 @@ class InBand:
                     code=WSCloseCode.UNSUPPORTED_DATA, message=b"Invalid websocket message type"
                 )
                 return
-            text: str = msg.data
-            if len(text) > (AUTH_LIMIT if self.authed else UNAUTH_LIMIT):
+            data: bytes = msg.data   # undecoded (decode_text=False): relayed as it came
+            if len(data) > (AUTH_LIMIT if self.authed else UNAUTH_LIMIT):
                 code, why = (
                     (WSCloseCode.MESSAGE_TOO_BIG, b"Max message length is 64 kB")
                     if self.authed
@@ -153,16 +153,16 @@ class InBand:
                 )
                 await self.ws.close(code=code, message=why)
                 return
-            if self.authed and self.upstream is not None and _plain_call(text):
-                if not self.subscribed and "subscribe" in text:
+            if self.authed and self.upstream is not None and _plain_call(data):
+                if not self.subscribed and b"subscribe" in data:
                     self.subscribed = True
-                await self.upstream.ws.send_str(text)   # the hot path: no call authproxy answers
+                await self.upstream.ws.send_frame(data, WSMsgType.TEXT)   # the hot path: nothing to answer
                 continue
-            await self._message(text)
+            await self._message(data)
 
-    async def _message(self, text: str) -> None:
+    async def _message(self, data: bytes) -> None:
         try:
-            message = json.loads(text)
+            message = json.loads(data)
         except ValueError as exc:
             await self.ws.send_str(
                 json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": str(exc)}})
@@ -171,7 +171,7 @@ class InBand:
         method = message.get("method") if isinstance(message, dict) else None
         if not isinstance(method, str):
             if self.authed and self.upstream is not None:
-                await self.upstream.ws.send_str(text)  # TrueNAS says what is wrong with it
+                await self.upstream.ws.send_frame(data, WSMsgType.TEXT)  # TrueNAS says what is wrong
             else:
                 await self.ws.send_str(
                     json.dumps(
@@ -197,19 +197,19 @@ class InBand:
             return
         if "subscribe" in method:
             self.subscribed = True
-        await self.upstream.ws.send_str(text)
+        await self.upstream.ws.send_frame(data, WSMsgType.TEXT)
 
-    async def _from_upstream(self, text: str) -> None:
+    async def _from_upstream(self, data: bytes) -> None:
         """Every upstream message that answers none of authproxy's own calls goes to the client as is."""
-        if "ENOTAUTHENTICATED" in text:
-            with contextlib.suppress(ValueError, AttributeError):
-                if json.loads(text)["error"]["data"]["errname"] == "ENOTAUTHENTICATED":
+        if b"ENOTAUTHENTICATED" in data:
+            with contextlib.suppress(ValueError, AttributeError, KeyError, TypeError):
+                if json.loads(data)["error"]["data"]["errname"] == "ENOTAUTHENTICATED":
                     log.info("truenas ended the upstream session", extra={"fields": {"site": self.site.name}})
-                    await self.ws.send_str(text)
+                    await self.ws.send_frame(data, WSMsgType.TEXT)
                     await self.ws.close(code=UPSTREAM_GONE[0], message=UPSTREAM_GONE[1].encode())
                     return
         if not self.ws.closed:
-            await self.ws.send_str(text)
+            await self.ws.send_frame(data, WSMsgType.TEXT)
 
     # ---- what authproxy answers itself ----------------------------------------------------------------
 
@@ -585,7 +585,7 @@ async def bridge(
     request: web.Request, site: Site, loaded: LoadedSession | None, credential: Credential | None
 ) -> web.StreamResponse:
     """Answer a WebSocket handshake at TrueNAS's JSON-RPC path (with or without a session)."""
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, autoping=True, compress=False)
+    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, autoping=True, compress=False, decode_text=False)
     if not ws.can_prepare(request).ok:
         return error_response(
             request, 400, "bad_websocket_handshake", "This is not a valid WebSocket request."

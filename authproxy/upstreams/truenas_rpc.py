@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, Self
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -58,13 +58,13 @@ def error_of(method: str, error: Any) -> RpcError:
 class RpcSocket:
     """One authenticated-or-not connection to the middleware; `async with RpcSocket.open(...)`."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, timeout: float) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse[Literal[False]], timeout: float) -> None:
         self.ws = ws
         self.timeout = timeout
         self._ids = itertools.count(1)
         self._waiting: dict[str, asyncio.Future[Any]] = {}
         # Messages that answer none of our calls (a relayed client's answers, events): awaited in order.
-        self.on_message: Callable[[str], Awaitable[None]] | None = None
+        self.on_message: Callable[[bytes], Awaitable[None]] | None = None
         self._reader = asyncio.get_running_loop().create_task(self._read(), name="authproxy-truenas-rpc")
 
     @classmethod
@@ -75,7 +75,7 @@ class RpcSocket:
             ws = await http.ws_connect(
                 url,
                 timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
-                max_msg_size=MAX_ANSWER,
+                max_msg_size=MAX_ANSWER, decode_text=False,
                 headers=headers,
                 autoping=True,
             )
@@ -93,7 +93,7 @@ class RpcSocket:
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     continue
                 try:
-                    answer = json.loads(msg.data) if '"authproxy-' in msg.data else None
+                    answer = json.loads(msg.data) if b'"authproxy-' in msg.data else None
                 except ValueError:
                     answer = None
                 id_ = answer.get("id") if isinstance(answer, dict) else None
