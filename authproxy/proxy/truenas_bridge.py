@@ -332,6 +332,8 @@ class InBand:
                 raise _Refused(22, "EINVAL", "OTP_TOKEN: no authentication in progress")
             (username, password), self.pending = self.pending, None
             return await self._sign_in(username, password, str(data.get("otp_token") or ""), options)
+        if self.service is not None and mechanism in ("PASSWORD_PLAIN", "TOKEN_PLAIN"):
+            return await self._as_session(options)   # AUTH_MODE=none, or a service client: the key's account
         if mechanism == "PASSWORD_PLAIN":
             username, password = str(data.get("username") or ""), str(data.get("password") or "")
             if self.loaded is not None and self.loaded.session.user.lower() == username.lower():
@@ -525,7 +527,7 @@ class InBand:
             upstream.on_message = None
             credential = self._credential()
             if (park and self.authed and not self.subscribed and credential is not None
-                    and credential.kind != KEY_KIND and self.adapter.park(credential, upstream)):
+                    and self.adapter.park(credential, upstream)):
                 return
             await upstream.close()
 

@@ -19,6 +19,7 @@ unless `allow_insecure_api_key` says so. Older releases' REST API (`/api/v2.0`) 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import secrets
 import time
@@ -98,6 +99,15 @@ def key_refusal(upstream_url: str, allowed: bool) -> str | None:
         "(TrueNAS revokes a key used over an insecure transport); use wss:// (https://), or set "
         "TRUENAS_ALLOW_INSECURE_API_KEY=true if the network path is trusted"
     )
+
+
+def _chain(credential: Credential) -> str:
+    """Which parked sockets a credential may take: its token chain's id, or (the service key) a hash
+    of the key ("" : none)."""
+    if credential.kind == KEY_KIND:
+        return "key:" + hashlib.sha256(credential.secret.encode()).hexdigest()[:32]
+    chain = credential.extra.get("chain")
+    return str(chain) if chain else ""
 
 
 class TrueNASAdapter(UpstreamAdapter):
@@ -211,18 +221,18 @@ class TrueNASAdapter(UpstreamAdapter):
 
     def park(self, credential: Credential, sock: RpcSocket) -> bool:
         """Keep `sock` (logged in as `credential`'s person, no subscriptions) for PARK_SECONDS."""
-        chain = credential.extra.get("chain")
-        parked = self._parked.setdefault(str(chain), []) if chain else None
+        chain = _chain(credential)
+        parked = self._parked.setdefault(chain, []) if chain else None
         if parked is None or sock.closed or len(parked) >= PARK_MAX:
             return False
         sock.on_message = None
-        timer = asyncio.get_running_loop().call_later(PARK_SECONDS, self._expire, str(chain), sock)
+        timer = asyncio.get_running_loop().call_later(PARK_SECONDS, self._expire, chain, sock)
         parked.append((sock, timer))
         return True
 
     def unpark(self, credential: Credential) -> RpcSocket | None:
         """A parked socket of this person still open, or None."""
-        parked = self._parked.get(str(credential.extra.get("chain")), [])
+        parked = self._parked.get(_chain(credential), [])
         while parked:
             sock, timer = parked.pop()
             timer.cancel()
@@ -239,7 +249,7 @@ class TrueNASAdapter(UpstreamAdapter):
         asyncio.ensure_future(sock.close())
 
     async def _close_parked(self, credential: Credential) -> None:
-        for sock, timer in self._parked.pop(str(credential.extra.get("chain")), []):
+        for sock, timer in self._parked.pop(_chain(credential), []):
             timer.cancel()
             await sock.close()
 

@@ -544,3 +544,25 @@ async def test_no_secret_reaches_the_logs(
         *nas.issued_tokens,
     ]:
         assert value not in text
+
+
+async def test_shared_key_mode_everyone_is_the_key_account_and_reloads_cost_no_login(
+    make_gateway: MakeGateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    key = nas.add_api_key("svc")
+    gw = await make_gateway(truenas_env(nas, AUTH_MODE="apiKey", TRUENAS_API_KEY=key.wire))
+
+    def key_logins() -> int:
+        return len([c for c in nas.calls if c.method == "auth.login_with_api_key"])
+
+    first = await connect(client_for(gw))
+    ok = await first.result("auth.login_ex", pw("anyone", "anything"))
+    assert ok["response_type"] == "SUCCESS"
+    assert (await first.result("system.info"))["hostname"] == "fake-nas"
+    assert nas.calls[-1].user == "svc" and nas.calls[-1].kind == "API_KEY"
+    assert key_logins() == 1
+    await first.ws.close()
+    await asyncio.sleep(0.1)
+    second = await connect(client_for(gw))
+    await second.result("system.info")
+    assert key_logins() == 1
