@@ -566,3 +566,23 @@ async def test_shared_key_mode_everyone_is_the_key_account_and_reloads_cost_no_l
     second = await connect(client_for(gw))
     await second.result("system.info")
     assert key_logins() == 1
+
+
+async def test_legacy_ddp_socket_is_relayed_only_for_a_signed_in_person(
+    gw: Gateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    anonymous = client_for(gw)
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await anonymous.http.ws_connect(anonymous.base + "/websocket", headers=anonymous._headers(None))
+    c = client_for(gw)
+    assert (await c.login("alice", "alice-pw")).status == 200
+    ws = await c.http.ws_connect(c.base + "/websocket", headers=c._headers(None))
+    await ws.send_json({"msg": "connect", "version": "1", "support": ["1"]})
+    assert (await ws.receive_json(timeout=5))["msg"] == "connected"
+    await ws.send_json({"msg": "method", "id": "1", "method": "auth.login", "params": ["alice", "alice-pw"]})
+    assert await ws.receive_json(timeout=5) == {"msg": "result", "id": "1", "result": True}
+    await ws.send_json({"msg": "method", "id": "2", "method": "system.info", "params": []})
+    assert (await ws.receive_json(timeout=5))["result"]["hostname"] == "fake-nas"
+    await c.request("POST", LOGOUT, headers={"Origin": c.origin})
+    msg = await ws.receive(timeout=10)
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4001
