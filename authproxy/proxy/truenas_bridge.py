@@ -117,6 +117,7 @@ class InBand:
         self.watch: asyncio.Task[tuple[int, str]] | None = None
         self.closing: tuple[int, str] | None = None
         self.subscribed = False   # the client asked for events: its upstream socket is not reused
+        self.slide_at = 0.0       # when a client message next slides the session's idle timeout
         self.ip = client_ip(request)
 
     # ---- the loop ---------------------------------------------------------------------------------
@@ -138,6 +139,7 @@ class InBand:
                     await end_session(self.request, self.loaded, reason="socket_closed")
 
     async def _client_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         async for msg in self.ws:
             if msg.type != WSMsgType.TEXT:
                 await self.ws.close(
@@ -145,6 +147,11 @@ class InBand:
                 )
                 return
             data: bytes = msg.data   # undecoded (decode_text=False): relayed as it came
+            if self.entry is not None and (now := loop.time()) >= self.slide_at:
+                # The person is using the socket: slide the session's idle timeout (the watch does it).
+                self.slide_at = now + self.entry.slide_every
+                self.entry.slide = True
+                self.entry.wake.set()
             if len(data) > (AUTH_LIMIT if self.authed else UNAUTH_LIMIT):
                 code, why = (
                     (WSCloseCode.MESSAGE_TOO_BIG, b"Max message length is 64 kB")

@@ -586,3 +586,18 @@ async def test_legacy_ddp_socket_is_relayed_only_for_a_signed_in_person(
     await c.request("POST", LOGOUT, headers={"Origin": c.origin})
     msg = await ws.receive(timeout=10)
     assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4001
+
+
+async def test_a_socket_in_use_slides_the_session_and_an_idle_one_ends_with_it(
+    make_gateway: MakeGateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    gw = await make_gateway(truenas_env(nas, SESSION_IDLE_TIMEOUT="1"))
+    c = client_for(gw)
+    assert (await c.login("alice", "alice-pw")).status == 200
+    rpc = await connect(c)
+    await rpc.result("auth.login_ex", pw("alice", ""))
+    for _ in range(10):   # 3 s of use, three idle timeouts long
+        assert await rpc.result("core.ping") == "pong"
+        await asyncio.sleep(0.3)
+    msg = await rpc.ws.receive(timeout=10)   # then silence: the session ends, and the socket with it
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4001
