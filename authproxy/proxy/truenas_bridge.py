@@ -64,6 +64,7 @@ LOGIN_CALLS = frozenset(
     }
 )
 UPSTREAM_GONE = (4001, "session ended: sign in again")
+UPSTREAM_LOST = (1011, "upstream connection lost")
 _MESSAGE_BY_TYPE = {text: kind for kind, text in MESSAGES.items() if kind in ("EXPIRED", "DENIED")}
 
 
@@ -118,6 +119,7 @@ class InBand:
         self.closing: tuple[int, str] | None = None
         self.subscribed = False   # the client asked for events: its upstream socket is not reused
         self.slide_at = 0.0       # when a client message next slides the session's idle timeout
+        self.lost: asyncio.Task[None] | None = None
         self.ip = client_ip(request)
 
     # ---- the loop ---------------------------------------------------------------------------------
@@ -133,6 +135,9 @@ class InBand:
             if self.watch is not None:
                 self.watch.cancel()
                 await asyncio.gather(self.watch, return_exceptions=True)
+            if self.lost is not None:
+                self.lost.cancel()
+                await asyncio.gather(self.lost, return_exceptions=True)
             self._untrack()
             if self.owns_session and self.loaded is not None:
                 with contextlib.suppress(StoreError, UpstreamError):
@@ -495,6 +500,8 @@ class InBand:
     async def _authenticated(self, options: dict[str, Any]) -> dict[str, Any]:
         assert self.upstream is not None
         self.upstream.on_message = self._from_upstream
+        upstream = self.upstream
+        self.lost = asyncio.create_task(self._upstream_lost(upstream), name="authproxy-truenas-upstream")
         if not self.authed:
             self._audit("authenticated")
         self.authed = True
@@ -513,6 +520,14 @@ class InBand:
             "authenticator": "LEVEL_1",
             "reconnect_token": self._placeholder() if options.get("reconnect_token") else None,
         }
+
+    async def _upstream_lost(self, upstream: RpcSocket) -> None:
+        """TrueNAS (or the network) closed the socket this client relies on: the client gets 1011, as
+        from every bridge, and reconnects (the UI does, after 5 s)."""
+        await upstream.wait_closed()
+        if self.upstream is upstream and not self.ws.closed:
+            self.closing = UPSTREAM_LOST
+            await self.ws.close(code=UPSTREAM_LOST[0], message=UPSTREAM_LOST[1].encode())
 
     def _audit(self, outcome: str) -> None:
         """Who this socket acts as, audited when it signs in and when it ends: a person (`actor: user`)

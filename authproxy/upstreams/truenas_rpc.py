@@ -132,6 +132,10 @@ class RpcSocket:
             raise UpstreamProtocolError(f"truenas answered {method} without a result")
         return answer["result"]
 
+    async def wait_closed(self) -> None:
+        """Returns once the upstream connection is gone (TrueNAS closed it, or we did)."""
+        await asyncio.wait([self._reader])
+
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.ws.close()

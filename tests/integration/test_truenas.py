@@ -596,8 +596,24 @@ async def test_a_socket_in_use_slides_the_session_and_an_idle_one_ends_with_it(
     assert (await c.login("alice", "alice-pw")).status == 200
     rpc = await connect(c)
     await rpc.result("auth.login_ex", pw("alice", ""))
-    for _ in range(10):   # 3 s of use, three idle timeouts long
+    for _ in range(10):  # 3 s of use, three idle timeouts long
         assert await rpc.result("core.ping") == "pong"
         await asyncio.sleep(0.3)
-    msg = await rpc.ws.receive(timeout=10)   # then silence: the session ends, and the socket with it
+    msg = await rpc.ws.receive(timeout=10)  # then silence: the session ends, and the socket with it
     assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4001
+
+
+async def test_truenas_closing_the_upstream_socket_closes_the_clients(
+    gw: Gateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    c = client_for(gw)
+    assert (await c.login("alice", "alice-pw")).status == 200
+    rpc = await connect(c)
+    await rpc.result("auth.login_ex", pw("alice", ""))
+    for conn in nas.sessions_of("alice"):  # middlewared restarting
+        await nas.sockets[conn.session_id].close()
+    msg = await rpc.ws.receive(timeout=10)
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1011
+    again = await connect(c)  # the UI reconnects and signs in with its session again
+    assert (await again.result("auth.login_ex", pw("alice", "")))["response_type"] == "SUCCESS"
+    assert (await again.result("system.info"))["hostname"] == "fake-nas"
