@@ -320,8 +320,9 @@ class InBand:
         elif method == "auth.login_with_api_key":
             data, otp = {"mechanism": "API_KEY_PLAIN", "api_key": (params + [""])[0]}, None
         else:
-            data = params[0] if params and isinstance(params[0], dict) else {}
-            otp = None
+            if not params or not isinstance(params[0], dict):
+                return _error(id_, 22, "EINVAL", f"{method}: the argument must be an object with a mechanism")
+            data, otp = params[0], None
         try:
             answer = await self._login(data)
             if legacy and answer.get("response_type") == "OTP_REQUIRED" and otp:

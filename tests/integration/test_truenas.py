@@ -617,3 +617,35 @@ async def test_truenas_closing_the_upstream_socket_closes_the_clients(
     again = await connect(c)  # the UI reconnects and signs in with its session again
     assert (await again.result("auth.login_ex", pw("alice", "")))["response_type"] == "SUCCESS"
     assert (await again.result("system.info"))["hostname"] == "fake-nas"
+
+
+async def test_bad_input_on_the_socket(
+    gw: Gateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    c = client_for(gw)
+    rpc = await connect(c)
+    await rpc.ws.send_str("not json")
+    assert (await rpc.ws.receive_json(timeout=5))["error"]["code"] == -32700
+    await rpc.ws.send_str("[1, 2]")
+    assert (await rpc.ws.receive_json(timeout=5))["error"]["code"] == -32600
+    bad = await rpc.call("auth.login_ex", "not an object")
+    assert bad["error"]["data"]["errname"] == "EINVAL"
+    scram = await rpc.call("auth.login_ex", {"mechanism": "SCRAM", "scram_type": "CLIENT_FIRST_MESSAGE"})
+    assert scram["error"]["data"]["errname"] == "EOPNOTSUPP"
+    await rpc.ws.send_str(
+        json.dumps({"jsonrpc": "2.0", "id": 1, "method": "core.ping", "params": ["x" * 9000]})
+    )
+    msg = await rpc.ws.receive(timeout=5)
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1007  # TrueNAS's limit before login
+    binary = await connect(c)
+    await binary.ws.send_bytes(b"\x00\x01")
+    assert (await binary.ws.receive(timeout=5)).data == 1003
+    assert (await c.login("alice", "alice-pw")).status == 200
+    big = await connect(c)
+    await big.result("auth.login_ex", pw("alice", ""))
+    assert await big.result("core.ping", "x" * 9000) == "pong"
+    await big.ws.send_str(
+        json.dumps({"jsonrpc": "2.0", "id": 2, "method": "core.ping", "params": ["x" * 70000]})
+    )
+    assert (await big.ws.receive(timeout=5)).data == 1009
+    assert not [call for call in nas.calls if call.params and "x" * 70000 in json.dumps(call.params)]
