@@ -25,6 +25,7 @@ from tests.fakes.clock import OffsetClock
 from tests.fakes.truenas import FakeTrueNAS
 from tests.integration.conftest import ME, Audit
 from tests.support.gateway import Gateway, GatewayClient, MakeGateway, gateway_env
+from tests.support.procs import free_port
 
 LOGOUT = "/_authproxy/api/auth/logout"
 
@@ -649,3 +650,19 @@ async def test_bad_input_on_the_socket(
     )
     assert (await big.ws.receive(timeout=5)).data == 1009
     assert not [call for call in nas.calls if call.params and "x" * 70000 in json.dumps(call.params)]
+
+
+async def test_truenas_down_is_a_clear_answer(
+    make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    url = f"ws://127.0.0.1:{free_port()}/api/current"
+    env = gateway_env(url, UPSTREAM_TYPE="truenas")
+    env.pop("UPSTREAM_URL")
+    gw = await make_gateway(env | {"TRUENAS_URL": url})
+    c = client_for(gw)
+    resp = await c.login("alice", "alice-pw")
+    assert resp.status in (502, 503) and "alice-pw" not in await resp.text()
+    rpc = await connect(c)
+    down = await rpc.call("auth.login_ex", pw("alice", "alice-pw"))
+    assert down["error"]["data"]["errname"] == "EFAULT"
+    assert "cannot be reached" in down["error"]["data"]["reason"]
