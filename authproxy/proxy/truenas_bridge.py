@@ -408,6 +408,11 @@ class InBand:
                 "API keys are not accepted through authproxy here; sign in with a "
                 "username and password (or set TRUENAS_ALLOW_CLIENT_API_KEYS=true)",
             )
+        if self.adapter.key_refusal() is not None:
+            audit("login", outcome="client_api_key_refused", actor="service", site=self.site.name,
+                  client_ip=self.ip, reason="insecure_transport")
+            raise _Refused(13, "EACCES", "authproxy will not send an API key to TrueNAS over plain ws:// to "
+                                         "another host (TrueNAS would revoke it); sign in with a password")
         regulator = self.request.app[keys.LOGIN].regulator
         name = f"apikey:{key.partition('-')[0]}"
         attempt = await regulator.begin(self.site.name, name, self.ip)

@@ -666,3 +666,35 @@ async def test_truenas_down_is_a_clear_answer(
     down = await rpc.call("auth.login_ex", pw("alice", "alice-pw"))
     assert down["error"]["data"]["errname"] == "EFAULT"
     assert "cannot be reached" in down["error"]["data"]["reason"]
+
+
+async def test_a_client_api_key_is_never_sent_over_an_insecure_transport(
+    make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient], audit: Audit
+) -> None:
+    url = "ws://192.0.2.1/api/current"  # TEST-NET: nothing answers, nothing may be sent
+    env = gateway_env(url, UPSTREAM_TYPE="truenas", TRUENAS_ALLOW_CLIENT_API_KEYS="true")
+    env.pop("UPSTREAM_URL")
+    gw = await make_gateway(env | {"TRUENAS_URL": url})
+    rpc = await connect(client_for(gw))
+    refused = await rpc.call("auth.login_with_api_key", "1-" + "a" * 64)
+    assert refused["error"]["data"]["errname"] == "EACCES"
+    assert "revoke" in refused["error"]["data"]["reason"]
+    assert audit.lines("login")[-1]["outcome"] == "client_api_key_refused"
+
+
+def test_the_key_from_a_file(tmp_path: Any) -> None:
+    secret = tmp_path / "truenas_api_key"
+    secret.write_text("7-" + "b" * 64 + "\n")
+    config = load_config(
+        {
+            "TRUENAS_URL": "wss://nas.lan/api/current",
+            "TRUENAS_API_KEY_FILE": str(secret),
+            "TRUENAS_USERNAME": "svc",
+            "USE_HYBRID_AUTH": "true",
+            "TRUST_PROXY": "true",
+            "SESSION_SECRET": "x" * 64,
+        }
+    )
+    site = config.sites[0]
+    assert site.service_token is not None and site.service_token.reveal() == "7-" + "b" * 64
+    assert site.options["api_username"] == "svc" and site.upstream_url == "https://nas.lan"
