@@ -26,8 +26,9 @@ authproxy's login API against FakeTechnitium (nginx ignores it), and X-Forwarded
             the ratio: every message costs the echo one read and one write and a relay two of each, on
             the same 2 cores as the load generator, so about 0.5x is where any relay lands here
 
-    JSON-RPC   (--part rpc) TrueNAS's protocol: `core.ping` round trips (--rpc-calls, default 10000) on
-            sockets signed in as alice, through authproxy's in-band bridge (/api/current: authproxy
+    JSON-RPC   (--part rpc) TrueNAS's protocol: `core.ping` round trips (--rpc-calls, default 10000) from
+            the same lean load generator (one call in flight per socket, answers compared byte for
+            byte) on sockets signed in as alice, through authproxy's in-band bridge (/api/current: authproxy
             answers auth.* itself and relays the rest message by message) and through its generic
             byte relay (the same fake's endpoint under /api/relay), alternating, same authproxy process,
             same upstream (tests/fakes/truenas.py in its own process, its sign-in rate limit lifted)
@@ -46,7 +47,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import json
 import os
 import resource
 import statistics
@@ -80,7 +80,7 @@ from bench._common import (
     table,
     wrk,
 )
-from bench._wsload import round_trips
+from bench._wsload import round_trips, server_frame, text_frame
 from tests.support.procs import free_port
 from tests.support.redis_server import RedisServer
 
@@ -407,34 +407,29 @@ RPC_BRIDGE, RPC_RELAY = "in-band bridge (/api/current)", "byte relay (/api/relay
 RPC_PATHS = {RPC_BRIDGE: "/api/current", RPC_RELAY: "/api/relay"}
 
 
-async def _rpc_round_trips(url: str, headers: dict[str, str], total: int, conns: int) -> float:
-    """Calls per second: `conns` sockets, each logged in (PASSWORD_PLAIN), then `core.ping` round trips."""
-    import aiohttp
+RPC_CALL = b'{"jsonrpc":"2.0","id":1,"method":"core.ping","params":[]}'
+RPC_ANSWER = b'{"jsonrpc": "2.0", "result": "pong", "id": 1}'   # the fake's bytes, relayed as they are
+RPC_LOGIN = (b'{"jsonrpc":"2.0","id":0,"method":"auth.login_ex","params":[{"mechanism":"PASSWORD_PLAIN",'
+             b'"username":"alice","password":"alice-pw","login_options":{"user_info":false}}]}')
 
-    per = max(1, total // conns)
-    login = json.dumps({"jsonrpc": "2.0", "id": 0, "method": "auth.login_ex", "params": [
-        {"mechanism": "PASSWORD_PLAIN", "username": "alice", "password": "alice-pw"}]})
-    async with aiohttp.ClientSession() as http:
-        sockets = [await http.ws_connect(url, headers=headers) for _ in range(conns)]
-        for ws in sockets:
-            await ws.send_str(login)
-            answer = json.loads(await ws.receive_str(timeout=10))
-            if answer.get("result", {}).get("response_type") != "SUCCESS":
-                raise BenchError(f"login through {url} failed: {answer}")
 
-        async def one(ws: aiohttp.ClientWebSocketResponse) -> None:
-            for i in range(1, per + 1):
-                await ws.send_str(f'{{"jsonrpc":"2.0","id":{i},"method":"core.ping","params":[]}}')
-                reply = await ws.receive_str(timeout=10)
-                if f'"id": {i}' not in reply:
-                    raise BenchError(f"unexpected answer {reply[:200]}")
+def _rpc_round_trips(url: str, headers: dict[str, str], total: int, conns: int) -> float:
+    """Calls per second from the lean load generator (bench/_wsload.py): each socket logs in
+    (PASSWORD_PLAIN), then one `core.ping` in flight at a time, every answer compared byte for byte."""
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        rate, _ = runner.run(round_trips(url, headers, total, conns, frame=text_frame(RPC_CALL),
+                                         echo=server_frame(RPC_ANSWER),
+                                         login=(text_frame(RPC_LOGIN), b'"SUCCESS"')))
+    return rate
 
-        t0 = time.monotonic()
-        await asyncio.gather(*(one(ws) for ws in sockets))
-        elapsed = time.monotonic() - t0
-        for ws in sockets:
-            await ws.close()
-    return per * conns / elapsed
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop
+    except ImportError:
+        return asyncio.new_event_loop
 
 
 def rpc_part(args: argparse.Namespace, bench: Bench, redis: RedisServer,
@@ -450,7 +445,7 @@ def rpc_part(args: argparse.Namespace, bench: Bench, redis: RedisServer,
             for name, path in RPC_PATHS.items():
                 print(f"-- JSON-RPC round trips on {conns} connection(s), {name}, run {i + 1}", flush=True)
                 url = ap.url.replace("http://", "ws://") + path
-                runs[name].append(asyncio.run(_rpc_round_trips(url, headers, args.rpc_calls, conns)))
+                runs[name].append(_rpc_round_trips(url, headers, args.rpc_calls, conns))
         for name, rates in runs.items():
             out[name, conns] = statistics.median(rates)
     return out
