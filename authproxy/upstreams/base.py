@@ -85,6 +85,9 @@ class UpstreamAdapter(abc.ABC):
     """One product's login, injection and expiry rules (abstract), and its optional hooks (defaults)."""
 
     name: ClassVar[str]
+    # The service credential is checked (login/background.py) in AUTH_MODE=none too: products where a
+    # bad key is worth knowing at start even when it is everyone's (TrueNAS revokes keys it distrusts).
+    checks_service_key: ClassVar[bool] = False
 
     def __init__(self, site: SiteConfig, http: aiohttp.ClientSession) -> None:
         self.site = site

@@ -112,6 +112,7 @@ def _chain(credential: Credential) -> str:
 
 class TrueNASAdapter(UpstreamAdapter):
     name: ClassVar[str] = "truenas"
+    checks_service_key: ClassVar[bool] = True
 
     def __init__(self, site: SiteConfig, http: aiohttp.ClientSession) -> None:
         self.site = site
