@@ -33,6 +33,7 @@ from authproxy.config.schema import SiteConfig
 from authproxy.errors import UpstreamProtocolError, UpstreamUnavailable
 from authproxy.sessions.model import Credential, Identity
 from authproxy.upstreams.base import LoginResult, TokenCheck, UpstreamAdapter, UpstreamRequest
+from authproxy.upstreams.truenas_parking import SocketPark
 from authproxy.upstreams.truenas_rpc import RpcError, RpcSocket, ws_endpoint
 
 DEFAULT_TOKEN_TTL = 600
@@ -123,10 +124,7 @@ class TrueNASAdapter(UpstreamAdapter):
         self.allow_client_api_keys = _flag(site.options.get("allow_client_api_keys", False))
         self.allow_insecure_key = _flag(site.options.get("allow_insecure_api_key", False))
         self.timeout = float(site.timeout or 30.0)
-        # Logged-in upstream sockets a closed client socket left, by token chain: the next client socket
-        # of the same person takes one instead of logging in again (TrueNAS rate-limits logins per
-        # address, and everyone behind authproxy shares its address).
-        self._parked: dict[str, list[tuple[RpcSocket, asyncio.TimerHandle]]] = {}
+        self.parked = SocketPark(seconds=PARK_SECONDS, most=PARK_MAX)   # upstreams/truenas_parking.py
         self._service: RpcSocket | None = None   # the service key's one shared socket (reconnected)
         self._service_lock = asyncio.Lock()
 
@@ -221,38 +219,11 @@ class TrueNASAdapter(UpstreamAdapter):
         return await sock.call("auth.login_with_api_key", credential.secret) is True
 
     def park(self, credential: Credential, sock: RpcSocket) -> bool:
-        """Keep `sock` (logged in as `credential`'s person, no subscriptions) for PARK_SECONDS."""
-        chain = _chain(credential)
-        parked = self._parked.setdefault(chain, []) if chain else None
-        if parked is None or sock.closed or len(parked) >= PARK_MAX:
-            return False
-        sock.on_message = None
-        timer = asyncio.get_running_loop().call_later(PARK_SECONDS, self._expire, chain, sock)
-        parked.append((sock, timer))
-        return True
+        """Keep `sock` (logged in as `credential`'s person, no subscriptions) for their next socket."""
+        return self.parked.park(_chain(credential), sock)
 
     def unpark(self, credential: Credential) -> RpcSocket | None:
-        """A parked socket of this person still open, or None."""
-        parked = self._parked.get(_chain(credential), [])
-        while parked:
-            sock, timer = parked.pop()
-            timer.cancel()
-            if not sock.closed:
-                return sock
-            asyncio.ensure_future(sock.close())
-        return None
-
-    def _expire(self, chain: str, sock: RpcSocket) -> None:
-        parked = self._parked.get(chain, [])
-        self._parked[chain] = [(s, t) for s, t in parked if s is not sock]
-        if not self._parked[chain]:
-            del self._parked[chain]
-        asyncio.ensure_future(sock.close())
-
-    async def _close_parked(self, credential: Credential) -> None:
-        for sock, timer in self._parked.pop(_chain(credential), []):
-            timer.cancel()
-            await sock.close()
+        return self.parked.take(_chain(credential))
 
     # ---- sign-in ---------------------------------------------------------------------------------
 
@@ -314,7 +285,7 @@ class TrueNASAdapter(UpstreamAdapter):
         """`auth.logout` on a socket logged in with the session's token (which that destroys)."""
         if credential.kind != TOKEN_KIND:
             return
-        await self._close_parked(credential)
+        await self.parked.close(_chain(credential))
         sock = await self.connect()
         try:
             answer = await sock.call(
@@ -402,10 +373,7 @@ class TrueNASAdapter(UpstreamAdapter):
         if self._service is not None:
             await self._service.close()
             self._service = None
-        for chain in list(self._parked):
-            for sock, timer in self._parked.pop(chain):
-                timer.cancel()
-                await sock.close()
+        await self.parked.close_all()
 
     # ---- HTTP forwarding (the UI's files, legacy REST /api/v2.0) ----------------------------------
 
