@@ -34,10 +34,10 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from authproxy import keys
-from authproxy.crypto import b64d, b64e, seal, unseal
 from authproxy.errors import AuthError, StoreError, UpstreamError
 from authproxy.log import audit, log
 from authproxy.login.passthrough import LoginInput
+from authproxy.proxy import truenas_handoff as handoff
 from authproxy.proxy.bridges import Bridge
 from authproxy.proxy.websocket import _watch
 from authproxy.routing import Site
@@ -48,8 +48,6 @@ from authproxy.upstreams.truenas_rpc import RpcError, RpcSocket
 from authproxy.web.api import end_session
 from authproxy.web.common import client_ip, error_response
 
-HANDOFF_PREFIX = "authproxy_"
-DEFAULT_HANDOFF = 600    # seconds a placeholder stands for its session, unless the client asks for other
 UNAUTH_LIMIT = 8192  # TrueNAS's own limits (utils/limits.py), applied before anything goes upstream
 AUTH_LIMIT = 65536
 ENOTAUTHENTICATED = 207
@@ -249,32 +247,17 @@ class InBand:
         return None
 
     def _placeholder(self, ttl: Any = None) -> str:
-        """What the client gets instead of a TrueNAS token: this session's cookie value and an expiry
-        (the `ttl` asked, 60 s to a day, never past the session), sealed with a key only authproxy
-        holds. `TOKEN_PLAIN` with it, on any socket, within that time, is this session again (the
-        UI's reload, a library given it); it tells nothing and opens nothing once the session ends."""
+        """What the client gets instead of a TrueNAS token (proxy/truenas_handoff.py)."""
         if self.loaded is None:
             return "authproxy-service-session"
         sessions = self.request.app[keys.SESSIONS]
-        seconds = min(max(int(ttl) if isinstance(ttl, int) else DEFAULT_HANDOFF, 60), 86400)
-        until = min(sessions.clock() + seconds, self.loaded.session.expires_at)
-        plain = json.dumps([self.loaded.ticket.encode(sessions.keyring), until]).encode()
-        return HANDOFF_PREFIX + b64e(seal(self._handoff_key(), plain, self.site.name.encode()))
-
-    def _handoff_key(self) -> bytes:
-        return self.request.app[keys.SESSIONS].keyring.derive("authproxy-truenas-handoff")
+        return handoff.issue(self.loaded, sessions.keyring, self.site.name, sessions.clock(), ttl)
 
     async def _from_placeholder(self, token: str) -> LoadedSession | None:
         """The live session a placeholder stands for (None: not one of ours, expired, or signed out)."""
-        if not token.startswith(HANDOFF_PREFIX) or len(token) > 2048:
-            return None
-        try:
-            plain = unseal(self._handoff_key(), b64d(token[len(HANDOFF_PREFIX):]), self.site.name.encode())
-            cookie, until = json.loads(plain) if plain is not None else (None, 0)
-        except ValueError:
-            return None
         sessions = self.request.app[keys.SESSIONS]
-        if not isinstance(cookie, str) or not isinstance(until, (int, float)) or sessions.clock() > until:
+        cookie = handoff.cookie_of(token, sessions.keyring, self.site.name, sessions.clock())
+        if cookie is None:
             return None
         try:
             loaded = await sessions.load(cookie, client_ip=self.ip)
