@@ -30,7 +30,7 @@ from authproxy.bodies import read_up_to
 from authproxy.config.schema import ECHO_METHODS
 from authproxy.errors import UpstreamError
 from authproxy.log import log
-from authproxy.proxy import truenas_bridge, websocket
+from authproxy.proxy import truenas_socket, websocket
 from authproxy.proxy.common import build_upstream_request, credential_died, signed_out
 from authproxy.proxy.forms import Checked, Refused, checked_body
 from authproxy.proxy.headers import (
@@ -193,7 +193,7 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
             title="Not allowed",
         )
     if in_band:
-        return await truenas_bridge.bridge(request, site, loaded, credential)
+        return await truenas_socket.bridge(request, site, loaded, credential)
     if request.headers.get("Upgrade", "").lower() == "websocket" and credential is not None:
         return await websocket.bridge(request, site, loaded, credential)
 

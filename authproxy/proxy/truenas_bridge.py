@@ -46,7 +46,7 @@ from authproxy.sessions.model import Credential
 from authproxy.upstreams.truenas import KEY_KIND, MESSAGES, TrueNASAdapter, without_secrets
 from authproxy.upstreams.truenas_rpc import RpcError, RpcSocket
 from authproxy.web.api import end_session
-from authproxy.web.common import client_ip, error_response
+from authproxy.web.common import client_ip
 
 UNAUTH_LIMIT = 8192  # TrueNAS's own limits (utils/limits.py), applied before anything goes upstream
 AUTH_LIMIT = 65536
@@ -310,7 +310,7 @@ class InBand:
             answer = await self._login(data)
             if legacy and answer.get("response_type") == "OTP_REQUIRED" and otp:
                 answer = await self._login({"mechanism": "OTP_TOKEN", "otp_token": otp})
-        except _Refused as exc:
+        except Refused as exc:
             return _error(id_, exc.errnum, exc.errname, exc.reason)
         if legacy:
             if answer.get("response_type") == "OTP_REQUIRED":
@@ -322,10 +322,10 @@ class InBand:
         mechanism = data.get("mechanism")
         options: dict[str, Any] = data["login_options"] if isinstance(data.get("login_options"), dict) else {}
         if self.pending is not None and mechanism != "OTP_TOKEN":
-            raise _Refused(16, "EBUSY", f"{mechanism}: authentication in progress, expected OTP_TOKEN")
+            raise Refused(16, "EBUSY", f"{mechanism}: authentication in progress, expected OTP_TOKEN")
         if mechanism == "OTP_TOKEN":
             if self.pending is None:
-                raise _Refused(22, "EINVAL", "OTP_TOKEN: no authentication in progress")
+                raise Refused(22, "EINVAL", "OTP_TOKEN: no authentication in progress")
             (username, password), self.pending = self.pending, None
             return await self._sign_in(username, password, str(data.get("otp_token") or ""), options)
         if self.service is not None and mechanism in ("PASSWORD_PLAIN", "TOKEN_PLAIN"):
@@ -354,7 +354,7 @@ class InBand:
             return {"response_type": "AUTH_ERR"}
         if mechanism == "API_KEY_PLAIN":
             return await self._client_key(str(data.get("api_key") or ""), data.get("username"), options)
-        raise _Refused(95, "EOPNOTSUPP", f"{mechanism}: mechanism is not available through authproxy")
+        raise Refused(95, "EOPNOTSUPP", f"{mechanism}: mechanism is not available through authproxy")
 
     async def _sign_in(
         self, username: str, password: str, otp: str | None, options: dict[str, Any]
@@ -368,11 +368,11 @@ class InBand:
                 self.pending = (username, password)
                 return {"response_type": "OTP_REQUIRED", "username": username}
             if exc.status == 429:
-                raise _Refused(16, "EBUSY", str(exc)) from None
+                raise Refused(16, "EBUSY", str(exc)) from None
             kind = _MESSAGE_BY_TYPE.get(str(exc), "AUTH_ERR")
             return {"response_type": kind}
         except UpstreamError:
-            raise _Refused(14, "EFAULT", "TrueNAS cannot be reached from authproxy right now") from None
+            raise Refused(14, "EFAULT", "TrueNAS cannot be reached from authproxy right now") from None
         await self._adopt(loaded, owns=True)
         return await self._as_session(options)
 
@@ -385,7 +385,7 @@ class InBand:
                 site=self.site.name,
                 client_ip=self.ip,
             )
-            raise _Refused(
+            raise Refused(
                 13,
                 "EACCES",
                 "API keys are not accepted through authproxy here; sign in with a "
@@ -394,7 +394,7 @@ class InBand:
         if self.adapter.key_refusal() is not None:
             audit("login", outcome="client_api_key_refused", actor="service", site=self.site.name,
                   client_ip=self.ip, reason="insecure_transport")
-            raise _Refused(13, "EACCES", "authproxy will not send an API key to TrueNAS over plain ws:// to "
+            raise Refused(13, "EACCES", "authproxy will not send an API key to TrueNAS over plain ws:// to "
                                          "another host (TrueNAS would revoke it); sign in with a password")
         regulator = self.request.app[keys.LOGIN].regulator
         name = f"apikey:{key.partition('-')[0]}"
@@ -408,14 +408,14 @@ class InBand:
                 site=self.site.name,
                 client_ip=self.ip,
             )
-            raise _Refused(16, "EBUSY", "Too many failed sign-ins. Try again later.")
+            raise Refused(16, "EBUSY", "Too many failed sign-ins. Try again later.")
         extra = {"username": str(username)} if username else {}
         credential = Credential(secret=key, kind=KEY_KIND, actor="service", extra=extra)
         try:
             opened = await self.adapter.reopen(credential)
         except UpstreamError:
             await attempt.refund()
-            raise _Refused(14, "EFAULT", "TrueNAS cannot be reached from authproxy right now") from None
+            raise Refused(14, "EFAULT", "TrueNAS cannot be reached from authproxy right now") from None
         if opened is None:
             attempt.failed()
             await attempt.refund()
@@ -458,25 +458,25 @@ class InBand:
             self.upstream = parked   # already logged in as this person: no login call upstream
             return
         if credential is None:
-            raise _Refused(
+            raise Refused(
                 ENOTAUTHENTICATED, "ENOTAUTHENTICATED", "Your session has no TrueNAS sign-in; sign in again"
             )
         try:
             opened = await self.adapter.reopen(credential)
         except UpstreamError:
-            raise _Refused(14, "EFAULT", "TrueNAS cannot be reached from authproxy right now") from None
+            raise Refused(14, "EFAULT", "TrueNAS cannot be reached from authproxy right now") from None
         except RpcError as exc:   # TrueNAS refused the call itself (its rate limit: EBUSY)
             log.warning("truenas refused an upstream login", extra={"fields": {
                 "site": self.site.name, "errname": exc.errname, "reason": exc.reason}})
             reason = exc.reason.split("] ", 1)[-1]
-            raise _Refused(16 if exc.errname == "EBUSY" else 14, exc.errname or "EFAULT", reason) from None
+            raise Refused(16 if exc.errname == "EBUSY" else 14, exc.errname or "EFAULT", reason) from None
         if opened is None:
             if self.loaded is not None:
                 with contextlib.suppress(StoreError):
                     await self.request.app[keys.SESSIONS].drop_credential(
                         self.loaded, self.site.name, client_ip=self.ip
                     )
-            raise _Refused(
+            raise Refused(
                 ENOTAUTHENTICATED, "ENOTAUTHENTICATED", "Your TrueNAS session has ended; sign in again"
             )
         sock, fresh = opened
@@ -584,7 +584,7 @@ class InBand:
             self.watch = None
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """A call authproxy answers with a TrueNAS-style CallError."""
 
     def __init__(self, errnum: int, errname: str, reason: str) -> None:
@@ -592,25 +592,3 @@ class _Refused(Exception):
         self.errnum = errnum
         self.errname = errname
         self.reason = reason
-
-
-async def bridge(
-    request: web.Request, site: Site, loaded: LoadedSession | None, credential: Credential | None
-) -> web.StreamResponse:
-    """Answer a WebSocket handshake at TrueNAS's JSON-RPC path (with or without a session)."""
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, autoping=True, compress=False, decode_text=False)
-    if not ws.can_prepare(request).ok:
-        return error_response(
-            request, 400, "bad_websocket_handshake", "This is not a valid WebSocket request."
-        )
-    await ws.prepare(request)
-    state = InBand(request, site, ws, loaded, credential)
-    if state.service is not None:  # a service client (hybrid) or everyone (AUTH_MODE=none)
-        with contextlib.suppress(_Refused):
-            await state._as_session({"user_info": False})
-    try:
-        await state.run()
-    finally:
-        if not ws.closed:
-            await ws.close(code=(state.closing or (WSCloseCode.OK, ""))[0])
-    return ws

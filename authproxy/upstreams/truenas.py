@@ -408,8 +408,9 @@ class TrueNASAdapter(UpstreamAdapter):
 
     @staticmethod
     def in_band(upstream_path: str) -> bool:
-        """The JSON-RPC socket paths authproxy answers in band (proxy/truenas_bridge.py)."""
-        if upstream_path == "/api/current":
+        """The socket paths authproxy answers in band: JSON-RPC (proxy/truenas_bridge.py) and the
+        legacy DDP `/websocket` (proxy/truenas_ddp.py)."""
+        if upstream_path in ("/api/current", LEGACY_DDP):
             return True
         return (
             upstream_path.startswith("/api/v")

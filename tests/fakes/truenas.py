@@ -153,6 +153,7 @@ class Conn:
     login_token: str | None = None  # the token this session logged in with (destroyed at logout)
     pending_otp: str | None = None  # username awaiting OTP_TOKEN on this socket
     options: dict[str, Any] = field(default_factory=dict)
+    subs: dict[str, str] = field(default_factory=dict)  # subscription id -> event name
 
     @property
     def authenticated(self) -> bool:
@@ -235,6 +236,24 @@ class FakeTrueNAS(LoopbackServer):
 
     def sessions_of(self, username: str) -> list[Conn]:
         return [c for c in self.conns if c.user == username]
+
+    async def emit(self, name: str, msg: str, id_: Any, fields: dict[str, Any]) -> int:
+        """Send a `collection_update` event to every socket subscribed to `name`; how many got it."""
+        sent = 0
+        for conn in list(self.conns):
+            ws = self.sockets.get(conn.session_id)
+            if ws is not None and name in conn.subs.values() and not ws.closed:
+                await ws.send_str(
+                    json.dumps(
+                        {
+                            "jsonrpc": "2.0",
+                            "method": "collection_update",
+                            "params": {"msg": msg, "collection": name, "id": id_, "fields": fields},
+                        }
+                    )
+                )
+                sent += 1
+        return sent
 
     def live_tokens(self) -> list[Token]:
         return [t for t in self.tokens.values() if self.clock() < t.last_used + t.ttl]
@@ -645,7 +664,14 @@ async def _m_ping(nas: FakeTrueNAS, conn: Conn, params: list[Any]) -> Any:
 
 
 async def _m_subscribe(nas: FakeTrueNAS, conn: Conn, params: list[Any]) -> Any:
-    return secrets.token_hex(8)
+    sub = secrets.token_hex(8)
+    conn.subs[sub] = str(params[0]) if params else ""
+    return sub
+
+
+async def _m_unsubscribe(nas: FakeTrueNAS, conn: Conn, params: list[Any]) -> Any:
+    conn.subs.pop(str(params[0]) if params else "", None)
+    return None
 
 
 async def _m_none(nas: FakeTrueNAS, conn: Conn, params: list[Any]) -> Any:
@@ -700,7 +726,7 @@ _METHODS: dict[str, Callable[[FakeTrueNAS, Conn, list[Any]], Any]] = {
     "core.set_options": _m_set_options,
     "core.ping": _m_ping,
     "core.subscribe": _m_subscribe,
-    "core.unsubscribe": _m_none,
+    "core.unsubscribe": _m_unsubscribe,
     "core.sleep": _m_sleep,
     "system.info": _m_system_info,
     "pool.dataset.query": _m_dataset_query,

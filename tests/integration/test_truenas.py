@@ -557,7 +557,7 @@ async def test_shared_key_mode_everyone_is_the_key_account_and_reloads_cost_no_l
         return len([c for c in nas.calls if c.method == "auth.login_with_api_key"])
 
     state = (await (await client_for(gw).request("GET", ME)).json())["sites"][0]["backgroundToken"]
-    assert state["validated"] and "account svc" in state["reason"]   # checked at start in this mode too
+    assert state["validated"] and "account svc" in state["reason"]  # checked at start in this mode too
     first = await connect(client_for(gw))
     ok = await first.result("auth.login_ex", pw("anyone", "anything"))
     assert ok["response_type"] == "SUCCESS"
@@ -571,21 +571,51 @@ async def test_shared_key_mode_everyone_is_the_key_account_and_reloads_cost_no_l
     assert key_logins() == logins
 
 
-async def test_legacy_ddp_socket_is_relayed_only_for_a_signed_in_person(
-    gw: Gateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
-) -> None:
-    anonymous = client_for(gw)
-    with pytest.raises(aiohttp.WSServerHandshakeError):
-        await anonymous.http.ws_connect(anonymous.base + "/websocket", headers=anonymous._headers(None))
-    c = client_for(gw)
-    assert (await c.login("alice", "alice-pw")).status == 200
+async def ddp(c: GatewayClient) -> aiohttp.ClientWebSocketResponse:
     ws = await c.http.ws_connect(c.base + "/websocket", headers=c._headers(None))
     await ws.send_json({"msg": "connect", "version": "1", "support": ["1"]})
     assert (await ws.receive_json(timeout=5))["msg"] == "connected"
+    return ws
+
+
+async def test_the_legacy_ddp_socket_is_answered_in_band_too(
+    gw: Gateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient], audit: Audit
+) -> None:
+    """Old clients speak DDP on /websocket: authproxy answers their auth.* calls as on /api/current
+    (here an in-band password login), relays the rest to its own JSON-RPC socket, and turns answers,
+    errors, subscriptions and events into DDP."""
+    ws = await ddp(client_for(gw))
+    await ws.send_json({"msg": "method", "id": "0", "method": "system.info", "params": []})
+    refused = await ws.receive_json(timeout=5)
+    assert refused["msg"] == "result" and refused["error"]["errname"] == "ENOTAUTHENTICATED"
     await ws.send_json({"msg": "method", "id": "1", "method": "auth.login", "params": ["alice", "alice-pw"]})
     assert await ws.receive_json(timeout=5) == {"msg": "result", "id": "1", "result": True}
+    assert audit.lines("login")[-1]["outcome"] == "success"
     await ws.send_json({"msg": "method", "id": "2", "method": "system.info", "params": []})
     assert (await ws.receive_json(timeout=5))["result"]["hostname"] == "fake-nas"
+    assert nas.calls[-1].user == "alice" and nas.calls[-1].kind == "TOKEN"
+    await ws.send_json({"msg": "method", "id": "3", "method": "auth.generate_token", "params": []})
+    token = (await ws.receive_json(timeout=5))["result"]
+    assert token.startswith("authproxy_") and token not in nas.issued_tokens
+    await ws.send_json({"msg": "sub", "id": "s1", "name": "alert.list"})
+    assert await ws.receive_json(timeout=5) == {"msg": "ready", "subs": ["s1"]}
+    assert await nas.emit("alert.list", "added", 7, {"level": "WARNING"}) == 1
+    event = await ws.receive_json(timeout=5)
+    assert event == {"msg": "added", "collection": "alert.list", "id": 7, "fields": {"level": "WARNING"}}
+    await ws.send_json({"msg": "unsub", "id": "s1"})
+    assert await ws.receive_json(timeout=5) == {"msg": "nosub", "id": "s1"}
+    await ws.send_json({"msg": "method", "id": "4", "method": "no.such", "params": []})
+    assert (await ws.receive_json(timeout=5))["error"]["reason"] == "Method does not exist"
+
+
+async def test_a_signed_in_persons_ddp_socket_closes_at_sign_out(
+    gw: Gateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    c = client_for(gw)
+    assert (await c.login("alice", "alice-pw")).status == 200
+    ws = await ddp(c)
+    await ws.send_json({"msg": "method", "id": "1", "method": "auth.login", "params": ["alice", ""]})
+    assert (await ws.receive_json(timeout=5))["result"] is True
     await c.request("POST", LOGOUT, headers={"Origin": c.origin})
     msg = await ws.receive(timeout=10)
     assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4001
