@@ -1,6 +1,7 @@
-"""A real TrueNAS client library from PyPI (pytruenas, a synchronous JSON-RPC 2.0 client over
-`websocket-client`) talking to authproxy's /api/current as it would to TrueNAS: its login is answered
-in band by authproxy (checked against the TrueNAS fake, throttled, audited), its calls relayed."""
+"""Real TrueNAS client libraries from PyPI talking to authproxy as they would to TrueNAS: pytruenas (a
+synchronous JSON-RPC 2.0 client over `websocket-client`, on /api/current) and aiotruenas-client (DDP on
+the legacy /websocket). Their logins are answered in band by authproxy (checked against the TrueNAS
+fake, throttled, audited), their calls relayed."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 import pytruenas
+from aiotruenas_client.websockets.machine import CachingMachine
 from pytruenas.exceptions import TrueNASError
 
 from tests.fakes.clock import OffsetClock
@@ -126,3 +128,20 @@ async def test_pytruenas_as_the_signed_in_person_with_a_placeholder(
     await c.request("POST", "/_authproxy/api/auth/logout", headers={"Origin": c.origin})
     with pytest.raises(TrueNASError):
         await using(gw, placeholder, lambda client: client.api.auth.me())
+
+
+async def test_aiotruenas_client_over_the_legacy_ddp_socket(
+    make_gateway: MakeGateway, nas: FakeTrueNAS, audit: Audit
+) -> None:
+    """aiotruenas-client (PyPI) speaks DDP on /websocket with the legacy auth.login: authproxy answers
+    its login in band (checked against TrueNAS, audited) and relays its calls."""
+    gw = await make_gateway(truenas_env(nas))
+    machine = CachingMachine()
+    await machine.connect(host=f"127.0.0.1:{gw.port}", api_key=None, password="alice-pw", username="alice",
+                          secure=False)
+    try:
+        assert (await machine.get_system_info())["hostname"] == "fake-nas"
+    finally:
+        await machine.close()
+    assert nas.calls[-1].user == "alice" and nas.calls[-1].method == "system.info"
+    assert audit.lines("login")[-1]["outcome"] == "success"
