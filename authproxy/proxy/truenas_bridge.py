@@ -48,6 +48,7 @@ from authproxy.upstreams.truenas_rpc import RpcError, RpcSocket
 from authproxy.web.api import end_session
 from authproxy.web.common import client_ip
 
+RESERVED_ID = "authproxy-"
 UNAUTH_LIMIT = 8192  # TrueNAS's own limits (utils/limits.py), applied before anything goes upstream
 AUTH_LIMIT = 65536
 ENOTAUTHENTICATED = 207
@@ -80,9 +81,17 @@ def _error(id_: Any, errnum: int, errname: str, reason: str) -> str:
 
 
 def _plain_call(text: bytes) -> bool:
-    """True when `text` cannot name a method authproxy answers: no `"auth.` and no `core.set_options`
-    as written, and no backslash (so no escape can spell one). Anything else is parsed."""
-    return b'"auth.' not in text and b"core.set_options" not in text and b"\\" not in text
+    """True when `text` cannot name a method authproxy answers (no `"auth.`, no `core.set_options`)
+    nor use an id of authproxy's own calls (no `authproxy-`), as written, and has no backslash (so no
+    escape can spell one). Anything else is parsed."""
+    return (b'"auth.' not in text and b"core.set_options" not in text and b"\\" not in text
+            and b"authproxy-" not in text)
+
+
+def reserved_id(id_: Any) -> bool:
+    """Ids authproxy's own calls use on the upstream socket (truenas_rpc.py): a client may not, or an
+    answer meant for authproxy could be routed to the client, or the client's to authproxy."""
+    return isinstance(id_, str) and id_.startswith(RESERVED_ID)
 
 
 def _result(id_: Any, result: Any) -> str:
@@ -194,6 +203,11 @@ class InBand:
                 )
             return
         id_ = message.get("id")
+        if reserved_id(id_):
+            reason = f"Invalid Request: ids starting with {RESERVED_ID!r} are reserved"
+            await self.ws.send_str(json.dumps({"jsonrpc": "2.0", "id": None,
+                                               "error": {"code": -32600, "message": reason}}))
+            return
         params = message.get("params") or []
         if not isinstance(params, list):
             params = [params]

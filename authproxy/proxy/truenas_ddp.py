@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType
 
-from authproxy.proxy.truenas_bridge import AUTH_LIMIT, ENOTAUTHENTICATED, UNAUTH_LIMIT, InBand
+from authproxy.proxy.truenas_bridge import AUTH_LIMIT, ENOTAUTHENTICATED, UNAUTH_LIMIT, InBand, reserved_id
 
 _SUB = "authproxy-ddp-sub:"  # upstream ids of the calls that stand for a client's sub/unsub
 _UNSUB = "authproxy-ddp-unsub:"
@@ -102,8 +102,8 @@ class DdpInBand(InBand):
     async def _method(self, message: dict[str, Any]) -> None:
         id_, method = message.get("id"), message.get("method")
         params = message.get("params") or []
-        if not isinstance(method, str):
-            return
+        if not isinstance(method, str) or reserved_id(id_):
+            return  # middlewared drops what it cannot take; authproxy's own ids are not the client's
         if not isinstance(params, list):
             params = [params]
         answer = await self._local(method, id_, params)

@@ -113,7 +113,7 @@ class RpcSocket:
         """The call's result; RpcError for an error answer, UpstreamUnavailable when the socket dies."""
         if self.closed:
             raise UpstreamUnavailable("truenas connection is closed")
-        id_ = f"authproxy-{next(self._ids)}"   # never a client's id on a relayed socket
+        id_ = f"authproxy-{next(self._ids)}"   # never a client's id: the bridges refuse this prefix
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[id_] = waiter
         try:

@@ -730,3 +730,19 @@ def test_the_key_from_a_file(tmp_path: Any) -> None:
     site = config.sites[0]
     assert site.service_token is not None and site.service_token.reveal() == "7-" + "b" * 64
     assert site.options["api_username"] == "svc" and site.upstream_url == "https://nas.lan"
+
+
+async def test_a_client_may_not_use_authproxys_own_call_ids(
+    gw: Gateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    c = client_for(gw)
+    assert (await c.login("olga", "olga-pw", totp=nas.code_for("olga"))).status == 200
+    rpc = await connect(c)
+    await rpc.result("auth.login_ex", pw("olga", ""))
+    for n in range(1, 6):
+        await rpc.ws.send_str(json.dumps({"jsonrpc": "2.0", "id": f"authproxy-{n}", "method": "core.ping"}))
+        refused = await rpc.ws.receive_json(timeout=5)
+        assert refused["error"]["code"] == -32600 and "reserved" in refused["error"]["message"]
+    me = await rpc.result("auth.me")
+    assert "provisioning_uri" not in me["two_factor_config"]
+    assert not [call for call in nas.calls if call.method == "core.ping"]
