@@ -26,7 +26,7 @@ authproxy's login API against FakeTechnitium (nginx ignores it), and X-Forwarded
             the ratio: every message costs the echo one read and one write and a relay two of each, on
             the same 2 cores as the load generator, so about 0.5x is where any relay lands here
 
-    JSON-RPC   (--part rpc) TrueNAS's protocol: `core.ping` round trips (--rpc-calls, default 10000) from
+    JSON-RPC   (--part rpc) TrueNAS's protocol: `core.ping` round trips (--rpc-calls, default 30000) from
             the same lean load generator (one call in flight per socket, answers compared byte for
             byte) on sockets signed in as alice, through authproxy's in-band bridge (/api/current: authproxy
             answers auth.* itself and relays the rest message by message) and through its generic
@@ -210,7 +210,7 @@ def run() -> None:
     p.add_argument("--ws-busy-connections", type=int, default=32,
                    help="WebSocket connections for the busy run (default 32; 0 skips it)")
     p.add_argument("--ws-runs", type=int, default=3, help="runs per WebSocket path (median reported)")
-    p.add_argument("--rpc-calls", type=int, default=10_000, help="JSON-RPC round trips (TrueNAS case)")
+    p.add_argument("--rpc-calls", type=int, default=30_000, help="JSON-RPC round trips (TrueNAS case)")
     p.add_argument("--part", choices=["all", "http", "ws", "rpc"], default="all",
                    help="http: small responses and 100 MiB only; ws: WebSocket only (default all)")
     args = finish_args(p.parse_args())
