@@ -176,6 +176,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[keys.BACKGROUND].close()
     await app[keys.KEEPALIVE].close()
+    for site in app[keys.ROUTER].sites:
+        await site.adapter.aclose()
     await app[keys.HTTP].close()
     await app[keys.STORE].close()
 

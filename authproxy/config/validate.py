@@ -242,6 +242,7 @@ def _upstream(site: SiteConfig, where: str) -> list[str]:
     else:
         adapter = ADAPTERS[site.type]
         p.extend(f"{where}: {msg}" for msg in adapter.check_options(site.options))
+        p.extend(f"{where}: {msg}" for msg in adapter.check_site(site))
         if site.allowed_users and adapter.typed_names(site.options):
             p.append(f"ALLOWED_USERS ({where}): {site.type} checks only a password, so the user name is "
                      "whatever the person types and an allow list of names cannot hold; remove it, or "

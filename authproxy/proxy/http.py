@@ -31,7 +31,7 @@ from authproxy.bodies import read_up_to
 from authproxy.config.schema import ECHO_METHODS
 from authproxy.errors import UpstreamError
 from authproxy.log import log
-from authproxy.proxy import websocket
+from authproxy.proxy import truenas_socket, websocket
 from authproxy.proxy.common import build_upstream_request, credential_died, signed_out
 from authproxy.proxy.forms import Checked, Refused, checked_body
 from authproxy.proxy.headers import (
@@ -167,6 +167,10 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
         if refusal is not None:
             return _cross_site_refused(request, site, refusal)
     loaded, credential = await credential_for(request, site)
+    # A product whose session is the socket itself answers its sockets message by message, signed in
+    # or not (the client may sign in in band): proxy/truenas_bridge.py.
+    in_band = request.headers.get("Upgrade", "").lower() == "websocket" and site.adapter.in_band(
+        site.upstream_path(request.rel_url.raw_path))
     if credential is None:
         if loaded is None:   # nobody signed in: a service client's (hybrid), or an anonymous request
             credential, refused = await service_credential(request, site, client_ip=client_ip(request),
@@ -181,7 +185,7 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
                     return refused
         # Without a credential only the calls the product answers for anyone (its adapter declares
         # them) go on, without one: the UI gets the product's own answer.
-        if credential is None and (
+        if credential is None and not in_band and (
             request.headers.get("Upgrade", "").lower() == "websocket"
             or not site.adapter.public_call(method, site.upstream_path(request.rel_url.raw_path))
         ):
@@ -196,6 +200,8 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
             f"You are signed in, but this account may not use {site.name}.",
             title="Not allowed",
         )
+    if in_band:
+        return await truenas_socket.bridge(request, site, loaded, credential)
     if request.headers.get("Upgrade", "").lower() == "websocket" and credential is not None:
         return await websocket.bridge(request, site, loaded, credential)
 
