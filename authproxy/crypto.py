@@ -86,8 +86,7 @@ class Keyring:
         return hmac.new(self._keys[0], purpose.encode(), hashlib.sha256).digest()
 
     def derive_all(self, purpose: str) -> list[bytes]:
-        """`derive` for every secret, newest first: what was sealed under an older secret still opens
-        after a rotation (and is sealed again under the newest when next written)."""
+        """`derive` under every secret, newest first: what was sealed before a rotation still opens."""
         return [hmac.new(key, purpose.encode(), hashlib.sha256).digest() for key in self._keys]
 
 

@@ -70,7 +70,7 @@ def _site(config: SiteConfig, adapter: UpstreamAdapter, auth_mode: str) -> Site:
     token = config.service_token
     service = adapter.service_credential(token.reveal()) if token is not None else None
     return Site(config=config, adapter=adapter,
-                policy=policy_for(auth_mode, service, local=config.local_accounts))
+                policy=policy_for(auth_mode, service, otp=config.auth == "otp", local=config.local_accounts))
 
 
 _HEX = frozenset("0123456789abcdefABCDEF")

@@ -16,8 +16,9 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from authproxy.config import validate
+from authproxy.config import passwordless, validate
 from authproxy.config.schema import (
     AUTH_MODE_ALIASES,
     AUTH_MODES,
@@ -58,6 +59,7 @@ FILE_KEYS: dict[str, set[str]] = {
         "trusted_proxies",
         "allowed_redirect_domains",
         "access_log",
+        "metrics",
         "log_level",
         "log_format",
         "audit_log_file",
@@ -239,7 +241,6 @@ def _auth_mode(r: _Reader, file_mode: str | None) -> str:
         if mode not in AUTH_MODES:
             r.problems.append(
                 f"AUTH_MODE: must be one of {', '.join(AUTH_MODES)}, but it is set to {found[1]!r}"
-                + ("; one-time codes are not available in this version" if mode == "otp" else "")
             )
             return DEFAULT_AUTH_MODE
         return mode
@@ -303,8 +304,11 @@ def _site_from_table(t: dict[str, Any], index: int, problems: list[str],
     idle_timeout = parse_duration(t.get("idle_timeout", defaults.idle_timeout))
     if timeout is None or connect_timeout is None or idle_timeout is None:
         problems.append(f"{where}: timeout/connect_timeout/idle_timeout must be durations (e.g. 30, 5s, 5m)")
+    upstream_url = str(t["upstream_url"]).rstrip("/")
+    if str(t["type"]).lower() == "truenas":
+        upstream_url = truenas_base_url(upstream_url)
     return SiteConfig(
-        name=str(t["name"]), upstream_url=str(t["upstream_url"]).rstrip("/"), type=str(t["type"]).lower(),
+        name=str(t["name"]), upstream_url=upstream_url, type=str(t["type"]).lower(),
         hosts=tuple(h.lower() for h in hosts), path_prefix=str(t.get("path_prefix", _SITE.path_prefix)),
         service_token=_file_secret(t, "service_token", where, problems),
         cluster_token=_file_secret(t, "cluster_token", where, problems), options=dict(options),
@@ -409,12 +413,27 @@ def _list(value: Any) -> tuple[str, ...]:
     return _split(value) if isinstance(value, str) else tuple(str(v) for v in value)
 
 
+TRUENAS_OPTIONS = (("TRUENAS_USERNAME", "api_username"), ("TRUENAS_TOKEN_TTL", "token_ttl"),
+                   ("TRUENAS_ALLOW_CLIENT_API_KEYS", "allow_client_api_keys"),
+                   ("TRUENAS_ALLOW_INSECURE_API_KEY", "allow_insecure_api_key"))
+
+
+def truenas_base_url(url: str) -> str:
+    """TRUENAS_URL as the site's base URL: ws(s):// is http(s)://, and a trailing `/api/current`,
+    `/api/vXX.YY` or `/websocket` is dropped (authproxy serves every path of the host)."""
+    parts = urlsplit(url.strip())
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme.lower(), parts.scheme.lower())
+    path = re.sub(r"(/api/current|/api/v\d[^/]*|/websocket)/?$", "", parts.path.rstrip("/"))
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
 def _env_site(r: _Reader, defaults: SiteConfig) -> SiteConfig | None:
-    url = r.raw("UPSTREAM_URL", "TECHNITIUM_URL", "TECHNITIUM_BASE_URL")
+    url = r.raw("UPSTREAM_URL", "TECHNITIUM_URL", "TECHNITIUM_BASE_URL", "TRUENAS_URL")
     if url is None:
         return None
     type_ = r.raw("UPSTREAM_TYPE")
-    site_type = type_[1].lower() if type_ else ("technitium" if url[0].startswith("TECHNITIUM") else "")
+    site_type = type_[1].lower() if type_ else (
+        "technitium" if url[0].startswith("TECHNITIUM") else "truenas" if url[0] == "TRUENAS_URL" else "")
     if not site_type:
         r.problems.append("UPSTREAM_TYPE: not set; say which product UPSTREAM_URL is (e.g. technitium)")
         site_type = "technitium"
@@ -427,10 +446,18 @@ def _env_site(r: _Reader, defaults: SiteConfig) -> SiteConfig | None:
         options["token_mode"] = token_mode[1].lower()
     service = (r.secret("UPSTREAM_SERVICE_TOKEN") or r.secret("TECHNITIUM_BACKGROUND_TOKEN")
                or r.secret("TECHNITIUM_TOKEN"))
+    upstream_url = url[1].rstrip("/")
+    if site_type == "truenas":
+        upstream_url = truenas_base_url(upstream_url)
+        service = service or r.secret("TRUENAS_API_KEY")
+        for env_name, option in TRUENAS_OPTIONS:
+            found = r.raw(env_name)
+            if found:
+                options[option] = found[1]
     hosts = r.raw("UPSTREAM_HOSTS", "SITE_HOSTS")
     return SiteConfig(
         name=(r.raw("SITE_NAME") or ("", site_type))[1],
-        upstream_url=url[1].rstrip("/"),
+        upstream_url=upstream_url,
         type=site_type,
         hosts=tuple(h.lower() for h in _split(hosts[1])) if hosts else (),
         service_token=service, cluster_token=r.secret("TECHNITIUM_CLUSTER_TOKEN"), options=options,
@@ -459,7 +486,8 @@ def load_config(env: Mapping[str, str] | None = None, config_file: Path | None =
     throttle = _throttle(r, ft)
     sites = _sites(r, file_data)
     config = Config(auth_mode=_auth_mode(r, file_data.get("auth_mode")),  # type: ignore[arg-type]
-                    server=server, session=session, throttle=throttle, sites=sites)
+                    server=server, session=session, throttle=throttle, sites=sites,
+                    otp=passwordless.read_otp(r), jwt=passwordless.read_jwt(r))
     if config.auth_mode == "local":   # every site signs in with authproxy's own accounts
         config = replace(config, sites=tuple(replace(s, auth="local") for s in config.sites))
     problems = r.problems + validate.check(config)
@@ -519,6 +547,7 @@ def _server(r: _Reader, fs: dict[str, Any]) -> ServerConfig:
             else tuple(fs.get("allowed_redirect_domains", _SERVER.allowed_redirect_domains))
         ),
         access_log=r.boolean("ACCESS_LOG", bool(fs.get("access_log", _SERVER.access_log))),
+        metrics=r.boolean("METRICS", bool(fs.get("metrics", _SERVER.metrics))),
         log_level=(r.raw("LOG_LEVEL") or ("", str(fs.get("log_level", _SERVER.log_level))))[1].upper(),
         log_format=(
             r.raw("LOG_FORMAT")  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from authproxy.config import passwordless
 from authproxy.config.schema import ECHO_METHODS, FORWARD_AUTH_SECRET_HEADER, Config, SiteConfig
 from authproxy.redirects import DomainRule
 from authproxy.upstreams.registry import ADAPTERS
@@ -14,7 +15,7 @@ _HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")  # what survives a proxy's header ha
 _GENERATE = "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
 _COOKIE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _HOST = re.compile(r"^\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
-REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster")
 MAX_SHUTDOWN_TIMEOUT = 3600.0  # more is a unit mistake (an hour of draining is no graceful stop)
 
 
@@ -242,6 +243,7 @@ def _upstream(site: SiteConfig, where: str) -> list[str]:
     else:
         adapter = ADAPTERS[site.type]
         p.extend(f"{where}: {msg}" for msg in adapter.check_options(site.options))
+        p.extend(f"{where}: {msg}" for msg in adapter.check_site(site))
         if site.allowed_users and adapter.typed_names(site.options):
             p.append(f"ALLOWED_USERS ({where}): {site.type} checks only a password, so the user name is "
                      "whatever the person types and an allow list of names cannot hold; remove it, or "
@@ -254,10 +256,7 @@ def _local(config: Config) -> list[str]:
     p: list[str] = []
     for site in config.sites:
         where = f"site {site.name!r}"
-        if site.auth not in ("", "local"):
-            p.append(f"auth ({where}): must be \"local\" (authproxy's own accounts) or left out (AUTH_MODE "
-                     f"decides), but it is {site.auth!r}")
-        elif site.local_accounts and not config.session_mode:
+        if site.local_accounts and not config.session_mode:   # (which values `auth` takes: passwordless.py)
             p.append(f"auth ({where}): local accounts sign in with a session; AUTH_MODE=none has none "
                      "(set AUTH_MODE=session, hybrid or local)")
         rules = site.local
@@ -273,4 +272,5 @@ def _local(config: Config) -> list[str]:
 
 # The sections, in the order their problems are listed. A new setting's rules go in its section.
 SECTIONS: tuple[Callable[[Config], list[str]], ...] = (
-    _https, _server, _redirect_domains, _session, _cookie, _store, _throttle, _sites, _hybrid, _local)
+    _https, _server, _redirect_domains, _session, _cookie, _store, _throttle, _sites, _hybrid,
+    passwordless.check, _local)

@@ -12,7 +12,8 @@ minutes), bounded (MAX_NAMES addresses, one lookup per address at a time, LOOKUP
 skipped entirely while no token is safe.
 
 Background tokens are checked in AUTH_MODE=session and hybrid (in none the service credential is
-every request's, so there is no background token to keep apart).
+every request's, so there is no background token to keep apart), and in none too for adapters that
+ask (`checks_service_key`: TrueNAS, whose key is validated at start in every mode).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -39,6 +41,21 @@ CHECK_TIMEOUT = 10.0
 STARTUP_WAIT = 3.0  # how long the start waits for the first check (it goes on after that)
 NOT_CONFIGURED = "no background token is configured (TECHNITIUM_BACKGROUND_TOKEN)"
 NOT_CHECKED = "not checked yet"
+# A PTR answer is whatever the zone's owner wrote; it goes into audit lines and JSON. Only a host name
+# (LDH labels, `_` tolerated as in service names, 1-63 each, 253 in all) is shown; anything else
+# (a line break, an escape sequence, spaces, an overlong name) counts as no name.
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+MAX_DNS_NAME = 253
+
+
+def dns_name(value: object) -> str | None:
+    """`value` as a lower-case host name without the final dot, or None when it is not one."""
+    if not isinstance(value, str) or not value.isascii():
+        return None
+    name = value.lower().removesuffix(".")
+    if not name or len(name) > MAX_DNS_NAME:
+        return None
+    return name if all(_LABEL.fullmatch(label) for label in name.split(".")) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +76,7 @@ class TokenState:
             "configured": self.configured,
             "validated": self.check.validated,
             "okForPtr": self.usable,
+            "okForBackground": self.usable,
             "reason": self.check.reason,
             "tooPrivilegedSections": list(self.check.too_privileged),
         }
@@ -81,7 +99,7 @@ class BackgroundWork:
         self._adapters = {site.name: site.adapter for site in sites}
         for site in sites:
             token = site.config.service_token
-            if enabled and token is not None:
+            if (enabled or site.adapter.checks_service_key) and token is not None:
                 self._credentials[site.name] = site.adapter.service_credential(token.reveal())
         self._states: dict[str, TokenState] = {
             name: TokenState(configured=True, check=TokenCheck(validated=False, ok=False, reason=NOT_CHECKED))
@@ -200,6 +218,7 @@ class BackgroundWork:
             )
         except (UpstreamError, TimeoutError):
             return None  # not cached: the next request may try again
+        name = dns_name(name)
         self._names[address] = (name, self.clock() + (NAME_TTL if name else MISS_TTL))
         self._names.move_to_end(address)
         while len(self._names) > MAX_NAMES:

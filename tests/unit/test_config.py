@@ -164,7 +164,7 @@ def test_trust_proxy_needs_trusted_networks_and_valid_ones() -> None:
 def test_every_problem_is_reported_at_once() -> None:
     found = problems(
         {
-            "AUTH_MODE": "otp",
+            "AUTH_MODE": "ldap",
             "UPSTREAM_URL": "ftp://user:pw@dns",
             "UPSTREAM_TYPE": "nope",
             "PORT": "70000",
@@ -189,7 +189,7 @@ def test_every_problem_is_reported_at_once() -> None:
                  "LOG_LEVEL", "LOG_FORMAT", "MAX_HEADER_SIZE", "LOGIN_MAX_FAILURES", "HTTPS_CERT_FILE",
                  "HTTPS_KEY_FILE"):
         assert name in text, name
-    assert "one-time codes are not available" in text
+    assert "AUTH_MODE: must be one of none, session, hybrid, otp, local" in text
     assert "must not contain credentials" in text
     assert "known types:" in text and "technitium" in text.split("known types:")[1]
     assert sum("SESSION_SECRET" in p for p in found) == 2  # one line per short key

@@ -84,7 +84,7 @@ def test_local_configuration_problems_name_the_variable_and_the_fix(tmp_path: Pa
     text = problems({}, path)
     assert "sites[0].local: unknown option 'bogus'" in text
     assert "local accounts sign in with a session; AUTH_MODE=none has none" in text
-    assert "auth (site 'b'): must be \"local\"" in text
+    assert "sites['b'].auth: must be one of" in text
 
 
 RULES = LocalRules(read_paths=("/api/search",), read_rpc_methods=("getZones",))
