@@ -287,6 +287,7 @@ def test_site_auth_is_checked(tmp_path: Path) -> None:
             load_config(env, path)
         return str(caught.value)
 
-    assert "sites['b'].auth: must be one of '', 'otp', 'local', but it is 'magic'" in problems("session", "magic")
+    assert ("sites['b'].auth: must be one of '', 'otp', 'local', but it is 'magic'"
+            in problems("session", "magic"))
     assert "AUTH_MODE=none does not do" in problems("none", "otp")
     assert "UPSTREAM_SERVICE_TOKEN (site 'b'): AUTH_MODE=otp sends" in problems("session", "otp", token="")
