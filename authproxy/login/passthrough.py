@@ -56,9 +56,14 @@ def _text_problem(name: str) -> str | None:
     return None
 
 
+LOCAL_SCOPE = "authproxy-local"   # local accounts: one throttle budget and one code replay guard
+
+
 def verifier(site: Site) -> str:
     """The upstream that checks a site's one-time codes, as one string: its URL's scheme, host
     (lower case), port and path (no trailing slash)."""
+    if site.config.local_accounts:
+        return LOCAL_SCOPE   # authproxy's own accounts: one account, one verifier, at every local site
     url = URL(site.config.upstream_url)
     path = url.path.rstrip("/")
     return f"{url.scheme.lower()}://{(url.host or '').lower()}:{url.port}{path}"
@@ -141,7 +146,8 @@ class PassthroughLogin:
     async def _verified(self, site: Site, form: LoginInput, client_ip: str, *, event: str) -> LoginResult:
         """The identity source's "ok" for these credentials, or AuthError (audited as `event`)."""
         counted = (form.username.lower(), form.password) not in UNCOUNTED_DEFAULTS
-        attempt = await self.regulator.begin(site.name, form.username, client_ip)
+        scope = LOCAL_SCOPE if site.config.local_accounts else site.name   # one budget per local account
+        attempt = await self.regulator.begin(scope, form.username, client_ip)
         if attempt.retry_after is not None:
             audit(event, outcome="throttled", user=form.username, site=site.name, client_ip=client_ip)
             raise AuthError(

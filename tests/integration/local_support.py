@@ -31,7 +31,7 @@ class Local:
     client_for: Callable[[Gateway], GatewayClient]
 
     async def user(self, username: str, role: str = "viewer", password: str | None = None,
-                   **fields: Any) -> tuple[dict[str, Any], GatewayClient]:
+                   site: str | None = None, **fields: Any) -> tuple[dict[str, Any], GatewayClient]:
         """Make a person with the admin API and sign them in; their record and their client."""
         password = password or f"{username}-password-123"
         fields = {"username": username, "password": password, "role": role, **fields}
@@ -39,7 +39,7 @@ class Local:
         made = await body(resp)
         assert resp.status == 201, made
         person = self.client_for(self.gw)
-        resp = await person.login(username, password)
+        resp = await person.login(username, password, **({"site": site} if site else {}))
         assert resp.status == 200, await resp.text()
         return made["user"], person
 
@@ -52,7 +52,8 @@ async def start_local(make_gateway: MakeGateway, client_for: Callable[[Gateway],
         env.pop("UPSTREAM_TYPE")
     gw = await make_gateway(env, config_file=config_file)
     admin = client_for(gw)
-    resp = await admin.login("admin", FIRST)
+    first_site = {"site": gw.config.sites[0].name} if config_file is not None else {}
+    resp = await admin.login("admin", FIRST, **first_site)
     assert resp.status == 200, await resp.text()
     resp = await admin.request("POST", f"{API}/change-password",
                                json={"currentPassword": FIRST, "newPassword": ADMIN})

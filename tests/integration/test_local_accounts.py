@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import bcrypt
+import pyotp
 import pytest
 
 from authproxy import keys
@@ -178,3 +180,38 @@ async def test_my_sessions_sign_out_everywhere_and_the_lockout(
     resp = await thief.login("erin", "erin-password-123")
     assert resp.status == 429 and resp.headers.get("Retry-After")
     assert any(line["outcome"] == "throttled" and line["user"] == "erin" for line in audit.lines("login"))
+
+
+async def test_two_local_sites_share_one_throttle_budget_and_one_code_guard(
+        tmp_path: Path, make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        echo_upstream: EchoUpstream) -> None:
+    """One local account signs in at every local site: five failures anywhere lock it everywhere, and a
+    TOTP code used at one site is spent at the other."""
+    toml = tmp_path / "two.toml"
+    toml.write_text(f'''auth_mode = "local"
+[[sites]]
+name = "one"
+type = "technitium"
+upstream_url = "{echo_upstream.url}"
+path_prefix = "/one/"
+[[sites]]
+name = "two"
+type = "technitium"
+upstream_url = "{echo_upstream.url}/other"
+path_prefix = "/two/"
+''')
+    local = await start_local(make_gateway, client_for, echo_upstream, config_file=toml)
+    _, hana = await local.user("hana", "viewer", site="one")
+    setup = await body(await hana.request("POST", f"{API}/totp/setup"))
+    otp = pyotp.TOTP(setup["secret"])
+    assert (await hana.request("POST", f"{API}/totp/confirm", json={"code": otp.now()})).status == 200
+    code = otp.now()
+    resp = await client_for(local.gw).login("hana", "hana-password-123", totp=code, site="one")
+    assert resp.status == 200
+    resp = await client_for(local.gw).login("hana", "hana-password-123", totp=code, site="two")
+    assert resp.status == 401     # the same code, at the other site: spent
+    thief = client_for(local.gw)
+    for site in ("one", "two", "one", "two"):   # with the spent code: five failures, at two sites
+        assert (await thief.login("hana", "guessing-password", site=site)).status == 401
+    assert (await thief.login("hana", "guessing-password", site="one")).status == 429
+    assert (await thief.login("hana", "guessing-password", site="two")).status == 429
