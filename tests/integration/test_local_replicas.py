@@ -19,9 +19,11 @@ import aiohttp
 import bcrypt
 
 from tests.fakes.echo import EchoUpstream
-from tests.integration.local_support import ADMIN, API, FIRST
+from tests.integration.local_support import ADMIN, API, FIRST, body, start_local
 from tests.integration.test_cli import ROOT, base_env
+from tests.support.gateway import Gateway, GatewayClient, MakeGateway
 from tests.support.procs import ManagedProcess, free_port
+from tests.support.redis_server import RedisServer
 
 HEADERS = {"X-Forwarded-Proto": "https"}
 COOKIE = "__Host-authproxy"
@@ -162,3 +164,28 @@ async def test_two_processes_and_the_cli_on_one_redis_agree(
         for proc in procs:
             assert "dG9wLXNlY3JldC1h" not in proc.log_tail(1_000_000)
             assert "alice-password-1" not in proc.log_tail(1_000_000)
+
+
+async def test_local_accounts_fail_closed_when_redis_is_down(
+        make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        echo_upstream: EchoUpstream, redis_server_factory: Callable[..., RedisServer]) -> None:
+    redis = redis_server_factory(appendonly=True)
+    local = await start_local(make_gateway, client_for, echo_upstream, REDIS_URL=redis.url,
+                              SESSION_CACHE_TTL="0")
+    _, ivy = await local.user("ivy", "editor")
+    before = len(echo_upstream.requests)
+    redis.stop()
+    for client, method, path in ((ivy, "GET", "/x"), (local.admin, "GET", f"{API}/users"),
+                                 (local.admin, "GET", f"{API}/sessions")):
+        resp = await client.request(method, path)
+        assert resp.status == 503 and (await body(resp))["error"] == "store_unavailable", path
+    resp = await client_for(local.gw).login("ivy", "ivy-password-123")
+    assert resp.status == 503
+    assert len(echo_upstream.requests) == before
+    redis.start()
+    for _ in range(50):
+        resp = await ivy.request("GET", "/x")
+        if resp.status != 503:
+            break
+        await asyncio.sleep(0.1)
+    assert resp.status == 200
