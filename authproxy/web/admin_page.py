@@ -55,7 +55,11 @@ PAGE = """<!doctype html>
 <label for="key-algorithm">Algorithm</label><input id="key-algorithm" name="algorithm" autocomplete="off">
 <label for="key-secret">Secret</label>
 <input id="key-secret" name="secret" type="password" required autocomplete="off">
-<button type="submit">Add key</button></fieldset></form></section>
+<button type="submit">Add key</button></fieldset></form>
+<form id="grant-keys"><fieldset><legend>Keys a user may use</legend>
+<label for="grant-user">User</label><select id="grant-user" name="user"></select>
+<fieldset id="grant-choices"><legend>Keys</legend></fieldset>
+<button type="submit">Save keys</button></fieldset></form></section>
 <section aria-labelledby="sessions-h"><h2 id="sessions-h">Sessions</h2>
 <table id="sessions"><caption>Every signed-in session</caption>
 <thead><tr><th scope="col">User</th><th scope="col">Site</th><th scope="col">Address</th>

@@ -74,6 +74,17 @@ async def test_admin_page_manages_users_keys_and_sessions(
     await page.locator("#keys tr[data-key='tsig-page']").wait_for()
     assert KEY_SECRET not in await page.content()
 
+    # Give bob the key: the users table shows it, and so does the API.
+    await page.select_option("#grant-user", label="bob")
+    await page.get_by_role("checkbox", name="tsig-page").check()
+    await page.click("#grant-keys button[type=submit]")
+    await page.locator("#status", has_text="Keys of bob saved").wait_for()
+    admin_api = client_for(gw)
+    assert (await admin_api.login("admin", "the admin's own password")).status == 200
+    users = (await body(await admin_api.request("GET", f"{API}/users")))["users"]
+    keys_listed = (await body(await admin_api.request("GET", f"{API}/keys")))["keys"]
+    assert next(u for u in users if u["username"] == "bob")["allowedKeyIds"] == [keys_listed[0]["id"]]
+
     # bob signs in elsewhere; the admin sees the session and ends it.
     bob = client_for(gw)
     assert (await bob.login("bob", "bob-password-123")).status == 200

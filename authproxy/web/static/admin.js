@@ -144,6 +144,40 @@
     }
   }
 
+  let known = { users: [], keys: [] };
+
+  function renderGrant() {
+    const userSelect = document.getElementById("grant-user");
+    const choices = document.getElementById("grant-choices");
+    if (!userSelect || !choices) {
+      return;
+    }
+    const chosen = userSelect.value;
+    userSelect.replaceChildren();
+    for (const u of known.users) {
+      const opt = document.createElement("option");
+      opt.value = u.id;
+      opt.textContent = u.username;
+      opt.selected = u.id === chosen;
+      userSelect.appendChild(opt);
+    }
+    const user = known.users.find((u) => u.id === userSelect.value);
+    const legend = choices.querySelector("legend");
+    choices.replaceChildren(legend);
+    for (const k of known.keys) {
+      const id = "grant-" + k.id;
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.id = id;
+      box.value = k.id;
+      box.checked = !!user && (user.allowedKeyIds.includes(k.id) || user.allowedKeyIds.includes(k.name));
+      const label = document.createElement("label");
+      label.htmlFor = id;
+      label.textContent = k.name + (k.site ? " (" + k.site + ")" : "");
+      choices.append(box, label);
+    }
+  }
+
   async function refresh() {
     if (!document.getElementById("users")) {
       return;
@@ -153,6 +187,8 @@
     renderUsers(users.users);
     renderKeys(keys.keys);
     renderSessions(sessions.sessions);
+    known = { users: users.users, keys: keys.keys };
+    renderGrant();
     document.body.dataset.ready = "1";
   }
 
@@ -194,6 +230,19 @@
       window.location.assign(document.body.dataset.rd || "/");
     }
   }, () => "Password changed.");
+
+  const grant = document.getElementById("grant-keys");
+  if (grant) {
+    document.getElementById("grant-user").addEventListener("change", renderGrant);
+    grant.addEventListener("submit", function (event) {
+      event.preventDefault();
+      const userId = document.getElementById("grant-user").value;
+      const user = known.users.find((u) => u.id === userId);
+      const ids = [...document.querySelectorAll("#grant-choices input:checked")].map((b) => b.value);
+      act(() => call("PATCH", "/users/" + userId, { allowedKeyIds: ids }),
+          "Keys of " + (user ? user.username : "the user") + " saved.");
+    });
+  }
 
   if (document.getElementById("users")) {
     refresh().catch((e) => say(e.message, true));
