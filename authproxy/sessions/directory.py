@@ -1,15 +1,17 @@
 """The session directory: who is signed in where, for the admin's session list (no secrets).
 
 Sessions themselves are sealed under keys only their cookies hold, so nobody can list them by reading
-them. Each new session also leaves a small entry here (user, site, client address, when it started,
-how it was proven), sealed under a key derived from SESSION_SECRET, for as long as the session can
-live. "Last seen" is read off the session's own idle TTL, which every touch slides: no write on the
-request path. An entry whose session is gone is dropped when the list is read.
+them. Each new session of a local account (auth_method "local") also leaves a small entry here (user,
+site, client address, when it started, how it was proven), sealed under a key derived from
+SESSION_SECRET, for as long as the session can live. "Last seen" is read off the session's own idle TTL,
+which every touch slides: no write on the request path. An entry whose session is gone is dropped when
+the list is read, and now and then when one is added.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +19,7 @@ from authproxy.crypto import Keyring, seal, unseal
 from authproxy.sessions.store import SessionStore
 
 INDEX = "dir:all"
+PRUNE_EVERY = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,10 @@ class SessionDirectory:
         self._keys = keyring.derive_all("authproxy-session-directory")
 
     async def record(self, entry: Entry, ttl: float) -> None:
+        """Add a session; now and then (1 in PRUNE_EVERY) drop what ended, so the index set stays the
+        size of the live sessions even when nobody lists them."""
+        if secrets.randbelow(PRUNE_EVERY) == 0:
+            await self.live()
         key = "dir:" + entry.id
         plain = json.dumps({"id": entry.id, "k": entry.store_key, "user": entry.user, "site": entry.site,
                             "ip": entry.client_ip, "at": entry.created_at, "via": entry.auth_method}).encode()

@@ -182,9 +182,10 @@ class SessionManager:
         if await self._revoked(loaded.store_key):
             await self.destroy(loaded)
             raise SessionRevoked("signed out everywhere while signing in")
-        entry = Entry(id=loaded.public_id, store_key=loaded.store_key, user=user, site=site,
-                      client_ip=client_ip, created_at=now, auth_method=auth_method)
-        await self.directory.record(entry, self.config.max_age)
+        if auth_method == "local":   # the admin's session list (authproxy's own accounts)
+            entry = Entry(id=loaded.public_id, store_key=loaded.store_key, user=user, site=site,
+                          client_ip=client_ip, created_at=now, auth_method=auth_method)
+            await self.directory.record(entry, self.config.max_age)
         return loaded, ticket.encode(self.keyring)
 
     async def load(self, cookie_value: str | None, *, client_ip: ClientIP = "") -> LoadedSession | None:
