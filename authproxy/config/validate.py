@@ -259,6 +259,9 @@ def _local(config: Config) -> list[str]:
         if site.local_accounts and not config.session_mode:   # (which values `auth` takes: passwordless.py)
             p.append(f"auth ({where}): local accounts sign in with a session; AUTH_MODE=none has none "
                      "(set AUTH_MODE=session, hybrid or local)")
+        if site.type == "plain" and not site.local_accounts:
+            p.append(f"UPSTREAM_TYPE ({where}): type plain has no accounts of its own; people sign in with "
+                     "authproxy's own accounts there (AUTH_MODE=local, or auth = \"local\" in the site)")
         rules = site.local
         if (rules.key_header or rules.key_param or rules.zone_keys) and not rules.inject:
             p.append(f"LOCAL_KEY_INJECT ({where}): a key is chosen but never injected; say in which headers "

@@ -12,6 +12,7 @@ from authproxy.upstreams.adguard import AdGuardAdapter
 from authproxy.upstreams.base import UpstreamAdapter
 from authproxy.upstreams.generic import GenericAdapter
 from authproxy.upstreams.pihole import PiholeAdapter
+from authproxy.upstreams.plain import PlainAdapter
 from authproxy.upstreams.qbittorrent import QBittorrentAdapter
 from authproxy.upstreams.technitium import TechnitiumAdapter
 from authproxy.upstreams.transmission import TransmissionAdapter
@@ -23,6 +24,7 @@ ADAPTERS: dict[str, type[UpstreamAdapter]] = {
         AdGuardAdapter,
         GenericAdapter,
         PiholeAdapter,
+        PlainAdapter,
         QBittorrentAdapter,
         TechnitiumAdapter,
         TransmissionAdapter,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -214,3 +215,29 @@ async def test_a_viewer_opens_a_websocket_and_the_upgrade_carries_no_key(local: 
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await vic.http.ws_connect(local.gw.url + "/ws", headers=vic._headers({"x-dns-key-name": "tsig-b"}))
     assert refused.value.status == 403
+
+
+async def test_a_plain_upstream_gets_its_one_key_for_every_signed_in_person(
+        tmp_path: Path, make_gateway: MakeGateway, client_for: Callable[[Gateway], GatewayClient],
+        echo_upstream: EchoUpstream) -> None:
+    """type plain: no accounts upstream; whoever signs in with an authproxy account reaches it with the
+    site's one key (here as X-Api-Key), never with a key of the client's choosing; nobody else does."""
+    toml = tmp_path / "plain.toml"
+    toml.write_text(f'''auth_mode = "local"
+[[sites]]
+name = "api"
+type = "plain"
+upstream_url = "{echo_upstream.url}"
+service_token = "the-one-api-key-0123456789"
+options = {{ header = "X-Api-Key", scheme = "" }}
+''')
+    local = await start_local(make_gateway, client_for, echo_upstream, config_file=toml)
+    _, vic = await local.user("vic", "viewer", site="api")
+    status, answer = await send(vic, "/api/things", [("X-Api-Key", "chosen-by-the-client")])
+    assert status == 200
+    assert seen(answer).header_values("X-Api-Key") == ["the-one-api-key-0123456789"]
+    anonymous = client_for(local.gw)
+    before = len(echo_upstream.requests)
+    assert (await anonymous.request("GET", "/api/things")).status == 401
+    assert (await anonymous.login("nobody", "no-password-123")).status == 401
+    assert len(echo_upstream.requests) == before

@@ -73,7 +73,10 @@ def test_local_configuration_problems_name_the_variable_and_the_fix(tmp_path: Pa
                      "AUTHPROXY_ADMIN_PASSWORD": "short"})
     assert "LOCAL_KEY_INJECT" in text and "never injected" in text
     assert "AUTHPROXY_ADMIN_PASSWORD: shorter than 12" in text
-    text = problems({**BASE, "AUTH_MODE": "local", "LOCAL_KEY_INJECT": "x-key=password,broken"})
+    text = problems({**BASE, "UPSTREAM_TYPE": "plain"})
+    assert "type plain has no accounts of its own" in text and "AUTH_MODE=local" in text
+    text = problems({**BASE, "AUTH_MODE": "local", "UPSTREAM_TYPE": "plain",
+                     "LOCAL_KEY_INJECT": "x-key=password,broken"})
     assert "'x-key' takes 'password'" in text and "name=value pairs" in text
     path = tmp_path / "bad.toml"
     path.write_text('auth_mode = "none"\n[[sites]]\nname = "a"\ntype = "technitium"\n'
