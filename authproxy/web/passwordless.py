@@ -117,7 +117,12 @@ async def verify_code(request: web.Request) -> web.StreamResponse:
     token, claims = tokens.mint(identity.username, ROLES, method="otp")
     await tokens.record(claims)   # listed and revocable (web/tokens_api.py)
     rd = data.get("rd") if isinstance(data.get("rd"), str) else None
-    loaded, cookie = await _open_session(request, identity, address, data, rd)
+    try:
+        loaded, cookie = await _open_session(request, identity, address, data, rd)
+    except AuthError as exc:   # signed out everywhere meanwhile (sessions/manager.py SessionRevoked)
+        if form_post:
+            return _form_answer(request, data, status=exc.status, error=str(exc), sent=True)
+        return _refused(exc)
     audit("login", outcome="success", user=identity.username, site=loaded.session.site, client_ip=address,
           session=loaded.public_id, method="otp")
     response: web.StreamResponse
