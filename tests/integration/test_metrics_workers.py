@@ -168,6 +168,9 @@ async def test_a_worker_that_dies_leaves_the_gauges_but_not_the_totals(
                        for http in sessions]
             await _until_every_scrape_says(fa, len(sockets))
             workers = await _workers(proc.pid or 0, 2)
+            # The supervisor restarts only a worker that died after it saw every worker listen (one that
+            # dies while starting stops them all): give its watch loop (0.5 s turns) time to see it.
+            await asyncio.sleep(1.5)
             os.kill(min(workers), signal.SIGKILL)
             survivors = 0
             for ws in sockets:
