@@ -38,18 +38,20 @@ def service_key(name: str) -> int:
 async def technitium_migrate(config: Config, site_name: str | None) -> int:
     """With TECHNITIUM_CLUSTER_TOKEN (an administrator's token), make the dedicated background user
     and its DnsClient-View-only token, checked; print `TECHNITIUM_BACKGROUND_TOKEN=...` once."""
+    # Pending means what /me's migrationRequired says: a cluster token where people sign in.
     sites = [
         s
         for s in config.sites
-        if s.type == "technitium"
+        if config.session_mode
+        and s.type == "technitium"
         and s.cluster_token is not None
         and (site_name is None or s.name == site_name)
     ]
     if len(sites) != 1:
         print(
-            "authproxy: no Technitium site with TECHNITIUM_CLUSTER_TOKEN"
+            "authproxy: no migration is pending (migration_not_pending): no Technitium site"
             + (f" named {site_name!r}" if site_name else "")
-            + "; set it (the shared admin token) for the migration",
+            + " has TECHNITIUM_CLUSTER_TOKEN (the shared admin token the migration replaces)",
             file=sys.stderr,
         )
         return 2

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from authproxy.config import validate
+from authproxy.config import passwordless, validate
 from authproxy.config.schema import (
     AUTH_MODE_ALIASES,
     AUTH_MODES,
@@ -58,6 +58,7 @@ FILE_KEYS: dict[str, set[str]] = {
         "trusted_proxies",
         "allowed_redirect_domains",
         "access_log",
+        "metrics",
         "log_level",
         "log_format",
         "audit_log_file",
@@ -104,6 +105,7 @@ FILE_KEYS: dict[str, set[str]] = {
         "allowed_users",
         "allowed_groups",
         "allow_methods",
+        "auth",
     },
 }
 
@@ -306,7 +308,7 @@ def _site_from_table(t: dict[str, Any], index: int, problems: list[str],
         allowed_groups=tuple(_list(t.get("allowed_groups", ()))),
         allow_methods=tuple(m.upper() for m in _list(t.get("allow_methods", ()))),
         timeout=timeout or defaults.timeout, connect_timeout=connect_timeout or defaults.connect_timeout,
-        idle_timeout=idle_timeout or defaults.idle_timeout)
+        idle_timeout=idle_timeout or defaults.idle_timeout, auth=str(t.get("auth", "")).lower())
 
 
 def _site_timeouts(r: _Reader) -> SiteConfig:
@@ -419,7 +421,8 @@ def load_config(env: Mapping[str, str] | None = None, config_file: Path | None =
     throttle = _throttle(r, ft)
     sites = _sites(r, file_data)
     config = Config(auth_mode=_auth_mode(r, file_data.get("auth_mode")),  # type: ignore[arg-type]
-                    server=server, session=session, throttle=throttle, sites=sites)
+                    server=server, session=session, throttle=throttle, sites=sites,
+                    otp=passwordless.read_otp(r), jwt=passwordless.read_jwt(r))
     problems = r.problems + validate.check(config)
     if problems:
         raise ConfigError(problems)
@@ -477,6 +480,7 @@ def _server(r: _Reader, fs: dict[str, Any]) -> ServerConfig:
             else tuple(fs.get("allowed_redirect_domains", _SERVER.allowed_redirect_domains))
         ),
         access_log=r.boolean("ACCESS_LOG", bool(fs.get("access_log", _SERVER.access_log))),
+        metrics=r.boolean("METRICS", bool(fs.get("metrics", _SERVER.metrics))),
         log_level=(r.raw("LOG_LEVEL") or ("", str(fs.get("log_level", _SERVER.log_level))))[1].upper(),
         log_format=(
             r.raw("LOG_FORMAT")  # type: ignore[arg-type]

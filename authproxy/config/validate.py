@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from authproxy.config import passwordless
 from authproxy.config.schema import ECHO_METHODS, FORWARD_AUTH_SECRET_HEADER, Config, SiteConfig
 from authproxy.redirects import DomainRule
 from authproxy.upstreams.registry import ADAPTERS
@@ -251,4 +252,5 @@ def _upstream(site: SiteConfig, where: str) -> list[str]:
 
 # The sections, in the order their problems are listed. A new setting's rules go in its section.
 SECTIONS: tuple[Callable[[Config], list[str]], ...] = (
-    _https, _server, _redirect_domains, _session, _cookie, _store, _throttle, _sites, _hybrid)
+    _https, _server, _redirect_domains, _session, _cookie, _store, _throttle, _sites, _hybrid,
+    passwordless.check)

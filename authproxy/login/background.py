@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -40,6 +41,21 @@ CHECK_TIMEOUT = 10.0
 STARTUP_WAIT = 3.0  # how long the start waits for the first check (it goes on after that)
 NOT_CONFIGURED = "no background token is configured (TECHNITIUM_BACKGROUND_TOKEN)"
 NOT_CHECKED = "not checked yet"
+# A PTR answer is whatever the zone's owner wrote; it goes into audit lines and JSON. Only a host name
+# (LDH labels, `_` tolerated as in service names, 1-63 each, 253 in all) is shown; anything else
+# (a line break, an escape sequence, spaces, an overlong name) counts as no name.
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+MAX_DNS_NAME = 253
+
+
+def dns_name(value: object) -> str | None:
+    """`value` as a lower-case host name without the final dot, or None when it is not one."""
+    if not isinstance(value, str) or not value.isascii():
+        return None
+    name = value.lower().removesuffix(".")
+    if not name or len(name) > MAX_DNS_NAME:
+        return None
+    return name if all(_LABEL.fullmatch(label) for label in name.split(".")) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +218,7 @@ class BackgroundWork:
             )
         except (UpstreamError, TimeoutError):
             return None  # not cached: the next request may try again
+        name = dns_name(name)
         self._names[address] = (name, self.clock() + (NAME_TTL if name else MISS_TTL))
         self._names.move_to_end(address)
         while len(self._names) > MAX_NAMES:

@@ -9,6 +9,8 @@ import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from yarl import URL
+
 from authproxy.crypto import b64e
 from authproxy.errors import AuthError, StoreError
 from authproxy.log import audit
@@ -17,6 +19,7 @@ from authproxy.login.regulation import Regulator
 from authproxy.login.sources import IdentitySource, UpstreamAccounts
 from authproxy.routing import Site
 from authproxy.sessions.manager import LoadedSession, SessionManager
+from authproxy.upstreams.base import LoginResult
 
 MAX_USERNAME = 256
 MAX_PASSWORD = 1024
@@ -51,6 +54,14 @@ def _text_problem(name: str) -> str | None:
     if any(unicodedata.category(c) == "Cc" for c in name):
         return "contains a control character"
     return None
+
+
+def verifier(site: Site) -> str:
+    """The upstream that checks a site's one-time codes, as one string: its URL's scheme, host
+    (lower case), port and path (no trailing slash)."""
+    url = URL(site.config.upstream_url)
+    path = url.path.rstrip("/")
+    return f"{url.scheme.lower()}://{(url.host or '').lower()}:{url.port}{path}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,51 +116,61 @@ class PassthroughLogin:
         self.source = source if source is not None else UpstreamAccounts()
         self._totp_hash_key = sessions.keyring.derive("authproxy-totp-used")
 
-    def _totp_key(self, site: str, username: str, code: str) -> str:
-        """Where a one-time code that opened a session is remembered: a keyed hash of site, user and code
-        (six digits hash to one of a million values, so an unkeyed hash would give the code away)."""
-        message = f"{site}\x00{username.lower()}\x00{code}".encode("utf-8", "surrogatepass")
+    def _totp_key(self, site: Site, username: str, code: str) -> str:
+        """Where a one-time code that opened a session is remembered: a keyed hash of the upstream that
+        checks it, the user and the code (six digits hash to one of a million values, so an unkeyed hash
+        would give the code away). The upstream is its URL, not the site's name: two sites in front of
+        one upstream share its accounts (a code used at one is spent at the other), while two
+        deployments sharing a store may both call their site `default` for different upstreams."""
+        message = f"{verifier(site)}\x00{username.lower()}\x00{code}".encode("utf-8", "surrogatepass")
         return "totp:" + b64e(hmac.new(self._totp_hash_key, message, hashlib.sha256).digest()[:18])
 
-    async def sign_in(self, site: Site, form: LoginInput, client_ip: str) -> tuple[LoadedSession, str]:
-        """A new session and its cookie value, or AuthError saying why not (already audited)."""
+    async def step_up(self, site: Site, form: LoginInput, client_ip: str) -> LoginResult:
+        """A signed-in person proves again, with their upstream password (and code), that they are at
+        the keyboard before a sensitive step (the background-token migration). Throttled, replay-guarded
+        and audited (`step_up`) exactly as a sign-in, sharing its budget; opens no session. The result
+        carries a fresh upstream credential, which the caller signs out when done."""
+        return await self._verified(site, form, client_ip, event="step_up")
+
+    async def _verified(self, site: Site, form: LoginInput, client_ip: str, *, event: str) -> LoginResult:
+        """The identity source's "ok" for these credentials, or AuthError (audited as `event`)."""
         counted = (form.username.lower(), form.password) not in UNCOUNTED_DEFAULTS
         attempt = await self.regulator.begin(site.name, form.username, client_ip)
         if attempt.retry_after is not None:
-            audit("login", outcome="throttled", user=form.username, site=site.name, client_ip=client_ip)
+            audit(event, outcome="throttled", user=form.username, site=site.name, client_ip=client_ip)
             raise AuthError(
                 "Too many failed sign-ins. Try again later.",
                 code="too_many_attempts",
                 status=429,
                 retry_after=attempt.retry_after,
             )
-        used = None if form.totp is None else self._totp_key(site.name, form.username, form.totp)
+        used = None if form.totp is None else self._totp_key(site, form.username, form.totp)
         try:
             if used is not None and not await self.sessions.store.set_if_absent(used, b"1",
                                                                                 TOTP_REPLAY_WINDOW):
                 used = None  # another sign-in holds it: not this one's to give back
                 if counted:
                     attempt.failed()
-                audit("login", outcome="totp_reused", user=form.username, site=site.name, client_ip=client_ip,
+                audit(event, outcome="totp_reused", user=form.username, site=site.name, client_ip=client_ip,
                       totp=True)
                 raise AuthError(BAD_CODE, code="invalid_credentials", status=401)
             result = await self.source.verify(site, form.username, form.password, form.totp, client_ip)
             if result.status == "totp_required":
                 audit(
-                    "login", outcome="totp_required", user=form.username, site=site.name, client_ip=client_ip
+                    event, outcome="totp_required", user=form.username, site=site.name, client_ip=client_ip
                 )
                 raise AuthError(
                     result.message or "Enter your one-time code.", code="totp_required", status=401
                 )
             if result.status == "blocked":
-                audit("login", outcome="upstream_blocked", user=form.username, site=site.name,
+                audit(event, outcome="upstream_blocked", user=form.username, site=site.name,
                       client_ip=client_ip)
                 raise AuthError(result.message, code="upstream_blocked", status=429,
                                 retry_after=result.retry_after)
             if result.status != "ok" or result.credential is None or result.identity is None:
                 if counted:
                     attempt.failed()
-                audit("login", outcome="failure", user=form.username, site=site.name, client_ip=client_ip,
+                audit(event, outcome="failure", user=form.username, site=site.name, client_ip=client_ip,
                       totp=form.totp is not None)
                 raise AuthError(result.message or "Invalid username or password.", code="invalid_credentials",
                                 status=401)
@@ -162,6 +183,12 @@ class PassthroughLogin:
             if used is not None:  # it opened no session (wrong password, upstream down): a retry may use it
                 with contextlib.suppress(StoreError):
                     await self.sessions.store.delete(used)
+        return result
+
+    async def sign_in(self, site: Site, form: LoginInput, client_ip: str) -> tuple[LoadedSession, str]:
+        """A new session and its cookie value, or AuthError saying why not (already audited)."""
+        result = await self._verified(site, form, client_ip, event="login")
+        assert result.credential is not None and result.identity is not None
         loaded, cookie = await self.sessions.create(user=result.identity.username, site=site.name,
                                                     identity=result.identity, credential=result.credential,
                                                     client_ip=client_ip, auth_method=self.source.name)

@@ -100,3 +100,27 @@ class Regulator:
             worst = max(worst, self.config.window if left is None else left)
         attempt.retry_after = max(1, math.ceil(min(worst, self.config.window)))
         return attempt
+
+    # ---- wrong service API keys (hybrid) ------------------------------------------------------------
+    # A wrong `X-API-Key` is a guess like a wrong password: counted per client network with the
+    # sign-in's budget and window, and refused (429) before any key is compared once the budget is spent.
+
+    def _key_guesses(self, client_ip: str) -> str:
+        return _key("k", "", client_network(client_ip))
+
+    async def api_key_retry_after(self, client_ip: str) -> int | None:
+        """Seconds until this address may present an API key again, or None when it may now."""
+        key = self._key_guesses(client_ip)
+        raw = await self.store.get(key)
+        try:
+            count = int(raw) if raw is not None else 0
+        except ValueError:
+            count = 0
+        if count < self.config.max_failures:
+            return None
+        left = await self.store.ttl(key)
+        return max(1, math.ceil(min(self.config.window if left is None else left, self.config.window)))
+
+    async def api_key_failed(self, client_ip: str) -> None:
+        await self.store.incr(self._key_guesses(client_ip), self.config.window)
+

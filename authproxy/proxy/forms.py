@@ -24,14 +24,25 @@ with bounded memory:
 
 A compressed form (`Content-Encoding`) could hide a field: 415. A request with two Content-Types, or
 a multipart one whose boundary is missing, repeated or spelt so that parsers may disagree: 400.
+
+Charsets, as the upstream decodes them: an urlencoded body with a `charset` that is not ASCII-based
+(`utf-16`: ASP.NET Core, and so Technitium, reads the form in the Content-Type's charset, where
+`t\0o\0k\0e\0n\0` is `token`) is refused (400 `unsupported_charset`): no byte filter can read it. A
+multipart part name is also read as RFC 2047 encoded-words (`=?utf-8?q?token?=`, `=?utf-8?b?...?=`,
+which ASP.NET decodes) and as RFC 2231 `name*=charset'lang'...` in its declared charset; a charset
+Python does not know there is refused (400 `bad_multipart`) rather than guessed.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import codecs
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
+from urllib.parse import unquote_to_bytes
 
 import aiohttp
 
@@ -50,6 +61,11 @@ _PARAM = re.compile(r';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"?|[^;]*)')
 _TOKEN = re.compile(r"[0-9A-Za-z'+_.\-!#$%&*^`{|}~]{1,200}")
 _BCHARS = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,199}[0-9A-Za-z'()+_,\-./:=?]")
 _CONTINUATION = re.compile(r"\*(\d{1,3})\*?")
+# RFC 2047 encoded-word: =?charset(*language)?B|Q?text?=
+_ENCODED_WORD = re.compile(r"=\?([^?*\s]+)(?:\*[^?\s]*)?\?([bBqQ])\?([^?\s]*)\?=")
+# Charsets in which every ASCII character is the byte it is and no other byte sequence reads as one:
+# a byte-level filter reads such a form as the upstream does.
+_ASCII_BASED = frozenset({"utf-8", "ascii", "iso8859-1", "iso8859-15", "cp1252"})
 
 
 class Refused(Exception):
@@ -115,6 +131,23 @@ def boundary(content_type: str) -> bytes:
     return value.encode("ascii")
 
 
+def require_ascii_based(content_type: str) -> None:
+    """Refused unless every `charset` of an urlencoded Content-Type is one the byte filter reads as
+    the upstream will (none at all: UTF-8, as every parser defaults)."""
+    for key, value in _PARAM.findall(content_type):
+        if not str(key).lower().startswith("charset"):
+            continue
+        # `charset*=utf-16''` or `charset*0=`: a spelling some parser may read; not ours to guess
+        name = str(value).strip().strip('"') if str(key).lower() == "charset" else "?"
+        try:
+            known = codecs.lookup(name).name
+        except LookupError:
+            known = ""
+        if known not in _ASCII_BASED:
+            raise Refused(400, "unsupported_charset", "A form in this charset cannot be checked; send it "
+                          "as UTF-8 (application/x-www-form-urlencoded; charset=utf-8).")
+
+
 async def checked_body(content: aiohttp.StreamReader, content_types: list[str], content_encoding: str,
                        names: FieldNames) -> Checked:
     """The request body as it may go upstream (see the module docstring); raises Refused for what
@@ -126,6 +159,8 @@ async def checked_body(content: aiohttp.StreamReader, content_types: list[str], 
         raise Refused(
             415, "unsupported_media_type", "A compressed form cannot be checked; send it uncompressed."
         )
+    if kind == "urlencoded":
+        require_ascii_based(content_types[0])
     check: _Check = UrlencodedFilter(names) if kind == "urlencoded" else MultipartCheck(
         boundary(content_types[0]), names)
     head = await read_up_to(content, MAX_WHOLE + 1)
@@ -295,6 +330,7 @@ def _disposition_names(head: str) -> list[str]:
         if not sep or field.strip().lower() != "content-disposition":
             continue
         pieces: dict[int, str] = {}
+        raw_pieces: dict[int, tuple[str, bool]] = {}
         for key, raw in _PARAM.findall(";" + value):
             key = key.lower()
             if key == "name" or key.startswith("name*"):
@@ -302,8 +338,11 @@ def _disposition_names(head: str) -> list[str]:
                 found.extend(spellings)
                 if piece := _CONTINUATION.fullmatch(key[4:]):
                     pieces[int(piece.group(1))] = spellings[-1]
+                    raw_pieces[int(piece.group(1))] = (_unquoted(raw), key.endswith("*"))
         if pieces:
             found.append("".join(pieces[i] for i in sorted(pieces)))
+        if any(extended for _, extended in raw_pieces.values()):
+            found.append(_joined_extended([raw_pieces[i] for i in sorted(raw_pieces)]))
         for item in value.split(";"):
             key, eq, raw = item.partition("=")
             if eq and key.strip().lower().startswith("name"):
@@ -321,4 +360,60 @@ def _param_spellings(raw: str, *, extended: bool) -> list[str]:
         parts = out[-1].split("'", 2)
         if len(parts) == 3:
             out.append(parts[2])
-    return out
+            if parts[0]:
+                out.append(_decoded(unquote_to_bytes(parts[2]), parts[0]))
+    words = [_encoded_words(text) for text in out if "=?" in text]
+    return out + [w for w in words if w is not None]
+
+
+def _unquoted(raw: str) -> str:
+    value = raw.strip()
+    if value.startswith('"'):
+        inner = value[1:-1] if len(value) > 1 and value.endswith('"') else value[1:]
+        return re.sub(r"\\(.)", r"\1", inner)
+    return value
+
+
+def _joined_extended(pieces: list[tuple[str, bool]]) -> str:
+    """RFC 2231 continuations (`name*0*=utf-16le''t%00o%00; name*1*=k%00...`) as a parser reads them:
+    the percent-encoded pieces joined as bytes, then decoded in the first piece's charset as a whole."""
+    text, extended = pieces[0]
+    charset = "utf-8"
+    if extended and len(parts := text.split("'", 2)) == 3:
+        charset, text = parts[0] or "utf-8", parts[2]
+    data = b"".join(unquote_to_bytes(t) if e else t.encode("latin-1", "replace")
+                    for t, e in [(text, extended), *pieces[1:]])
+    return _decoded(data, charset)
+
+
+def _decoded(data: bytes, charset: str) -> str:
+    """`data` in `charset`, as the upstream would read it; Refused for a charset Python does not know."""
+    try:
+        return data.decode(charset, "replace")
+    except LookupError:
+        raise Refused(400, "bad_multipart", "A multipart part name is in a charset authproxy cannot read; "
+                      "send field names in UTF-8.") from None
+
+
+def _encoded_words(text: str) -> str | None:
+    """An RFC 2047 reading of `text` (`=?utf-8?q?token?=`): each encoded-word decoded, the blanks
+    between two of them dropped; None when there is none."""
+    pieces: list[str] = []
+    last = 0
+    for match in _ENCODED_WORD.finditer(text):
+        between = text[last:match.start()]
+        if not (pieces and not between.strip()):
+            pieces.append(between)
+        charset, kind, payload = match.groups()
+        if kind in "bB":
+            try:
+                data = base64.b64decode(payload + "=" * (-len(payload) % 4))
+            except (binascii.Error, ValueError):
+                data = payload.encode("latin-1", "replace")
+        else:
+            data = unquote_to_bytes(payload.replace("_", " ").replace("=", "%"))
+        pieces.append(_decoded(data, charset))
+        last = match.end()
+    if not last:
+        return None
+    return "".join(pieces) + text[last:]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from authproxy.config.schema import SessionConfig
 from authproxy.crypto import Keyring, b64e, seal, unseal
+from authproxy.errors import AuthError
 from authproxy.log import audit, log
 from authproxy.sessions.model import OWNER, Credential, Identity, Session, owner_record, site_identity
 from authproxy.sessions.store import SessionStore
@@ -30,6 +31,10 @@ CHANNEL = "sessions"
 MAX_CACHE_ENTRIES = 50_000
 # The end marker outlives the session blob by this much, so an absolute-lifetime end is still noticed.
 MARKER_GRACE = 300.0
+# "Sign out everywhere" leaves a tombstone per session it ends, for this long: a sign-in that indexed
+# and wrote its session meanwhile finds it when it checks, a few store round trips later.
+TOMBSTONE_TTL = 600.0
+MAX_REVOKE_ROUNDS = 16
 
 
 def public_id(store_key: str) -> str:
@@ -39,6 +44,30 @@ def public_id(store_key: str) -> str:
 
 def marker_key(store_key: str) -> str:
     return "m:" + store_key.removeprefix("s:")
+
+
+def tombstone_key(store_key: str) -> str:
+    """Set by "sign out everywhere" before it deletes a session (see SessionManager.destroy_everywhere)."""
+    return "x:" + store_key.removeprefix("s:")
+
+
+MARKER_PURPOSE = "authproxy-session-marker"
+
+
+def open_marker(keys: list[bytes], blob: bytes, key: str) -> dict[str, object] | None:
+    """A session's marker (user, site, times, client, how it signed in; never a credential), sealed
+    under a key derived from SESSION_SECRET so the operator's tools (`authproxy sessions`) can read it,
+    and a store dump alone still cannot. `keys`: every key it may be sealed under (the ticket's own key
+    last, for markers written before this form)."""
+    for candidate in keys:
+        plain = unseal(candidate, blob, key.encode())
+        if plain is not None:
+            try:
+                info = json.loads(plain)
+            except ValueError:
+                return None
+            return info if isinstance(info, dict) else None
+    return None
 
 
 @dataclass(slots=True)
@@ -59,6 +88,13 @@ class LoadedSession:
 
 
 ClientIP = str | Callable[[], str]
+
+
+class SessionRevoked(AuthError):
+    """A sign-in lost a race with "sign out everywhere" of its account: its session is gone again."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"You were {why}; sign in again.", code="signed_out_everywhere", status=401)
 
 
 def _resolve(client_ip: ClientIP) -> str:
@@ -99,6 +135,10 @@ class SessionManager:
         # and logouts never stop this session's reads from being cached.
         self._epochs: dict[str, int] = {}
         self._epochs_cleared = 0
+        # Plain counts for authproxy_session_cache_* (metrics.py moves them into the registry).
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self.marker_keys = keyring.derive_all(MARKER_PURPOSE)   # open_marker: newest first
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -131,9 +171,15 @@ class SessionManager:
         ticket = new_ticket()
         loaded = LoadedSession(session=session, ticket=ticket, store_key=ticket.store_key,
                                fetched_at=now, touched_at=now)
+        # Indexed before it is written, checked after: a "sign out everywhere" of this account that
+        # is under way either finds it in the index or has already left its tombstone (see
+        # destroy_everywhere), so the revocation wins.
+        await self.store.index_add(self._account_index(site, user), loaded.store_key, self.config.max_age)
         await self._write(loaded)
         await self._write_marker(loaded, now)
-        await self.store.index_add(self._account_index(site, user), loaded.store_key, self.config.max_age)
+        if await self._revoked(loaded.store_key):
+            await self.destroy(loaded)
+            raise SessionRevoked("signed out everywhere while signing in")
         return loaded, ticket.encode(self.keyring)
 
     async def load(self, cookie_value: str | None, *, client_ip: ClientIP = "") -> LoadedSession | None:
@@ -167,7 +213,9 @@ class SessionManager:
                 self._cache.pop(store_key, None)
                 await self._lapsed(ticket, now, client_ip)
                 return None
+            self.cache_hits += 1
             return cached
+        self.cache_misses += 1
         if self.config.cache_ttl <= 0:
             return await self._fetch(ticket, store_key, cached, now, client_ip, -1)
         generation = self._generation()
@@ -252,13 +300,39 @@ class SessionManager:
         """A fresh sign-in keeps the person's other sites (under the new id: no session fixation),
         each credential remembering whose account it is (per-site allow lists, Remote-User); then the
         previous session ends. The one place the portal and the UIs' own logins merge sessions."""
+        own = set(loaded.session.credentials)
         for name, cred in previous.session.credentials.items():
             cred.extra.setdefault(OWNER, owner_record(previous.session.identity))
             loaded.session.credentials.setdefault(name, cred)
-        await self.save(loaded)
+        # Indexed first, written, then checked: a "sign out everywhere" of an adopted account under
+        # way either reads this session from the index (and ends it) or has already tombstoned and
+        # deleted `previous`, which is checked here; either way the revocation wins.
         for site, user in self._accounts(loaded.session):  # "sign out everywhere" of those finds it too
             await self.store.index_add(self._account_index(site, user), loaded.store_key, self.config.max_age)
+        if not await self.save(loaded) or await self._revoked(loaded.store_key):
+            await self.destroy(loaded)
+            raise SessionRevoked("signed out everywhere while signing in")
+        if await self._revoked(previous.store_key) or await self.store.get(previous.store_key) is None:
+            await self._forget_adopted(loaded, own)
         await self.destroy(previous)
+
+    async def _forget_adopted(self, loaded: LoadedSession, own: set[str]) -> None:
+        """The session the credentials came from ended (signed out everywhere, or out) while they were
+        adopted: keep only this sign-in's own."""
+        kept = {name: cred for name, cred in loaded.session.credentials.items() if name in own}
+        dropped = self._accounts(loaded.session)
+        loaded.session.credentials = kept
+        dropped -= self._accounts(loaded.session)
+        audit("logout", outcome="adoption_revoked", user=loaded.session.user, site=loaded.session.site,
+              session=loaded.public_id, sites=sorted(site for site, _ in dropped))
+        if not await self.save(loaded) or await self._revoked(loaded.store_key):
+            await self.destroy(loaded)
+            raise SessionRevoked("signed out everywhere while signing in")
+        for site, user in dropped:
+            await self.store.index_remove(self._account_index(site, user), loaded.store_key)
+
+    async def _revoked(self, store_key: str) -> bool:
+        return await self.store.get(tombstone_key(store_key)) is not None
 
     async def destroy(self, loaded: LoadedSession) -> None:
         """End the session on every worker and replica before returning (logout answers after this)."""
@@ -280,18 +354,44 @@ class SessionManager:
         their upstream tokens cannot be read to sign those out upstream: they become unreachable here
         and lapse at the upstream's own timeout."""
         indexes = [self._account_index(site, user) for site, user in self._accounts(loaded.session)]
-        members = {loaded.store_key}
+        done: set[str] = set()
+        batch = {loaded.store_key}
+        ended = 0
+        # A sign-in racing with this indexes its session before writing it and checks for a tombstone
+        # after (create, adopt). Each round tombstones, then deletes, then reads the indexes again, so
+        # a session indexed before the last read is ended here, and one written after its tombstone
+        # ends itself. (Deleting the index would also drop a sign-in indexed after the last read.)
+        for _ in range(MAX_REVOKE_ROUNDS):   # a cap against a flood of sign-ins
+            ended += await self._end(batch)
+            done |= batch
+            batch = set()
+            for index in indexes:
+                batch |= await self.store.index_members(index)
+            batch -= done
+            if not batch:
+                break
+        else:   # what the last read found is ended too; sign-ins indexed after it stay
+            ended += await self._end(batch)
+            done |= batch
+            log.warning("sign out everywhere: sign-ins kept coming; the latest stay",
+                        extra={"fields": {"rounds": MAX_REVOKE_ROUNDS}})
         for index in indexes:
-            members |= await self.store.index_members(index)
-        for key in members:
+            for key in done:
+                await self.store.index_remove(index, key)
+        for key in done:
+            await self.store.revoke(CHANNEL, key)
+        return ended
+
+    async def _end(self, batch: set[str]) -> int:
+        """Tombstone, then delete, these sessions (destroy_everywhere); how many were alive."""
+        for key in batch:
             self._bump(key)
             self._cache.pop(key, None)
             self._touched.pop(key, None)
             self._inflight.pop(key, None)
-        ended = await self.store.delete(*members)
-        await self.store.delete(*(marker_key(m) for m in members), *indexes)
-        for key in members:
-            await self.store.revoke(CHANNEL, key)
+            await self.store.set(tombstone_key(key), b"1", TOMBSTONE_TTL)
+        ended = await self.store.delete(*batch)
+        await self.store.delete(*(marker_key(m) for m in batch))
         return ended
 
     async def idle_expires_at(self, loaded: LoadedSession) -> float:
@@ -349,9 +449,11 @@ class SessionManager:
     async def _write_marker(self, loaded: LoadedSession, now: float) -> None:
         s = loaded.session
         key = marker_key(loaded.store_key)
-        plain = json.dumps({"user": s.user, "site": s.site, "expires_at": s.expires_at}).encode()
+        plain = json.dumps({"user": s.user, "site": s.site, "expires_at": s.expires_at,
+                            "created_at": s.created_at, "client_ip": s.client_ip,
+                            "auth_method": s.auth_method}).encode()
         ttl = max(0.001, s.expires_at - now) + MARKER_GRACE
-        await self.store.set(key, seal(loaded.ticket.key, plain, key.encode()), ttl)
+        await self.store.set(key, seal(self.marker_keys[0], plain, key.encode()), ttl)
 
     async def _expired(self, loaded: LoadedSession, client_ip: ClientIP) -> None:
         """The absolute lifetime is over: end it and say so."""
@@ -365,12 +467,12 @@ class SessionManager:
         blob = await self.store.get(key)
         if blob is None or not await self.store.delete(key):
             return  # already reported, logged out, revoked, or never ours
-        plain = unseal(ticket.key, blob, key.encode())
-        if plain is None:
+        info = open_marker([*self.marker_keys, ticket.key], blob, key)
+        if info is None:
             return
         try:
-            info = json.loads(plain)
-            user, site, expires_at = str(info["user"]), str(info["site"]), float(info["expires_at"])
+            user, site = str(info["user"]), str(info["site"])
+            expires_at = float(info["expires_at"])  # type: ignore[arg-type]
         except (ValueError, KeyError, TypeError):
             return
         await self.store.index_remove(self._account_index(site, user), ticket.store_key)

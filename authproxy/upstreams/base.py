@@ -165,6 +165,10 @@ class UpstreamAdapter(abc.ABC):
         work; None: the product cannot tell, and the token is used as configured."""
         return None
 
+    async def may_administer(self, credential: Credential) -> bool:
+        """Whether `credential`'s own account administers the product (what /me's admin fields need)."""
+        return False
+
     async def reverse_name(self, credential: Credential, address: str) -> str | None:
         """The reverse (PTR) name of `address`, asked with the background token; None: none known."""
         return None

@@ -107,7 +107,7 @@ def ptr_from(envelope: dict[str, Any]) -> str | None:
         if isinstance(record, dict) and record.get("Type") == "PTR" and isinstance(record.get("RDATA"), dict):
             name = record["RDATA"].get("Domain")
             if isinstance(name, str) and name:
-                return name.rstrip(".").lower()[:253]
+                return name.lower().removesuffix(".")  # checked as a host name in login/background.py
     return None
 
 

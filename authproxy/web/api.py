@@ -7,6 +7,7 @@ Errors are `{"error": <stable code>, "message": <human text>}`; never a trace, n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 from urllib.parse import parse_qsl, quote
@@ -16,14 +17,16 @@ from aiohttp import web
 from authproxy import crosssite, keys
 from authproxy.bodies import read_up_to
 from authproxy.config.schema import Config
-from authproxy.errors import AuthError, UpstreamError, UpstreamProtocolError
+from authproxy.errors import AuthError, AuthProxyError, UpstreamError, UpstreamProtocolError
 from authproxy.log import audit, log
 from authproxy.login.passthrough import LoginInput
 from authproxy.redirects import RedirectPolicy
 from authproxy.routing import Site
 from authproxy.sessions.manager import LoadedSession
+from authproxy.sessions.model import Credential, site_identity
 from authproxy.upstreams.technitium import TechnitiumAdapter
 from authproxy.upstreams.technitium_admin import MigrationError
+from authproxy.web import bearer
 from authproxy.web.common import (
     SECURITY_HEADERS,
     RequestSession,
@@ -116,9 +119,17 @@ async def sign_in(request: web.Request, site: Site, fields: LoginInput) -> tuple
     sites; the new session and its cookie value, or AuthError/UpstreamError. The one sign-in of the
     login API and of a UI's own login form (web/uicalls.py)."""
     previous = await current_session(request)
-    loaded, cookie = await request.app[keys.LOGIN].sign_in(site, fields, client_ip(request))
-    if previous is not None:
-        await request.app[keys.SESSIONS].adopt(loaded, previous)
+    metrics = request.app.get(keys.METRICS)
+    try:
+        loaded, cookie = await request.app[keys.LOGIN].sign_in(site, fields, client_ip(request))
+        if previous is not None:
+            await request.app[keys.SESSIONS].adopt(loaded, previous)
+    except AuthProxyError as exc:
+        if metrics is not None:
+            metrics.on_sign_in(site.name, exc.code)
+        raise
+    if metrics is not None:
+        metrics.on_sign_in(site.name, "success")
     request[keys.SESSION] = RequestSession(loaded)
     return loaded, cookie
 
@@ -237,6 +248,9 @@ async def _sign_out_everywhere(request: web.Request) -> bool:
 async def logout(request: web.Request) -> web.StreamResponse:
     if crosssite.from_other_site(request):
         return json_error(403, "cross_site", "Cross-site sign-out refused.")
+    revoked = await bearer.bearer_logout(request)   # a JWT's sign-out: its jti, everywhere
+    if revoked is not None:
+        return revoked
     try:
         everywhere = await _sign_out_everywhere(request)
     except AuthError as exc:
@@ -305,25 +319,55 @@ async def heartbeat(request: web.Request) -> web.StreamResponse:
     return web.json_response(session_json(request, loaded, idle), headers=SECURITY_HEADERS)
 
 
+# What /me tells whom (README "What /me answers"). Everyone: the mode, whether sign-in is on, the
+# caller's own identity, and whether the background token is usable (the booleans scripts check).
+# Administrators (a signed-in person whose own upstream account may administer it, asked with their
+# own token, as the migration asks): also why the token is (not) safe, each site and the proxy setup.
+PUBLIC_TOKEN_FIELDS = ("configured", "validated", "okForPtr")
+ADMIN_CHECK_TIMEOUT = 5.0
+
+
+async def is_admin(request: web.Request, loaded: LoadedSession | None) -> bool:
+    """Whether the signed-in person may administer an upstream they are signed in to (Technitium:
+    Administration View, Modify and Delete), asked with their own credential; False when it cannot
+    be told (no session, no such upstream, the upstream not answering)."""
+    if loaded is None:
+        return False
+    for site in request.app[keys.ROUTER].sites:
+        credential = loaded.session.credentials.get(site.name)
+        if credential is None or credential.actor != "user":
+            continue
+        try:
+            if await asyncio.wait_for(site.adapter.may_administer(credential), ADMIN_CHECK_TIMEOUT):
+                return True
+        except (UpstreamError, TimeoutError):
+            continue
+    return False
+
+
 async def me(request: web.Request) -> web.StreamResponse:
     config = request.app[keys.CONFIG]
     loaded = await current_session(request)
     background = request.app[keys.BACKGROUND]
+    admin = await is_admin(request, loaded)
+    token = background.state(_background_site(request).name).summary()
     body: dict[str, Any] = {
         "authMode": config.auth_mode,
         "sessionAuthEnabled": config.session_mode,
         "httpsDetected": request.secure,
-        "trustProxy": config.server.trust_proxy,
         "authenticated": loaded is not None,
         "user": loaded.session.user if loaded else None,
-        "sites": [{"name": s.name, "type": s.config.type,
-                   "backgroundToken": background.state(s.name).summary()}
-                  for s in request.app[keys.ROUTER].sites],
+        "admin": admin,
         "loginUrl": f"{config.server.prefix}/login",
         # The names existing scripts already query (README "The background token").
-        "backgroundPtrToken": background.state(_background_site(request).name).summary(),
+        "backgroundPtrToken": token if admin else {k: token[k] for k in PUBLIC_TOKEN_FIELDS},
         "migrationRequired": migration_required(config),
     }
+    if admin:
+        body["trustProxy"] = config.server.trust_proxy
+        body["sites"] = [{"name": s.name, "type": s.config.type,
+                          "backgroundToken": background.state(s.name).summary()}
+                         for s in request.app[keys.ROUTER].sites]
     if config.auth_mode == "none":
         body["warning"] = ("AUTH_MODE=none: every request reaches the upstream with the shared service "
                            "credential, whoever sends it")
@@ -345,28 +389,79 @@ def migration_required(config: Config) -> bool:
 
 
 async def migrate_background_token(request: web.Request) -> web.StreamResponse:
-    """POST .../background-token/migrate: with the signed-in person's own Technitium token (which must
-    administer users), create a DnsClient-View-only user and its API token, check it, and answer the
-    token once with the line for the env file. Nothing of it is logged or stored."""
+    """POST .../background-token/migrate: only while a migration is pending (the site still has
+    TECHNITIUM_CLUSTER_TOKEN; else `409 migration_not_pending`), and only after the signed-in person
+    has re-entered their own Technitium password (a step-up, checked upstream and throttled like a
+    sign-in). With the fresh token that gives (which must administer users), create a
+    DnsClient-View-only user and its API token, check it, and answer the token once with the line
+    for the env file. Nothing of it is logged or stored."""
     config = request.app[keys.CONFIG]
     if crosssite.from_other_site(request):
         return json_error(403, "cross_site", "Cross-site request refused.")
     if not config.session_mode:
         return json_error(404, "not_available", "The migration needs AUTH_MODE=session or hybrid.")
+    if not migration_required(config):
+        return json_error(409, "migration_not_pending", "No migration is pending: no site has "
+                          "TECHNITIUM_CLUSTER_TOKEN (see /me: migrationRequired).")
     loaded = await current_session(request)
     if loaded is None:
         return json_error(401, "unauthenticated", "Sign in first, with a Technitium administrator account.")
     try:
-        wanted = await _migration_site_name(request)
+        data, _ = await _read_login(request, fields='"password" (and "totp", "site")')
+        site = _migration_site(request, loaded, data.get("site"))
+        if site.config.cluster_token is None:
+            raise AuthError(f"No migration is pending at {site.name}: TECHNITIUM_CLUSTER_TOKEN is not "
+                            "configured there.", code="migration_not_pending", status=409)
+        fresh = await _step_up(request, loaded, site, data)
     except AuthError as exc:
-        return json_error(exc.status, exc.code, str(exc))
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return json_error(exc.status, exc.code, str(exc), headers=headers)
+    except UpstreamError as exc:   # the step-up could not ask Technitium
+        return _migration_unavailable(str(data.get("site") or "technitium"), exc)
+    try:
+        return await _migrate(request, loaded, site, fresh)
+    finally:
+        with contextlib.suppress(UpstreamError, TimeoutError):   # the step-up's own upstream session
+            await asyncio.wait_for(site.adapter.logout(fresh), UPSTREAM_LOGOUT_TIMEOUT)
+
+
+def _migration_site(request: web.Request, loaded: LoadedSession, wanted: object) -> Site:
+    """The Technitium site to migrate: `{"site": name}`, or the one Technitium site signed in to."""
+    if wanted is not None and not isinstance(wanted, str):
+        raise AuthError("`site` must be a site name.", code="bad_request", status=400)
     sites = [s for s in request.app[keys.ROUTER].sites if s.config.type == "technitium"
              and (wanted is None or s.name == wanted) and s.name in loaded.session.credentials]
     if len(sites) != 1 or not isinstance(sites[0].adapter, TechnitiumAdapter):
-        return json_error(400, "bad_request",
-                          "Name the Technitium site you are signed in to: {\"site\": \"...\"}.")
-    site, adapter = sites[0], sites[0].adapter
-    credential = loaded.session.credentials[site.name]
+        raise AuthError("Name the Technitium site you are signed in to: {\"site\": \"...\"}.",
+                        code="bad_request", status=400)
+    return sites[0]
+
+
+async def _step_up(request: web.Request, loaded: LoadedSession, site: Site, data: dict[str, Any]
+                   ) -> Credential:
+    """The signed-in person's password (and code) for their own account at `site`, checked upstream
+    by the sign-in's own path (throttle, code replay guard, audit `step_up`): a fresh credential."""
+    identity = site_identity(loaded.session, site.name)
+    if not isinstance(data.get("password"), str) or not data["password"] or identity is None:
+        raise AuthError("Re-enter your Technitium password to confirm: {\"password\": \"...\"}.",
+                        code="step_up_required", status=401)
+    form = LoginInput.parse({"username": identity.username, "password": data["password"],
+                             "totp": data.get("totp")})
+    result = await request.app[keys.LOGIN].step_up(site, form, client_ip(request))
+    assert result.credential is not None
+    return result.credential
+
+
+def _migration_unavailable(site: str, exc: UpstreamError) -> web.Response:
+    log.warning("migration: upstream unavailable",
+                extra={"fields": {"site": site, "error": type(exc).__name__}})
+    return json_error(502, "upstream_unavailable", "Technitium is not answering; try again soon.")
+
+
+async def _migrate(request: web.Request, loaded: LoadedSession, site: Site, credential: Credential
+                   ) -> web.StreamResponse:
+    adapter = site.adapter
+    assert isinstance(adapter, TechnitiumAdapter)
     who = {"user": loaded.session.user, "site": site.name, "client_ip": client_ip(request)}
     try:
         if not await adapter.may_administer(credential):
@@ -378,9 +473,7 @@ async def migrate_background_token(request: web.Request) -> web.StreamResponse:
         audit("background_token_migration", outcome=exc.code, **who)
         return json_error(exc.status, exc.code, str(exc))
     except UpstreamError as exc:
-        log.warning("migration: upstream unavailable", extra={"fields": {"site": site.name,
-                                                                           "error": type(exc).__name__}})
-        return json_error(502, "upstream_unavailable", "Technitium is not answering; try again soon.")
+        return _migration_unavailable(site.name, exc)
     audit("background_token_migration", outcome="success", background_user=made.username, **who)
     return web.json_response({
         "site": site.name, "username": made.username, "token": made.token,
@@ -391,17 +484,6 @@ async def migrate_background_token(request: web.Request) -> web.StreamResponse:
                  ("Restart authproxy (Compose: docker compose up -d --force-recreate; systemd: systemctl "
                   "restart authproxy)"), "Check: curl -s https://<host>/_authproxy/api/auth/me"],
     }, headers=SECURITY_HEADERS)
-
-
-async def _migration_site_name(request: web.Request) -> str | None:
-    """`{"site": name}` from the body, or None (no body: the one Technitium site signed in to)."""
-    if request.content_length in (None, 0) and not request.body_exists:
-        return None
-    data, _ = await _read_login(request, fields='"site"')
-    site = data.get("site")
-    if site is not None and not isinstance(site, str):
-        raise AuthError("`site` must be a site name.", code="bad_request", status=400)
-    return site
 
 
 def login_location(request: web.Request, rd: str) -> str:

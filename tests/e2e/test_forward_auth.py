@@ -18,6 +18,9 @@ ISSUE V1, a browser never gets a credential from /_authproxy/verify*: through ea
 through each with its own /verify exclusion removed (as a hand-written config might forget it: authproxy's
 public listener must refuse by itself), and through the FORWARD_AUTH_SECRET alternative of the Caddy and
 nginx configs; forward auth itself works in all of them.
+
+The main gateway runs in hybrid mode with one service API key: a service client passes each proxy with
+its X-API-Key, and the app never sees that key (nor a client's X-Authproxy-Secret / -Token).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from yarl import URL
 
 from authproxy.app import create_app
 from authproxy.config.loader import ensure_session_secrets, load_config
+from authproxy.login.service import new_key
 from authproxy.web import forward_auth
 from tests.fakes.echo import EchoUpstream, ReceivedRequest
 from tests.fakes.technitium import FakeTechnitium
@@ -56,6 +60,10 @@ BOB = ("bob", "bob-pass")  # a real Technitium account, but not in ALLOWED_USERS
 LOGIN = "/_authproxy/api/auth/login"
 COOKIE = "__Host-authproxy"
 FA_SECRET = "e2e-forward-auth-secret-" + "w" * 40
+# The main gateway runs in hybrid mode: people as in session mode, plus one service client by API key,
+# served with a least-privileged background token (DnsClient: View only).
+SERVICE_KEY, SERVICE_ENTRY = new_key("e2e-job")
+BACKGROUND_USER = "e2e-background"
 FORGED = {
     "Authorization": "Basic bWFsbG9yeTpldmls",
     "Remote-User": "mallory",
@@ -102,6 +110,7 @@ class Gateway:
 class Stack:
     technitium: FakeTechnitium
     technitium_v14: FakeTechnitium
+    background_token: str
     echo: EchoUpstream
     gateway: Gateway
     gateway_v14: Gateway
@@ -137,8 +146,12 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     gateways: list[Gateway] = []
     try:
         await asyncio.gather(technitium.start(), technitium_v14.start(), echo.start())
+        technitium.add_user(BACKGROUND_USER, "bg-pass", permissions={"DnsClient": 1})
+        background = technitium.create_session(BACKGROUND_USER, type="ApiToken", token_name="e2e")
         gateway = await _start_gateway(
-            gateway_env(technitium.url, ALLOWED_USERS="alice", FORWARD_AUTH_PORT="0"), base / "gw"
+            gateway_env(technitium.url, ALLOWED_USERS="alice", FORWARD_AUTH_PORT="0", AUTH_MODE="hybrid",
+                        TECHNITIUM_BACKGROUND_TOKEN=background, SERVICE_API_KEYS=SERVICE_ENTRY),
+            base / "gw",
         )
         gateways.append(gateway)
         gateway_v14 = await _start_gateway(
@@ -166,7 +179,8 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         )
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(),
                                          connector=aiohttp.TCPConnector(ssl=False)) as http:
-            yield Stack(technitium=technitium, technitium_v14=technitium_v14, echo=echo, gateway=gateway,
+            yield Stack(technitium=technitium, technitium_v14=technitium_v14, background_token=background,
+                        echo=echo, gateway=gateway,
                         gateway_v14=gateway_v14, proxies=dict(zip(KINDS, started[:3], strict=True)),
                         v14=dict(zip(("caddy", "nginx"), started[3:5], strict=True)),
                         dead=dict(zip(KINDS, started[5:8], strict=True)),
@@ -457,9 +471,10 @@ async def test_v14_recipe_puts_the_real_token_in_the_query(stack: Stack, kind: s
 
     target = f"/api/{kind}/zones/list?node=a%20b&token=forged-token&x=1"
     answer = await _send(stack, "GET", proxy.url + target, cookie=alice.cookie,
-                         headers={"X-Authproxy-Token": "forged-token", **API})
+                         headers={"X-Authproxy-Token": "forged-token", "X-API-Key": "apk_forged", **API})
     assert answer.status == 200, (answer.status, answer.body, proxy.log_tail())
     seen = _seen(stack, f"/api/{kind}/zones/list")[-1]
+    assert seen.header("X-API-Key") is None
     query = parse_qs(seen.query_string)
     assert query["node"] == ["a b"] and query["x"] == ["1"]
     assert len(query["token"]) == 1 and query["token"][0] in tokens, seen.query_string
@@ -509,3 +524,41 @@ async def test_a_clients_token_parameter_never_reaches_the_app(stack: Stack, kin
     raw = f"/{kind}/api/plain%2Fpath//x?b=2&a=%2f&flag"
     answer = await _send(stack, "GET", proxy.url + raw, headers=API, cookie=alice.cookie)
     assert answer.status == 200 and _seen(stack, f"/{kind}/api/plain%2Fpath//x")[-1].raw_path == raw
+
+
+# ---- authproxy's own secrets never reach the app ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_the_app_never_sees_a_client_sent_api_key_or_authproxy_header(stack: Stack, kind: str) -> None:
+    """A hybrid service client's X-API-Key is authproxy's: the check reads it, then each shipped proxy
+    removes it (and X-Authproxy-Secret / -Token) before the app, for a service client and for a person."""
+    proxy = stack.proxies[kind]
+    smuggled = {"X-Authproxy-Secret": "client-sent-secret", "X-Authproxy-Token": "client-sent-token"}
+    # the service client: its key opens the check, the app gets the background token and never the key
+    path = f"/{kind}/api/service-call"
+    answer = await _send(stack, "GET", proxy.url + path,
+                         headers={**API, **smuggled, "X-API-Key": SERVICE_KEY})
+    assert answer.status == 200, (answer.status, answer.body, _log(stack, kind))
+    seen = _seen(stack, path)[-1]
+    assert seen.header("Authorization") == f"Bearer {stack.background_token}"
+    assert seen.header_values("X-API-Key") == [], seen.headers
+    assert SERVICE_KEY not in json.dumps(seen.as_json())
+    # a wrong key: refused at the check, the app not asked
+    wrong = await _send(stack, "GET", f"{proxy.url}/{kind}/api/wrong-key",
+                        headers={**API, "X-API-Key": "apk_x"})
+    assert wrong.status == 401 and _seen(stack, f"/{kind}/api/wrong-key") == []
+    # a person who also sends a key (a signed-in session wins; the key still never reaches the app)
+    alice = await _sign_in(stack, proxy.url, ALICE)
+    path = f"/{kind}/api/person-call"
+    answer = await _send(stack, "GET", proxy.url + path, cookie=alice.cookie,
+                         headers={**API, **smuggled, "X-API-Key": "apk_client-chosen-key"})
+    assert answer.status == 200, (answer.status, answer.body, _log(stack, kind))
+    seen = _seen(stack, path)[-1]
+    assert seen.header("Authorization").removeprefix("Bearer ") in _tokens_of(  # type: ignore[union-attr]
+        stack.technitium, "alice")
+    for name in ("X-API-Key", "X-Authproxy-Secret", "X-Authproxy-Token"):
+        assert seen.header_values(name) == [], (name, seen.headers)
+    everything = json.dumps(seen.as_json())
+    assert "client-chosen" not in everything and "client-sent" not in everything
+

@@ -356,3 +356,31 @@ async def test_large_multipart_uploads_pass_unchanged_and_a_late_token_part_is_c
     resp = await client.request("POST", "/api/echo", data=late, headers=MULTIPART)
     assert resp.status == 400 and (await resp.json())["error"] == "credential_field"
     assert len(technitium.requests_to("/api/echo")) == 1   # the upstream never got a whole request
+
+
+async def test_forms_the_upstream_would_decode_into_a_token_field_are_refused(
+        client: GatewayClient, technitium: FakeTechnitium) -> None:
+    """The upstream decodes an urlencoded form in its Content-Type's charset (ASP.NET Core does; so
+    does the fake, being aiohttp), and part names as RFC 2047 encoded-words or RFC 2231 `name*`."""
+    await client.login("alice", "alice-pass")
+    utf16 = "zone=example.com&token=chosen-by-the-client".encode("utf-16-le")
+    resp = await client.request("POST", "/api/echo", data=utf16, headers={
+        "Content-Type": "application/x-www-form-urlencoded; charset=utf-16le"})
+    assert resp.status == 400 and (await resp.json())["error"] == "unsupported_charset"
+    for name in ("=?utf-8?q?token?=", "=?utf-8?b?dG9rZW4=?="):
+        body = _multipart(("zone", b"example.com", None), (name, b"chosen-by-the-client", None))
+        resp = await client.request("POST", "/api/echo", data=body, headers=MULTIPART)
+        assert resp.status == 400 and (await resp.json())["error"] == "credential_field", name
+    rfc2231 = (b"--XyZ\r\nContent-Disposition: form-data; name*=utf-16le''t%00o%00k%00e%00n%00\r\n\r\n"
+               b"chosen-by-the-client\r\n--XyZ--\r\n")
+    resp = await client.request("POST", "/api/echo", data=rfc2231, headers=MULTIPART)
+    assert resp.status == 400 and (await resp.json())["error"] == "credential_field"
+    assert technitium.requests_to("/api/echo") == []
+    # an ASCII-based charset is filtered as ever, and reaches the upstream without the field
+    latin = "zone=example.com&token=chosen-by-the-client".encode("latin-1")
+    resp = await client.request("POST", "/api/echo", data=latin, headers={
+        "Content-Type": "application/x-www-form-urlencoded; charset=iso-8859-1"})
+    assert resp.status == 200
+    seen = technitium.requests_to("/api/echo")[-1]
+    assert seen.form == {"zone": "example.com"} and b"chosen" not in seen.body
+

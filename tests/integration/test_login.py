@@ -231,7 +231,8 @@ async def test_session_and_me_endpoints(client: GatewayClient) -> None:
     anon = await (await client.request("GET", SESSION)).json()
     assert anon == {"authenticated": False}
     me = await (await client.request("GET", ME)).json()
-    assert me["authenticated"] is False and me["httpsDetected"] is True and me["trustProxy"] is True
+    assert me["authenticated"] is False and me["httpsDetected"] is True and me["admin"] is False
+    assert "trustProxy" not in me and "sites" not in me   # for administrators only
     assert me["sessionAuthEnabled"] is True and me["loginUrl"] == "/_authproxy/login"
     await client.login("alice", "alice-pass")
     info = await (await client.request("GET", SESSION)).json()
@@ -240,6 +241,7 @@ async def test_session_and_me_endpoints(client: GatewayClient) -> None:
     assert "token" not in str(info).lower()
     me = await (await client.request("GET", ME)).json()
     assert me["authenticated"] is True and me["user"] == "alice"
+    assert me["admin"] is True and me["trustProxy"] is True   # alice administers Technitium
 
 
 async def test_unauthenticated_browser_goes_to_login_and_api_gets_401(client: GatewayClient) -> None:

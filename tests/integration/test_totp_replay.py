@@ -96,3 +96,36 @@ async def test_a_code_that_opened_no_session_may_be_used_again(
     typo = await a.login("totpuser", "totp-typo", totp=code)
     assert typo.status == 401 and (await typo.json())["error"] == "invalid_credentials"
     assert (await b.login("totpuser", "totp-pass", totp=code)).status == 200
+
+
+async def _equal_codes(*fakes: FakeTechnitium) -> str:
+    """The code every fake accepts now (they share the user's secret; wait out a period boundary)."""
+    while len({fake.totp_now() for fake in fakes}) != 1:
+        await asyncio.sleep(0.05)
+    return fakes[0].totp_now()
+
+
+async def test_a_code_is_spent_at_its_upstream_whatever_the_sites_are_called(
+        make_gateway: MakeGateway, client_for: ClientFor, technitium: FakeTechnitium,
+        technitium_v14: FakeTechnitium, store: tuple[str, str | None]) -> None:
+    """The replay guard is keyed by the upstream that checks the code, not by the site's name. Two
+    sites (named apart) in front of one Technitium share its accounts: a code used at one is spent at
+    the other. Two deployments sharing one store whose sites are both called `dns` but sit in front
+    of different Technitiums are two verifiers: the same digits at the other are a fresh code."""
+    redis = {"REDIS_URL": store[1]} if store[0] == "redis" and store[1] else {}
+    # one upstream, two site names (and its URL spelled with a trailing slash at the second)
+    a = client_for(await make_gateway(gateway_env(technitium.url, SITE_NAME="dns", **redis)))
+    b = client_for(await make_gateway(gateway_env(technitium.url + "/", SITE_NAME="dns-admin", **redis)))
+    code = technitium.totp_now()
+    assert (await a.login("totpuser", "totp-pass", totp=code)).status == 200
+    again = await b.login("totpuser", "totp-pass", totp=code)
+    assert again.status == 401 and await again.json() == WRONG_CODE
+
+    # two upstreams, one site name: the code used at the first is no replay at the second
+    technitium.advance(30)
+    technitium_v14.advance(30)
+    code = await _equal_codes(technitium, technitium_v14)
+    c = client_for(await make_gateway(gateway_env(technitium_v14.url, SITE_NAME="dns", **redis)))
+    assert (await a.login("totpuser", "totp-pass", totp=code)).status == 200
+    other = await c.login("totpuser", "totp-pass", totp=code)
+    assert other.status == 200, await other.text()

@@ -332,10 +332,11 @@ async def test_hybrid_service_key_checked_reported_and_audited_apart(
         )
     )
     c = client_for(gw)
-    body = await (await c.request("GET", ME)).json()
-    state = body["sites"][0]["backgroundToken"]
+    state = await background_token(client_for(gw))
     assert state["validated"] and state["okForBackground"] and "account svc" in state["reason"]
     assert "READONLY_ADMIN" in state["reason"]
+    public = (await (await c.request("GET", ME)).json())["backgroundPtrToken"]
+    assert public == {"configured": True, "validated": True, "okForPtr": True}   # no account for anyone
     service = await connect(c, **{"X-API-Key": client_key})
     assert (await service.result("system.info"))["hostname"] == "fake-nas"
     assert nas.calls[-1].user == "svc" and nas.calls[-1].kind == "API_KEY"
@@ -448,6 +449,15 @@ async def test_a_reload_reuses_the_parked_upstream_socket(
     assert nas.sessions_of("alice") == []
 
 
+async def background_token(admin: GatewayClient) -> dict[str, Any]:
+    """/me's report on the service key, as an administrator (FULL_ADMIN in TrueNAS) sees it."""
+    assert (await admin.login("alice", "alice-pw")).status == 200
+    body = await (await admin.request("GET", ME)).json()
+    assert body["admin"] is True
+    state: dict[str, Any] = body["sites"][0]["backgroundToken"]
+    return state
+
+
 async def test_the_service_key_uses_one_shared_reconnecting_socket(
     make_gateway: MakeGateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
 ) -> None:
@@ -486,8 +496,7 @@ async def test_the_service_key_uses_one_shared_reconnecting_socket(
             break
         await asyncio.sleep(0.05)
     assert key_logins() == 2
-    state = (await (await client_for(gw).request("GET", ME)).json())["sites"][0]["backgroundToken"]
-    assert state["okForBackground"] is True
+    assert (await background_token(client_for(gw)))["okForBackground"] is True
 
 
 @pytest.mark.parametrize(
@@ -556,8 +565,8 @@ async def test_shared_key_mode_everyone_is_the_key_account_and_reloads_cost_no_l
     def key_logins() -> int:
         return len([c for c in nas.calls if c.method == "auth.login_with_api_key"])
 
-    state = (await (await client_for(gw).request("GET", ME)).json())["sites"][0]["backgroundToken"]
-    assert state["validated"] and "account svc" in state["reason"]  # checked at start in this mode too
+    state = (await (await client_for(gw).request("GET", ME)).json())["backgroundPtrToken"]
+    assert state["validated"] and state["okForPtr"]  # checked at start in this mode too
     first = await connect(client_for(gw))
     ok = await first.result("auth.login_ex", pw("anyone", "anything"))
     assert ok["response_type"] == "SUCCESS"

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import pytest
 
-from authproxy.proxy.forms import MultipartCheck, Refused, UrlencodedFilter, boundary, form_kind
+from authproxy.proxy.forms import (
+    MultipartCheck,
+    Refused,
+    UrlencodedFilter,
+    boundary,
+    form_kind,
+    require_ascii_based,
+)
 from authproxy.upstreams.query import FieldNames
 
 TOKEN = FieldNames(["token"])
@@ -119,6 +126,19 @@ def test_a_multipart_body_without_a_credential_field_passes_unchanged() -> None:
     'Content-Type: text/plain\r\nContent-Disposition: form-data; name=" token "',
     'Content-Disposition: form-data; filename="a"; name="token"; x="y"',
     'Content-Disposition: form-data; name="token"; filename="upload.bin"',
+    # RFC 2047 encoded-words, which ASP.NET Core decodes in a part's name
+    'Content-Disposition: form-data; name="=?utf-8?q?token?="',
+    "Content-Disposition: form-data; name==?UTF-8?Q?t=6Fken?=",
+    'Content-Disposition: form-data; name="=?utf-8?b?dG9rZW4=?="',
+    'Content-Disposition: form-data; name="=?utf-8?B?dG9rZW4?="',              # unpadded
+    'Content-Disposition: form-data; name="=?utf-8?q?to?= =?utf-8?q?ken?="',  # two words, one name
+    'Content-Disposition: form-data; name="=?iso-8859-1*en?q?token?="',       # RFC 2231 language
+    # RFC 2231 in the declared charset
+    "Content-Disposition: form-data; name*=utf-8''token",
+    "Content-Disposition: form-data; name*=utf-16le''t%00o%00k%00e%00n%00",
+    "Content-Disposition: form-data; name*=UTF-16''%FF%FEt%00o%00k%00e%00n%00",
+    "Content-Disposition: form-data; name*0*=utf-16le''t%00o%00; name*1*=k%00e%00n%00",   # continued
+    "Content-Disposition: form-data; name*0*=utf-8''to; name*1=\"ken\"",
 ])
 def test_a_part_named_like_the_credential_is_refused(head: str) -> None:
     assert (
@@ -140,6 +160,44 @@ def test_a_part_named_like_the_credential_is_refused(head: str) -> None:
 )
 def test_every_place_a_lenient_parser_could_find_a_part_is_checked(body: bytes) -> None:
     assert checked(body) == "credential_field"
+
+
+@pytest.mark.parametrize("head", [
+    'Content-Disposition: form-data; name="=?x-no-such-charset?q?token?="',
+    "Content-Disposition: form-data; name*=x-no-such-charset''token",
+])
+def test_a_part_name_in_a_charset_nobody_here_can_read_is_refused(head: str) -> None:
+    assert checked(part(head) + CLOSE) == "bad_multipart"
+
+
+def test_encoded_part_names_that_are_not_the_credential_pass() -> None:
+    body = (part('Content-Disposition: form-data; name="=?utf-8?q?tokens?="')
+            + part("Content-Disposition: form-data; name*=utf-8''caf%C3%A9") + CLOSE)
+    assert checked(body) == "ok"
+
+
+@pytest.mark.parametrize("value", [
+    "application/x-www-form-urlencoded; charset=utf-16",
+    "application/x-www-form-urlencoded; charset=UTF-16LE",
+    "application/x-www-form-urlencoded; charset=utf-32",
+    'application/x-www-form-urlencoded; charset="utf-16be"',
+    "application/x-www-form-urlencoded; charset=x-no-such-charset",
+    "application/x-www-form-urlencoded; charset=utf-8; charset=utf-16",
+    "application/x-www-form-urlencoded; charset*=utf-16''",
+])
+def test_an_urlencoded_form_in_a_charset_that_is_not_ascii_based_is_refused(value: str) -> None:
+    with pytest.raises(Refused) as refused:
+        require_ascii_based(value)
+    assert (refused.value.status, refused.value.code) == (400, "unsupported_charset")
+
+
+@pytest.mark.parametrize("value", [
+    "application/x-www-form-urlencoded", "application/x-www-form-urlencoded; charset=UTF-8",
+    "application/x-www-form-urlencoded; charset=utf8", "application/x-www-form-urlencoded; charset=us-ascii",
+    'application/x-www-form-urlencoded; charset="ISO-8859-1"',
+])
+def test_ascii_based_charsets_are_filtered_as_ever(value: str) -> None:
+    require_ascii_based(value)
 
 
 def test_overlong_part_headers_are_refused_however_they_arrive() -> None:
