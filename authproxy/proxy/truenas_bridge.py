@@ -159,7 +159,7 @@ class InBand:
                 )
                 return
             data: bytes = msg.data   # undecoded (decode_text=False): relayed as it came
-            if self.entry is not None and (now := loop.time()) >= self.slide_at:
+            if self.loaded is not None and self.entry is not None and (now := loop.time()) >= self.slide_at:
                 # The person is using the socket: slide the session's idle timeout (the watch does it).
                 self.slide_at = now + self.entry.slide_every
                 self.entry.slide = True
@@ -297,6 +297,7 @@ class InBand:
             loaded, self.loaded = self.loaded, None
             self.owns_session = False
             self._untrack()
+            self._track()   # still open, now without a session
             with contextlib.suppress(StoreError):
                 await end_session(self.request, loaded, reason="truenas_socket_logout")
 
@@ -564,14 +565,15 @@ class InBand:
     # ---- the session watch (sign-out anywhere closes this socket) ---------------------------------
 
     def _track(self) -> None:
-        if self.loaded is None:
-            return
+        """Register the socket with the bridges (proxy/bridges.py): its session's end closes it, as does
+        a stopping server (sockets without a session too), and the metrics count it."""
         registry = self.request.app[keys.WEBSOCKETS]
+        loaded = self.loaded
         self.entry = Bridge(
-            store_key=self.loaded.store_key,
+            store_key=loaded.store_key if loaded is not None else None,
             site=self.site.name,
-            expires_at=self.loaded.session.expires_at,
-            loaded=self.loaded,
+            expires_at=loaded.session.expires_at if loaded is not None else None,
+            loaded=loaded,
             slide_every=self.request.app[keys.SESSIONS].touch_interval,
         )
         registry.add(self.entry)

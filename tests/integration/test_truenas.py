@@ -336,7 +336,7 @@ async def test_hybrid_service_key_checked_reported_and_audited_apart(
     assert state["validated"] and state["okForBackground"] and "account svc" in state["reason"]
     assert "READONLY_ADMIN" in state["reason"]
     public = (await (await c.request("GET", ME)).json())["backgroundPtrToken"]
-    assert public == {"configured": True, "validated": True, "okForPtr": True}   # no account for anyone
+    assert public == {"configured": True, "validated": True, "okForPtr": True}  # no account for anyone
     service = await connect(c, **{"X-API-Key": client_key})
     assert (await service.result("system.info"))["hostname"] == "fake-nas"
     assert nas.calls[-1].user == "svc" and nas.calls[-1].kind == "API_KEY"
@@ -755,3 +755,21 @@ async def test_a_client_may_not_use_authproxys_own_call_ids(
     me = await rpc.result("auth.me")
     assert "provisioning_uri" not in me["two_factor_config"]
     assert not [call for call in nas.calls if call.method == "core.ping"]
+
+
+async def test_a_stopping_server_closes_every_truenas_socket(
+    make_gateway: MakeGateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    gw = await make_gateway(truenas_env(nas))
+    anonymous = await connect(client_for(gw))
+    assert await anonymous.result("core.ping") == "pong"
+    signed = await connect(client_for(gw))
+    await signed.result("auth.login_ex", pw("alice", "alice-pw"))  # its session is the socket's
+    assert len(gw.app[keys.WEBSOCKETS]) == 2
+    started = asyncio.get_running_loop().time()
+    stopping = asyncio.create_task(gw.stop())
+    for rpc in (anonymous, signed):
+        msg = await rpc.ws.receive(timeout=10)
+        assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1001
+    await stopping
+    assert asyncio.get_running_loop().time() - started < 5
