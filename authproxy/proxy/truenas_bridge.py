@@ -5,8 +5,8 @@ its `auth.*` calls itself and relays every other call, as is, to an upstream soc
 itself:
 
     auth.login_ex / login_ex_continue / login / login_with_token
-        with an authproxy session: success as the signed-in person (TOKEN_PLAIN with one of this session's
-        placeholder, or PASSWORD_PLAIN naming the same account), no second password;
+        with an authproxy session: success as the signed-in person (TOKEN_PLAIN with one of its
+        placeholders, or PASSWORD_PLAIN naming the same account), no second password;
         without one: PASSWORD_PLAIN (and OTP_TOKEN on the same socket) is an authproxy sign-in --
         throttled, audited, checked by TrueNAS -- and the new session belongs to this socket
         (it ends when the socket closes); API_KEY_PLAIN / login_with_api_key only when the site allows
@@ -18,10 +18,13 @@ itself:
     auth.mechanism_choices                 only what works through authproxy (no SCRAM)
     core.set_options, core.ping            answered before login, replayed/relayed after
 
-Answers are matched by id upstream, so relayed calls keep the client's own ids (authproxy's calls use
-`authproxy-N`). ENOTAUTHENTICATED from TrueNAS means the person's upstream session is gone: the
-socket is closed with 4001 and the client must sign in again. Sign-out at authproxy (any replica)
-closes the socket within seconds (proxy/bridges.py, as every bridge).
+Answers are matched by id upstream, so relayed calls keep the client's own ids (authproxy's own calls
+use `authproxy-N`, which clients may not). Messages that cannot name a call authproxy answers are
+relayed without being parsed or decoded (`_plain_call`). ENOTAUTHENTICATED from TrueNAS means the
+person's upstream session is gone: the socket is closed with 4001 and the client must sign in again.
+Sign-out at authproxy (any replica) closes the socket within seconds (proxy/bridges.py, as every
+bridge); TrueNAS closing the upstream socket closes the client's with 1011. proxy/truenas_socket.py is
+the entry point; DDP clients get the same through proxy/truenas_ddp.py.
 """
 
 from __future__ import annotations
