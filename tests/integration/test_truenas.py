@@ -773,3 +773,31 @@ async def test_a_stopping_server_closes_every_truenas_socket(
         assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1001
     await stopping
     assert asyncio.get_running_loop().time() - started < 5
+
+
+async def test_the_login_page_with_truenas_otp(
+    gw: Gateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    c = client_for(gw)
+    browser = {
+        "Sec-Fetch-Site": "same-origin",
+        "Sec-Fetch-Mode": "navigate",
+        "Origin": c.origin,
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Accept": "text/html",
+    }
+    step1 = await c.request(
+        "POST", "/_authproxy/api/auth/login", data="username=olga&password=olga-pw&rd=%2F", headers=browser
+    )
+    text = await step1.text()
+    assert step1.status == 200 and 'id="totp-field"' in text and 'id="totp-field" hidden' not in text
+    assert "olga-pw" not in text
+    code = nas.code_for("olga")
+    step2 = await c.request(
+        "POST",
+        "/_authproxy/api/auth/login",
+        data=f"username=olga&password=olga-pw&totp={code}&rd=%2F",
+        headers=browser,
+    )
+    assert step2.status == 303 and c.cookie
+    assert (await (await c.request("GET", ME)).json())["user"] == "olga"
