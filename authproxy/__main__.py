@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import errno
 import gc
 import ipaddress
@@ -12,6 +13,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -275,6 +277,9 @@ def run(args: argparse.Namespace) -> int:
     if workers == 1:
         _serve(config, ssl_paths, lambda: sd_notify("READY=1"), worker=False)
         return 0
+    addresses = [(config.server.host, config.server.port)]
+    if config.server.forward_auth_port is not None:
+        addresses.append((config.server.forward_auth_host, config.server.forward_auth_port))
     # Each run's metrics in a directory of its own, where every worker writes its values and a scrape
     # adds them up (README "Metrics"). prometheus-client reads it when first imported: in each worker.
     if "prometheus_client" in sys.modules:
@@ -283,29 +288,43 @@ def run(args: argparse.Namespace) -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         return _supervise(workers, lambda ready: _serve(config, ssl_paths, ready, worker=True),
-                          config.server.shutdown_timeout)
+                          config.server.shutdown_timeout, addresses)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _supervise(workers: int, serve: Callable[[Callable[[], object]], None], shutdown_timeout: float) -> int:
+def _supervise(workers: int, serve: Callable[[Callable[[], object]], None], shutdown_timeout: float,
+               addresses: list[tuple[str, int]] | None = None) -> int:
     """Run `workers` processes sharing the port; SIGTERM/SIGINT to this one stops them all (systemd,
-    docker stop) within `shutdown_timeout` (SIGKILL for one still there 2 s later), and one that dies
-    takes the others down so the service manager sees the failure. READY=1 once all of them listen."""
+    docker stop) within `shutdown_timeout` (SIGKILL for one still there 2 s later). READY=1 once all of
+    them listen. A worker that fails before it ever listened stops the others (a bad certificate, a
+    taken port: restarting would fail the same way), so the service manager sees the failure; one that
+    dies later is restarted after a bounded back-off while the others keep serving. Workers die with the
+    supervisor (PR_SET_PDEATHSIG), and the supervisor refuses to start beside a live instance that
+    holds one of `addresses` (SO_REUSEPORT would otherwise let old and new serve on one port)."""
+    for host, port in addresses or ():
+        problem = _port_taken(host, port)
+        if problem:
+            log.error(problem)
+            return 1
     ctx = multiprocessing.get_context("fork")
     listening = ctx.Semaphore(0)
-    procs = [ctx.Process(target=_worker, args=(serve, listening), name=f"authproxy-worker-{i}")
-             for i in range(workers)]
-    for p in procs:
+    supervisor = os.getpid()
+
+    def spawn(i: int) -> Any:
+        p = ctx.Process(target=_worker, args=(serve, listening, supervisor), name=f"authproxy-worker-{i}")
         p.start()
+        return p
+
+    procs = [spawn(i) for i in range(workers)]
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        code = _watch(procs, listening)
-        log.error("a worker exited; stopping the others", extra={"fields": {"exitcode": code}})
+        code = _watch(procs, listening, spawn)
+        log.error("a worker failed while starting; stopping the others", extra={"fields": {"exitcode": code}})
     except KeyboardInterrupt:
         code = 0
     finally:
@@ -313,17 +332,65 @@ def _supervise(workers: int, serve: Callable[[Callable[[], object]], None], shut
     return code
 
 
-def _watch(procs: list[Any], listening: Any) -> int:
-    """Say READY=1 once every worker listens; return the exit code of the first worker that ends."""
+RESTART_BACKOFF_FIRST = 0.5
+RESTART_BACKOFF_MAX = 30.0
+RESTART_STABLE_AFTER = 60.0  # a worker that lived this long resets the back-off
+
+
+def _watch(procs: list[Any], listening: Any, spawn: Callable[[int], Any]) -> int:
+    """Say READY=1 once every worker listens; restart a worker that dies after that (back-off 0.5 s
+    doubling to 30 s, reset by a minute of good health); return the exit code of a worker that ended
+    while the service was still starting."""
     starting = len(procs)
-    while all(p.is_alive() for p in procs):
-        if not starting:
-            procs[0].join(0.5)
-        elif listening.acquire(timeout=0.5):
-            starting -= 1
-            if not starting:
-                sd_notify("READY=1")
-    return next((p.exitcode or 1 for p in procs if not p.is_alive()), 0)
+    started_at = [time.monotonic()] * len(procs)
+    backoff = RESTART_BACKOFF_FIRST
+    restart_at: dict[int, float] = {}
+    while True:
+        if starting:
+            dead = [p for p in procs if not p.is_alive()]
+            if dead:
+                return dead[0].exitcode or 1
+            if listening.acquire(timeout=0.5):
+                starting -= 1
+                if not starting:
+                    sd_notify("READY=1")
+            continue
+        time.sleep(0.2)
+        while listening.acquire(block=False):  # a restarted worker listens
+            pass
+        now = time.monotonic()
+        for i, p in enumerate(procs):
+            if i in restart_at:
+                if now >= restart_at[i]:
+                    del restart_at[i]
+                    procs[i] = spawn(i)
+                    started_at[i] = now
+                continue
+            if p.is_alive():
+                continue
+            if now - started_at[i] >= RESTART_STABLE_AFTER:
+                backoff = RESTART_BACKOFF_FIRST
+            log.error("a worker died; restarting it, the others keep serving",
+                      extra={"fields": {"worker": i, "exitcode": p.exitcode, "restart_in_s": backoff}})
+            restart_at[i] = now + backoff
+            backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
+
+
+def _port_taken(host: str, port: int) -> str | None:
+    """A problem sentence when something (an earlier authproxy's workers, bound with SO_REUSEPORT) still
+    listens on host:port. A socket without SO_REUSEPORT cannot bind beside any listener there."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return None  # e.g. an address not on this host: the workers will say it in their words
+            address = f"{f'[{host}]' if ':' in host else host}:{port}"
+            return (f"HOST/PORT: cannot listen on {address}: it is in use (by another authproxy, or workers "
+                    "left behind by one?); refusing to start beside it")
+    return None
 
 
 def _stop_workers(procs: list[Any], shutdown_timeout: float) -> None:
@@ -340,12 +407,28 @@ def _stop_workers(procs: list[Any], shutdown_timeout: float) -> None:
             p.kill()
 
 
-def _worker(serve: Callable[[Callable[[], object]], None], listening: Any) -> None:
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with(supervisor: int) -> None:
+    """Ask the kernel for SIGTERM (a graceful stop) when the supervisor dies, even by SIGKILL, so no worker
+    is left serving an old configuration; and stop now if it is already gone (it died before prctl)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the check below still covers the common case
+        pass
+    if os.getppid() != supervisor:
+        raise SystemExit(0)
+
+
+def _worker(serve: Callable[[Callable[[], object]], None], listening: Any, supervisor: int) -> None:
     """One worker process: serves, and tells the supervisor (not systemd, which listens to the main
     process only) when it accepts connections. An exception that escapes would be printed by
     multiprocessing itself, a raw traceback on stderr (its message may quote a URL with credentials):
     it is logged, redacted, and the worker exits 1."""
     os.environ.pop("NOTIFY_SOCKET", None)
+    _die_with(supervisor)
     try:
         serve(listening.release)
     except Exception:  # noqa: BLE001 - the last place to catch it before multiprocessing prints it

@@ -25,19 +25,29 @@ Targets: (c) >= 0.9x (b); (d) >= 0.6x (a); (e) >= 0.5x (d) (logging must not hal
 (d) >= 0.9x (g) (metrics on vs off); (h) >= 0.8x (d) (a bearer check costs about what a cookie check costs).
 Also printed: Redis commands per request for (b), (c), (d), and the size of the real session blob.
 
+With --sessions N[,N...] (e.g. 1k,100k,1M) it measures instead whether the check stays flat as the store
+fills: authproxy with the cache off (as (c)), and before each measurement Redis is filled up to N sessions,
+each a copy of everything one real sign-in wrote (the sealed blob, its end marker, its per-account index
+set) under fresh names. Printed per N: req/s, p50, p99, p99 against the smallest N (target at 1M: <= 1.2x
+the p99 at 1k) and Redis memory per session (used_memory growth / sessions added).
+
     python bench/verify.py [--duration 5] [--connections 50] [--runs 1] [--threads 1] [--quick]
     python bench/verify.py --metrics-only --runs 10 --duration 2     # case (g) alone, 10 rounds
+    python bench/verify.py --sessions 1k,100k,1M [--duration 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
+import secrets
 import statistics
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import jwt
 
@@ -205,10 +215,118 @@ def _metrics_summary(runs: dict[str, list[Load]]) -> None:
           f"{_hook_cost_us():.2f} us")
 
 
+def _count(text: str) -> int:
+    text = text.strip().lower()
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
+    return int(float(text.rstrip("km")) * scale)
+
+
+def _fill(url: str, prefix: str, template: dict[str, tuple[str, Any, int]], have: int, want: int) -> None:
+    """Add sessions `have`..`want`-1: copies of `template` (key -> (type, value, pttl)) under fresh ids."""
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(url)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for n in range(have, want):
+            sid = f"bench{n:09d}" + secrets.token_hex(8)
+            for key, (kind, value, ttl) in template.items():
+                name = key.replace("{id}", sid).replace("{account}", hashlib.sha256(sid.encode()).hexdigest())
+                if kind == "string":
+                    pipe.set(prefix + name, value, px=max(ttl, 60_000))
+                else:
+                    pipe.sadd(prefix + name, *(m.replace(b"{id}", sid.encode()) for m in value))
+                    pipe.pexpire(prefix + name, max(ttl, 60_000))
+            if (n - have) % 5_000 == 4_999:
+                pipe.execute()
+        pipe.execute()
+    finally:
+        client.close()
+
+
+def _template(url: str, prefix: str, store_key: str) -> dict[str, tuple[str, Any, int]]:
+    """What the one real sign-in wrote, with its id and its account index made into placeholders."""
+    import redis as redis_py
+
+    sid = store_key.removeprefix(prefix).removeprefix("s:")
+    client = redis_py.Redis.from_url(url)
+    template: dict[str, tuple[str, Any, int]] = {}
+    try:
+        for raw in client.keys(prefix + "*"):
+            key = raw.decode()[len(prefix):]
+            kind = client.type(raw).decode()
+            ttl = int(client.pttl(raw))
+            if key.startswith("t:"):
+                continue  # a throttle counter (per client address), not part of a session
+            if kind == "string":
+                template[key.replace(sid, "{id}")] = (kind, client.get(raw), ttl)
+            elif kind == "set":
+                members = {m.replace(sid.encode(), b"{id}") for m in client.smembers(raw)}
+                name = "u:{account}" if key.startswith("u:") else key.replace(sid, "{id}")
+                template[name] = (kind, members, ttl)
+    finally:
+        client.close()
+    return template
+
+
+def _used_memory(url: str) -> int:
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(url)
+    try:
+        return int(client.info("memory")["used_memory"])
+    finally:
+        client.close()
+
+
+def run_sizes(args: argparse.Namespace) -> None:
+    sizes = sorted(_count(x) for x in args.sessions.split(","))
+    print("bench/verify.py --sessions — the session check (cache off) as the store fills")
+    print_machine({"load": f"wrk -t{args.threads} -c{args.connections}, {args.duration:g} s x {args.runs} "
+                           f"run(s) (median), {args.warmup:g} s warm-up per size", "sizes": args.sessions})
+    rows = []
+    with Bench(args, "verify-sizes") as bench:
+        redis = bench.redis()
+        signed = sign_in(redis, bench.tmp / "data")
+        headers = nginx_subrequest_headers(signed.header)
+        prefix = "authproxy:"
+        template = _template(redis.url, prefix, signed.store_key)
+        print(f"one sign-in wrote {len(template)} keys: {', '.join(sorted(template))}; "
+              f"blob {signed.blob_bytes} bytes\n")
+        ap = bench.authproxy(upstream_url="http://127.0.0.1:9", redis_url=redis.url, cache_ttl=0.0,
+                             name="authproxy-sizes")
+        have, base_memory = 1, _used_memory(redis.url)
+        first_p99 = None
+        for size in sizes:
+            started = time.monotonic()
+            _fill(redis.url, prefix, template, have, size)
+            filled = time.monotonic() - started
+            memory = _used_memory(redis.url)
+            per_session = (memory - base_memory) / (size - 1) if size > 1 else float("nan")
+            have = max(have, size)
+            probe(ap.verify_url + VERIFY_PATH, headers, what=f"{size} sessions")
+            print(f"-- {size:,} sessions (filled in {filled:.1f} s)", flush=True)
+            load = wrk(args, ap.verify_url + VERIFY_PATH, headers,
+                       meters={"server": lambda: descendants(ap.proc.pid),
+                               "redis": lambda: [redis.pid] if redis.pid else []})
+            first_p99 = first_p99 or load.p99_ms
+            rows.append([f"{size:,}", fmt_int(load.rps), fmt_ms(load.p50_ms), fmt_ms(load.p99_ms),
+                         f"{load.p99_ms / first_p99:.2f}x", f"{per_session:,.0f}",
+                         f"{memory / 2**20:,.0f}", load.errors.replace("Socket errors: ", "")])
+    print()
+    table(["sessions", "req/s", "p50 ms", "p99 ms", "p99 vs smallest", "Redis bytes/session", "Redis MiB",
+           "socket errors"], rows, title="Session check, cache off, as the store fills")
+
+
 def run() -> None:
     p = parser(__doc__ or "")
     p.add_argument("--metrics-only", action="store_true", help="only case (g): metrics on vs off")
+    p.add_argument("--sessions", help="comma-separated store sizes, e.g. 1k,100k,1M: measure the check "
+                                      "as the store fills instead of the baselines")
     args = finish_args(p.parse_args())
+    if args.sessions:
+        run_sizes(args)
+        return
     if args.metrics_only:
         metrics_only(args)
         return

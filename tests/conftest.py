@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.fakes.echo",
     "tests.fakes.webhook",
     "tests.support.redis_server",
+    "tests.support.redis_cluster",
     "tests.support.technitium",
     "tests.support.gateway",
     "tests.support.apps",

@@ -15,7 +15,7 @@ _HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")  # what survives a proxy's header ha
 _GENERATE = "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
 _COOKIE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _HOST = re.compile(r"^\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
-REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster")
 MAX_SHUTDOWN_TIMEOUT = 3600.0  # more is a unit mistake (an hour of draining is no graceful stop)
 
 

@@ -6,6 +6,12 @@ person who leaves the UI open without clicking would find the upstream session g
 authproxy session (idle timeout) still stands. For every credential whose upstream timeout is not
 comfortably longer than the idle timeout, this schedules the adapter's cheapest authenticated call
 at half the upstream timeout after the last use, and stops once the authproxy session has ended.
+
+It also proves credentials that authproxy hands out without seeing the upstream's answer: forward auth
+(/verify) gives the proxy in front the token and never learns that the upstream restarted and forgot
+it, so the person would be stuck until the idle timeout. When /verify hands out a credential that no
+upstream answer has proven for `prove_every` s (30), the same cheapest call runs in the background;
+a dead credential is dropped (the session ends with its last one), so the next check asks to sign in.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from authproxy.upstreams.base import UpstreamAdapter
 
 Key = tuple[str, str]  # (store key, site name)
 Timer = Callable[[float, Callable[[], None]], asyncio.TimerHandle]
+PROVE_EVERY = 30.0  # a forward-auth-only credential is checked at most this long after its last proof
+PROVEN_MAX = 100_000  # remembered proofs (oldest forgotten first): a bounded cost per process
 
 
 def _loop_timer(delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
@@ -37,6 +45,11 @@ class UpstreamKeepalive:
         self._held: dict[Key, LoadedSession] = {}
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.prove_every = PROVE_EVERY
+        # store key -> {site: when the upstream last proved that credential}; only for credentials /verify
+        # handed out, forgotten when the session is saved or ended anywhere; insertion-ordered (LRU).
+        self._proven: dict[str, dict[str, float]] = {}
+        self._proving: set[Key] = set()
 
     def needed(self, ttl: float | None) -> bool:
         """Only when the upstream could time out before authproxy's own idle timeout does."""
@@ -45,6 +58,8 @@ class UpstreamKeepalive:
     def note_use(self, loaded: LoadedSession, site: str) -> None:
         """The credential for `site` was just used (login, forwarded request, heartbeat)."""
         credential = loaded.session.credentials.get(site)
+        if loaded.store_key in self._proven:
+            self._proved((loaded.store_key, site), self.sessions.clock())
         if credential is None or not self.needed(credential.upstream_ttl):
             return
         key = (loaded.store_key, site)
@@ -53,11 +68,61 @@ class UpstreamKeepalive:
         if key not in self._timers:
             self._schedule(key, credential.upstream_ttl / 2)  # type: ignore[operator]
 
+    def note_unproven_use(self, loaded: LoadedSession, site: str) -> None:
+        """The credential for `site` was handed out (forward auth) and authproxy will not see whether the
+        upstream still takes it: prove it in the background when no answer has for `prove_every` s."""
+        key = (loaded.store_key, site)
+        now = self.sessions.clock()
+        proven = self._proven.get(loaded.store_key, {}).get(site)
+        if proven is None:
+            credential = loaded.session.credentials.get(site)
+            proven = credential.touched_at if credential is not None else now
+            self._proved(key, proven)
+        if now - proven < self.prove_every or key in self._proving:
+            return
+        self._proving.add(key)
+        task = asyncio.get_running_loop().create_task(self._prove(key, loaded), name="authproxy-prove")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _proved(self, key: Key, when: float) -> None:
+        store_key, site = key
+        sites = self._proven.pop(store_key, None) or {}
+        sites[site] = when
+        self._proven[store_key] = sites
+        if len(self._proven) > PROVEN_MAX:
+            del self._proven[next(iter(self._proven))]
+
+    async def _prove(self, key: Key, loaded: LoadedSession) -> None:
+        site = key[1]
+        try:
+            credential = loaded.session.credentials.get(site)
+            adapter = self.adapter_for(site)
+            if credential is None or adapter is None:
+                return
+            try:
+                alive = await adapter.keepalive(credential)
+            except UpstreamError:  # down or slow, not a verdict on the token: ask again in 5 s
+                self._proved(key, self.sessions.clock() - self.prove_every + 5.0)
+                return
+            if alive:
+                self._proved(key, self.sessions.clock())
+                return
+            log.info("forward auth: the upstream no longer takes a credential; it is dropped",
+                     extra={"fields": {"site": site}})
+            self._proven.get(key[0], {}).pop(site, None)
+            self._forget(key)
+            with contextlib.suppress(StoreError):
+                await self.sessions.drop_credential(loaded, site)
+        finally:
+            self._proving.discard(key)
+
     def _schedule(self, key: Key, delay: float) -> None:
         self._timers[key] = self.timer(max(0.05, delay), lambda: self._fire(key))
 
     def invalidated(self, store_key: str) -> None:
         """A session was saved or destroyed somewhere: re-check its credentials now."""
+        self._proven.pop(store_key, None)  # a saved one starts again from its credentials' touched_at
         for key in [k for k in self._timers if k[0] == store_key]:
             self._timers.pop(key).cancel()
             self._fire(key)
@@ -145,3 +210,4 @@ class UpstreamKeepalive:
                 await task
         self._last_use.clear()
         self._held.clear()
+        self._proven.clear()

@@ -2,7 +2,9 @@
 
 URL forms: `redis://[[user]:password@]host[:port][/db]`, `rediss://...` (TLS), `unix://[:password@]/path?db=N`
 and Sentinel `redis+sentinel://[[user]:password@]host:port[,host2:port2]/service_name[/db]` (the password is
-the master's; add `?sentinel_password=...` when the sentinels require one too).
+the master's; add `?sentinel_password=...` when the sentinels require one too), and Redis Cluster
+`redis+cluster://[[user]:password@]h1:p1[,h2:p2,...]` (`rediss+cluster://`; see redis_cluster.py: writes
+wait for a replica, pub/sub on one agreed node, slot-aware hot reads).
 
 Why it looks like this:
 - Two clients. The hot reads of the session check — `get`, `expire` (PEXPIRE) and `ttl` (PTTL) — go
@@ -14,9 +16,13 @@ Why it looks like this:
 - Keys, index sets and channels all get `prefix`, so one Redis can serve several deployments. Keys and
   index names share Redis's one keyspace: never use one name for both.
 - Short socket timeouts, one quick retry (it heals connections left stale by a Redis restart) and an
-  overall deadline per call, so a dead or hung Redis fails fast with `StoreError` (→ 503) instead of
-  hanging requests; the next call after Redis returns simply works. (The hot-read client gets the same
-  from one connection-wide watchdog, a retry of its idempotent commands and a short reconnect backoff.)
+  overall deadline per call (DEFAULT_TIMEOUT, 0.5 s), so a dead or hung Redis fails fast with `StoreError`
+  (→ 503) instead of hanging requests. The first timeout or lost connection opens a circuit breaker
+  (breaker.py): later calls fail at once while a background PING probes every 0.1 s, and the first call
+  after Redis answers it simply works. Not on a Cluster: there a failure is one master's, and the
+  sessions on the others must go on being served (its failover bounds the wait for its own slots).
+  (The hot-read client gets the same from one connection-wide watchdog, a retry of its idempotent
+  commands and a short reconnect backoff.)
 - `incr` and `index_add` are small Lua scripts: atomic and one round trip, so a counter can never be left
   without its expiry (which would lock someone out forever) and an index keeps the longer TTL.
 - Pub/sub: one background listener PSUBSCRIBEs to `prefix*` and dispatches locally, so `subscribe()` can
@@ -41,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import logging
 import math
 import secrets
@@ -52,13 +59,24 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 
 from authproxy.config.schema import DEFAULT_REDIS_PREFIX
 from authproxy.errors import ConfigError, StoreError
-from authproxy.sessions.resp import Endpoint, RespClient
+from authproxy.sessions.breaker import CircuitBreaker
+from authproxy.sessions.redis_cluster import (
+    CLUSTER_SCHEMES,
+    ClusterSpec,
+    acked_write,
+    connected_replicas,
+    pubsub_client,
+    short_of_replicas,
+    wait_options,
+)
+from authproxy.sessions.resp import Endpoint, RedisReplyError, RespClient
 from authproxy.sessions.resp import redact_url as _redact_url
 from authproxy.sessions.store import InvalidationCallback
 
@@ -91,6 +109,11 @@ return 1
 """
 
 _STORE_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
+# Failures that say "Redis is not answering" (they open the circuit), unlike an error reply.
+_UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, TimeoutError)
+# How long one call may wait for Redis. Redis answers in well under a millisecond; this is what a hung
+# Redis costs the requests already waiting, before the circuit opens and the next ones get 503 at once.
+DEFAULT_TIMEOUT = 0.5
 
 # `revoke`'s own channels (under the prefix, like every channel): a SYNC(nonce) follows the message, and
 # each listener that reads it answers ACK(nonce).
@@ -127,7 +150,7 @@ class RedisStore:
 
     name = "redis"
 
-    def __init__(self, url: str, *, prefix: str = DEFAULT_REDIS_PREFIX, timeout: float = 2.0,
+    def __init__(self, url: str, *, prefix: str = DEFAULT_REDIS_PREFIX, timeout: float = DEFAULT_TIMEOUT,
                  health_check_interval: int = 30, ack_timeout: float = 1.0) -> None:
         self.prefix = prefix
         self.timeout = timeout
@@ -137,10 +160,25 @@ class RedisStore:
         self._secrets: list[str] = []
         self._sentinel_spec: _SentinelSpec | None = None
         self._endpoint: Endpoint | None = None
+        self._cluster_spec: ClusterSpec | None = None
+        self._node_template: Endpoint | None = None  # Cluster: TLS and credentials of its hot-read clients
+        self._acknowledged = False  # writes wait for replicas (WAIT): Cluster, or Sentinel with wait_replicas
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
-        if scheme == "redis+sentinel":
+        if scheme in CLUSTER_SCHEMES:
+            self._cluster_spec = ClusterSpec.parse(url)
+            self._acknowledged = self._cluster_spec.wait_replicas > 0
+            spec = self._cluster_spec
+            self._node_template = dataclasses.replace(
+                Endpoint.from_url(f"{'rediss' if spec.tls else 'redis'}://localhost/0"),
+                username=spec.username, password=spec.password)
+            self._secrets += [s for s in (self._cluster_spec.password,) if s]
+            if "{" in prefix:
+                raise ConfigError([(f"session: REDIS_PREFIX '{prefix}' holds a '{{': on a Redis Cluster "
+                                    "that hash tag puts every key in one slot, on one master; remove it")])
+        elif scheme == "redis+sentinel":
             self._sentinel_spec = _SentinelSpec.parse(url)
+            self._acknowledged = self._sentinel_spec.wait_replicas > 0
             self._secrets += [s for s in (self._sentinel_spec.password,
                                           self._sentinel_spec.sentinel_password) if s]
         elif scheme in ("redis", "rediss", "unix"):
@@ -148,12 +186,15 @@ class RedisStore:
                 self._secrets.append(unquote(parts.password))
             self._endpoint = Endpoint.from_url(url)
         else:
-            raise ConfigError([(f"session: REDIS_URL must start with redis://, rediss://, unix:// or "
-                                f"redis+sentinel:// but it's configured as '{_redact_url(url)}'")])
+            raise ConfigError([(f"session: REDIS_URL must start with redis://, rediss://, unix://, "
+                                f"redis+sentinel://, redis+cluster:// or rediss+cluster:// but it's "
+                                f"configured as '{_redact_url(url)}'")])
         self._secrets += [quote(s, safe="") for s in self._secrets]
         self._secrets.sort(key=len, reverse=True)
         self.safe_url = _redact_url(url)
-        self._client: aioredis.Redis | None = None
+        self._client: aioredis.Redis | RedisCluster | None = None
+        self._pub: aioredis.Redis | None = None  # pub/sub's client: _client, or (Cluster) one node's
+        self._node_fast: dict[str, RespClient] = {}  # Cluster: a hot-read client per master, by host:port
         self._fast: RespClient | None = None  # hot reads; None with Sentinel and when not started
         self._sentinel: Sentinel | None = None
         self._incr: Any = None
@@ -166,6 +207,8 @@ class RedisStore:
         self._acks: dict[str, _Acks] = {}  # revocations waiting for confirmations, by nonce
         self._acking: set[asyncio.Future[Any]] = set()
         self._warned_at = -math.inf
+        self._degraded_at = -math.inf
+        self._breaker = CircuitBreaker(self._probe, label=f"redis store {self.safe_url}")
 
     def __repr__(self) -> str:
         return f"<RedisStore {self.safe_url!r} prefix={self.prefix!r}>"
@@ -177,6 +220,7 @@ class RedisStore:
         if self._client is not None:
             return
         self._client = self._make_client()
+        self._pub = self._client if isinstance(self._client, aioredis.Redis) else None
         self._incr = self._client.register_script(INCR_SCRIPT)
         self._index_add = self._client.register_script(INDEX_ADD_SCRIPT)
         self._first_attempt = asyncio.Event()
@@ -199,38 +243,75 @@ class RedisStore:
                 await listener
         for task in list(self._acking):
             task.cancel()
+        await self._breaker.close()
         fast, self._fast = self._fast, None
         if fast is not None:
             await fast.close()
+        for node_fast in self._node_fast.values():
+            await node_fast.close()
+        self._node_fast.clear()
         client, self._client = self._client, None
+        pub, self._pub = self._pub, None
         sentinel, self._sentinel = self._sentinel, None
         with contextlib.suppress(*_STORE_ERRORS):
             if client is not None:
                 await client.aclose()
+            if pub is not None and pub is not client:
+                await pub.aclose()
             if sentinel is not None:
                 for sentinel_client in sentinel.sentinels:
                     await sentinel_client.aclose()
 
     async def ping(self) -> None:
-        await self._do("ping", lambda c: c.ping())
+        """Asks Redis even while the circuit is open (readiness wants the truth); an answer closes it."""
+        if self._client is None:
+            raise StoreError(f"redis store {self.safe_url} is not started (or already closed)")
+        try:
+            await self._probe()
+        except _STORE_ERRORS as exc:
+            detail = self._scrub(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            if isinstance(exc, _UNREACHABLE) and self._cluster_spec is None:  # one node of a Cluster: not all
+                self._breaker.trip(detail)
+            raise StoreError(f"redis store {self.safe_url}: ping failed: {detail}") from None
+        self._breaker.answered()
 
     # -- key/value -------------------------------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
         fast = self._fast
         if fast is not None:
-            return await fast.get((self.prefix + key).encode())
-        value = await self._do("get", lambda c: c.get(self.prefix + key))
+            self._breaker.check("get")
+            try:
+                return await fast.get((self.prefix + key).encode())
+            except RedisReplyError:
+                raise
+            except StoreError as exc:
+                self._breaker.trip(str(exc))
+                raise
+        if self._cluster_spec is not None:
+            value = await self._node_read("get", key, lambda f, k: f.get(k),
+                                          lambda c: c.get(self.prefix + key))
+        else:
+            value = await self._do("get", lambda c: c.get(self.prefix + key))
         return value if isinstance(value, bytes) or value is None else value.encode()
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
+        if self._acknowledged:
+            await self._acked("set", key, "SET", self.prefix + key, value, "PX", _ms(ttl))
+            return
         await self._do("set", lambda c: c.set(self.prefix + key, value, px=_ms(ttl)))
 
     async def replace(self, key: str, value: bytes, ttl: float) -> bool:
+        if self._acknowledged:
+            return bool(await self._acked("replace", key, "SET", self.prefix + key, value, "PX", _ms(ttl),
+                                          "XX"))
         written = await self._do("replace", lambda c: c.set(self.prefix + key, value, px=_ms(ttl), xx=True))
         return bool(written)
 
     async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
+        if self._acknowledged:
+            return bool(await self._acked("set_if_absent", key, "SET", self.prefix + key, value, "PX",
+                                          _ms(ttl), "NX"))
         created = await self._do("set_if_absent",
                                  lambda c: c.set(self.prefix + key, value, px=_ms(ttl), nx=True))
         return bool(created)
@@ -238,22 +319,50 @@ class RedisStore:
     async def expire(self, key: str, ttl: float) -> bool:
         fast = self._fast
         if fast is not None:
-            return bool(await fast.pexpire((self.prefix + key).encode(), _ms(ttl)))
+            self._breaker.check("expire")
+            try:
+                return bool(await fast.pexpire((self.prefix + key).encode(), _ms(ttl)))
+            except RedisReplyError:
+                raise
+            except StoreError as exc:
+                self._breaker.trip(str(exc))
+                raise
+        if self._cluster_spec is not None:
+            ms = _ms(ttl)
+            return bool(await self._node_read("expire", key, lambda f, k: f.pexpire(k, ms),
+                                              lambda c: c.pexpire(self.prefix + key, ms)))
         return bool(await self._do("expire", lambda c: c.pexpire(self.prefix + key, _ms(ttl))))
 
     async def delete(self, *keys: str) -> int:
         if not keys:
             return 0
+        if self._cluster_spec is not None:  # one key at a time: they live in different slots
+            return sum([int(await self._acked("delete", k, "DEL", self.prefix + k)) for k in keys])
+        if self._acknowledged:
+            return int(await self._acked("delete", keys[0], "DEL", *(self.prefix + k for k in keys)))
         return int(await self._do("delete", lambda c: c.delete(*(self.prefix + k for k in keys))))
 
     async def incr(self, key: str, window: float, amount: int = 1) -> int:
+        if self._acknowledged:  # EVAL, not EVALSHA: a promoted replica has no script cache
+            return int(await self._acked("incr", key, "EVAL", INCR_SCRIPT, 1, self.prefix + key,
+                                         _ms(window), amount))
         return int(await self._do("incr", lambda c: self._incr(keys=[self.prefix + key],
                                                                 args=[_ms(window), amount])))
 
     async def ttl(self, key: str) -> float | None:
         fast = self._fast
         if fast is not None:
-            ms = int(await fast.pttl((self.prefix + key).encode()))
+            self._breaker.check("ttl")
+            try:
+                ms = int(await fast.pttl((self.prefix + key).encode()))
+            except RedisReplyError:
+                raise
+            except StoreError as exc:
+                self._breaker.trip(str(exc))
+                raise
+        elif self._cluster_spec is not None:
+            ms = int(await self._node_read("ttl", key, lambda f, k: f.pttl(k),
+                                           lambda c: c.pttl(self.prefix + key)))
         else:
             ms = int(await self._do("ttl", lambda c: c.pttl(self.prefix + key)))
         if ms == -2:
@@ -263,10 +372,17 @@ class RedisStore:
     # -- index sets ------------------------------------------------------------------------------
 
     async def index_add(self, index: str, member: str, ttl: float) -> None:
+        if self._acknowledged:
+            await self._acked("index_add", index, "EVAL", INDEX_ADD_SCRIPT, 1, self.prefix + index, member,
+                              _ms(ttl))
+            return
         await self._do("index_add",
                        lambda c: self._index_add(keys=[self.prefix + index], args=[member, _ms(ttl)]))
 
     async def index_remove(self, index: str, member: str) -> None:
+        if self._acknowledged:
+            await self._acked("index_remove", index, "SREM", self.prefix + index, member)
+            return
         await self._do("index_remove", lambda c: c.srem(self.prefix + index, member))
 
     async def index_members(self, index: str) -> builtins.set[str]:
@@ -284,7 +400,7 @@ class RedisStore:
     # -- pub/sub ---------------------------------------------------------------------------------
 
     async def publish(self, channel: str, message: str) -> None:
-        await self._do("publish", lambda c: c.publish(self.prefix + channel, message))
+        await self._do("publish", lambda c: c.publish(self.prefix + channel, message), pub=True)
 
     def subscribe(self, channel: str, callback: InvalidationCallback) -> None:
         self._subscribers.setdefault(channel, []).append(callback)
@@ -301,7 +417,7 @@ class RedisStore:
             return replies
 
         try:
-            replies = await self._do("revoke", publish_both)
+            replies = await self._do("revoke", publish_both, pub=True)
             acks.expected = int(replies[1])
             if acks.seen < acks.expected:
                 try:
@@ -329,7 +445,8 @@ class RedisStore:
 
     def _confirm(self, nonce: str) -> None:
         """Answer a revocation's SYNC: everything published before it has been dispatched here."""
-        task = asyncio.ensure_future(self._do("ack", lambda c: c.publish(self.prefix + ACK_CHANNEL, nonce)))
+        task = asyncio.ensure_future(self._do("ack", lambda c: c.publish(self.prefix + ACK_CHANNEL, nonce),
+                                              pub=True))
         self._acking.add(task)
         task.add_done_callback(self._confirmed)
 
@@ -345,9 +462,9 @@ class RedisStore:
         backoff = 0.1
         failing = False
         while True:
-            assert self._client is not None
-            pubsub = self._client.pubsub()
+            pubsub = None
             try:
+                pubsub = (await self._pub_client()).pubsub()
                 await pubsub.psubscribe(pattern)
                 async with asyncio.timeout(self.timeout + 0.5):
                     while True:  # wait for the confirmation: only then are publishes seen
@@ -374,8 +491,9 @@ class RedisStore:
                 self._first_attempt.set()
             finally:
                 self._generation = -1  # deaf to revocations until subscribed again: cache nothing
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
@@ -401,14 +519,89 @@ class RedisStore:
 
     # -- plumbing --------------------------------------------------------------------------------
 
-    def _make_client(self) -> aioredis.Redis:
-        common: dict[str, Any] = {
+    async def _pub_client(self) -> aioredis.Redis:
+        """The client pub/sub goes through; on a Cluster, (re)chosen on each listener (re)connection."""
+        client = self._client
+        if isinstance(client, aioredis.Redis):
+            return client
+        assert client is not None and self._cluster_spec is not None
+        async with asyncio.timeout(self.timeout * 2):
+            if self._pub is not None:  # reconnecting: the node may have failed over
+                await client.nodes_manager.initialize()
+            chosen = await pubsub_client(client, self.prefix, self._cluster_spec, self._common())
+        old, self._pub = self._pub, chosen
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.aclose()
+        return chosen
+
+    async def _node_read(self, op: str, key: str, fast: Callable[[RespClient, bytes], Awaitable[Any]],
+                         slow: Callable[[Any], Awaitable[T]]) -> Any:
+        """A hot read on a Cluster: straight to the key's master through a small client of its own (the
+        slot map is redis-py's); on MOVED/ASK, a node that fails or one not known yet, through redis-py's
+        cluster client, which follows the cluster (and its failovers) and answers or fails properly."""
+        client = self._client
+        bkey = (self.prefix + key).encode()
+        if isinstance(client, RedisCluster) and self._node_template is not None:
+            node = client.get_node_from_key(self.prefix + key) if client.get_nodes() else None
+            if node is not None:
+                resp = self._node_fast.get(node.name)
+                if resp is None:
+                    endpoint = dataclasses.replace(self._node_template, host=node.host, port=int(node.port))
+                    resp = self._node_fast[node.name] = RespClient(
+                        endpoint, label=f"redis store {self.safe_url} node {node.name}", timeout=self.timeout)
+                try:
+                    return await fast(resp, bkey)
+                except RedisReplyError as exc:
+                    if not exc.reply.startswith(("MOVED", "ASK")):
+                        raise
+                except StoreError:
+                    pass
+        return await self._do(op, slow)
+
+    async def _acked(self, op: str, key: str, *args: Any) -> Any:
+        """A write that returns once `wait_replicas` replicas hold it (Cluster, or Sentinel when asked)."""
+        cluster = self._cluster_spec
+        if cluster is not None:
+            return await self._do(op, lambda c: acked_write(c, self.prefix + key, args, cluster,
+                                                            self._degraded))
+        sentinel = self._sentinel_spec
+        assert sentinel is not None
+
+        async def with_wait(client: aioredis.Redis) -> Any:
+            pipe = client.pipeline(transaction=False)  # one connection: WAIT counts this write
+            pipe.execute_command(*args)
+            pipe.execute_command("WAIT", sentinel.wait_replicas, sentinel.wait_timeout_ms)
+            reply, acked = await pipe.execute()
+            if int(acked) < sentinel.wait_replicas:
+                connected = connected_replicas(await client.info("replication"))
+                short_of_replicas(int(acked), connected, sentinel.wait_replicas, sentinel.wait_timeout_ms)
+                self._degraded(connected)
+            return reply
+
+        return await self._do(op, with_wait)
+
+    def _degraded(self, replicas: int) -> None:
+        """A write was kept by a master with fewer replicas than wait_replicas (say so once a minute)."""
+        now = time.monotonic()
+        if now - self._degraded_at >= UNCONFIRMED_WARNING_EVERY:
+            self._degraded_at = now
+            log.warning("redis store %s: a master has %d replica(s), fewer than wait_replicas: writes there "
+                        "are kept by that master alone until a replica is back", self.safe_url, replicas)
+
+    def _common(self) -> dict[str, Any]:
+        return {
             "socket_timeout": self.timeout,
             "socket_connect_timeout": self.timeout,
             # One fast retry: heals a pooled connection that died with a restarted Redis.
             "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
             "health_check_interval": self._health_check_interval,
         }
+
+    def _make_client(self) -> aioredis.Redis | RedisCluster:
+        common = self._common()
+        if self._cluster_spec is not None:
+            return self._cluster_spec.client(common)
         spec = self._sentinel_spec
         if spec is None:
             return aioredis.Redis.from_url(self._url, **common)
@@ -420,17 +613,33 @@ class RedisStore:
             spec.service_name, db=spec.db, username=spec.username, password=spec.password)
         return master
 
-    async def _do(self, op: str, call: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
-        """Run one command under the overall deadline; every failure becomes a password-free StoreError."""
-        client = self._client
+    async def _do(self, op: str, call: Callable[[Any], Awaitable[T]], *, pub: bool = False) -> T:
+        """Run one command under the overall deadline; every failure becomes a password-free StoreError.
+        `pub`: on pub/sub's client (the same one, except on a Cluster)."""
+        client = self._pub if pub else self._client
         if client is None:
             raise StoreError(f"redis store {self.safe_url} is not started (or already closed)")
+        self._breaker.check(op)
         try:
-            async with asyncio.timeout(self.timeout + 0.5):
+            async with asyncio.timeout(self.timeout):
                 return await call(client)
         except _STORE_ERRORS as exc:
             detail = self._scrub(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            if isinstance(exc, _UNREACHABLE) and self._cluster_spec is None:  # one node of a Cluster: not all
+                self._breaker.trip(detail)
             raise StoreError(f"redis store {self.safe_url}: {op} failed: {detail}") from None
+
+    async def _probe(self) -> None:
+        """The circuit breaker's probe: one PING past the breaker, under the usual deadline."""
+        client = self._client
+        if client is None:
+            raise StoreError("not started")
+        async with asyncio.timeout(self.timeout):
+            await client.ping()
+            fast = self._fast
+            if fast is not None:  # the hot-read connection too, at once rather than after its back-off
+                fast.retry_now()
+                await fast.execute("PING", idempotent=True)
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:
@@ -439,16 +648,20 @@ class RedisStore:
 
 
 class _SentinelSpec:
-    """`redis+sentinel://[[user]:password@]h1:p1[,h2:p2]/service_name[/db][?sentinel_password=...]`."""
+    """`redis+sentinel://[[user]:password@]h1:p1[,h2:p2]/service_name[/db][?sentinel_password=...]`
+    (`&wait_replicas=N&wait_timeout_ms=M`: writes return once N replicas hold them, as on a Cluster)."""
 
     def __init__(self, sentinels: list[tuple[str, int]], service_name: str, db: int,
-                 username: str | None, password: str | None, sentinel_password: str | None) -> None:
+                 username: str | None, password: str | None, sentinel_password: str | None,
+                 wait_replicas: int = 0, wait_timeout_ms: int = 500) -> None:
         self.sentinels = sentinels
         self.service_name = service_name
         self.db = db
         self.username = username
         self.password = password
         self.sentinel_password = sentinel_password
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
 
     @classmethod
     def parse(cls, url: str) -> _SentinelSpec:
@@ -489,8 +702,10 @@ class _SentinelSpec:
         except ValueError:
             raise problem("has a db that is not a number") from None
         query = parse_qs(parts.query)
-        unknown = set(query) - {"sentinel_password"}
+        unknown = set(query) - {"sentinel_password", "wait_replicas", "wait_timeout_ms"}
         if unknown:
             raise problem(f"has unknown query options {sorted(unknown)}")
         sentinel_password = query.get("sentinel_password", [None])[-1]
-        return cls(sentinels, path[0], db, username, password, sentinel_password)
+        wait_replicas, wait_timeout_ms = wait_options(query, problem, default_replicas=0)
+        return cls(sentinels, path[0], db, username, password, sentinel_password, wait_replicas,
+                   wait_timeout_ms)

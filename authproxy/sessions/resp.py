@@ -258,6 +258,10 @@ class RespClient:
                 raise
         return await (await self.connect()).request(payload)
 
+    def retry_now(self) -> None:
+        """Forget the reconnect back-off: the caller (a circuit breaker's probe) knows Redis is back."""
+        self._retry_at = 0.0
+
     # -- connection ----------------------------------------------------------------------------------
 
     async def connect(self) -> _Connection:

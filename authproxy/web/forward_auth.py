@@ -443,6 +443,8 @@ async def verify(request: web.Request) -> web.StreamResponse:  # noqa: C901 - /v
         credential = service
     elif loaded is not None:
         credential = site.policy.credential(loaded.session, site.name)
+        if credential is not None and credential is loaded.session.credentials.get(site.name):
+            request.app[keys.KEEPALIVE].note_unproven_use(loaded, site.name)
         identity = site_identity(loaded.session, site.name)
         if identity is not None:
             for name, value in zip(IDENTITY, (identity.username, ",".join(identity.groups),

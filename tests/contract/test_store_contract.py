@@ -9,6 +9,7 @@ TTLs are short (0.2-0.4 s) to keep the suite fast; margins are generous against 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -47,7 +48,7 @@ class Backend:
     opened: list[SessionStore] = field(default_factory=list)
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     kind: str = request.param
     if kind == "memory":
@@ -55,7 +56,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if kind == "sqlite":
         db = tmp_path / "state" / "sessions.sqlite3"
         return Backend(kind, lambda **kw: SQLiteStore(db, **{"poll_interval": 0.1, **kw}), shared=True)
-    url: str = request.getfixturevalue("redis_url")
+    url: str = request.getfixturevalue("redis_cluster_url" if kind == "redis-cluster" else "redis_url")
     return Backend(kind, lambda **kw: RedisStore(url, **kw), shared=True)
 
 
@@ -103,7 +104,7 @@ class Inbox:
 
 async def test_implements_protocol(store: SessionStore, backend: Backend) -> None:
     assert isinstance(store, SessionStore)
-    assert store.name == backend.kind
+    assert store.name == backend.kind.removesuffix("-cluster")
 
 
 async def test_get_set_overwrite(store: SessionStore) -> None:
@@ -571,9 +572,14 @@ async def test_redis_down_fails_fast_without_password_then_recovers(
                 await asyncio.sleep(0.02)
 
         server.start()
+        async with asyncio.timeout(1.0):  # the circuit breaker's probe (every 0.1 s) finds it back
+            while True:
+                with contextlib.suppress(StoreError):
+                    await store.ping()
+                    break
+                await asyncio.sleep(0.02)
         await store.set("k", b"again", 60)
         assert await store.get("k") == b"again"
-        await store.ping()
         async with asyncio.timeout(8):  # the listener reconnects on its own (backoff <= 5 s)
             while not inbox.messages:
                 await store.publish("inv", "back")
@@ -633,10 +639,19 @@ async def test_redis_hung_server_times_out(redis_server_factory: Callable[..., R
         with pytest.raises(StoreError):
             await store.get("k")
         assert time.monotonic() - started < 1.5
+        started = time.monotonic()  # the circuit is open now: the next call fails without waiting
+        with pytest.raises(StoreError, match="not tried"):
+            await store.set("k", b"w", 60)
+        assert time.monotonic() - started < 0.05
     finally:
         server.process.signal(signal.SIGCONT)
     try:
-        assert await store.get("k") == b"v"
+        async with asyncio.timeout(1.0):  # the background probe closes it as soon as Redis answers
+            while True:
+                with contextlib.suppress(StoreError):
+                    assert await store.get("k") == b"v"
+                    break
+                await asyncio.sleep(0.02)
     finally:
         await store.close()
 
@@ -701,9 +716,12 @@ def test_redis_sentinel_url_parsing() -> None:
     assert (spec.service_name, spec.db, spec.password, spec.username) == ("svc", 3, "p@ss", None)
     assert spec.sentinel_password == "x"
     spec = _SentinelSpec.parse("redis+sentinel://user:pw@h1:1/svc")
-    assert (spec.username, spec.password, spec.db) == ("user", "pw", 0)
+    assert (spec.username, spec.password, spec.db, spec.wait_replicas) == ("user", "pw", 0, 0)
+    spec = _SentinelSpec.parse("redis+sentinel://h1:1/svc?wait_replicas=1&wait_timeout_ms=200")
+    assert (spec.wait_replicas, spec.wait_timeout_ms) == (1, 200)
     for bad in ("redis+sentinel://h1:1", "redis+sentinel://:pw@/svc", "redis+sentinel://h:x/svc",
-                "redis+sentinel://h:1/svc/notadb", "redis+sentinel://h:1/svc?bogus=1"):
+                "redis+sentinel://h:1/svc/notadb", "redis+sentinel://h:1/svc?bogus=1",
+                "redis+sentinel://:pw@h:1/svc?wait_replicas=x"):
         with pytest.raises(ConfigError) as caught:
             _SentinelSpec.parse(bad)
         assert "pw" not in str(caught.value).replace("password", "")
