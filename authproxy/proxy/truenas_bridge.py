@@ -52,6 +52,7 @@ from authproxy.web.api import end_session
 from authproxy.web.common import client_ip
 
 RESERVED_ID = "authproxy-"
+OTP_WAIT = 300.0          # seconds an in-band sign-in waits for its one-time code
 UNAUTH_LIMIT = 8192  # TrueNAS's own limits (utils/limits.py), applied before anything goes upstream
 AUTH_LIMIT = 65536
 ENOTAUTHENTICATED = 207
@@ -384,6 +385,8 @@ class InBand:
         except AuthError as exc:
             if exc.code == "totp_required":
                 self.pending = (username, password)
+                # The code must come within OTP_WAIT: the typed password is not kept any longer.
+                asyncio.get_running_loop().call_later(OTP_WAIT, self._forget_pending, self.pending)
                 return {"response_type": "OTP_REQUIRED", "username": username}
             if exc.status == 429:
                 raise Refused(16, "EBUSY", str(exc)) from None
@@ -393,6 +396,10 @@ class InBand:
             raise Refused(14, "EFAULT", "TrueNAS cannot be reached from authproxy right now") from None
         await self._adopt(loaded, owns=True)
         return await self._as_session(options)
+
+    def _forget_pending(self, pending: tuple[str, str]) -> None:
+        if self.pending is pending:
+            self.pending = None
 
     async def _client_key(self, key: str, username: Any, options: dict[str, Any]) -> dict[str, Any]:
         if not self.adapter.allow_client_api_keys:

@@ -801,3 +801,21 @@ async def test_the_login_page_with_truenas_otp(
     )
     assert step2.status == 303 and c.cookie
     assert (await (await c.request("GET", ME)).json())["user"] == "olga"
+
+
+async def test_an_in_band_otp_step_waits_only_so_long(
+    gw: Gateway,
+    nas: FakeTrueNAS,
+    client_for: Callable[[Gateway], GatewayClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from authproxy.proxy import truenas_bridge
+
+    monkeypatch.setattr(truenas_bridge, "OTP_WAIT", 0.1)
+    rpc = await connect(client_for(gw))
+    assert (await rpc.result("auth.login_ex", pw("olga", "olga-pw")))["response_type"] == "OTP_REQUIRED"
+    await asyncio.sleep(0.3)  # the typed password is gone: the code alone opens nothing
+    late = await rpc.call(
+        "auth.login_ex_continue", {"mechanism": "OTP_TOKEN", "otp_token": nas.code_for("olga")}
+    )
+    assert late["error"]["data"]["errname"] == "EINVAL"
