@@ -170,6 +170,7 @@ class UpstreamAdapter(abc.ABC):
         work; None: the product cannot tell, and the token is used as configured."""
         return None
 
+
     async def reverse_name(self, credential: Credential, address: str) -> str | None:
         """The reverse (PTR) name of `address`, asked with the background token; None: none known."""
         return None
