@@ -1,4 +1,4 @@
-"""Command line: `authproxy run`, `authproxy check-config`, `authproxy healthcheck`."""
+"""Command line: `authproxy run`, `check-config`, `healthcheck`, `version`, `sessions`, `probe`, ..."""
 
 from __future__ import annotations
 
@@ -11,14 +11,17 @@ import ipaddress
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from authproxy.config import passwordless
 from authproxy.config.loader import ensure_session_secrets, load_config
 from authproxy.config.schema import FORWARD_AUTH_SECRET_HEADER, Config
 from authproxy.errors import ConfigError
@@ -40,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
         if name == "healthcheck":
             p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+    from authproxy.cli_ops import add_parsers
+
+    add_parsers(sub, "TOML file with [server], [session] and [[sites]]")
+    probe = sub.add_parser("probe", help="recognise the upstream at URL; print a configuration to start from")
+    probe.add_argument("url", help="the upstream's own address, e.g. http://192.168.1.5:8080")
+    probe.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each answer")
     key = sub.add_parser("service-key", help="make an API key for a service client (AUTH_MODE=hybrid)")
     key.add_argument("name", help="the service's name, as audit lines will show it")
     tech = sub.add_parser("technitium", help="Technitium helpers")
@@ -73,6 +82,8 @@ def check_config(args: argparse.Namespace) -> int:
     print(f"configuration OK: AUTH_MODE={config.auth_mode}, store={store}, "
           f"sites={', '.join(f'{s.name}={s.type}@{s.upstream_url}' for s in config.sites)}")
     for line in forward_auth_summary(config):
+        print(line)
+    for line in passwordless.summary(config):   # one-time codes and JWTs, when configured
         print(line)
     return 0
 
@@ -260,6 +271,8 @@ def run(args: argparse.Namespace) -> int:
                     "network where everyone may have that power; AUTH_MODE=hybrid signs people in and keeps "
                     "the service credential for background work and service clients")
     log.info(" ".join(forward_auth_summary(config)))
+    for line in passwordless.summary(config):   # one-time codes and JWTs, when configured
+        log.info(line)
     workers = config.server.workers
     if workers == 1:
         _serve(config, ssl_paths, lambda: sd_notify("READY=1"), worker=False)
@@ -267,8 +280,17 @@ def run(args: argparse.Namespace) -> int:
     addresses = [(config.server.host, config.server.port)]
     if config.server.forward_auth_port is not None:
         addresses.append((config.server.forward_auth_host, config.server.forward_auth_port))
-    return _supervise(workers, lambda ready: _serve(config, ssl_paths, ready, worker=True),
-                      config.server.shutdown_timeout, addresses)
+    # Each run's metrics in a directory of its own, where every worker writes its values and a scrape
+    # adds them up (README "Metrics"). prometheus-client reads it when first imported: in each worker.
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before the workers' metrics directory was set")
+    metrics_dir = tempfile.mkdtemp(prefix="authproxy-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        return _supervise(workers, lambda ready: _serve(config, ssl_paths, ready, worker=True),
+                          config.server.shutdown_timeout, addresses)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _supervise(workers: int, serve: Callable[[Callable[[], object]], None], shutdown_timeout: float,
@@ -429,7 +451,30 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if config is None else asyncio.run(technitium_migrate(config, args.site))
     if args.command == "healthcheck":
         return healthcheck(args)
+    if args.command in ("version", "sessions", "probe"):
+        return operator_command(args)
     return run(args)
+
+
+def operator_command(args: argparse.Namespace) -> int:
+    """`authproxy version`, `authproxy probe URL` and `authproxy sessions ...` (cli_ops.py, probe.py)."""
+    if args.command == "version":
+        from authproxy.cli_ops import version_text
+
+        print(version_text())
+        return 0
+    if args.command == "probe":
+        from authproxy.probe import probe_command
+
+        return asyncio.run(probe_command(args.url, timeout=args.timeout))
+    from authproxy.cli_ops import sessions
+
+    config = _load(args, "")
+    if config is None:
+        return 2
+    if not config.session.secrets and (config.server.data_dir / "session_secret").exists():
+        config, _ = ensure_session_secrets(config)   # the one `authproxy run` generated (read, not made)
+    return asyncio.run(sessions(config, args))
 
 
 if __name__ == "__main__":

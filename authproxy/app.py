@@ -22,15 +22,17 @@ from authproxy.login.keepalive import UpstreamKeepalive
 from authproxy.login.passthrough import PassthroughLogin
 from authproxy.login.regulation import Regulator
 from authproxy.login.service import ApiKeys, ServiceGate
+from authproxy.metrics import Metrics, flushing
 from authproxy.proxy import http as proxy_http
 from authproxy.proxy import websocket as proxy_websocket
 from authproxy.redirects import RedirectPolicy
 from authproxy.routing import Router
+from authproxy.sessions.instrumented import InstrumentedStore
 from authproxy.sessions.manager import CHANNEL, SessionManager
 from authproxy.sessions.registry import create_store
 from authproxy.sessions.store import SessionStore
 from authproxy.upstreams.base import UpstreamAdapter
-from authproxy.web import api, forward_auth, health, portal
+from authproxy.web import api, forward_auth, health, passwordless, portal
 from authproxy.web.common import hsts_value, plain_expect
 from authproxy.web.middleware import TrustedForwarded, TrustedPeers, request_rules
 
@@ -107,7 +109,8 @@ def quiet_protocol_errors() -> None:
 
 
 def create_app(config: Config, *, store: SessionStore | None = None) -> web.Application:
-    """Compose the gateway. `store` may be injected (tests); by default it follows REDIS_URL."""
+    """Compose the gateway. `store` may be injected (tests); by default it follows REDIS_URL. METRICS=false
+    leaves out app[keys.METRICS] and every hook with it (bench/verify.py measures their cost)."""
     if not config.session.secrets:
         raise ValueError("create_app needs signing secrets; call config.loader.ensure_session_secrets first")
     name_the_server()
@@ -122,6 +125,10 @@ def create_app(config: Config, *, store: SessionStore | None = None) -> web.Appl
     app[keys.HSTS] = hsts
     app[keys.TRUSTED_PEERS] = peers
     app[keys.STORE] = store if store is not None else create_store(config)
+    if config.server.metrics:
+        app[keys.METRICS] = Metrics()
+        app[keys.STORE] = InstrumentedStore(app[keys.STORE], app[keys.METRICS])
+        app.cleanup_ctx.append(flushing)
     app[keys.SESSIONS] = SessionManager(store=app[keys.STORE], keyring=Keyring(config.session.secrets),
                                         config=config.session)
     app[keys.REGULATOR] = Regulator(app[keys.STORE], config.throttle)
@@ -139,6 +146,7 @@ def create_app(config: Config, *, store: SessionStore | None = None) -> web.Appl
     prefix = config.server.prefix
     health.setup(app, prefix)
     api.setup(app, prefix)
+    passwordless.setup(app, prefix)   # one-time codes, JWTs (before the proxy's catch-all: legacy paths)
     forward_auth.setup(app, prefix)
     portal.setup(app, prefix)
     proxy_http.setup(app)
@@ -158,7 +166,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     for site in app[keys.ROUTER].sites:   # adapters whose upstream-side state every replica must share
         site.adapter.bind_store(app[keys.STORE])
     # Background tokens: read and judged once before serving, then every BACKGROUND_CHECK_INTERVAL.
-    app[keys.BACKGROUND] = BackgroundWork(app[keys.ROUTER].sites, enabled=config.session_mode,
+    app[keys.BACKGROUND] = BackgroundWork(app[keys.ROUTER].sites,
+                                          enabled=config.auth_mode in ("session", "hybrid"),
                                           interval=config.server.background_check_interval)
     await app[keys.BACKGROUND].start()
     await app[keys.STORE].start()
@@ -167,6 +176,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[keys.BACKGROUND].close()
     await app[keys.KEEPALIVE].close()
+    for site in app[keys.ROUTER].sites:
+        await site.adapter.aclose()
     await app[keys.HTTP].close()
     await app[keys.STORE].close()
 

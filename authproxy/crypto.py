@@ -85,6 +85,10 @@ class Keyring:
         """A stable sub-key of the newest secret for another purpose (e.g. the used-TOTP keys)."""
         return hmac.new(self._keys[0], purpose.encode(), hashlib.sha256).digest()
 
+    def derive_all(self, purpose: str) -> list[bytes]:
+        """`derive` under every secret, newest first: what was sealed before a rotation still opens."""
+        return [hmac.new(key, purpose.encode(), hashlib.sha256).digest() for key in self._keys]
+
 
 NONCE_SIZE = 12
 

@@ -11,9 +11,12 @@ if TYPE_CHECKING:
     from authproxy.config.schema import Config
     from authproxy.login.background import BackgroundWork
     from authproxy.login.keepalive import UpstreamKeepalive
+    from authproxy.login.otp import OneTimeCodes
     from authproxy.login.passthrough import PassthroughLogin
     from authproxy.login.regulation import Regulator
     from authproxy.login.service import ServiceClient, ServiceGate
+    from authproxy.login.tokens import JwtTokens, TokenClaims
+    from authproxy.metrics import Metrics
     from authproxy.proxy.bridges import BridgeRegistry
     from authproxy.redirects import RedirectPolicy
     from authproxy.routing import Router
@@ -35,6 +38,7 @@ KEEPALIVE: web.AppKey[UpstreamKeepalive] = web.AppKey("keepalive")
 TRUSTED_PEERS: web.AppKey[TrustedPeers] = web.AppKey("trusted_peers")
 SERVICE_GATE: web.AppKey[ServiceGate] = web.AppKey("service_gate")      # service clients (hybrid)
 BACKGROUND: web.AppKey[BackgroundWork] = web.AppKey("background")       # background tokens, checked
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")                    # absent: metrics off
 
 # The request's session, loaded once and kept on the request (web.common.current_session): every later
 # step of the same request (a UI call, the credential for the proxy) reads it from here.
@@ -42,3 +46,8 @@ SESSION: web.RequestKey[RequestSession] = web.RequestKey("authproxy.session")
 # The service client a request without a session was proven to be (web/service.py), if any.
 SERVICE_CLIENT: web.RequestKey[ServiceClient] = web.RequestKey("authproxy.service_client")
 HSTS: web.AppKey[str] = web.AppKey("hsts", str)   # the Strict-Transport-Security value, "" = off
+# JWT bearer tokens (None: not configured) and one-time codes (AUTH_MODE=otp only); the claims of the
+# bearer token a request was let in with (web/bearer.py).
+TOKENS: web.AppKey[JwtTokens | None] = web.AppKey("tokens")
+OTP: web.AppKey[OneTimeCodes | None] = web.AppKey("otp")
+BEARER: web.RequestKey[TokenClaims] = web.RequestKey("authproxy.bearer")

@@ -69,7 +69,8 @@ def _site(config: SiteConfig, adapter: UpstreamAdapter, auth_mode: str) -> Site:
     """A site with its credential policy; the service token becomes a credential once, here."""
     token = config.service_token
     service = adapter.service_credential(token.reveal()) if token is not None else None
-    return Site(config=config, adapter=adapter, policy=policy_for(auth_mode, service))
+    return Site(config=config, adapter=adapter,
+                policy=policy_for(auth_mode, service, otp=config.auth == "otp"))
 
 
 _HEX = frozenset("0123456789abcdefABCDEF")

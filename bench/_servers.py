@@ -129,9 +129,20 @@ def echo_app() -> web.Application:
     return app
 
 
+def truenas_app() -> web.Application:
+    """The TrueNAS middleware fake (tests/fakes/truenas.py) with one account; `/api/relay` is the same
+    JSON-RPC endpoint under a path authproxy relays byte for byte (its generic WebSocket bridge)."""
+    from tests.fakes.truenas import FakeTrueNAS
+
+    fake = FakeTrueNAS(rate_calls=1_000_000)   # the bench measures relaying, not TrueNAS's sign-in limit
+    fake.add_user("alice", "alice-pw")
+    fake.app.router.add_get("/api/relay", fake._rpc)
+    return fake.app
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["bare", "redis", "echo", "proxy"])
+    p.add_argument("kind", choices=["bare", "redis", "echo", "proxy", "truenas"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto")
     p.add_argument("--access-log", choices=["off", "default"], default="off")
@@ -148,7 +159,7 @@ def main() -> None:
     elif args.kind == "proxy":
         app = proxy_app(args.upstream.rstrip("/"))
     else:
-        app = {"bare": bare_app, "echo": echo_app}[args.kind]()
+        app = {"bare": bare_app, "echo": echo_app, "truenas": truenas_app}[args.kind]()
     print(f"{args.kind} on 127.0.0.1:{args.port} ({loop}, access log {args.access_log})", file=sys.stderr,
           flush=True)
     web.run_app(app, host="127.0.0.1", port=args.port, access_log=access_log, print=None)

@@ -30,10 +30,27 @@ class LoadError(Exception):
     pass
 
 
+def text_frame(message: bytes) -> bytes:
+    """`message` as one masked client text frame (under 64 KiB)."""
+    head = bytes((0x81, 0x80 | len(message))) if len(message) < 126 else (
+        bytes((0x81, 0x80 | 126)) + len(message).to_bytes(2, "big"))
+    return head + _MASK + bytes(b ^ _MASK[i & 3] for i, b in enumerate(message))
+
+
+def server_frame(message: bytes) -> bytes:
+    """`message` as the server's unmasked text frame (under 64 KiB)."""
+    head = bytes((0x81, len(message))) if len(message) < 126 else bytes((0x81, 126)) + len(message).to_bytes(
+        2, "big")
+    return head + message
+
+
 class _Conn(asyncio.Protocol):
-    def __init__(self, request: bytes, accept: bytes) -> None:
+    def __init__(self, request: bytes, accept: bytes, frame: bytes = FRAME, echo: bytes = ECHO,
+                 login: tuple[bytes, bytes] | None = None) -> None:
         self._request = request
         self._accept = accept
+        self._frame, self._echo = frame, echo
+        self._login = login   # (frame to send first, bytes its answer must contain)
         self._buf = b""
         self._open = False
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -59,19 +76,34 @@ class _Conn(asyncio.Protocol):
                 self._fail(LoadError(f"handshake refused: {head[:300]!r}"))
                 return
             self._open = True
+            if self._login is None:
+                self.ready.set_result(None)
+            else:
+                assert self.transport is not None
+                self.transport.write(self._login[0])
+        if self._login is not None and self._open:
+            size = _frame_size(buf)
+            if size is None or len(buf) < size:
+                self._buf = buf
+                return
+            if self._login[1] not in buf[:size]:
+                self._fail(LoadError(f"login refused: {buf[:300]!r}"))
+                return
+            buf, self._login = buf[size:], None
             self.ready.set_result(None)
-        while len(buf) >= len(ECHO):
-            if buf[:len(ECHO)] != ECHO:
+        echo = self._echo
+        while len(buf) >= len(echo):
+            if buf[:len(echo)] != echo:
                 self._fail(LoadError(f"expected the echo, got {buf[:100]!r}"))
                 return
-            buf = buf[len(ECHO):]
+            buf = buf[len(echo):]
             now = time.perf_counter()
             self.latencies.append(now - self._sent_at)
             self._left -= 1
             if self._left > 0:
                 self._sent_at = now
                 assert self.transport is not None
-                self.transport.write(FRAME)
+                self.transport.write(self._frame)
             elif self.finished is not None and not self.finished.done():
                 self.finished.set_result(None)
         self._buf = buf
@@ -89,13 +121,28 @@ class _Conn(asyncio.Protocol):
         self.finished = asyncio.get_running_loop().create_future()
         self._sent_at = time.perf_counter()
         assert self.transport is not None
-        self.transport.write(FRAME)
+        self.transport.write(self._frame)
         return self.finished
 
 
-async def round_trips(url: str, headers: dict[str, str], total: int, conns: int) -> tuple[float, list[float]]:
+def _frame_size(buf: bytes) -> int | None:
+    """The whole size of the unmasked server frame at the start of `buf` (None: header incomplete)."""
+    if len(buf) < 2:
+        return None
+    length = buf[1] & 0x7F
+    if length < 126:
+        return 2 + length
+    if length == 126:
+        return None if len(buf) < 4 else 4 + int.from_bytes(buf[2:4], "big")
+    return None if len(buf) < 10 else 10 + int.from_bytes(buf[2:10], "big")
+
+
+async def round_trips(url: str, headers: dict[str, str], total: int, conns: int, *, frame: bytes = FRAME,
+                      echo: bytes = ECHO,
+                      login: tuple[bytes, bytes] | None = None) -> tuple[float, list[float]]:
     """(messages/s, latencies in s) of `total` echo round trips spread over `conns` connections,
-    after a 10% warm-up."""
+    after a 10% warm-up. `frame`/`echo`: another request and its byte-exact answer (a JSON-RPC call);
+    `login`: a frame each connection sends first, and what its answer must contain."""
     parts = urlsplit(url)
     assert parts.hostname and parts.port
     loop = asyncio.get_running_loop()
@@ -108,8 +155,8 @@ async def round_trips(url: str, headers: dict[str, str], total: int, conns: int)
                      "Connection: Upgrade", f"Sec-WebSocket-Key: {key.decode()}", "Sec-WebSocket-Version: 13",
                      *(f"{k}: {v}" for k, v in headers.items())]
             request = ("\r\n".join(lines) + "\r\n\r\n").encode()
-            _, conn = await loop.create_connection(functools.partial(_Conn, request, accept), parts.hostname,
-                                                   parts.port)
+            _, conn = await loop.create_connection(
+                functools.partial(_Conn, request, accept, frame, echo, login), parts.hostname, parts.port)
             opened.append(conn)
             await conn.ready
         per_conn = max(1, total // conns)

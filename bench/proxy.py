@@ -26,12 +26,20 @@ authproxy's login API against FakeTechnitium (nginx ignores it), and X-Forwarded
             the ratio: every message costs the echo one read and one write and a relay two of each, on
             the same 2 cores as the load generator, so about 0.5x is where any relay lands here
 
+    JSON-RPC   (--part rpc) TrueNAS's protocol: `core.ping` round trips (--rpc-calls, default 30000) from
+            the same lean load generator (one call in flight per socket, answers compared byte for
+            byte) on sockets signed in as alice, through authproxy's in-band bridge (/api/current: authproxy
+            answers auth.* itself and relays the rest message by message) and through its generic
+            byte relay (the same fake's endpoint under /api/relay), alternating, same authproxy process,
+            same upstream (tests/fakes/truenas.py in its own process, its sign-in rate limit lifted)
+
 Targets: small >= 0.15x nginx (1 worker) and >= 0.22x (2 workers); 100 MiB >= 0.5x nginx MB/s (1 worker)
 with peak RSS < 100 MB for every worker; WebSocket messages/s through authproxy >= 0.5x direct (shown for
-both connection counts, with authproxy / nginx beside it).
+both connection counts, with authproxy / nginx beside it); JSON-RPC calls/s through the in-band bridge
+>= 0.8x the byte relay's.
 
     python bench/proxy.py [--duration 5] [--connections 50] [--runs 1] [--downloads 3] [--ws-runs 3]
-                          [--part all|http|ws] [--quick]
+                          [--part all|http|ws|rpc] [--quick]
 """
 
 from __future__ import annotations
@@ -72,7 +80,7 @@ from bench._common import (
     table,
     wrk,
 )
-from bench._wsload import round_trips
+from bench._wsload import round_trips, server_frame, text_frame
 from tests.support.procs import free_port
 from tests.support.redis_server import RedisServer
 
@@ -202,7 +210,8 @@ def run() -> None:
     p.add_argument("--ws-busy-connections", type=int, default=32,
                    help="WebSocket connections for the busy run (default 32; 0 skips it)")
     p.add_argument("--ws-runs", type=int, default=3, help="runs per WebSocket path (median reported)")
-    p.add_argument("--part", choices=["all", "http", "ws"], default="all",
+    p.add_argument("--rpc-calls", type=int, default=30_000, help="JSON-RPC round trips (TrueNAS case)")
+    p.add_argument("--part", choices=["all", "http", "ws", "rpc"], default="all",
                    help="http: small responses and 100 MiB only; ws: WebSocket only (default all)")
     args = finish_args(p.parse_args())
     if args.quick:
@@ -225,12 +234,15 @@ def run() -> None:
         headers = [signed.header, "X-Forwarded-Proto: https", "Accept: */*"]
         small, big, rss = http_part(args, bench, redis, headers) if http else ({}, {}, {})
         ws = ws_part(args, bench, redis, headers, ws_conns) if args.part in ("all", "ws") else {}
+        rpc = rpc_part(args, bench, redis, ws_conns) if args.part in ("all", "rpc") else {}
 
     targets: list[Target] = []
     if http:
         targets += report_http(args, small, big, rss)
     if ws:
         targets += report_ws(args, ws, ws_conns)
+    if rpc:
+        targets += report_rpc(args, rpc, ws_conns)
     print_targets(targets)
 
 
@@ -387,6 +399,83 @@ def report_ws(
         for conns in ws_conns
     ]
     return targets
+
+
+# ---- JSON-RPC (TrueNAS): the in-band bridge vs authproxy's own byte relay, same upstream, same run ----
+
+RPC_BRIDGE, RPC_RELAY = "in-band bridge (/api/current)", "byte relay (/api/relay)"
+RPC_PATHS = {RPC_BRIDGE: "/api/current", RPC_RELAY: "/api/relay"}
+
+
+RPC_CALL = b'{"jsonrpc":"2.0","id":1,"method":"core.ping","params":[]}'
+RPC_ANSWER = b'{"jsonrpc": "2.0", "result": "pong", "id": 1}'   # the fake's bytes, relayed as they are
+RPC_LOGIN = (b'{"jsonrpc":"2.0","id":0,"method":"auth.login_ex","params":[{"mechanism":"PASSWORD_PLAIN",'
+             b'"username":"alice","password":"alice-pw","login_options":{"user_info":false}}]}')
+
+
+def _rpc_round_trips(url: str, headers: dict[str, str], total: int, conns: int) -> float:
+    """Calls per second from the lean load generator (bench/_wsload.py): each socket logs in
+    (PASSWORD_PLAIN), then one `core.ping` in flight at a time, every answer compared byte for byte."""
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        rate, _ = runner.run(round_trips(url, headers, total, conns, frame=text_frame(RPC_CALL),
+                                         echo=server_frame(RPC_ANSWER),
+                                         login=(text_frame(RPC_LOGIN), b'"SUCCESS"')))
+    return rate
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop
+    except ImportError:
+        return asyncio.new_event_loop
+
+
+def rpc_part(args: argparse.Namespace, bench: Bench, redis: RedisServer,
+             ws_conns: list[int]) -> dict[tuple[str, int], float]:
+    nas_port, _ = python_server(bench, "truenas", name="truenas-fake")
+    ap = bench.authproxy(upstream_url=f"http://127.0.0.1:{nas_port}", redis_url=redis.url, workers=1,
+                         name="authproxy-truenas", extra_env={"UPSTREAM_TYPE": "truenas"})
+    headers = {"Cookie": asyncio.run(_truenas_cookie(ap.url)), "X-Forwarded-Proto": "https"}
+    out: dict[tuple[str, int], float] = {}
+    for conns in ws_conns:
+        runs: dict[str, list[float]] = {name: [] for name in RPC_PATHS}
+        for i in range(args.ws_runs):
+            for name, path in RPC_PATHS.items():
+                print(f"-- JSON-RPC round trips on {conns} connection(s), {name}, run {i + 1}", flush=True)
+                url = ap.url.replace("http://", "ws://") + path
+                runs[name].append(_rpc_round_trips(url, headers, args.rpc_calls, conns))
+        for name, rates in runs.items():
+            out[name, conns] = statistics.median(rates)
+    return out
+
+
+async def _truenas_cookie(base: str) -> str:
+    """alice signed in through authproxy's login API (against the TrueNAS fake): her cookie."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.post(
+            base + "/_authproxy/api/auth/login", json={"username": "alice", "password": "alice-pw"},
+            headers={"X-Forwarded-Proto": "https"}) as resp:
+        if resp.status != 200:
+            raise BenchError(f"TrueNAS sign-in through authproxy failed: HTTP {resp.status}")
+        return resp.headers.get("Set-Cookie", "").split(";", 1)[0]
+
+
+def report_rpc(args: argparse.Namespace, rpc: dict[tuple[str, int], float],
+               ws_conns: list[int]) -> list[Target]:
+    print()
+    rows = []
+    for (name, conns), rate in rpc.items():
+        base = rpc[RPC_RELAY, conns]
+        rows.append([name, str(conns), fmt_int(rate), f"{rate / base:.2f}x" if name != RPC_RELAY else ""])
+    table(["JSON-RPC core.ping", "connections", "calls/s", "vs byte relay"], rows,
+          title=f"TrueNAS JSON-RPC through authproxy ({args.rpc_calls} round trips; "
+                f"median of {args.ws_runs} run(s))")
+    return [Target(f"JSON-RPC ({conns} conns): in-band bridge / byte relay calls/s",
+                   rpc[RPC_BRIDGE, conns] / rpc[RPC_RELAY, conns], ">=", 0.8)
+            for conns in ws_conns]
 
 
 if __name__ == "__main__":

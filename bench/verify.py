@@ -16,8 +16,13 @@ The session was created through authproxy's own login API against the faithful F
     (d)  authproxy, cache on (default SESSION_CACHE_TTL)
     (e)  (d) with ACCESS_LOG=true (authproxy's own cheap access logger, JSON lines to stderr -> a file)
     (f)  (d) on the embedded SQLite store instead of Redis (no REDIS_URL; the session signed in there)
+    (g)  (d) with METRICS=false (no registry, no hooks), against (d) again in alternated runs (two
+         servers; on, off, off, on, ...): what the session check pays for its metrics
+    (h)  authproxy verify with `Authorization: Bearer <JWT>` instead of the cookie (AUTH_MODE=otp, HS256,
+         Redis, default cache): the bearer check of issue 12
 
-Targets: (c) >= 0.9x (b); (d) >= 0.6x (a); (e) >= 0.5x (d) (logging must not halve throughput).
+Targets: (c) >= 0.9x (b); (d) >= 0.6x (a); (e) >= 0.5x (d) (logging must not halve throughput);
+(d) >= 0.9x (g) (metrics on vs off); (h) >= 0.8x (d) (a bearer check costs about what a cookie check costs).
 Also printed: Redis commands per request for (b), (c), (d), and the size of the real session blob.
 
 With --sessions N[,N...] (e.g. 1k,100k,1M) it measures instead whether the check stays flat as the store
@@ -27,6 +32,7 @@ set) under fresh names. Printed per N: req/s, p50, p99, p99 against the smallest
 the p99 at 1k) and Redis memory per session (used_memory growth / sessions added).
 
     python bench/verify.py [--duration 5] [--connections 50] [--runs 1] [--threads 1] [--quick]
+    python bench/verify.py --metrics-only --runs 10 --duration 2     # case (g) alone, 10 rounds
     python bench/verify.py --sessions 1k,100k,1M [--duration 5]
 """
 
@@ -34,14 +40,20 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import secrets
+import statistics
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
+import jwt
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from authproxy.config.passwordless import kid_for
 from bench._common import (
     ORIGINAL_HOST,
     Bench,
@@ -64,8 +76,19 @@ from bench._common import (
     wrk,
 )
 from tests.support.procs import ManagedProcess
+from tests.support.redis_server import RedisServer
 
 VERIFY_PATH = "/_authproxy/verify/nginx"
+JWT_SECRET = "bench-" + "Kq7vP2wZ9rT4mY8nB1xC6jH3lF5dS0gA"   # 38 random-looking characters, no placeholder
+
+
+def bearer_token() -> str:
+    """A token as authproxy mints it after a one-time code (HS256, its kid, claims), an hour long."""
+    now = int(time.time())
+    claims = {"sub": "admin", "iat": now, "exp": now + 3600, "jti": "bench", "iss": "authproxy",
+              "aud": "authproxy", "roles": ["admin"], "amr": "otp"}
+    kid = kid_for(JWT_SECRET.encode(), "hs")
+    return jwt.encode(claims, JWT_SECRET, algorithm="HS256", headers={"kid": kid})
 
 
 def cpu_us(load: Load) -> float:
@@ -73,10 +96,87 @@ def cpu_us(load: Load) -> float:
     return load.cpu["server"] / 100 / load.rps * 1e6 if load.rps else float("nan")
 
 
+def _metrics_on_and_off(bench: Bench, args: argparse.Namespace, upstream: str, redis: RedisServer,
+                        headers: list[str]) -> dict[str, list[Load]]:
+    """(g): METRICS=false against (d) again: two servers, runs alternated (on, off, off, on, ...) so the
+    load other programs put on the machine falls on both alike. METRICS value -> its runs."""
+    pair = {m: bench.authproxy(upstream_url=upstream, redis_url=redis.url, name=f"authproxy-metrics-{m}",
+                               extra_env={"METRICS": m}) for m in ("true", "false")}
+    for ap in pair.values():
+        probe(ap.verify_url + VERIFY_PATH, headers, what="(d)/(g) pair")
+    one = argparse.Namespace(**{**vars(args), "runs": 1})
+    print("-- (g) authproxy verify, cache on, METRICS=false, alternated with (d)", flush=True)
+    runs: dict[str, list[Load]] = {"true": [], "false": []}
+    for i in range(max(3, args.runs)):
+        for m in (("true", "false") if i % 2 == 0 else ("false", "true")):
+            ap = pair[m]
+            runs[m].append(wrk(one, ap.verify_url + VERIFY_PATH, headers,
+                               meters={"server": lambda ap=ap: descendants(ap.proc.pid),
+                                       "redis": lambda: [redis.pid] if redis.pid else []}))
+    _counted(pair["true"].verify_url, runs["true"][-1])
+    for ap in pair.values():
+        bench.stop(ap.proc)
+    return runs
+
+
+def _hook_cost_us(n: int = 200_000) -> float:
+    """The verify hook alone (wrapper + counter), per call: the floor under (d) vs (g), free of the
+    machine's other load that moves req/s."""
+    import asyncio
+    import time
+    import types
+
+    from aiohttp import web
+
+    from authproxy import keys
+    from authproxy.metrics import Metrics, observe_verify
+
+    app = web.Application()
+    app[keys.METRICS] = Metrics()
+    answer = web.Response()
+
+    request = types.SimpleNamespace(app=app, match_info={"proxy": "nginx"})
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return answer
+
+    async def calls(h: object) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            await h(request)  # type: ignore[operator]
+        return time.perf_counter() - start
+
+    observed = observe_verify(handler, app[keys.METRICS])
+    with_hook = min(asyncio.run(calls(observed)) for _ in range(3))
+    bare = min(asyncio.run(calls(handler)) for _ in range(3))
+    return (with_hook - bare) / n * 1e6
+
+
+def _median_load(loads: list[Load]) -> Load:
+    med = statistics.median
+    return Load(rps=med(x.rps for x in loads), p50_ms=med(x.p50_ms for x in loads),
+                p99_ms=med(x.p99_ms for x in loads), mb_s=med(x.mb_s for x in loads),
+                requests=sum(x.requests for x in loads), errors="", samples=[x.rps for x in loads],
+                cpu={k: med(x.cpu[k] for x in loads) for k in loads[0].cpu})
+
+
+def _counted(verify_url: str, load: Load) -> None:
+    """The metrics-on server counted at least the checks of its last run (warm-up included): the hooks
+    ran, or the comparison with (g) would mean nothing."""
+    with urllib.request.urlopen(verify_url + "/_authproxy/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    line = r'^authproxy_verify_decisions_total\{outcome="allow",proxy="nginx"\} (\S+)$'
+    found = re.search(line, text, re.MULTILINE)
+    counted = float(found.group(1)) if found else 0.0
+    if counted < load.requests + load.warmup_requests:
+        raise BenchError(f"(d): the metrics counted {counted:.0f} checks, wrk made "
+                         f"{load.requests + load.warmup_requests}")
+
+
 def nginx_subrequest_headers(cookie_header: str) -> list[str]:
     """What nginx/authproxy.conf's internal verify location sends (plus the client's cookie)."""
     return [
-        cookie_header,
+        cookie_header,   # or the Authorization header of a bearer token
         "X-Original-Method: GET",
         f"X-Original-URL: https://{ORIGINAL_HOST}/dashboard?x=1",
         "X-Forwarded-Method: GET",
@@ -86,6 +186,33 @@ def nginx_subrequest_headers(cookie_header: str) -> list[str]:
         "X-Forwarded-For: 127.0.0.1",
         "X-Real-IP: 127.0.0.1",
     ]
+
+
+def metrics_only(args: argparse.Namespace) -> None:
+    """`--metrics-only`: case (g) alone, for as many alternated rounds as --runs asks."""
+    with Bench(args, "verify-metrics") as bench:
+        redis = bench.redis()
+        headers = nginx_subrequest_headers(sign_in(redis, bench.tmp / "data").header)
+        runs = _metrics_on_and_off(bench, args, "http://127.0.0.1:9", redis, headers)
+    _metrics_summary(runs)
+    print_targets([Target("(d) metrics on / (g) off, alternated runs", _metrics_ratio(runs), ">=", 0.9)])
+
+
+def _metrics_ratio(runs: dict[str, list[Load]]) -> float:
+    """The median of each round's on/off req/s: a round's two runs are seconds apart, so what else
+    loads the machine weighs on both alike."""
+    return statistics.median(on.rps / off.rps for on, off in zip(runs["true"], runs["false"], strict=True))
+
+
+def _metrics_summary(runs: dict[str, list[Load]]) -> None:
+    on_cpu = statistics.median(cpu_us(x) for x in runs["true"])
+    off_cpu = statistics.median(cpu_us(x) for x in runs["false"])
+    pairs = sorted(on.rps / off.rps for on, off in zip(runs["true"], runs["false"], strict=True))
+    print(f"metrics: alternated runs, req/s on {[round(x.rps) for x in runs['true']]} vs off "
+          f"{[round(x.rps) for x in runs['false']]} (per-round on/off, sorted: "
+          f"{', '.join(f'{r:.2f}' for r in pairs)}); server CPU {on_cpu:.1f} vs {off_cpu:.1f} us/req "
+          f"({off_cpu / on_cpu:.2f}x); what the hooks add to one check, timed in-process: "
+          f"{_hook_cost_us():.2f} us")
 
 
 def _count(text: str) -> int:
@@ -197,12 +324,16 @@ def run_sizes(args: argparse.Namespace) -> None:
 
 
 def run() -> None:
-    cli = parser(__doc__ or "")
-    cli.add_argument("--sessions", help="comma-separated store sizes, e.g. 1k,100k,1M: measure the check "
-                                        "as the store fills instead of the baselines")
-    args = finish_args(cli.parse_args())
+    p = parser(__doc__ or "")
+    p.add_argument("--metrics-only", action="store_true", help="only case (g): metrics on vs off")
+    p.add_argument("--sessions", help="comma-separated store sizes, e.g. 1k,100k,1M: measure the check "
+                                      "as the store fills instead of the baselines")
+    args = finish_args(p.parse_args())
     if args.sessions:
         run_sizes(args)
+        return
+    if args.metrics_only:
+        metrics_only(args)
         return
     print("bench/verify.py — issue #2: the session check path")
     print_machine(
@@ -272,6 +403,9 @@ def run() -> None:
                 )
             bench.stop(ap.proc)
 
+        alternated = _metrics_on_and_off(bench, args, upstream, redis, headers)
+        results["g"] = _median_load(alternated["false"])
+
         # (f) authproxy on the embedded SQLite store (a session signed in there)
         label = "(f) authproxy verify, cache on, SQLite store"
         sqlite_headers = nginx_subrequest_headers(sign_in(None, bench.tmp / "data").header)
@@ -284,6 +418,18 @@ def run() -> None:
                            meters={"server": lambda: descendants(ap.proc.pid), "redis": list})
         bench.stop(ap.proc)
 
+        # (h) authproxy verify with a JWT bearer (AUTH_MODE=otp), the same Redis, cache on
+        label = "(h) authproxy verify, JWT bearer, cache on"
+        otp = {"AUTH_MODE": "otp", "JWT_SECRET": JWT_SECRET, "TECHNITIUM_TOKEN": "bench-service-" + "s" * 20,
+               "DISCORD_WEBHOOK_URL": "http://127.0.0.1:9/api/webhooks/1/unused", "OTP_NOTIFY": "false"}
+        ap = bench.authproxy(upstream_url=upstream, redis_url=redis.url, name="authproxy-h", extra_env=otp)
+        bearer_headers = nginx_subrequest_headers(f"Authorization: Bearer {bearer_token()}")
+        got, _ = probe(ap.verify_url + VERIFY_PATH, bearer_headers, what=label)
+        if got.get("Remote-User") != "admin":
+            raise BenchError(f"{label}: 200 without Remote-User: admin ({got})")
+        measure("h", label, ap.verify_url + VERIFY_PATH, ap.proc, count_redis=True)
+        bench.stop(ap.proc)
+
     labels = {
         "a": "(a) bare aiohttp handler",
         "a_log": "(a') bare aiohttp + default access logger",
@@ -292,8 +438,10 @@ def run() -> None:
         "d": "(d) authproxy verify, cache on",
         "e": "(e) authproxy verify, cache on + access log",
         "f": "(f) authproxy verify, cache on, SQLite store",
+        "g": "(g) authproxy verify, cache on, METRICS=false",
+        "h": "(h) authproxy verify, JWT bearer, cache on",
     }
-    base = {"a": None, "a_log": "a", "b": "a", "c": "b", "d": "a", "e": "d", "f": "a"}
+    base = {"a": None, "a_log": "a", "b": "a", "c": "b", "d": "a", "e": "d", "f": "a", "g": "a", "h": "d"}
     rows = []
     for key, label in labels.items():
         r = results[key]
@@ -321,11 +469,15 @@ def run() -> None:
     print("CPU% = share of one core over the measured runs; srv us/req = server CPU time per request, and "
           "ratio(CPU) = the baseline's us/req over this case's: less sensitive to other load on the machine "
           "than req/s.\n")
+    metrics_ratio = _metrics_ratio(alternated)
     print_targets([
         Target("(c) cache off / (b) redis-py GET+decrypt", results["c"].rps / results["b"].rps, ">=", 0.9),
         Target("(d) cache on / (a) bare aiohttp", results["d"].rps / results["a"].rps, ">=", 0.6),
         Target("(e) access log on / (d) off", results["e"].rps / results["d"].rps, ">=", 0.5),
+        Target("(d) metrics on / (g) off, alternated runs", metrics_ratio, ">=", 0.9),
+        Target("(h) JWT bearer / (d) cookie", results["h"].rps / results["d"].rps, ">=", 0.8),
     ])
+    _metrics_summary(alternated)
     print(f"reference: aiohttp's default access logger costs the bare handler "
           f"{results['a_log'].rps / results['a'].rps:.2f}x (README: 0.41x); authproxy's logger costs "
           f"{results['e'].rps / results['d'].rps:.2f}x")

@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.support.procs",
     "tests.support.proxies",
     "tests.fakes.echo",
+    "tests.fakes.webhook",
     "tests.support.redis_server",
     "tests.support.redis_cluster",
     "tests.support.technitium",

@@ -16,8 +16,9 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from authproxy.config import validate
+from authproxy.config import passwordless, validate
 from authproxy.config.schema import (
     AUTH_MODE_ALIASES,
     AUTH_MODES,
@@ -57,6 +58,7 @@ FILE_KEYS: dict[str, set[str]] = {
         "trusted_proxies",
         "allowed_redirect_domains",
         "access_log",
+        "metrics",
         "log_level",
         "log_format",
         "audit_log_file",
@@ -103,6 +105,7 @@ FILE_KEYS: dict[str, set[str]] = {
         "allowed_users",
         "allowed_groups",
         "allow_methods",
+        "auth",
     },
 }
 
@@ -293,8 +296,11 @@ def _site_from_table(t: dict[str, Any], index: int, problems: list[str],
     idle_timeout = parse_duration(t.get("idle_timeout", defaults.idle_timeout))
     if timeout is None or connect_timeout is None or idle_timeout is None:
         problems.append(f"{where}: timeout/connect_timeout/idle_timeout must be durations (e.g. 30, 5s, 5m)")
+    upstream_url = str(t["upstream_url"]).rstrip("/")
+    if str(t["type"]).lower() == "truenas":
+        upstream_url = truenas_base_url(upstream_url)
     return SiteConfig(
-        name=str(t["name"]), upstream_url=str(t["upstream_url"]).rstrip("/"), type=str(t["type"]).lower(),
+        name=str(t["name"]), upstream_url=upstream_url, type=str(t["type"]).lower(),
         hosts=tuple(h.lower() for h in hosts), path_prefix=str(t.get("path_prefix", _SITE.path_prefix)),
         service_token=_file_secret(t, "service_token", where, problems),
         cluster_token=_file_secret(t, "cluster_token", where, problems), options=dict(options),
@@ -302,7 +308,7 @@ def _site_from_table(t: dict[str, Any], index: int, problems: list[str],
         allowed_groups=tuple(_list(t.get("allowed_groups", ()))),
         allow_methods=tuple(m.upper() for m in _list(t.get("allow_methods", ()))),
         timeout=timeout or defaults.timeout, connect_timeout=connect_timeout or defaults.connect_timeout,
-        idle_timeout=idle_timeout or defaults.idle_timeout)
+        idle_timeout=idle_timeout or defaults.idle_timeout, auth=str(t.get("auth", "")).lower())
 
 
 def _site_timeouts(r: _Reader) -> SiteConfig:
@@ -343,12 +349,27 @@ def _list(value: Any) -> tuple[str, ...]:
     return _split(value) if isinstance(value, str) else tuple(str(v) for v in value)
 
 
+TRUENAS_OPTIONS = (("TRUENAS_USERNAME", "api_username"), ("TRUENAS_TOKEN_TTL", "token_ttl"),
+                   ("TRUENAS_ALLOW_CLIENT_API_KEYS", "allow_client_api_keys"),
+                   ("TRUENAS_ALLOW_INSECURE_API_KEY", "allow_insecure_api_key"))
+
+
+def truenas_base_url(url: str) -> str:
+    """TRUENAS_URL as the site's base URL: ws(s):// is http(s)://, and a trailing `/api/current`,
+    `/api/vXX.YY` or `/websocket` is dropped (authproxy serves every path of the host)."""
+    parts = urlsplit(url.strip())
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme.lower(), parts.scheme.lower())
+    path = re.sub(r"(/api/current|/api/v\d[^/]*|/websocket)/?$", "", parts.path.rstrip("/"))
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
 def _env_site(r: _Reader, defaults: SiteConfig) -> SiteConfig | None:
-    url = r.raw("UPSTREAM_URL", "TECHNITIUM_URL", "TECHNITIUM_BASE_URL")
+    url = r.raw("UPSTREAM_URL", "TECHNITIUM_URL", "TECHNITIUM_BASE_URL", "TRUENAS_URL")
     if url is None:
         return None
     type_ = r.raw("UPSTREAM_TYPE")
-    site_type = type_[1].lower() if type_ else ("technitium" if url[0].startswith("TECHNITIUM") else "")
+    site_type = type_[1].lower() if type_ else (
+        "technitium" if url[0].startswith("TECHNITIUM") else "truenas" if url[0] == "TRUENAS_URL" else "")
     if not site_type:
         r.problems.append("UPSTREAM_TYPE: not set; say which product UPSTREAM_URL is (e.g. technitium)")
         site_type = "technitium"
@@ -361,10 +382,18 @@ def _env_site(r: _Reader, defaults: SiteConfig) -> SiteConfig | None:
         options["token_mode"] = token_mode[1].lower()
     service = (r.secret("UPSTREAM_SERVICE_TOKEN") or r.secret("TECHNITIUM_BACKGROUND_TOKEN")
                or r.secret("TECHNITIUM_TOKEN"))
+    upstream_url = url[1].rstrip("/")
+    if site_type == "truenas":
+        upstream_url = truenas_base_url(upstream_url)
+        service = service or r.secret("TRUENAS_API_KEY")
+        for env_name, option in TRUENAS_OPTIONS:
+            found = r.raw(env_name)
+            if found:
+                options[option] = found[1]
     hosts = r.raw("UPSTREAM_HOSTS", "SITE_HOSTS")
     return SiteConfig(
         name=(r.raw("SITE_NAME") or ("", site_type))[1],
-        upstream_url=url[1].rstrip("/"),
+        upstream_url=upstream_url,
         type=site_type,
         hosts=tuple(h.lower() for h in _split(hosts[1])) if hosts else (),
         service_token=service, cluster_token=r.secret("TECHNITIUM_CLUSTER_TOKEN"), options=options,
@@ -392,7 +421,8 @@ def load_config(env: Mapping[str, str] | None = None, config_file: Path | None =
     throttle = _throttle(r, ft)
     sites = _sites(r, file_data)
     config = Config(auth_mode=_auth_mode(r, file_data.get("auth_mode")),  # type: ignore[arg-type]
-                    server=server, session=session, throttle=throttle, sites=sites)
+                    server=server, session=session, throttle=throttle, sites=sites,
+                    otp=passwordless.read_otp(r), jwt=passwordless.read_jwt(r))
     problems = r.problems + validate.check(config)
     if problems:
         raise ConfigError(problems)
@@ -450,6 +480,7 @@ def _server(r: _Reader, fs: dict[str, Any]) -> ServerConfig:
             else tuple(fs.get("allowed_redirect_domains", _SERVER.allowed_redirect_domains))
         ),
         access_log=r.boolean("ACCESS_LOG", bool(fs.get("access_log", _SERVER.access_log))),
+        metrics=r.boolean("METRICS", bool(fs.get("metrics", _SERVER.metrics))),
         log_level=(r.raw("LOG_LEVEL") or ("", str(fs.get("log_level", _SERVER.log_level))))[1].upper(),
         log_format=(
             r.raw("LOG_FORMAT")  # type: ignore[arg-type]

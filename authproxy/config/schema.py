@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 from authproxy.crypto import Secret
 
-AuthMode = Literal["none", "session", "hybrid"]
-AUTH_MODES: tuple[str, ...] = ("none", "session", "hybrid")
-SESSION_MODES: frozenset[str] = frozenset({"session", "hybrid"})
+AuthMode = Literal["none", "session", "hybrid", "otp"]
+AUTH_MODES: tuple[str, ...] = ("none", "session", "hybrid", "otp")
+SESSION_MODES: frozenset[str] = frozenset({"session", "hybrid", "otp"})
 DEFAULT_AUTH_MODE: AuthMode = "session"
 # Names other tools' .env files use for the same modes (AUTH_MODE is read case-insensitively).
 AUTH_MODE_ALIASES: dict[str, AuthMode] = {"apikey": "none", "truenas": "session"}
@@ -67,6 +67,7 @@ class SiteConfig:
     timeout: float = 30.0                # seconds until the answer's headers (authproxy's own calls: whole)
     connect_timeout: float = 5.0
     idle_timeout: float = 300.0  # seconds of silence allowed between body chunks of a forwarded answer
+    auth: str = ""                       # "otp": one-time codes sign in here ("": as AUTH_MODE says)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,7 @@ class ServerConfig:
     trusted_proxies: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in DEFAULT_TRUSTED_PROXIES)
     allowed_redirect_domains: tuple[str, ...] = ()
     access_log: bool = True
+    metrics: bool = True   # METRICS: /_authproxy/metrics and its hooks (README "Metrics")
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
     audit_log_file: Path | None = None   # None -> the "authproxy.audit" logger on stderr
@@ -148,13 +150,71 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class JwtKey:
+    """One JWT key: `kid` names it in a token's header, `alg` is pinned to it (no other algorithm is
+    accepted with this key). HS256: `secret`; RS256/EdDSA: `private_pem` (signing) and/or `public_pem`."""
+
+    kid: str
+    alg: Literal["HS256", "RS256", "EdDSA"]
+    secret: Secret | None = field(default=None, repr=False)
+    private_pem: Secret | None = field(default=None, repr=False)
+    public_pem: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class JwtConfig:
+    """JWT bearer tokens (login/tokens.py). `keys`: the first signs, every one verifies (rotation);
+    () = no tokens (AUTH_MODE=otp requires them)."""
+
+    keys: tuple[JwtKey, ...] = ()
+    expiration: float = 24 * 3600          # JWT_EXPIRATION_HOURS
+    max_expiration: float = 90 * 86400     # JWT_MAX_EXPIRATION_HOURS: the longest a person may mint
+    issuer: str = "authproxy"
+    audience: str = "authproxy"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys)
+
+
+@dataclass(frozen=True, slots=True)
+class OtpConfig:
+    """One-time codes by webhook (AUTH_MODE=otp, login/otp.py)."""
+
+    expiration: float = 5 * 60             # OTP_EXPIRATION_MINUTES
+    discord_webhook_url: Secret | None = field(default=None, repr=False)
+    webhook_url: Secret | None = field(default=None, repr=False)   # OTP_WEBHOOK_URL (generic)
+    webhook_template: str = ""             # OTP_WEBHOOK_TEMPLATE; "" -> {"text": "{{message}}"}
+    webhook_timeout: float = 10.0
+    users: tuple[str, ...] = ("admin",)    # OTP_USERS: who may ask for a code (lower case)
+    max_attempts: int = 5                  # OTP_MAX_ATTEMPTS: wrong guesses one code survives
+    max_requests: int = 5                  # OTP_MAX_REQUESTS: codes per user and per address a window
+    legacy_paths: bool = False             # OTP_LEGACY_PATHS: /api/v1/auth/login and /verify
+    notify: bool = True                    # OTP_NOTIFY: system notices over the same webhook
+
+    @property
+    def webhook_configured(self) -> bool:
+        return self.discord_webhook_url is not None or self.webhook_url is not None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     auth_mode: AuthMode
     server: ServerConfig
     session: SessionConfig
     throttle: ThrottleConfig
     sites: tuple[SiteConfig, ...]
+    otp: OtpConfig = field(default_factory=OtpConfig)
+    jwt: JwtConfig = field(default_factory=JwtConfig)
 
     @property
     def session_mode(self) -> bool:
         return self.auth_mode in SESSION_MODES
+
+    def otp_site(self, site: SiteConfig) -> bool:
+        """Whether one-time codes sign people in at `site` (AUTH_MODE=otp, or `auth = "otp"` there)."""
+        return self.auth_mode == "otp" or site.auth == "otp"
+
+    @property
+    def otp_codes(self) -> bool:
+        return any(self.otp_site(site) for site in self.sites)

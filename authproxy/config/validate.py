@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from authproxy.config import passwordless
 from authproxy.config.schema import ECHO_METHODS, FORWARD_AUTH_SECRET_HEADER, Config, SiteConfig
 from authproxy.redirects import DomainRule
 from authproxy.upstreams.registry import ADAPTERS
@@ -241,6 +242,7 @@ def _upstream(site: SiteConfig, where: str) -> list[str]:
     else:
         adapter = ADAPTERS[site.type]
         p.extend(f"{where}: {msg}" for msg in adapter.check_options(site.options))
+        p.extend(f"{where}: {msg}" for msg in adapter.check_site(site))
         if site.allowed_users and adapter.typed_names(site.options):
             p.append(f"ALLOWED_USERS ({where}): {site.type} checks only a password, so the user name is "
                      "whatever the person types and an allow list of names cannot hold; remove it, or "
@@ -250,4 +252,5 @@ def _upstream(site: SiteConfig, where: str) -> list[str]:
 
 # The sections, in the order their problems are listed. A new setting's rules go in its section.
 SECTIONS: tuple[Callable[[Config], list[str]], ...] = (
-    _https, _server, _redirect_domains, _session, _cookie, _store, _throttle, _sites, _hybrid)
+    _https, _server, _redirect_domains, _session, _cookie, _store, _throttle, _sites, _hybrid,
+    passwordless.check)

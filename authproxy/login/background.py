@@ -12,7 +12,8 @@ minutes), bounded (MAX_NAMES addresses, one lookup per address at a time, LOOKUP
 skipped entirely while no token is safe.
 
 Background tokens are checked in AUTH_MODE=session and hybrid (in none the service credential is
-every request's, so there is no background token to keep apart).
+every request's, so there is no background token to keep apart), and in none too for adapters that
+ask (`checks_service_key`: TrueNAS, whose key is validated at start in every mode).
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class TokenState:
             "configured": self.configured,
             "validated": self.check.validated,
             "okForPtr": self.usable,
+            "okForBackground": self.usable,
             "reason": self.check.reason,
             "tooPrivilegedSections": list(self.check.too_privileged),
         }
@@ -97,7 +99,7 @@ class BackgroundWork:
         self._adapters = {site.name: site.adapter for site in sites}
         for site in sites:
             token = site.config.service_token
-            if enabled and token is not None:
+            if (enabled or site.adapter.checks_service_key) and token is not None:
                 self._credentials[site.name] = site.adapter.service_credential(token.reveal())
         self._states: dict[str, TokenState] = {
             name: TokenState(configured=True, check=TokenCheck(validated=False, ok=False, reason=NOT_CHECKED))

@@ -161,6 +161,7 @@ class UpstreamKeepalive:
         if idle < ttl / 2:
             self._schedule(key, ttl / 2 - idle)
             return
+        before = credential.secret
         try:
             alive = await adapter.keepalive(credential)
         except UpstreamError as exc:
@@ -170,6 +171,13 @@ class UpstreamKeepalive:
             )
             self._schedule(key, min(30.0, ttl / 4))
             return
+        if alive and credential.secret != before:
+            # A chained credential (TrueNAS: the token used is destroyed, the next one kept).
+            with contextlib.suppress(StoreError):
+                await self.sessions.save(loaded)
+        if not alive and await self._rotated_meanwhile(loaded, site, before):
+            self._schedule(key, min(30.0, ttl / 4))
+            return
         if not alive:
             self._forget(key)
             with contextlib.suppress(StoreError):
@@ -177,6 +185,19 @@ class UpstreamKeepalive:
             return
         self._last_use[key] = now
         self._schedule(key, ttl / 2)
+
+    async def _rotated_meanwhile(self, loaded: LoadedSession, site: str, tried: str) -> bool:
+        """Whether another socket already replaced the credential this keepalive found dead (a chained
+        credential): then the held copy is refreshed, not the session ended."""
+        try:
+            fresh = await self.sessions.load(loaded.ticket.encode(self.sessions.keyring))
+        except StoreError:
+            return False
+        credential = fresh.session.credentials.get(site) if fresh is not None else None
+        if fresh is None or credential is None or credential.secret == tried:
+            return False
+        self._held[(loaded.store_key, site)] = fresh
+        return True
 
     async def close(self) -> None:
         for timer in self._timers.values():

@@ -8,11 +8,12 @@ from aiohttp import web
 from authproxy import keys
 from authproxy.log import log
 from authproxy.login.service import API_KEY_HEADER
+from authproxy.policy import OTP_KIND
 from authproxy.proxy.headers import upstream_request_headers
 from authproxy.routing import Site
 from authproxy.sessions.manager import LoadedSession
 from authproxy.upstreams.base import UpstreamRequest
-from authproxy.web import portal, uicalls
+from authproxy.web import bearer, portal, uicalls
 from authproxy.web.api import login_location
 from authproxy.web.common import client_ip, error_response, wants_html
 
@@ -26,6 +27,8 @@ def unauthenticated(request: web.Request, *, expired: bool = False) -> web.Strea
         raise web.HTTPFound(location=location, headers={"Cache-Control": "no-store"})
     if expired:
         return error_response(request, 401, "session_expired", "Your session has ended; sign in again.")
+    if request.app[keys.CONFIG].auth_mode == "otp" and not wants_html(request):
+        return bearer.missing()   # scripts sign in with a bearer token here
     return error_response(request, 401, "unauthenticated", "Sign in first.")
 
 
@@ -47,6 +50,8 @@ def build_upstream_request(request: web.Request, site: Site) -> UpstreamRequest:
         headers.popall(API_KEY_HEADER, None)
         if keys.SERVICE_CLIENT in request:
             headers.popall("Authorization", None)
+    if keys.BEARER in request:   # authproxy's own JWT: never the upstream's
+        headers.popall("Authorization", None)
     rel = request.rel_url
     return UpstreamRequest(method=request.method, raw_path=site.upstream_path(rel.raw_path),
                            raw_query=rel.raw_query_string, headers=headers)
@@ -56,7 +61,8 @@ async def credential_died(
     request: web.Request, site: Site, loaded: LoadedSession | None
 ) -> web.StreamResponse:
     """The upstream says the token is dead: end it here too, then ask the person to sign in again."""
-    if loaded is not None:
+    own = loaded.session.credentials.get(site.name) if loaded is not None else None
+    if loaded is not None and own is not None and own.kind != OTP_KIND:   # (otp: the service's, below)
         await request.app[keys.SESSIONS].drop_credential(loaded, site.name, client_ip=client_ip(request))
         return signed_out(request, site, expired=True)
     log.error("the service credential was refused by the upstream", extra={"fields": {"site": site.name}})

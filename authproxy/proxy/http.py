@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
@@ -30,7 +31,7 @@ from authproxy.bodies import read_up_to
 from authproxy.config.schema import ECHO_METHODS
 from authproxy.errors import UpstreamError
 from authproxy.log import log
-from authproxy.proxy import websocket
+from authproxy.proxy import truenas_socket, websocket
 from authproxy.proxy.common import build_upstream_request, credential_died, signed_out
 from authproxy.proxy.forms import Checked, Refused, checked_body
 from authproxy.proxy.headers import (
@@ -47,6 +48,7 @@ from authproxy.sessions.model import Credential
 from authproxy.upstreams.base import BodyRefused, UpstreamAdapter, UpstreamRequest
 from authproxy.upstreams.substitute import ReplacerChain, StreamReplacer, scrubber
 from authproxy.web import uicalls
+from authproxy.web.bearer import bearer_credential
 from authproxy.web.common import client_ip, current_session, error_response, no_endpoint
 from authproxy.web.service import service_credential
 
@@ -165,15 +167,25 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
         if refusal is not None:
             return _cross_site_refused(request, site, refusal)
     loaded, credential = await credential_for(request, site)
+    # A product whose session is the socket itself answers its sockets message by message, signed in
+    # or not (the client may sign in in band): proxy/truenas_bridge.py.
+    in_band = request.headers.get("Upgrade", "").lower() == "websocket" and site.adapter.in_band(
+        site.upstream_path(request.rel_url.raw_path))
     if credential is None:
         if loaded is None:   # nobody signed in: a service client's (hybrid), or an anonymous request
             credential, refused = await service_credential(request, site, client_ip=client_ip(request),
                                                      method=request.method, path=request.rel_url.path)
             if refused is not None:
                 return refused
+            if credential is None and app[keys.TOKENS] is not None:   # a JWT bearer's (web/bearer.py)
+                credential, refused = await bearer_credential(
+                    request, site, client_ip=client_ip(request), method=request.method,
+                    path=request.rel_url.path)
+                if refused is not None:
+                    return refused
         # Without a credential only the calls the product answers for anyone (its adapter declares
         # them) go on, without one: the UI gets the product's own answer.
-        if credential is None and (
+        if credential is None and not in_band and (
             request.headers.get("Upgrade", "").lower() == "websocket"
             or not site.adapter.public_call(method, site.upstream_path(request.rel_url.raw_path))
         ):
@@ -188,6 +200,8 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
             f"You are signed in, but this account may not use {site.name}.",
             title="Not allowed",
         )
+    if in_band:
+        return await truenas_socket.bridge(request, site, loaded, credential)
     if request.headers.get("Upgrade", "").lower() == "websocket" and credential is not None:
         return await websocket.bridge(request, site, loaded, credential)
 
@@ -221,6 +235,7 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
     path_qs = ureq.raw_path + ("?" + ureq.raw_query if ureq.raw_query else "")
     pool = app.get(POOL) if body is None and target.lean else None
     upstream: _Answer
+    started = time.perf_counter()
     try:
         if pool is not None:
             timeout = target.timeout
@@ -233,12 +248,16 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
     except (aiohttp.ClientError, TimeoutError, UpstreamError) as exc:
         if checked is not None and checked.refused is not None:
             return _body_refused(request, site, checked.refused)  # the body was broken off on purpose
+        if (metrics := app.get(keys.METRICS)) is not None:
+            metrics.on_upstream_error(site.name, exc)
         log.warning(
             "upstream unreachable", extra={"fields": {"site": site.name, "error": type(exc).__name__}}
         )
         return error_response(request, 502, "upstream_unavailable",
                               f"{site.name} is not answering right now; try again in a moment.",
                               title="Upstream unavailable")
+    if (metrics := app.get(keys.METRICS)) is not None:
+        metrics.on_upstream(site.name, upstream.status, time.perf_counter() - started)
     if loaded is not None:
         app[keys.KEEPALIVE].note_use(loaded, site.name)  # the upstream just saw the token
     if target.idle is not None:

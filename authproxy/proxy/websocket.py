@@ -36,6 +36,7 @@ from yarl import URL
 from authproxy import crosssite, keys
 from authproxy.errors import StoreError
 from authproxy.log import log
+from authproxy.login.tokens import record_key
 from authproxy.proxy.bridges import CLOSE_TIMEOUT, SESSION_ENDED, Bridge, BridgeRegistry
 from authproxy.proxy.common import build_upstream_request, credential_died
 from authproxy.proxy.headers import set_forwarded
@@ -115,8 +116,10 @@ async def bridge(request: web.Request, site: Site, loaded: LoadedSession | None,
                               f"{site.name} is not answering right now; try again in a moment.",
                               title="Upstream unavailable")
 
-    entry = Bridge(store_key=loaded.store_key if loaded else None, site=site.name,
-                   expires_at=loaded.session.expires_at if loaded else None, loaded=loaded,
+    claims = request.get(keys.BEARER)   # a JWT's bridge lives as long as the token's record (revocation)
+    store_key = loaded.store_key if loaded else (record_key(claims.jti) if claims else None)
+    expires_at = loaded.session.expires_at if loaded else (claims.exp if claims else None)
+    entry = Bridge(store_key=store_key, site=site.name, expires_at=expires_at, loaded=loaded,
                    slide_every=request.app[keys.SESSIONS].touch_interval)
     relay = FrameRelay(max_message=MAX_MSG_SIZE, close_timeout=CLOSE_TIMEOUT)
     relay.attach(

@@ -51,6 +51,25 @@ def tombstone_key(store_key: str) -> str:
     return "x:" + store_key.removeprefix("s:")
 
 
+MARKER_PURPOSE = "authproxy-session-marker"
+
+
+def open_marker(keys: list[bytes], blob: bytes, key: str) -> dict[str, object] | None:
+    """A session's marker (user, site, times, client, how it signed in; never a credential), sealed
+    under a key derived from SESSION_SECRET so the operator's tools (`authproxy sessions`) can read it,
+    and a store dump alone still cannot. `keys`: every key it may be sealed under (the ticket's own key
+    last, for markers written before this form)."""
+    for candidate in keys:
+        plain = unseal(candidate, blob, key.encode())
+        if plain is not None:
+            try:
+                info = json.loads(plain)
+            except ValueError:
+                return None
+            return info if isinstance(info, dict) else None
+    return None
+
+
 @dataclass(slots=True)
 class LoadedSession:
     """A session together with the ticket that unlocks it (needed to save it again)."""
@@ -116,6 +135,10 @@ class SessionManager:
         # and logouts never stop this session's reads from being cached.
         self._epochs: dict[str, int] = {}
         self._epochs_cleared = 0
+        # Plain counts for authproxy_session_cache_* (metrics.py moves them into the registry).
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self.marker_keys = keyring.derive_all(MARKER_PURPOSE)   # open_marker: newest first
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -190,7 +213,9 @@ class SessionManager:
                 self._cache.pop(store_key, None)
                 await self._lapsed(ticket, now, client_ip)
                 return None
+            self.cache_hits += 1
             return cached
+        self.cache_misses += 1
         if self.config.cache_ttl <= 0:
             return await self._fetch(ticket, store_key, cached, now, client_ip, -1)
         generation = self._generation()
@@ -424,9 +449,11 @@ class SessionManager:
     async def _write_marker(self, loaded: LoadedSession, now: float) -> None:
         s = loaded.session
         key = marker_key(loaded.store_key)
-        plain = json.dumps({"user": s.user, "site": s.site, "expires_at": s.expires_at}).encode()
+        plain = json.dumps({"user": s.user, "site": s.site, "expires_at": s.expires_at,
+                            "created_at": s.created_at, "client_ip": s.client_ip,
+                            "auth_method": s.auth_method}).encode()
         ttl = max(0.001, s.expires_at - now) + MARKER_GRACE
-        await self.store.set(key, seal(loaded.ticket.key, plain, key.encode()), ttl)
+        await self.store.set(key, seal(self.marker_keys[0], plain, key.encode()), ttl)
 
     async def _expired(self, loaded: LoadedSession, client_ip: ClientIP) -> None:
         """The absolute lifetime is over: end it and say so."""
@@ -440,12 +467,12 @@ class SessionManager:
         blob = await self.store.get(key)
         if blob is None or not await self.store.delete(key):
             return  # already reported, logged out, revoked, or never ours
-        plain = unseal(ticket.key, blob, key.encode())
-        if plain is None:
+        info = open_marker([*self.marker_keys, ticket.key], blob, key)
+        if info is None:
             return
         try:
-            info = json.loads(plain)
-            user, site, expires_at = str(info["user"]), str(info["site"]), float(info["expires_at"])
+            user, site = str(info["user"]), str(info["site"])
+            expires_at = float(info["expires_at"])  # type: ignore[arg-type]
         except (ValueError, KeyError, TypeError):
             return
         await self.store.index_remove(self._account_index(site, user), ticket.store_key)

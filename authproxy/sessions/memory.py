@@ -129,6 +129,11 @@ class MemoryStore:
         entry = self._live_index(index)
         return set(entry[0]) if entry is not None else set()
 
+    async def keys(self, prefix: str) -> builtins.list[str]:
+        self._check()
+        now = self._clock()
+        return [k for k, (_, expires) in self._data.items() if k.startswith(prefix) and expires > now]
+
     async def publish(self, channel: str, message: str) -> None:
         self._check()
         for callback in list(self._subscribers.get(channel, ())):

@@ -393,6 +393,14 @@ class RedisStore:
         members = await self._do("index_members", lambda c: c.smembers(self._name(index)))
         return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
 
+    async def keys(self, prefix: str) -> builtins.list[str]:
+        async def scan(client: aioredis.Redis) -> builtins.list[str]:
+            cut = len(self.prefix)
+            found = [k async for k in client.scan_iter(match=_glob_escape(self.prefix + prefix) + "*",
+                                                       count=1000)]
+            return [(k.decode() if isinstance(k, bytes) else str(k))[cut:] for k in found]
+        return await self._do("keys", scan)
+
     # -- pub/sub ---------------------------------------------------------------------------------
 
     async def publish(self, channel: str, message: str) -> None:

@@ -266,6 +266,14 @@ class SQLiteStore:
             return {str(row[0]) for row in rows}
         return await self._run(op)
 
+    async def keys(self, prefix: str) -> builtins.list[str]:
+        def op() -> builtins.list[str]:
+            # A range on the primary key (no LIKE: `_` and `%` in a prefix would be wildcards).
+            rows = self._db().execute("SELECT key FROM kv WHERE key >= ? AND key < ? AND expires > ?",
+                                      (prefix, prefix + "\U0010ffff", time.time())).fetchall()
+            return [str(row[0]) for row in rows]
+        return await self._run(op)
+
     # -- pub/sub ---------------------------------------------------------------------------------
 
     async def publish(self, channel: str, message: str) -> None:

@@ -68,6 +68,10 @@ class SessionStore(Protocol):
 
     async def index_members(self, index: str) -> builtins.set[str]: ...
 
+    async def keys(self, prefix: str) -> builtins.list[str]:
+        """Every live key that starts with `prefix` (without the store's own prefix). O(keys): for the
+        operator's listings (`authproxy sessions`) and the live-sessions gauge, never a request."""
+
     async def publish(self, channel: str, message: str) -> None:
         """Broadcast to every subscriber of `channel` in every process using this store."""
 

@@ -85,6 +85,9 @@ class UpstreamAdapter(abc.ABC):
     """One product's login, injection and expiry rules (abstract), and its optional hooks (defaults)."""
 
     name: ClassVar[str]
+    # The service credential is checked (login/background.py) in AUTH_MODE=none too: products where a
+    # bad key is worth knowing at start even when it is everyone's (TrueNAS revokes keys it distrusts).
+    checks_service_key: ClassVar[bool] = False
 
     def __init__(self, site: SiteConfig, http: aiohttp.ClientSession) -> None:
         self.site = site
@@ -132,10 +135,23 @@ class UpstreamAdapter(abc.ABC):
         return []
 
     @classmethod
+    def check_site(cls, site: SiteConfig) -> list[str]:
+        """Problems of the site as a whole (its URL with its service credential, say); none by default."""
+        return []
+
+    def in_band(self, upstream_path: str) -> bool:
+        """True when WebSockets at this path are answered message by message (the product's session is
+        the socket itself: proxy/truenas_bridge.py), not relayed as bytes."""
+        return False
+
+    @classmethod
     def typed_names(cls, options: dict[str, Any]) -> bool:
         """True when the identity is the name the person typed, unchecked (the product checks only a
         password), so an allow list of names could not hold."""
         return False
+
+    async def aclose(self) -> None:  # noqa: B027 - optional: doing nothing is the default
+        """Release connections the adapter holds itself (called once at shutdown)."""
 
     def bind_store(self, store: SessionStore) -> None:  # noqa: B027 - optional: doing nothing is the default
         """Keep upstream-side state every replica must share in `store` (called once at start-up)."""

@@ -15,6 +15,7 @@ from authproxy.upstreams.pihole import PiholeAdapter
 from authproxy.upstreams.qbittorrent import QBittorrentAdapter
 from authproxy.upstreams.technitium import TechnitiumAdapter
 from authproxy.upstreams.transmission import TransmissionAdapter
+from authproxy.upstreams.truenas import TrueNASAdapter
 
 ADAPTERS: dict[str, type[UpstreamAdapter]] = {
     cls.name: cls
@@ -25,6 +26,7 @@ ADAPTERS: dict[str, type[UpstreamAdapter]] = {
         QBittorrentAdapter,
         TechnitiumAdapter,
         TransmissionAdapter,
+        TrueNASAdapter,
     )
 }
 

@@ -17,7 +17,7 @@ from aiohttp import web
 from authproxy import crosssite, keys
 from authproxy.bodies import read_up_to
 from authproxy.config.schema import Config
-from authproxy.errors import AuthError, UpstreamError, UpstreamProtocolError
+from authproxy.errors import AuthError, AuthProxyError, UpstreamError, UpstreamProtocolError
 from authproxy.log import audit, log
 from authproxy.login.passthrough import LoginInput
 from authproxy.redirects import RedirectPolicy
@@ -26,6 +26,7 @@ from authproxy.sessions.manager import LoadedSession
 from authproxy.sessions.model import Credential, site_identity
 from authproxy.upstreams.technitium import TechnitiumAdapter
 from authproxy.upstreams.technitium_admin import MigrationError
+from authproxy.web import bearer
 from authproxy.web.common import (
     SECURITY_HEADERS,
     RequestSession,
@@ -118,9 +119,17 @@ async def sign_in(request: web.Request, site: Site, fields: LoginInput) -> tuple
     sites; the new session and its cookie value, or AuthError/UpstreamError. The one sign-in of the
     login API and of a UI's own login form (web/uicalls.py)."""
     previous = await current_session(request)
-    loaded, cookie = await request.app[keys.LOGIN].sign_in(site, fields, client_ip(request))
-    if previous is not None:
-        await request.app[keys.SESSIONS].adopt(loaded, previous)
+    metrics = request.app.get(keys.METRICS)
+    try:
+        loaded, cookie = await request.app[keys.LOGIN].sign_in(site, fields, client_ip(request))
+        if previous is not None:
+            await request.app[keys.SESSIONS].adopt(loaded, previous)
+    except AuthProxyError as exc:
+        if metrics is not None:
+            metrics.on_sign_in(site.name, exc.code)
+        raise
+    if metrics is not None:
+        metrics.on_sign_in(site.name, "success")
     request[keys.SESSION] = RequestSession(loaded)
     return loaded, cookie
 
@@ -239,6 +248,9 @@ async def _sign_out_everywhere(request: web.Request) -> bool:
 async def logout(request: web.Request) -> web.StreamResponse:
     if crosssite.from_other_site(request):
         return json_error(403, "cross_site", "Cross-site sign-out refused.")
+    revoked = await bearer.bearer_logout(request)   # a JWT's sign-out: its jti, everywhere
+    if revoked is not None:
+        return revoked
     try:
         everywhere = await _sign_out_everywhere(request)
     except AuthError as exc:

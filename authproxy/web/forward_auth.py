@@ -54,7 +54,9 @@ from multidict import MultiMapping
 from authproxy import authz, crosssite, keys
 from authproxy.config.schema import ECHO_METHODS, FORWARD_AUTH_SECRET_HEADER, IPNetwork
 from authproxy.log import log
+from authproxy.metrics import CONTENT_TYPE, observe_verify
 from authproxy.sessions.model import Credential, site_identity
+from authproxy.web.bearer import MISSING, bearer_credential
 from authproxy.web.common import (
     SECURITY_HEADERS,
     cookie_value,
@@ -329,12 +331,19 @@ def _ask_to_sign_in(request: web.Request, kind: ProxyKind, target: Target) -> we
     browser = wants_html(request)
     if kind == "nginx":
         # nginx answers 500 to any 3xx from the auth service; its config redirects on 401 + Location.
-        return json_error(401, "unauthenticated", "Sign in first.",
+        return json_error(401, *_unauthenticated(request),
                           headers={"Location": location} if browser else None, login=location)
     if browser:
         status = 302 if target.method in ("GET", "HEAD") else 303
         return web.Response(status=status, headers={**SECURITY_HEADERS, "Location": location})
-    return json_error(401, "unauthenticated", "Sign in first.", login=location)
+    return json_error(401, *_unauthenticated(request), login=location)
+
+
+def _unauthenticated(request: web.Request) -> tuple[str, str]:
+    """The 401's code and message: in AUTH_MODE=otp scripts come with a bearer token, so say it is missing."""
+    if request.app[keys.CONFIG].auth_mode == "otp":
+        return "missing_authorization", MISSING
+    return "unauthenticated", "Sign in first."
 
 
 def _secret_ok(request: web.Request) -> bool:
@@ -405,12 +414,19 @@ async def verify(request: web.Request) -> web.StreamResponse:  # noqa: C901 - /v
     decision = authz.decide(loaded.session if loaded else None, site.config, session_mode=config.session_mode)
     service: Credential | None = None
     if decision == "login" and loaded is None:   # a service client's (hybrid), or an anonymous request
-        proxied_from = forwarded_client(request.headers.getall("X-Forwarded-For", ()), request.remote or "",
-                                        config.server.trusted_proxies)
-        service, refused = await service_credential(request, site, method=target.method, path=target.path,
-                                              client_ip=proxied_from)
-        if refused is not None:
-            return refused
+        # Parsing the hops costs ~10 us: only when an audit line may need them.
+        proxied_from = functools.partial(forwarded_client, request.headers.getall("X-Forwarded-For", ()),
+                                         request.remote or "", config.server.trusted_proxies)
+        if request.app[keys.SERVICE_GATE]:
+            service, refused = await service_credential(request, site, method=target.method,
+                                                        path=target.path, client_ip=proxied_from())
+            if refused is not None:
+                return refused
+        if service is None and request.app[keys.TOKENS] is not None:   # a JWT bearer's (web/bearer.py)
+            service, refused = await bearer_credential(request, site, method=target.method, path=target.path,
+                                                       client_ip=proxied_from)
+            if refused is not None:
+                return refused
     if decision == "login" and service is None:
         if site.adapter.public_call(target.method, site.upstream_path(target.route_path)):
             # A call the product answers for anyone (e.g. Technitium's api/sso/status): let it through,
@@ -437,6 +453,9 @@ async def verify(request: web.Request) -> web.StreamResponse:  # noqa: C901 - /v
                     headers[name] = value
     else:
         credential = site.policy.credential(None, site.name)
+    claims = request.get(keys.BEARER)
+    if claims is not None:   # who the token says (checked: web/bearer.py)
+        headers.update(zip(IDENTITY[:2], (claims.sub, ",".join(claims.roles)), strict=True))
     if credential is not None:
         injected = site.adapter.forward_auth_headers(credential)
         if kind == "traefik" and "X-Authproxy-Token" in injected:
@@ -480,8 +499,21 @@ async def not_served(request: web.Request) -> web.StreamResponse:
 
 def _routes(app: web.Application, prefix: str, handler: Handler) -> None:
     # Any method: Traefik's preserveRequestMethod sends the original one; the decision ignores it.
+    if handler is verify and keys.METRICS in app:
+        handler = observe_verify(handler, app[keys.METRICS])
+        # The metrics are served where /verify is (README "Metrics"); METRICS=false: nowhere.
+        app.router.add_get(f"{prefix}/metrics", metrics_page)
     app.router.add_route("*", f"{prefix}/verify", handler)
     app.router.add_route("*", f"{prefix}/verify/{{proxy}}", handler)
+
+
+async def metrics_page(request: web.Request) -> web.StreamResponse:
+    """Prometheus text format: the forward-auth listener, or FORWARD_AUTH_SECRET in its header (a
+    browser gets the same 404 as for any unknown endpoint)."""
+    if not _secret_ok(request):
+        return no_endpoint(request)
+    body = await request.app[keys.METRICS].exposition(request.app)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
 
 
 def setup(app: web.Application, prefix: str) -> None:

@@ -13,6 +13,7 @@ from aiohttp import web
 from authproxy import keys
 from authproxy.routing import Site
 from authproxy.web.common import SECURITY_HEADERS
+from authproxy.web.otp_page import render_otp_login
 
 STATIC = Path(__file__).parent / "static"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
@@ -102,6 +103,10 @@ async def login_page(request: web.Request) -> web.StreamResponse:
     notice = "You have signed out." if request.query.get("logged_out") else ""
     if request.query.get("expired"):
         notice = "Your session has ended. Sign in again."
+    site = resolve_site(request, request.query.get("site"), request.query.get("rd"))
+    config = request.app[keys.CONFIG]
+    if config.auth_mode == "otp" or (site is not None and config.otp_site(site.config)):
+        return render_otp_login(request, notice=notice)   # "send me a code", then the code
     return render_login(request, notice=notice)
 
 

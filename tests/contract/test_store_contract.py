@@ -214,6 +214,18 @@ async def test_ttl_reports_seconds_left(store: SessionStore) -> None:
     assert left is not None and 99 < left <= 100
 
 
+async def test_keys_lists_live_keys_under_a_prefix_only(store: SessionStore) -> None:
+    await store.set("s:one", b"1", 30)
+    await store.set("s:two_%", b"2", 30)
+    await store.set("s:gone", b"3", 0.05)
+    await store.set("m:one", b"4", 30)
+    await store.set("sx", b"5", 30)
+    await asyncio.sleep(0.15)
+    assert sorted(await store.keys("s:")) == ["s:one", "s:two_%"]
+    assert await store.keys("s:two_") == ["s:two_%"]   # `_` and `%` are not wildcards
+    assert await store.keys("nothing:") == []
+
+
 async def test_index_add_remove_members(store: SessionStore) -> None:
     assert await store.index_members("user:alice") == set()
     await store.index_add("user:alice", "s1", 10)

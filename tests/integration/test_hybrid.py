@@ -163,6 +163,7 @@ async def test_a_safe_token_enables_ptr_names_cached_and_asked_with_that_token(
         "configured": True,
         "validated": True,
         "okForPtr": True,
+        "okForBackground": True,
         "reason": "ok: DnsClient: View, nothing it can change",
         "tooPrivilegedSections": [],
     }
@@ -523,6 +524,7 @@ async def test_migration_end_to_end(
         "configured": True,
         "validated": True,
         "okForPtr": True,
+        "okForBackground": True,
         "reason": "ok: DnsClient: View, nothing it can change",
         "tooPrivilegedSections": [],
     }

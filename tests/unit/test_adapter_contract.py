@@ -9,7 +9,9 @@ from authproxy.upstreams.registry import ADAPTERS
 
 
 def test_every_registered_adapter_is_a_complete_upstream_adapter() -> None:
-    assert sorted(ADAPTERS) == ["adguard", "generic", "pihole", "qbittorrent", "technitium", "transmission"]
+    assert sorted(ADAPTERS) == [
+        "adguard", "generic", "pihole", "qbittorrent", "technitium", "transmission", "truenas"
+    ]
     for name, cls in ADAPTERS.items():
         assert issubclass(cls, UpstreamAdapter) and cls.name == name
         assert not inspect.isabstract(cls), f"{name} leaves {sorted(cls.__abstractmethods__)} unanswered"
