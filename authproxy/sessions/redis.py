@@ -394,12 +394,23 @@ class RedisStore:
         return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
 
     async def keys(self, prefix: str) -> builtins.list[str]:
-        async def scan(client: aioredis.Redis) -> builtins.list[str]:
+        pattern = self.prefix + prefix
+        if self._cluster_spec is not None:  # names are `kind:{rest}` there (_name)
+            kind, sep, rest = prefix.partition(":")
+            pattern = f"{self.prefix}{kind}:{{{rest}" if sep else pattern
+
+        async def scan(client: Any) -> builtins.list[str]:
             cut = len(self.prefix)
-            found = [k async for k in client.scan_iter(match=_glob_escape(self.prefix + prefix) + "*",
-                                                       count=1000)]
-            return [(k.decode() if isinstance(k, bytes) else str(k))[cut:] for k in found]
+            found = [k async for k in client.scan_iter(match=_glob_escape(pattern) + "*", count=1000)]
+            return [self._unname((k.decode() if isinstance(k, bytes) else str(k))[cut:]) for k in found]
         return await self._do("keys", scan)
+
+    def _unname(self, name: str) -> str:
+        """The store key of a Redis key (without the prefix): `_name` undone."""
+        if self._cluster_spec is None:
+            return name
+        kind, sep, rest = name.partition(":")
+        return f"{kind}:{rest[1:-1]}" if sep and rest.startswith("{") and rest.endswith("}") else name
 
     # -- pub/sub ---------------------------------------------------------------------------------
 
