@@ -372,22 +372,21 @@ def _watch(procs: list[Any], listening: Any, spawn: Callable[[int], Any]) -> int
                 backoff = RESTART_BACKOFF_FIRST
             log.error("a worker died; restarting it, the others keep serving",
                       extra={"fields": {"worker": i, "exitcode": p.exitcode, "restart_in_s": backoff}})
-            _forget_metrics(p.pid)
+            _forget_metrics_of(p.pid)
             restart_at[i] = now + backoff
             backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
 
 
-def _forget_metrics(pid: int) -> None:
-    """A dead worker's live gauges (open WebSockets) must leave the sum a scrape makes (README "Metrics");
-    its counters stay, as counts of what happened. Imported only now: the workers have their own copy."""
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+def _forget_metrics_of(pid: int | None) -> None:
+    """A dead worker's live gauges (open WebSockets) leave the sums (prometheus-client's own
+    mark_process_dead); its counters stay, so totals still count what it did. The supervisor imports
+    prometheus-client only now, long after PROMETHEUS_MULTIPROC_DIR was set."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if pid is None or not directory:
         return
-    try:
-        from prometheus_client import multiprocess
+    from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
-    except Exception:  # noqa: BLE001 - metrics must never stop the supervisor
-        log.warning("could not remove a dead worker's gauges from the metrics", exc_info=True)
+    multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 
 
 def _port_taken(host: str, port: int) -> str | None:
