@@ -24,7 +24,8 @@ RUN python3 -m venv /build \
 COPY pyproject.toml README.md ./
 COPY authproxy ./authproxy
 RUN /build/bin/pip wheel --quiet --no-deps --no-build-isolation --wheel-dir /wheels . \
- && cp requirements/runtime.lock /wheels/
+ && cp requirements/runtime.lock /wheels/ \
+ && cd /wheels && sha256sum * > /wheels.sha256
 
 # ---- 2: the runtime: a venv with those wheels, nothing else ---------------------------------------
 FROM ${BASE}
@@ -42,7 +43,10 @@ ENV PATH=/opt/authproxy/bin:$PATH \
     HOST=0.0.0.0 \
     PORT=8443
 # Offline install from the first stage's wheels (bind-mounted: they never become a layer here), hashes
-# checked again; pip and setuptools leave the venv in the same step.
+# checked again; pip and setuptools leave the venv in the same step. The wheels' checksums are copied
+# first: podman/buildah do not count a bind mount's content in the RUN's cache key, so without them a
+# changed lock or authproxy wheel would reuse the old layer.
+COPY --from=build /wheels.sha256 /opt/authproxy/wheels.sha256
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python3 -m venv /opt/authproxy \
  && /opt/authproxy/bin/pip install --quiet --no-cache-dir --disable-pip-version-check --no-index \

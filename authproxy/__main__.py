@@ -376,8 +376,21 @@ def _watch(procs: list[Any], listening: Any, spawn: Callable[[int], Any]) -> int
                 backoff = RESTART_BACKOFF_FIRST
             log.error("a worker died; restarting it, the others keep serving",
                       extra={"fields": {"worker": i, "exitcode": p.exitcode, "restart_in_s": backoff}})
+            _forget_metrics_of(p.pid)
             restart_at[i] = now + backoff
             backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
+
+
+def _forget_metrics_of(pid: int | None) -> None:
+    """A dead worker's live gauges (open WebSockets) leave the sums (prometheus-client's own
+    mark_process_dead); its counters stay, so totals still count what it did. The supervisor imports
+    prometheus-client only now, long after PROMETHEUS_MULTIPROC_DIR was set."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if pid is None or not directory:
+        return
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 
 
 def _port_taken(host: str, port: int) -> str | None:

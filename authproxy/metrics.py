@@ -49,7 +49,7 @@ SIGN_IN_OUTCOMES = frozenset({"success", "failure", "totp_required", "throttled"
                               "revoked", "upstream_unavailable", "store_unavailable", "error"})
 # AuthError codes (login/passthrough.py, sessions/manager.py) -> the sign-in outcome they are counted as.
 _SIGN_IN_CODES = {"invalid_credentials": "failure", "too_many_attempts": "throttled",
-                  "signed_out_everywhere": "revoked"}
+                  "signed_out_everywhere": "revoked", "invalid_otp": "failure"}
 VERIFY_OUTCOMES = ("allow", "sign_in", "deny", "bad_request", "not_found", "error")
 PROXY_KINDS = frozenset({"caddy", "traefik", "nginx"})
 

@@ -169,7 +169,7 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
             return _cross_site_refused(request, site, refusal)
     loaded, credential = await credential_for(request, site)
     # A product whose session is the socket itself answers its sockets message by message, signed in
-    # or not (the client may sign in in band): proxy/truenas_bridge.py.
+    # or not (the client may sign in in band): proxy/truenas_socket.py.
     in_band = request.headers.get("Upgrade", "").lower() == "websocket" and site.adapter.in_band(
         site.upstream_path(request.rel_url.raw_path))
     if credential is None:

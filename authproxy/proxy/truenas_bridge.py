@@ -5,8 +5,8 @@ its `auth.*` calls itself and relays every other call, as is, to an upstream soc
 itself:
 
     auth.login_ex / login_ex_continue / login / login_with_token
-        with an authproxy session: success as the signed-in person (TOKEN_PLAIN with one of this session's
-        placeholder, or PASSWORD_PLAIN naming the same account), no second password;
+        with an authproxy session: success as the signed-in person (TOKEN_PLAIN with one of its
+        placeholders, or PASSWORD_PLAIN naming the same account), no second password;
         without one: PASSWORD_PLAIN (and OTP_TOKEN on the same socket) is an authproxy sign-in --
         throttled, audited, checked by TrueNAS -- and the new session belongs to this socket
         (it ends when the socket closes); API_KEY_PLAIN / login_with_api_key only when the site allows
@@ -18,10 +18,13 @@ itself:
     auth.mechanism_choices                 only what works through authproxy (no SCRAM)
     core.set_options, core.ping            answered before login, replayed/relayed after
 
-Answers are matched by id upstream, so relayed calls keep the client's own ids (authproxy's calls use
-`authproxy-N`). ENOTAUTHENTICATED from TrueNAS means the person's upstream session is gone: the
-socket is closed with 4001 and the client must sign in again. Sign-out at authproxy (any replica)
-closes the socket within seconds (proxy/bridges.py, as every bridge).
+Answers are matched by id upstream, so relayed calls keep the client's own ids (authproxy's own calls
+use `authproxy-N`, which clients may not). Messages that cannot name a call authproxy answers are
+relayed without being parsed or decoded (`_plain_call`). ENOTAUTHENTICATED from TrueNAS means the
+person's upstream session is gone: the socket is closed with 4001 and the client must sign in again.
+Sign-out at authproxy (any replica) closes the socket within seconds (proxy/bridges.py, as every
+bridge); TrueNAS closing the upstream socket closes the client's with 1011. proxy/truenas_socket.py is
+the entry point; DDP clients get the same through proxy/truenas_ddp.py.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from authproxy.web.api import end_session
 from authproxy.web.common import client_ip
 
 RESERVED_ID = "authproxy-"
+OTP_WAIT = 300.0          # seconds an in-band sign-in waits for its one-time code
 UNAUTH_LIMIT = 8192  # TrueNAS's own limits (utils/limits.py), applied before anything goes upstream
 AUTH_LIMIT = 65536
 ENOTAUTHENTICATED = 207
@@ -159,7 +163,7 @@ class InBand:
                 )
                 return
             data: bytes = msg.data   # undecoded (decode_text=False): relayed as it came
-            if self.entry is not None and (now := loop.time()) >= self.slide_at:
+            if self.loaded is not None and self.entry is not None and (now := loop.time()) >= self.slide_at:
                 # The person is using the socket: slide the session's idle timeout (the watch does it).
                 self.slide_at = now + self.entry.slide_every
                 self.entry.slide = True
@@ -297,6 +301,7 @@ class InBand:
             loaded, self.loaded = self.loaded, None
             self.owns_session = False
             self._untrack()
+            self._track()   # still open, now without a session
             with contextlib.suppress(StoreError):
                 await end_session(self.request, loaded, reason="truenas_socket_logout")
 
@@ -380,6 +385,8 @@ class InBand:
         except AuthError as exc:
             if exc.code == "totp_required":
                 self.pending = (username, password)
+                # The code must come within OTP_WAIT: the typed password is not kept any longer.
+                asyncio.get_running_loop().call_later(OTP_WAIT, self._forget_pending, self.pending)
                 return {"response_type": "OTP_REQUIRED", "username": username}
             if exc.status == 429:
                 raise Refused(16, "EBUSY", str(exc)) from None
@@ -389,6 +396,10 @@ class InBand:
             raise Refused(14, "EFAULT", "TrueNAS cannot be reached from authproxy right now") from None
         await self._adopt(loaded, owns=True)
         return await self._as_session(options)
+
+    def _forget_pending(self, pending: tuple[str, str]) -> None:
+        if self.pending is pending:
+            self.pending = None
 
     async def _client_key(self, key: str, username: Any, options: dict[str, Any]) -> dict[str, Any]:
         if not self.adapter.allow_client_api_keys:
@@ -564,14 +575,15 @@ class InBand:
     # ---- the session watch (sign-out anywhere closes this socket) ---------------------------------
 
     def _track(self) -> None:
-        if self.loaded is None:
-            return
+        """Register the socket with the bridges (proxy/bridges.py): its session's end closes it, as does
+        a stopping server (sockets without a session too), and the metrics count it."""
         registry = self.request.app[keys.WEBSOCKETS]
+        loaded = self.loaded
         self.entry = Bridge(
-            store_key=self.loaded.store_key,
+            store_key=loaded.store_key if loaded is not None else None,
             site=self.site.name,
-            expires_at=self.loaded.session.expires_at,
-            loaded=self.loaded,
+            expires_at=loaded.session.expires_at if loaded is not None else None,
+            loaded=loaded,
             slide_every=self.request.app[keys.SESSIONS].touch_interval,
         )
         registry.add(self.entry)

@@ -156,6 +156,11 @@ class UpstreamAdapter(abc.ABC):
     def bind_store(self, store: SessionStore) -> None:  # noqa: B027 - optional: doing nothing is the default
         """Keep upstream-side state every replica must share in `store` (called once at start-up)."""
 
+    async def may_administer(self, credential: Credential) -> bool:
+        """Whether this person's own credential may administer the upstream (`/me` shows such a person
+        the background token's reasons and every site); False unless the adapter can tell."""
+        return False
+
     def service_credential(self, secret: str) -> Credential:
         """The site's configured service token as a credential (AUTH_MODE=none/hybrid)."""
         return Credential(secret=secret, actor="service")
@@ -164,6 +169,7 @@ class UpstreamAdapter(abc.ABC):
         """Whether `credential` (the site's background token) is least-privileged enough for background
         work; None: the product cannot tell, and the token is used as configured."""
         return None
+
 
     async def reverse_name(self, credential: Credential, address: str) -> str | None:
         """The reverse (PTR) name of `address`, asked with the background token; None: none known."""

@@ -267,7 +267,7 @@ class TrueNASAdapter(UpstreamAdapter):
             ) from None
         info = answer.get("user_info")
         credential = Credential(secret=token, kind=TOKEN_KIND, upstream_ttl=float(self.token_ttl),
-                                extra={"chain": secrets.token_urlsafe(12)})
+                                extra={"chain": secrets.token_urlsafe(12), "roles": roles_of(info)})
         return LoginResult("ok", credential=credential, identity=self.identity(info, username))
 
     @staticmethod
@@ -315,6 +315,11 @@ class TrueNASAdapter(UpstreamAdapter):
         credential.touched_at = time.time()
         await sock.close()  # destroys the token it logged in with: the session keeps the new one
         return True
+
+    async def may_administer(self, credential: Credential) -> bool:
+        """FULL_ADMIN among the roles TrueNAS gave the account at sign-in (no call: logins are scarce)."""
+        roles = credential.extra.get("roles")
+        return isinstance(roles, list) and "FULL_ADMIN" in roles
 
     # ---- the service key -------------------------------------------------------------------------
 

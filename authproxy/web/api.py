@@ -331,15 +331,15 @@ ADMIN_CHECK_TIMEOUT = 5.0
 
 
 async def is_admin(request: web.Request, loaded: LoadedSession | None) -> bool:
-    """Whether the signed-in person may administer an upstream they are signed in to (Technitium:
-    Administration View, Modify and Delete), asked with their own credential; False when it cannot
-    be told (no session, no such upstream, the upstream not answering)."""
+    """Whether the signed-in person may administer an upstream they are signed in to (the adapter's
+    `may_administer`; Technitium: Administration View, Modify and Delete), asked with their own
+    credential; False when it cannot be told (no session, an adapter that cannot tell, the upstream
+    not answering)."""
     if loaded is None:
         return False
     for site in request.app[keys.ROUTER].sites:
         credential = loaded.session.credentials.get(site.name)
-        if (credential is None or credential.actor != "user"
-                or not isinstance(site.adapter, TechnitiumAdapter)):
+        if credential is None or credential.actor != "user":
             continue
         try:
             if await asyncio.wait_for(site.adapter.may_administer(credential), ADMIN_CHECK_TIMEOUT):

@@ -34,6 +34,7 @@ from authproxy.login.tokens import CHANNEL as TOKENS_CHANNEL
 from authproxy.login.tokens import JwtTokens, record_key, rfc3339
 from authproxy.login.webhook import webhook_for
 from authproxy.policy import OTP_KIND
+from authproxy.routing import Site
 from authproxy.sessions.manager import LoadedSession
 from authproxy.sessions.model import Credential, Identity
 from authproxy.web import tokens_api
@@ -109,6 +110,9 @@ async def verify_code(request: web.Request) -> web.StreamResponse:
         address = client_ip(request)
         identity = await codes.verify(username, code, address)
     except AuthError as exc:
+        metrics = request.app.get(keys.METRICS)
+        if metrics is not None and exc.code in ("invalid_otp", "too_many_attempts"):
+            metrics.on_sign_in(_otp_sites(request, data)[0].name, exc.code)
         if form_post:
             retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
             return _form_answer(request, data, status=exc.status, error=str(exc), sent=True, headers=retry)
@@ -117,9 +121,17 @@ async def verify_code(request: web.Request) -> web.StreamResponse:
     token, claims = tokens.mint(identity.username, ROLES, method="otp")
     await tokens.record(claims)   # listed and revocable (web/tokens_api.py)
     rd = data.get("rd") if isinstance(data.get("rd"), str) else None
-    loaded, cookie = await _open_session(request, identity, address, data, rd)
+    try:
+        loaded, cookie = await _open_session(request, identity, address, data)
+    except AuthError as exc:   # signed out everywhere meanwhile (sessions/manager.py SessionRevoked)
+        if form_post:
+            return _form_answer(request, data, status=exc.status, error=str(exc), sent=True)
+        return _refused(exc)
     audit("login", outcome="success", user=identity.username, site=loaded.session.site, client_ip=address,
           session=loaded.public_id, method="otp")
+    metrics = request.app.get(keys.METRICS)
+    if metrics is not None:
+        metrics.on_sign_in(loaded.session.site, "success")
     response: web.StreamResponse
     if form_post:
         response = see_other(safe_redirect(request, rd))
@@ -130,15 +142,21 @@ async def verify_code(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _open_session(request: web.Request, identity: Identity, address: str, data: dict[str, Any],
-                        rd: str | None) -> tuple[LoadedSession, str]:
+def _otp_sites(request: web.Request, data: dict[str, Any]) -> tuple[Site, list[Site]]:
+    """The site a code signs in at (named, by the return URL, by host; else the first) and every site
+    one-time codes open."""
+    config = request.app[keys.CONFIG]
+    sites = [s for s in request.app[keys.ROUTER].sites if config.otp_site(s.config)]
+    rd = data.get("rd") if isinstance(data.get("rd"), str) else None
+    named = resolve_site(request, data.get("site") if isinstance(data.get("site"), str) else None, rd)
+    return (named if named is not None and named in sites else sites[0]), sites
+
+
+async def _open_session(request: web.Request, identity: Identity, address: str,
+                        data: dict[str, Any]) -> tuple[LoadedSession, str]:
     """A new session (the person's other sites kept, under the new id) with a marker for every site
     one-time codes sign in to: there, the site's policy sends the service credential."""
-    config = request.app[keys.CONFIG]
-    router = request.app[keys.ROUTER]
-    sites = [s for s in router.sites if config.otp_site(s.config)]
-    named = resolve_site(request, data.get("site") if isinstance(data.get("site"), str) else None, rd)
-    site = named if named is not None and named in sites else sites[0]
+    site, sites = _otp_sites(request, data)
     manager = request.app[keys.SESSIONS]
     loaded, cookie = await manager.create(user=identity.username, site=site.name, identity=identity,
                                           credential=otp_marker(), client_ip=address, auth_method="otp")

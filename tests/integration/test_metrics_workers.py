@@ -18,6 +18,7 @@ from multidict import CIMultiDict
 from tests.fakes.technitium import FakeTechnitium
 from tests.fakes.ws_upstream import running_socket_upstream
 from tests.integration.test_cli import ROOT, _wait_healthy, base_env
+from tests.integration.test_faults_workers import _children
 from tests.integration.test_forward_auth import proxy_headers
 from tests.integration.test_metrics import Samples, parse, total, value
 from tests.support.procs import ManagedProcess, free_port
@@ -138,3 +139,59 @@ async def _two_workers(tmp_path: Path, technitium: FakeTechnitium,
         await asyncio.sleep(0.05)
     assert proc.returncode == 0
     assert not run_dir.exists()   # the run's directory leaves with it
+
+
+async def test_a_worker_that_dies_leaves_the_gauges_but_not_the_totals(
+        tmp_path: Path, process_factory: Callable[..., ManagedProcess]) -> None:
+    """SIGKILL one of two workers while WebSockets are open on both: once the supervisor restarted it,
+    the open-WebSockets sum is what is really still open (the dead one's gauge is forgotten), and the
+    counters keep what the dead worker counted."""
+    async with running_socket_upstream(ALICE) as upstream:
+        port, fa_port = free_port(), free_port()
+        env = base_env(UPSTREAM_URL=upstream.url, UPSTREAM_TYPE="technitium", TRUST_PROXY="true",
+                       AUTHPROXY_DATA_DIR=str(tmp_path / "data"), PORT=str(port), HOST="127.0.0.1",
+                       FORWARD_AUTH_PORT=str(fa_port), SESSION_SECRET="s" * 40, WORKERS="2",
+                       ACCESS_LOG="false", SHUTDOWN_TIMEOUT="1")
+        proc = process_factory([sys.executable, "-m", "authproxy", "run"], env=env, inherit_env=False,
+                               cwd=ROOT, name="authproxy")
+        base, fa = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{fa_port}"
+        async with aiohttp.ClientSession() as http:
+            await _wait_healthy(http, base + "/_authproxy/healthz", proc)
+        status, text, cookie = await _fresh("POST", base + "/_authproxy/api/auth/login",
+                                            json=dict(zip(("username", "password"), ALICE, strict=True)),
+                                            headers={"X-Forwarded-Proto": "https"})
+        assert status == 200, text
+        sessions = [aiohttp.ClientSession() for _ in range(12)]
+        try:
+            sockets = [await http.ws_connect(base + "/ws", headers={"X-Forwarded-Proto": "https",
+                                                                     "Cookie": f"__Host-authproxy={cookie}"})
+                       for http in sessions]
+            await _until_every_scrape_says(fa, len(sockets))
+            workers = await _workers(proc.pid or 0, 2)
+            # The supervisor restarts only a worker that died after it saw every worker listen (one that
+            # dies while starting stops them all): give its watch loop (0.5 s turns) time to see it.
+            await asyncio.sleep(1.5)
+            os.kill(min(workers), signal.SIGKILL)
+            survivors = 0
+            for ws in sockets:
+                try:
+                    await ws.send_str("hello")
+                    survivors += (await ws.receive(timeout=3)).data == "hello"
+                except (aiohttp.ClientError, ConnectionError):
+                    pass
+            assert 0 < survivors < len(sockets), survivors   # the sockets were on both workers
+            await _workers(proc.pid or 0, 2, exclude=min(workers))   # restarted
+            await _until_every_scrape_says(fa, survivors)
+            samples = await _scrape(fa)
+            assert value(samples, "authproxy_sign_ins_total", site="technitium", outcome="success") == 1
+        finally:
+            for http in sessions:
+                await http.close()
+
+
+async def _workers(supervisor: int, count: int, exclude: int = 0, timeout: float = 15) -> set[int]:
+    deadline = time.monotonic() + timeout
+    while len(pids := _children(supervisor) - {exclude}) < count:
+        assert time.monotonic() < deadline, f"{supervisor} has children {pids}, expected {count}"
+        await asyncio.sleep(0.05)
+    return pids

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -291,3 +292,19 @@ def test_site_auth_is_checked(tmp_path: Path) -> None:
             in problems("session", "magic"))
     assert "AUTH_MODE=none does not do" in problems("none", "otp")
     assert "UPSTREAM_SERVICE_TOKEN (site 'b'): AUTH_MODE=otp sends" in problems("session", "otp", token="")
+
+
+async def test_code_sign_ins_are_counted_in_the_metrics(
+    make_gateway: MakeGateway, technitium: FakeTechnitium, webhook_receiver: WebhookReceiver,
+    client_for: Callable[[Gateway], GatewayClient], http_client: aiohttp.ClientSession,
+) -> None:
+    from tests.integration.test_metrics import scrape, value
+
+    gw = await make_gateway(otp_env(technitium, webhook_receiver.discord_url, FORWARD_AUTH_PORT="0"))
+    c = client_for(gw)
+    await post(c, REQUEST)
+    assert (await post(c, VERIFY, {"otp": "000000"}))[0] == 401
+    assert (await post(c, VERIFY, {"otp": webhook_receiver.code()}))[0] == 200
+    samples = await scrape(http_client, gw.forward_auth_url)
+    assert value(samples, "authproxy_sign_ins_total", site="technitium", outcome="failure") == 1
+    assert value(samples, "authproxy_sign_ins_total", site="technitium", outcome="success") == 1

@@ -332,10 +332,11 @@ async def test_hybrid_service_key_checked_reported_and_audited_apart(
         )
     )
     c = client_for(gw)
-    body = await (await c.request("GET", ME)).json()
-    state = body["sites"][0]["backgroundToken"]
+    state = await background_token(client_for(gw))
     assert state["validated"] and state["okForBackground"] and "account svc" in state["reason"]
     assert "READONLY_ADMIN" in state["reason"]
+    public = (await (await c.request("GET", ME)).json())["backgroundPtrToken"]
+    assert public == {"configured": True, "validated": True, "okForPtr": True}  # no account for anyone
     service = await connect(c, **{"X-API-Key": client_key})
     assert (await service.result("system.info"))["hostname"] == "fake-nas"
     assert nas.calls[-1].user == "svc" and nas.calls[-1].kind == "API_KEY"
@@ -448,6 +449,15 @@ async def test_a_reload_reuses_the_parked_upstream_socket(
     assert nas.sessions_of("alice") == []
 
 
+async def background_token(admin: GatewayClient) -> dict[str, Any]:
+    """/me's report on the service key, as an administrator (FULL_ADMIN in TrueNAS) sees it."""
+    assert (await admin.login("alice", "alice-pw")).status == 200
+    body = await (await admin.request("GET", ME)).json()
+    assert body["admin"] is True
+    state: dict[str, Any] = body["sites"][0]["backgroundToken"]
+    return state
+
+
 async def test_the_service_key_uses_one_shared_reconnecting_socket(
     make_gateway: MakeGateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
 ) -> None:
@@ -486,8 +496,7 @@ async def test_the_service_key_uses_one_shared_reconnecting_socket(
             break
         await asyncio.sleep(0.05)
     assert key_logins() == 2
-    state = (await (await client_for(gw).request("GET", ME)).json())["sites"][0]["backgroundToken"]
-    assert state["okForBackground"] is True
+    assert (await background_token(client_for(gw)))["okForBackground"] is True
 
 
 @pytest.mark.parametrize(
@@ -556,8 +565,8 @@ async def test_shared_key_mode_everyone_is_the_key_account_and_reloads_cost_no_l
     def key_logins() -> int:
         return len([c for c in nas.calls if c.method == "auth.login_with_api_key"])
 
-    state = (await (await client_for(gw).request("GET", ME)).json())["sites"][0]["backgroundToken"]
-    assert state["validated"] and "account svc" in state["reason"]  # checked at start in this mode too
+    state = (await (await client_for(gw).request("GET", ME)).json())["backgroundPtrToken"]
+    assert state["validated"] and state["okForPtr"]  # checked at start in this mode too
     first = await connect(client_for(gw))
     ok = await first.result("auth.login_ex", pw("anyone", "anything"))
     assert ok["response_type"] == "SUCCESS"
@@ -746,3 +755,67 @@ async def test_a_client_may_not_use_authproxys_own_call_ids(
     me = await rpc.result("auth.me")
     assert "provisioning_uri" not in me["two_factor_config"]
     assert not [call for call in nas.calls if call.method == "core.ping"]
+
+
+async def test_a_stopping_server_closes_every_truenas_socket(
+    make_gateway: MakeGateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    gw = await make_gateway(truenas_env(nas))
+    anonymous = await connect(client_for(gw))
+    assert await anonymous.result("core.ping") == "pong"
+    signed = await connect(client_for(gw))
+    await signed.result("auth.login_ex", pw("alice", "alice-pw"))  # its session is the socket's
+    assert len(gw.app[keys.WEBSOCKETS]) == 2
+    started = asyncio.get_running_loop().time()
+    stopping = asyncio.create_task(gw.stop())
+    for rpc in (anonymous, signed):
+        msg = await rpc.ws.receive(timeout=10)
+        assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1001
+    await stopping
+    assert asyncio.get_running_loop().time() - started < 5
+
+
+async def test_the_login_page_with_truenas_otp(
+    gw: Gateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    c = client_for(gw)
+    browser = {
+        "Sec-Fetch-Site": "same-origin",
+        "Sec-Fetch-Mode": "navigate",
+        "Origin": c.origin,
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Accept": "text/html",
+    }
+    step1 = await c.request(
+        "POST", "/_authproxy/api/auth/login", data="username=olga&password=olga-pw&rd=%2F", headers=browser
+    )
+    text = await step1.text()
+    assert step1.status == 200 and 'id="totp-field"' in text and 'id="totp-field" hidden' not in text
+    assert "olga-pw" not in text
+    code = nas.code_for("olga")
+    step2 = await c.request(
+        "POST",
+        "/_authproxy/api/auth/login",
+        data=f"username=olga&password=olga-pw&totp={code}&rd=%2F",
+        headers=browser,
+    )
+    assert step2.status == 303 and c.cookie
+    assert (await (await c.request("GET", ME)).json())["user"] == "olga"
+
+
+async def test_an_in_band_otp_step_waits_only_so_long(
+    gw: Gateway,
+    nas: FakeTrueNAS,
+    client_for: Callable[[Gateway], GatewayClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from authproxy.proxy import truenas_bridge
+
+    monkeypatch.setattr(truenas_bridge, "OTP_WAIT", 0.1)
+    rpc = await connect(client_for(gw))
+    assert (await rpc.result("auth.login_ex", pw("olga", "olga-pw")))["response_type"] == "OTP_REQUIRED"
+    await asyncio.sleep(0.3)  # the typed password is gone: the code alone opens nothing
+    late = await rpc.call(
+        "auth.login_ex_continue", {"mechanism": "OTP_TOKEN", "otp_token": nas.code_for("olga")}
+    )
+    assert late["error"]["data"]["errname"] == "EINVAL"
