@@ -23,7 +23,6 @@ from authproxy.config.schema import SessionConfig
 from authproxy.crypto import Keyring, b64e, seal, unseal
 from authproxy.errors import AuthError
 from authproxy.log import audit, log
-from authproxy.sessions.directory import Entry, SessionDirectory
 from authproxy.sessions.model import OWNER, Credential, Identity, Session, owner_record, site_identity
 from authproxy.sessions.store import SessionStore
 from authproxy.sessions.ticket import Ticket, decode_ticket, new_ticket
@@ -140,7 +139,6 @@ class SessionManager:
         self.cache_hits = 0
         self.cache_misses = 0
         self.marker_keys = keyring.derive_all(MARKER_PURPOSE)   # open_marker: newest first
-        self.directory = SessionDirectory(store, keyring)   # who is signed in where (admin listing)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -182,10 +180,6 @@ class SessionManager:
         if await self._revoked(loaded.store_key):
             await self.destroy(loaded)
             raise SessionRevoked("signed out everywhere while signing in")
-        if auth_method == "local":   # the admin's session list (authproxy's own accounts)
-            entry = Entry(id=loaded.public_id, store_key=loaded.store_key, user=user, site=site,
-                          client_ip=client_ip, created_at=now, auth_method=auth_method)
-            await self.directory.record(entry, self.config.max_age)
         return loaded, ticket.encode(self.keyring)
 
     async def load(self, cookie_value: str | None, *, client_ip: ClientIP = "") -> LoadedSession | None:
@@ -415,7 +409,6 @@ class SessionManager:
         for key in members:
             if index is not None:
                 await self.store.index_remove(index, key)
-            await self.directory.forget(public_id(key))
             await self.store.revoke(CHANNEL, key)
         return ended
 

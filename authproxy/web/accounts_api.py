@@ -24,7 +24,7 @@ from authproxy.accounts.store import NameTaken
 from authproxy.bodies import read_up_to
 from authproxy.errors import AuthError
 from authproxy.log import audit
-from authproxy.sessions.directory import Entry
+from authproxy.sessions.admin import SessionAdmin, SessionInfo
 from authproxy.sessions.manager import LoadedSession
 from authproxy.web.api import clear_session_cookie
 from authproxy.web.common import SECURITY_HEADERS, client_ip, current_session, json_error, parse_json
@@ -150,7 +150,9 @@ async def change_password(request: web.Request) -> web.StreamResponse:
 @handler
 async def my_sessions(request: web.Request) -> web.StreamResponse:
     caller = await signed_in(request)
-    return ok({"sessions": await _sessions(request, lambda e: e.user == caller.claim.username, caller)})
+    mine = set(_local_sites(request))
+    return ok({"sessions": await _sessions(
+        request, lambda e: e.user == caller.claim.username and e.site in mine, caller)})
 
 
 @handler
@@ -343,17 +345,28 @@ async def delete_key(request: web.Request) -> web.StreamResponse:
 
 # ---- sessions -------------------------------------------------------------------------------------
 
-async def _sessions(request: web.Request, wanted: Callable[[Entry], bool],
+def _admin(request: web.Request) -> SessionAdmin:
+    """The store's session listing (sessions/admin.py, also `authproxy sessions`): each session's sealed
+    marker says who, where, since when and from where; no session is opened."""
+    manager = request.app[keys.SESSIONS]
+    return SessionAdmin(manager.store, manager.marker_keys)
+
+
+async def _sessions(request: web.Request, wanted: Callable[[SessionInfo], bool],
                     caller: Caller) -> list[dict[str, Any]]:
     manager = request.app[keys.SESSIONS]
     now = manager.clock()
     idle = manager.config.idle_timeout
     found = []
-    for entry, left in await manager.directory.live():
-        if wanted(entry):
-            # Every touch sets the TTL to the idle timeout (or less, near the absolute end).
-            seen = max(entry.created_at, now - (idle - left)) if left < idle else now
-            found.append({**entry.public(round(seen, 3)), "current": entry.id == caller.loaded.public_id})
+    for info in await _admin(request).sessions():
+        if wanted(info):
+            # Every touch sets the idle TTL to the idle timeout: it was last slid idle_timeout before
+            # the idle end (within the touch interval; near the absolute end the TTL is shorter).
+            seen = min(now, max(info.created_at or 0.0, info.idle_expires_at - idle))
+            found.append({"id": info.id, "user": info.user, "site": info.site, "clientIp": info.client_ip,
+                          "createdAt": info.created_at, "lastSeenAt": round(seen, 3),
+                          "idleExpiresAt": round(info.idle_expires_at, 3), "expiresAt": info.expires_at,
+                          "authMethod": info.auth_method, "current": info.id == caller.loaded.public_id})
     return found
 
 
@@ -366,11 +379,13 @@ async def all_sessions(request: web.Request) -> web.StreamResponse:
 @handler
 async def end_session(request: web.Request) -> web.StreamResponse:
     caller = await signed_in(request, admin=True)
-    manager = request.app[keys.SESSIONS]
-    entry = await manager.directory.get(request.match_info["id"])
-    if entry is None or not await manager.end_keys({entry.store_key}):
+    admin = _admin(request)
+    wanted = request.match_info["id"]
+    listed = {s.id: s for s in await admin.sessions()}
+    info = listed.get(wanted)
+    if info is None or not await admin.revoke([wanted]):
         return json_error(404, "not_found", "No such session (it may have ended already).")
-    caller.audit(request, "session_ended", target=entry.user, site=entry.site, session=entry.id)
+    caller.audit(request, "session_ended", target=info.user, site=info.site, session=info.id)
     return ok({})
 
 
