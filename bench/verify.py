@@ -297,6 +297,7 @@ def run_sizes(args: argparse.Namespace) -> None:
                              name="authproxy-sizes")
         have, base_memory = 1, _used_memory(redis.url)
         first_p99 = None
+        p99s: list[float] = []
         for size in sizes:
             started = time.monotonic()
             _fill(redis.url, prefix, template, have, size)
@@ -310,12 +311,16 @@ def run_sizes(args: argparse.Namespace) -> None:
                        meters={"server": lambda: descendants(ap.proc.pid),
                                "redis": lambda: [redis.pid] if redis.pid else []})
             first_p99 = first_p99 or load.p99_ms
+            p99s.append(load.p99_ms)
             rows.append([f"{size:,}", fmt_int(load.rps), fmt_ms(load.p50_ms), fmt_ms(load.p99_ms),
                          f"{load.p99_ms / first_p99:.2f}x", f"{per_session:,.0f}",
                          f"{memory / 2**20:,.0f}", load.errors.replace("Socket errors: ", "")])
     print()
     table(["sessions", "req/s", "p50 ms", "p99 ms", "p99 vs smallest", "Redis bytes/session", "Redis MiB",
            "socket errors"], rows, title="Session check, cache off, as the store fills")
+    if len(p99s) > 1:
+        ratio = p99s[-1] / p99s[0]
+        print_targets([Target(f"p99 at {sizes[-1]:,} / p99 at {sizes[0]:,} sessions", ratio, "<=", 1.2)])
 
 
 def run() -> None:

@@ -70,6 +70,7 @@ from authproxy.sessions.breaker import CircuitBreaker
 from authproxy.sessions.redis_cluster import (
     CLUSTER_SCHEMES,
     ClusterSpec,
+    ReplicaCounts,
     acked_write,
     connected_replicas,
     pubsub_client,
@@ -163,11 +164,13 @@ class RedisStore:
         self._cluster_spec: ClusterSpec | None = None
         self._node_template: Endpoint | None = None  # Cluster: TLS and credentials of its hot-read clients
         self._acknowledged = False  # writes wait for replicas (WAIT): Cluster, or Sentinel with wait_replicas
+        self._replica_counts = ReplicaCounts(0)
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme in CLUSTER_SCHEMES:
             self._cluster_spec = ClusterSpec.parse(url)
             self._acknowledged = self._cluster_spec.wait_replicas > 0
+            self._replica_counts = ReplicaCounts(self._cluster_spec.wait_replicas)
             spec = self._cluster_spec
             self._node_template = dataclasses.replace(
                 Endpoint.from_url(f"{'rediss' if spec.tls else 'redis'}://localhost/0"),
@@ -179,6 +182,7 @@ class RedisStore:
         elif scheme == "redis+sentinel":
             self._sentinel_spec = _SentinelSpec.parse(url)
             self._acknowledged = self._sentinel_spec.wait_replicas > 0
+            self._replica_counts = ReplicaCounts(self._sentinel_spec.wait_replicas)
             self._secrets += [s for s in (self._sentinel_spec.password,
                                           self._sentinel_spec.sentinel_password) if s]
         elif scheme in ("redis", "rediss", "unix"):
@@ -290,30 +294,30 @@ class RedisStore:
                 raise
         if self._cluster_spec is not None:
             value = await self._node_read("get", key, lambda f, k: f.get(k),
-                                          lambda c: c.get(self.prefix + key))
+                                          lambda c: c.get(self._name(key)))
         else:
-            value = await self._do("get", lambda c: c.get(self.prefix + key))
+            value = await self._do("get", lambda c: c.get(self._name(key)))
         return value if isinstance(value, bytes) or value is None else value.encode()
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         if self._acknowledged:
-            await self._acked("set", key, "SET", self.prefix + key, value, "PX", _ms(ttl))
+            await self._acked("set", key, "SET", self._name(key), value, "PX", _ms(ttl))
             return
-        await self._do("set", lambda c: c.set(self.prefix + key, value, px=_ms(ttl)))
+        await self._do("set", lambda c: c.set(self._name(key), value, px=_ms(ttl)))
 
     async def replace(self, key: str, value: bytes, ttl: float) -> bool:
         if self._acknowledged:
-            return bool(await self._acked("replace", key, "SET", self.prefix + key, value, "PX", _ms(ttl),
+            return bool(await self._acked("replace", key, "SET", self._name(key), value, "PX", _ms(ttl),
                                           "XX"))
-        written = await self._do("replace", lambda c: c.set(self.prefix + key, value, px=_ms(ttl), xx=True))
+        written = await self._do("replace", lambda c: c.set(self._name(key), value, px=_ms(ttl), xx=True))
         return bool(written)
 
     async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
         if self._acknowledged:
-            return bool(await self._acked("set_if_absent", key, "SET", self.prefix + key, value, "PX",
+            return bool(await self._acked("set_if_absent", key, "SET", self._name(key), value, "PX",
                                           _ms(ttl), "NX"))
         created = await self._do("set_if_absent",
-                                 lambda c: c.set(self.prefix + key, value, px=_ms(ttl), nx=True))
+                                 lambda c: c.set(self._name(key), value, px=_ms(ttl), nx=True))
         return bool(created)
 
     async def expire(self, key: str, ttl: float) -> bool:
@@ -330,23 +334,23 @@ class RedisStore:
         if self._cluster_spec is not None:
             ms = _ms(ttl)
             return bool(await self._node_read("expire", key, lambda f, k: f.pexpire(k, ms),
-                                              lambda c: c.pexpire(self.prefix + key, ms)))
-        return bool(await self._do("expire", lambda c: c.pexpire(self.prefix + key, _ms(ttl))))
+                                              lambda c: c.pexpire(self._name(key), ms)))
+        return bool(await self._do("expire", lambda c: c.pexpire(self._name(key), _ms(ttl))))
 
     async def delete(self, *keys: str) -> int:
         if not keys:
             return 0
         if self._cluster_spec is not None:  # one key at a time: they live in different slots
-            return sum([int(await self._acked("delete", k, "DEL", self.prefix + k)) for k in keys])
+            return sum([int(await self._acked("delete", k, "DEL", self._name(k))) for k in keys])
         if self._acknowledged:
-            return int(await self._acked("delete", keys[0], "DEL", *(self.prefix + k for k in keys)))
-        return int(await self._do("delete", lambda c: c.delete(*(self.prefix + k for k in keys))))
+            return int(await self._acked("delete", keys[0], "DEL", *(self._name(k) for k in keys)))
+        return int(await self._do("delete", lambda c: c.delete(*(self._name(k) for k in keys))))
 
     async def incr(self, key: str, window: float, amount: int = 1) -> int:
         if self._acknowledged:  # EVAL, not EVALSHA: a promoted replica has no script cache
-            return int(await self._acked("incr", key, "EVAL", INCR_SCRIPT, 1, self.prefix + key,
+            return int(await self._acked("incr", key, "EVAL", INCR_SCRIPT, 1, self._name(key),
                                          _ms(window), amount))
-        return int(await self._do("incr", lambda c: self._incr(keys=[self.prefix + key],
+        return int(await self._do("incr", lambda c: self._incr(keys=[self._name(key)],
                                                                 args=[_ms(window), amount])))
 
     async def ttl(self, key: str) -> float | None:
@@ -362,9 +366,9 @@ class RedisStore:
                 raise
         elif self._cluster_spec is not None:
             ms = int(await self._node_read("ttl", key, lambda f, k: f.pttl(k),
-                                           lambda c: c.pttl(self.prefix + key)))
+                                           lambda c: c.pttl(self._name(key))))
         else:
-            ms = int(await self._do("ttl", lambda c: c.pttl(self.prefix + key)))
+            ms = int(await self._do("ttl", lambda c: c.pttl(self._name(key))))
         if ms == -2:
             return None
         return math.inf if ms == -1 else ms / 1000
@@ -373,29 +377,40 @@ class RedisStore:
 
     async def index_add(self, index: str, member: str, ttl: float) -> None:
         if self._acknowledged:
-            await self._acked("index_add", index, "EVAL", INDEX_ADD_SCRIPT, 1, self.prefix + index, member,
+            await self._acked("index_add", index, "EVAL", INDEX_ADD_SCRIPT, 1, self._name(index), member,
                               _ms(ttl))
             return
         await self._do("index_add",
-                       lambda c: self._index_add(keys=[self.prefix + index], args=[member, _ms(ttl)]))
+                       lambda c: self._index_add(keys=[self._name(index)], args=[member, _ms(ttl)]))
 
     async def index_remove(self, index: str, member: str) -> None:
         if self._acknowledged:
-            await self._acked("index_remove", index, "SREM", self.prefix + index, member)
+            await self._acked("index_remove", index, "SREM", self._name(index), member)
             return
-        await self._do("index_remove", lambda c: c.srem(self.prefix + index, member))
+        await self._do("index_remove", lambda c: c.srem(self._name(index), member))
 
     async def index_members(self, index: str) -> builtins.set[str]:
-        members = await self._do("index_members", lambda c: c.smembers(self.prefix + index))
+        members = await self._do("index_members", lambda c: c.smembers(self._name(index)))
         return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
 
     async def keys(self, prefix: str) -> builtins.list[str]:
-        async def scan(client: aioredis.Redis) -> builtins.list[str]:
+        pattern = self.prefix + prefix
+        if self._cluster_spec is not None:  # names are `kind:{rest}` there (_name)
+            kind, sep, rest = prefix.partition(":")
+            pattern = f"{self.prefix}{kind}:{{{rest}" if sep else pattern
+
+        async def scan(client: Any) -> builtins.list[str]:
             cut = len(self.prefix)
-            found = [k async for k in client.scan_iter(match=_glob_escape(self.prefix + prefix) + "*",
-                                                       count=1000)]
-            return [(k.decode() if isinstance(k, bytes) else str(k))[cut:] for k in found]
+            found = [k async for k in client.scan_iter(match=_glob_escape(pattern) + "*", count=1000)]
+            return [self._unname((k.decode() if isinstance(k, bytes) else str(k))[cut:]) for k in found]
         return await self._do("keys", scan)
+
+    def _unname(self, name: str) -> str:
+        """The store key of a Redis key (without the prefix): `_name` undone."""
+        if self._cluster_spec is None:
+            return name
+        kind, sep, rest = name.partition(":")
+        return f"{kind}:{rest[1:-1]}" if sep and rest.startswith("{") and rest.endswith("}") else name
 
     # -- pub/sub ---------------------------------------------------------------------------------
 
@@ -535,15 +550,24 @@ class RedisStore:
                 await old.aclose()
         return chosen
 
+    def _name(self, key: str) -> str:
+        """The Redis key of a store key: the prefix and the key; on a Cluster with what follows the key's
+        kind in a hash tag (`s:{id}`, `m:{id}`), so a session's blob and its end marker, which a check
+        reads together, live in one slot: one master's failure then refuses only its own sessions."""
+        if self._cluster_spec is None:
+            return self.prefix + key
+        kind, sep, rest = key.partition(":")
+        return f"{self.prefix}{kind}:{{{rest}}}" if sep and rest and "{" not in rest else self.prefix + key
+
     async def _node_read(self, op: str, key: str, fast: Callable[[RespClient, bytes], Awaitable[Any]],
                          slow: Callable[[Any], Awaitable[T]]) -> Any:
         """A hot read on a Cluster: straight to the key's master through a small client of its own (the
         slot map is redis-py's); on MOVED/ASK, a node that fails or one not known yet, through redis-py's
         cluster client, which follows the cluster (and its failovers) and answers or fails properly."""
         client = self._client
-        bkey = (self.prefix + key).encode()
+        bkey = (self._name(key)).encode()
         if isinstance(client, RedisCluster) and self._node_template is not None:
-            node = client.get_node_from_key(self.prefix + key) if client.get_nodes() else None
+            node = client.get_node_from_key(self._name(key)) if client.get_nodes() else None
             if node is not None:
                 resp = self._node_fast.get(node.name)
                 if resp is None:
@@ -562,24 +586,34 @@ class RedisStore:
     async def _acked(self, op: str, key: str, *args: Any) -> Any:
         """A write that returns once `wait_replicas` replicas hold it (Cluster, or Sentinel when asked)."""
         cluster = self._cluster_spec
+        counts = self._replica_counts
         if cluster is not None:
-            return await self._do(op, lambda c: acked_write(c, self.prefix + key, args, cluster,
-                                                            self._degraded))
+            return await self._do(op, lambda c: acked_write(c, self._name(key), args, cluster, counts,
+                                                            self._degraded),
+                                  extra=cluster.wait_timeout_ms / 1000)
         sentinel = self._sentinel_spec
         assert sentinel is not None
 
         async def with_wait(client: aioredis.Redis) -> Any:
+            wait_for, recheck = counts.plan("master")
+            if recheck:
+                counts.saw("master", connected_replicas(await client.info("replication")))
+                wait_for = min(sentinel.wait_replicas, counts.plan("master")[0])
             pipe = client.pipeline(transaction=False)  # one connection: WAIT counts this write
             pipe.execute_command(*args)
-            pipe.execute_command("WAIT", sentinel.wait_replicas, sentinel.wait_timeout_ms)
-            reply, acked = await pipe.execute()
-            if int(acked) < sentinel.wait_replicas:
+            if wait_for:
+                pipe.execute_command("WAIT", wait_for, sentinel.wait_timeout_ms)
+            replies = await pipe.execute()
+            acked = connected = int(replies[1]) if wait_for else 0
+            if acked < wait_for:
                 connected = connected_replicas(await client.info("replication"))
-                short_of_replicas(int(acked), connected, sentinel.wait_replicas, sentinel.wait_timeout_ms)
+                counts.saw("master", connected)
+                short_of_replicas(acked, connected, sentinel.wait_replicas, sentinel.wait_timeout_ms)
+            if connected < sentinel.wait_replicas:
                 self._degraded(connected)
-            return reply
+            return replies[0]
 
-        return await self._do(op, with_wait)
+        return await self._do(op, with_wait, extra=sentinel.wait_timeout_ms / 1000)
 
     def _degraded(self, replicas: int) -> None:
         """A write was kept by a master with fewer replicas than wait_replicas (say so once a minute)."""
@@ -590,8 +624,11 @@ class RedisStore:
                         "are kept by that master alone until a replica is back", self.safe_url, replicas)
 
     def _common(self) -> dict[str, Any]:
+        spec = self._cluster_spec or self._sentinel_spec
+        # A WAIT may take its whole timeout; every other call is still bounded by _do's deadline.
+        wait = spec.wait_timeout_ms / 1000 if self._acknowledged and spec is not None else 0.0
         return {
-            "socket_timeout": self.timeout,
+            "socket_timeout": self.timeout + wait,
             "socket_connect_timeout": self.timeout,
             # One fast retry: heals a pooled connection that died with a restarted Redis.
             "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
@@ -613,15 +650,16 @@ class RedisStore:
             spec.service_name, db=spec.db, username=spec.username, password=spec.password)
         return master
 
-    async def _do(self, op: str, call: Callable[[Any], Awaitable[T]], *, pub: bool = False) -> T:
-        """Run one command under the overall deadline; every failure becomes a password-free StoreError.
-        `pub`: on pub/sub's client (the same one, except on a Cluster)."""
+    async def _do(self, op: str, call: Callable[[Any], Awaitable[T]], *, pub: bool = False,
+                  extra: float = 0.0) -> T:
+        """Run one command under the overall deadline (+ `extra`: a WAIT's own timeout); every failure
+        becomes a password-free StoreError. `pub`: on pub/sub's client (the same one, except on a Cluster)."""
         client = self._pub if pub else self._client
         if client is None:
             raise StoreError(f"redis store {self.safe_url} is not started (or already closed)")
         self._breaker.check(op)
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.timeout + extra):
                 return await call(client)
         except _STORE_ERRORS as exc:
             detail = self._scrub(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)

@@ -5,8 +5,10 @@
 (slots, replicas, failovers: MOVED/ASK and re-discovery are its job).
 
 Why it looks like this:
-- No hash tags are needed: every command the store sends touches one key (the Lua scripts included:
-  a counter, or one index set); a delete of several keys is split per key. A `{...}` in REDIS_PREFIX
+- Every command the store sends touches one key (the Lua scripts included: a counter, or one index
+  set); a delete of several keys is split per key. But a session check reads `s:<id>` and `m:<id>`
+  together, so the store names keys `<kind>:{<rest>}` (RedisStore._name): a session's keys share the
+  slot of its id, and one master's failure refuses only its own sessions. A `{...}` in REDIS_PREFIX
   would put every key in one slot (one master) and is refused.
 - Acknowledged means replicated: Redis replicates asynchronously, so a master killed right after "OK"
   loses that write when its replica takes over. Writes that matter (sessions, their index, throttle
@@ -30,6 +32,7 @@ Why it looks like this:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -129,26 +132,42 @@ async def pubsub_client(cluster: RedisCluster, prefix: str, spec: ClusterSpec,
                           password=spec.password, **common)
 
 
+class ReplicaCounts:
+    """How many replicas each master was last seen with. A master left without replicas (after a
+    failover, until the old one returns as its replica) is not asked to WAIT for one: WAIT would hold
+    every write there for its whole timeout. Such a master is looked at again once a second."""
+
+    RECHECK = 1.0
+
+    def __init__(self, wanted: int) -> None:
+        self.wanted = wanted
+        self._seen: dict[str, tuple[int, float]] = {}
+
+    def plan(self, node: str) -> tuple[int, bool]:
+        """(replicas to WAIT for, whether to read the master's count first)."""
+        count, at = self._seen.get(node, (self.wanted, 0.0))
+        if count >= self.wanted:
+            return self.wanted, False
+        return count, time.monotonic() - at >= self.RECHECK
+
+    def saw(self, node: str, count: int) -> None:
+        self._seen[node] = (count, time.monotonic())
+
+
 async def acked_write(cluster: RedisCluster, key: str, args: Sequence[Any], spec: ClusterSpec,
-                      degraded: Callable[[int], None]) -> Any:
+                      counts: ReplicaCounts, degraded: Callable[[int], None]) -> Any:
     """`args` on the master of `key`, then WAIT on the same connection: the reply once `wait_replicas`
-    replicas hold it. After MOVED/ASK or a lost connection the slot map is read again and the pair is
-    sent once more (to the new master after a failover): a lost reply may mean a counter counts one
-    failure twice, never that a write is reported done when it is not."""
+    replicas hold it (or all the master has, see ReplicaCounts). After MOVED/ASK or a lost connection the
+    slot map is read again and the write sent once more (to the new master after a failover): a lost
+    reply may mean a counter counts one failure twice, never that a write is reported done when it is
+    not."""
     if spec.wait_replicas == 0:
         return await cluster.execute_command(*args)
     for attempt in (1, 2):
         node = _master(cluster, key)
         conn = node.acquire_connection()
         try:
-            await conn.send_packed_command(conn.pack_commands([tuple(args),
-                                                               ("WAIT", spec.wait_replicas,
-                                                                spec.wait_timeout_ms)]))
-            reply = await conn.read_response()
-            acked = int(await conn.read_response())
-            if acked < spec.wait_replicas:  # how many could have confirmed?
-                await conn.send_command("INFO", "replication")
-                replicas = connected_replicas(await conn.read_response())
+            reply, acked, wait_for, replicas = await _write_and_wait(conn, args, node.name, spec, counts)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError,
                 redis.exceptions.MovedError, redis.exceptions.AskError, redis.exceptions.ClusterDownError,
                 redis.exceptions.TryAgainError, redis.exceptions.ReadOnlyError):
@@ -163,11 +182,37 @@ async def acked_write(cluster: RedisCluster, key: str, args: Sequence[Any], spec
             node.release(conn)
             raise
         node.release(conn)
-        if acked < spec.wait_replicas:
+        if acked < wait_for:
             short_of_replicas(acked, replicas, spec.wait_replicas, spec.wait_timeout_ms)
+        if min(acked, replicas) < spec.wait_replicas:
             degraded(replicas)
         return reply
     raise AssertionError("unreachable")
+
+
+async def _write_and_wait(conn: Any, args: Sequence[Any], name: str, spec: ClusterSpec,
+                          counts: ReplicaCounts) -> tuple[Any, int, int, int]:
+    """(reply, replicas that confirmed, replicas waited for, replicas the master has) on one connection."""
+    wait_for, recheck = counts.plan(name)
+    replicas = wait_for
+    if recheck:
+        await conn.send_command("INFO", "replication")
+        replicas = connected_replicas(await conn.read_response())
+        counts.saw(name, replicas)
+        wait_for = min(spec.wait_replicas, replicas)
+    if wait_for == 0:
+        await conn.send_command(*args)
+        return await conn.read_response(), 0, 0, replicas
+    wait = ("WAIT", wait_for, spec.wait_timeout_ms)
+    await conn.send_packed_command(conn.pack_commands([tuple(args), wait]))
+    reply = await conn.read_response()
+    # WAIT may take its whole timeout: the socket's own read timeout must not end it first.
+    acked = int(await conn.read_response(timeout=spec.wait_timeout_ms / 1000 + (conn.socket_timeout or 0)))
+    if acked < wait_for:  # how many could have confirmed?
+        await conn.send_command("INFO", "replication")
+        replicas = connected_replicas(await conn.read_response())
+        counts.saw(name, replicas)
+    return reply, acked, wait_for, replicas
 
 
 def connected_replicas(info: object) -> int:

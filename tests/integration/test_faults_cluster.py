@@ -18,6 +18,9 @@ from typing import Any
 import pytest_asyncio
 import redis
 
+from authproxy.config.loader import load_config
+from authproxy.crypto import Keyring
+from authproxy.sessions.ticket import decode_ticket
 from tests.fakes.technitium import FakeTechnitium
 from tests.support.procs import ManagedProcess, free_port, wait_for_port
 from tests.support.redis_cluster import RedisCluster
@@ -40,13 +43,37 @@ def _keys(cluster: RedisCluster, node: RedisServer, pattern: str) -> list[bytes]
         return list(c.keys(pattern))
 
 
+def _slots(cluster: RedisCluster, master: RedisServer) -> set[int]:
+    row = next(r for r in cluster.topology() if int(r["port"]) == master.port)
+    slots: set[int] = set()
+    for span in row["slots"].split():
+        lo, _, hi = span.partition("-")
+        slots.update(range(int(lo), int(hi or lo) + 1))
+    return slots
+
+
+def _slot(cluster: RedisCluster, key: str) -> int:
+    with cluster.client() as c:
+        return int(c.execute_command("CLUSTER", "KEYSLOT", key))
+
+
+def _store_key(cookie: str) -> str:
+    """The Redis key of a session cookie's session (the replicas' SESSION_SECRET is "s" * 40)."""
+    config = load_config({"UPSTREAM_URL": "http://127.0.0.1:9", "UPSTREAM_TYPE": "technitium",
+                          "TRUST_PROXY": "true", "SESSION_SECRET": "s" * 40})
+    ticket = decode_ticket(cookie, Keyring(config.session.secrets))
+    assert ticket is not None
+    kind, _, rest = ticket.store_key.partition(":")
+    return f"authproxy:{kind}:{{{rest}}}"  # on a Cluster, the id is a hash tag (s:{id}, m:{id}: one slot)
+
+
 def _replication(server: RedisServer) -> dict[str, Any]:
     with redis.Redis(host=server.host, port=server.port, password=server.password, socket_timeout=2) as c:
         info: dict[str, Any] = c.info("replication")
         return info
 
 
-Log = list[tuple[float, int, bool | None]]  # (time, status, authenticated)
+Log = list[tuple[float, int, bool | None, str]]  # (time, status, authenticated, cookie)
 
 
 async def under_load(replicas: Replicas, live: list[str], fault: Callable[[], None], *,
@@ -63,8 +90,9 @@ async def under_load(replicas: Replicas, live: list[str], fault: Callable[[], No
         for n in itertools.count():
             if stop.is_set():
                 return
-            status, authenticated = await replicas.check(n % count, rng.choice(live))
-            log.append((time.monotonic(), status, authenticated))
+            cookie = rng.choice(live)
+            status, authenticated = await replicas.check(n % count, cookie)
+            log.append((time.monotonic(), status, authenticated, cookie))
 
     async def signer() -> None:
         for n in itertools.count():
@@ -86,7 +114,7 @@ async def under_load(replicas: Replicas, live: list[str], fault: Callable[[], No
     fault()
     while time.monotonic() - fault_at < FAILOVER_BOUND + 10:
         await asyncio.sleep(0.2)
-        last_bad = max((t for t, s, _ in log if t > fault_at and s != 200), default=fault_at)
+        last_bad = max((t for t, s, _, _ in log if t > fault_at and s != 200), default=fault_at)
         if time.monotonic() - last_bad > 2.0 and time.monotonic() - fault_at > 3.0:
             break
     stop.set()
@@ -122,18 +150,23 @@ async def test_a_master_killed_under_load_costs_503s_for_the_failover_only(
     live = acked[4:]
 
     # The master that holds bob's failure count: a failover must not forget it.
-    counters = [k.decode() for n in redis_cluster.nodes for k in _keys(redis_cluster, n, "authproxy:t:u:*")]
+    counters = [k.decode() for n in redis_cluster.nodes for k in _keys(redis_cluster, n, "authproxy:t:{u:*")]
     assert len(set(counters)) == 1, counters
     victim = redis_cluster.master_of(counters[0])
     assert victim.process is not None
+    victim_slots = _slots(redis_cluster, victim)
     process = victim.process
     killed_at, log = await under_load(replicas, live, lambda: process.signal(signal.SIGKILL), sign_ins=True)
 
-    after = [(t - killed_at, s, a) for t, s, a in log if t > killed_at]
-    statuses = {s for _, s, _ in log}
+    after = [(t - killed_at, s, a) for t, s, a, _ in log if t > killed_at]
+    statuses = {s for _, s, _, _ in log}
     assert statuses <= {200, 503}, statuses
-    assert all(a is True for _, s, a in log if s == 200), "an acknowledged session was answered signed out"
+    assert all(a is True for _, s, a, _ in log if s == 200), "an acknowledged session was answered signed out"
     bad = [t for t, s, _ in after if s != 200]
+    # Only the sessions on the dead master's slots were refused: the others were served throughout.
+    refused = {c for _, s, _, c in log if s != 200}
+    elsewhere = [c for c in refused if _slot(redis_cluster, _store_key(c)) not in victim_slots]
+    assert not elsewhere, f"{len(elsewhere)} session(s) on a live master refused"
     outage = max(bad, default=0.0)
     assert outage <= FAILOVER_BOUND, f"503s until {outage:.1f} s after the kill"
     assert after and after[-1][1] == 200
@@ -181,10 +214,10 @@ async def test_sentinel_failover_under_load(
     assert master.process is not None
     process = master.process
     killed_at, log = await under_load(replicas, live, lambda: process.signal(signal.SIGKILL), sign_ins=False)
-    statuses = {s for _, s, _ in log}
+    statuses = {s for _, s, _, _ in log}
     assert statuses <= {200, 503}, statuses
-    assert all(a is True for _, s, a in log if s == 200)
-    bad = [t - killed_at for t, s, _ in log if t > killed_at and s != 200]
+    assert all(a is True for _, s, a, _ in log if s == 200)
+    bad = [t - killed_at for t, s, _, _ in log if t > killed_at and s != 200]
     outage = max(bad, default=0.0)
     assert outage <= FAILOVER_BOUND + 5, outage  # Sentinel: down-after 1 s + its election + redis-py
     assert _replication(replica)["role"] == "master"

@@ -94,6 +94,12 @@ async def test_a_dead_worker_is_restarted_while_the_other_serves(
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
         await _wait_healthy(http, f"{base}/_authproxy/healthz", proc)
         before = await _workers(proc.pid or 0, 2)
+        # Both workers listen (a worker that dies while the service starts stops it all, by design).
+        deadline = time.monotonic() + 20
+        while proc.log_tail(20000).count("authproxy ready") < 2:
+            assert time.monotonic() < deadline, proc.log_tail()
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)   # the supervisor counts the second one (it polls every 0.5 s at most)
         victim = min(before)
         os.kill(victim, signal.SIGKILL)
         started = time.monotonic()

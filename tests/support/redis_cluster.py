@@ -7,7 +7,8 @@ Fixtures:
 
 RedisCluster: .url (redis+cluster://[:pw@]h:p,h:p,h:p), .nodes (RedisServer each), .master_of(key) and
 .replica_of(master) (the RedisServer), .wait_ok(), .client() (a sync redis-py client on one node).
-`cluster-node-timeout` is 1000 ms, so a replica takes over about 2 s after its master dies.
+`cluster-node-timeout` is 1000 ms, so a replica takes over about 2 s after its master dies, and
+`cluster-require-full-coverage no`, so the other masters go on serving meanwhile.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ class ClusterNode(RedisServer):
         argv = super()._argv() + ["--cluster-port", str(self.bus_port),
                                   "--cluster-enabled", "yes", "--cluster-config-file",
                                   str(self.dir / "nodes.conf"),
-                                  "--cluster-node-timeout", str(NODE_TIMEOUT_MS)]
+                                  "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                                  # As the README advises: a failed master's slots must not stop the rest.
+                                  "--cluster-require-full-coverage", "no"]
         if self.password:
             argv += ["--masterauth", self.password]
         return argv

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from authproxy.config.loader import load_config
 from authproxy.errors import ConfigError, StoreError
 from authproxy.sessions.redis import RedisStore
-from authproxy.sessions.redis_cluster import ClusterSpec, connected_replicas, short_of_replicas
+from authproxy.sessions.redis_cluster import ClusterSpec, ReplicaCounts, connected_replicas, short_of_replicas
 
 
 def test_hosts_password_tls_and_wait_options() -> None:
@@ -52,3 +54,14 @@ def test_a_write_stands_only_when_every_connected_replica_confirmed() -> None:
         short_of_replicas(0, 1, 1, 500)   # a replica that could be promoted does not have it
     assert connected_replicas(b"# Replication\r\nrole:master\r\nconnected_slaves:2\r\n") == 2
     assert connected_replicas({"role": "master", "connected_slaves": 1}) == 1
+
+
+def test_a_master_seen_without_replicas_is_not_asked_to_wait_until_looked_at_again() -> None:
+    counts = ReplicaCounts(1)
+    assert counts.plan("a:1") == (1, False)   # unknown: as many as wanted
+    counts.saw("a:1", 0)
+    assert counts.plan("a:1") == (0, False)   # none: the write alone, no WAIT for its whole timeout
+    counts._seen["a:1"] = (0, time.monotonic() - ReplicaCounts.RECHECK)
+    assert counts.plan("a:1") == (0, True)    # a second later: read its count again first
+    counts.saw("a:1", 1)
+    assert counts.plan("a:1") == (1, False)
