@@ -42,8 +42,15 @@ class Found:
     notes: tuple[str, ...] = ()
 
 
-Get = Callable[[str], Awaitable[Answer | None]]
-Detector = Callable[[Answer | None, Get], Awaitable[Found | None]]
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """What a detector may do: a GET, or one JSON-RPC call over a WebSocket (both without credentials)."""
+
+    get: Callable[[str], Awaitable[Answer | None]]
+    rpc: Callable[[str, str], Awaitable[dict[str, object] | None]]
+
+
+Detector = Callable[[Answer | None, Ask], Awaitable[Found | None]]
 MAX_BODY = 64 * 1024
 
 
@@ -52,7 +59,7 @@ TR_OPEN = ("rpc-authentication-required is off: anyone reaching the upstream dir
            "on so authproxy signs people in")
 
 
-async def transmission(root: Answer | None, get: Get) -> Found | None:
+async def transmission(root: Answer | None, ask: Ask) -> Found | None:
     """Transmission's RPC server answers every path: 401 with realm "Transmission" when it asks for a
     password, else a redirect to /transmission/web/ (or 409 with its session id on the RPC path)."""
     if root is None:
@@ -69,9 +76,9 @@ async def transmission(root: Answer | None, get: Get) -> Found | None:
     return None
 
 
-async def technitium(root: Answer | None, get: Get) -> Found | None:
+async def technitium(root: Answer | None, ask: Ask) -> Found | None:
     """Technitium answers every API call without a token with HTTP 200 and status "invalid-token"."""
-    answer = await get("/api/user/session/get")
+    answer = await ask.get("/api/user/session/get")
     data = answer.json() if answer is not None else None
     if isinstance(data, dict) and data.get("status") == "invalid-token":
         return Found("technitium", "Technitium DNS Server",
@@ -81,9 +88,9 @@ async def technitium(root: Answer | None, get: Get) -> Found | None:
     return None
 
 
-async def pihole(root: Answer | None, get: Get) -> Found | None:
+async def pihole(root: Answer | None, ask: Ask) -> Found | None:
     """Pi-hole v6 (FTL) says whether the caller has a session at GET /api/auth, to anyone."""
-    answer = await get("/api/auth")
+    answer = await ask.get("/api/auth")
     data = answer.json() if answer is not None else None
     session = data.get("session") if isinstance(data, dict) else None
     if isinstance(session, dict) and "valid" in session and "totp" in session:
@@ -96,10 +103,10 @@ async def pihole(root: Answer | None, get: Get) -> Found | None:
 _QBT_VERSION = re.compile(r"\d+\.\d+(\.\d+)?")
 
 
-async def qbittorrent(root: Answer | None, get: Get) -> Found | None:
+async def qbittorrent(root: Answer | None, ask: Ask) -> Found | None:
     """qBittorrent's WebUI: its API version to anyone allowed, 403 "Forbidden" otherwise; its login
     page names it."""
-    answer = await get("/api/v2/app/webapiVersion")
+    answer = await ask.get("/api/v2/app/webapiVersion")
     if answer is None:
         return None
     names_it = root is not None and "qbittorrent" in root.body.lower()
@@ -113,10 +120,10 @@ async def qbittorrent(root: Answer | None, get: Get) -> Found | None:
     return None
 
 
-async def adguard(root: Answer | None, get: Get) -> Found | None:
+async def adguard(root: Answer | None, ask: Ask) -> Found | None:
     """AdGuard Home: /control/status answers 401 (or 403) without a session, and its pages are its own
     (/ is the app titled "AdGuard Home", or a redirect to /login.html)."""
-    answer = await get("/control/status")
+    answer = await ask.get("/control/status")
     if answer is None or root is None:
         return None
     page = root.status == 200 and "adguard home" in root.body.lower()
@@ -131,10 +138,22 @@ async def adguard(root: Answer | None, get: Get) -> Found | None:
     return None
 
 
+async def truenas(root: Answer | None, ask: Ask) -> Found | None:
+    """TrueNAS's middleware (JSON-RPC 2.0 over the WebSocket at /api/current) answers a call that needs
+    a login with its own error, ENOTAUTHENTICATED; asked of a method that is not public, which its
+    rate limit for unauthenticated calls does not count."""
+    answer = await ask.rpc("/api/current", "system.info")
+    error = answer.get("error") if answer is not None else None
+    data = error.get("data") if isinstance(error, dict) else None
+    if isinstance(data, dict) and data.get("errname") == "ENOTAUTHENTICATED":
+        return Found("truenas", "TrueNAS", "the JSON-RPC WebSocket /api/current answered ENOTAUTHENTICATED")
+    return None
+
+
 # Transmission first: it is the one product that counts every request without credentials.
 DETECTORS: tuple[tuple[str, Detector], ...] = (
     ("transmission", transmission), ("technitium", technitium), ("pihole", pihole),
-    ("qbittorrent", qbittorrent), ("adguard", adguard),
+    ("qbittorrent", qbittorrent), ("adguard", adguard), ("truenas", truenas),
 )
 
 
@@ -158,9 +177,22 @@ async def recognise(url: str, *, timeout: float = 5.0) -> tuple[Found | None, li
             seen.append(f"GET {path}: {answer.status}")
             return answer
 
+        async def rpc(path: str, method: str) -> dict[str, object] | None:
+            ws_url = "ws" + base.removeprefix("http") + path
+            try:
+                async with http.ws_connect(ws_url, ssl=False, autoclose=True) as ws:
+                    await ws.send_json({"jsonrpc": "2.0", "id": 1, "method": method, "params": []})
+                    answer = await ws.receive_json(timeout=timeout)
+            except (aiohttp.ClientError, TimeoutError, ValueError, TypeError) as exc:
+                seen.append(f"JSON-RPC {method} on {path}: {type(exc).__name__}")
+                return None
+            seen.append(f"JSON-RPC {method} on {path}: answered")
+            return answer if isinstance(answer, dict) else None
+
+        ask = Ask(get, rpc)
         root = await get("/")
         for _, detect in DETECTORS:
-            found = await detect(root, get)
+            found = await detect(root, ask)
             if found is not None:
                 return found, seen
             if root is not None and root.status == 401 and "www-authenticate" in root.headers:

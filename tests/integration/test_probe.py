@@ -15,6 +15,7 @@ import pytest
 from tests.fakes.adguard import FakeAdGuard
 from tests.fakes.pihole import FakePihole
 from tests.fakes.technitium import FakeTechnitium
+from tests.fakes.truenas import FakeTrueNAS
 from tests.integration.test_cli import ROOT, base_env, check_config
 from tests.support.apps import QBittorrentApp, TransmissionApp, start_transmission
 
@@ -82,6 +83,15 @@ async def test_pihole_fake(pihole: FakePihole, tmp_path: Path) -> None:
 async def test_adguard_fake(adguard: FakeAdGuard, tmp_path: Path) -> None:
     recognised(adguard.url, "adguard", tmp_path, await aprobe(adguard.url))
     assert adguard.blocked_for() == 0 and not adguard.requests_to("/control/login")
+
+
+async def test_truenas_fake(tmp_path: Path) -> None:
+    async with FakeTrueNAS() as nas:
+        nas.add_user("alice", "alice-pw")
+        out = recognised(nas.url, "truenas", tmp_path, await aprobe(nas.url))
+        assert "ENOTAUTHENTICATED" in out
+        # One call, not a login, and not one the rate limit for unauthenticated calls counts.
+        assert [(c.user, c.method) for c in nas.calls] == [(None, "system.info")]
 
 
 @pytest.mark.parametrize("url", ["ftp://x", "not a url"])
