@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from authproxy.redirects import RedirectPolicy
     from authproxy.routing import Router
     from authproxy.sessions.manager import SessionManager
+    from authproxy.sessions.model import Session
     from authproxy.sessions.store import SessionStore
     from authproxy.web.common import RequestSession
     from authproxy.web.middleware import TrustedPeers
@@ -53,3 +54,5 @@ HSTS: web.AppKey[str] = web.AppKey("hsts", str)   # the Strict-Transport-Securit
 TOKENS: web.AppKey[JwtTokens | None] = web.AppKey("tokens")
 OTP: web.AppKey[OneTimeCodes | None] = web.AppKey("otp")
 BEARER: web.RequestKey[TokenClaims] = web.RequestKey("authproxy.bearer")
+# A local account's JWT at a local site: the account as it is now, shaped as its session (web/bearer.py)
+LOCAL_BEARER: web.RequestKey[Session] = web.RequestKey("authproxy.local_bearer")

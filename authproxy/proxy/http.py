@@ -202,9 +202,11 @@ async def forward(request: web.Request) -> web.StreamResponse:  # noqa: C901 - h
             title="Not allowed",
         )
     gated: local.Passed | None = None
-    if (site.config.local_accounts and loaded is not None   # roles and keys of authproxy's own accounts
-            and not local.plain_read(site, loaded.session, method)):
-        passed = await local.gate_proxied(request, site, loaded)
+    # Roles and keys of authproxy's own accounts: the session's, or the account a local JWT stands for.
+    gate_session = loaded.session if loaded is not None else request.get(keys.LOCAL_BEARER)
+    if (site.config.local_accounts and gate_session is not None
+            and not local.plain_read(site, gate_session, method)):
+        passed = await local.gate_proxied(request, site, gate_session)
         if not isinstance(passed, local.Passed):
             return passed
         gated = passed

@@ -1,6 +1,8 @@
 """`Authorization: Bearer <JWT>` on a request without a session: the proxy and forward auth ask
 `bearer_credential` and nothing else (login/tokens.py checks the token, the site's policy says what
 the upstream is sent: the service credential in AUTH_MODE=otp; the JWT itself never goes upstream).
+A local account's token at a local site stands for that account as it is now (`_local`), and then
+meets the same role and key gate as its cookie (web/local.py).
 
 Only reached when no person's session answered for the site. In AUTH_MODE=otp the bearer is *the* way
 for a script in, so the header is read strictly and every problem is named (`Missing authorization
@@ -12,15 +14,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import replace
 
 from aiohttp import web
 
-from authproxy import keys
+from authproxy import authz, keys
+from authproxy.accounts import claims as local_claims
 from authproxy.errors import StoreError
 from authproxy.log import audit
-from authproxy.login.tokens import JwtTokens, TokenClaims, TokenError
+from authproxy.login.tokens import CLOCK_SKEW, JwtTokens, TokenClaims, TokenError
 from authproxy.routing import Site
-from authproxy.sessions.model import Credential
+from authproxy.sessions.model import Credential, Session
 from authproxy.web.common import SECURITY_HEADERS, client_ip, json_error
 
 MISSING = "Missing authorization header"
@@ -87,6 +91,8 @@ async def bearer_credential(
     found = await claims_of(request)
     if found is None or isinstance(found, web.Response):
         return None, found
+    if site.config.local_accounts and found.method == local_claims.KIND:
+        return await _local(request, site, found, client_ip=client_ip, method=method, path=path)
     credential = site.policy.for_token(found.roles)
     if credential is None:
         audit("token_request", outcome="not_served", user=found.sub, site=site.name,
@@ -103,6 +109,35 @@ async def bearer_credential(
                                     f"{site.name}'s service token failed its privilege check; see /me.")
         audit("service_request", outcome="allowed", **fields)
     return credential, None
+
+
+async def _local(
+    request: web.Request, site: Site, found: TokenClaims, *, client_ip: str | Callable[[], str], method: str,
+    path: str
+) -> tuple[Credential | None, web.Response | None]:
+    """A local account's token at a local site: the account as it is *now* (a disabled, deleted or
+    re-created account's tokens are refused; a lowered role or fewer keys apply at once), shaped as the
+    session its holder would have, for the same allow lists and, after this, the same role and key gate
+    (web/local.py) as their cookie."""
+    try:
+        account = await request.app[keys.ACCOUNTS].by_name(found.sub)
+    except StoreError:
+        return None, json_error(503, "store_unavailable",
+                                "The session store is not answering; try again soon.")
+    if account is None or account.disabled or account.created_at > found.iat + CLOCK_SKEW:
+        audit("token_request", outcome="account_unusable", user=found.sub, site=site.name,
+              client_ip=_address(client_ip), method=method, path=path)
+        return None, invalid_token()
+    marker = local_claims.credential_for(account)
+    session = Session(user=account.username, site=site.name, identity=local_claims.identity_for(account),
+                      credentials={site.name: marker}, auth_method=local_claims.KIND)
+    if authz.decide(session, site.config, session_mode=True) != "allow":
+        audit("token_request", outcome="forbidden", user=found.sub, site=site.name,
+              client_ip=_address(client_ip), method=method, path=path)
+        return None, json_error(403, "forbidden", f"This account may not use {site.name}.")
+    request[keys.LOCAL_BEARER] = session
+    request[keys.BEARER] = replace(found, roles=(account.role,))   # what the upstream is told: the role now
+    return site.policy.credential(session, site.name), None
 
 
 async def bearer_logout(request: web.Request) -> web.StreamResponse | None:

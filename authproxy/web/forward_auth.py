@@ -440,11 +440,15 @@ async def verify(request: web.Request) -> web.StreamResponse:  # noqa: C901 - /v
                               f"{site.name}.", title="Not allowed")
 
     gated: local.Passed | None = None
-    if (site.config.local_accounts and loaded is not None and service is None
-            and not local.plain_read(site, loaded.session, target.method if target.method_known else "")):
+    # the session's, or (no session) the account a local JWT stands for (web/bearer.py)
+    gate_session = (loaded.session if loaded is not None and service is None
+                    else request.get(keys.LOCAL_BEARER))
+    if (site.config.local_accounts and gate_session is not None
+            and not local.plain_read(site, gate_session, target.method if target.method_known else "")):
         # Roles and keys of authproxy's own accounts. Without the method header a request cannot be told
         # from a write: it needs the editor role. The body is not sent here: a JSON-RPC read by POST too.
-        passed = await local.gate(request, site, loaded, method=target.method if target.method_known else "",
+        passed = await local.gate(request, site, gate_session,
+                                  method=target.method if target.method_known else "",
                                   upstream_path=lambda: site.upstream_path(target.route_path),
                                   raw_query=target.uri.partition("?")[2], headers=request.headers)
         if not isinstance(passed, local.Passed):

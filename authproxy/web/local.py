@@ -30,7 +30,6 @@ from authproxy.bodies import read_up_to
 from authproxy.config.schema import LocalRules
 from authproxy.log import audit
 from authproxy.routing import Site
-from authproxy.sessions.manager import LoadedSession
 from authproxy.sessions.model import Session
 from authproxy.upstreams.query import query_without
 from authproxy.web.common import SECURITY_HEADERS, client_ip, error_response, json_error, wants_html
@@ -101,34 +100,36 @@ def _named_keys(rules: LocalRules, headers: CIMultiDictProxy[str] | CIMultiDict[
 
 
 async def gate_proxied(request: web.Request, site: Site,
-                       loaded: LoadedSession) -> web.StreamResponse | Passed:
+                       session: Session) -> web.StreamResponse | Passed:
     """The gate for a request the proxy forwards: it may read the start of a JSON-RPC body."""
     head = None
     if request.body_exists and roles.wants_rpc_peek(site.config.local, request.method, request.content_type):
         head = await read_up_to(request.content, roles.RPC_PEEK + 1)
-    passed = await gate(request, site, loaded, method=request.method.upper(),
+    passed = await gate(request, site, session, method=request.method.upper(),
                         upstream_path=lambda: site.upstream_path(request.rel_url.raw_path),
                         raw_query=request.rel_url.raw_query_string, headers=request.headers,
                         body_head=head if head is not None and len(head) <= roles.RPC_PEEK else None)
     return Passed(passed.key, head) if isinstance(passed, Passed) and head is not None else passed
 
 
-async def gate(request: web.Request, site: Site, loaded: LoadedSession, *, method: str,
+async def gate(request: web.Request, site: Site, session: Session, *, method: str,
                upstream_path: Callable[[], str], raw_query: str, headers: CIMultiDictProxy[str],
                body_head: bytes | None = None) -> web.StreamResponse | Passed:
-    """`upstream_path` is asked only when the site has read paths (on every check, its cost counts)."""
+    """`session`: the person's, or the one a local account's JWT stands for (web/bearer.py `_local`).
+    `upstream_path` is asked only when the site has read paths (on every check, its cost counts)."""
     rules = site.config.local
-    claim = claims.claim(loaded.session, site.name)
+    claim = claims.claim(session, site.name)
     if claim is None:   # signed in here some other way: the site is local, so that cannot decide
         return error_response(request, 403, "forbidden", f"Sign in to {site.name} with an authproxy account.")
     if claim.must_change_password:
         return password_change_required(request)
     if method in rules.read_methods and claim.role in READERS:   # the common case, decided at once
-        return NO_KEY if not rules.uses_keys else await _key(request, site, loaded, claim, headers, raw_query)
+        return (NO_KEY if not rules.uses_keys
+                else await _key(request, site, session, claim, headers, raw_query))
     rpc = roles.rpc_methods(body_head) if body_head is not None else None
     needed = roles.needed_role(rules, method, upstream_path() if rules.read_paths else "", rpc)
     if not at_least(claim.role, needed):
-        who = {"user": loaded.session.user, "site": site.name, "client_ip": client_ip(request)}
+        who = {"user": session.user, "site": site.name, "client_ip": client_ip(request)}
         audit("access", outcome="insufficient_permissions", required_role=needed, role=claim.role,
               method=method, **who)
         return json_error(403, "insufficient_permissions",
@@ -136,14 +137,14 @@ async def gate(request: web.Request, site: Site, loaded: LoadedSession, *, metho
                           role=claim.role)
     if not rules.uses_keys:
         return NO_KEY
-    return await _key(request, site, loaded, claim, headers, raw_query)
+    return await _key(request, site, session, claim, headers, raw_query)
 
 
-async def _key(request: web.Request, site: Site, loaded: LoadedSession, claim: claims.Claim,
+async def _key(request: web.Request, site: Site, session: Session, claim: claims.Claim,
                headers: CIMultiDictProxy[str], raw_query: str) -> web.StreamResponse | Passed:
     """The key the request names, if the person may use it (see the module docstring)."""
     rules = site.config.local
-    who = {"user": loaded.session.user, "site": site.name, "client_ip": client_ip(request)}
+    who = {"user": session.user, "site": site.name, "client_ip": client_ip(request)}
     names = _named_keys(rules, headers, raw_query)
     if names is None:
         return NO_KEY
