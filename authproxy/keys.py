@@ -56,3 +56,5 @@ OTP: web.AppKey[OneTimeCodes | None] = web.AppKey("otp")
 BEARER: web.RequestKey[TokenClaims] = web.RequestKey("authproxy.bearer")
 # A local account's JWT at a local site: the account as it is now, shaped as its session (web/bearer.py)
 LOCAL_BEARER: web.RequestKey[Session] = web.RequestKey("authproxy.local_bearer")
+# A bearer JWT whose own (sealed) upstream credential this request carries (web/bearer.py `_own`).
+TOKEN_CREDENTIAL: web.RequestKey[TokenClaims] = web.RequestKey("authproxy.token_credential")

@@ -19,7 +19,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +27,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 
 from authproxy.config.schema import JwtConfig, JwtKey
-from authproxy.crypto import b64e
+from authproxy.crypto import b64d, b64e, seal, unseal
 from authproxy.sessions.store import SessionStore
 
 CHANNEL = "jwt-revoked"
@@ -50,6 +50,7 @@ class TokenClaims:
     roles: tuple[str, ...] = ()
     name: str = ""          # a person's label for a token they minted ("backup script")
     method: str = ""        # how its holder proved who they are (otp, passthrough, local)
+    ck: str = field(default="", repr=False)   # the key of its sealed upstream credentials (base64url)
 
 
 def rfc3339(when: float) -> str:
@@ -69,6 +70,16 @@ def record_key(jti: str) -> str:
     """Where a minted token's public facts live until it expires or is revoked (what a WebSocket
     opened with the token watches, as a cookie's socket watches its session)."""
     return "jwt:meta:" + _hashed(jti)
+
+
+def credentials_key(jti: str) -> str:
+    """Where a token's copy of its holder's upstream credentials lives, sealed under the key only the
+    token carries (its `ck` claim): a dump of the store opens nothing, as with a session's ticket."""
+    return "jwt:cred:" + _hashed(jti)
+
+
+def _credentials_aad(jti: str) -> bytes:
+    return b"authproxy-token-credentials\x00" + jti.encode("utf-8", "surrogatepass")
 
 
 def _owner_index(sub: str) -> str:
@@ -101,10 +112,10 @@ def _claims(payload: dict[str, Any]) -> TokenClaims:
         raise TokenError("exp and iat must be numbers")
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
         raise TokenError("roles must be a list of strings")
-    name, method = payload.get("name", ""), payload.get("amr", "")
+    name, method, ck = payload.get("name", ""), payload.get("amr", ""), payload.get("ck", "")
     return TokenClaims(sub=sub, jti=jti, exp=float(exp), iat=float(iat),  # type: ignore[arg-type]
                        roles=tuple(roles), name=name if isinstance(name, str) else "",
-                       method=method if isinstance(method, str) else "")
+                       method=method if isinstance(method, str) else "", ck=ck if isinstance(ck, str) else "")
 
 
 class JwtTokens:
@@ -140,11 +151,11 @@ class JwtTokens:
             self._revoked = {j: e for j, e in self._revoked.items() if e > now}
 
     def mint(self, sub: str, roles: Sequence[str] = (), *, ttl: float | None = None, name: str = "",
-             method: str = "") -> tuple[str, TokenClaims]:
+             method: str = "", ck: str = "") -> tuple[str, TokenClaims]:
         now = self.clock()
         lifetime = self.config.expiration if ttl is None else ttl
         claims = TokenClaims(sub=sub, jti=secrets.token_urlsafe(18), exp=float(int(now + lifetime)),
-                             iat=float(int(now)), roles=tuple(roles), name=name, method=method)
+                             iat=float(int(now)), roles=tuple(roles), name=name, method=method, ck=ck)
         payload: dict[str, Any] = {"sub": sub, "iat": int(claims.iat), "exp": int(claims.exp),
                                    "jti": claims.jti, "iss": self.config.issuer, "aud": self.config.audience,
                                    "roles": list(roles)}
@@ -152,6 +163,8 @@ class JwtTokens:
             payload["name"] = name
         if method:
             payload["amr"] = method
+        if ck:
+            payload["ck"] = ck
         token = jwt.encode(payload, self._signing_key, algorithm=self._signer.alg,
                            headers={"kid": self._signer.kid, "typ": "JWT"})
         return token, claims
@@ -253,7 +266,43 @@ class JwtTokens:
             found.append(claims)
         return sorted(found, key=lambda c: c.iat, reverse=True)
 
+    # ---- a token's sealed copy of its holder's upstream credentials (web/tokens_api.py, bearer.py) ---
+
+    async def keep_credentials(self, claims: TokenClaims, key: bytes, credentials: dict[str, Any]) -> None:
+        """Seal `credentials` (site -> Credential.to_dict()) under `key` until the token expires."""
+        ttl = max(1.0, claims.exp - self.clock())
+        blob = seal(key, json.dumps(credentials).encode(), _credentials_aad(claims.jti))
+        await self.store.set(credentials_key(claims.jti), blob, ttl)
+
+    async def credentials(self, claims: TokenClaims) -> dict[str, Any] | None:
+        """The token's upstream credentials (site -> dict); None when they are gone (revoked, expired
+        upstream) or do not open with the token's `ck` (tampered)."""
+        try:
+            key = b64d(claims.ck)
+        except ValueError:
+            return None
+        blob = await self.store.get(credentials_key(claims.jti))
+        if blob is None or len(key) != 32:
+            return None
+        opened = unseal(key, blob, _credentials_aad(claims.jti))
+        if opened is None:
+            return None
+        found = json.loads(opened)
+        return found if isinstance(found, dict) else None
+
+    async def drop_credential(self, claims: TokenClaims, site: str) -> None:
+        """The upstream ended one of the token's credentials: that site's copy goes (all of it, when
+        it was the last)."""
+        found = await self.credentials(claims)
+        if found is not None:
+            found.pop(site, None)
+        if not found:
+            await self.store.delete(credentials_key(claims.jti))
+            return
+        await self.keep_credentials(claims, b64d(claims.ck), found)
+
     async def forget(self, claims: TokenClaims) -> None:
+        await self.store.delete(credentials_key(claims.jti))
         await self.store.delete(record_key(claims.jti))
         await self.store.index_remove(_owner_index(claims.sub), claims.jti)
         await self.store.index_remove(ALL_INDEX, claims.jti)

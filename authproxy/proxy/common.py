@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from authproxy import keys
-from authproxy.log import log
+from authproxy.log import audit, log
 from authproxy.login.service import API_KEY_HEADER
 from authproxy.policy import OTP_KIND
 from authproxy.proxy.headers import upstream_request_headers
@@ -15,7 +15,7 @@ from authproxy.sessions.manager import LoadedSession
 from authproxy.upstreams.base import UpstreamRequest
 from authproxy.web import bearer, portal, uicalls
 from authproxy.web.api import login_location
-from authproxy.web.common import client_ip, error_response, wants_html
+from authproxy.web.common import client_ip, error_response, json_error, wants_html
 
 
 def unauthenticated(request: web.Request, *, expired: bool = False) -> web.StreamResponse:
@@ -65,6 +65,14 @@ async def credential_died(
     if loaded is not None and own is not None and own.kind != OTP_KIND:   # (otp: the service's, below)
         await request.app[keys.SESSIONS].drop_credential(loaded, site.name, client_ip=client_ip(request))
         return signed_out(request, site, expired=True)
+    held = request.get(keys.TOKEN_CREDENTIAL)
+    tokens = request.app[keys.TOKENS]
+    if loaded is None and held is not None and tokens is not None:   # a token's copy of its holder's own
+        await tokens.drop_credential(held, site.name)
+        audit("token_request", outcome="upstream_expired", user=held.sub, site=site.name,
+              client_ip=client_ip(request), token=held.jti[:8])
+        return json_error(401, "session_expired",
+                          f"{site.name} ended the sign-in this token carries; sign in and mint another.")
     log.error("the service credential was refused by the upstream", extra={"fields": {"site": site.name}})
     return error_response(request, 502, "service_credential_invalid",
                           f"{site.name} refused authproxy's service credential.", title="Upstream refused")

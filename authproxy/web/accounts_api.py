@@ -26,6 +26,7 @@ from authproxy.errors import AuthError
 from authproxy.log import audit
 from authproxy.sessions.admin import SessionAdmin, SessionInfo
 from authproxy.sessions.manager import LoadedSession
+from authproxy.web import bearer
 from authproxy.web.api import clear_session_cookie
 from authproxy.web.common import SECURITY_HEADERS, client_ip, current_session, json_error, parse_json
 from authproxy.web.local import password_change_required
@@ -160,6 +161,7 @@ async def logout_everywhere(request: web.Request) -> web.StreamResponse:
     caller = await signed_in(request, changing_password=True)
     ended = await end_sessions_of(request, caller.claim.username)
     await request.app[keys.SESSIONS].destroy(caller.loaded)
+    await bearer.revoke_all(request, caller.claim.username)
     audit("logout", outcome="everywhere", user=caller.claim.username, client_ip=client_ip(request),
           sessions_ended=ended)
     response = ok({"message": "Logged out everywhere", "sessionsEnded": ended})

@@ -264,6 +264,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
         await end_session(request, loaded, reason="success")
         if everywhere:
             others = await request.app[keys.SESSIONS].destroy_everywhere(loaded)
+            await bearer.revoke_all(request, loaded.session.user)
             audit("logout", outcome="everywhere", user=loaded.session.user, site=loaded.session.site,
                   client_ip=client_ip(request), session=loaded.public_id, sessions_ended=others)
             answer["otherSessionsEnded"] = others

@@ -2,7 +2,10 @@
 `bearer_credential` and nothing else (login/tokens.py checks the token, the site's policy says what
 the upstream is sent: the service credential in AUTH_MODE=otp; the JWT itself never goes upstream).
 A local account's token at a local site stands for that account as it is now (`_local`), and then
-meets the same role and key gate as its cookie (web/local.py).
+meets the same role and key gate as its cookie (web/local.py). A token minted by a person signed in
+with an upstream's own account carries the key (`ck`) of its sealed copy of that person's upstream
+credentials (web/tokens_api.py): at a site it holds one for, that credential is the upstream's, and when
+the upstream ends it the copy goes too (proxy/common.py `credential_died`).
 
 Only reached when no person's session answered for the site. In AUTH_MODE=otp the bearer is *the* way
 for a script in, so the header is read strictly and every problem is named (`Missing authorization
@@ -93,6 +96,10 @@ async def bearer_credential(
         return None, found
     if site.config.local_accounts and found.method == local_claims.KIND:
         return await _local(request, site, found, client_ip=client_ip, method=method, path=path)
+    if found.ck:
+        own, refused = await _own(request, site, found, client_ip=client_ip, method=method, path=path)
+        if own is not None or refused is not None:
+            return own, refused
     credential = site.policy.for_token(found.roles)
     if credential is None:
         audit("token_request", outcome="not_served", user=found.sub, site=site.name,
@@ -109,6 +116,31 @@ async def bearer_credential(
                                     f"{site.name}'s service token failed its privilege check; see /me.")
         audit("service_request", outcome="allowed", **fields)
     return credential, None
+
+
+async def _own(
+    request: web.Request, site: Site, found: TokenClaims, *, client_ip: str | Callable[[], str], method: str,
+    path: str
+) -> tuple[Credential | None, web.Response | None]:
+    """The token holder's own upstream credential for the site, opened with the token's `ck`; (None,
+    None) when it holds none for this site (the site's policy decides); 401 when its copy is gone
+    (revoked, ended by the upstream) or does not open (a `ck` not the one it was sealed under)."""
+    tokens = request.app[keys.TOKENS]
+    assert tokens is not None
+    try:
+        held = await tokens.credentials(found)
+    except StoreError:
+        return None, json_error(503, "store_unavailable",
+                                "The session store is not answering; try again soon.")
+    if held is None:
+        audit("token_request", outcome="credentials_gone", user=found.sub, site=site.name,
+              client_ip=_address(client_ip), method=method, path=path)
+        return None, invalid_token()
+    data = held.get(site.name)
+    if not isinstance(data, dict):
+        return None, None
+    request[keys.TOKEN_CREDENTIAL] = found
+    return Credential.from_dict(data), None
 
 
 async def _local(
@@ -161,3 +193,15 @@ async def revoke(request: web.Request, claims: TokenClaims) -> None:
     await tokens.revoke(claims)
     audit("token_revoked", outcome="success", user=claims.sub, client_ip=client_ip(request),
           token=claims.jti[:8])
+
+
+async def revoke_all(request: web.Request, user: str) -> int:
+    """Sign out everywhere: every live token minted for `user` is revoked too (with its sealed copy of
+    their upstream credentials). The number revoked."""
+    tokens = request.app[keys.TOKENS]
+    if tokens is None:
+        return 0
+    found = await tokens.listed(user)
+    for claims in found:
+        await revoke(request, claims)
+    return len(found)

@@ -7,20 +7,26 @@
 Only a session (the cookie) may mint, list or revoke: a token never mints a longer-lived one. A token
 carries the person's roles without `service` (that role is configuration's to give, not a person's),
 and `expiresIn` is bounded by JWT_MAX_EXPIRATION_HOURS. What the upstream is sent for a token is the
-site's policy (policy.py `for_token`).
+site's policy (policy.py `for_token`), or, for a person signed in with an upstream's own account, a
+copy of that person's upstream credentials taken at mint: sealed in the store under a fresh key that
+only the token carries (its `ck` claim), kept until the token expires, revoked or the upstream ends it.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from aiohttp import web
 
 from authproxy import crosssite, keys
+from authproxy.accounts.claims import KIND as LOCAL_KIND
 from authproxy.config.loader import parse_duration
+from authproxy.crypto import b64e
 from authproxy.errors import AuthError
 from authproxy.log import audit
 from authproxy.login.tokens import JwtTokens, TokenClaims, rfc3339
+from authproxy.policy import OTP_KIND
 from authproxy.sessions.manager import LoadedSession
 from authproxy.web.api import _read_login
 from authproxy.web.bearer import revoke
@@ -77,8 +83,15 @@ async def mint(request: web.Request) -> web.StreamResponse:
         return json_error(exc.status, exc.code, str(exc))
     session = loaded.session
     roles = [g for g in session.identity.groups if g.lower() != "service"]
-    token, claims = tokens.mint(session.user, roles, ttl=ttl, name=name.strip(), method=session.auth_method)
+    # The person's own upstream credentials (never a service's, an OTP box's or a local sign-in's marker).
+    own = {site: c.to_dict() for site, c in session.credentials.items()
+           if c.actor == "user" and c.kind not in (OTP_KIND, LOCAL_KIND)}
+    key = os.urandom(32) if own else b""
+    token, claims = tokens.mint(session.user, roles, ttl=ttl, name=name.strip(), method=session.auth_method,
+                                ck=b64e(key) if own else "")
     await tokens.record(claims)
+    if own:
+        await tokens.keep_credentials(claims, key, own)
     audit("token_minted", outcome="success", user=session.user, client_ip=client_ip(request),
           token=claims.jti[:8], name=claims.name)
     return web.json_response({"token": token, "expires_at": rfc3339(claims.exp), "jti": claims.jti,
