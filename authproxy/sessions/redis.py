@@ -73,6 +73,7 @@ from authproxy.sessions.redis_cluster import (
     ReplicaCounts,
     acked_write,
     connected_replicas,
+    hosts_and_login,
     pubsub_client,
     short_of_replicas,
     wait_options,
@@ -709,29 +710,7 @@ class _SentinelSpec:
                                  f"'{_redact_url(url)}'")])
 
         parts = urlsplit(url)
-        userinfo, _, hostlist = parts.netloc.rpartition("@")
-        username: str | None = None
-        password: str | None = None
-        if userinfo:
-            user, has_pw, pw = userinfo.partition(":")
-            username = unquote(user) or None
-            password = unquote(pw) if has_pw else None
-        sentinels: list[tuple[str, int]] = []
-        for item in filter(None, hostlist.split(",")):
-            if item.startswith("["):  # [ipv6]:port
-                host, _, rest = item[1:].partition("]")
-                port_text = rest.lstrip(":")
-            else:
-                host, _, port_text = item.partition(":")
-            try:
-                port = int(port_text) if port_text else 26379
-            except ValueError:
-                raise problem(f"has a bad sentinel port in '{item}'") from None
-            if not host:
-                raise problem("names an empty sentinel host")
-            sentinels.append((host, port))
-        if not sentinels:
-            raise problem("names no sentinel host")
+        username, password, sentinels = hosts_and_login(parts.netloc, 26379, problem, "sentinel ")
         path = [unquote(p) for p in parts.path.split("/") if p]
         if not path or len(path) > 2:
             raise problem("must name the service (and optionally the db) in its path")

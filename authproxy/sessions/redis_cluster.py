@@ -51,6 +51,35 @@ CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 PUBSUB_SLOT_KEY = "!pubsub"
 
 
+def hosts_and_login(netloc: str, default_port: int, problem: Callable[[str], ConfigError],
+                    kind: str = "") -> tuple[str | None, str | None, list[tuple[str, int]]]:
+    """The user, password and `host:port` list of a multi-host Redis URL (Cluster nodes, Sentinels);
+    IPv6 hosts in brackets. `kind` names the hosts in the errors ("sentinel ")."""
+    userinfo, _, hostlist = netloc.rpartition("@")
+    username = password = None
+    if userinfo:
+        user, has_pw, pw = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(pw) if has_pw else None
+    hosts: list[tuple[str, int]] = []
+    for item in filter(None, hostlist.split(",")):
+        if item.startswith("["):  # [ipv6]:port
+            host, _, rest = item[1:].partition("]")
+            port_text = rest.lstrip(":")
+        else:
+            host, _, port_text = item.partition(":")
+        try:
+            port = int(port_text) if port_text else default_port
+        except ValueError:
+            raise problem(f"has a bad {kind}port in '{item}'") from None
+        if not host:
+            raise problem(f"names an empty {kind}host")
+        hosts.append((host, port))
+    if not hosts:
+        raise problem(f"names no {kind}host")
+    return username, password, hosts
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterSpec:
     nodes: list[tuple[str, int]]
@@ -68,28 +97,7 @@ class ClusterSpec:
                                  f"it's configured as '{redact_url(url)}'")])
 
         parts = urlsplit(url)
-        userinfo, _, hostlist = parts.netloc.rpartition("@")
-        username = password = None
-        if userinfo:
-            user, has_pw, pw = userinfo.partition(":")
-            username = unquote(user) or None
-            password = unquote(pw) if has_pw else None
-        nodes: list[tuple[str, int]] = []
-        for item in filter(None, hostlist.split(",")):
-            if item.startswith("["):
-                host, _, rest = item[1:].partition("]")
-                port_text = rest.lstrip(":")
-            else:
-                host, _, port_text = item.partition(":")
-            try:
-                port = int(port_text) if port_text else 6379
-            except ValueError:
-                raise problem(f"has a bad port in '{item}'") from None
-            if not host:
-                raise problem("names an empty host")
-            nodes.append((host, port))
-        if not nodes:
-            raise problem("names no host")
+        username, password, nodes = hosts_and_login(parts.netloc, 6379, problem)
         if parts.path.strip("/"):
             raise problem("has a path (a cluster has only db 0)")
         query = parse_qs(parts.query)
