@@ -861,7 +861,8 @@ async def test_service_clients_share_one_upstream_socket_with_their_own_ids(
     first, second = await a.receive_json(timeout=5), await a.receive_json(timeout=5)
     assert (first["id"], first["result"]["hostname"]) == ("x", "fake-nas")
     assert second == {"jsonrpc": "2.0", "id": 7, "result": "slept"}
-    # A client closing leaves the shared socket to the others.
+    # A client's auth.logout or close leaves the shared socket to the others.
+    await clients[3].result("auth.logout")
     await clients[3].ws.close()
     await asyncio.sleep(0.1)
     assert (await clients[2].result("system.info"))["hostname"] == "fake-nas"
