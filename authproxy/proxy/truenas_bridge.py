@@ -23,8 +23,9 @@ use `authproxy-N`, which clients may not). Messages that cannot name a call auth
 relayed without being parsed or decoded (`_plain_call`). ENOTAUTHENTICATED from TrueNAS means the
 person's upstream session is gone: the socket is closed with 4001 and the client must sign in again.
 Sign-out at authproxy (any replica) closes the socket within seconds (proxy/bridges.py, as every
-bridge); TrueNAS closing the upstream socket closes the client's with 1011. proxy/truenas_socket.py is
-the entry point; DDP clients get the same through proxy/truenas_ddp.py.
+bridge); TrueNAS closing the upstream socket closes the client's with 1011. A socket acting as the
+service key has no upstream socket of its own: a channel of the key's shared one (truenas_shared.py).
+proxy/truenas_socket.py is the entry point; DDP clients get the same through proxy/truenas_ddp.py.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from authproxy.sessions.manager import LoadedSession
 from authproxy.sessions.model import Credential
 from authproxy.upstreams.truenas import KEY_KIND, MESSAGES, TrueNASAdapter, without_secrets
 from authproxy.upstreams.truenas_rpc import RpcError, RpcSocket
+from authproxy.upstreams.truenas_shared import KeyRefused, SharedChannel
 from authproxy.web.api import end_session
 from authproxy.web.common import client_ip
 
@@ -120,7 +122,7 @@ class InBand:
         self.ws = ws
         self.loaded = loaded
         self.service = credential if credential is not None and credential.actor == "service" else None
-        self.upstream: RpcSocket | None = None
+        self.upstream: RpcSocket | SharedChannel | None = None   # SharedChannel: the service key's socket
         self.authed = False
         self.owns_session = False  # the session was opened in band: it ends with the socket
         self.pending: tuple[str, str] | None = None  # (username, password) between OTP_REQUIRED and the code
@@ -479,6 +481,20 @@ class InBand:
 
     async def _open_upstream(self) -> None:
         credential = self._credential()
+        if self.service is not None and credential is not None and self.adapter.is_service_key(credential):
+            channel = self.adapter.shared_channel(credential)   # one shared socket, no login of its own
+            try:
+                await channel.shared.socket()
+            except KeyRefused:
+                raise Refused(ENOTAUTHENTICATED, "ENOTAUTHENTICATED",
+                              "TrueNAS refused authproxy's API key") from None
+            except UpstreamError:
+                raise Refused(14, "EFAULT", "TrueNAS cannot be reached from authproxy right now") from None
+            except RpcError as exc:
+                raise Refused(16 if exc.errname == "EBUSY" else 14, exc.errname or "EFAULT",
+                              exc.reason.split("] ", 1)[-1]) from None
+            self.upstream = channel
+            return
         if credential is not None and (parked := self.adapter.unpark(credential)) is not None:
             self.upstream = parked   # already logged in as this person: no login call upstream
             return
@@ -535,7 +551,7 @@ class InBand:
             "reconnect_token": self._placeholder() if options.get("reconnect_token") else None,
         }
 
-    async def _upstream_lost(self, upstream: RpcSocket) -> None:
+    async def _upstream_lost(self, upstream: RpcSocket | SharedChannel) -> None:
         """TrueNAS (or the network) closed the socket this client relies on: the client gets 1011, as
         from every bridge, and reconnects (the UI does, after 5 s)."""
         await upstream.wait_closed()
@@ -561,6 +577,9 @@ class InBand:
         if self.upstream is not None:
             upstream, self.upstream = self.upstream, None
             upstream.on_message = None
+            if isinstance(upstream, SharedChannel):
+                await upstream.close()   # its calls and subscriptions end; the shared socket stays
+                return
             credential = self._credential()
             if (park and self.authed and not self.subscribed and credential is not None
                     and self.adapter.park(credential, upstream)):

@@ -18,7 +18,6 @@ unless `allow_insecure_api_key` says so. Older releases' REST API (`/api/v2.0`) 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import ipaddress
 import secrets
@@ -35,6 +34,7 @@ from authproxy.sessions.model import Credential, Identity
 from authproxy.upstreams.base import LoginResult, TokenCheck, UpstreamAdapter, UpstreamRequest
 from authproxy.upstreams.truenas_parking import SocketPark
 from authproxy.upstreams.truenas_rpc import RpcError, RpcSocket, ws_endpoint
+from authproxy.upstreams.truenas_shared import KeyRefused, SharedChannel, SharedSocket
 
 DEFAULT_TOKEN_TTL = 600
 PARK_SECONDS = 30.0     # an idle upstream socket kept for the person's next client socket (a UI reload)
@@ -125,8 +125,7 @@ class TrueNASAdapter(UpstreamAdapter):
         self.allow_insecure_key = _flag(site.options.get("allow_insecure_api_key", False))
         self.timeout = float(site.timeout or 30.0)
         self.parked = SocketPark(seconds=PARK_SECONDS, most=PARK_MAX)   # upstreams/truenas_parking.py
-        self._service: RpcSocket | None = None   # the service key's one shared socket (reconnected)
-        self._service_lock = asyncio.Lock()
+        self._shared: SharedSocket | None = None   # the service key's one shared socket (truenas_shared.py)
 
     # ---- configuration ---------------------------------------------------------------------------
 
@@ -348,20 +347,32 @@ class TrueNASAdapter(UpstreamAdapter):
             too_privileged=("FULL_ADMIN",) if "FULL_ADMIN" in roles else (),
         )
 
+    def _shared_for(self, credential: Credential) -> SharedSocket:
+        if self._shared is None:
+            async def opener() -> RpcSocket | None:
+                opened = await self.reopen(credential)
+                return opened[0] if opened is not None else None
+            self._shared = SharedSocket(opener)
+        return self._shared
+
+    def is_service_key(self, credential: Credential) -> bool:
+        """The site's own TRUENAS_API_KEY (not a client's key): it goes on the one shared socket."""
+        token = self.site.service_token
+        return credential.kind == KEY_KIND and token is not None and credential.secret == token.reveal()
+
+    def shared_channel(self, credential: Credential) -> SharedChannel:
+        """A client socket's share of the service key's one upstream socket (no login of its own)."""
+        return self._shared_for(credential).channel()
+
     async def service_call(self, credential: Credential, method: str, *params: Any) -> Any:
         """`method` on the service key's one shared socket, opened (or reopened, once, when TrueNAS
-        or the network closed it) on demand: authproxy's own background calls cost no login each."""
+        or the network closed it) on demand: authproxy's own calls and service clients cost no login each."""
+        shared = self._shared_for(credential)
         for attempt in (1, 2):
-            async with self._service_lock:
-                if self._service is None or self._service.closed:
-                    if self._service is not None:
-                        await self._service.close()
-                    self._service = None
-                    opened = await self.reopen(credential)
-                    if opened is None:
-                        raise _KeyRefused()
-                    self._service = opened[0]
-                sock = self._service
+            try:
+                sock = await shared.socket()
+            except KeyRefused:
+                raise _KeyRefused() from None
             try:
                 return await sock.call(method, *params)
             except UpstreamUnavailable:
@@ -375,9 +386,9 @@ class TrueNASAdapter(UpstreamAdapter):
 
     async def aclose(self) -> None:
         """Close the shared service socket and every parked one (at shutdown)."""
-        if self._service is not None:
-            await self._service.close()
-            self._service = None
+        if self._shared is not None:
+            await self._shared.aclose()
+            self._shared = None
         await self.parked.close_all()
 
     # ---- HTTP forwarding (the UI's files, legacy REST /api/v2.0) ----------------------------------

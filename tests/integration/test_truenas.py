@@ -575,9 +575,9 @@ async def test_shared_key_mode_everyone_is_the_key_account_and_reloads_cost_no_l
     await first.ws.close()
     await asyncio.sleep(0.1)
     logins = key_logins()
-    second = await connect(client_for(gw))
-    await second.result("system.info")
-    assert key_logins() == logins
+    second, third = await connect(client_for(gw)), await connect(client_for(gw))
+    await asyncio.gather(second.result("system.info"), third.result("system.info"))
+    assert key_logins() == logins and len(nas.sessions_of("svc")) == 1   # everyone on one socket
 
 
 async def ddp(c: GatewayClient) -> aiohttp.ClientWebSocketResponse:
@@ -819,3 +819,102 @@ async def test_an_in_band_otp_step_waits_only_so_long(
         "auth.login_ex_continue", {"mechanism": "OTP_TOKEN", "otp_token": nas.code_for("olga")}
     )
     assert late["error"]["data"]["errname"] == "EINVAL"
+
+
+async def hybrid_service(
+    make_gateway: MakeGateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient], n: int
+) -> tuple[Gateway, list[Rpc]]:
+    key = nas.add_api_key("svc")
+    client_key, entry = new_key("nas-manager")
+    gw = await make_gateway(
+        truenas_env(nas, AUTH_MODE="hybrid", TRUENAS_API_KEY=key.wire, TRUENAS_USERNAME="svc",
+                    SERVICE_API_KEYS=entry)
+    )
+    return gw, [await connect(client_for(gw), **{"X-API-Key": client_key}) for _ in range(n)]
+
+
+def api_key_logins(nas: FakeTrueNAS) -> int:
+    return len([c for c in nas.calls if c.method == "auth.login_ex" and c.params
+                and isinstance(c.params[0], dict) and c.params[0].get("mechanism") == "API_KEY_PLAIN"])
+
+
+async def test_service_clients_share_one_upstream_socket_with_their_own_ids(
+    make_gateway: MakeGateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    _gw, clients = await hybrid_service(make_gateway, nas, client_for, 4)
+    results = await asyncio.gather(*(c.result("system.info") for c in clients))
+    assert all(r["hostname"] == "fake-nas" for r in results)
+    assert api_key_logins(nas) == 1 and len(nas.sessions_of("svc")) == 1
+    person = client_for(_gw)   # a person's socket is still their own upstream socket
+    assert (await person.login("alice", "alice-pw")).status == 200
+    rpc = await connect(person)
+    await rpc.result("auth.login_ex", pw("alice", ""))
+    await rpc.result("system.info")
+    assert nas.calls[-1].user == "alice" and len(nas.sessions_of("alice")) == 1
+    # Interleaved calls, the same id on two clients: each gets its own answer with its own id.
+    a, b = clients[0].ws, clients[1].ws
+    await a.send_json({"jsonrpc": "2.0", "id": 7, "method": "core.sleep", "params": [0.3]})
+    await b.send_json({"jsonrpc": "2.0", "id": 7, "method": "system.info", "params": []})
+    await a.send_json({"jsonrpc": "2.0", "id": "x", "method": "system.info", "params": []})
+    got_b = await b.receive_json(timeout=5)
+    assert got_b["id"] == 7 and got_b["result"]["hostname"] == "fake-nas"
+    first, second = await a.receive_json(timeout=5), await a.receive_json(timeout=5)
+    assert (first["id"], first["result"]["hostname"]) == ("x", "fake-nas")
+    assert second == {"jsonrpc": "2.0", "id": 7, "result": "slept"}
+    # A client's auth.logout or close leaves the shared socket to the others.
+    await clients[3].result("auth.logout")
+    await clients[3].ws.close()
+    await asyncio.sleep(0.1)
+    assert (await clients[2].result("system.info"))["hostname"] == "fake-nas"
+    assert api_key_logins(nas) == 1 and len(nas.sessions_of("svc")) == 1
+
+
+async def test_service_clients_get_only_the_events_they_subscribed_to(
+    make_gateway: MakeGateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    _gw, (one, two, other) = await hybrid_service(make_gateway, nas, client_for, 3)
+    sub_one = await one.result("core.subscribe", "alert.list")
+    sub_two = await two.result("core.subscribe", "alert.list")
+    await other.result("core.subscribe", "pool.query")
+    (conn,) = nas.sessions_of("svc")
+    assert sorted(conn.subs.values()) == ["alert.list", "pool.query"]   # one upstream subscription each
+    assert await nas.emit("alert.list", "added", 1, {"level": "WARNING"}) == 1
+    for rpc in (one, two):
+        event = await rpc.ws.receive_json(timeout=5)
+        assert event["method"] == "collection_update" and event["params"]["collection"] == "alert.list"
+    with pytest.raises(TimeoutError):
+        await other.ws.receive_json(timeout=0.3)
+    assert await one.result("core.unsubscribe", sub_one) is None
+    await nas.emit("alert.list", "added", 2, {})
+    assert (await two.ws.receive_json(timeout=5))["params"]["id"] == 2
+    with pytest.raises(TimeoutError):
+        await one.ws.receive_json(timeout=0.3)
+    assert sub_two
+    await two.ws.close()   # the last subscriber closing ends the upstream subscription
+    for _ in range(50):
+        if "alert.list" not in conn.subs.values():
+            break
+        await asyncio.sleep(0.02)
+    assert list(conn.subs.values()) == ["pool.query"]
+
+
+async def test_the_shared_socket_reconnects_under_its_clients(
+    make_gateway: MakeGateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
+) -> None:
+    _gw, (one, two) = await hybrid_service(make_gateway, nas, client_for, 2)
+    await one.result("system.info")
+    await one.ws.send_json({"jsonrpc": "2.0", "id": 5, "method": "core.sleep", "params": [2]})
+    await asyncio.sleep(0.2)
+    (conn,) = nas.sessions_of("svc")
+    await nas.sockets[conn.session_id].close()   # TrueNAS (or the network) drops the shared socket
+    failed = await one.ws.receive_json(timeout=5)
+    assert failed["id"] == 5 and failed["error"]["data"]["errname"] == "EFAULT"
+    assert (await one.result("system.info"))["hostname"] == "fake-nas"
+    assert (await two.result("system.info"))["hostname"] == "fake-nas"
+    assert api_key_logins(nas) == 2 and len(nas.sessions_of("svc")) == 1
+    (conn,) = nas.sessions_of("svc")
+    conn.user = None   # TrueNAS ends the key's session: that call fails, the next logs in again
+    assert (await two.call("system.info"))["error"]["data"]["errname"] == "EFAULT"
+    assert (await two.result("system.info"))["hostname"] == "fake-nas"
+    assert api_key_logins(nas) == 3 and len(nas.sessions_of("svc")) == 1
+    assert not one.ws.closed and not two.ws.closed
