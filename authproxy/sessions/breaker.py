@@ -39,6 +39,8 @@ class CircuitBreaker:
 
     def check(self, op: str) -> None:
         if self.is_open:
+            if self._task is None or self._task.done():   # the probe must never be lost while open
+                self._start_probe()
             raise CircuitOpen(f"{self.label}: {op} not tried: the store stopped answering "
                               f"{time.monotonic() - self.opened_at:.1f} s ago and has not answered since")
 
@@ -49,6 +51,9 @@ class CircuitBreaker:
         self.opened_at = time.monotonic()
         log.warning("%s: not answering (%s); answering 503 at once until it answers a probe again",
                     self.label, detail)
+        self._start_probe()
+
+    def _start_probe(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._probe_until_up(),
                                                             name="authproxy-store-probe")
 
@@ -65,13 +70,21 @@ class CircuitBreaker:
         log.info("%s: answering again after %.2f s", self.label, time.monotonic() - self.opened_at)
 
     async def _probe_until_up(self) -> None:
+        failures = 0
         while True:
             await asyncio.sleep(self.interval)
             try:
                 await self.probe()
             except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001,S112 - any failure means: still down, probe again
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                failures += 1   # a client library's own cancellation, not ours: still down
+                continue
+            except Exception as exc:  # noqa: BLE001 - any failure means: still down, probe again
+                failures += 1
+                if failures in (1, 50) or failures % 600 == 0:   # the type only: text may quote the URL
+                    log.warning("%s: probe %d failed (%s)", self.label, failures, type(exc).__name__)
                 continue
             self._task = None
             self._closed()

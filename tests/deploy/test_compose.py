@@ -152,7 +152,9 @@ async def test_forward_auth_stack_caddy_redis_authproxy(
         cookie = await _sign_in_and_use(http, base)
 
         podman.run("restart", "-t", "10", names["authproxy"])   # graceful stop, new process
+        # podman restarts what a container depends on with it (Redis here): wait for both
         await asyncio.to_thread(podman.wait_healthy, names["authproxy"], 60)
+        await asyncio.to_thread(podman.wait_healthy, names["redis"], 60)
         await _until_ok(http, base, cookie)
 
         podman.run("restart", "-t", "10", names["redis"])       # the append-only file keeps it
@@ -205,7 +207,7 @@ def _tear_down(
     assert not [n for n in podman.networks() if n.startswith(f"{project}_")]
 
 
-async def _until_ok(http: aiohttp.ClientSession, base: str, cookie: str, timeout: float = 20) -> None:
+async def _until_ok(http: aiohttp.ClientSession, base: str, cookie: str, timeout: float = 60) -> None:
     """The same cookie still works once the restarted part answers again (never a new sign-in)."""
     deadline = time.monotonic() + timeout
     while True:
