@@ -285,14 +285,7 @@ class RedisStore:
     async def get(self, key: str) -> bytes | None:
         fast = self._fast
         if fast is not None:
-            self._breaker.check("get")
-            try:
-                return await fast.get((self.prefix + key).encode())
-            except RedisReplyError:
-                raise
-            except StoreError as exc:
-                self._breaker.trip(str(exc))
-                raise
+            return await self._hot("get", lambda: fast.get((self.prefix + key).encode()))
         if self._cluster_spec is not None:
             value = await self._node_read("get", key, lambda f, k: f.get(k),
                                           lambda c: c.get(self._name(key)))
@@ -324,14 +317,8 @@ class RedisStore:
     async def expire(self, key: str, ttl: float) -> bool:
         fast = self._fast
         if fast is not None:
-            self._breaker.check("expire")
-            try:
-                return bool(await fast.pexpire((self.prefix + key).encode(), _ms(ttl)))
-            except RedisReplyError:
-                raise
-            except StoreError as exc:
-                self._breaker.trip(str(exc))
-                raise
+            ms = _ms(ttl)
+            return bool(await self._hot("expire", lambda: fast.pexpire((self.prefix + key).encode(), ms)))
         if self._cluster_spec is not None:
             ms = _ms(ttl)
             return bool(await self._node_read("expire", key, lambda f, k: f.pexpire(k, ms),
@@ -357,14 +344,7 @@ class RedisStore:
     async def ttl(self, key: str) -> float | None:
         fast = self._fast
         if fast is not None:
-            self._breaker.check("ttl")
-            try:
-                ms = int(await fast.pttl((self.prefix + key).encode()))
-            except RedisReplyError:
-                raise
-            except StoreError as exc:
-                self._breaker.trip(str(exc))
-                raise
+            ms = int(await self._hot("ttl", lambda: fast.pttl((self.prefix + key).encode())))
         elif self._cluster_spec is not None:
             ms = int(await self._node_read("ttl", key, lambda f, k: f.pttl(k),
                                            lambda c: c.pttl(self._name(key))))
@@ -667,6 +647,18 @@ class RedisStore:
             if isinstance(exc, _UNREACHABLE) and self._cluster_spec is None:  # one node of a Cluster: not all
                 self._breaker.trip(detail)
             raise StoreError(f"redis store {self.safe_url}: {op} failed: {detail}") from None
+
+    async def _hot(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
+        """One of the session check's reads on the small pipelined client, behind the breaker: an error
+        reply proves Redis is there; a timeout or lost connection opens the circuit."""
+        self._breaker.check(op)
+        try:
+            return await call()
+        except RedisReplyError:
+            raise
+        except StoreError as exc:
+            self._breaker.trip(str(exc))
+            raise
 
     async def _probe(self) -> None:
         """The circuit breaker's probe: one PING past the breaker, under the usual deadline."""
