@@ -83,6 +83,14 @@ async def connect(c: GatewayClient, **headers: str) -> Rpc:
     return Rpc(ws)
 
 
+async def signed_in_socket(c: GatewayClient, user: str, password: str) -> tuple[GatewayClient, Rpc]:
+    """Signed in at authproxy, then a socket whose in-band login needs no password (the session's)."""
+    assert (await c.login(user, password)).status == 200
+    rpc = await connect(c)
+    await rpc.result("auth.login_ex", pw(user, ""))
+    return c, rpc
+
+
 def pw(user: str, password: str, **options: Any) -> dict[str, Any]:
     return {
         "mechanism": "PASSWORD_PLAIN",
@@ -184,10 +192,7 @@ async def test_the_socket_as_the_signed_in_person(
 async def test_a_read_only_persons_write_is_refused_by_truenas(
     gw: Gateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
 ) -> None:
-    c = client_for(gw)
-    assert (await c.login("reader", "reader-pw")).status == 200
-    rpc = await connect(c)
-    await rpc.result("auth.login_ex", pw("reader", ""))
+    _, rpc = await signed_in_socket(client_for(gw), "reader", "reader-pw")
     assert await rpc.result("pool.dataset.query")
     refused = await rpc.call("pool.dataset.create", {"name": "tank/x"})
     assert refused["error"]["data"]["errname"] == "EACCES"
@@ -265,10 +270,7 @@ async def test_client_api_keys_refused_unless_allowed(
 async def test_sign_out_closes_the_sockets_and_ends_upstream(
     gw: Gateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
 ) -> None:
-    c = client_for(gw)
-    assert (await c.login("alice", "alice-pw")).status == 200
-    rpc = await connect(c)
-    await rpc.result("auth.login_ex", pw("alice", ""))
+    c, rpc = await signed_in_socket(client_for(gw), "alice", "alice-pw")
     assert nas.sessions_of("alice")
     resp = await c.request("POST", LOGOUT, headers={"Origin": c.origin})
     assert resp.status in (200, 204, 303)
@@ -285,10 +287,7 @@ async def test_sign_out_closes_the_sockets_and_ends_upstream(
 async def test_enotauthenticated_means_sign_in_again(
     gw: Gateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
 ) -> None:
-    c = client_for(gw)
-    assert (await c.login("alice", "alice-pw")).status == 200
-    rpc = await connect(c)
-    await rpc.result("auth.login_ex", pw("alice", ""))
+    _, rpc = await signed_in_socket(client_for(gw), "alice", "alice-pw")
     for conn in nas.sessions_of("alice"):  # TrueNAS ended the session (terminate_session, AAL limits)
         conn.user = None
     gone = await rpc.call("system.info")
@@ -634,10 +633,7 @@ async def test_a_socket_in_use_slides_the_session_and_an_idle_one_ends_with_it(
     make_gateway: MakeGateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
 ) -> None:
     gw = await make_gateway(truenas_env(nas, SESSION_IDLE_TIMEOUT="1"))
-    c = client_for(gw)
-    assert (await c.login("alice", "alice-pw")).status == 200
-    rpc = await connect(c)
-    await rpc.result("auth.login_ex", pw("alice", ""))
+    _, rpc = await signed_in_socket(client_for(gw), "alice", "alice-pw")
     for _ in range(10):  # 3 s of use, three idle timeouts long
         assert await rpc.result("core.ping") == "pong"
         await asyncio.sleep(0.3)
@@ -648,10 +644,7 @@ async def test_a_socket_in_use_slides_the_session_and_an_idle_one_ends_with_it(
 async def test_truenas_closing_the_upstream_socket_closes_the_clients(
     gw: Gateway, nas: FakeTrueNAS, client_for: Callable[[Gateway], GatewayClient]
 ) -> None:
-    c = client_for(gw)
-    assert (await c.login("alice", "alice-pw")).status == 200
-    rpc = await connect(c)
-    await rpc.result("auth.login_ex", pw("alice", ""))
+    c, rpc = await signed_in_socket(client_for(gw), "alice", "alice-pw")
     for conn in nas.sessions_of("alice"):  # middlewared restarting
         await nas.sockets[conn.session_id].close()
     msg = await rpc.ws.receive(timeout=10)
