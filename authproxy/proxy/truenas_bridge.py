@@ -426,15 +426,13 @@ class InBand:
         regulator = self.request.app[keys.LOGIN].regulator
         name = f"apikey:{key.partition('-')[0]}"
         attempt = await regulator.begin(self.site.name, name, self.ip)
+
+        def audited(outcome: str, **fields: str) -> None:
+            audit("login", outcome=outcome, actor="service", user=name, site=self.site.name,
+                  client_ip=self.ip, **fields)
+
         if attempt.retry_after is not None:
-            audit(
-                "login",
-                outcome="throttled",
-                actor="service",
-                user=name,
-                site=self.site.name,
-                client_ip=self.ip,
-            )
+            audited("throttled")
             raise Refused(16, "EBUSY", "Too many failed sign-ins. Try again later.")
         extra = {"username": str(username)} if username else {}
         credential = Credential(secret=key, kind=KEY_KIND, actor="service", extra=extra)
@@ -446,20 +444,10 @@ class InBand:
         if opened is None:
             attempt.failed()
             await attempt.refund()
-            audit(
-                "login", outcome="failure", actor="service", user=name, site=self.site.name, client_ip=self.ip
-            )
+            audited("failure")
             return {"response_type": "AUTH_ERR"}
         await attempt.succeeded()
-        audit(
-            "login",
-            outcome="success",
-            actor="service",
-            user=name,
-            site=self.site.name,
-            client_ip=self.ip,
-            via="client_api_key",
-        )
+        audited("success", via="client_api_key")
         await self._drop_upstream()
         self.service, self.upstream = credential, opened[0]
         return await self._authenticated(options)
